@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Idempotent installer for the tools the demo and the integration tests need,
+# on a fresh Debian 12 (bookworm) machine:
+#   etcd + etcdctl (Debian etcd-server / etcd-client, 3.4.x)
+#   protoc         (protobuf-compiler; the etcd-client crate's build needs it)
+#   moto[server]   (fake AWS ELB + Route53 used by demo.sh and the tests; brings boto3)
+# Run as root, or as a user with sudo. Safe to run again: it only installs what is missing.
+set -euo pipefail
+
+log() { printf '[install-deps] %s\n' "$*" >&2; }
+
+SUDO=()
+if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1; then
+        SUDO=(sudo)
+    else
+        log "not root and sudo is not available"; exit 1
+    fi
+fi
+
+# --- Debian packages ---------------------------------------------------------
+missing=()
+for tool in etcd etcdctl protoc; do
+    command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "missing: ${missing[*]} -> apt-get install etcd-server etcd-client protobuf-compiler"
+    "${SUDO[@]}" apt-get update
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y etcd-server etcd-client protobuf-compiler
+    # The Debian package may start a system etcd on the default ports (2379/2380).
+    # We leave it alone: the demo and the tests run their own etcd on free loopback ports.
+else
+    log "etcd, etcdctl, protoc already installed"
+fi
+
+# --- moto (fake AWS) ---------------------------------------------------------
+if python3 -c 'import moto, flask, boto3' >/dev/null 2>&1 && command -v moto_server >/dev/null 2>&1; then
+    log "moto[server] already installed ($(python3 -c 'import moto; print(moto.__version__)'))"
+else
+    log "installing moto[server]>=5.1,<6 with pip"
+    pip_args=(--quiet)
+    # Debian's system python refuses global pip installs (PEP 668) unless told otherwise.
+    if python3 -c 'import sys, sysconfig, os; p = os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED"); sys.exit(0 if os.path.exists(p) else 1)' 2>/dev/null; then
+        pip_args+=(--break-system-packages)
+    fi
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        log "pip missing -> apt-get install python3-pip"
+        "${SUDO[@]}" apt-get update
+        "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y python3-pip
+    fi
+    "${SUDO[@]}" python3 -m pip install "${pip_args[@]}" 'moto[server]>=5.1,<6'
+    # Under pyenv a new console script only appears after a rehash of the shims.
+    if ! command -v moto_server >/dev/null 2>&1 && command -v pyenv >/dev/null 2>&1; then
+        pyenv rehash || true
+    fi
+fi
+
+if command -v moto_server >/dev/null 2>&1; then
+    log "moto_server: $(command -v moto_server)"
+else
+    log "moto_server is not on PATH; 'python3 -m moto.server' works as a fallback (scripts/lib.sh uses it)"
+fi
+python3 -c 'import moto, flask, boto3' || { log "python3 cannot import moto/flask/boto3"; exit 1; }
+log "done"

@@ -1,0 +1,167 @@
+//! One actor per Route53 hosted zone: every change to the zone passes through its mailbox, and it
+//! runs one sync at a time, so two changes of one zone never overlap (as the original lbManager
+//! promised). Desires that arrive while a sync runs wait and go out together in the next one: one
+//! read per FQDN, then as few ChangeResourceRecordSets calls as Route53's limits allow.
+//!
+//! The zone attempts each desire once and answers the FQDN's [`LoadBalancer`] with the result;
+//! retrying is the load balancer's business (one place for backoff).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use slog::{info, Logger};
+
+use super::load_balancer::ZoneSynced;
+use super::Cause;
+use crate::aws::{AwsError, Route53Api};
+use crate::key::LbId;
+use crate::plan::{pack_batches, plan_fqdn, RecordChange};
+
+/// What one FQDN's A and AAAA record sets should hold.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct ZoneDesire {
+    pub lb: LbId,
+    pub fqdn: String,
+    pub ips: BTreeSet<IpAddr>,
+    pub generation: u64,
+    pub cause: Cause,
+    pub reply: Recipient<ZoneSynced>,
+}
+
+pub struct HostedZone {
+    zone: String,
+    api: Arc<dyn Route53Api>,
+    log: Logger,
+    ttl: i64,
+    pending: BTreeMap<String, ZoneDesire>,
+    busy: bool,
+}
+
+impl HostedZone {
+    pub fn new(zone: &str, api: Arc<dyn Route53Api>, log: &Logger, ttl: i64) -> Self {
+        HostedZone {
+            zone: zone.to_string(),
+            api,
+            log: log.new(slog::o!("zone" => zone.to_string())),
+            ttl,
+            pending: BTreeMap::new(),
+            busy: false,
+        }
+    }
+
+    fn run(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || self.pending.is_empty() {
+            return;
+        }
+        self.busy = true;
+        let batch: Vec<ZoneDesire> = std::mem::take(&mut self.pending).into_values().collect();
+        let (api, zone, log, ttl) = (
+            self.api.clone(),
+            self.zone.clone(),
+            self.log.clone(),
+            self.ttl,
+        );
+        let fut = async move {
+            let results = sync_zone(&*api, &zone, &batch, ttl, &log).await;
+            (batch, results)
+        };
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|(batch, results), act, ctx| {
+                    for (desire, result) in batch.into_iter().zip(results) {
+                        desire.reply.do_send(ZoneSynced {
+                            generation: desire.generation,
+                            error: result.err(),
+                        });
+                    }
+                    act.busy = false;
+                    act.run(ctx);
+                }),
+        );
+    }
+}
+
+impl Actor for HostedZone {
+    type Context = Context<Self>;
+}
+
+impl Handler<ZoneDesire> for HostedZone {
+    type Result = ();
+
+    fn handle(&mut self, msg: ZoneDesire, ctx: &mut Self::Context) {
+        self.pending.insert(msg.fqdn.clone(), msg);
+        self.run(ctx);
+    }
+}
+
+/// Syncs a batch of FQDNs of one zone: reads each FQDN's record sets, plans, and applies all
+/// changes in as few calls as the limits allow. A batch refused for a reason retrying can't fix is
+/// split into one call per FQDN, so one bad FQDN does not hold up the others. Returns one result per
+/// desire, in order.
+pub async fn sync_zone(
+    api: &dyn Route53Api,
+    zone: &str,
+    batch: &[ZoneDesire],
+    ttl: i64,
+    log: &Logger,
+) -> Vec<Result<(), AwsError>> {
+    let mut results: Vec<Result<(), AwsError>> = vec![Ok(()); batch.len()];
+    let mut groups: Vec<(usize, Vec<RecordChange>)> = Vec::new();
+    for (i, desire) in batch.iter().enumerate() {
+        match api.record_sets(zone, &desire.fqdn).await {
+            Ok(current) => {
+                let changes = plan_fqdn(&desire.fqdn, &desire.ips, &current, ttl);
+                if !changes.is_empty() {
+                    groups.push((i, changes));
+                }
+            }
+            Err(e) => results[i] = Err(e),
+        }
+    }
+    for chunk in pack_batches(groups) {
+        let all: Vec<RecordChange> = chunk.iter().flat_map(|(_, c)| c.clone()).collect();
+        match api.change(zone, &all).await {
+            Ok(()) => {
+                for (i, changes) in &chunk {
+                    log_changes(log, &batch[*i], changes);
+                }
+            }
+            Err(e) if chunk.len() > 1 && !e.is_retryable() => {
+                for (i, changes) in &chunk {
+                    results[*i] = api.change(zone, changes).await;
+                    if results[*i].is_ok() {
+                        log_changes(log, &batch[*i], changes);
+                    }
+                }
+            }
+            Err(e) => {
+                for (i, _) in &chunk {
+                    results[*i] = Err(e.clone());
+                }
+            }
+        }
+    }
+    results
+}
+
+fn log_changes(log: &Logger, desire: &ZoneDesire, changes: &[RecordChange]) {
+    let list = |ips: &[IpAddr]| {
+        ips.iter()
+            .map(IpAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for c in changes {
+        info!(log, "changed record set";
+            "lb" => desire.lb.to_string(),
+            "action" => c.action.as_str(),
+            "type" => c.set.rtype.as_str(),
+            "added" => list(&c.added),
+            "removed" => list(&c.removed),
+            "ttl" => c.set.ttl,
+            "cause" => %desire.cause);
+    }
+}

@@ -1,0 +1,278 @@
+//! One actor per load balancer (a Classic ELB, or one Route53 FQDN).
+//!
+//! It holds the latest desired member set and makes sure AWS gets there: at most one sync in
+//! flight, changes that arrive meanwhile merged into the next one (never lost, never more than one
+//! pending), failures retried with capped exponential backoff (or at the resync interval when
+//! retrying can't help), and a periodic resync that corrects drift. For an ELB it syncs itself; for
+//! an FQDN it hands its desired record sets to its zone's [`HostedZone`], which serialises all
+//! changes of the zone.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use slog::{info, warn, Logger};
+
+use super::hosted_zone::{HostedZone, ZoneDesire};
+use super::{backoff, Cause, Settings};
+use crate::aws::{AwsError, ElbApi};
+use crate::key::{LbId, Member};
+use crate::plan::{plan_elb, ElbChanges};
+
+/// Where a load balancer's members live.
+#[derive(Clone)]
+pub enum Backend {
+    Elb(Arc<dyn ElbApi>),
+    Route53(Addr<HostedZone>),
+}
+
+/// The members a load balancer should have now.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct Desire {
+    pub members: Arc<BTreeSet<Member>>,
+    /// Increases with every new desire the Supervisor sends; echoed in [`Synced`].
+    pub generation: u64,
+    pub cause: Cause,
+}
+
+/// A Route53 load balancer's zone actor was replaced (after a restart).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetZone(pub Addr<HostedZone>);
+
+/// The Supervisor no longer needs this load balancer (no keys, AWS emptied): stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retire;
+
+/// Report to the Supervisor after each sync attempt.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Synced {
+    pub lb: LbId,
+    pub generation: u64,
+    pub error: Option<AwsError>,
+}
+
+/// A zone's answer to a [`ZoneDesire`].
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ZoneSynced {
+    pub generation: u64,
+    pub error: Option<AwsError>,
+}
+
+pub struct LoadBalancer {
+    id: LbId,
+    log: Logger,
+    backend: Backend,
+    settings: Arc<Settings>,
+    supervisor: Recipient<Synced>,
+    desired: Option<Desire>,
+    in_flight: bool,
+    /// A desire arrived while a sync was in flight: sync again when it ends.
+    pending: bool,
+    failures: u32,
+    retry: Option<SpawnHandle>,
+}
+
+impl LoadBalancer {
+    pub fn new(
+        id: LbId,
+        log: &Logger,
+        backend: Backend,
+        settings: Arc<Settings>,
+        supervisor: Recipient<Synced>,
+    ) -> Self {
+        let log = log.new(slog::o!("lb" => id.to_string()));
+        LoadBalancer {
+            id,
+            log,
+            backend,
+            settings,
+            supervisor,
+            desired: None,
+            in_flight: false,
+            pending: false,
+            failures: 0,
+            retry: None,
+        }
+    }
+
+    fn start_sync(&mut self, ctx: &mut Context<Self>) {
+        let Some(desire) = self.desired.clone() else {
+            return;
+        };
+        if self.in_flight {
+            self.pending = true;
+            return;
+        }
+        if let Some(handle) = self.retry.take() {
+            ctx.cancel_future(handle);
+        }
+        self.in_flight = true;
+        self.pending = false;
+        match &self.backend {
+            Backend::Elb(api) => {
+                let LbId::Elb { region, name } = self.id.clone() else {
+                    unreachable!("an ELB backend serves ELB load balancers only");
+                };
+                let (api, log) = (api.clone(), self.log.clone());
+                let fut = async move {
+                    sync_elb(&*api, &region, &name, &desire.members, desire.cause, &log).await
+                };
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                    act.finished(desire.generation, res.err(), ctx)
+                }));
+            }
+            Backend::Route53(zone) => {
+                let LbId::Route53 { fqdn, .. } = &self.id else {
+                    unreachable!("a Route53 backend serves Route53 load balancers only");
+                };
+                let ips: BTreeSet<IpAddr> = desire
+                    .members
+                    .iter()
+                    .filter_map(|m| match m {
+                        Member::Ip(ip) => Some(*ip),
+                        Member::Instance(_) => None,
+                    })
+                    .collect();
+                zone.do_send(ZoneDesire {
+                    lb: self.id.clone(),
+                    fqdn: fqdn.clone(),
+                    ips,
+                    generation: desire.generation,
+                    cause: desire.cause,
+                    reply: ctx.address().recipient(),
+                });
+            }
+        }
+    }
+
+    fn finished(&mut self, generation: u64, error: Option<AwsError>, ctx: &mut Context<Self>) {
+        self.in_flight = false;
+        self.supervisor.do_send(Synced {
+            lb: self.id.clone(),
+            generation,
+            error: error.clone(),
+        });
+        match error {
+            None => {
+                self.failures = 0;
+                if self.pending {
+                    self.start_sync(ctx);
+                }
+            }
+            Some(err) => {
+                self.failures += 1;
+                let delay = if err.is_retryable() {
+                    backoff(
+                        self.failures - 1,
+                        self.settings.retry_base,
+                        self.settings.retry_max,
+                    )
+                } else {
+                    self.settings.resync_interval
+                };
+                warn!(self.log, "sync failed, will retry";
+                    "error" => %err, "retry_in" => ?delay, "failures" => self.failures);
+                // A new desire that arrived meanwhile also waits: retrying at once is what a
+                // throttled or broken AWS must not get.
+                self.pending = false;
+                self.retry = Some(ctx.run_later(delay, |act, ctx| {
+                    act.retry = None;
+                    act.start_sync(ctx);
+                }));
+            }
+        }
+    }
+}
+
+impl Actor for LoadBalancer {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(self.settings.resync_interval, |act, ctx| {
+            if act.in_flight || act.retry.is_some() {
+                return;
+            }
+            if let Some(desire) = act.desired.as_mut() {
+                desire.cause = Cause::Resync;
+            }
+            act.start_sync(ctx);
+        });
+    }
+}
+
+impl Handler<Desire> for LoadBalancer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Desire, ctx: &mut Self::Context) {
+        self.desired = Some(msg);
+        if self.retry.is_some() && self.failures > 0 {
+            // Waiting out a backoff: the retry will take the new desire. But a load balancer that
+            // failed for a reason retrying can't fix gets a fresh try on news from etcd.
+            if self.settings.resync_interval <= self.settings.retry_max {
+                return;
+            }
+        }
+        self.start_sync(ctx);
+    }
+}
+
+impl Handler<ZoneSynced> for LoadBalancer {
+    type Result = ();
+
+    fn handle(&mut self, msg: ZoneSynced, ctx: &mut Self::Context) {
+        self.finished(msg.generation, msg.error, ctx);
+    }
+}
+
+impl Handler<SetZone> for LoadBalancer {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetZone, ctx: &mut Self::Context) {
+        self.backend = Backend::Route53(msg.0);
+        // Whatever was in flight died with the old zone actor.
+        self.in_flight = false;
+        if let Some(desire) = self.desired.as_mut() {
+            desire.cause = Cause::Restart;
+        }
+        self.start_sync(ctx);
+    }
+}
+
+impl Handler<Retire> for LoadBalancer {
+    type Result = ();
+
+    fn handle(&mut self, _: Retire, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// One ELB sync: a Describe, then at most one Register and one Deregister (register first, so a
+/// `single` switch never leaves the ELB empty). Logs each change with its cause.
+pub async fn sync_elb(
+    api: &dyn ElbApi,
+    region: &str,
+    name: &str,
+    desired: &BTreeSet<Member>,
+    cause: Cause,
+    log: &Logger,
+) -> Result<ElbChanges, AwsError> {
+    let actual = api.members(region, name).await?;
+    let changes = plan_elb(desired, &actual);
+    if !changes.register.is_empty() {
+        api.register(region, name, &changes.register).await?;
+        info!(log, "registered instances";
+            "added" => changes.register.join(","), "cause" => %cause);
+    }
+    if !changes.deregister.is_empty() {
+        api.deregister(region, name, &changes.deregister).await?;
+        info!(log, "deregistered instances";
+            "removed" => changes.deregister.join(","), "cause" => %cause);
+    }
+    Ok(changes)
+}

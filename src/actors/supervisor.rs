@@ -1,0 +1,384 @@
+//! The Supervisor: owns the desired state, starts and restarts the other actors.
+//!
+//! It applies etcd's changes to [`DesiredState`], and sends each load balancer whose resolved
+//! member set changed a new [`Desire`]. It spawns a [`LoadBalancer`] for each load balancer that
+//! gets keys and a [`HostedZone`] for each zone; it checks every second that they are alive and
+//! restarts any that died (a panic), handing the new actor the desired state it keeps. It also
+//! deletes superseded `single`/`multiple` keys from etcd, and logs `initial sync complete` once every
+//! load balancer known at start-up has been synced once.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use etcd_client::Client;
+use slog::{debug, error, info, warn, Logger};
+
+use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, Relisted};
+use super::hosted_zone::HostedZone;
+use super::load_balancer::{Backend, Desire, LoadBalancer, Retire, SetZone, Synced};
+use super::{Cause, Settings};
+use crate::aws::{ElbApi, Route53Api};
+use crate::desired::{DesiredState, Revision};
+use crate::etcd::{self, Snapshot};
+use crate::key::{LbId, Member};
+
+/// A load balancer the Supervisor manages.
+struct Managed {
+    addr: Addr<LoadBalancer>,
+    members: Arc<BTreeSet<Member>>,
+    generation: u64,
+    cause: Cause,
+}
+
+/// Start-up bookkeeping: which load balancers still owe their first sync.
+struct Startup {
+    pending: HashSet<LbId>,
+    total: usize,
+    failed: usize,
+}
+
+pub struct Supervisor {
+    settings: Arc<Settings>,
+    log: Logger,
+    etcd: Client,
+    elb: Arc<dyn ElbApi>,
+    route53: Arc<dyn Route53Api>,
+    desired: DesiredState,
+    /// Malformed keys already warned about (forgotten when the key is deleted).
+    warned: HashSet<String>,
+    lbs: HashMap<LbId, Managed>,
+    zones: HashMap<String, Addr<HostedZone>>,
+    generation: u64,
+    startup: Option<Startup>,
+    initial: Option<Snapshot>,
+    /// Superseded keys whose deletion is under way.
+    deleting: HashSet<String>,
+    watch: bool,
+}
+
+impl Supervisor {
+    /// A Supervisor that starts from `initial` (read at start-up) and watches from its revision + 1.
+    pub fn new(
+        settings: Arc<Settings>,
+        log: &Logger,
+        etcd: Client,
+        elb: Arc<dyn ElbApi>,
+        route53: Arc<dyn Route53Api>,
+        initial: Snapshot,
+    ) -> Self {
+        Supervisor {
+            desired: DesiredState::new(&settings.prefix),
+            settings,
+            log: log.clone(),
+            etcd,
+            elb,
+            route53,
+            warned: HashSet::new(),
+            lbs: HashMap::new(),
+            zones: HashMap::new(),
+            generation: 0,
+            startup: None,
+            initial: Some(initial),
+            deleting: HashSet::new(),
+            watch: true,
+        }
+    }
+
+    /// For tests: do not start an EtcdWatcher (changes are sent to the Supervisor directly).
+    pub fn without_watch(mut self) -> Self {
+        self.watch = false;
+        self
+    }
+
+    fn warn_once(&mut self, key: &str, reason: &dyn std::fmt::Display) {
+        if self.warned.insert(key.to_string()) {
+            warn!(self.log, "ignoring malformed key"; "key" => key, "reason" => %reason);
+        }
+    }
+
+    /// Replaces the desired state with a whole snapshot and reconciles every load balancer that has
+    /// keys now or had them before.
+    fn apply_snapshot(&mut self, snapshot: &Snapshot, cause: Cause, ctx: &mut Context<Self>) {
+        self.desired = DesiredState::new(&self.settings.prefix);
+        let mut warned = HashSet::new();
+        for (key, revision) in &snapshot.keys {
+            if let Err(e) = self.desired.put(key, *revision) {
+                warned.insert(key.clone());
+                self.warn_once(key, &e);
+            }
+        }
+        self.warned.retain(|k| warned.contains(k));
+        let mut touched: HashSet<LbId> = self.desired.load_balancers().cloned().collect();
+        touched.extend(self.lbs.keys().cloned());
+        for lb in touched {
+            self.reconcile(&lb, cause, ctx);
+        }
+    }
+
+    /// Sends `lb` its desired members if they changed; starts its actor if it has none yet.
+    fn reconcile(&mut self, lb: &LbId, cause: Cause, ctx: &mut Context<Self>) {
+        let resolution = self.desired.resolve(lb);
+        if let Some(winner) = resolution.winner.clone() {
+            if !resolution.superseded.is_empty() {
+                self.delete_superseded(winner, resolution.superseded, ctx);
+            }
+        }
+        let members = Arc::new(resolution.members);
+        if let Some(managed) = self.lbs.get(lb) {
+            if managed.members == members {
+                return;
+            }
+        } else if members.is_empty() {
+            // A load balancer without keys is never touched.
+            return;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        if !self.lbs.contains_key(lb) {
+            let addr = self.spawn_lb(lb, ctx);
+            self.lbs.insert(
+                lb.clone(),
+                Managed {
+                    addr,
+                    members: members.clone(),
+                    generation,
+                    cause,
+                },
+            );
+        }
+        let managed = self.lbs.get_mut(lb).expect("inserted above");
+        managed.members = members.clone();
+        managed.generation = generation;
+        managed.cause = cause;
+        managed.addr.do_send(Desire {
+            members,
+            generation,
+            cause,
+        });
+    }
+
+    fn spawn_lb(&mut self, lb: &LbId, ctx: &mut Context<Self>) -> Addr<LoadBalancer> {
+        let backend = match lb {
+            LbId::Elb { .. } => Backend::Elb(self.elb.clone()),
+            LbId::Route53 { zone, .. } => Backend::Route53(self.zone(zone)),
+        };
+        LoadBalancer::new(
+            lb.clone(),
+            &self.log,
+            backend,
+            self.settings.clone(),
+            ctx.address().recipient(),
+        )
+        .start()
+    }
+
+    fn zone(&mut self, zone: &str) -> Addr<HostedZone> {
+        if let Some(addr) = self.zones.get(zone) {
+            return addr.clone();
+        }
+        let addr = HostedZone::new(
+            zone,
+            self.route53.clone(),
+            &self.log,
+            self.settings.route53_ttl,
+        )
+        .start();
+        self.zones.insert(zone.to_string(), addr.clone());
+        addr
+    }
+
+    fn delete_superseded(
+        &mut self,
+        winner: (String, Revision),
+        superseded: Vec<(String, Revision)>,
+        ctx: &mut Context<Self>,
+    ) {
+        let todo: Vec<(String, Revision)> = superseded
+            .into_iter()
+            .filter(|(k, _)| !self.deleting.contains(k))
+            .collect();
+        if todo.is_empty() {
+            return;
+        }
+        self.deleting.extend(todo.iter().map(|(k, _)| k.clone()));
+        let mut client = self.etcd.clone();
+        let fut = {
+            let todo = todo.clone();
+            let winner = winner.clone();
+            async move { etcd::delete_superseded(&mut client, &winner, &todo).await }
+        };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+            for (k, _) in &todo {
+                act.deleting.remove(k);
+            }
+            let keys: Vec<&str> = todo.iter().map(|(k, _)| k.as_str()).collect();
+            match res {
+                Ok(0) => debug!(act.log, "superseded keys changed meanwhile, left alone";
+                    "keys" => keys.join(",")),
+                Ok(n) => info!(act.log, "deleted superseded keys from etcd";
+                    "winner" => &winner.0, "deleted" => n, "keys" => keys.join(",")),
+                Err(e) => warn!(act.log, "could not delete superseded keys; \
+                    they do not count and are retried on the next change or restart";
+                    "error" => %e, "keys" => keys.join(",")),
+            }
+        }));
+    }
+
+    /// Restarts dead actors (a panic ends an actor) with the state the Supervisor keeps.
+    fn check_actors(&mut self, ctx: &mut Context<Self>) {
+        let dead_zones: Vec<String> = self
+            .zones
+            .iter()
+            .filter(|(_, addr)| !addr.connected())
+            .map(|(z, _)| z.clone())
+            .collect();
+        for zone in dead_zones {
+            error!(self.log, "hosted zone actor died, restarting it"; "zone" => &zone);
+            self.zones.remove(&zone);
+            let addr = self.zone(&zone);
+            for (lb, managed) in &self.lbs {
+                if lb.zone() == Some(zone.as_str()) {
+                    managed.addr.do_send(SetZone(addr.clone()));
+                }
+            }
+        }
+        let dead: Vec<LbId> = self
+            .lbs
+            .iter()
+            .filter(|(_, m)| !m.addr.connected())
+            .map(|(lb, _)| lb.clone())
+            .collect();
+        for lb in dead {
+            error!(self.log, "load balancer actor died, restarting it"; "lb" => lb.to_string());
+            let addr = self.spawn_lb(&lb, ctx);
+            let managed = self.lbs.get_mut(&lb).expect("listed above");
+            managed.addr = addr;
+            managed.cause = Cause::Restart;
+            managed.addr.do_send(Desire {
+                members: managed.members.clone(),
+                generation: managed.generation,
+                cause: Cause::Restart,
+            });
+        }
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let initial = self.initial.take().unwrap_or_default();
+        self.apply_snapshot(&initial, Cause::Startup, ctx);
+        let pending: HashSet<LbId> = self.lbs.keys().cloned().collect();
+        info!(self.log, "read etcd";
+            "keys" => initial.keys.len(), "load_balancers" => pending.len(),
+            "revision" => initial.revision);
+        self.startup = Some(Startup {
+            total: pending.len(),
+            pending,
+            failed: 0,
+        });
+        self.check_startup();
+        if self.watch {
+            EtcdWatcher::new(
+                self.etcd.clone(),
+                self.settings.clone(),
+                ctx.address(),
+                &self.log,
+                initial.revision + 1,
+            )
+            .start();
+        }
+        ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_actors(ctx));
+    }
+}
+
+impl Supervisor {
+    fn check_startup(&mut self) {
+        let done = self
+            .startup
+            .as_ref()
+            .is_some_and(|s| s.pending.is_empty());
+        if done {
+            let s = self.startup.take().expect("checked above");
+            info!(self.log, "initial sync complete";
+                "load_balancers" => s.total, "failed" => s.failed);
+        }
+    }
+}
+
+impl Handler<EtcdChanges> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: EtcdChanges, ctx: &mut Self::Context) {
+        let mut touched: HashSet<LbId> = HashSet::new();
+        for change in msg.changes {
+            match change {
+                KeyChange::Put { key, revision } => match self.desired.put(&key, revision) {
+                    Ok(Some(lb)) => {
+                        self.warned.remove(&key);
+                        touched.insert(lb);
+                    }
+                    Ok(None) => {}
+                    Err(e) => self.warn_once(&key, &e),
+                },
+                KeyChange::Delete { key } => {
+                    self.warned.remove(&key);
+                    touched.extend(self.desired.delete(&key));
+                }
+            }
+        }
+        for lb in touched {
+            self.reconcile(&lb, Cause::EtcdEvent, ctx);
+        }
+    }
+}
+
+impl Handler<Relisted> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Relisted, ctx: &mut Self::Context) {
+        self.apply_snapshot(&msg.0, Cause::Relist, ctx);
+    }
+}
+
+impl Handler<Synced> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Synced, _: &mut Self::Context) {
+        if let Some(startup) = self.startup.as_mut() {
+            if startup.pending.remove(&msg.lb) && msg.error.is_some() {
+                startup.failed += 1;
+            }
+        }
+        self.check_startup();
+        // A load balancer whose keys are all gone, once emptied, is no longer ours to touch.
+        let retire = msg.error.is_none()
+            && self.lbs.get(&msg.lb).is_some_and(|m| {
+                m.generation == msg.generation && m.members.is_empty()
+            })
+            && self.desired.resolve(&msg.lb).members.is_empty();
+        if retire {
+            if let Some(managed) = self.lbs.remove(&msg.lb) {
+                debug!(self.log, "load balancer has no keys left, no longer managed";
+                    "lb" => msg.lb.to_string());
+                managed.addr.do_send(Retire);
+            }
+        }
+    }
+}
+
+/// Asks the Supervisor how many load balancers it manages (for tests and, later, metrics).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ManagedCount;
+
+impl Handler<ManagedCount> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: ManagedCount, _: &mut Self::Context) -> usize {
+        self.lbs.len()
+    }
+}

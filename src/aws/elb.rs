@@ -1,0 +1,108 @@
+//! Classic ELB through the AWS SDK: one client per region, made on first use.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use aws_sdk_elasticloadbalancing::types::Instance;
+use aws_sdk_elasticloadbalancing::Client;
+
+use super::{classify, AwsError, ElbApi, ErrorKind};
+
+pub struct SdkElb {
+    config: aws_config::SdkConfig,
+    clients: Mutex<HashMap<String, Client>>,
+}
+
+impl SdkElb {
+    pub fn new(config: aws_config::SdkConfig) -> Self {
+        SdkElb {
+            config,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn client(&self, region: &str) -> Client {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_elasticloadbalancing::config::Builder::from(&self.config)
+                    .region(aws_config::Region::new(region.to_string()))
+                    .build();
+                Client::from_conf(conf)
+            })
+            .clone()
+    }
+}
+
+fn instances(ids: &[String]) -> Vec<Instance> {
+    ids.iter()
+        .map(|id| Instance::builder().instance_id(id).build())
+        .collect()
+}
+
+#[async_trait]
+impl ElbApi for SdkElb {
+    async fn members(&self, region: &str, name: &str) -> Result<BTreeSet<String>, AwsError> {
+        let target = format!("elb/{region}/{name}");
+        let out = self
+            .client(region)
+            .describe_load_balancers()
+            .load_balancer_names(name)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeLoadBalancers", &target, e))?;
+        let lb = out
+            .load_balancer_descriptions()
+            .iter()
+            .find(|d| d.load_balancer_name() == Some(name))
+            .ok_or_else(|| {
+                AwsError::new(
+                    ErrorKind::NotFound,
+                    "DescribeLoadBalancers",
+                    &target,
+                    "not in the answer",
+                )
+            })?;
+        Ok(lb
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect())
+    }
+
+    async fn register(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+        self.client(region)
+            .register_instances_with_load_balancer()
+            .load_balancer_name(name)
+            .set_instances(Some(instances(ids)))
+            .send()
+            .await
+            .map_err(|e| {
+                classify(
+                    "RegisterInstancesWithLoadBalancer",
+                    format!("elb/{region}/{name}"),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+
+    async fn deregister(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+        self.client(region)
+            .deregister_instances_from_load_balancer()
+            .load_balancer_name(name)
+            .set_instances(Some(instances(ids)))
+            .send()
+            .await
+            .map_err(|e| {
+                classify(
+                    "DeregisterInstancesFromLoadBalancer",
+                    format!("elb/{region}/{name}"),
+                    e,
+                )
+            })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,248 @@
+//! In-memory fakes of the AWS traits, for unit and actor tests: they keep state like AWS does,
+//! count calls, can delay calls (to make overlaps observable) and fail on demand.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::{AwsError, ElbApi, ErrorKind, Route53Api};
+use crate::plan::{Action, RecordChange, RecordSet, RecordType};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fake Classic ELB service.
+#[derive(Default)]
+pub struct FakeElb {
+    lbs: Mutex<HashMap<(String, String), BTreeSet<String>>>,
+    /// Every call made, as `Operation name [ids]`.
+    pub calls: Mutex<Vec<String>>,
+    /// Errors to return from the next calls, in order.
+    pub fail_next: Mutex<Vec<ErrorKind>>,
+    /// Panic on the next call, once.
+    pub panic_next: Mutex<bool>,
+    pub delay: Mutex<Duration>,
+}
+
+impl FakeElb {
+    pub fn with_lbs(lbs: &[(&str, &str)]) -> Self {
+        let fake = FakeElb::default();
+        for (region, name) in lbs {
+            fake.create(region, name);
+        }
+        fake
+    }
+
+    pub fn create(&self, region: &str, name: &str) {
+        lock(&self.lbs).insert((region.into(), name.into()), BTreeSet::new());
+    }
+
+    pub fn instances(&self, region: &str, name: &str) -> Option<BTreeSet<String>> {
+        lock(&self.lbs)
+            .get(&(region.into(), name.into()))
+            .cloned()
+    }
+
+    pub fn set_instances(&self, region: &str, name: &str, ids: &[&str]) {
+        lock(&self.lbs).insert(
+            (region.into(), name.into()),
+            ids.iter().map(|s| s.to_string()).collect(),
+        );
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    async fn enter(&self, op: &'static str, target: String, detail: String) -> Result<(), AwsError> {
+        lock(&self.calls).push(format!("{op} {target}{detail}"));
+        let delay = *lock(&self.delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if std::mem::take(&mut *lock(&self.panic_next)) {
+            panic!("injected panic in {op} on {target}");
+        }
+        let mut fails = lock(&self.fail_next);
+        if !fails.is_empty() {
+            let kind = fails.remove(0);
+            return Err(AwsError::new(kind, op, target, "injected fault"));
+        }
+        Ok(())
+    }
+
+    fn update(
+        &self,
+        op: &'static str,
+        region: &str,
+        name: &str,
+        f: impl FnOnce(&mut BTreeSet<String>),
+    ) -> Result<(), AwsError> {
+        let mut lbs = lock(&self.lbs);
+        let set = lbs
+            .get_mut(&(region.to_string(), name.to_string()))
+            .ok_or_else(|| {
+                AwsError::new(ErrorKind::NotFound, op, format!("elb/{region}/{name}"), "LoadBalancerNotFound")
+            })?;
+        f(set);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ElbApi for FakeElb {
+    async fn members(&self, region: &str, name: &str) -> Result<BTreeSet<String>, AwsError> {
+        let target = format!("elb/{region}/{name}");
+        self.enter("DescribeLoadBalancers", target.clone(), String::new())
+            .await?;
+        self.instances(region, name).ok_or_else(|| {
+            AwsError::new(ErrorKind::NotFound, "DescribeLoadBalancers", target, "LoadBalancerNotFound")
+        })
+    }
+
+    async fn register(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+        let op = "RegisterInstancesWithLoadBalancer";
+        self.enter(op, format!("elb/{region}/{name}"), format!(" {ids:?}"))
+            .await?;
+        self.update(op, region, name, |set| set.extend(ids.iter().cloned()))
+    }
+
+    async fn deregister(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+        let op = "DeregisterInstancesFromLoadBalancer";
+        self.enter(op, format!("elb/{region}/{name}"), format!(" {ids:?}"))
+            .await?;
+        self.update(op, region, name, |set| {
+            for id in ids {
+                set.remove(id);
+            }
+        })
+    }
+}
+
+/// A fake Route53 that, like the real one, rejects a DELETE that does not match exactly and a
+/// CREATE of a record set that exists, and that records any overlap of two calls on one zone.
+#[derive(Default)]
+pub struct FakeRoute53 {
+    zones: Mutex<HashMap<String, BTreeMap<(String, RecordType), RecordSet>>>,
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// How many times two calls on one zone overlapped (must stay 0).
+    pub overlaps: AtomicUsize,
+    /// Every call made, as `Operation zone detail`.
+    pub calls: Mutex<Vec<String>>,
+    pub fail_next: Mutex<Vec<ErrorKind>>,
+    pub delay: Mutex<Duration>,
+}
+
+impl FakeRoute53 {
+    pub fn with_zones(zones: &[&str]) -> Self {
+        let fake = FakeRoute53::default();
+        for z in zones {
+            lock(&fake.zones).insert(z.to_string(), BTreeMap::new());
+        }
+        fake
+    }
+
+    /// The record set of that name and type, if any.
+    pub fn record(&self, zone: &str, name: &str, rtype: RecordType) -> Option<RecordSet> {
+        lock(&self.zones)
+            .get(zone)?
+            .get(&(name.to_string(), rtype))
+            .cloned()
+    }
+
+    pub fn put_record(&self, zone: &str, set: RecordSet) {
+        lock(&self.zones)
+            .entry(zone.to_string())
+            .or_default()
+            .insert((set.name.clone(), set.rtype), set);
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        lock(&self.calls).clone()
+    }
+
+    async fn enter(&self, op: &'static str, zone: &str, detail: String) -> Result<(), AwsError> {
+        lock(&self.calls).push(format!("{op} {zone} {detail}"));
+        {
+            let mut in_flight = lock(&self.in_flight);
+            let n = in_flight.entry(zone.to_string()).or_default();
+            if *n > 0 {
+                self.overlaps.fetch_add(1, Ordering::SeqCst);
+            }
+            *n += 1;
+        }
+        let delay = *lock(&self.delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        *lock(&self.in_flight).entry(zone.to_string()).or_default() -= 1;
+        let mut fails = lock(&self.fail_next);
+        if !fails.is_empty() {
+            let kind = fails.remove(0);
+            return Err(AwsError::new(kind, op, zone, "injected fault"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Route53Api for FakeRoute53 {
+    async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError> {
+        self.enter("ListResourceRecordSets", zone, fqdn.to_string())
+            .await?;
+        let zones = lock(&self.zones);
+        let records = zones.get(zone).ok_or_else(|| {
+            AwsError::new(ErrorKind::NotFound, "ListResourceRecordSets", zone, "NoSuchHostedZone")
+        })?;
+        Ok(records
+            .values()
+            .filter(|s| s.name == fqdn)
+            .cloned()
+            .collect())
+    }
+
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
+        let detail = changes
+            .iter()
+            .map(|c| format!("{}:{}:{}", c.action.as_str(), c.set.name, c.set.rtype))
+            .collect::<Vec<_>>()
+            .join(",");
+        self.enter("ChangeResourceRecordSets", zone, detail).await?;
+        let mut zones = lock(&self.zones);
+        let invalid = |msg: String| {
+            AwsError::new(ErrorKind::Rejected, "ChangeResourceRecordSets", zone, msg)
+        };
+        let records = zones.get_mut(zone).ok_or_else(|| {
+            AwsError::new(ErrorKind::NotFound, "ChangeResourceRecordSets", zone, "NoSuchHostedZone")
+        })?;
+        // All or nothing: validate every change first.
+        for c in changes {
+            let key = (c.set.name.clone(), c.set.rtype);
+            match c.action {
+                Action::Create if records.contains_key(&key) => {
+                    return Err(invalid(format!("{} exists", c.set.name)))
+                }
+                Action::Delete if records.get(&key) != Some(&c.set) => {
+                    return Err(invalid(format!("{} does not match", c.set.name)))
+                }
+                _ => {}
+            }
+        }
+        for c in changes {
+            let key = (c.set.name.clone(), c.set.rtype);
+            match c.action {
+                Action::Create | Action::Upsert => {
+                    records.insert(key, c.set.clone());
+                }
+                Action::Delete => {
+                    records.remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! The AWS side, behind traits: the core needs only these few operations, so it is tested with the
+//! in-memory fakes of [`fake`] and runs for real with the SDK clients of [`elb`] and [`route53`].
+//!
+//! Every operation is a read or a whole change; none keeps state between calls, so an actor may
+//! re-run a sync at any time (after an error, a restart or a resync) without care.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::plan::{RecordChange, RecordSet};
+
+pub mod elb;
+pub mod fake;
+pub mod route53;
+
+/// The members of an ELB-like load balancer: Classic ELB today; an ELBv2 target group can implement
+/// the same trait (its members are targets).
+#[async_trait]
+pub trait ElbApi: Send + Sync + 'static {
+    /// The instances registered with load balancer `name` in `region`.
+    async fn members(&self, region: &str, name: &str) -> Result<BTreeSet<String>, AwsError>;
+    /// Registers all of `instances` in one call.
+    async fn register(&self, region: &str, name: &str, instances: &[String])
+        -> Result<(), AwsError>;
+    /// Deregisters all of `instances` in one call.
+    async fn deregister(
+        &self,
+        region: &str,
+        name: &str,
+        instances: &[String],
+    ) -> Result<(), AwsError>;
+}
+
+/// The Route53 operations lbmanager needs.
+#[async_trait]
+pub trait Route53Api: Send + Sync + 'static {
+    /// The simple A and AAAA record sets named `fqdn` in `zone` (routing-policy and alias record
+    /// sets are not lbmanager's and are left out). An error is never "no records".
+    async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError>;
+    /// Applies `changes` in one ChangeResourceRecordSets call (all or nothing).
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError>;
+}
+
+/// How an AWS call failed, which decides what happens next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Rate exceeded: retry with backoff.
+    Throttled,
+    /// 5xx, timeout, dropped connection: retry with backoff.
+    Transient,
+    /// The load balancer or hosted zone does not exist: retrying soon won't help.
+    NotFound,
+    /// The request was refused (invalid instance, invalid change batch, access denied, …):
+    /// retrying soon won't help.
+    Rejected,
+}
+
+/// An AWS call that failed: which call, on what, how, and the SDK's own account of the cause.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{operation} on {target} failed ({kind:?}): {message}")]
+pub struct AwsError {
+    pub kind: ErrorKind,
+    pub operation: &'static str,
+    pub target: String,
+    pub message: String,
+}
+
+impl AwsError {
+    pub fn new(
+        kind: ErrorKind,
+        operation: &'static str,
+        target: impl fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
+        AwsError {
+            kind,
+            operation,
+            target: target.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// Whether an early retry (with backoff) can help.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+}
+
+/// Error codes that mean "slow down" on ELB and Route53.
+const THROTTLE_CODES: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "PriorRequestNotComplete",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "SlowDown",
+];
+
+const NOT_FOUND_CODES: &[&str] = &[
+    "LoadBalancerNotFound",
+    "AccessPointNotFound",
+    "NoSuchHostedZone",
+];
+
+/// Sorts an SDK error into an [`AwsError`]. A 5xx without a code (moto answers some errors with an
+/// HTML page) is transient; a 4xx without a known code is a rejection.
+pub fn classify<E>(operation: &'static str, target: impl fmt::Display, err: SdkError<E>) -> AwsError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let message = DisplayErrorContext(&err).to_string();
+    let kind = match &err {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            let status = service.raw().status().as_u16();
+            if THROTTLE_CODES.contains(&code) || status == 429 {
+                ErrorKind::Throttled
+            } else if NOT_FOUND_CODES.contains(&code) {
+                ErrorKind::NotFound
+            } else if status >= 500 {
+                ErrorKind::Transient
+            } else {
+                ErrorKind::Rejected
+            }
+        }
+        SdkError::ConstructionFailure(_) => ErrorKind::Rejected,
+        // Timeouts, connection failures, unparseable responses: the network or the server.
+        _ => ErrorKind::Transient,
+    };
+    AwsError::new(kind, operation, target, message)
+}
+
+/// Options for the real SDK clients.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// A custom endpoint for both services (moto, LocalStack, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+    /// The longest one call may take, retries included; the SDK has no default.
+    pub timeout: Duration,
+}
+
+/// Loads the shared SDK configuration: the standard credential chain (environment, profile, web
+/// identity, instance role), plus the original lbManager's `AWS_ACCESS_KEY`/`AWS_SECRET_KEY` names
+/// when the standard ones are not set.
+pub async fn load_sdk_config(opts: &ClientOptions) -> aws_config::SdkConfig {
+    use aws_config::timeout::TimeoutConfig;
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .app_name(aws_config::AppName::new("lbmanager").expect("a valid app name"))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(opts.timeout / 2)
+                .operation_timeout(opts.timeout)
+                .build(),
+        );
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        // Every call names its region (ELB) or is global (Route53); this only keeps the loader
+        // from looking for a region in the instance metadata.
+        loader = loader.region(aws_config::Region::new("us-east-1"));
+    }
+    if let Some(url) = &opts.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+        if let (Ok(id), Ok(secret)) = (
+            std::env::var("AWS_ACCESS_KEY"),
+            std::env::var("AWS_SECRET_KEY"),
+        ) {
+            loader = loader.credentials_provider(aws_sdk_route53::config::Credentials::new(
+                id,
+                secret,
+                None,
+                None,
+                "AWS_ACCESS_KEY",
+            ));
+        }
+    }
+    loader.load().await
+}

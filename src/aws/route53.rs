@@ -1,0 +1,147 @@
+//! Route53 through the AWS SDK. Route53 is global: one client serves every zone.
+
+use async_trait::async_trait;
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
+use aws_sdk_route53::Client;
+
+use super::{classify, AwsError, ErrorKind, Route53Api};
+use crate::plan::{Action, RecordChange, RecordSet, RecordType};
+
+pub struct SdkRoute53 {
+    client: Client,
+}
+
+impl SdkRoute53 {
+    pub fn new(config: &aws_config::SdkConfig) -> Self {
+        SdkRoute53 {
+            client: Client::new(config),
+        }
+    }
+}
+
+/// Route53 answers names with a trailing dot and escapes `*` as `\052`.
+fn normalise_name(name: &str) -> String {
+    name.trim_end_matches('.')
+        .replace("\\052", "*")
+        .to_ascii_lowercase()
+}
+
+fn rejected(target: &str, err: impl std::fmt::Display) -> AwsError {
+    AwsError::new(
+        ErrorKind::Rejected,
+        "ChangeResourceRecordSets",
+        target,
+        err.to_string(),
+    )
+}
+
+fn to_sdk(change: &RecordChange, target: &str) -> Result<Change, AwsError> {
+    let records = change
+        .set
+        .values
+        .iter()
+        .map(|v| ResourceRecord::builder().value(v).build())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| rejected(target, e))?;
+    let set = ResourceRecordSet::builder()
+        .name(format!("{}.", change.set.name))
+        .r#type(match change.set.rtype {
+            RecordType::A => RrType::A,
+            RecordType::Aaaa => RrType::Aaaa,
+        })
+        .ttl(change.set.ttl)
+        .set_resource_records(Some(records))
+        .build()
+        .map_err(|e| rejected(target, e))?;
+    Change::builder()
+        .action(match change.action {
+            Action::Create => ChangeAction::Create,
+            Action::Upsert => ChangeAction::Upsert,
+            Action::Delete => ChangeAction::Delete,
+        })
+        .resource_record_set(set)
+        .build()
+        .map_err(|e| rejected(target, e))
+}
+
+#[async_trait]
+impl Route53Api for SdkRoute53 {
+    async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError> {
+        let target = format!("route53/{zone}/{fqdn}");
+        let mut found = Vec::new();
+        let mut start: Option<(String, RrType, Option<String>)> =
+            Some((format!("{fqdn}."), RrType::A, None));
+        // Records are sorted by name then type: page on while the next record still has our name.
+        while let Some((name, rtype, identifier)) = start.take() {
+            let out = self
+                .client
+                .list_resource_record_sets()
+                .hosted_zone_id(zone)
+                .start_record_name(name)
+                .start_record_type(rtype)
+                .set_start_record_identifier(identifier)
+                .max_items(10)
+                .send()
+                .await
+                .map_err(|e| classify("ListResourceRecordSets", &target, e))?;
+            for set in out.resource_record_sets() {
+                if normalise_name(set.name()) != fqdn {
+                    return Ok(found);
+                }
+                let rtype = match set.r#type() {
+                    RrType::A => RecordType::A,
+                    RrType::Aaaa => RecordType::Aaaa,
+                    _ => continue,
+                };
+                if set.set_identifier().is_some() || set.alias_target().is_some() {
+                    continue;
+                }
+                found.push(RecordSet {
+                    name: fqdn.to_string(),
+                    rtype,
+                    ttl: set.ttl().unwrap_or_default(),
+                    values: set
+                        .resource_records()
+                        .iter()
+                        .map(|r| r.value().to_string())
+                        .collect(),
+                });
+            }
+            if out.is_truncated() {
+                if let (Some(name), Some(rtype)) = (out.next_record_name(), out.next_record_type()) {
+                    if normalise_name(name) == fqdn {
+                        start = Some((
+                            name.to_string(),
+                            rtype.clone(),
+                            out.next_record_identifier().map(str::to_string),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
+        let target = format!("route53/{zone}");
+        let sdk_changes = changes
+            .iter()
+            .map(|c| to_sdk(c, &target))
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = ChangeBatch::builder()
+            .comment("lbmanager")
+            .set_changes(Some(sdk_changes))
+            .build()
+            .map_err(|e| rejected(&target, e))?;
+        self.client
+            .change_resource_record_sets()
+            .hosted_zone_id(zone)
+            .change_batch(batch)
+            .send()
+            .await
+            .map_err(|e| classify("ChangeResourceRecordSets", &target, e))?;
+        Ok(())
+    }
+}

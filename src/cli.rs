@@ -1,0 +1,169 @@
+//! Command-line flags. Every flag has help text and an environment twin, so the same settings
+//! work from a shell, a systemd EnvironmentFile and a container.
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbmanager",
+    version,
+    about = "Keeps AWS Classic ELBs and Route53 A/AAAA record sets in step with an etcd key tree",
+    long_about = "Keeps AWS Classic ELBs and Route53 A/AAAA record sets in step with an etcd key tree.\n\n\
+        Members are etcd keys:\n  \
+        PREFIX/elb/REGION/LB_NAME/single|multiple/INSTANCE_ID\n  \
+        PREFIX/route53/REGION/HOSTED_ZONE_ID/FQDN/single|multiple/IP\n\n\
+        AWS credentials come from the standard chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+        AWS_PROFILE, web identity, instance role); the original lbManager's AWS_ACCESS_KEY and \
+        AWS_SECRET_KEY are accepted too."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: read the key tree, sync every load balancer, then follow every change.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// etcd v3 endpoints, comma-separated; lbmanager fails over between them.
+    #[arg(
+        long,
+        env = "ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:2379"
+    )]
+    pub etcd_endpoints: Vec<String>,
+
+    /// etcd user name, for an etcd with authentication enabled.
+    #[arg(long, env = "ETCD_USER")]
+    pub etcd_user: Option<String>,
+
+    /// File holding the etcd user's password (first line). Or set ETCD_PASSWORD; there is no
+    /// password flag, so the password never shows in a process listing.
+    #[arg(long, env = "ETCD_PASSWORD_FILE")]
+    pub etcd_password_file: Option<std::path::PathBuf>,
+
+    /// How long to keep trying to reach etcd at start before giving up with an error (systemd
+    /// restarts the service).
+    #[arg(long, env = "LBMANAGER_ETCD_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub etcd_connect_timeout: Duration,
+
+    /// The etcd key prefix of the member tree.
+    #[arg(long, env = "LBMANAGER_PREFIX", default_value = "/lbManager", value_parser = parse_prefix)]
+    pub prefix: String,
+
+    /// A custom AWS endpoint for both ELB and Route53 (moto, LocalStack, a VPC endpoint).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+
+    /// The longest one AWS call may take, its retries included.
+    #[arg(long, env = "LBMANAGER_AWS_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub aws_timeout: Duration,
+
+    /// TTL in seconds of the A/AAAA record sets lbmanager writes.
+    #[arg(long, env = "LBMANAGER_ROUTE53_TTL", default_value_t = 60,
+          value_parser = clap::value_parser!(i64).range(0..=2_147_483_647))]
+    pub route53_ttl: i64,
+
+    /// How often every managed load balancer is read back from AWS and corrected (drift made by
+    /// hand); also the retry interval after errors that retrying soon can't fix. E.g. 30s, 5m.
+    #[arg(long, env = "LBMANAGER_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_interval)]
+    pub resync_interval: Duration,
+
+    /// Log level.
+    #[arg(long, env = "LBMANAGER_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn to_slog(self) -> slog::Level {
+        match self {
+            LogLevel::Error => slog::Level::Error,
+            LogLevel::Warn => slog::Level::Warning,
+            LogLevel::Info => slog::Level::Info,
+            LogLevel::Debug => slog::Level::Debug,
+            LogLevel::Trace => slog::Level::Trace,
+        }
+    }
+}
+
+/// A prefix is an absolute etcd path; a trailing slash is dropped.
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let p = s.trim_end_matches('/');
+    if !s.starts_with('/') || p.is_empty() {
+        return Err("the prefix must start with / and name something, like /lbManager".into());
+    }
+    Ok(p.to_string())
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("must be at least 1s".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_help_and_an_env_twin() {
+        Cli::command().debug_assert();
+        let cmd = Cli::command();
+        let run = cmd.find_subcommand("run").unwrap();
+        for arg in run.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(arg.get_help().is_some(), "{id} has no help");
+            assert!(arg.get_env().is_some(), "{id} has no env twin");
+        }
+    }
+
+    #[test]
+    fn parses_flags() {
+        let cli = Cli::try_parse_from([
+            "lbmanager",
+            "run",
+            "--etcd-endpoints",
+            "http://a:2379,http://b:2379",
+            "--prefix",
+            "/lb/",
+            "--resync-interval",
+            "90s",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.etcd_endpoints, vec!["http://a:2379", "http://b:2379"]);
+        assert_eq!(args.prefix, "/lb");
+        assert_eq!(args.resync_interval, Duration::from_secs(90));
+        for bad in [
+            vec!["lbmanager", "run", "--prefix", "lb"],
+            vec!["lbmanager", "run", "--route53-ttl", "-1"],
+            vec!["lbmanager", "run", "--resync-interval", "0s"],
+            vec!["lbmanager", "run", "--log-level", "loud"],
+            vec!["lbmanager", "run", "--no-such-flag"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+    }
+}

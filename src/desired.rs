@@ -1,0 +1,271 @@
+//! Desired state: which members each load balancer should have, as a pure function of the member
+//! keys in etcd and their `mod_revision`s.
+//!
+//! Keeping this a function of (key, revision) pairs, and nothing else, is what makes a restart safe:
+//! the same etcd tree always gives the same answer, whatever order the events arrived in.
+//!
+//! The `single` class follows the original lbManager: let S be the `single` key with the highest
+//! revision. No S → the members are all `multiple` keys. Otherwise, if some `multiple` keys are newer
+//! than S → the members are those; else the only member is S. Every key that does not count is
+//! *superseded*; the caller deletes superseded keys from etcd (guarded by the revisions seen here),
+//! so that etcd lists exactly what is in the load balancer.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::key::{self, Class, KeyError, LbId, Member};
+
+/// An etcd revision (`mod_revision` of a key, or a store revision).
+pub type Revision = i64;
+
+#[derive(Clone, Debug)]
+struct Entry {
+    class: Class,
+    member: Member,
+    revision: Revision,
+}
+
+/// What the keys of one load balancer resolve to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resolution {
+    pub members: BTreeSet<Member>,
+    /// The newest key that decided the outcome (the `single` winner, or the newest `multiple` key
+    /// that overrode a `single`); `None` when no `single` key is involved.
+    pub winner: Option<(String, Revision)>,
+    /// Keys that no longer count, with the revision they had when this was computed.
+    pub superseded: Vec<(String, Revision)>,
+}
+
+/// The member keys of every load balancer that has any.
+#[derive(Debug)]
+pub struct DesiredState {
+    prefix: String,
+    lbs: HashMap<LbId, BTreeMap<String, Entry>>,
+}
+
+impl DesiredState {
+    pub fn new(prefix: &str) -> Self {
+        DesiredState {
+            prefix: prefix.to_string(),
+            lbs: HashMap::new(),
+        }
+    }
+
+    /// Records that `key` was written at `revision`. Returns the load balancer it belongs to,
+    /// `Ok(None)` for keys that are not members by design, and the parse error for malformed keys
+    /// (which change nothing).
+    pub fn put(&mut self, key: &str, revision: Revision) -> Result<Option<LbId>, KeyError> {
+        let Some(parsed) = key::parse(&self.prefix, key)? else {
+            return Ok(None);
+        };
+        let entry = Entry {
+            class: parsed.class,
+            member: parsed.member,
+            revision,
+        };
+        self.lbs
+            .entry(parsed.lb.clone())
+            .or_default()
+            .insert(key.to_string(), entry);
+        Ok(Some(parsed.lb))
+    }
+
+    /// Records that `key` was deleted; returns the load balancer it belonged to, if it was a member.
+    pub fn delete(&mut self, key: &str) -> Option<LbId> {
+        let lb = key::parse(&self.prefix, key).ok().flatten()?.lb;
+        let keys = self.lbs.get_mut(&lb)?;
+        keys.remove(key)?;
+        if keys.is_empty() {
+            self.lbs.remove(&lb);
+        }
+        Some(lb)
+    }
+
+    /// Every load balancer that has at least one member key.
+    pub fn load_balancers(&self) -> impl Iterator<Item = &LbId> {
+        self.lbs.keys()
+    }
+
+    /// The number of member keys held.
+    pub fn key_count(&self) -> usize {
+        self.lbs.values().map(BTreeMap::len).sum()
+    }
+
+    /// Resolves the keys of `lb` (an unknown load balancer resolves to no members).
+    pub fn resolve(&self, lb: &LbId) -> Resolution {
+        self.lbs.get(lb).map(resolve).unwrap_or_default()
+    }
+}
+
+fn resolve(keys: &BTreeMap<String, Entry>) -> Resolution {
+    let single = keys
+        .iter()
+        .filter(|(_, e)| e.class == Class::Single)
+        .max_by_key(|(k, e)| (e.revision, *k));
+    let Some((single_key, single)) = single else {
+        return Resolution {
+            members: keys.values().map(|e| e.member.clone()).collect(),
+            winner: None,
+            superseded: Vec::new(),
+        };
+    };
+    let newer: Vec<(&String, &Entry)> = keys
+        .iter()
+        .filter(|(_, e)| e.class == Class::Multiple && e.revision > single.revision)
+        .collect();
+    let (members, winner) = if newer.is_empty() {
+        (
+            BTreeSet::from([single.member.clone()]),
+            (single_key.clone(), single.revision),
+        )
+    } else {
+        let (k, e) = newer
+            .iter()
+            .max_by_key(|(k, e)| (e.revision, *k))
+            .expect("newer is not empty");
+        (
+            newer.iter().map(|(_, e)| e.member.clone()).collect(),
+            ((*k).clone(), e.revision),
+        )
+    };
+    let counts = |k: &String, e: &Entry| {
+        if newer.is_empty() {
+            k == single_key
+        } else {
+            e.class == Class::Multiple && e.revision > single.revision
+        }
+    };
+    let superseded = keys
+        .iter()
+        .filter(|(k, e)| !counts(k, e))
+        .map(|(k, e)| (k.clone(), e.revision))
+        .collect();
+    Resolution {
+        members,
+        winner: Some(winner),
+        superseded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LB: &str = "/lbManager/elb/us-east-1/web";
+
+    fn lb() -> LbId {
+        LbId::Elb {
+            region: "us-east-1".into(),
+            name: "web".into(),
+        }
+    }
+
+    fn key(class: &str, n: u32) -> String {
+        format!("{LB}/{class}/i-{n:08x}")
+    }
+
+    fn inst(n: u32) -> Member {
+        Member::Instance(format!("i-{n:08x}"))
+    }
+
+    fn state(keys: &[(&str, u32, Revision)]) -> DesiredState {
+        let mut s = DesiredState::new("/lbManager");
+        for (class, n, rev) in keys {
+            assert_eq!(s.put(&key(class, *n), *rev), Ok(Some(lb())));
+        }
+        s
+    }
+
+    #[test]
+    fn multiple_only_all_members() {
+        let r = state(&[("multiple", 1, 5), ("multiple", 2, 6)]).resolve(&lb());
+        assert_eq!(r.members, BTreeSet::from([inst(1), inst(2)]));
+        assert_eq!(r.winner, None);
+        assert!(r.superseded.is_empty());
+    }
+
+    #[test]
+    fn newest_single_wins_over_older_keys() {
+        let r = state(&[
+            ("multiple", 1, 5),
+            ("single", 2, 6),
+            ("multiple", 3, 7),
+            ("single", 4, 9),
+        ])
+        .resolve(&lb());
+        assert_eq!(r.members, BTreeSet::from([inst(4)]));
+        assert_eq!(r.winner, Some((key("single", 4), 9)));
+        let mut sup: Vec<_> = r.superseded.iter().map(|(k, _)| k.clone()).collect();
+        sup.sort();
+        let mut want = vec![key("multiple", 1), key("single", 2), key("multiple", 3)];
+        want.sort();
+        assert_eq!(sup, want);
+        assert!(r.superseded.contains(&(key("multiple", 3), 7)));
+    }
+
+    #[test]
+    fn multiple_written_after_single_replaces_it() {
+        let r = state(&[
+            ("multiple", 1, 5),
+            ("single", 2, 6),
+            ("multiple", 3, 7),
+            ("multiple", 4, 8),
+        ])
+        .resolve(&lb());
+        assert_eq!(r.members, BTreeSet::from([inst(3), inst(4)]));
+        assert_eq!(r.winner, Some((key("multiple", 4), 8)));
+        let mut sup = r.superseded.clone();
+        sup.sort();
+        assert_eq!(sup, vec![(key("multiple", 1), 5), (key("single", 2), 6)]);
+    }
+
+    #[test]
+    fn rollback_by_rewriting_old_key() {
+        let mut s = state(&[("single", 1, 5), ("single", 2, 6)]);
+        assert_eq!(s.resolve(&lb()).members, BTreeSet::from([inst(2)]));
+        s.put(&key("single", 1), 10).unwrap();
+        assert_eq!(s.resolve(&lb()).members, BTreeSet::from([inst(1)]));
+    }
+
+    #[test]
+    fn deleting_the_single_winner_falls_back() {
+        let mut s = state(&[("multiple", 1, 5), ("single", 2, 6)]);
+        assert_eq!(s.delete(&key("single", 2)), Some(lb()));
+        assert_eq!(s.resolve(&lb()).members, BTreeSet::from([inst(1)]));
+    }
+
+    #[test]
+    fn order_of_events_does_not_matter() {
+        let a = state(&[("multiple", 1, 5), ("single", 2, 6), ("multiple", 3, 7)]);
+        let b = state(&[("multiple", 3, 7), ("single", 2, 6), ("multiple", 1, 5)]);
+        assert_eq!(a.resolve(&lb()), b.resolve(&lb()));
+    }
+
+    #[test]
+    fn last_key_deleted_forgets_the_lb() {
+        let mut s = state(&[("multiple", 1, 5)]);
+        assert_eq!(s.load_balancers().count(), 1);
+        s.delete(&key("multiple", 1));
+        assert_eq!(s.load_balancers().count(), 0);
+        assert_eq!(s.resolve(&lb()), Resolution::default());
+        assert_eq!(s.delete(&key("multiple", 1)), None);
+    }
+
+    #[test]
+    fn malformed_and_reserved_keys_change_nothing() {
+        let mut s = DesiredState::new("/lbManager");
+        assert!(s.put("/lbManager/elb/us-east-1/web/multiple/bogus", 3).is_err());
+        assert_eq!(s.put("/lbManager/_state/x", 4), Ok(None));
+        assert_eq!(s.key_count(), 0);
+        assert_eq!(s.delete("/lbManager/elb/us-east-1/web/multiple/bogus"), None);
+    }
+
+    #[test]
+    fn same_member_in_two_keys_counts_once() {
+        let mut s = DesiredState::new("/lbManager");
+        let zone = "/lbManager/route53/us-east-1/Z1/www.example.com";
+        s.put(&format!("{zone}/multiple/2001:db8::1"), 3).unwrap();
+        s.put(&format!("{zone}/multiple/2001:DB8::1"), 4).unwrap();
+        let lb = s.load_balancers().next().unwrap().clone();
+        assert_eq!(s.resolve(&lb).members.len(), 1);
+    }
+}

@@ -1,0 +1,175 @@
+//! The etcd side: connecting, reading the whole prefix at one revision, and deleting superseded
+//! `single`/`multiple` keys. The watch itself lives in the `EtcdWatcher` actor.
+
+use std::time::Duration;
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+
+use crate::desired::Revision;
+
+/// What can go wrong talking to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    #[error("cannot reach etcd at {endpoints}: {source}")]
+    Connect {
+        endpoints: String,
+        source: etcd_client::Error,
+    },
+    #[error("reading {prefix} from etcd failed: {source}")]
+    Read {
+        prefix: String,
+        source: etcd_client::Error,
+    },
+    #[error("deleting superseded keys failed: {source}")]
+    Delete { source: etcd_client::Error },
+}
+
+/// How to reach etcd.
+#[derive(Clone, Debug)]
+pub struct EtcdOptions {
+    pub endpoints: Vec<String>,
+    pub user: Option<(String, String)>,
+}
+
+/// Connects to etcd. The connection is lazy: this succeeds against a dead endpoint, and the first
+/// request says whether etcd is there.
+pub async fn connect(opts: &EtcdOptions) -> Result<Client, EtcdError> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(3))
+        // HTTP/2 pings notice a dead etcd under an idle watch; a request timeout would cut the
+        // watch stream itself, so there is none.
+        .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
+        .with_keep_alive_while_idle(true);
+    if let Some((user, password)) = &opts.user {
+        options = options.with_user(user, password);
+    }
+    Client::connect(&opts.endpoints, Some(options))
+        .await
+        .map_err(|source| EtcdError::Connect {
+            endpoints: opts.endpoints.join(","),
+            source,
+        })
+}
+
+/// Every key under a prefix at one revision (values are not needed: only keys and revisions mean
+/// anything to lbmanager).
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// (key, mod_revision) of every key under the prefix.
+    pub keys: Vec<(String, Revision)>,
+    /// The store revision the snapshot was read at; a watch resumes at `revision + 1`.
+    pub revision: Revision,
+    /// Keys that are not UTF-8 (they can't be member keys), counted and skipped.
+    pub skipped: usize,
+}
+
+/// The watched range: the prefix with its trailing slash, so `/lbManager` does not also match
+/// `/lbManager-election/…`.
+pub fn watch_key(prefix: &str) -> String {
+    format!("{prefix}/")
+}
+
+/// The first key after every key that starts with `key`.
+fn range_end(key: &str) -> Vec<u8> {
+    let mut end = key.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Reads every key under `prefix/` at one revision, `page` keys a request, keys only.
+pub async fn read_snapshot(
+    client: &mut Client,
+    prefix: &str,
+    page: i64,
+) -> Result<Snapshot, EtcdError> {
+    let start = watch_key(prefix);
+    let end = range_end(&start);
+    let mut snapshot = Snapshot::default();
+    let mut from: Vec<u8> = start.into_bytes();
+    loop {
+        let mut options = GetOptions::new()
+            .with_range(end.clone())
+            .with_keys_only()
+            .with_limit(page);
+        if snapshot.revision > 0 {
+            options = options.with_revision(snapshot.revision);
+        }
+        let resp = client
+            .get(from.clone(), Some(options))
+            .await
+            .map_err(|source| EtcdError::Read {
+                prefix: prefix.to_string(),
+                source,
+            })?;
+        if snapshot.revision == 0 {
+            snapshot.revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        for kv in resp.kvs() {
+            match kv.key_str() {
+                Ok(key) => snapshot.keys.push((key.to_string(), kv.mod_revision())),
+                Err(_) => snapshot.skipped += 1,
+            }
+        }
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(snapshot),
+        }
+    }
+}
+
+/// etcd's default limit of operations in one transaction is 128; the winner's guard takes one.
+const DELETES_PER_TXN: usize = 100;
+
+/// Deletes `superseded` keys, each only if it still has the revision it was seen with and only
+/// while `winner` still has its revision: a key written (or rewritten, as a rollback does) after the
+/// decision is never deleted. Returns how many keys were deleted.
+pub async fn delete_superseded(
+    client: &mut Client,
+    winner: &(String, Revision),
+    superseded: &[(String, Revision)],
+) -> Result<usize, EtcdError> {
+    let mut deleted = 0;
+    for chunk in superseded.chunks(DELETES_PER_TXN) {
+        let mut guards = vec![Compare::mod_revision(
+            winner.0.as_str(),
+            CompareOp::Equal,
+            winner.1,
+        )];
+        guards.extend(
+            chunk
+                .iter()
+                .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev)),
+        );
+        let deletes: Vec<TxnOp> = chunk
+            .iter()
+            .map(|(k, _)| TxnOp::delete(k.as_str(), None))
+            .collect();
+        let resp = client
+            .txn(Txn::new().when(guards).and_then(deletes))
+            .await
+            .map_err(|source| EtcdError::Delete { source })?;
+        if resp.succeeded() {
+            deleted += chunk.len();
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_end_is_next_prefix() {
+        assert_eq!(range_end("/lbManager/"), b"/lbManager0".to_vec());
+        assert_eq!(watch_key("/lbManager"), "/lbManager/");
+    }
+}

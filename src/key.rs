@@ -1,0 +1,439 @@
+//! The key grammar: what an etcd key under the prefix means.
+//!
+//! ```text
+//! PREFIX/elb/REGION/LB_NAME/CLASS/INSTANCE_ID
+//! PREFIX/route53/REGION/HOSTED_ZONE/FQDN/CLASS/IP
+//! ```
+//!
+//! Parsing is pure and total: every key either is a member ([`MemberKey`]), is not a member at all
+//! (a reserved `_name` segment right under the prefix, for lbmanager's own bookkeeping), or is
+//! malformed ([`KeyError`], which says which part is wrong). The daemon warns once about a
+//! malformed key and ignores it; nothing else depends on it.
+//!
+//! Every part is validated and normalised here (FQDNs lower-cased without the trailing dot, IPs in
+//! their canonical form), so that two spellings of one member are the same member everywhere else.
+
+use std::fmt;
+use std::net::IpAddr;
+
+/// Which of a load balancer's two key directories a member key lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    /// The newest `single` key is the load balancer's only member.
+    Single,
+    /// All `multiple` keys are members (unless a newer `single` key overrides them).
+    Multiple,
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Class::Single => "single",
+            Class::Multiple => "multiple",
+        })
+    }
+}
+
+/// One load balancer that lbmanager keeps in step: a Classic ELB, or one FQDN's A/AAAA record sets.
+///
+/// A Route53 load balancer is named by zone and FQDN only: Route53 is a global service, so the
+/// REGION part of its keys picks nothing and two regions naming one FQDN are the same records.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LbId {
+    Elb { region: String, name: String },
+    Route53 { zone: String, fqdn: String },
+}
+
+impl LbId {
+    /// The hosted zone of a Route53 load balancer.
+    pub fn zone(&self) -> Option<&str> {
+        match self {
+            LbId::Route53 { zone, .. } => Some(zone),
+            LbId::Elb { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for LbId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LbId::Elb { region, name } => write!(f, "elb/{region}/{name}"),
+            LbId::Route53 { zone, fqdn } => write!(f, "route53/{zone}/{fqdn}"),
+        }
+    }
+}
+
+/// A member of a load balancer: an EC2 instance (ELB) or an IP address (Route53).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Member {
+    Instance(String),
+    Ip(IpAddr),
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Member::Instance(id) => f.write_str(id),
+            Member::Ip(ip) => write!(f, "{ip}"),
+        }
+    }
+}
+
+/// A parsed member key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberKey {
+    pub lb: LbId,
+    pub class: Class,
+    pub member: Member,
+}
+
+/// Why a key under the prefix is not a valid member key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("unknown kind {0:?} (expected elb or route53)")]
+    UnknownKind(String),
+    #[error("wrong number of parts for {kind}: expected {expected}")]
+    Shape {
+        kind: &'static str,
+        expected: &'static str,
+    },
+    #[error("invalid region {0:?}")]
+    Region(String),
+    #[error("invalid ELB name {0:?} (1-32 letters, digits or hyphens, no hyphen at either end)")]
+    ElbName(String),
+    #[error("invalid class {0:?} (expected single or multiple)")]
+    Class(String),
+    #[error("invalid instance id {0:?} (expected i- and 8 or 17 hex digits)")]
+    InstanceId(String),
+    #[error("invalid hosted zone id {0:?} (expected 1-32 upper-case letters and digits)")]
+    HostedZone(String),
+    #[error("invalid FQDN {0:?}")]
+    Fqdn(String),
+    #[error("invalid IP address {0:?}")]
+    Ip(String),
+}
+
+/// Parses `key`, which lies under `prefix` (given without a trailing slash).
+///
+/// Returns `Ok(None)` for keys that are not member keys by design: anything outside `prefix/`,
+/// and anything whose first part under the prefix starts with `_` (reserved for lbmanager).
+pub fn parse(prefix: &str, key: &str) -> Result<Option<MemberKey>, KeyError> {
+    let Some(rest) = key
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.strip_prefix('/'))
+    else {
+        return Ok(None);
+    };
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts[0] {
+        reserved if reserved.starts_with('_') => Ok(None),
+        "elb" => {
+            let [_, region, name, class, instance] = parts[..] else {
+                return Err(KeyError::Shape {
+                    kind: "elb",
+                    expected: "elb/REGION/LB_NAME/CLASS/INSTANCE_ID",
+                });
+            };
+            Ok(Some(MemberKey {
+                lb: LbId::Elb {
+                    region: region_of(region)?,
+                    name: elb_name(name)?,
+                },
+                class: class_of(class)?,
+                member: Member::Instance(instance_id(instance)?),
+            }))
+        }
+        "route53" => {
+            let [_, region, zone, fqdn, class, ip] = parts[..] else {
+                return Err(KeyError::Shape {
+                    kind: "route53",
+                    expected: "route53/REGION/HOSTED_ZONE/FQDN/CLASS/IP",
+                });
+            };
+            region_of(region)?;
+            Ok(Some(MemberKey {
+                lb: LbId::Route53 {
+                    zone: hosted_zone(zone)?,
+                    fqdn: normalise_fqdn(fqdn)?,
+                },
+                class: class_of(class)?,
+                member: Member::Ip(ip.parse().map_err(|_| KeyError::Ip(ip.to_string()))?),
+            }))
+        }
+        other => Err(KeyError::UnknownKind(other.to_string())),
+    }
+}
+
+/// `us-east-1`, `ap-southeast-2`, `us-gov-west-1`, `cn-north-1`: lower-case words joined by
+/// hyphens, the first two letters long, the last a number.
+fn region_of(s: &str) -> Result<String, KeyError> {
+    let bad = || KeyError::Region(s.to_string());
+    let parts: Vec<&str> = s.split('-').collect();
+    if parts.len() < 3 || s.len() > 32 {
+        return Err(bad());
+    }
+    let (last, words) = parts.split_last().ok_or_else(bad)?;
+    let word_ok = |w: &&str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase());
+    if words[0].len() != 2
+        || !words.iter().all(word_ok)
+        || last.is_empty()
+        || !last.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    Ok(s.to_string())
+}
+
+/// Classic ELB names: 1-32 alphanumerics and hyphens, not starting or ending with a hyphen.
+fn elb_name(s: &str) -> Result<String, KeyError> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    ok.then(|| s.to_string())
+        .ok_or_else(|| KeyError::ElbName(s.to_string()))
+}
+
+fn class_of(s: &str) -> Result<Class, KeyError> {
+    match s {
+        "single" => Ok(Class::Single),
+        "multiple" => Ok(Class::Multiple),
+        _ => Err(KeyError::Class(s.to_string())),
+    }
+}
+
+/// `i-` and 8 (old style) or 17 (current) lower-case hex digits.
+fn instance_id(s: &str) -> Result<String, KeyError> {
+    let ok = s.strip_prefix("i-").is_some_and(|hex| {
+        (hex.len() == 8 || hex.len() == 17)
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    });
+    ok.then(|| s.to_string())
+        .ok_or_else(|| KeyError::InstanceId(s.to_string()))
+}
+
+/// Route53 hosted zone ids are up to 32 upper-case letters and digits (`Z1RWWTK7Y8UDDQ`).
+fn hosted_zone(s: &str) -> Result<String, KeyError> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    ok.then(|| s.to_string())
+        .ok_or_else(|| KeyError::HostedZone(s.to_string()))
+}
+
+/// Normalises a DNS name: lower case, no trailing dot. At least two labels of 1-63 letters,
+/// digits, hyphens or underscores (no hyphen at either end); `*` allowed as the first label;
+/// at most 253 characters.
+pub fn normalise_fqdn(s: &str) -> Result<String, KeyError> {
+    let bad = || KeyError::Fqdn(s.to_string());
+    let name = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+    if name.is_empty() || name.len() > 253 {
+        return Err(bad());
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    if labels.len() < 2 {
+        return Err(bad());
+    }
+    for (i, label) in labels.iter().enumerate() {
+        let wildcard = i == 0 && *label == "*";
+        let ok = wildcard
+            || (!label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-'));
+        if !ok {
+            return Err(bad());
+        }
+    }
+    Ok(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P: &str = "/lbManager";
+
+    fn ok(key: &str) -> MemberKey {
+        parse(P, key).unwrap().unwrap()
+    }
+
+    fn err(key: &str) -> KeyError {
+        parse(P, key).unwrap_err()
+    }
+
+    #[test]
+    fn elb_member() {
+        let k = ok("/lbManager/elb/us-east-1/webLB/multiple/i-0123456789abcdef0");
+        assert_eq!(
+            k.lb,
+            LbId::Elb {
+                region: "us-east-1".into(),
+                name: "webLB".into()
+            }
+        );
+        assert_eq!(k.class, Class::Multiple);
+        assert_eq!(k.member, Member::Instance("i-0123456789abcdef0".into()));
+        assert_eq!(
+            ok("/lbManager/elb/ap-southeast-2/a/single/i-0000abcd").class,
+            Class::Single
+        );
+        ok("/lbManager/elb/us-gov-west-1/web-lb-2/single/i-0000abcd");
+    }
+
+    #[test]
+    fn route53_member_v4_and_v6_normalised() {
+        let k = ok("/lbManager/route53/us-east-1/Z12345678/WWW.Example.COM./multiple/1.1.1.1");
+        assert_eq!(
+            k.lb,
+            LbId::Route53 {
+                zone: "Z12345678".into(),
+                fqdn: "www.example.com".into()
+            }
+        );
+        assert_eq!(k.member, Member::Ip("1.1.1.1".parse().unwrap()));
+        let k6 = ok("/lbManager/route53/eu-west-1/Z12345678/www.example.com/single/2001:DB8:0::1");
+        assert_eq!(k6.member.to_string(), "2001:db8::1");
+        // The region does not name the records: both keys are the same load balancer.
+        assert_eq!(k.lb, k6.lb);
+    }
+
+    #[test]
+    fn not_members() {
+        for key in [
+            "/lbManager/_state/managed/elb/us-east-1/x",
+            "/lbManager/_leader",
+            "/lbManagerX/elb/us-east-1/webLB/multiple/i-0123456789abcdef0",
+            "/other/elb/us-east-1/webLB/multiple/i-0123456789abcdef0",
+            "/lbManager",
+        ] {
+            assert_eq!(parse(P, key), Ok(None), "{key}");
+        }
+    }
+
+    #[test]
+    fn bad_parts_name_the_part() {
+        assert!(matches!(
+            err("/lbManager/foo/us-east-1/a/multiple/i-00000000"),
+            KeyError::UnknownKind(_)
+        ));
+        assert!(matches!(err("/lbManager/"), KeyError::UnknownKind(_)));
+        assert!(matches!(
+            err("/lbManager/elb/us-east-1/webLB/multiple"),
+            KeyError::Shape { .. }
+        ));
+        assert!(matches!(
+            err("/lbManager/elb/us-east-1/webLB/multiple/i-00000000/extra"),
+            KeyError::Shape { .. }
+        ));
+        assert!(matches!(
+            err("/lbManager/route53/us-east-1/Z1/www.example.com/multiple"),
+            KeyError::Shape { .. }
+        ));
+        for region in ["useast1", "us-east", "USA-east-1", "u-east-1", "us--1", "us-east-x", ""] {
+            assert_eq!(
+                err(&format!("/lbManager/elb/{region}/a/multiple/i-00000000")),
+                KeyError::Region(region.into())
+            );
+        }
+        for name in ["", "-a", "a-", "a_b", &"a".repeat(33)] {
+            assert_eq!(
+                err(&format!("/lbManager/elb/us-east-1/{name}/multiple/i-00000000")),
+                KeyError::ElbName(name.into())
+            );
+        }
+        assert_eq!(
+            err("/lbManager/elb/us-east-1/a/Multiple/i-00000000"),
+            KeyError::Class("Multiple".into())
+        );
+        for id in [
+            "i-0000000",
+            "i-000000000",
+            "i-0123456789abcdef",
+            "i-0123456789ABCDEF0",
+            "i-0000000g",
+            "0000abcd",
+            "",
+        ] {
+            assert_eq!(
+                err(&format!("/lbManager/elb/us-east-1/a/single/{id}")),
+                KeyError::InstanceId(id.into())
+            );
+        }
+        for zone in ["", "z123", "Z12-3", &"Z".repeat(33)] {
+            assert_eq!(
+                err(&format!(
+                    "/lbManager/route53/us-east-1/{zone}/a.example.com/single/1.1.1.1"
+                )),
+                KeyError::HostedZone(zone.into())
+            );
+        }
+        for fqdn in ["localhost", "a..b", "-a.com", "a-.com", "a b.com", ".", "a.*.com"] {
+            assert_eq!(
+                err(&format!(
+                    "/lbManager/route53/us-east-1/Z1/{fqdn}/single/1.1.1.1"
+                )),
+                KeyError::Fqdn(fqdn.into())
+            );
+        }
+        for ip in ["1.1.1", "1.1.1.256", "::g", "example.com", ""] {
+            assert_eq!(
+                err(&format!(
+                    "/lbManager/route53/us-east-1/Z1/a.example.com/single/{ip}"
+                )),
+                KeyError::Ip(ip.into())
+            );
+        }
+    }
+
+    #[test]
+    fn fqdn_rules() {
+        assert_eq!(normalise_fqdn("*.Example.com.").unwrap(), "*.example.com");
+        assert_eq!(normalise_fqdn("_dmarc.example.com").unwrap(), "_dmarc.example.com");
+        let long_label = format!("{}.com", "a".repeat(64));
+        assert!(normalise_fqdn(&long_label).is_err());
+        let long_name = format!("{}com", "abcdefghi.".repeat(26));
+        assert!(long_name.len() > 253);
+        assert!(normalise_fqdn(&long_name).is_err());
+    }
+
+    #[test]
+    fn custom_prefix() {
+        assert!(parse("/lb", "/lb/elb/us-east-1/a/single/i-00000000")
+            .unwrap()
+            .is_some());
+        assert_eq!(
+            parse("/lb", "/lbManager/elb/us-east-1/a/single/i-00000000"),
+            Ok(None)
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        /// Any string at all: parse never panics.
+        #[test]
+        fn never_panics_on_any_string(s in "\\PC*") {
+            let _ = parse(P, &s);
+            let _ = parse(P, &format!("{P}/{s}"));
+        }
+
+        /// Keys that look almost right: parse never panics, and a valid answer re-parses the same.
+        #[test]
+        fn never_panics_on_near_keys(
+            kind in "(elb|route53|x|_s)",
+            parts in proptest::collection::vec("[a-zA-Z0-9:.*_-]{0,20}", 0..7),
+        ) {
+            let key = format!("{P}/{kind}/{}", parts.join("/"));
+            if let Ok(Some(k)) = parse(P, &key) {
+                proptest::prop_assert!(!k.member.to_string().is_empty());
+            }
+        }
+    }
+}

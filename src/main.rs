@@ -1,0 +1,143 @@
+//! The `lbmanager` binary: parse flags, reach etcd, build the AWS clients, start the actor system.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use clap::Parser;
+use slog::{error, info, warn, Logger};
+
+use lbmanager::actors::supervisor::Supervisor;
+use lbmanager::actors::{backoff, Settings};
+use lbmanager::aws::{self, elb::SdkElb, route53::SdkRoute53, ClientOptions};
+use lbmanager::cli::{Cli, Command, RunArgs};
+use lbmanager::etcd::{self, EtcdOptions, Snapshot};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => actix_rt::System::new().block_on(run(args)),
+    }
+}
+
+async fn run(args: RunArgs) -> ExitCode {
+    let log = lbmanager::logging::logger(args.log_level.to_slog());
+    info!(log, "lbmanager starting";
+        "version" => env!("CARGO_PKG_VERSION"),
+        "etcd" => args.etcd_endpoints.join(","),
+        "prefix" => &args.prefix,
+        "aws_endpoint" => args.aws_endpoint_url.as_deref().unwrap_or("default"));
+    let etcd_opts = match etcd_options(&args) {
+        Ok(opts) => opts,
+        Err(e) => {
+            error!(log, "bad etcd settings"; "error" => e);
+            return ExitCode::from(2);
+        }
+    };
+    let Some((client, snapshot)) =
+        initial_read(&log, &etcd_opts, &args.prefix, args.etcd_connect_timeout).await
+    else {
+        return ExitCode::FAILURE;
+    };
+    let sdk = aws::load_sdk_config(&ClientOptions {
+        endpoint_url: args.aws_endpoint_url.clone(),
+        timeout: args.aws_timeout,
+    })
+    .await;
+    let settings = Arc::new(Settings {
+        prefix: args.prefix.clone(),
+        route53_ttl: args.route53_ttl,
+        resync_interval: args.resync_interval,
+        ..Settings::default()
+    });
+    let supervisor = Supervisor::new(
+        settings,
+        &log,
+        client,
+        Arc::new(SdkElb::new(sdk.clone())),
+        Arc::new(SdkRoute53::new(&sdk)),
+        snapshot,
+    )
+    .start();
+
+    let code = wait_for_stop(&log, || supervisor.connected()).await;
+    actix_rt::System::current().stop();
+    code
+}
+
+fn etcd_options(args: &RunArgs) -> Result<EtcdOptions, String> {
+    let password = match (&args.etcd_password_file, std::env::var("ETCD_PASSWORD")) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        (None, Ok(p)) => Some(p),
+        (None, Err(_)) => None,
+    };
+    let user = match (&args.etcd_user, password) {
+        (Some(u), Some(p)) => Some((u.clone(), p)),
+        (Some(_), None) => return Err("--etcd-user needs ETCD_PASSWORD or --etcd-password-file".into()),
+        (None, _) => None,
+    };
+    Ok(EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        user,
+    })
+}
+
+/// Connects and reads the whole prefix, retrying with backoff until `timeout`: etcd may start a
+/// little after lbmanager, but one that stays away is an error for the operator (and systemd).
+async fn initial_read(
+    log: &Logger,
+    opts: &EtcdOptions,
+    prefix: &str,
+    timeout: Duration,
+) -> Option<(etcd_client::Client, Snapshot)> {
+    let deadline = Instant::now() + timeout;
+    let mut attempt = 0;
+    loop {
+        let result = async {
+            let mut client = etcd::connect(opts).await?;
+            let snapshot = etcd::read_snapshot(&mut client, prefix, 1000).await?;
+            Ok::<_, etcd::EtcdError>((client, snapshot))
+        };
+        let err = match tokio::time::timeout(Duration::from_secs(5), result).await {
+            Ok(Ok(done)) => return Some(done),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer within 5s".to_string(),
+        };
+        let delay = backoff(attempt, Duration::from_millis(250), Duration::from_secs(5));
+        attempt += 1;
+        if Instant::now() + delay > deadline {
+            error!(log, "cannot read from etcd, giving up";
+                "endpoints" => opts.endpoints.join(","), "error" => err, "waited" => ?timeout);
+            return None;
+        }
+        warn!(log, "etcd not reachable yet, will retry"; "error" => err, "retry_in" => ?delay);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Waits for SIGTERM or SIGINT (exit 0), or for the Supervisor to die (exit 1, so that systemd
+/// restarts lbmanager from etcd's state).
+async fn wait_for_stop(log: &Logger, alive: impl Fn() -> bool) -> ExitCode {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!(log, "SIGTERM received, stopping"); return ExitCode::SUCCESS; }
+            _ = int.recv() => { info!(log, "SIGINT received, stopping"); return ExitCode::SUCCESS; }
+            _ = tick.tick() => if !alive() {
+                error!(log, "the supervisor died, exiting to be restarted");
+                return ExitCode::FAILURE;
+            },
+        }
+    }
+}

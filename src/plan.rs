@@ -1,0 +1,321 @@
+//! Planning: desired × actual → the changes that make AWS match. Pure, so it is tested without AWS
+//! and re-run freely (a plan made from a fresh read is always safe to apply).
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::key::Member;
+
+/// What one Classic ELB sync does: one Register call with all missing instances, one Deregister
+/// call with all extra ones (register first, so a `single` switch never leaves the ELB empty).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ElbChanges {
+    pub register: Vec<String>,
+    pub deregister: Vec<String>,
+}
+
+impl ElbChanges {
+    pub fn is_empty(&self) -> bool {
+        self.register.is_empty() && self.deregister.is_empty()
+    }
+}
+
+/// Plans a Classic ELB from its desired members and the instances AWS reports.
+pub fn plan_elb(desired: &BTreeSet<Member>, actual: &BTreeSet<String>) -> ElbChanges {
+    let want: BTreeSet<&str> = desired
+        .iter()
+        .filter_map(|m| match m {
+            Member::Instance(id) => Some(id.as_str()),
+            Member::Ip(_) => None,
+        })
+        .collect();
+    ElbChanges {
+        register: want
+            .iter()
+            .filter(|id| !actual.contains(**id))
+            .map(|id| id.to_string())
+            .collect(),
+        deregister: actual
+            .iter()
+            .filter(|id| !want.contains(id.as_str()))
+            .cloned()
+            .collect(),
+    }
+}
+
+/// The two record types lbmanager manages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordType {
+    A,
+    Aaaa,
+}
+
+impl RecordType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordType::A => "A",
+            RecordType::Aaaa => "AAAA",
+        }
+    }
+
+    fn of(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => RecordType::A,
+            IpAddr::V6(_) => RecordType::Aaaa,
+        }
+    }
+}
+
+impl fmt::Display for RecordType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A simple (no routing policy, no alias) record set, as Route53 stores it. `name` is normalised
+/// (lower case, no trailing dot); `values` keep Route53's order, because a DELETE must repeat them
+/// exactly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordSet {
+    pub name: String,
+    pub rtype: RecordType,
+    pub ttl: i64,
+    pub values: Vec<String>,
+}
+
+impl RecordSet {
+    fn ips(&self) -> BTreeSet<IpAddr> {
+        self.values.iter().filter_map(|v| v.parse().ok()).collect()
+    }
+}
+
+/// The action of one change in a ChangeResourceRecordSets batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// The record set does not exist yet. Counts once against the batch limits (an UPSERT counts
+    /// twice), and Route53 rejects it if somebody created the name meanwhile: safe either way.
+    Create,
+    Upsert,
+    Delete,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "CREATE",
+            Action::Upsert => "UPSERT",
+            Action::Delete => "DELETE",
+        }
+    }
+}
+
+/// One change of one record set, with what it means in members (for the log).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordChange {
+    pub action: Action,
+    pub set: RecordSet,
+    pub added: Vec<IpAddr>,
+    pub removed: Vec<IpAddr>,
+}
+
+/// Plans the A and AAAA record sets of `fqdn` from its desired IPs and the record sets Route53 has
+/// at that name (`current` holds only simple A/AAAA sets of that name).
+///
+/// Values are compared as sets of addresses, never as strings: Route53's order and spelling of the
+/// values do not matter, and an unchanged set is left alone (a TTL that differs from `ttl` is
+/// corrected with an UPSERT).
+pub fn plan_fqdn(
+    fqdn: &str,
+    desired: &BTreeSet<IpAddr>,
+    current: &[RecordSet],
+    ttl: i64,
+) -> Vec<RecordChange> {
+    [RecordType::A, RecordType::Aaaa]
+        .into_iter()
+        .filter_map(|rtype| {
+            let want: BTreeSet<IpAddr> = desired
+                .iter()
+                .filter(|ip| RecordType::of(ip) == rtype)
+                .copied()
+                .collect();
+            let have = current.iter().find(|s| s.rtype == rtype);
+            let have_ips = have.map(RecordSet::ips).unwrap_or_default();
+            let added: Vec<IpAddr> = want.difference(&have_ips).copied().collect();
+            let removed: Vec<IpAddr> = have_ips.difference(&want).copied().collect();
+            let wanted_set = || RecordSet {
+                name: fqdn.to_string(),
+                rtype,
+                ttl,
+                values: want.iter().map(IpAddr::to_string).collect(),
+            };
+            let (action, set) = match have {
+                None if want.is_empty() => return None,
+                None => (Action::Create, wanted_set()),
+                Some(h) if want.is_empty() => (Action::Delete, h.clone()),
+                Some(h) if added.is_empty() && removed.is_empty() && h.ttl == ttl => return None,
+                Some(_) => (Action::Upsert, wanted_set()),
+            };
+            Some(RecordChange {
+                action,
+                set,
+                added,
+                removed,
+            })
+        })
+        .collect()
+}
+
+/// Route53's limits for one ChangeResourceRecordSets call.
+pub const MAX_BATCH_RECORDS: usize = 1000;
+pub const MAX_BATCH_CHARS: usize = 32_000;
+
+/// What a change counts against the batch limits: (records, characters of values). An UPSERT
+/// counts twice, as Route53 counts it.
+pub fn batch_cost(change: &RecordChange) -> (usize, usize) {
+    let factor = if change.action == Action::Upsert { 2 } else { 1 };
+    let chars: usize = change.set.values.iter().map(String::len).sum();
+    (factor * change.set.values.len(), factor * chars)
+}
+
+/// Packs groups of changes (each group one FQDN's changes, kept together) into as few batches as
+/// Route53's limits allow, in order.
+pub fn pack_batches<T>(groups: Vec<(T, Vec<RecordChange>)>) -> Vec<Vec<(T, Vec<RecordChange>)>> {
+    let mut batches: Vec<Vec<(T, Vec<RecordChange>)>> = Vec::new();
+    let (mut records, mut chars) = (0, 0);
+    for (tag, changes) in groups {
+        let (r, c) = changes
+            .iter()
+            .map(batch_cost)
+            .fold((0, 0), |(a, b), (x, y)| (a + x, b + y));
+        let fits = records + r <= MAX_BATCH_RECORDS && chars + c <= MAX_BATCH_CHARS;
+        match batches.last_mut() {
+            Some(batch) if fits => batch.push((tag, changes)),
+            _ => {
+                batches.push(vec![(tag, changes)]);
+                (records, chars) = (0, 0);
+            }
+        }
+        records += r;
+        chars += c;
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    fn set(rtype: RecordType, ttl: i64, values: &[&str]) -> RecordSet {
+        RecordSet {
+            name: "www.example.com".into(),
+            rtype,
+            ttl,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    fn inst(ids: &[&str]) -> BTreeSet<Member> {
+        ids.iter().map(|i| Member::Instance(i.to_string())).collect()
+    }
+
+    #[test]
+    fn elb_registers_missing_and_deregisters_extra() {
+        let actual: BTreeSet<String> = ["i-00000002", "i-00000003"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let plan = plan_elb(&inst(&["i-00000001", "i-00000002"]), &actual);
+        assert_eq!(plan.register, vec!["i-00000001"]);
+        assert_eq!(plan.deregister, vec!["i-00000003"]);
+        assert!(plan_elb(&inst(&["i-00000002", "i-00000003"]), &actual).is_empty());
+        assert_eq!(plan_elb(&inst(&[]), &actual).deregister.len(), 2);
+    }
+
+    #[test]
+    fn route53_create_when_absent_split_by_family() {
+        let changes = plan_fqdn(
+            "www.example.com",
+            &ips(&["192.0.2.2", "192.0.2.1", "2001:db8::1"]),
+            &[],
+            60,
+        );
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].action, Action::Create);
+        assert_eq!(changes[0].set, set(RecordType::A, 60, &["192.0.2.1", "192.0.2.2"]));
+        assert_eq!(changes[1].set, set(RecordType::Aaaa, 60, &["2001:db8::1"]));
+    }
+
+    #[test]
+    fn route53_same_set_in_other_order_and_spelling_is_no_change() {
+        let current = [
+            set(RecordType::A, 60, &["192.0.2.2", "192.0.2.1"]),
+            set(RecordType::Aaaa, 60, &["2001:DB8:0::1"]),
+        ];
+        let desired = ips(&["192.0.2.1", "192.0.2.2", "2001:db8::1"]);
+        assert!(plan_fqdn("www.example.com", &desired, &current, 60).is_empty());
+        // A different TTL is corrected.
+        let changes = plan_fqdn("www.example.com", &desired, &current, 30);
+        assert_eq!(changes.len(), 2);
+        assert!(changes.iter().all(|c| c.action == Action::Upsert));
+    }
+
+    #[test]
+    fn route53_upsert_on_change_and_delete_exact_current_when_empty() {
+        let current = [
+            set(RecordType::A, 300, &["192.0.2.9", "192.0.2.1"]),
+            set(RecordType::Aaaa, 60, &["2001:db8::1"]),
+        ];
+        let changes = plan_fqdn("www.example.com", &ips(&["192.0.2.1", "192.0.2.3"]), &current, 60);
+        assert_eq!(changes.len(), 2);
+        assert_eq!(changes[0].action, Action::Upsert);
+        assert_eq!(changes[0].set, set(RecordType::A, 60, &["192.0.2.1", "192.0.2.3"]));
+        assert_eq!(changes[0].added, vec!["192.0.2.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(changes[0].removed, vec!["192.0.2.9".parse::<IpAddr>().unwrap()]);
+        // The DELETE repeats the record exactly as read: TTL and value order.
+        assert_eq!(changes[1].action, Action::Delete);
+        assert_eq!(changes[1].set, current[1]);
+        let all_gone = plan_fqdn("www.example.com", &ips(&[]), &current, 60);
+        assert_eq!(all_gone[0].set, current[0]);
+        assert!(plan_fqdn("www.example.com", &ips(&[]), &[], 60).is_empty());
+    }
+
+    #[test]
+    fn batches_respect_record_and_char_limits() {
+        let change = |action, n: usize| RecordChange {
+            action,
+            set: RecordSet {
+                name: "a.example.com".into(),
+                rtype: RecordType::A,
+                ttl: 60,
+                values: (0..n).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect(),
+            },
+            added: vec![],
+            removed: vec![],
+        };
+        assert_eq!(batch_cost(&change(Action::Create, 100)).0, 100);
+        assert_eq!(batch_cost(&change(Action::Upsert, 100)).0, 200);
+        // 100 FQDNs of 100 new values each: CREATE packs 10 to a batch.
+        let groups: Vec<_> = (0..100).map(|i| (i, vec![change(Action::Create, 100)])).collect();
+        let batches = pack_batches(groups);
+        assert_eq!(batches.len(), 10);
+        assert!(batches.iter().all(|b| b.len() == 10));
+        // UPSERT counts twice: 5 to a batch.
+        let groups: Vec<_> = (0..10).map(|i| (i, vec![change(Action::Upsert, 100)])).collect();
+        assert_eq!(pack_batches(groups).len(), 2);
+        // Characters: 4,000 values of ~9 chars exceed 32,000 chars before 1,000 records.
+        let groups: Vec<_> = (0..40).map(|i| (i, vec![change(Action::Create, 100)])).collect();
+        for batch in pack_batches(groups) {
+            let chars: usize = batch.iter().flat_map(|(_, c)| c).map(|c| batch_cost(c).1).sum();
+            assert!(chars <= MAX_BATCH_CHARS);
+        }
+        // Order is kept.
+        let groups: Vec<_> = (0..25).map(|i| (i, vec![change(Action::Create, 100)])).collect();
+        let flat: Vec<i32> = pack_batches(groups).into_iter().flatten().map(|(t, _)| t).collect();
+        assert_eq!(flat, (0..25).collect::<Vec<_>>());
+    }
+}
