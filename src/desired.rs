@@ -253,10 +253,15 @@ mod tests {
     #[test]
     fn malformed_and_reserved_keys_change_nothing() {
         let mut s = DesiredState::new("/lbManager");
-        assert!(s.put("/lbManager/elb/us-east-1/web/multiple/bogus", 3).is_err());
+        assert!(s
+            .put("/lbManager/elb/us-east-1/web/multiple/bogus", 3)
+            .is_err());
         assert_eq!(s.put("/lbManager/_state/x", 4), Ok(None));
         assert_eq!(s.key_count(), 0);
-        assert_eq!(s.delete("/lbManager/elb/us-east-1/web/multiple/bogus"), None);
+        assert_eq!(
+            s.delete("/lbManager/elb/us-east-1/web/multiple/bogus"),
+            None
+        );
     }
 
     #[test]

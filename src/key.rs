@@ -337,7 +337,15 @@ mod tests {
             err("/lbManager/route53/us-east-1/Z1/www.example.com/multiple"),
             KeyError::Shape { .. }
         ));
-        for region in ["useast1", "us-east", "USA-east-1", "u-east-1", "us--1", "us-east-x", ""] {
+        for region in [
+            "useast1",
+            "us-east",
+            "USA-east-1",
+            "u-east-1",
+            "us--1",
+            "us-east-x",
+            "",
+        ] {
             assert_eq!(
                 err(&format!("/lbManager/elb/{region}/a/multiple/i-00000000")),
                 KeyError::Region(region.into())
@@ -345,7 +353,9 @@ mod tests {
         }
         for name in ["", "-a", "a-", "a_b", &"a".repeat(33)] {
             assert_eq!(
-                err(&format!("/lbManager/elb/us-east-1/{name}/multiple/i-00000000")),
+                err(&format!(
+                    "/lbManager/elb/us-east-1/{name}/multiple/i-00000000"
+                )),
                 KeyError::ElbName(name.into())
             );
         }
@@ -375,7 +385,15 @@ mod tests {
                 KeyError::HostedZone(zone.into())
             );
         }
-        for fqdn in ["localhost", "a..b", "-a.com", "a-.com", "a b.com", ".", "a.*.com"] {
+        for fqdn in [
+            "localhost",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "a b.com",
+            ".",
+            "a.*.com",
+        ] {
             assert_eq!(
                 err(&format!(
                     "/lbManager/route53/us-east-1/Z1/{fqdn}/single/1.1.1.1"
@@ -396,7 +414,10 @@ mod tests {
     #[test]
     fn fqdn_rules() {
         assert_eq!(normalise_fqdn("*.Example.com.").unwrap(), "*.example.com");
-        assert_eq!(normalise_fqdn("_dmarc.example.com").unwrap(), "_dmarc.example.com");
+        assert_eq!(
+            normalise_fqdn("_dmarc.example.com").unwrap(),
+            "_dmarc.example.com"
+        );
         let long_label = format!("{}.com", "a".repeat(64));
         assert!(normalise_fqdn(&long_label).is_err());
         let long_name = format!("{}com", "abcdefghi.".repeat(26));

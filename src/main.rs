@@ -81,7 +81,9 @@ fn etcd_options(args: &RunArgs) -> Result<EtcdOptions, String> {
     };
     let user = match (&args.etcd_user, password) {
         (Some(u), Some(p)) => Some((u.clone(), p)),
-        (Some(_), None) => return Err("--etcd-user needs ETCD_PASSWORD or --etcd-password-file".into()),
+        (Some(_), None) => {
+            return Err("--etcd-user needs ETCD_PASSWORD or --etcd-password-file".into())
+        }
         (None, _) => None,
     };
     Ok(EtcdOptions {

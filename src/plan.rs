@@ -173,7 +173,11 @@ pub const MAX_BATCH_CHARS: usize = 32_000;
 /// What a change counts against the batch limits: (records, characters of values). An UPSERT
 /// counts twice, as Route53 counts it.
 pub fn batch_cost(change: &RecordChange) -> (usize, usize) {
-    let factor = if change.action == Action::Upsert { 2 } else { 1 };
+    let factor = if change.action == Action::Upsert {
+        2
+    } else {
+        1
+    };
     let chars: usize = change.set.values.iter().map(String::len).sum();
     (factor * change.set.values.len(), factor * chars)
 }
@@ -220,7 +224,9 @@ mod tests {
     }
 
     fn inst(ids: &[&str]) -> BTreeSet<Member> {
-        ids.iter().map(|i| Member::Instance(i.to_string())).collect()
+        ids.iter()
+            .map(|i| Member::Instance(i.to_string()))
+            .collect()
     }
 
     #[test]
@@ -246,7 +252,10 @@ mod tests {
         );
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].action, Action::Create);
-        assert_eq!(changes[0].set, set(RecordType::A, 60, &["192.0.2.1", "192.0.2.2"]));
+        assert_eq!(
+            changes[0].set,
+            set(RecordType::A, 60, &["192.0.2.1", "192.0.2.2"])
+        );
         assert_eq!(changes[1].set, set(RecordType::Aaaa, 60, &["2001:db8::1"]));
     }
 
@@ -270,12 +279,26 @@ mod tests {
             set(RecordType::A, 300, &["192.0.2.9", "192.0.2.1"]),
             set(RecordType::Aaaa, 60, &["2001:db8::1"]),
         ];
-        let changes = plan_fqdn("www.example.com", &ips(&["192.0.2.1", "192.0.2.3"]), &current, 60);
+        let changes = plan_fqdn(
+            "www.example.com",
+            &ips(&["192.0.2.1", "192.0.2.3"]),
+            &current,
+            60,
+        );
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].action, Action::Upsert);
-        assert_eq!(changes[0].set, set(RecordType::A, 60, &["192.0.2.1", "192.0.2.3"]));
-        assert_eq!(changes[0].added, vec!["192.0.2.3".parse::<IpAddr>().unwrap()]);
-        assert_eq!(changes[0].removed, vec!["192.0.2.9".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            changes[0].set,
+            set(RecordType::A, 60, &["192.0.2.1", "192.0.2.3"])
+        );
+        assert_eq!(
+            changes[0].added,
+            vec!["192.0.2.3".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(
+            changes[0].removed,
+            vec!["192.0.2.9".parse::<IpAddr>().unwrap()]
+        );
         // The DELETE repeats the record exactly as read: TTL and value order.
         assert_eq!(changes[1].action, Action::Delete);
         assert_eq!(changes[1].set, current[1]);
@@ -292,7 +315,9 @@ mod tests {
                 name: "a.example.com".into(),
                 rtype: RecordType::A,
                 ttl: 60,
-                values: (0..n).map(|i| format!("10.0.{}.{}", i / 256, i % 256)).collect(),
+                values: (0..n)
+                    .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
+                    .collect(),
             },
             added: vec![],
             removed: vec![],
@@ -300,22 +325,38 @@ mod tests {
         assert_eq!(batch_cost(&change(Action::Create, 100)).0, 100);
         assert_eq!(batch_cost(&change(Action::Upsert, 100)).0, 200);
         // 100 FQDNs of 100 new values each: CREATE packs 10 to a batch.
-        let groups: Vec<_> = (0..100).map(|i| (i, vec![change(Action::Create, 100)])).collect();
+        let groups: Vec<_> = (0..100)
+            .map(|i| (i, vec![change(Action::Create, 100)]))
+            .collect();
         let batches = pack_batches(groups);
         assert_eq!(batches.len(), 10);
         assert!(batches.iter().all(|b| b.len() == 10));
         // UPSERT counts twice: 5 to a batch.
-        let groups: Vec<_> = (0..10).map(|i| (i, vec![change(Action::Upsert, 100)])).collect();
+        let groups: Vec<_> = (0..10)
+            .map(|i| (i, vec![change(Action::Upsert, 100)]))
+            .collect();
         assert_eq!(pack_batches(groups).len(), 2);
         // Characters: 4,000 values of ~9 chars exceed 32,000 chars before 1,000 records.
-        let groups: Vec<_> = (0..40).map(|i| (i, vec![change(Action::Create, 100)])).collect();
+        let groups: Vec<_> = (0..40)
+            .map(|i| (i, vec![change(Action::Create, 100)]))
+            .collect();
         for batch in pack_batches(groups) {
-            let chars: usize = batch.iter().flat_map(|(_, c)| c).map(|c| batch_cost(c).1).sum();
+            let chars: usize = batch
+                .iter()
+                .flat_map(|(_, c)| c)
+                .map(|c| batch_cost(c).1)
+                .sum();
             assert!(chars <= MAX_BATCH_CHARS);
         }
         // Order is kept.
-        let groups: Vec<_> = (0..25).map(|i| (i, vec![change(Action::Create, 100)])).collect();
-        let flat: Vec<i32> = pack_batches(groups).into_iter().flatten().map(|(t, _)| t).collect();
+        let groups: Vec<_> = (0..25)
+            .map(|i| (i, vec![change(Action::Create, 100)]))
+            .collect();
+        let flat: Vec<i32> = pack_batches(groups)
+            .into_iter()
+            .flatten()
+            .map(|(t, _)| t)
+            .collect();
         assert_eq!(flat, (0..25).collect::<Vec<_>>());
     }
 }

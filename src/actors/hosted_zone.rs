@@ -68,19 +68,16 @@ impl HostedZone {
             let results = sync_zone(&*api, &zone, &batch, ttl, &log).await;
             (batch, results)
         };
-        ctx.spawn(
-            fut.into_actor(self)
-                .map(|(batch, results), act, ctx| {
-                    for (desire, result) in batch.into_iter().zip(results) {
-                        desire.reply.do_send(ZoneSynced {
-                            generation: desire.generation,
-                            error: result.err(),
-                        });
-                    }
-                    act.busy = false;
-                    act.run(ctx);
-                }),
-        );
+        ctx.spawn(fut.into_actor(self).map(|(batch, results), act, ctx| {
+            for (desire, result) in batch.into_iter().zip(results) {
+                desire.reply.do_send(ZoneSynced {
+                    generation: desire.generation,
+                    error: result.err(),
+                });
+            }
+            act.busy = false;
+            act.run(ctx);
+        }));
     }
 }
 

@@ -123,9 +123,10 @@ impl LoadBalancer {
                 let fut = async move {
                     sync_elb(&*api, &region, &name, &desire.members, desire.cause, &log).await
                 };
-                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                    act.finished(desire.generation, res.err(), ctx)
-                }));
+                ctx.spawn(
+                    fut.into_actor(self)
+                        .map(move |res, act, ctx| act.finished(desire.generation, res.err(), ctx)),
+                );
             }
             Backend::Route53(zone) => {
                 let LbId::Route53 { fqdn, .. } = &self.id else {

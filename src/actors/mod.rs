@@ -90,3 +90,6 @@ mod tests {
         assert!((0..200).any(|_| backoff(10, base, max) > Duration::from_secs(1)));
     }
 }
+
+#[cfg(test)]
+mod actor_tests;

@@ -297,10 +297,7 @@ impl Actor for Supervisor {
 
 impl Supervisor {
     fn check_startup(&mut self) {
-        let done = self
-            .startup
-            .as_ref()
-            .is_some_and(|s| s.pending.is_empty());
+        let done = self.startup.as_ref().is_some_and(|s| s.pending.is_empty());
         if done {
             let s = self.startup.take().expect("checked above");
             info!(self.log, "initial sync complete";
@@ -356,9 +353,10 @@ impl Handler<Synced> for Supervisor {
         self.check_startup();
         // A load balancer whose keys are all gone, once emptied, is no longer ours to touch.
         let retire = msg.error.is_none()
-            && self.lbs.get(&msg.lb).is_some_and(|m| {
-                m.generation == msg.generation && m.members.is_empty()
-            })
+            && self
+                .lbs
+                .get(&msg.lb)
+                .is_some_and(|m| m.generation == msg.generation && m.members.is_empty())
             && self.desired.resolve(&msg.lb).members.is_empty();
         if retire {
             if let Some(managed) = self.lbs.remove(&msg.lb) {

@@ -26,6 +26,9 @@ pub struct FakeElb {
     /// Panic on the next call, once.
     pub panic_next: Mutex<bool>,
     pub delay: Mutex<Duration>,
+    in_flight: AtomicUsize,
+    /// The most calls that were ever in flight at once (across all load balancers).
+    pub max_in_flight: AtomicUsize,
 }
 
 impl FakeElb {
@@ -42,9 +45,7 @@ impl FakeElb {
     }
 
     pub fn instances(&self, region: &str, name: &str) -> Option<BTreeSet<String>> {
-        lock(&self.lbs)
-            .get(&(region.into(), name.into()))
-            .cloned()
+        lock(&self.lbs).get(&(region.into(), name.into())).cloned()
     }
 
     pub fn set_instances(&self, region: &str, name: &str, ids: &[&str]) {
@@ -58,12 +59,20 @@ impl FakeElb {
         lock(&self.calls).clone()
     }
 
-    async fn enter(&self, op: &'static str, target: String, detail: String) -> Result<(), AwsError> {
+    async fn enter(
+        &self,
+        op: &'static str,
+        target: String,
+        detail: String,
+    ) -> Result<(), AwsError> {
         lock(&self.calls).push(format!("{op} {target}{detail}"));
+        let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::SeqCst);
         let delay = *lock(&self.delay);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if std::mem::take(&mut *lock(&self.panic_next)) {
             panic!("injected panic in {op} on {target}");
         }
@@ -86,7 +95,12 @@ impl FakeElb {
         let set = lbs
             .get_mut(&(region.to_string(), name.to_string()))
             .ok_or_else(|| {
-                AwsError::new(ErrorKind::NotFound, op, format!("elb/{region}/{name}"), "LoadBalancerNotFound")
+                AwsError::new(
+                    ErrorKind::NotFound,
+                    op,
+                    format!("elb/{region}/{name}"),
+                    "LoadBalancerNotFound",
+                )
             })?;
         f(set);
         Ok(())
@@ -100,7 +114,12 @@ impl ElbApi for FakeElb {
         self.enter("DescribeLoadBalancers", target.clone(), String::new())
             .await?;
         self.instances(region, name).ok_or_else(|| {
-            AwsError::new(ErrorKind::NotFound, "DescribeLoadBalancers", target, "LoadBalancerNotFound")
+            AwsError::new(
+                ErrorKind::NotFound,
+                "DescribeLoadBalancers",
+                target,
+                "LoadBalancerNotFound",
+            )
         })
     }
 
@@ -196,7 +215,12 @@ impl Route53Api for FakeRoute53 {
             .await?;
         let zones = lock(&self.zones);
         let records = zones.get(zone).ok_or_else(|| {
-            AwsError::new(ErrorKind::NotFound, "ListResourceRecordSets", zone, "NoSuchHostedZone")
+            AwsError::new(
+                ErrorKind::NotFound,
+                "ListResourceRecordSets",
+                zone,
+                "NoSuchHostedZone",
+            )
         })?;
         Ok(records
             .values()
@@ -213,11 +237,15 @@ impl Route53Api for FakeRoute53 {
             .join(",");
         self.enter("ChangeResourceRecordSets", zone, detail).await?;
         let mut zones = lock(&self.zones);
-        let invalid = |msg: String| {
-            AwsError::new(ErrorKind::Rejected, "ChangeResourceRecordSets", zone, msg)
-        };
+        let invalid =
+            |msg: String| AwsError::new(ErrorKind::Rejected, "ChangeResourceRecordSets", zone, msg);
         let records = zones.get_mut(zone).ok_or_else(|| {
-            AwsError::new(ErrorKind::NotFound, "ChangeResourceRecordSets", zone, "NoSuchHostedZone")
+            AwsError::new(
+                ErrorKind::NotFound,
+                "ChangeResourceRecordSets",
+                zone,
+                "NoSuchHostedZone",
+            )
         })?;
         // All or nothing: validate every change first.
         for c in changes {

@@ -24,8 +24,12 @@ pub trait ElbApi: Send + Sync + 'static {
     /// The instances registered with load balancer `name` in `region`.
     async fn members(&self, region: &str, name: &str) -> Result<BTreeSet<String>, AwsError>;
     /// Registers all of `instances` in one call.
-    async fn register(&self, region: &str, name: &str, instances: &[String])
-        -> Result<(), AwsError>;
+    async fn register(
+        &self,
+        region: &str,
+        name: &str,
+        instances: &[String],
+    ) -> Result<(), AwsError>;
     /// Deregisters all of `instances` in one call.
     async fn deregister(
         &self,

@@ -110,7 +110,8 @@ impl Route53Api for SdkRoute53 {
                 });
             }
             if out.is_truncated() {
-                if let (Some(name), Some(rtype)) = (out.next_record_name(), out.next_record_type()) {
+                if let (Some(name), Some(rtype)) = (out.next_record_name(), out.next_record_type())
+                {
                     if normalise_name(name) == fqdn {
                         start = Some((
                             name.to_string(),

@@ -1,0 +1,261 @@
+//! The actor system against the in-memory fakes: ordering, coalescing, concurrency, per-zone
+//! serialisation, retries and restarts. The Supervisor is fed etcd changes directly.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::etcd_watcher::{EtcdChanges, KeyChange};
+use super::supervisor::{ManagedCount, Supervisor};
+use super::Settings;
+use crate::aws::fake::{FakeElb, FakeRoute53};
+use crate::aws::ErrorKind;
+use crate::etcd::Snapshot;
+use crate::plan::RecordType;
+
+fn settings() -> Arc<Settings> {
+    Arc::new(Settings {
+        retry_base: Duration::from_millis(20),
+        retry_max: Duration::from_millis(200),
+        resync_interval: Duration::from_secs(3600),
+        ..Settings::default()
+    })
+}
+
+/// A client for an etcd that is not there: connecting is lazy, and only the deletion of
+/// superseded keys would use it (and log a warning).
+async fn no_etcd() -> etcd_client::Client {
+    etcd_client::Client::connect(["http://127.0.0.1:1"], None)
+        .await
+        .expect("a lazy client")
+}
+
+fn log() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+async fn start(elb: Arc<FakeElb>, r53: Arc<FakeRoute53>, keys: &[(&str, i64)]) -> Addr<Supervisor> {
+    let snapshot = Snapshot {
+        keys: keys.iter().map(|(k, r)| (k.to_string(), *r)).collect(),
+        revision: 100,
+        skipped: 0,
+    };
+    Supervisor::new(settings(), &log(), no_etcd().await, elb, r53, snapshot)
+        .without_watch()
+        .start()
+}
+
+fn put(key: &str, revision: i64) -> EtcdChanges {
+    EtcdChanges {
+        changes: vec![KeyChange::Put {
+            key: key.into(),
+            revision,
+        }],
+        revision,
+    }
+}
+
+fn del(key: &str, revision: i64) -> EtcdChanges {
+    EtcdChanges {
+        changes: vec![KeyChange::Delete { key: key.into() }],
+        revision,
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; panics after 10 s.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+const A: &str = "/lbManager/elb/us-east-1/a/multiple/i-0000000a";
+const B: &str = "/lbManager/elb/us-east-1/b/multiple/i-0000000b";
+
+fn ids(list: &[&str]) -> Option<std::collections::BTreeSet<String>> {
+    Some(list.iter().map(|s| s.to_string()).collect())
+}
+
+#[actix_rt::test]
+async fn add_then_remove_in_quick_succession_ends_absent() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    *elb.delay.lock().unwrap() = Duration::from_millis(50);
+    let sup = start(elb.clone(), Arc::default(), &[]).await;
+    sup.send(put(A, 101)).await.unwrap();
+    sup.send(del(A, 102)).await.unwrap();
+    eventually("the add was applied and undone", || {
+        let calls = elb.calls();
+        calls.iter().any(|c| c.starts_with("Register"))
+            && calls.iter().any(|c| c.starts_with("Deregister"))
+    })
+    .await;
+    eventually("ELB empty", || elb.instances("us-east-1", "a") == ids(&[])).await;
+    // The remove was merged into one follow-up sync: Describe, Register, Describe, Deregister.
+    eventually("no actor left for a load balancer without keys", || {
+        elb.calls().len() == 4
+    })
+    .await;
+    assert_eq!(sup.send(ManagedCount).await.unwrap(), 0);
+}
+
+#[actix_rt::test]
+async fn burst_is_coalesced_into_few_calls() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    *elb.delay.lock().unwrap() = Duration::from_millis(30);
+    let sup = start(elb.clone(), Arc::default(), &[]).await;
+    for i in 0..50u32 {
+        sup.do_send(put(
+            &format!("/lbManager/elb/us-east-1/a/multiple/i-{i:08x}"),
+            101 + i as i64,
+        ));
+    }
+    eventually("all 50 registered", || {
+        elb.instances("us-east-1", "a").map(|s| s.len()) == Some(50)
+    })
+    .await;
+    let registers = elb
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("Register"))
+        .count();
+    assert!(
+        registers <= 3,
+        "{registers} Register calls for one burst: {:?}",
+        elb.calls()
+    );
+}
+
+#[actix_rt::test]
+async fn two_load_balancers_sync_concurrently() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a"), ("us-east-1", "b")]));
+    *elb.delay.lock().unwrap() = Duration::from_millis(200);
+    let _sup = start(elb.clone(), Arc::default(), &[(A, 1), (B, 2)]).await;
+    eventually("both registered", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+            && elb.instances("us-east-1", "b") == ids(&["i-0000000b"])
+    })
+    .await;
+    assert!(elb.max_in_flight.load(Ordering::SeqCst) >= 2);
+}
+
+#[actix_rt::test]
+async fn changes_of_one_zone_never_overlap_and_are_batched() {
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    *r53.delay.lock().unwrap() = Duration::from_millis(20);
+    let sup = start(Arc::default(), r53.clone(), &[]).await;
+    let mut rev = 100;
+    for round in 0..3 {
+        for i in 0..20 {
+            rev += 1;
+            sup.do_send(put(
+                &format!(
+                    "/lbManager/route53/us-east-1/Z1/h{i}.example.com/multiple/10.0.{round}.{i}"
+                ),
+                rev,
+            ));
+            rev += 1;
+            sup.do_send(put(
+                &format!("/lbManager/route53/us-east-1/Z1/h{i}.example.com/multiple/2001:db8::{round}:{i}"),
+                rev,
+            ));
+        }
+    }
+    eventually("all 20 FQDNs have 3 A and 3 AAAA values", || {
+        (0..20).all(|i| {
+            let name = format!("h{i}.example.com");
+            r53.record("Z1", &name, RecordType::A)
+                .map(|s| s.values.len())
+                == Some(3)
+                && r53
+                    .record("Z1", &name, RecordType::Aaaa)
+                    .map(|s| s.values.len())
+                    == Some(3)
+        })
+    })
+    .await;
+    assert_eq!(r53.overlaps.load(Ordering::SeqCst), 0, "{:?}", r53.calls());
+    let changes = r53
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("ChangeResourceRecordSets"))
+        .count();
+    assert!(changes < 20, "{changes} change calls for 20 FQDNs");
+}
+
+#[actix_rt::test]
+async fn throttling_is_retried_until_it_converges() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    elb.fail_next.lock().unwrap().extend([
+        ErrorKind::Throttled,
+        ErrorKind::Transient,
+        ErrorKind::Throttled,
+    ]);
+    let _sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    eventually("registered despite three failures", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+    })
+    .await;
+    assert!(elb.calls().len() >= 5, "{:?}", elb.calls());
+}
+
+#[actix_rt::test]
+async fn missing_load_balancer_does_not_hold_up_others() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "b")]));
+    let _sup = start(elb.clone(), Arc::default(), &[(A, 1), (B, 2)]).await;
+    eventually("b registered", || {
+        elb.instances("us-east-1", "b") == ids(&["i-0000000b"])
+    })
+    .await;
+    assert_eq!(elb.instances("us-east-1", "a"), None);
+}
+
+#[actix_rt::test]
+async fn panicking_actor_is_restarted_and_converges() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a"), ("us-east-1", "b")]));
+    *elb.panic_next.lock().unwrap() = true;
+    let sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    eventually("the panic happened", || !*elb.panic_next.lock().unwrap()).await;
+    sup.send(put(B, 3)).await.unwrap();
+    eventually("both converged after the restart", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+            && elb.instances("us-east-1", "b") == ids(&["i-0000000b"])
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn drift_is_corrected_by_resync() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let settings = Arc::new(Settings {
+        resync_interval: Duration::from_millis(200),
+        ..(*settings()).clone()
+    });
+    let snapshot = Snapshot {
+        keys: vec![(A.to_string(), 1)],
+        revision: 1,
+        skipped: 0,
+    };
+    let _sup = Supervisor::new(
+        settings,
+        &log(),
+        no_etcd().await,
+        elb.clone(),
+        Arc::new(FakeRoute53::default()),
+        snapshot,
+    )
+    .without_watch()
+    .start();
+    eventually("registered", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+    })
+    .await;
+    elb.set_instances("us-east-1", "a", &["i-0000000f"]);
+    eventually("drift corrected", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+    })
+    .await;
+}
