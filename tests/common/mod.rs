@@ -1,0 +1,535 @@
+//! Test harness for the integration tests: a real etcd and a real moto, each on free loopback
+//! ports with its own temporary directory, and the built `lbmanager` binary between them.
+//! Everything started here is killed when its handle is dropped.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_elasticloadbalancing as elb;
+use aws_sdk_route53 as r53;
+use base64::Engine;
+use etcd_client::{Client, GetOptions};
+
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Polls `check` every 100 ms until it returns true; panics with `what` after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn kill(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// A real etcd server (Debian's etcd-server) on free loopback ports.
+pub struct Etcd {
+    child: Option<Child>,
+    pub url: String,
+    peer_url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        let mut etcd = Etcd {
+            child: None,
+            url: format!("http://127.0.0.1:{}", free_port()),
+            peer_url: format!("http://127.0.0.1:{}", free_port()),
+            dir: tempfile::tempdir().expect("a temp dir"),
+        };
+        etcd.spawn().await;
+        etcd
+    }
+
+    async fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log");
+        let child = Command::new("etcd")
+            .args([
+                "--name",
+                "test",
+                "--data-dir",
+                self.dir.path().join("data").to_str().unwrap(),
+                "--listen-client-urls",
+                &self.url,
+                "--advertise-client-urls",
+                &self.url,
+                "--listen-peer-urls",
+                &self.peer_url,
+                "--initial-advertise-peer-urls",
+                &self.peer_url,
+                "--initial-cluster",
+                &format!("test={}", self.peer_url),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd must be installed (scripts/install-deps.sh)");
+        self.child = Some(child);
+        let url = self.url.clone();
+        eventually("etcd answers", DEADLINE, || {
+            let url = url.clone();
+            async move {
+                match Client::connect([url], None).await {
+                    Ok(mut c) => c.status().await.is_ok(),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
+    pub fn stop(&mut self) {
+        kill(&mut self.child);
+    }
+
+    /// Stops and starts etcd on the same ports and data: an outage with nothing lost.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    pub async fn client(&self) -> Client {
+        Client::connect([self.url.as_str()], None)
+            .await
+            .expect("etcd client")
+    }
+
+    pub async fn put(&self, key: &str) {
+        self.client()
+            .await
+            .put(key, "", None)
+            .await
+            .expect("etcd put");
+    }
+
+    pub async fn del(&self, key: &str) {
+        self.client()
+            .await
+            .delete(key, None)
+            .await
+            .expect("etcd delete");
+    }
+
+    /// All keys under `prefix`.
+    pub async fn keys(&self, prefix: &str) -> BTreeSet<String> {
+        let resp = self
+            .client()
+            .await
+            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .await
+            .expect("etcd get");
+        resp.kvs()
+            .iter()
+            .map(|kv| kv.key_str().unwrap().to_string())
+            .collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A real moto server (PyPI moto[server]) on a free loopback port, with its request recorder
+/// writing to a file of its own.
+pub struct Moto {
+    child: Option<Child>,
+    pub url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let port = free_port();
+        let log = File::create(dir.path().join("moto.log")).expect("moto log");
+        let on_path = Command::new("sh")
+            .args(["-c", "command -v moto_server"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+        let mut cmd = if on_path {
+            Command::new("moto_server")
+        } else {
+            let mut c = Command::new("python3");
+            c.args(["-m", "moto.server"]);
+            c
+        };
+        let child = cmd
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("MOTO_RECORDER_FILEPATH", dir.path().join("recording"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("moto must be installed (scripts/install-deps.sh)");
+        let moto = Moto {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            dir,
+        };
+        eventually("moto answers", DEADLINE, || async {
+            moto.try_http("GET", "/moto-api/").is_ok()
+        })
+        .await;
+        moto
+    }
+
+    fn try_http(&self, method: &str, path: &str) -> std::io::Result<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        let ok = out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200");
+        if !ok {
+            return Err(std::io::Error::other(out));
+        }
+        Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
+    pub fn http(&self, method: &str, path: &str) -> String {
+        self.try_http(method, path).expect("moto api call")
+    }
+
+    pub fn start_recording(&self) {
+        self.http("POST", "/moto-api/recorder/reset-recording");
+        self.http("POST", "/moto-api/recorder/start-recording");
+    }
+
+    /// The calls recorded since `start_recording`.
+    pub fn recorded(&self) -> Vec<RecordedCall> {
+        let body = self.http("GET", "/moto-api/recorder/download-recording");
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("recording is JSON lines");
+                let mut body = v["body"].as_str().unwrap_or_default().to_string();
+                if v["body_encoded"].as_bool() == Some(true) {
+                    body = String::from_utf8_lossy(
+                        &base64::engine::general_purpose::STANDARD
+                            .decode(&body)
+                            .unwrap_or_default(),
+                    )
+                    .into_owned();
+                }
+                let headers = &v["headers"];
+                let agent = headers["User-Agent"]
+                    .as_str()
+                    .or(headers["user-agent"].as_str())
+                    .unwrap_or_default()
+                    .to_string();
+                RecordedCall {
+                    method: v["method"].as_str().unwrap_or_default().to_string(),
+                    url: v["url"].as_str().unwrap_or_default().to_string(),
+                    body,
+                    agent,
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// One request moto recorded.
+#[derive(Debug)]
+pub struct RecordedCall {
+    pub method: String,
+    pub url: String,
+    pub body: String,
+    pub agent: String,
+}
+
+impl RecordedCall {
+    /// Made by lbmanager (its SDK clients carry the app name), not by the test.
+    pub fn by_lbmanager(&self) -> bool {
+        self.agent.contains("lbmanager")
+    }
+
+    /// A call that changes AWS.
+    pub fn is_mutating(&self) -> bool {
+        self.body.contains("Action=RegisterInstancesWithLoadBalancer")
+            || self.body.contains("Action=DeregisterInstancesFromLoadBalancer")
+            || (self.method == "POST" && self.url.contains("/rrset"))
+    }
+}
+
+pub const AWS_KEY_ID: &str = "AKIATESTLBMANAGER0001";
+pub const AWS_SECRET: &str = "test/secret+LbManagerSecretValue0001";
+
+/// The lbmanager binary under test, started against an etcd and a moto.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    pub fn start(etcd: &Etcd, moto: &Moto, extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log_path = dir.path().join("lbmanager.log");
+        let mut daemon = Daemon {
+            child: None,
+            log_path,
+            _dir: dir,
+        };
+        daemon.spawn(&etcd.url, &moto.url, extra);
+        daemon
+    }
+
+    pub fn spawn(&mut self, etcd_url: &str, moto_url: &str, extra: &[&str]) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("daemon log");
+        let child = Command::new(env!("CARGO_BIN_EXE_lbmanager"))
+            .arg("run")
+            .args(["--etcd-endpoints", etcd_url])
+            .args(["--aws-endpoint-url", moto_url])
+            .args(extra)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("LBMANAGER_LOG_LEVEL", "debug")
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("the lbmanager binary");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the log has `n` lines containing `needle`.
+    pub async fn wait_log_count(&self, needle: &str, n: usize) {
+        eventually(&format!("{n} log lines with {needle:?}"), DEADLINE, || async {
+            self.log().matches(needle).count() >= n
+        })
+        .await;
+    }
+
+    pub async fn wait_log(&self, needle: &str) {
+        self.wait_log_count(needle, 1).await;
+    }
+
+    /// SIGTERM, then waits for the exit (up to 10 s) and returns its code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("lbmanager did not stop within 10s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the process to exit by itself and returns its code.
+    pub async fn exit_code(&mut self, timeout: Duration) -> Option<i32> {
+        let child = self.child.as_mut()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            assert!(Instant::now() < deadline, "lbmanager did not exit within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        if std::thread::panicking() {
+            eprintln!("---- lbmanager log ----\n{}", self.log());
+        }
+    }
+}
+
+/// The test's own AWS clients, pointed at moto.
+pub struct Aws {
+    config: aws_config::SdkConfig,
+    pub route53: r53::Client,
+}
+
+impl Aws {
+    pub async fn new(moto: &Moto) -> Aws {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&moto.url)
+            .credentials_provider(r53::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .load()
+            .await;
+        Aws {
+            route53: r53::Client::new(&config),
+            config,
+        }
+    }
+
+    pub fn elb(&self, region: &str) -> elb::Client {
+        let conf = elb::config::Builder::from(&self.config)
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        elb::Client::from_conf(conf)
+    }
+
+    pub async fn create_elb(&self, region: &str, name: &str) {
+        self.elb(region)
+            .create_load_balancer()
+            .load_balancer_name(name)
+            .listeners(
+                elb::types::Listener::builder()
+                    .protocol("HTTP")
+                    .load_balancer_port(80)
+                    .instance_protocol("HTTP")
+                    .instance_port(80)
+                    .build()
+                    .unwrap(),
+            )
+            .availability_zones(format!("{region}a"))
+            .send()
+            .await
+            .expect("create ELB");
+    }
+
+    /// The instances registered with an ELB, duplicates included (moto stores a re-registered
+    /// instance twice, so a duplicate here means lbmanager registered what was there).
+    pub async fn instances(&self, region: &str, name: &str) -> Vec<String> {
+        let out = self
+            .elb(region)
+            .describe_load_balancers()
+            .load_balancer_names(name)
+            .send()
+            .await
+            .expect("describe ELB");
+        let mut ids: Vec<String> = out.load_balancer_descriptions()[0]
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub async fn register(&self, region: &str, name: &str, id: &str) {
+        self.elb(region)
+            .register_instances_with_load_balancer()
+            .load_balancer_name(name)
+            .instances(elb::types::Instance::builder().instance_id(id).build())
+            .send()
+            .await
+            .expect("register");
+    }
+
+    /// Creates a hosted zone and returns its bare id.
+    pub async fn create_zone(&self, name: &str) -> String {
+        let out = self
+            .route53
+            .create_hosted_zone()
+            .name(name)
+            .caller_reference(format!("{name}-{}", free_port()))
+            .send()
+            .await
+            .expect("create zone");
+        out.hosted_zone()
+            .unwrap()
+            .id()
+            .trim_start_matches("/hostedzone/")
+            .to_string()
+    }
+
+    /// The A/AAAA record sets of `fqdn`: type → (ttl, sorted values).
+    pub async fn records(&self, zone: &str, fqdn: &str) -> BTreeMap<String, (i64, Vec<String>)> {
+        let out = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone)
+            .send()
+            .await
+            .expect("list record sets");
+        let mut found = BTreeMap::new();
+        for set in out.resource_record_sets() {
+            let t = set.r#type().as_str().to_string();
+            if set.name().trim_end_matches('.') != fqdn || !(t == "A" || t == "AAAA") {
+                continue;
+            }
+            let mut values: Vec<String> = set
+                .resource_records()
+                .iter()
+                .map(|r| r.value().to_string())
+                .collect();
+            values.sort();
+            found.insert(t, (set.ttl().unwrap_or_default(), values));
+        }
+        found
+    }
+}
+
+/// `["a", "b"]` as owned strings.
+pub fn strings(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}

@@ -1,0 +1,214 @@
+//! The built binary against a real etcd and moto: keys in, AWS state out, read back through the
+//! AWS API.
+
+mod common;
+
+use common::*;
+
+const P: &str = "/lbManager";
+
+fn elb_key(region: &str, lb: &str, class: &str, id: &str) -> String {
+    format!("{P}/elb/{region}/{lb}/{class}/{id}")
+}
+
+const I1: &str = "i-0123456789abcdef0";
+const I2: &str = "i-0fedcba9876543210";
+const I3: &str = "i-0aaaaaaaaaaaaaaaa";
+
+#[tokio::test]
+async fn elb_members_added_and_removed() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    daemon.wait_log("initial sync complete").await;
+
+    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1)).await;
+    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I2)).await;
+    eventually("both instances registered", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+    })
+    .await;
+
+    etcd.del(&elb_key("us-east-1", "webLB", "multiple", I1)).await;
+    eventually("one instance left", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I2])
+    })
+    .await;
+    assert!(daemon.log().contains("deregistered instances"));
+    assert!(daemon.log().contains(I1));
+}
+
+#[tokio::test]
+async fn single_switch_rollback_and_superseded_keys_deleted() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    daemon.wait_log("initial sync complete").await;
+    let k1 = elb_key("us-east-1", "webLB", "multiple", I1);
+    let k2 = elb_key("us-east-1", "webLB", "multiple", I2);
+    let s3 = elb_key("us-east-1", "webLB", "single", I3);
+    etcd.put(&k1).await;
+    etcd.put(&k2).await;
+    eventually("two members", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+    })
+    .await;
+
+    // The single switch: I3 alone, and the superseded keys gone from etcd.
+    etcd.put(&s3).await;
+    eventually("single member only", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I3])
+    })
+    .await;
+    eventually("superseded keys deleted", DEADLINE, || async {
+        etcd.keys(&format!("{P}/")).await == [s3.clone()].into()
+    })
+    .await;
+
+    // Rollback: the old key again. The single goes, etcd lists exactly the load balancer.
+    etcd.put(&k1).await;
+    eventually("rolled back", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1])
+    })
+    .await;
+    eventually("single key deleted", DEADLINE, || async {
+        etcd.keys(&format!("{P}/")).await == [k1.clone()].into()
+    })
+    .await;
+    assert!(daemon.log().contains("deleted superseded keys"));
+}
+
+#[tokio::test]
+async fn route53_a_and_aaaa_and_last_member_removed() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let zone = aws.create_zone("example.com").await;
+    let daemon = Daemon::start(&etcd, &moto, &["--route53-ttl", "30"]);
+    daemon.wait_log("initial sync complete").await;
+    let key = |ip: &str| format!("{P}/route53/us-east-1/{zone}/WWW.example.com./multiple/{ip}");
+    for ip in ["192.0.2.10", "192.0.2.11", "2001:db8::10"] {
+        etcd.put(&key(ip)).await;
+    }
+    eventually("A and AAAA record sets", DEADLINE, || async {
+        let r = aws.records(&zone, "www.example.com").await;
+        r.get("A") == Some(&(30, strings(&["192.0.2.10", "192.0.2.11"])))
+            && r.get("AAAA") == Some(&(30, strings(&["2001:db8::10"])))
+    })
+    .await;
+
+    etcd.del(&key("192.0.2.10")).await;
+    eventually("A record set updated", DEADLINE, || async {
+        let r = aws.records(&zone, "www.example.com").await;
+        r.get("A") == Some(&(30, strings(&["192.0.2.11"])))
+    })
+    .await;
+
+    etcd.del(&key("192.0.2.11")).await;
+    etcd.del(&key("2001:db8::10")).await;
+    eventually("both record sets deleted", DEADLINE, || async {
+        aws.records(&zone, "www.example.com").await.is_empty()
+    })
+    .await;
+    assert!(daemon.log().contains("action: DELETE"));
+}
+
+#[tokio::test]
+async fn two_regions_and_two_zones_at_once() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "east").await;
+    aws.create_elb("eu-west-1", "west").await;
+    let z1 = aws.create_zone("example.com").await;
+    let z2 = aws.create_zone("example.org").await;
+    // Some keys exist before the start, some come after.
+    etcd.put(&elb_key("us-east-1", "east", "multiple", I1)).await;
+    etcd.put(&format!("{P}/route53/us-east-1/{z1}/a.example.com/multiple/192.0.2.1"))
+        .await;
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    etcd.put(&elb_key("eu-west-1", "west", "multiple", I2)).await;
+    etcd.put(&format!("{P}/route53/eu-west-1/{z2}/b.example.org/multiple/2001:db8::2"))
+        .await;
+    eventually("both ELBs and both zones", DEADLINE, || async {
+        aws.instances("us-east-1", "east").await == strings(&[I1])
+            && aws.instances("eu-west-1", "west").await == strings(&[I2])
+            && aws.records(&z1, "a.example.com").await.get("A").map(|r| r.1.clone())
+                == Some(strings(&["192.0.2.1"]))
+            && aws.records(&z2, "b.example.org").await.get("AAAA").map(|r| r.1.clone())
+                == Some(strings(&["2001:db8::2"]))
+    })
+    .await;
+    // Each ELB lives in its own region only.
+    assert!(aws
+        .elb("eu-west-1")
+        .describe_load_balancers()
+        .load_balancer_names("east")
+        .send()
+        .await
+        .is_err());
+    drop(daemon);
+}
+
+#[tokio::test]
+async fn malformed_key_warned_once_while_others_converge() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let bad = format!("{P}/elb/us-east-1/webLB/multiple/not-an-instance");
+    etcd.put(&bad).await;
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    daemon.wait_log("initial sync complete").await;
+    // The same bad key written again, another bad key, and a reserved key that is no member.
+    etcd.put(&bad).await;
+    etcd.put(&format!("{P}/nosuchkind/x")).await;
+    etcd.put(&format!("{P}/_state/whatever")).await;
+    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1)).await;
+    eventually("valid member registered", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1])
+    })
+    .await;
+    daemon.wait_log("nosuchkind").await;
+    let log = daemon.log();
+    let warnings: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ignoring malformed key"))
+        .collect();
+    assert_eq!(
+        warnings.iter().filter(|l| l.contains(&bad)).count(),
+        1,
+        "{warnings:#?}"
+    );
+    assert!(warnings.iter().any(|l| l.contains("invalid instance id")));
+    assert!(!log.contains("_state/whatever"), "a reserved key is not a malformed key");
+}
+
+#[tokio::test]
+async fn missing_elb_is_logged_and_others_converge() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "realLB").await;
+    etcd.put(&elb_key("us-east-1", "ghostLB", "multiple", I1)).await;
+    etcd.put(&elb_key("us-east-1", "realLB", "multiple", I2)).await;
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    eventually("the real ELB converges", DEADLINE, || async {
+        aws.instances("us-east-1", "realLB").await == strings(&[I2])
+    })
+    .await;
+    daemon.wait_log("sync failed, will retry").await;
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("sync failed"))
+        .expect("a sync failure line");
+    assert!(line.contains("ghostLB"), "{line}");
+    assert!(line.contains("LoadBalancerNotFound"), "{line}");
+    daemon.wait_log("initial sync complete").await;
+    assert!(log.contains("failed: 1") || daemon.log().contains("failed: 1"));
+    // And it keeps working for the real one.
+    etcd.put(&elb_key("us-east-1", "realLB", "multiple", I3)).await;
+    eventually("later change converges", DEADLINE, || async {
+        aws.instances("us-east-1", "realLB").await == strings(&[I3, I2])
+    })
+    .await;
+}

@@ -1,0 +1,100 @@
+//! Restart safety: lbmanager reads the whole tree at start, so changes made while it was down
+//! converge, and a restart with etcd already matching AWS changes nothing in AWS.
+
+mod common;
+
+use common::*;
+
+const I1: &str = "i-0123456789abcdef0";
+const I2: &str = "i-0fedcba9876543210";
+const I3: &str = "i-0aaaaaaaaaaaaaaaa";
+
+fn key(id: &str) -> String {
+    format!("/lbManager/elb/us-east-1/webLB/multiple/{id}")
+}
+
+#[tokio::test]
+async fn changes_made_while_stopped_converge_at_start() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let zone = aws.create_zone("example.com").await;
+    let rkey = |ip: &str| format!("/lbManager/route53/us-east-1/{zone}/www.example.com/multiple/{ip}");
+    etcd.put(&key(I1)).await;
+    etcd.put(&key(I2)).await;
+    etcd.put(&rkey("192.0.2.1")).await;
+    let mut daemon = Daemon::start(&etcd, &moto, &[]);
+    eventually("first convergence", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+            && !aws.records(&zone, "www.example.com").await.is_empty()
+    })
+    .await;
+    assert_eq!(daemon.stop(), Some(0), "SIGTERM exits 0");
+
+    etcd.del(&key(I1)).await;
+    etcd.put(&key(I3)).await;
+    etcd.put(&rkey("192.0.2.2")).await;
+    etcd.del(&rkey("192.0.2.1")).await;
+
+    daemon.spawn(&etcd.url, &moto.url, &[]);
+    eventually("converged after the restart", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I3, I2])
+            && aws.records(&zone, "www.example.com").await.get("A").map(|r| r.1.clone())
+                == Some(strings(&["192.0.2.2"]))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn restart_when_converged_makes_zero_mutating_calls() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let zone = aws.create_zone("example.com").await;
+    for id in [I1, I2] {
+        etcd.put(&key(id)).await;
+    }
+    for ip in ["192.0.2.1", "2001:db8::1"] {
+        etcd.put(&format!("/lbManager/route53/us-east-1/{zone}/www.example.com/multiple/{ip}"))
+            .await;
+    }
+    let mut daemon = Daemon::start(&etcd, &moto, &[]);
+    daemon.wait_log("initial sync complete").await;
+    eventually("converged", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+            && aws.records(&zone, "www.example.com").await.len() == 2
+    })
+    .await;
+    assert_eq!(daemon.stop(), Some(0));
+
+    moto.start_recording();
+    daemon.spawn(&etcd.url, &moto.url, &[]);
+    daemon.wait_log_count("initial sync complete", 2).await;
+    let calls = moto.recorded();
+    let ours: Vec<_> = calls.iter().filter(|c| c.by_lbmanager()).collect();
+    // It did look (so this test can fail): one Describe and one record-set read.
+    assert!(
+        ours.iter().any(|c| c.body.contains("Action=DescribeLoadBalancers")),
+        "{calls:#?}"
+    );
+    assert!(ours.iter().any(|c| c.method == "GET" && c.url.contains("/rrset")), "{calls:#?}");
+    let mutating: Vec<_> = ours.iter().filter(|c| c.is_mutating()).collect();
+    assert!(mutating.is_empty(), "mutating calls on a converged restart: {mutating:#?}");
+    // No duplicate registrations either (moto would store a re-registered instance twice).
+    assert_eq!(aws.instances("us-east-1", "webLB").await, strings(&[I1, I2]));
+    let log = daemon.log();
+    assert!(!log.contains(AWS_SECRET) && !log.contains(AWS_KEY_ID), "a credential in the log");
+}
+
+#[tokio::test]
+async fn unreachable_etcd_at_start_is_a_clear_error() {
+    let moto = Moto::start().await;
+    let mut etcd = Etcd::start().await;
+    etcd.stop();
+    let mut daemon = Daemon::start(&etcd, &moto, &["--etcd-connect-timeout", "2s"]);
+    let code = daemon.exit_code(std::time::Duration::from_secs(20)).await;
+    assert_eq!(code, Some(1));
+    let log = daemon.log();
+    assert!(log.contains("cannot read from etcd, giving up"), "{log}");
+    assert!(log.contains(&etcd.url), "the error names the endpoint: {log}");
+}
