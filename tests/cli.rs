@@ -23,7 +23,10 @@ fn bad_flags_exit_2_with_a_clear_message() {
         let out = lbmanager(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("error") || err.contains("Usage"), "{args:?}: {err}");
+        assert!(
+            err.contains("error") || err.contains("Usage"),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -46,7 +49,11 @@ fn help_explains_every_flag() {
     ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
-    for env in ["ETCD_ENDPOINTS", "AWS_ENDPOINT_URL", "LBMANAGER_ROUTE53_TTL"] {
+    for env in [
+        "ETCD_ENDPOINTS",
+        "AWS_ENDPOINT_URL",
+        "LBMANAGER_ROUTE53_TTL",
+    ] {
         assert!(help.contains(env), "{env} missing from --help");
     }
 }
@@ -57,7 +64,10 @@ fn help_explains_every_flag() {
 fn systemd_units_verify_clean() {
     let dir = tempfile::tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
-    for unit in ["systemd/lbmanager-binary.service", "examples/webserver.service"] {
+    for unit in [
+        "systemd/lbmanager-binary.service",
+        "examples/webserver.service",
+    ] {
         let text = std::fs::read_to_string(format!("{root}/{unit}")).unwrap();
         let text = text
             .replace("/usr/local/bin/lbmanager", env!("CARGO_BIN_EXE_lbmanager"))
@@ -76,6 +86,9 @@ fn systemd_units_verify_clean() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        assert!(out.status.success() && said.trim().is_empty(), "{unit}: {said}");
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "{unit}: {said}"
+        );
     }
 }

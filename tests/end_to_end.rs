@@ -23,14 +23,17 @@ async fn elb_members_added_and_removed() {
     let daemon = Daemon::start(&etcd, &moto, &[]);
     daemon.wait_log("initial sync complete").await;
 
-    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1)).await;
-    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I2)).await;
+    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1))
+        .await;
+    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I2))
+        .await;
     eventually("both instances registered", DEADLINE, || async {
         aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
     })
     .await;
 
-    etcd.del(&elb_key("us-east-1", "webLB", "multiple", I1)).await;
+    etcd.del(&elb_key("us-east-1", "webLB", "multiple", I1))
+        .await;
     eventually("one instance left", DEADLINE, || async {
         aws.instances("us-east-1", "webLB").await == strings(&[I2])
     })
@@ -123,19 +126,33 @@ async fn two_regions_and_two_zones_at_once() {
     let z1 = aws.create_zone("example.com").await;
     let z2 = aws.create_zone("example.org").await;
     // Some keys exist before the start, some come after.
-    etcd.put(&elb_key("us-east-1", "east", "multiple", I1)).await;
-    etcd.put(&format!("{P}/route53/us-east-1/{z1}/a.example.com/multiple/192.0.2.1"))
+    etcd.put(&elb_key("us-east-1", "east", "multiple", I1))
         .await;
+    etcd.put(&format!(
+        "{P}/route53/us-east-1/{z1}/a.example.com/multiple/192.0.2.1"
+    ))
+    .await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    etcd.put(&elb_key("eu-west-1", "west", "multiple", I2)).await;
-    etcd.put(&format!("{P}/route53/eu-west-1/{z2}/b.example.org/multiple/2001:db8::2"))
+    etcd.put(&elb_key("eu-west-1", "west", "multiple", I2))
         .await;
+    etcd.put(&format!(
+        "{P}/route53/eu-west-1/{z2}/b.example.org/multiple/2001:db8::2"
+    ))
+    .await;
     eventually("both ELBs and both zones", DEADLINE, || async {
         aws.instances("us-east-1", "east").await == strings(&[I1])
             && aws.instances("eu-west-1", "west").await == strings(&[I2])
-            && aws.records(&z1, "a.example.com").await.get("A").map(|r| r.1.clone())
+            && aws
+                .records(&z1, "a.example.com")
+                .await
+                .get("A")
+                .map(|r| r.1.clone())
                 == Some(strings(&["192.0.2.1"]))
-            && aws.records(&z2, "b.example.org").await.get("AAAA").map(|r| r.1.clone())
+            && aws
+                .records(&z2, "b.example.org")
+                .await
+                .get("AAAA")
+                .map(|r| r.1.clone())
                 == Some(strings(&["2001:db8::2"]))
     })
     .await;
@@ -163,7 +180,8 @@ async fn malformed_key_warned_once_while_others_converge() {
     etcd.put(&bad).await;
     etcd.put(&format!("{P}/nosuchkind/x")).await;
     etcd.put(&format!("{P}/_state/whatever")).await;
-    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1)).await;
+    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1))
+        .await;
     eventually("valid member registered", DEADLINE, || async {
         aws.instances("us-east-1", "webLB").await == strings(&[I1])
     })
@@ -180,7 +198,10 @@ async fn malformed_key_warned_once_while_others_converge() {
         "{warnings:#?}"
     );
     assert!(warnings.iter().any(|l| l.contains("invalid instance id")));
-    assert!(!log.contains("_state/whatever"), "a reserved key is not a malformed key");
+    assert!(
+        !log.contains("_state/whatever"),
+        "a reserved key is not a malformed key"
+    );
 }
 
 #[tokio::test]
@@ -188,8 +209,10 @@ async fn missing_elb_is_logged_and_others_converge() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "realLB").await;
-    etcd.put(&elb_key("us-east-1", "ghostLB", "multiple", I1)).await;
-    etcd.put(&elb_key("us-east-1", "realLB", "multiple", I2)).await;
+    etcd.put(&elb_key("us-east-1", "ghostLB", "multiple", I1))
+        .await;
+    etcd.put(&elb_key("us-east-1", "realLB", "multiple", I2))
+        .await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
     eventually("the real ELB converges", DEADLINE, || async {
         aws.instances("us-east-1", "realLB").await == strings(&[I2])
@@ -206,7 +229,8 @@ async fn missing_elb_is_logged_and_others_converge() {
     daemon.wait_log("initial sync complete").await;
     assert!(log.contains("failed: 1") || daemon.log().contains("failed: 1"));
     // And it keeps working for the real one.
-    etcd.put(&elb_key("us-east-1", "realLB", "multiple", I3)).await;
+    etcd.put(&elb_key("us-east-1", "realLB", "multiple", I3))
+        .await;
     eventually("later change converges", DEADLINE, || async {
         aws.instances("us-east-1", "realLB").await == strings(&[I3, I2])
     })

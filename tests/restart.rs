@@ -19,7 +19,8 @@ async fn changes_made_while_stopped_converge_at_start() {
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
     let zone = aws.create_zone("example.com").await;
-    let rkey = |ip: &str| format!("/lbManager/route53/us-east-1/{zone}/www.example.com/multiple/{ip}");
+    let rkey =
+        |ip: &str| format!("/lbManager/route53/us-east-1/{zone}/www.example.com/multiple/{ip}");
     etcd.put(&key(I1)).await;
     etcd.put(&key(I2)).await;
     etcd.put(&rkey("192.0.2.1")).await;
@@ -39,7 +40,11 @@ async fn changes_made_while_stopped_converge_at_start() {
     daemon.spawn(&etcd.url, &moto.url, &[]);
     eventually("converged after the restart", DEADLINE, || async {
         aws.instances("us-east-1", "webLB").await == strings(&[I3, I2])
-            && aws.records(&zone, "www.example.com").await.get("A").map(|r| r.1.clone())
+            && aws
+                .records(&zone, "www.example.com")
+                .await
+                .get("A")
+                .map(|r| r.1.clone())
                 == Some(strings(&["192.0.2.2"]))
     })
     .await;
@@ -55,8 +60,10 @@ async fn restart_when_converged_makes_zero_mutating_calls() {
         etcd.put(&key(id)).await;
     }
     for ip in ["192.0.2.1", "2001:db8::1"] {
-        etcd.put(&format!("/lbManager/route53/us-east-1/{zone}/www.example.com/multiple/{ip}"))
-            .await;
+        etcd.put(&format!(
+            "/lbManager/route53/us-east-1/{zone}/www.example.com/multiple/{ip}"
+        ))
+        .await;
     }
     let mut daemon = Daemon::start(&etcd, &moto, &[]);
     daemon.wait_log("initial sync complete").await;
@@ -74,16 +81,30 @@ async fn restart_when_converged_makes_zero_mutating_calls() {
     let ours: Vec<_> = calls.iter().filter(|c| c.by_lbmanager()).collect();
     // It did look (so this test can fail): one Describe and one record-set read.
     assert!(
-        ours.iter().any(|c| c.body.contains("Action=DescribeLoadBalancers")),
+        ours.iter()
+            .any(|c| c.body.contains("Action=DescribeLoadBalancers")),
         "{calls:#?}"
     );
-    assert!(ours.iter().any(|c| c.method == "GET" && c.url.contains("/rrset")), "{calls:#?}");
+    assert!(
+        ours.iter()
+            .any(|c| c.method == "GET" && c.url.contains("/rrset")),
+        "{calls:#?}"
+    );
     let mutating: Vec<_> = ours.iter().filter(|c| c.is_mutating()).collect();
-    assert!(mutating.is_empty(), "mutating calls on a converged restart: {mutating:#?}");
+    assert!(
+        mutating.is_empty(),
+        "mutating calls on a converged restart: {mutating:#?}"
+    );
     // No duplicate registrations either (moto would store a re-registered instance twice).
-    assert_eq!(aws.instances("us-east-1", "webLB").await, strings(&[I1, I2]));
+    assert_eq!(
+        aws.instances("us-east-1", "webLB").await,
+        strings(&[I1, I2])
+    );
     let log = daemon.log();
-    assert!(!log.contains(AWS_SECRET) && !log.contains(AWS_KEY_ID), "a credential in the log");
+    assert!(
+        !log.contains(AWS_SECRET) && !log.contains(AWS_KEY_ID),
+        "a credential in the log"
+    );
 }
 
 #[tokio::test]
@@ -96,5 +117,8 @@ async fn unreachable_etcd_at_start_is_a_clear_error() {
     assert_eq!(code, Some(1));
     let log = daemon.log();
     assert!(log.contains("cannot read from etcd, giving up"), "{log}");
-    assert!(log.contains(&etcd.url), "the error names the endpoint: {log}");
+    assert!(
+        log.contains(&etcd.url),
+        "the error names the endpoint: {log}"
+    );
 }

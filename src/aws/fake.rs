@@ -142,11 +142,14 @@ impl ElbApi for FakeElb {
     }
 }
 
+/// The record sets of one zone by name and type.
+type ZoneRecords = BTreeMap<(String, RecordType), RecordSet>;
+
 /// A fake Route53 that, like the real one, rejects a DELETE that does not match exactly and a
 /// CREATE of a record set that exists, and that records any overlap of two calls on one zone.
 #[derive(Default)]
 pub struct FakeRoute53 {
-    zones: Mutex<HashMap<String, BTreeMap<(String, RecordType), RecordSet>>>,
+    zones: Mutex<HashMap<String, ZoneRecords>>,
     in_flight: Mutex<HashMap<String, usize>>,
     /// How many times two calls on one zone overlapped (must stay 0).
     pub overlaps: AtomicUsize,

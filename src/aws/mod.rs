@@ -116,12 +116,11 @@ pub fn classify<E>(operation: &'static str, target: impl fmt::Display, err: SdkE
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let message = DisplayErrorContext(&err).to_string();
-    let kind = match &err {
+    let (kind, message) = match &err {
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
             let status = service.raw().status().as_u16();
-            if THROTTLE_CODES.contains(&code) || status == 429 {
+            let kind = if THROTTLE_CODES.contains(&code) || status == 429 {
                 ErrorKind::Throttled
             } else if NOT_FOUND_CODES.contains(&code) {
                 ErrorKind::NotFound
@@ -129,11 +128,22 @@ where
                 ErrorKind::Transient
             } else {
                 ErrorKind::Rejected
-            }
+            };
+            // The code and message are what an operator needs; the SDK's full context would add
+            // the whole raw response.
+            let text = service.err().message().unwrap_or("no message");
+            let code = if code.is_empty() {
+                "no error code"
+            } else {
+                code
+            };
+            (kind, format!("HTTP {status}, {code}: {text}"))
         }
-        SdkError::ConstructionFailure(_) => ErrorKind::Rejected,
+        SdkError::ConstructionFailure(_) => {
+            (ErrorKind::Rejected, DisplayErrorContext(&err).to_string())
+        }
         // Timeouts, connection failures, unparseable responses: the network or the server.
-        _ => ErrorKind::Transient,
+        _ => (ErrorKind::Transient, DisplayErrorContext(&err).to_string()),
     };
     AwsError::new(kind, operation, target, message)
 }

@@ -37,7 +37,10 @@ where
         if check().await {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -147,7 +150,10 @@ impl Etcd {
         let resp = self
             .client()
             .await
-            .get(prefix, Some(GetOptions::new().with_prefix().with_keys_only()))
+            .get(
+                prefix,
+                Some(GetOptions::new().with_prefix().with_keys_only()),
+            )
             .await
             .expect("etcd get");
         resp.kvs()
@@ -222,7 +228,10 @@ impl Moto {
         if !ok {
             return Err(std::io::Error::other(out));
         }
-        Ok(out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default())
     }
 
     pub fn http(&self, method: &str, path: &str) -> String {
@@ -240,7 +249,8 @@ impl Moto {
         body.lines()
             .filter(|l| !l.trim().is_empty())
             .map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).expect("recording is JSON lines");
+                let v: serde_json::Value =
+                    serde_json::from_str(l).expect("recording is JSON lines");
                 let mut body = v["body"].as_str().unwrap_or_default().to_string();
                 if v["body_encoded"].as_bool() == Some(true) {
                     body = String::from_utf8_lossy(
@@ -290,8 +300,11 @@ impl RecordedCall {
 
     /// A call that changes AWS.
     pub fn is_mutating(&self) -> bool {
-        self.body.contains("Action=RegisterInstancesWithLoadBalancer")
-            || self.body.contains("Action=DeregisterInstancesFromLoadBalancer")
+        self.body
+            .contains("Action=RegisterInstancesWithLoadBalancer")
+            || self
+                .body
+                .contains("Action=DeregisterInstancesFromLoadBalancer")
             || (self.method == "POST" && self.url.contains("/rrset"))
     }
 }
@@ -350,9 +363,11 @@ impl Daemon {
 
     /// Waits until the log has `n` lines containing `needle`.
     pub async fn wait_log_count(&self, needle: &str, n: usize) {
-        eventually(&format!("{n} log lines with {needle:?}"), DEADLINE, || async {
-            self.log().matches(needle).count() >= n
-        })
+        eventually(
+            &format!("{n} log lines with {needle:?}"),
+            DEADLINE,
+            || async { self.log().matches(needle).count() >= n },
+        )
         .await;
     }
 
@@ -389,7 +404,10 @@ impl Daemon {
                 self.child = None;
                 return status.code();
             }
-            assert!(Instant::now() < deadline, "lbmanager did not exit within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "lbmanager did not exit within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
