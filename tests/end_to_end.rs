@@ -236,3 +236,30 @@ async fn missing_elb_is_logged_and_others_converge() {
     })
     .await;
 }
+
+/// The original lbManager's credential names still work (moto checks none, but the SDK signs
+/// nothing without credentials, so nothing would converge without them).
+#[tokio::test]
+async fn original_credential_names_are_accepted() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1))
+        .await;
+    let mut daemon = Daemon::unstarted();
+    daemon.env = vec![
+        ("AWS_ACCESS_KEY_ID".into(), None),
+        ("AWS_SECRET_ACCESS_KEY".into(), None),
+        ("AWS_ACCESS_KEY".into(), Some(AWS_KEY_ID.into())),
+        ("AWS_SECRET_KEY".into(), Some(AWS_SECRET.into())),
+        ("HOME".into(), Some("/nonexistent".into())),
+    ];
+    daemon.spawn(&etcd.url, &moto.url, &[]);
+    eventually(
+        "registered with the legacy credentials",
+        DEADLINE,
+        || async { aws.instances("us-east-1", "webLB").await == strings(&[I1]) },
+    )
+    .await;
+    assert!(!daemon.log().contains(AWS_SECRET));
+}

@@ -146,3 +146,51 @@ impl Route53Api for SdkRoute53 {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_building() {
+        let change = RecordChange {
+            action: Action::Delete,
+            set: RecordSet {
+                name: "www.example.com".into(),
+                rtype: RecordType::Aaaa,
+                ttl: 30,
+                values: vec!["2001:db8::2".into(), "2001:db8::1".into()],
+            },
+            added: vec![],
+            removed: vec![],
+        };
+        let sdk = to_sdk(&change, "t").unwrap();
+        assert_eq!(sdk.action(), &ChangeAction::Delete);
+        let set = sdk.resource_record_set().unwrap();
+        assert_eq!(set.name(), "www.example.com.");
+        assert_eq!(set.r#type(), &RrType::Aaaa);
+        assert_eq!(set.ttl(), Some(30));
+        let values: Vec<&str> = set.resource_records().iter().map(|r| r.value()).collect();
+        assert_eq!(
+            values,
+            ["2001:db8::2", "2001:db8::1"],
+            "a DELETE keeps Route53's order"
+        );
+        for (action, want) in [
+            (Action::Create, ChangeAction::Create),
+            (Action::Upsert, ChangeAction::Upsert),
+        ] {
+            let c = RecordChange {
+                action,
+                ..change.clone()
+            };
+            assert_eq!(to_sdk(&c, "t").unwrap().action(), &want);
+        }
+    }
+
+    #[test]
+    fn names_from_route53_are_normalised() {
+        assert_eq!(normalise_name("WWW.Example.com."), "www.example.com");
+        assert_eq!(normalise_name("\\052.example.com."), "*.example.com");
+    }
+}

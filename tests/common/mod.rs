@@ -317,19 +317,33 @@ pub struct Daemon {
     child: Option<Child>,
     pub log_path: PathBuf,
     _dir: tempfile::TempDir,
+    /// Environment changes for every spawn: `None` removes the variable.
+    pub env: Vec<(String, Option<String>)>,
 }
 
 impl Daemon {
     pub fn start(etcd: &Etcd, moto: &Moto, extra: &[&str]) -> Daemon {
         let dir = tempfile::tempdir().expect("a temp dir");
         let log_path = dir.path().join("lbmanager.log");
-        let mut daemon = Daemon {
+        let mut daemon = Daemon::new(dir, log_path);
+        daemon.spawn(&etcd.url, &moto.url, extra);
+        daemon
+    }
+
+    /// A daemon that has not started yet (set `env`, then `spawn`).
+    pub fn unstarted() -> Daemon {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let log_path = dir.path().join("lbmanager.log");
+        Daemon::new(dir, log_path)
+    }
+
+    fn new(dir: tempfile::TempDir, log_path: PathBuf) -> Daemon {
+        Daemon {
             child: None,
             log_path,
             _dir: dir,
-        };
-        daemon.spawn(&etcd.url, &moto.url, extra);
-        daemon
+            env: Vec::new(),
+        }
     }
 
     pub fn spawn(&mut self, etcd_url: &str, moto_url: &str, extra: &[&str]) {
@@ -338,8 +352,8 @@ impl Daemon {
             .append(true)
             .open(&self.log_path)
             .expect("daemon log");
-        let child = Command::new(env!("CARGO_BIN_EXE_lbmanager"))
-            .arg("run")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lbmanager"));
+        cmd.arg("run")
             .args(["--etcd-endpoints", etcd_url])
             .args(["--aws-endpoint-url", moto_url])
             .args(extra)
@@ -349,7 +363,14 @@ impl Daemon {
             .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("LBMANAGER_LOG_LEVEL", "debug")
+            .env("LBMANAGER_LOG_LEVEL", "debug");
+        for (name, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
+        let child = cmd
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
             .spawn()
