@@ -49,6 +49,18 @@ pub struct RunArgs {
     #[arg(long, env = "ETCD_PASSWORD_FILE")]
     pub etcd_password_file: Option<std::path::PathBuf>,
 
+    /// CA certificate (PEM) to verify etcd's server certificate (https:// endpoints).
+    #[arg(long, env = "ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<std::path::PathBuf>,
+
+    /// Client certificate (PEM) for etcd's client-certificate authentication.
+    #[arg(long, env = "ETCD_CERT_FILE", requires = "etcd_key_file")]
+    pub etcd_cert_file: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of --etcd-cert-file.
+    #[arg(long, env = "ETCD_KEY_FILE", requires = "etcd_cert_file")]
+    pub etcd_key_file: Option<std::path::PathBuf>,
+
     /// How long to keep trying to reach etcd at start before giving up with an error (systemd
     /// restarts the service).
     #[arg(long, env = "LBMANAGER_ETCD_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -75,6 +87,21 @@ pub struct RunArgs {
     /// hand); also the retry interval after errors that retrying soon can't fix. E.g. 30s, 5m.
     #[arg(long, env = "LBMANAGER_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_interval)]
     pub resync_interval: Duration,
+
+    /// Only touch these Classic ELBs: comma list of REGION/NAME, `*` for any region or name
+    /// (e.g. us-east-1/web,eu-west-1/*). Keys of other ELBs are warned about and ignored.
+    #[arg(long, env = "LBMANAGER_ELB_FILTER", value_delimiter = ',')]
+    pub elb_filter: Vec<String>,
+
+    /// Only touch these Route53 hosted zones: comma list of zone ids. Keys of other zones are
+    /// warned about and ignored.
+    #[arg(long, env = "LBMANAGER_ZONE_FILTER", value_delimiter = ',')]
+    pub zone_filter: Vec<String>,
+
+    /// sync: make AWS match etcd. upsert-only: only add (never deregister an instance, remove a
+    /// value or delete a record set).
+    #[arg(long, env = "LBMANAGER_POLICY", value_enum, default_value_t = crate::plan::Policy::Sync)]
+    pub policy: crate::plan::Policy,
 
     /// Log level.
     #[arg(long, env = "LBMANAGER_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::filter::Filters;
 use crate::key::{self, Class, KeyError, LbId, Member};
 
 /// An etcd revision (`mod_revision` of a key, or a store revision).
@@ -39,15 +40,27 @@ pub struct Resolution {
 #[derive(Debug)]
 pub struct DesiredState {
     prefix: String,
+    filters: Filters,
     lbs: HashMap<LbId, BTreeMap<String, Entry>>,
 }
 
 impl DesiredState {
     pub fn new(prefix: &str) -> Self {
+        Self::with_filters(prefix, Filters::default())
+    }
+
+    /// Desired state that takes only keys of load balancers `filters` allows.
+    pub fn with_filters(prefix: &str, filters: Filters) -> Self {
         DesiredState {
             prefix: prefix.to_string(),
+            filters,
             lbs: HashMap::new(),
         }
+    }
+
+    /// Whether the filters allow lbmanager to touch `lb`.
+    pub fn allows(&self, lb: &LbId) -> bool {
+        self.filters.allows(lb)
     }
 
     /// Records that `key` was written at `revision`. Returns the load balancer it belongs to,
@@ -57,6 +70,9 @@ impl DesiredState {
         let Some(parsed) = key::parse(&self.prefix, key)? else {
             return Ok(None);
         };
+        if !self.filters.allows(&parsed.lb) {
+            return Err(KeyError::Filtered(parsed.lb.to_string()));
+        }
         let entry = Entry {
             class: parsed.class,
             member: parsed.member,
@@ -262,6 +278,22 @@ mod tests {
             s.delete("/lbManager/elb/us-east-1/web/multiple/bogus"),
             None
         );
+    }
+
+    #[test]
+    fn keys_outside_the_filters_are_refused() {
+        let mut s = DesiredState::with_filters(
+            "/lbManager",
+            Filters {
+                elb: vec!["us-east-1/other".into()],
+                zones: vec![],
+            },
+        );
+        assert_eq!(
+            s.put(&key("multiple", 1), 3),
+            Err(KeyError::Filtered("elb/us-east-1/web".into()))
+        );
+        assert_eq!(s.key_count(), 0);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp,
+};
 
 use crate::desired::Revision;
 
@@ -22,6 +25,11 @@ pub enum EtcdError {
     },
     #[error("deleting superseded keys failed: {source}")]
     Delete { source: etcd_client::Error },
+    #[error("cannot read {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// How to reach etcd.
@@ -29,6 +37,16 @@ pub enum EtcdError {
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
     pub user: Option<(String, String)>,
+    /// PEM files: CA to trust, and a client certificate and key.
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+fn read(path: &std::path::Path) -> Result<Vec<u8>, EtcdError> {
+    std::fs::read(path).map_err(|source| EtcdError::File {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Connects to etcd. The connection is lazy: this succeeds against a dead endpoint, and the first
@@ -41,7 +59,20 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, EtcdError> {
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
         .with_keep_alive_while_idle(true);
     if let Some((user, password)) = &opts.user {
-        options = options.with_user(user, password);
+        options = options
+            .with_user(user, password)
+            .with_auto_token_refresh(true);
+    }
+    let https = opts.endpoints.iter().any(|e| e.starts_with("https://"));
+    if https || opts.ca_file.is_some() || opts.cert_key.is_some() {
+        let mut tls = TlsOptions::new();
+        if let Some(ca) = &opts.ca_file {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &opts.cert_key {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        options = options.with_tls(tls);
     }
     Client::connect(&opts.endpoints, Some(options))
         .await

@@ -111,6 +111,8 @@ pub enum KeyError {
     Fqdn(String),
     #[error("invalid IP address {0:?}")]
     Ip(String),
+    #[error("load balancer {0} is outside --elb-filter/--zone-filter")]
+    Filtered(String),
 }
 
 /// Parses `key`, which lies under `prefix` (given without a trailing slash).
@@ -161,6 +163,33 @@ pub fn parse(prefix: &str, key: &str) -> Result<Option<MemberKey>, KeyError> {
             }))
         }
         other => Err(KeyError::UnknownKind(other.to_string())),
+    }
+}
+
+/// Where lbmanager records that it manages a load balancer: `PREFIX/_managed/elb/REGION/NAME` or
+/// `PREFIX/_managed/route53/ZONE/FQDN`. The record outlives lbmanager, so a load balancer whose keys
+/// were all deleted while lbmanager was stopped is still emptied at the next start.
+pub fn managed_key(prefix: &str, lb: &LbId) -> String {
+    match lb {
+        LbId::Elb { region, name } => format!("{prefix}/_managed/elb/{region}/{name}"),
+        LbId::Route53 { zone, fqdn } => format!("{prefix}/_managed/route53/{zone}/{fqdn}"),
+    }
+}
+
+/// The load balancer a [`managed_key`] names, if `key` is one (and valid).
+pub fn parse_managed(prefix: &str, key: &str) -> Option<LbId> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("/_managed/")?;
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts[..] {
+        ["elb", region, name] => Some(LbId::Elb {
+            region: region_of(region).ok()?,
+            name: elb_name(name).ok()?,
+        }),
+        ["route53", zone, fqdn] => Some(LbId::Route53 {
+            zone: hosted_zone(zone).ok()?,
+            fqdn: normalise_fqdn(fqdn).ok()?,
+        }),
+        _ => None,
     }
 }
 
@@ -423,6 +452,26 @@ mod tests {
         let long_name = format!("{}com", "abcdefghi.".repeat(26));
         assert!(long_name.len() > 253);
         assert!(normalise_fqdn(&long_name).is_err());
+    }
+
+    #[test]
+    fn managed_keys_round_trip_and_are_not_members() {
+        for lb in [
+            LbId::Elb {
+                region: "us-east-1".into(),
+                name: "web".into(),
+            },
+            LbId::Route53 {
+                zone: "Z1".into(),
+                fqdn: "www.example.com".into(),
+            },
+        ] {
+            let key = managed_key(P, &lb);
+            assert_eq!(parse_managed(P, &key), Some(lb));
+            assert_eq!(parse(P, &key), Ok(None));
+        }
+        assert_eq!(parse_managed(P, "/lbManager/_managed/elb/bad"), None);
+        assert_eq!(parse_managed(P, "/lbManager/elb/us-east-1/web"), None);
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod aws;
 pub mod cli;
 pub mod desired;
 pub mod etcd;
+pub mod filter;
 pub mod key;
 pub mod logging;
 pub mod plan;

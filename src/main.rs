@@ -8,11 +8,12 @@ use actix::Actor;
 use clap::Parser;
 use slog::{error, info, warn, Logger};
 
-use lbmanager::actors::supervisor::Supervisor;
+use lbmanager::actors::supervisor::{Shutdown, Supervisor};
 use lbmanager::actors::{backoff, Settings};
 use lbmanager::aws::{self, elb::SdkElb, route53::SdkRoute53, ClientOptions};
 use lbmanager::cli::{Cli, Command, RunArgs};
 use lbmanager::etcd::{self, EtcdOptions, Snapshot};
+use lbmanager::filter::Filters;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -49,6 +50,11 @@ async fn run(args: RunArgs) -> ExitCode {
         prefix: args.prefix.clone(),
         route53_ttl: args.route53_ttl,
         resync_interval: args.resync_interval,
+        policy: args.policy,
+        filters: Filters {
+            elb: args.elb_filter.clone(),
+            zones: args.zone_filter.clone(),
+        },
         ..Settings::default()
     });
     let supervisor = Supervisor::new(
@@ -62,6 +68,13 @@ async fn run(args: RunArgs) -> ExitCode {
     .start();
 
     let code = wait_for_stop(&log, || supervisor.connected()).await;
+    if code == ExitCode::SUCCESS {
+        // Finish the AWS calls in flight; anything not done is done at the next start.
+        match tokio::time::timeout(Duration::from_secs(10), supervisor.send(Shutdown)).await {
+            Ok(_) => info!(log, "stopped cleanly"),
+            Err(_) => warn!(log, "calls still in flight after 10s, stopping anyway"),
+        }
+    }
     actix_rt::System::current().stop();
     code
 }
@@ -89,6 +102,8 @@ fn etcd_options(args: &RunArgs) -> Result<EtcdOptions, String> {
     Ok(EtcdOptions {
         endpoints: args.etcd_endpoints.clone(),
         user,
+        ca_file: args.etcd_ca_file.clone(),
+        cert_key: args.etcd_cert_file.clone().zip(args.etcd_key_file.clone()),
     })
 }
 

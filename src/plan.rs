@@ -7,6 +7,16 @@ use std::net::IpAddr;
 
 use crate::key::Member;
 
+/// What lbmanager may do to AWS (`--policy`, as external-dns has it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Policy {
+    /// Make AWS match etcd: add and remove.
+    #[default]
+    Sync,
+    /// Only add: never deregister an instance, never remove a value or delete a record set.
+    UpsertOnly,
+}
+
 /// What one Classic ELB sync does: one Register call with all missing instances, one Deregister
 /// call with all extra ones (register first, so a `single` switch never leaves the ELB empty).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,7 +32,11 @@ impl ElbChanges {
 }
 
 /// Plans a Classic ELB from its desired members and the instances AWS reports.
-pub fn plan_elb(desired: &BTreeSet<Member>, actual: &BTreeSet<String>) -> ElbChanges {
+pub fn plan_elb(
+    desired: &BTreeSet<Member>,
+    actual: &BTreeSet<String>,
+    policy: Policy,
+) -> ElbChanges {
     let want: BTreeSet<&str> = desired
         .iter()
         .filter_map(|m| match m {
@@ -38,7 +52,7 @@ pub fn plan_elb(desired: &BTreeSet<Member>, actual: &BTreeSet<String>) -> ElbCha
             .collect(),
         deregister: actual
             .iter()
-            .filter(|id| !want.contains(id.as_str()))
+            .filter(|id| policy == Policy::Sync && !want.contains(id.as_str()))
             .cloned()
             .collect(),
     }
@@ -124,23 +138,27 @@ pub struct RecordChange {
 ///
 /// Values are compared as sets of addresses, never as strings: Route53's order and spelling of the
 /// values do not matter, and an unchanged set is left alone (a TTL that differs from `ttl` is
-/// corrected with an UPSERT).
+/// corrected with an UPSERT). Under [`Policy::UpsertOnly`] the current values are kept.
 pub fn plan_fqdn(
     fqdn: &str,
     desired: &BTreeSet<IpAddr>,
     current: &[RecordSet],
     ttl: i64,
+    policy: Policy,
 ) -> Vec<RecordChange> {
     [RecordType::A, RecordType::Aaaa]
         .into_iter()
         .filter_map(|rtype| {
-            let want: BTreeSet<IpAddr> = desired
+            let mut want: BTreeSet<IpAddr> = desired
                 .iter()
                 .filter(|ip| RecordType::of(ip) == rtype)
                 .copied()
                 .collect();
             let have = current.iter().find(|s| s.rtype == rtype);
             let have_ips = have.map(RecordSet::ips).unwrap_or_default();
+            if policy == Policy::UpsertOnly {
+                want.extend(&have_ips);
+            }
             let added: Vec<IpAddr> = want.difference(&have_ips).copied().collect();
             let removed: Vec<IpAddr> = have_ips.difference(&want).copied().collect();
             let wanted_set = || RecordSet {
@@ -235,11 +253,14 @@ mod tests {
             .iter()
             .map(|s| s.to_string())
             .collect();
-        let plan = plan_elb(&inst(&["i-00000001", "i-00000002"]), &actual);
+        let plan = plan_elb(&inst(&["i-00000001", "i-00000002"]), &actual, Policy::Sync);
         assert_eq!(plan.register, vec!["i-00000001"]);
         assert_eq!(plan.deregister, vec!["i-00000003"]);
-        assert!(plan_elb(&inst(&["i-00000002", "i-00000003"]), &actual).is_empty());
-        assert_eq!(plan_elb(&inst(&[]), &actual).deregister.len(), 2);
+        assert!(plan_elb(&inst(&["i-00000002", "i-00000003"]), &actual, Policy::Sync).is_empty());
+        assert_eq!(
+            plan_elb(&inst(&[]), &actual, Policy::Sync).deregister.len(),
+            2
+        );
     }
 
     #[test]
@@ -249,6 +270,7 @@ mod tests {
             &ips(&["192.0.2.2", "192.0.2.1", "2001:db8::1"]),
             &[],
             60,
+            Policy::Sync,
         );
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].action, Action::Create);
@@ -266,9 +288,9 @@ mod tests {
             set(RecordType::Aaaa, 60, &["2001:DB8:0::1"]),
         ];
         let desired = ips(&["192.0.2.1", "192.0.2.2", "2001:db8::1"]);
-        assert!(plan_fqdn("www.example.com", &desired, &current, 60).is_empty());
+        assert!(plan_fqdn("www.example.com", &desired, &current, 60, Policy::Sync).is_empty());
         // A different TTL is corrected.
-        let changes = plan_fqdn("www.example.com", &desired, &current, 30);
+        let changes = plan_fqdn("www.example.com", &desired, &current, 30, Policy::Sync);
         assert_eq!(changes.len(), 2);
         assert!(changes.iter().all(|c| c.action == Action::Upsert));
     }
@@ -284,6 +306,7 @@ mod tests {
             &ips(&["192.0.2.1", "192.0.2.3"]),
             &current,
             60,
+            Policy::Sync,
         );
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].action, Action::Upsert);
@@ -302,9 +325,35 @@ mod tests {
         // The DELETE repeats the record exactly as read: TTL and value order.
         assert_eq!(changes[1].action, Action::Delete);
         assert_eq!(changes[1].set, current[1]);
-        let all_gone = plan_fqdn("www.example.com", &ips(&[]), &current, 60);
+        let all_gone = plan_fqdn("www.example.com", &ips(&[]), &current, 60, Policy::Sync);
         assert_eq!(all_gone[0].set, current[0]);
-        assert!(plan_fqdn("www.example.com", &ips(&[]), &[], 60).is_empty());
+        assert!(plan_fqdn("www.example.com", &ips(&[]), &[], 60, Policy::Sync).is_empty());
+    }
+
+    #[test]
+    fn upsert_only_never_removes() {
+        let actual: BTreeSet<String> = ["i-00000002"].iter().map(|s| s.to_string()).collect();
+        let plan = plan_elb(&inst(&["i-00000001"]), &actual, Policy::UpsertOnly);
+        assert_eq!(plan.register, vec!["i-00000001"]);
+        assert!(plan.deregister.is_empty());
+        let current = [set(RecordType::A, 60, &["192.0.2.9"])];
+        let changes = plan_fqdn(
+            "www.example.com",
+            &ips(&["192.0.2.1"]),
+            &current,
+            60,
+            Policy::UpsertOnly,
+        );
+        assert_eq!(changes[0].set.values, vec!["192.0.2.1", "192.0.2.9"]);
+        assert!(changes[0].removed.is_empty());
+        assert!(plan_fqdn(
+            "www.example.com",
+            &ips(&[]),
+            &current,
+            60,
+            Policy::UpsertOnly
+        )
+        .is_empty());
     }
 
     #[test]

@@ -66,7 +66,7 @@ async fn single_switch_rollback_and_superseded_keys_deleted() {
     })
     .await;
     eventually("superseded keys deleted", DEADLINE, || async {
-        etcd.keys(&format!("{P}/")).await == [s3.clone()].into()
+        etcd.keys(&format!("{P}/elb/")).await == [s3.clone()].into()
     })
     .await;
 
@@ -77,7 +77,7 @@ async fn single_switch_rollback_and_superseded_keys_deleted() {
     })
     .await;
     eventually("single key deleted", DEADLINE, || async {
-        etcd.keys(&format!("{P}/")).await == [k1.clone()].into()
+        etcd.keys(&format!("{P}/elb/")).await == [k1.clone()].into()
     })
     .await;
     assert!(daemon.log().contains("deleted superseded keys"));

@@ -38,6 +38,19 @@ pub struct EtcdChanges {
 #[rtype(result = "()")]
 pub struct Relisted(pub Snapshot);
 
+/// Stop watching (shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for EtcdWatcher {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
 pub struct EtcdWatcher {
     client: Client,
     settings: Arc<Settings>,

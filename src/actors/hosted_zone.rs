@@ -14,10 +14,10 @@ use actix::prelude::*;
 use slog::{info, Logger};
 
 use super::load_balancer::ZoneSynced;
-use super::Cause;
+use super::{Cause, Settings};
 use crate::aws::{AwsError, Route53Api};
 use crate::key::LbId;
-use crate::plan::{pack_batches, plan_fqdn, RecordChange};
+use crate::plan::{pack_batches, plan_fqdn, Policy, RecordChange};
 
 /// What one FQDN's A and AAAA record sets should hold.
 #[derive(Message, Clone)]
@@ -35,18 +35,23 @@ pub struct HostedZone {
     zone: String,
     api: Arc<dyn Route53Api>,
     log: Logger,
-    ttl: i64,
+    settings: Arc<Settings>,
     pending: BTreeMap<String, ZoneDesire>,
     busy: bool,
 }
 
 impl HostedZone {
-    pub fn new(zone: &str, api: Arc<dyn Route53Api>, log: &Logger, ttl: i64) -> Self {
+    pub fn new(
+        zone: &str,
+        api: Arc<dyn Route53Api>,
+        log: &Logger,
+        settings: Arc<Settings>,
+    ) -> Self {
         HostedZone {
             zone: zone.to_string(),
             api,
             log: log.new(slog::o!("zone" => zone.to_string())),
-            ttl,
+            settings,
             pending: BTreeMap::new(),
             busy: false,
         }
@@ -58,14 +63,22 @@ impl HostedZone {
         }
         self.busy = true;
         let batch: Vec<ZoneDesire> = std::mem::take(&mut self.pending).into_values().collect();
-        let (api, zone, log, ttl) = (
+        let (api, zone, log, settings) = (
             self.api.clone(),
             self.zone.clone(),
             self.log.clone(),
-            self.ttl,
+            self.settings.clone(),
         );
         let fut = async move {
-            let results = sync_zone(&*api, &zone, &batch, ttl, &log).await;
+            let results = sync_zone(
+                &*api,
+                &zone,
+                &batch,
+                settings.route53_ttl,
+                settings.policy,
+                &log,
+            )
+            .await;
             (batch, results)
         };
         ctx.spawn(fut.into_actor(self).map(|(batch, results), act, ctx| {
@@ -103,6 +116,7 @@ pub async fn sync_zone(
     zone: &str,
     batch: &[ZoneDesire],
     ttl: i64,
+    policy: Policy,
     log: &Logger,
 ) -> Vec<Result<(), AwsError>> {
     let mut results: Vec<Result<(), AwsError>> = vec![Ok(()); batch.len()];
@@ -110,7 +124,7 @@ pub async fn sync_zone(
     for (i, desire) in batch.iter().enumerate() {
         match api.record_sets(zone, &desire.fqdn).await {
             Ok(current) => {
-                let changes = plan_fqdn(&desire.fqdn, &desire.ips, &current, ttl);
+                let changes = plan_fqdn(&desire.fqdn, &desire.ips, &current, ttl, policy);
                 if !changes.is_empty() {
                     groups.push((i, changes));
                 }

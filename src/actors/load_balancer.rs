@@ -18,7 +18,7 @@ use super::hosted_zone::{HostedZone, ZoneDesire};
 use super::{backoff, Cause, Settings};
 use crate::aws::{AwsError, ElbApi};
 use crate::key::{LbId, Member};
-use crate::plan::{plan_elb, ElbChanges};
+use crate::plan::{plan_elb, ElbChanges, Policy};
 
 /// Where a load balancer's members live.
 #[derive(Clone)]
@@ -46,6 +46,11 @@ pub struct SetZone(pub Addr<HostedZone>);
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Retire;
+
+/// Shutting down: start no new sync, and answer once the one in flight (if any) has ended.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Drain;
 
 /// Report to the Supervisor after each sync attempt.
 #[derive(Message, Debug)]
@@ -76,6 +81,8 @@ pub struct LoadBalancer {
     pending: bool,
     failures: u32,
     retry: Option<SpawnHandle>,
+    /// Set by [`Drain`]: who waits for the sync in flight to end.
+    draining: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl LoadBalancer {
@@ -98,6 +105,7 @@ impl LoadBalancer {
             pending: false,
             failures: 0,
             retry: None,
+            draining: None,
         }
     }
 
@@ -105,6 +113,9 @@ impl LoadBalancer {
         let Some(desire) = self.desired.clone() else {
             return;
         };
+        if self.draining.is_some() {
+            return;
+        }
         if self.in_flight {
             self.pending = true;
             return;
@@ -119,9 +130,10 @@ impl LoadBalancer {
                 let LbId::Elb { region, name } = self.id.clone() else {
                     unreachable!("an ELB backend serves ELB load balancers only");
                 };
-                let (api, log) = (api.clone(), self.log.clone());
+                let (api, log, policy) = (api.clone(), self.log.clone(), self.settings.policy);
                 let fut = async move {
-                    sync_elb(&*api, &region, &name, &desire.members, desire.cause, &log).await
+                    let members = &desire.members;
+                    sync_elb(&*api, &region, &name, members, desire.cause, policy, &log).await
                 };
                 ctx.spawn(
                     fut.into_actor(self)
@@ -159,6 +171,12 @@ impl LoadBalancer {
             generation,
             error: error.clone(),
         });
+        if let Some(waiting) = self.draining.as_mut() {
+            for tx in waiting.drain(..) {
+                let _ = tx.send(());
+            }
+            return;
+        }
         match error {
             None => {
                 self.failures = 0;
@@ -245,6 +263,25 @@ impl Handler<SetZone> for LoadBalancer {
     }
 }
 
+impl Handler<Drain> for LoadBalancer {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Drain, ctx: &mut Self::Context) -> Self::Result {
+        if let Some(handle) = self.retry.take() {
+            ctx.cancel_future(handle);
+        }
+        let waiting = self.draining.get_or_insert_with(Vec::new);
+        if !self.in_flight {
+            return Box::pin(async {});
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        waiting.push(tx);
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
 impl Handler<Retire> for LoadBalancer {
     type Result = ();
 
@@ -261,10 +298,11 @@ pub async fn sync_elb(
     name: &str,
     desired: &BTreeSet<Member>,
     cause: Cause,
+    policy: Policy,
     log: &Logger,
 ) -> Result<ElbChanges, AwsError> {
     let actual = api.members(region, name).await?;
-    let changes = plan_elb(desired, &actual);
+    let changes = plan_elb(desired, &actual, policy);
     if !changes.register.is_empty() {
         api.register(region, name, &changes.register).await?;
         info!(log, "registered instances";

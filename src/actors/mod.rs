@@ -6,9 +6,13 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::filter::Filters;
+use crate::plan::Policy;
+
 pub mod etcd_watcher;
 pub mod hosted_zone;
 pub mod load_balancer;
+pub mod state_writer;
 pub mod supervisor;
 
 /// Why a sync runs: it goes into every log line that changes AWS.
@@ -47,6 +51,8 @@ pub struct Settings {
     /// First retry delay after a retryable failure; doubles up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    pub policy: Policy,
+    pub filters: Filters,
 }
 
 impl Default for Settings {
@@ -57,6 +63,8 @@ impl Default for Settings {
             resync_interval: Duration::from_secs(300),
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(60),
+            policy: Policy::Sync,
+            filters: Filters::default(),
         }
     }
 }

@@ -17,12 +17,13 @@ use slog::{debug, error, info, warn, Logger};
 
 use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, Relisted};
 use super::hosted_zone::HostedZone;
-use super::load_balancer::{Backend, Desire, LoadBalancer, Retire, SetZone, Synced};
+use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
+use super::state_writer::{Managed as Record, StateWriter};
 use super::{Cause, Settings};
 use crate::aws::{ElbApi, Route53Api};
 use crate::desired::{DesiredState, Revision};
 use crate::etcd::{self, Snapshot};
-use crate::key::{LbId, Member};
+use crate::key::{self, LbId, Member};
 
 /// A load balancer the Supervisor manages.
 struct Managed {
@@ -55,7 +56,12 @@ pub struct Supervisor {
     initial: Option<Snapshot>,
     /// Superseded keys whose deletion is under way.
     deleting: HashSet<String>,
+    /// Load balancers with a durable managed record in etcd.
+    recorded: HashSet<LbId>,
+    state: Option<Addr<StateWriter>>,
+    watcher: Option<Addr<EtcdWatcher>>,
     watch: bool,
+    stopping: bool,
 }
 
 impl Supervisor {
@@ -69,7 +75,7 @@ impl Supervisor {
         initial: Snapshot,
     ) -> Self {
         Supervisor {
-            desired: DesiredState::new(&settings.prefix),
+            desired: DesiredState::with_filters(&settings.prefix, settings.filters.clone()),
             settings,
             log: log.clone(),
             etcd,
@@ -82,7 +88,11 @@ impl Supervisor {
             startup: None,
             initial: Some(initial),
             deleting: HashSet::new(),
+            recorded: HashSet::new(),
+            state: None,
+            watcher: None,
             watch: true,
+            stopping: false,
         }
     }
 
@@ -101,9 +111,16 @@ impl Supervisor {
     /// Replaces the desired state with a whole snapshot and reconciles every load balancer that has
     /// keys now or had them before.
     fn apply_snapshot(&mut self, snapshot: &Snapshot, cause: Cause, ctx: &mut Context<Self>) {
-        self.desired = DesiredState::new(&self.settings.prefix);
+        self.desired =
+            DesiredState::with_filters(&self.settings.prefix, self.settings.filters.clone());
         let mut warned = HashSet::new();
         for (key, revision) in &snapshot.keys {
+            if let Some(lb) = key::parse_managed(&self.settings.prefix, key) {
+                if self.desired.allows(&lb) {
+                    self.recorded.insert(lb);
+                }
+                continue;
+            }
             if let Err(e) = self.desired.put(key, *revision) {
                 warned.insert(key.clone());
                 self.warn_once(key, &e);
@@ -112,6 +129,8 @@ impl Supervisor {
         self.warned.retain(|k| warned.contains(k));
         let mut touched: HashSet<LbId> = self.desired.load_balancers().cloned().collect();
         touched.extend(self.lbs.keys().cloned());
+        // Recorded as managed but without keys: their keys were deleted while lbmanager was away.
+        touched.extend(self.recorded.iter().cloned());
         for lb in touched {
             self.reconcile(&lb, cause, ctx);
         }
@@ -130,13 +149,16 @@ impl Supervisor {
             if managed.members == members {
                 return;
             }
-        } else if members.is_empty() {
-            // A load balancer without keys is never touched.
+        } else if members.is_empty() && !self.recorded.contains(lb) {
+            // A load balancer without keys is never touched (unless lbmanager managed it before).
             return;
         }
         self.generation += 1;
         let generation = self.generation;
         if !self.lbs.contains_key(lb) {
+            if self.recorded.insert(lb.clone()) {
+                self.record(lb, true);
+            }
             let addr = self.spawn_lb(lb, ctx);
             self.lbs.insert(
                 lb.clone(),
@@ -159,6 +181,12 @@ impl Supervisor {
         });
     }
 
+    fn record(&self, lb: &LbId, managed: bool) {
+        if let Some(state) = &self.state {
+            state.do_send(Record(lb.clone(), managed));
+        }
+    }
+
     fn spawn_lb(&mut self, lb: &LbId, ctx: &mut Context<Self>) -> Addr<LoadBalancer> {
         let backend = match lb {
             LbId::Elb { .. } => Backend::Elb(self.elb.clone()),
@@ -178,13 +206,8 @@ impl Supervisor {
         if let Some(addr) = self.zones.get(zone) {
             return addr.clone();
         }
-        let addr = HostedZone::new(
-            zone,
-            self.route53.clone(),
-            &self.log,
-            self.settings.route53_ttl,
-        )
-        .start();
+        let addr =
+            HostedZone::new(zone, self.route53.clone(), &self.log, self.settings.clone()).start();
         self.zones.insert(zone.to_string(), addr.clone());
         addr
     }
@@ -269,6 +292,8 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.state =
+            Some(StateWriter::new(self.etcd.clone(), self.settings.clone(), &self.log).start());
         let initial = self.initial.take().unwrap_or_default();
         self.apply_snapshot(&initial, Cause::Startup, ctx);
         let pending: HashSet<LbId> = self.lbs.keys().cloned().collect();
@@ -282,14 +307,16 @@ impl Actor for Supervisor {
         });
         self.check_startup();
         if self.watch {
-            EtcdWatcher::new(
-                self.etcd.clone(),
-                self.settings.clone(),
-                ctx.address(),
-                &self.log,
-                initial.revision + 1,
-            )
-            .start();
+            self.watcher = Some(
+                EtcdWatcher::new(
+                    self.etcd.clone(),
+                    self.settings.clone(),
+                    ctx.address(),
+                    &self.log,
+                    initial.revision + 1,
+                )
+                .start(),
+            );
         }
         ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_actors(ctx));
     }
@@ -310,6 +337,9 @@ impl Handler<EtcdChanges> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: EtcdChanges, ctx: &mut Self::Context) {
+        if self.stopping {
+            return;
+        }
         let mut touched: HashSet<LbId> = HashSet::new();
         for change in msg.changes {
             match change {
@@ -337,6 +367,9 @@ impl Handler<Relisted> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Relisted, ctx: &mut Self::Context) {
+        if self.stopping {
+            return;
+        }
         self.apply_snapshot(&msg.0, Cause::Relist, ctx);
     }
 }
@@ -363,8 +396,32 @@ impl Handler<Synced> for Supervisor {
                 debug!(self.log, "load balancer has no keys left, no longer managed";
                     "lb" => msg.lb.to_string());
                 managed.addr.do_send(Retire);
+                if self.recorded.remove(&msg.lb) {
+                    self.record(&msg.lb, false);
+                }
             }
         }
+    }
+}
+
+/// Graceful stop: no new work (the watch stops, etcd changes are ignored), and the answer comes
+/// once every sync in flight has ended. Whatever was not done is done at the next start.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Supervisor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _: &mut Self::Context) -> Self::Result {
+        self.stopping = true;
+        if let Some(watcher) = self.watcher.take() {
+            watcher.do_send(super::etcd_watcher::Stop);
+        }
+        let drains: Vec<_> = self.lbs.values().map(|m| m.addr.send(Drain)).collect();
+        Box::pin(async move {
+            futures::future::join_all(drains).await;
+        })
     }
 }
 

@@ -1,0 +1,80 @@
+//! The StateWriter keeps lbmanager's durable record of the load balancers it manages
+//! (`PREFIX/_managed/...`, see [`crate::key::managed_key`]) in etcd.
+//!
+//! The record is what lets a start-up empty a load balancer whose keys were all deleted while
+//! lbmanager was stopped: without it, such a load balancer would look like one lbmanager never
+//! touched. Writes go through this actor's mailbox one at a time, in the Supervisor's order, and a
+//! failed write is retried (with backoff) before the next one, so a record and its removal can
+//! never pass each other.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use etcd_client::Client;
+use slog::{debug, warn, Logger};
+
+use super::{backoff, Settings};
+use crate::key::{managed_key, LbId};
+
+/// Record (`true`) or forget (`false`) that lbmanager manages a load balancer.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Managed(pub LbId, pub bool);
+
+pub struct StateWriter {
+    client: Client,
+    settings: Arc<Settings>,
+    log: Logger,
+}
+
+impl StateWriter {
+    pub fn new(client: Client, settings: Arc<Settings>, log: &Logger) -> Self {
+        StateWriter {
+            client,
+            settings,
+            log: log.new(slog::o!("actor" => "state-writer")),
+        }
+    }
+}
+
+impl Actor for StateWriter {
+    type Context = Context<Self>;
+}
+
+impl Handler<Managed> for StateWriter {
+    type Result = ();
+
+    fn handle(&mut self, Managed(lb, record): Managed, ctx: &mut Self::Context) {
+        let key = managed_key(&self.settings.prefix, &lb);
+        let mut client = self.client.clone();
+        let log = self.log.clone();
+        // `wait` holds the mailbox until this write has landed: the next one waits its turn.
+        ctx.wait(
+            async move {
+                let mut attempt = 0;
+                loop {
+                    let res = if record {
+                        client.put(key.as_str(), lb.to_string(), None).await.map(|_| ())
+                    } else {
+                        client.delete(key.as_str(), None).await.map(|_| ())
+                    };
+                    match res {
+                        Ok(()) => {
+                            debug!(log, "managed record updated"; "key" => &key, "present" => record);
+                            return;
+                        }
+                        Err(e) => {
+                            let delay = backoff(attempt, Duration::from_millis(200), Duration::from_secs(10));
+                            attempt += 1;
+                            warn!(log, "writing the managed record failed, will retry";
+                                "key" => &key, "error" => %e, "retry_in" => ?delay);
+                            tokio::time::sleep(delay).await;
+                        }
+                    }
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
