@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use futures::StreamExt;
 use slog::{debug, info, warn, Logger};
 
 use super::supervisor::Supervisor;
@@ -60,7 +61,13 @@ pub struct EtcdWatcher {
     next_revision: Revision,
     attempt: u32,
     stream: Option<SpawnHandle>,
+    /// Increases with every watch; items of an older watch are stale and ignored (a broken stream
+    /// may still deliver a few items after it was given up).
+    epoch: u64,
 }
+
+/// One item of watch number `.0`: a response, an error, or `None` when the stream ended.
+type Item = (u64, Option<Result<WatchResponse, etcd_client::Error>>);
 
 impl EtcdWatcher {
     pub fn new(
@@ -78,6 +85,7 @@ impl EtcdWatcher {
             next_revision,
             attempt: 0,
             stream: None,
+            epoch: 0,
         }
     }
 
@@ -90,7 +98,17 @@ impl EtcdWatcher {
         )
     }
 
+    /// Gives up the current watch, if any: its remaining items are ignored.
+    fn drop_stream(&mut self, ctx: &mut Context<Self>) {
+        self.epoch += 1;
+        if let Some(handle) = self.stream.take() {
+            ctx.cancel_future(handle);
+        }
+    }
+
     fn watch(&mut self, ctx: &mut Context<Self>) {
+        self.drop_stream(ctx);
+        let epoch = self.epoch;
         let mut client = self.client.clone();
         let key = etcd::watch_key(&self.settings.prefix);
         let options = WatchOptions::new()
@@ -98,19 +116,20 @@ impl EtcdWatcher {
             .with_start_revision(self.next_revision)
             .with_progress_notify();
         let fut = async move { client.watch(key, Some(options)).await };
-        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(stream) => {
                 debug!(act.log, "watching"; "from_revision" => act.next_revision);
-                act.stream = Some(ctx.add_stream(stream));
+                let items = stream
+                    .map(move |item| (epoch, Some(item)))
+                    .chain(futures::stream::once(async move { (epoch, None) }));
+                act.stream = Some(ctx.add_stream(items));
             }
             Err(e) => act.retry_later(ctx, &e.to_string()),
         }));
     }
 
     fn retry_later(&mut self, ctx: &mut Context<Self>, reason: &str) {
-        if let Some(handle) = self.stream.take() {
-            ctx.cancel_future(handle);
-        }
+        self.drop_stream(ctx);
         let delay = self.delay();
         warn!(self.log, "etcd watch broken, will reconnect";
             "reason" => reason, "retry_in" => ?delay, "resume_revision" => self.next_revision);
@@ -118,9 +137,7 @@ impl EtcdWatcher {
     }
 
     fn relist(&mut self, ctx: &mut Context<Self>) {
-        if let Some(handle) = self.stream.take() {
-            ctx.cancel_future(handle);
-        }
+        self.drop_stream(ctx);
         let mut client = self.client.clone();
         let prefix = self.settings.prefix.clone();
         let fut = async move { etcd::read_snapshot(&mut client, &prefix, 1000).await };
@@ -149,11 +166,15 @@ impl Actor for EtcdWatcher {
     }
 }
 
-impl StreamHandler<Result<WatchResponse, etcd_client::Error>> for EtcdWatcher {
-    fn handle(&mut self, item: Result<WatchResponse, etcd_client::Error>, ctx: &mut Self::Context) {
+impl StreamHandler<Item> for EtcdWatcher {
+    fn handle(&mut self, (epoch, item): Item, ctx: &mut Self::Context) {
+        if epoch != self.epoch {
+            return;
+        }
         let resp = match item {
-            Ok(resp) => resp,
-            Err(e) => return self.retry_later(ctx, &e.to_string()),
+            Some(Ok(resp)) => resp,
+            Some(Err(e)) => return self.retry_later(ctx, &e.to_string()),
+            None => return self.retry_later(ctx, "watch stream ended"),
         };
         if resp.compact_revision() > 0 {
             warn!(self.log, "watch history compacted away, relisting";
@@ -191,10 +212,7 @@ impl StreamHandler<Result<WatchResponse, etcd_client::Error>> for EtcdWatcher {
         self.supervisor.do_send(EtcdChanges { changes, revision });
     }
 
-    fn finished(&mut self, ctx: &mut Self::Context) {
-        // The default stops the actor; a watch that ends is a broken watch.
-        if self.stream.is_some() {
-            self.retry_later(ctx, "watch stream ended");
-        }
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The default stops the actor. The end of a stream is its `None` item, handled above.
     }
 }

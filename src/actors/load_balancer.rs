@@ -81,6 +81,8 @@ pub struct LoadBalancer {
     pending: bool,
     failures: u32,
     retry: Option<SpawnHandle>,
+    /// The last failure was retryable: the pending retry is a backoff that news must not cut short.
+    backing_off: bool,
     /// Set by [`Drain`]: who waits for the sync in flight to end.
     draining: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
@@ -105,6 +107,7 @@ impl LoadBalancer {
             pending: false,
             failures: 0,
             retry: None,
+            backing_off: false,
             draining: None,
         }
     }
@@ -186,6 +189,7 @@ impl LoadBalancer {
             }
             Some(err) => {
                 self.failures += 1;
+                self.backing_off = err.is_retryable();
                 let delay = if err.is_retryable() {
                     backoff(
                         self.failures - 1,
@@ -230,12 +234,10 @@ impl Handler<Desire> for LoadBalancer {
 
     fn handle(&mut self, msg: Desire, ctx: &mut Self::Context) {
         self.desired = Some(msg);
-        if self.retry.is_some() && self.failures > 0 {
-            // Waiting out a backoff: the retry will take the new desire. But a load balancer that
-            // failed for a reason retrying can't fix gets a fresh try on news from etcd.
-            if self.settings.resync_interval <= self.settings.retry_max {
-                return;
-            }
+        if self.retry.is_some() && self.backing_off {
+            // Waiting out a backoff (throttling, 5xx): the retry will take the new desire. A load
+            // balancer that failed for a reason retrying can't fix gets a fresh try instead.
+            return;
         }
         self.start_sync(ctx);
     }

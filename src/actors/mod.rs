@@ -62,7 +62,7 @@ impl Default for Settings {
             route53_ttl: 60,
             resync_interval: Duration::from_secs(300),
             retry_base: Duration::from_millis(500),
-            retry_max: Duration::from_secs(60),
+            retry_max: Duration::from_secs(20),
             policy: Policy::Sync,
             filters: Filters::default(),
         }

@@ -50,6 +50,11 @@ impl ElbApi for SdkElb {
             .client(region)
             .describe_load_balancers()
             .load_balancer_names(name)
+            .customize()
+            .config_override(
+                aws_sdk_elasticloadbalancing::config::Builder::default()
+                    .retry_config(super::read_retries()),
+            )
             .send()
             .await
             .map_err(|e| classify("DescribeLoadBalancers", &target, e))?;

@@ -148,6 +148,12 @@ where
     AwsError::new(kind, operation, target, message)
 }
 
+/// Reads are safe to resend: the SDK retries them (3 attempts, its standard backoff) before an
+/// actor sees an error. Changes are never resent blindly (see [`load_sdk_config`]).
+pub fn read_retries() -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard().with_max_attempts(3)
+}
+
 /// Options for the real SDK clients.
 #[derive(Clone, Debug, Default)]
 pub struct ClientOptions {
@@ -161,9 +167,14 @@ pub struct ClientOptions {
 /// identity, instance role), plus the original lbManager's `AWS_ACCESS_KEY`/`AWS_SECRET_KEY` names
 /// when the standard ones are not set.
 pub async fn load_sdk_config(opts: &ClientOptions) -> aws_config::SdkConfig {
+    use aws_config::retry::RetryConfig;
     use aws_config::timeout::TimeoutConfig;
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .app_name(aws_config::AppName::new("lbmanager").expect("a valid app name"))
+        // No blind resends: a Register or CREATE whose answer was lost may have been applied, and
+        // resending it is not safe everywhere (moto stores the instance twice, a second CREATE
+        // fails). The actors retry instead, with backoff, from a fresh read and a fresh plan.
+        .retry_config(RetryConfig::disabled())
         .timeout_config(
             TimeoutConfig::builder()
                 .connect_timeout(Duration::from_secs(5))

@@ -83,6 +83,10 @@ impl Route53Api for SdkRoute53 {
                 .start_record_type(rtype)
                 .set_start_record_identifier(identifier)
                 .max_items(10)
+                .customize()
+                .config_override(
+                    aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
+                )
                 .send()
                 .await
                 .map_err(|e| classify("ListResourceRecordSets", &target, e))?;

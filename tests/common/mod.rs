@@ -3,6 +3,8 @@
 //! Everything started here is killed when its handle is dropped.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::future::Future;
@@ -56,18 +58,67 @@ fn kill(child: &mut Option<Child>) {
 pub struct Etcd {
     child: Option<Child>,
     pub url: String,
+    /// With TLS: an https:// URL that wants a client certificate (the plain `url` stays for the
+    /// test's own client).
+    pub tls_url: Option<String>,
     peer_url: String,
-    dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Etcd {
     pub async fn start() -> Etcd {
-        let mut etcd = Etcd {
+        let mut etcd = Etcd::unstarted();
+        etcd.spawn().await;
+        etcd
+    }
+
+    fn unstarted() -> Etcd {
+        Etcd {
             child: None,
             url: format!("http://127.0.0.1:{}", free_port()),
+            tls_url: None,
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             dir: tempfile::tempdir().expect("a temp dir"),
+        }
+    }
+
+    /// An etcd that also listens on https with client-certificate authentication. Makes a CA, a
+    /// server and a client certificate with openssl in its directory: `ca.pem`, `client.pem`,
+    /// `client-key.pem`.
+    pub async fn start_tls() -> Etcd {
+        let mut etcd = Etcd::unstarted();
+        let d = etcd.dir.path().to_path_buf();
+        let sh = |script: &str| {
+            let ok = Command::new("sh")
+                .arg("-ec")
+                .arg(script)
+                .current_dir(&d)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl")
+                .success();
+            assert!(ok, "certificate generation failed: {script}");
         };
+        sh(
+            "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=test-ca \
+            -keyout ca-key.pem -out ca.pem",
+        );
+        for (name, ext) in [
+            (
+                "server",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth",
+            ),
+            ("client", "extendedKeyUsage=clientAuth"),
+        ] {
+            sh(&format!(
+                "openssl req -newkey rsa:2048 -nodes -subj /CN={name} -keyout {name}-key.pem -out {name}.csr
+                 printf '{ext}\\nbasicConstraints=CA:FALSE\\n' > {name}.ext
+                 openssl x509 -req -in {name}.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial \
+                   -days 2 -extfile {name}.ext -out {name}.pem"
+            ));
+        }
+        etcd.tls_url = Some(format!("https://127.0.0.1:{}", free_port()));
         etcd.spawn().await;
         etcd
     }
@@ -78,16 +129,31 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log");
-        let child = Command::new("etcd")
+        let client_urls = match &self.tls_url {
+            Some(tls) => format!("{},{tls}", self.url),
+            None => self.url.clone(),
+        };
+        let mut cmd = Command::new("etcd");
+        if self.tls_url.is_some() {
+            let p = |f: &str| self.dir.path().join(f).to_str().unwrap().to_string();
+            cmd.args([
+                "--cert-file",
+                &p("server.pem"),
+                "--key-file",
+                &p("server-key.pem"),
+            ])
+            .args(["--trusted-ca-file", &p("ca.pem"), "--client-cert-auth"]);
+        }
+        let child = cmd
             .args([
                 "--name",
                 "test",
                 "--data-dir",
                 self.dir.path().join("data").to_str().unwrap(),
                 "--listen-client-urls",
-                &self.url,
+                &client_urls,
                 "--advertise-client-urls",
-                &self.url,
+                &client_urls,
                 "--listen-peer-urls",
                 &self.peer_url,
                 "--initial-advertise-peer-urls",
@@ -115,6 +181,28 @@ impl Etcd {
 
     pub fn stop(&mut self) {
         kill(&mut self.child);
+    }
+
+    /// The port of the plain client URL.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Runs etcdctl against this etcd; panics if it fails.
+    pub fn ctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .arg("--endpoints")
+            .arg(&self.url)
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Stops and starts etcd on the same ports and data: an outage with nothing lost.
@@ -174,7 +262,7 @@ impl Drop for Etcd {
 pub struct Moto {
     child: Option<Child>,
     pub url: String,
-    port: u16,
+    pub port: u16,
     dir: tempfile::TempDir,
 }
 
@@ -441,7 +529,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         kill(&mut self.child);
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("LBMANAGER_TEST_LOG").is_some() {
             eprintln!("---- lbmanager log ----\n{}", self.log());
         }
     }

@@ -1,0 +1,264 @@
+//! Proxies the fault tests put between lbmanager and its servers.
+//!
+//! - [`FaultProxy`]: an HTTP/1.1 proxy to moto that fails a share of requests the way AWS does
+//!   (500, 503, 400 Throttling, 400 PriorRequestNotComplete), drops connections (before or after
+//!   forwarding, so some changes are applied but their answer is lost) and adds latency.
+//! - [`TcpCut`]: a plain TCP forwarder (to etcd) that can cut every connection and refuse new ones,
+//!   to take lbmanager away from an etcd that keeps running.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// What the fault proxy did, by kind.
+#[derive(Default, Debug)]
+pub struct FaultCounts {
+    pub forwarded: AtomicUsize,
+    pub error_500: AtomicUsize,
+    pub error_503: AtomicUsize,
+    pub throttling: AtomicUsize,
+    pub prior_request: AtomicUsize,
+    pub dropped_before: AtomicUsize,
+    pub dropped_after: AtomicUsize,
+    pub delayed: AtomicUsize,
+}
+
+impl FaultCounts {
+    pub fn injected(&self) -> usize {
+        [
+            &self.error_500,
+            &self.error_503,
+            &self.throttling,
+            &self.prior_request,
+            &self.dropped_before,
+            &self.dropped_after,
+        ]
+        .iter()
+        .map(|c| c.load(Ordering::SeqCst))
+        .sum()
+    }
+
+    pub fn total(&self) -> usize {
+        self.forwarded.load(Ordering::SeqCst)
+            + self.error_500.load(Ordering::SeqCst)
+            + self.error_503.load(Ordering::SeqCst)
+            + self.throttling.load(Ordering::SeqCst)
+            + self.prior_request.load(Ordering::SeqCst)
+            + self.dropped_before.load(Ordering::SeqCst)
+    }
+}
+
+pub struct FaultProxy {
+    pub url: String,
+    pub counts: Arc<FaultCounts>,
+    /// Share of requests that fail, in percent (0 turns faults off).
+    pub fail_percent: Arc<AtomicU64>,
+}
+
+/// A tiny xorshift generator, seeded per connection: no dependency, reproducible enough.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Reads one HTTP/1.1 message (head and Content-Length body) from `r`; None at EOF.
+fn read_message(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    let mut length = 0usize;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("content-length") {
+                length = value.trim().parse().ok()?;
+            }
+        }
+        head.extend_from_slice(line.as_bytes());
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let mut body = vec![0; length];
+    r.read_exact(&mut body).ok()?;
+    head.extend(body);
+    Some(head)
+}
+
+fn error_response(status: &str, code: &str) -> Vec<u8> {
+    let body = format!(
+        "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>\
+         <Message>injected by the test proxy</Message></Error>\
+         <RequestId>fault-proxy</RequestId></ErrorResponse>"
+    );
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl FaultProxy {
+    pub fn start(upstream_port: u16, fail_percent: u64, seed: u64) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let counts = Arc::new(FaultCounts::default());
+        let percent = Arc::new(AtomicU64::new(fail_percent));
+        let (c, p) = (counts.clone(), percent.clone());
+        thread::spawn(move || {
+            for (n, client) in listener.incoming().enumerate() {
+                let Ok(client) = client else { continue };
+                let (c, p) = (c.clone(), p.clone());
+                let mut rng =
+                    Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((n as u64 + 1) * 7919));
+                thread::spawn(move || serve(client, upstream_port, &c, &p, &mut rng));
+            }
+        });
+        FaultProxy {
+            url,
+            counts,
+            fail_percent: percent,
+        }
+    }
+}
+
+fn serve(
+    client: TcpStream,
+    upstream: u16,
+    counts: &FaultCounts,
+    percent: &AtomicU64,
+    rng: &mut Rng,
+) {
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    let mut writer = client;
+    while let Some(request) = read_message(&mut reader) {
+        let fail = rng.below(100) < percent.load(Ordering::SeqCst);
+        if rng.below(10) == 0 {
+            counts.delayed.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(Duration::from_millis(rng.below(300)));
+        }
+        let injected = if fail {
+            match rng.below(6) {
+                0 => Some((
+                    &counts.error_500,
+                    error_response("500 Internal Server Error", "InternalFailure"),
+                )),
+                1 => Some((
+                    &counts.error_503,
+                    error_response("503 Service Unavailable", "ServiceUnavailable"),
+                )),
+                2 => Some((
+                    &counts.throttling,
+                    error_response("400 Bad Request", "Throttling"),
+                )),
+                3 => Some((
+                    &counts.prior_request,
+                    error_response("400 Bad Request", "PriorRequestNotComplete"),
+                )),
+                4 => {
+                    counts.dropped_before.fetch_add(1, Ordering::SeqCst);
+                    let _ = writer.shutdown(Shutdown::Both);
+                    return;
+                }
+                _ => None, // drop after forwarding, below
+            }
+        } else {
+            None
+        };
+        if let Some((counter, response)) = injected {
+            counter.fetch_add(1, Ordering::SeqCst);
+            if writer.write_all(&response).is_err() {
+                return;
+            }
+            continue;
+        }
+        let Some(response) = forward(upstream, &request) else {
+            return;
+        };
+        counts.forwarded.fetch_add(1, Ordering::SeqCst);
+        if fail {
+            // The change reached moto, but its answer is lost.
+            counts.dropped_after.fetch_add(1, Ordering::SeqCst);
+            let _ = writer.shutdown(Shutdown::Both);
+            return;
+        }
+        if writer.write_all(&response).is_err() {
+            return;
+        }
+    }
+}
+
+fn forward(port: u16, request: &[u8]) -> Option<Vec<u8>> {
+    let upstream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    upstream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .ok()?;
+    let mut w = upstream.try_clone().ok()?;
+    w.write_all(request).ok()?;
+    read_message(&mut BufReader::new(upstream))
+}
+
+/// A TCP forwarder that can be cut off.
+pub struct TcpCut {
+    pub url: String,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl TcpCut {
+    pub fn start(upstream_port: u16) -> TcpCut {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (cut2, conns2) = (cut.clone(), conns.clone());
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(upstream) = TcpStream::connect(("127.0.0.1", upstream_port)) else {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                };
+                let mut list = conns2.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(upstream.try_clone().unwrap());
+                pipe(client.try_clone().unwrap(), upstream.try_clone().unwrap());
+                pipe(upstream, client);
+            }
+        });
+        TcpCut { url, cut, conns }
+    }
+
+    /// Cuts every connection and refuses new ones until `restore`.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
