@@ -486,7 +486,7 @@ mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(100_000))]
         /// Any string at all: parse never panics.
         #[test]
         fn never_panics_on_any_string(s in "\\PC*") {

@@ -41,6 +41,7 @@ async fn wanted(etcd: &Etcd, lbs: &[String]) -> BTreeMap<String, Vec<String>> {
             let prefix = format!("{P}/elb/us-east-1/{lb}/multiple/");
             let ids: Vec<String> = keys
                 .iter()
+                .filter(|k| matches!(lbmanager::key::parse(P, k), Ok(Some(_))))
                 .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string))
                 .collect();
             (lb.clone(), ids)
@@ -404,4 +405,101 @@ async fn filters_and_upsert_only_leave_the_rest_alone() {
     // lb01 is outside the filter: never touched.
     assert!(aws.instances("us-east-1", &lbs[1]).await.is_empty());
     assert!(!daemon.log().contains("deregistered"));
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_call_in_flight_and_exits_0() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let lbs = create_elbs(&aws, 1).await;
+    let proxy = FaultProxy::start(moto.port, 0, 1);
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &[]);
+    daemon.wait_log("initial sync complete").await;
+    proxy.delay_ms.store(1500, Ordering::SeqCst);
+    let before = proxy.counts.received.load(Ordering::SeqCst);
+    etcd.put(&key(&lbs[0], &inst(1))).await;
+    eventually("a sync is in flight", DEADLINE, || async {
+        proxy.counts.received.load(Ordering::SeqCst) > before
+    })
+    .await;
+    let start = Instant::now();
+    assert_eq!(daemon.stop(), Some(0));
+    // The sync in flight (a slow Describe, then its Register) was finished, not cut.
+    assert_eq!(aws.instances("us-east-1", &lbs[0]).await, vec![inst(1)]);
+    assert!(daemon.log().contains("stopped cleanly"));
+    eprintln!(
+        "FIGURES sigterm: exit=0 after {:?} with a 1.5s call in flight",
+        start.elapsed()
+    );
+}
+
+/// Writes 10,000 random malformed keys (twice) while valid keys change: lbmanager stays up, warns
+/// once about each bad key, keeps its memory bounded and converges the valid ones.
+#[tokio::test]
+async fn flood_of_bad_keys() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let lbs = create_elbs(&aws, 3).await;
+    let mut daemon = Daemon::start(&etcd, &moto, &["--log-level", "info"]);
+    daemon.wait_log("initial sync complete").await;
+    let mut rng = Rng(99);
+    let alphabet: Vec<char> = "abcXYZ019-_.:*/ %i".chars().collect();
+    let mut bad = BTreeSet::new();
+    while bad.len() < 10_000 {
+        let tail: String = (0..rng.below(40) + 1)
+            .map(|_| alphabet[rng.below(alphabet.len() as u64) as usize])
+            .collect();
+        let k = match rng.below(5) {
+            0 => format!("{P}/elb/us-east-1/lb00/multiple/{tail}"),
+            1 => format!("{P}/route53/us-east-1/Z1/{tail}/multiple/1.2.3.4"),
+            2 => format!("{P}/elb/{tail}"),
+            3 => format!("{P}/nokind{tail}"),
+            _ => format!("{P}/elb/us-east-1/lb00/{tail}/i-00000001"),
+        };
+        if !k.contains(", key: ") && matches!(lbmanager::key::parse(P, &k), Err(_)) {
+            bad.insert(k);
+        }
+    }
+    let mut client = etcd.client().await;
+    let rss_start = daemon.rss_kib().unwrap();
+    for round in 0..2 {
+        for (i, k) in bad.iter().enumerate() {
+            client.put(k.as_str(), "", None).await.unwrap();
+            if i % 1000 == 0 {
+                let lb = &lbs[(i / 1000) % lbs.len()];
+                client
+                    .put(key(lb, &inst((round * 10 + i / 1000) as u64)), "", None)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    converge(&etcd, &aws, &lbs, DEADLINE).await;
+    let log = daemon.log();
+    eventually("every bad key warned about", DEADLINE, || async {
+        daemon.log().matches("ignoring malformed key").count() >= bad.len()
+    })
+    .await;
+    let mut warned: BTreeMap<String, usize> = BTreeMap::new();
+    for line in daemon
+        .log()
+        .lines()
+        .filter(|l| l.contains("ignoring malformed key"))
+    {
+        let (_, k) = line
+            .rsplit_once(", key: ")
+            .expect("the warning names the key");
+        *warned.entry(k.to_string()).or_default() += 1;
+    }
+    assert_eq!(warned.len(), bad.len(), "every bad key warned about");
+    assert!(warned.values().all(|n| *n == 1), "each exactly once");
+    assert!(daemon.is_running());
+    let rss_end = daemon.rss_kib().unwrap();
+    assert!(rss_end < 128 * 1024, "RSS {rss_end} KiB after the flood");
+    drop(log);
+    eprintln!(
+        "FIGURES bad-keys: bad_keys=10000 writes=20000 warnings={} rss_kib_before={rss_start} rss_kib_after={rss_end}",
+        warned.values().sum::<usize>()
+    );
 }

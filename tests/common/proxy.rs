@@ -24,6 +24,8 @@ pub struct FaultCounts {
     pub dropped_before: AtomicUsize,
     pub dropped_after: AtomicUsize,
     pub delayed: AtomicUsize,
+    /// Requests received (before any fault or delay).
+    pub received: AtomicUsize,
 }
 
 impl FaultCounts {
@@ -56,6 +58,8 @@ pub struct FaultProxy {
     pub counts: Arc<FaultCounts>,
     /// Share of requests that fail, in percent (0 turns faults off).
     pub fail_percent: Arc<AtomicU64>,
+    /// A delay added to every request, in milliseconds.
+    pub delay_ms: Arc<AtomicU64>,
 }
 
 /// A tiny xorshift generator, seeded per connection: no dependency, reproducible enough.
@@ -114,20 +118,22 @@ impl FaultProxy {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let counts = Arc::new(FaultCounts::default());
         let percent = Arc::new(AtomicU64::new(fail_percent));
-        let (c, p) = (counts.clone(), percent.clone());
+        let delay = Arc::new(AtomicU64::new(0));
+        let (c, p, d) = (counts.clone(), percent.clone(), delay.clone());
         thread::spawn(move || {
             for (n, client) in listener.incoming().enumerate() {
                 let Ok(client) = client else { continue };
-                let (c, p) = (c.clone(), p.clone());
+                let (c, p, d) = (c.clone(), p.clone(), d.clone());
                 let mut rng =
                     Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((n as u64 + 1) * 7919));
-                thread::spawn(move || serve(client, upstream_port, &c, &p, &mut rng));
+                thread::spawn(move || serve(client, upstream_port, &c, &p, &d, &mut rng));
             }
         });
         FaultProxy {
             url,
             counts,
             fail_percent: percent,
+            delay_ms: delay,
         }
     }
 }
@@ -137,11 +143,14 @@ fn serve(
     upstream: u16,
     counts: &FaultCounts,
     percent: &AtomicU64,
+    delay: &AtomicU64,
     rng: &mut Rng,
 ) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut writer = client;
     while let Some(request) = read_message(&mut reader) {
+        counts.received.fetch_add(1, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(delay.load(Ordering::SeqCst)));
         let fail = rng.below(100) < percent.load(Ordering::SeqCst);
         if rng.below(10) == 0 {
             counts.delayed.fetch_add(1, Ordering::SeqCst);

@@ -1,0 +1,136 @@
+//! etcd with authentication and with TLS client certificates, and no secret in any log line.
+
+mod common;
+
+use common::*;
+
+const I1: &str = "i-0123456789abcdef0";
+const I2: &str = "i-0fedcba9876543210";
+const ETCD_PASSWORD: &str = "Etcd-Pa55word-that-must-not-leak";
+
+fn key(class: &str, id: &str) -> String {
+    format!("/lbManager/elb/us-east-1/webLB/{class}/{id}")
+}
+
+/// An etcd with auth on, a role that may read and write only the prefix, and lbmanager logging in
+/// as a user with that role (password from a file). The single switch exercises the writes
+/// (deleting superseded keys, the managed records). Neither the etcd password nor the AWS secret
+/// appears in lbmanager's output, at the most verbose log level.
+#[tokio::test]
+async fn etcd_auth_with_a_prefix_role_and_no_secret_in_the_logs() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    etcd.ctl(&["user", "add", "root:rootpw"]);
+    etcd.ctl(&["role", "add", "lbmanager"]);
+    etcd.ctl(&[
+        "role",
+        "grant-permission",
+        "lbmanager",
+        "--prefix=true",
+        "readwrite",
+        "/lbManager/",
+    ]);
+    etcd.ctl(&["user", "add", &format!("lbm:{ETCD_PASSWORD}")]);
+    etcd.ctl(&["user", "grant-role", "lbm", "lbmanager"]);
+    etcd.ctl(&["auth", "enable"]);
+    let root = |args: &[&str]| {
+        let mut all = vec!["--user", "root:rootpw"];
+        all.extend_from_slice(args);
+        etcd.ctl(&all)
+    };
+    root(&["put", &key("multiple", I1), ""]);
+
+    let mut daemon = Daemon::unstarted();
+    let pw_file = daemon.log_path.with_file_name("etcd-password");
+    std::fs::write(&pw_file, format!("{ETCD_PASSWORD}\n")).unwrap();
+    daemon.env.push(("ETCD_USER".into(), Some("lbm".into())));
+    daemon.spawn(
+        &etcd.url,
+        &moto.url,
+        &[
+            "--etcd-password-file",
+            pw_file.to_str().unwrap(),
+            "--log-level",
+            "trace",
+        ],
+    );
+    eventually(
+        "converged through an authenticated etcd",
+        DEADLINE,
+        || async { aws.instances("us-east-1", "webLB").await == strings(&[I1]) },
+    )
+    .await;
+    root(&["put", &key("single", I2), ""]);
+    eventually("single switch applied", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I2])
+    })
+    .await;
+    eventually(
+        "superseded key deleted under the role",
+        DEADLINE,
+        || async {
+            !root(&["get", "--prefix", "--keys-only", "/lbManager/elb/"]).contains("multiple")
+        },
+    )
+    .await;
+    assert!(root(&["get", "--prefix", "--keys-only", "/lbManager/_managed/"]).contains("webLB"));
+
+    assert_eq!(daemon.stop(), Some(0));
+    let log = daemon.log();
+    assert!(log.contains("registered instances"), "the log has content");
+    for secret in [ETCD_PASSWORD, AWS_SECRET, AWS_KEY_ID] {
+        assert!(!log.contains(secret), "a secret in the log: {secret}");
+    }
+}
+
+/// etcd over https with client-certificate authentication.
+#[tokio::test]
+async fn etcd_over_tls_with_a_client_certificate() {
+    let (etcd, moto) = (Etcd::start_tls().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    etcd.put(&key("multiple", I1)).await;
+    let cert = |f: &str| etcd.dir.path().join(f).to_str().unwrap().to_string();
+    let mut daemon = Daemon::unstarted();
+    let tls_url = etcd.tls_url.clone().unwrap();
+    daemon.spawn(
+        &tls_url,
+        &moto.url,
+        &[
+            "--etcd-ca-file",
+            &cert("ca.pem"),
+            "--etcd-cert-file",
+            &cert("client.pem"),
+            "--etcd-key-file",
+            &cert("client-key.pem"),
+        ],
+    );
+    eventually("converged over TLS", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1])
+    })
+    .await;
+    etcd.put(&key("multiple", I2)).await;
+    eventually("the watch works over TLS", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+    })
+    .await;
+
+    // Without the client certificate etcd refuses the connection: a clear error and exit 1.
+    let mut refused = Daemon::unstarted();
+    refused.spawn(
+        &tls_url,
+        &moto.url,
+        &[
+            "--etcd-ca-file",
+            &cert("ca.pem"),
+            "--etcd-connect-timeout",
+            "2s",
+        ],
+    );
+    assert_eq!(
+        refused.exit_code(std::time::Duration::from_secs(20)).await,
+        Some(1)
+    );
+    assert!(refused.log().contains("cannot read from etcd, giving up"));
+}
