@@ -122,3 +122,24 @@ async fn unreachable_etcd_at_start_is_a_clear_error() {
         "the error names the endpoint: {log}"
     );
 }
+
+/// With several endpoints, a dead one does not stop lbmanager: requests go to the live one.
+#[tokio::test]
+async fn a_dead_endpoint_among_several_is_failed_over() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    etcd.put(&key(I1)).await;
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&format!("{dead},{}", etcd.url), &moto.url, &[]);
+    eventually("converged", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1])
+    })
+    .await;
+    etcd.put(&key(I2)).await;
+    eventually("watch events arrive", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+    })
+    .await;
+}
