@@ -78,6 +78,25 @@ pub struct RunArgs {
     #[arg(long, env = "LBMANAGER_AWS_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub aws_timeout: Duration,
 
+    /// Route53 calls per second lbmanager allows itself. Route53 allows 5 per second per
+    /// account, shared with every other tool: leave them room.
+    #[arg(long, env = "LBMANAGER_ROUTE53_RATE", default_value_t = 5.0, value_parser = parse_rate)]
+    pub route53_rate: f64,
+
+    /// Route53 calls that may go at once before --route53-rate applies.
+    #[arg(long, env = "LBMANAGER_ROUTE53_BURST", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub route53_burst: u32,
+
+    /// Classic ELB calls per second per region lbmanager allows itself.
+    #[arg(long, env = "LBMANAGER_ELB_RATE", default_value_t = 4.0, value_parser = parse_rate)]
+    pub elb_rate: f64,
+
+    /// Classic ELB calls per region that may go at once before --elb-rate applies.
+    #[arg(long, env = "LBMANAGER_ELB_BURST", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub elb_burst: u32,
+
     /// TTL in seconds of the A/AAAA record sets lbmanager writes.
     #[arg(long, env = "LBMANAGER_ROUTE53_TTL", default_value_t = 60,
           value_parser = clap::value_parser!(i64).range(0..=2_147_483_647))]
@@ -136,6 +155,13 @@ fn parse_prefix(s: &str) -> Result<String, String> {
         return Err("the prefix must start with / and name something, like /lbManager".into());
     }
     Ok(p.to_string())
+}
+
+fn parse_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err("must be a number of calls per second above 0, like 5 or 0.5".into()),
+    }
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

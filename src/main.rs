@@ -61,8 +61,11 @@ async fn run(args: RunArgs) -> ExitCode {
         settings,
         &log,
         client,
-        Arc::new(SdkElb::new(sdk.clone())),
-        Arc::new(SdkRoute53::new(&sdk)),
+        Arc::new(SdkElb::new(sdk.clone(), (args.elb_rate, args.elb_burst))),
+        Arc::new(SdkRoute53::new(
+            &sdk,
+            (args.route53_rate, args.route53_burst),
+        )),
         snapshot,
     )
     .start();

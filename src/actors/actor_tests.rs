@@ -184,6 +184,54 @@ async fn changes_of_one_zone_never_overlap_and_are_batched() {
         .filter(|c| c.starts_with("ChangeResourceRecordSets"))
         .count();
     assert!(changes < 20, "{changes} change calls for 20 FQDNs");
+    // Reads: the zone remembers what it read and wrote, so 120 changes need only a few reads.
+    let reads = r53
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("ListResourceRecordSets"))
+        .count();
+    assert!(reads <= 3, "{reads} reads: {:?}", r53.calls());
+}
+
+#[actix_rt::test]
+async fn zone_cache_is_bypassed_by_resync_so_drift_is_seen() {
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    let settings = Arc::new(Settings {
+        resync_interval: Duration::from_millis(300),
+        ..(*settings()).clone()
+    });
+    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let snapshot = Snapshot {
+        keys: vec![(key.to_string(), 1)],
+        revision: 1,
+        skipped: 0,
+    };
+    let _sup = Supervisor::new(
+        settings,
+        &log(),
+        no_etcd().await,
+        Arc::new(FakeElb::default()),
+        r53.clone(),
+        snapshot,
+    )
+    .without_watch()
+    .start();
+    let a = || {
+        r53.record("Z1", "www.example.com", RecordType::A)
+            .map(|s| s.values)
+    };
+    eventually("record created", || a() == Some(vec!["192.0.2.1".into()])).await;
+    // By hand, behind the zone's back.
+    r53.put_record(
+        "Z1",
+        crate::plan::RecordSet {
+            name: "www.example.com".into(),
+            rtype: RecordType::A,
+            ttl: 60,
+            values: vec!["198.51.100.7".into()],
+        },
+    );
+    eventually("drift corrected", || a() == Some(vec!["192.0.2.1".into()])).await;
 }
 
 #[actix_rt::test]

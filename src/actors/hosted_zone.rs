@@ -3,10 +3,14 @@
 //! promised). Desires that arrive while a sync runs wait and go out together in the next one: one
 //! read per FQDN, then as few ChangeResourceRecordSets calls as Route53's limits allow.
 //!
+//! The zone keeps what it read of its record sets (updated by its own writes, dropped after a
+//! failed one) so that a stream of changes to one FQDN costs no read per change; a resync always
+//! reads afresh, which is what catches changes made by hand.
+//!
 //! The zone attempts each desire once and answers the FQDN's [`LoadBalancer`] with the result;
 //! retrying is the load balancer's business (one place for backoff).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -17,7 +21,14 @@ use super::load_balancer::ZoneSynced;
 use super::{Cause, Settings};
 use crate::aws::{AwsError, Route53Api};
 use crate::key::LbId;
-use crate::plan::{pack_batches, plan_fqdn, Policy, RecordChange};
+use crate::plan::{pack_batches, plan_fqdn, Action, Policy, RecordChange, RecordSet};
+
+/// What the zone knows of its record sets, by FQDN (an empty list: known to have none).
+pub type ZoneCache = HashMap<String, Vec<RecordSet>>;
+
+/// From this many FQDNs to read at once, one paged read of the whole zone (300 record sets a
+/// page) is cheaper than a read per FQDN.
+const FULL_READ_AT: usize = 4;
 
 /// What one FQDN's A and AAAA record sets should hold.
 #[derive(Message, Clone)]
@@ -38,6 +49,7 @@ pub struct HostedZone {
     settings: Arc<Settings>,
     pending: BTreeMap<String, ZoneDesire>,
     busy: bool,
+    cache: ZoneCache,
 }
 
 impl HostedZone {
@@ -54,6 +66,7 @@ impl HostedZone {
             settings,
             pending: BTreeMap::new(),
             busy: false,
+            cache: ZoneCache::new(),
         }
     }
 
@@ -69,6 +82,7 @@ impl HostedZone {
             self.log.clone(),
             self.settings.clone(),
         );
+        let mut cache = std::mem::take(&mut self.cache);
         let fut = async move {
             let results = sync_zone(
                 &*api,
@@ -76,21 +90,26 @@ impl HostedZone {
                 &batch,
                 settings.route53_ttl,
                 settings.policy,
+                &mut cache,
                 &log,
             )
             .await;
-            (batch, results)
+            (batch, results, cache)
         };
-        ctx.spawn(fut.into_actor(self).map(|(batch, results), act, ctx| {
-            for (desire, result) in batch.into_iter().zip(results) {
-                desire.reply.do_send(ZoneSynced {
-                    generation: desire.generation,
-                    error: result.err(),
-                });
-            }
-            act.busy = false;
-            act.run(ctx);
-        }));
+        ctx.spawn(
+            fut.into_actor(self)
+                .map(|(batch, results, cache), act, ctx| {
+                    act.cache = cache;
+                    for (desire, result) in batch.into_iter().zip(results) {
+                        desire.reply.do_send(ZoneSynced {
+                            generation: desire.generation,
+                            error: result.err(),
+                        });
+                    }
+                    act.busy = false;
+                    act.run(ctx);
+                }),
+        );
     }
 }
 
@@ -111,25 +130,60 @@ impl Handler<ZoneDesire> for HostedZone {
 /// changes in as few calls as the limits allow. A batch refused for a reason retrying can't fix is
 /// split into one call per FQDN, so one bad FQDN does not hold up the others. Returns one result per
 /// desire, in order.
+#[allow(clippy::too_many_arguments)]
 pub async fn sync_zone(
     api: &dyn Route53Api,
     zone: &str,
     batch: &[ZoneDesire],
     ttl: i64,
     policy: Policy,
+    cache: &mut ZoneCache,
     log: &Logger,
 ) -> Vec<Result<(), AwsError>> {
     let mut results: Vec<Result<(), AwsError>> = vec![Ok(()); batch.len()];
-    let mut groups: Vec<(usize, Vec<RecordChange>)> = Vec::new();
-    for (i, desire) in batch.iter().enumerate() {
-        match api.record_sets(zone, &desire.fqdn).await {
-            Ok(current) => {
-                let changes = plan_fqdn(&desire.fqdn, &desire.ips, &current, ttl, policy);
-                if !changes.is_empty() {
-                    groups.push((i, changes));
+    // What must be read: FQDNs not known, and all of them on a resync.
+    let due: Vec<usize> = (0..batch.len())
+        .filter(|&i| batch[i].cause == Cause::Resync || !cache.contains_key(&batch[i].fqdn))
+        .collect();
+    if due.len() >= FULL_READ_AT {
+        match api.zone_record_sets(zone).await {
+            Ok(sets) => {
+                cache.clear();
+                for set in sets {
+                    cache.entry(set.name.clone()).or_default().push(set);
+                }
+                for &i in &due {
+                    cache.entry(batch[i].fqdn.clone()).or_default();
                 }
             }
-            Err(e) => results[i] = Err(e),
+            Err(e) => {
+                for &i in &due {
+                    results[i] = Err(e.clone());
+                }
+            }
+        }
+    } else {
+        for &i in &due {
+            match api.record_sets(zone, &batch[i].fqdn).await {
+                Ok(sets) => {
+                    cache.insert(batch[i].fqdn.clone(), sets);
+                }
+                Err(e) => results[i] = Err(e),
+            }
+        }
+    }
+    let mut groups: Vec<(usize, Vec<RecordChange>)> = Vec::new();
+    for (i, desire) in batch.iter().enumerate() {
+        if results[i].is_err() {
+            continue;
+        }
+        let current = cache
+            .get(&desire.fqdn)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let changes = plan_fqdn(&desire.fqdn, &desire.ips, current, ttl, policy);
+        if !changes.is_empty() {
+            groups.push((i, changes));
         }
     }
     for chunk in pack_batches(groups) {
@@ -137,6 +191,7 @@ pub async fn sync_zone(
         match api.change(zone, &all).await {
             Ok(()) => {
                 for (i, changes) in &chunk {
+                    applied(cache, &batch[*i].fqdn, changes);
                     log_changes(log, &batch[*i], changes);
                 }
             }
@@ -144,18 +199,33 @@ pub async fn sync_zone(
                 for (i, changes) in &chunk {
                     results[*i] = api.change(zone, changes).await;
                     if results[*i].is_ok() {
+                        applied(cache, &batch[*i].fqdn, changes);
                         log_changes(log, &batch[*i], changes);
+                    } else {
+                        cache.remove(&batch[*i].fqdn);
                     }
                 }
             }
             Err(e) => {
                 for (i, _) in &chunk {
+                    cache.remove(&batch[*i].fqdn);
                     results[*i] = Err(e.clone());
                 }
             }
         }
     }
     results
+}
+
+/// Updates the cache with changes Route53 accepted: the record sets are now exactly what was sent.
+fn applied(cache: &mut ZoneCache, fqdn: &str, changes: &[RecordChange]) {
+    let sets = cache.entry(fqdn.to_string()).or_default();
+    for c in changes {
+        sets.retain(|s| s.rtype != c.set.rtype);
+        if c.action != Action::Delete {
+            sets.push(c.set.clone());
+        }
+    }
 }
 
 fn log_changes(log: &Logger, desire: &ZoneDesire, changes: &[RecordChange]) {

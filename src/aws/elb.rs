@@ -1,38 +1,46 @@
 //! Classic ELB through the AWS SDK: one client per region, made on first use.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
-use super::{classify, AwsError, ElbApi, ErrorKind};
+use super::{classify, AwsError, ElbApi, ErrorKind, Limiter};
 
 pub struct SdkElb {
     config: aws_config::SdkConfig,
-    clients: Mutex<HashMap<String, Client>>,
+    rate: (f64, u32),
+    clients: Mutex<HashMap<String, (Client, Arc<Limiter>)>>,
 }
 
 impl SdkElb {
-    pub fn new(config: aws_config::SdkConfig) -> Self {
+    /// `rate`: calls per second and burst, per region (ELB throttles per account and region).
+    pub fn new(config: aws_config::SdkConfig, rate: (f64, u32)) -> Self {
         SdkElb {
             config,
+            rate,
             clients: Mutex::new(HashMap::new()),
         }
     }
 
-    fn client(&self, region: &str) -> Client {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
-            .entry(region.to_string())
-            .or_insert_with(|| {
-                let conf = aws_sdk_elasticloadbalancing::config::Builder::from(&self.config)
-                    .region(aws_config::Region::new(region.to_string()))
-                    .build();
-                Client::from_conf(conf)
-            })
-            .clone()
+    /// The region's client, once its rate limit allows another call.
+    async fn client(&self, region: &str) -> Client {
+        let (client, limiter) = {
+            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            clients
+                .entry(region.to_string())
+                .or_insert_with(|| {
+                    let conf = aws_sdk_elasticloadbalancing::config::Builder::from(&self.config)
+                        .region(aws_config::Region::new(region.to_string()))
+                        .build();
+                    (Client::from_conf(conf), Arc::new(Limiter::new(self.rate)))
+                })
+                .clone()
+        };
+        limiter.wait().await;
+        client
     }
 }
 
@@ -48,6 +56,7 @@ impl ElbApi for SdkElb {
         let target = format!("elb/{region}/{name}");
         let out = self
             .client(region)
+            .await
             .describe_load_balancers()
             .load_balancer_names(name)
             .customize()
@@ -79,6 +88,7 @@ impl ElbApi for SdkElb {
 
     async fn register(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
         self.client(region)
+            .await
             .register_instances_with_load_balancer()
             .load_balancer_name(name)
             .set_instances(Some(instances(ids)))
@@ -96,6 +106,7 @@ impl ElbApi for SdkElb {
 
     async fn deregister(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
         self.client(region)
+            .await
             .deregister_instances_from_load_balancer()
             .load_balancer_name(name)
             .set_instances(Some(instances(ids)))

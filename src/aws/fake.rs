@@ -232,6 +232,21 @@ impl Route53Api for FakeRoute53 {
             .collect())
     }
 
+    async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
+        self.enter("ListResourceRecordSets", zone, "(zone)".into())
+            .await?;
+        let zones = lock(&self.zones);
+        let records = zones.get(zone).ok_or_else(|| {
+            AwsError::new(
+                ErrorKind::NotFound,
+                "ListResourceRecordSets",
+                zone,
+                "NoSuchHostedZone",
+            )
+        })?;
+        Ok(records.values().cloned().collect())
+    }
+
     async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
         let detail = changes
             .iter()

@@ -45,6 +45,9 @@ pub trait Route53Api: Send + Sync + 'static {
     /// The simple A and AAAA record sets named `fqdn` in `zone` (routing-policy and alias record
     /// sets are not lbmanager's and are left out). An error is never "no records".
     async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError>;
+    /// Every simple A and AAAA record set of `zone`, in as few pages as Route53 allows (300 a
+    /// page): cheaper than one read per FQDN when many FQDNs are due at once.
+    async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError>;
     /// Applies `changes` in one ChangeResourceRecordSets call (all or nothing).
     async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError>;
 }
@@ -161,6 +164,26 @@ pub struct ClientOptions {
     pub endpoint_url: Option<String>,
     /// The longest one call may take, retries included; the SDK has no default.
     pub timeout: Duration,
+}
+
+/// A client-side token bucket shared by every actor that calls one API: AWS throttles per account
+/// (and region), so a throttle we can predict is waited out here instead of spent as a failed call.
+pub struct Limiter(governor::DefaultDirectRateLimiter);
+
+impl Limiter {
+    /// `rate` calls per second on average, `burst` at once.
+    pub fn new((rate, burst): (f64, u32)) -> Self {
+        let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+        let quota = governor::Quota::with_period(period)
+            .expect("a positive period")
+            .allow_burst(std::num::NonZeroU32::new(burst.max(1)).expect("at least 1"));
+        Limiter(governor::RateLimiter::direct(quota))
+    }
+
+    /// Waits for a token.
+    pub async fn wait(&self) {
+        self.0.until_ready().await;
+    }
 }
 
 /// Loads the shared SDK configuration: the standard credential chain (environment, profile, web

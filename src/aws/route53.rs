@@ -6,17 +6,20 @@ use aws_sdk_route53::types::{
 };
 use aws_sdk_route53::Client;
 
-use super::{classify, AwsError, ErrorKind, Route53Api};
+use super::{classify, AwsError, ErrorKind, Limiter, Route53Api};
 use crate::plan::{Action, RecordChange, RecordSet, RecordType};
 
 pub struct SdkRoute53 {
     client: Client,
+    /// Route53 allows 5 requests per second per account, shared by every zone and tool.
+    limiter: Limiter,
 }
 
 impl SdkRoute53 {
-    pub fn new(config: &aws_config::SdkConfig) -> Self {
+    pub fn new(config: &aws_config::SdkConfig, rate: (f64, u32)) -> Self {
         SdkRoute53 {
             client: Client::new(config),
+            limiter: Limiter::new(rate),
         }
     }
 }
@@ -66,44 +69,55 @@ fn to_sdk(change: &RecordChange, target: &str) -> Result<Change, AwsError> {
         .map_err(|e| rejected(target, e))
 }
 
-#[async_trait]
-impl Route53Api for SdkRoute53 {
-    async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError> {
-        let target = format!("route53/{zone}/{fqdn}");
+/// Where a page of ListResourceRecordSets starts: name, type, set identifier.
+type Start = (String, RrType, Option<String>);
+
+impl SdkRoute53 {
+    /// Reads record sets from `start` (or the zone's beginning), page after page of `page_size`,
+    /// while `more(next name)` holds; keeps the simple A/AAAA sets for which `keep(name)` holds.
+    async fn list(
+        &self,
+        zone: &str,
+        target: &str,
+        mut start: Option<Start>,
+        page_size: i32,
+        keep: impl Fn(&str) -> bool,
+        more: impl Fn(&str) -> bool,
+    ) -> Result<Vec<RecordSet>, AwsError> {
         let mut found = Vec::new();
-        let mut start: Option<(String, RrType, Option<String>)> =
-            Some((format!("{fqdn}."), RrType::A, None));
-        // Records are sorted by name then type: page on while the next record still has our name.
-        while let Some((name, rtype, identifier)) = start.take() {
+        loop {
+            self.limiter.wait().await;
+            let (name, rtype, identifier) = match start.take() {
+                Some((n, t, i)) => (Some(n), Some(t), i),
+                None => (None, None, None),
+            };
             let out = self
                 .client
                 .list_resource_record_sets()
                 .hosted_zone_id(zone)
-                .start_record_name(name)
-                .start_record_type(rtype)
+                .set_start_record_name(name)
+                .set_start_record_type(rtype)
                 .set_start_record_identifier(identifier)
-                .max_items(10)
+                .max_items(page_size)
                 .customize()
                 .config_override(
                     aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
                 )
                 .send()
                 .await
-                .map_err(|e| classify("ListResourceRecordSets", &target, e))?;
+                .map_err(|e| classify("ListResourceRecordSets", target, e))?;
             for set in out.resource_record_sets() {
-                if normalise_name(set.name()) != fqdn {
-                    return Ok(found);
-                }
+                let name = normalise_name(set.name());
                 let rtype = match set.r#type() {
                     RrType::A => RecordType::A,
                     RrType::Aaaa => RecordType::Aaaa,
                     _ => continue,
                 };
-                if set.set_identifier().is_some() || set.alias_target().is_some() {
+                if !keep(&name) || set.set_identifier().is_some() || set.alias_target().is_some() {
                     continue;
                 }
                 found.push(RecordSet {
-                    name: fqdn.to_string(),
+                    name,
                     rtype,
                     ttl: set.ttl().unwrap_or_default(),
                     values: set
@@ -113,20 +127,40 @@ impl Route53Api for SdkRoute53 {
                         .collect(),
                 });
             }
-            if out.is_truncated() {
-                if let (Some(name), Some(rtype)) = (out.next_record_name(), out.next_record_type())
-                {
-                    if normalise_name(name) == fqdn {
-                        start = Some((
-                            name.to_string(),
-                            rtype.clone(),
-                            out.next_record_identifier().map(str::to_string),
-                        ));
-                    }
+            match (
+                out.is_truncated(),
+                out.next_record_name(),
+                out.next_record_type(),
+            ) {
+                (true, Some(name), Some(rtype)) if more(&normalise_name(name)) => {
+                    start = Some((
+                        name.to_string(),
+                        rtype.clone(),
+                        out.next_record_identifier().map(str::to_string),
+                    ));
                 }
+                _ => return Ok(found),
             }
         }
-        Ok(found)
+    }
+}
+
+#[async_trait]
+impl Route53Api for SdkRoute53 {
+    async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError> {
+        // Records are sorted by name then type: start at (fqdn, A), page on while the next
+        // record still has this name.
+        let start = Some((format!("{fqdn}."), RrType::A, None));
+        let target = format!("route53/{zone}/{fqdn}");
+        self.list(zone, &target, start, 10, |n| n == fqdn, |n| n == fqdn)
+            .await
+    }
+
+    async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
+        // 300 is the most one page holds.
+        let target = format!("route53/{zone}");
+        self.list(zone, &target, None, 300, |_| true, |_| true)
+            .await
     }
 
     async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
@@ -140,6 +174,7 @@ impl Route53Api for SdkRoute53 {
             .set_changes(Some(sdk_changes))
             .build()
             .map_err(|e| rejected(&target, e))?;
+        self.limiter.wait().await;
         self.client
             .change_resource_record_sets()
             .hosted_zone_id(zone)
