@@ -5,7 +5,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::proxy::{FaultProxy, TcpCut};
@@ -90,8 +91,9 @@ async fn create_elbs(aws: &Aws, n: usize) -> Vec<String> {
 }
 
 /// Applies `n` random changes (puts and deletes of members, 30 possible members per load
-/// balancer) over one etcd connection, retrying each until etcd takes it.
-async fn burst(etcd_url: &str, lbs: &[String], n: usize, seed: u64) {
+/// balancer) over one etcd connection, retrying each until etcd takes it (with a pause between
+/// tries while etcd is down). `done` counts the changes applied.
+async fn burst(etcd_url: &str, lbs: &[String], n: usize, seed: u64, done: Arc<AtomicUsize>) {
     let mut rng = Rng(seed);
     let mut client = None;
     for _ in 0..n {
@@ -112,7 +114,10 @@ async fn burst(etcd_url: &str, lbs: &[String], n: usize, seed: u64) {
                 c.put(k.as_str(), "", None).await.map(|_| ())
             };
             match res {
-                Ok(()) => break,
+                Ok(()) => {
+                    done.fetch_add(1, Ordering::SeqCst);
+                    break;
+                }
                 Err(_) => {
                     client = None;
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -136,7 +141,7 @@ async fn aws_failing_30_percent_still_converges_exactly() {
         &["--aws-timeout", "5s", "--elb-rate", "50"],
     );
     daemon.wait_log("initial sync complete").await;
-    burst(&etcd.url, &lbs, 1000, 7).await;
+    burst(&etcd.url, &lbs, 1000, 7, Arc::default()).await;
     let took = converge(&etcd, &aws, &lbs, Duration::from_secs(180)).await;
     let c = &proxy.counts;
     assert!(c.injected() >= 20, "faults were injected: {c:?}");
@@ -170,12 +175,17 @@ async fn etcd_restarted_ten_times_during_a_burst() {
     let daemon = Daemon::start(&etcd, &moto, &[]);
     daemon.wait_log("initial sync complete").await;
     let url = etcd.url.clone();
+    let done = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn({
-        let lbs = lbs.clone();
-        async move { burst(&url, &lbs, 1000, 11).await }
+        let (lbs, done) = (lbs.clone(), done.clone());
+        async move { burst(&url, &lbs, 1000, 11, done).await }
     });
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(300)).await; // let some writes through
+    for round in 1..=10 {
+        // Restart whenever another 80 changes went through: the outages fall inside the burst.
+        eventually("the burst goes on", DEADLINE, || async {
+            done.load(Ordering::SeqCst) >= round * 80
+        })
+        .await;
         etcd.restart().await;
     }
     writer.await.unwrap();
@@ -245,13 +255,19 @@ async fn killed_with_sigkill_ten_times_during_a_burst() {
     let lbs = create_elbs(&aws, 5).await;
     let mut daemon = Daemon::start(&etcd, &moto, &[]);
     let url = etcd.url.clone();
+    let done = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn({
-        let lbs = lbs.clone();
-        async move { burst(&url, &lbs, 1000, 23).await }
+        let (lbs, done) = (lbs.clone(), done.clone());
+        async move { burst(&url, &lbs, 1000, 23, done).await }
     });
     for round in 1..=10 {
         daemon.wait_log_count("read etcd", round).await;
-        tokio::time::sleep(Duration::from_millis(150)).await; // kill it mid-work
+        // Kill it mid-work: once another 80 changes were written since it started.
+        let seen = done.load(Ordering::SeqCst);
+        eventually("the burst goes on", DEADLINE, || async {
+            done.load(Ordering::SeqCst) >= (seen + 80).min(1000)
+        })
+        .await;
         daemon.kill9();
         daemon.spawn(&etcd.url, &moto.url, &[]);
     }

@@ -26,6 +26,8 @@ pub struct FaultCounts {
     pub delayed: AtomicUsize,
     /// Requests received (before any fault or delay).
     pub received: AtomicUsize,
+    /// When each request arrived.
+    pub arrivals: Mutex<Vec<std::time::Instant>>,
 }
 
 impl FaultCounts {
@@ -150,6 +152,11 @@ fn serve(
     let mut writer = client;
     while let Some(request) = read_message(&mut reader) {
         counts.received.fetch_add(1, Ordering::SeqCst);
+        counts
+            .arrivals
+            .lock()
+            .unwrap()
+            .push(std::time::Instant::now());
         thread::sleep(Duration::from_millis(delay.load(Ordering::SeqCst)));
         let fail = rng.below(100) < percent.load(Ordering::SeqCst);
         if rng.below(10) == 0 {
