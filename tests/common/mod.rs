@@ -72,6 +72,13 @@ impl Etcd {
         etcd
     }
 
+    /// A handle on an etcd started elsewhere (nothing to stop).
+    pub fn attach(url: &str) -> Etcd {
+        let mut etcd = Etcd::unstarted();
+        etcd.url = url.to_string();
+        etcd
+    }
+
     fn unstarted() -> Etcd {
         Etcd {
             child: None,
@@ -565,9 +572,13 @@ pub struct Aws {
 
 impl Aws {
     pub async fn new(moto: &Moto) -> Aws {
+        Aws::at(&moto.url).await
+    }
+
+    pub async fn at(url: &str) -> Aws {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&moto.url)
+            .endpoint_url(url)
             .credentials_provider(r53::config::Credentials::new(
                 "test", "test", None, None, "test",
             ))

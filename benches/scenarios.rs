@@ -1,0 +1,713 @@
+//! Benchmark scenarios A–E of BENCHMARKS.md, against a real etcd and moto, for lbmanager and, in
+//! the same run, for a naive baseline that makes one AWS call per etcd event (as the Go original
+//! and an `etcdctl watch | aws` loop do).
+//!
+//! Run: `cargo bench --bench scenarios` (needs etcd and moto: `scripts/install-deps.sh`).
+//! One scenario: `cargo bench --bench scenarios -- A` (A, B1, B2, C, D, E).
+//! It prints a Markdown table; timings are measurements, never assertions.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_elasticloadbalancing::types::Instance;
+use aws_sdk_route53::types::{
+    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+};
+use common::proxy::FaultProxy;
+use common::*;
+use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use lbmanager::key::{self, LbId, Member};
+
+const P: &str = "/lbManager";
+const LONG: Duration = Duration::from_secs(900);
+
+struct Row {
+    scenario: &'static str,
+    tool: &'static str,
+    calls: String,
+    time: String,
+    notes: String,
+}
+
+fn inst(n: usize) -> String {
+    format!("i-{n:08x}")
+}
+
+fn elb_key(lb: &str, n: usize) -> String {
+    format!("{P}/elb/us-east-1/{lb}/multiple/{}", inst(n))
+}
+
+/// Writes keys back-to-back from one client over one connection.
+async fn put_all(etcd: &Etcd, keys: &[String]) {
+    let mut client = etcd.client().await;
+    for k in keys {
+        client.put(k.as_str(), "", None).await.unwrap();
+    }
+}
+
+/// Writes keys in transactions of 128 (set-up of big trees only).
+async fn put_fast(etcd: &Etcd, keys: &[String]) {
+    let mut client = etcd.client().await;
+    for chunk in keys.chunks(128) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|k| TxnOp::put(k.as_str(), "", None))
+            .collect();
+        client.txn(Txn::new().and_then(ops)).await.unwrap();
+    }
+}
+
+fn lbmanager_calls(moto: &Moto) -> Vec<RecordedCall> {
+    moto.recorded()
+        .into_iter()
+        .filter(|c| c.by_lbmanager())
+        .collect()
+}
+
+fn is_r53_change(c: &RecordedCall) -> bool {
+    c.method == "POST" && c.url.contains("/rrset")
+}
+
+/// The naive baseline: one AWS call (Route53: the original's List + UPSERT) per etcd event,
+/// existing keys first. Returns the number of AWS calls it made.
+async fn baseline(etcd: &Etcd, aws: &Aws, calls: Arc<AtomicUsize>) {
+    let mut client = etcd.client().await;
+    let existing = client
+        .get(
+            format!("{P}/"),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+        .unwrap();
+    let rev = existing.header().unwrap().revision();
+    let mut ips: BTreeMap<(String, String), BTreeSet<IpAddr>> = BTreeMap::new();
+    for kv in existing.kvs() {
+        naive_event(aws, kv.key_str().unwrap(), true, &mut ips, &calls).await;
+    }
+    let mut stream = client
+        .watch(
+            format!("{P}/"),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(rev + 1),
+            ),
+        )
+        .await
+        .unwrap();
+    while let Ok(Some(resp)) = stream.message().await {
+        for ev in resp.events() {
+            let kv = ev.kv().unwrap();
+            let put = ev.event_type() == EventType::Put;
+            naive_event(aws, kv.key_str().unwrap(), put, &mut ips, &calls).await;
+        }
+    }
+}
+
+async fn naive_event(
+    aws: &Aws,
+    k: &str,
+    put: bool,
+    ips: &mut BTreeMap<(String, String), BTreeSet<IpAddr>>,
+    calls: &AtomicUsize,
+) {
+    let Ok(Some(mk)) = key::parse(P, k) else {
+        return;
+    };
+    match (mk.lb, mk.member) {
+        (LbId::Elb { region, name }, Member::Instance(id)) => {
+            let elb = aws.elb(&region);
+            let i = Instance::builder().instance_id(id).build();
+            if put {
+                let _ = elb
+                    .register_instances_with_load_balancer()
+                    .load_balancer_name(name)
+                    .instances(i)
+                    .send()
+                    .await;
+            } else {
+                let _ = elb
+                    .deregister_instances_from_load_balancer()
+                    .load_balancer_name(name)
+                    .instances(i)
+                    .send()
+                    .await;
+            }
+            calls.fetch_add(1, Ordering::SeqCst);
+        }
+        (LbId::Route53 { zone, fqdn }, Member::Ip(ip)) => {
+            let set = ips.entry((zone.clone(), fqdn.clone())).or_default();
+            if put {
+                set.insert(ip);
+            } else {
+                set.remove(&ip);
+            }
+            let _ = aws
+                .route53
+                .list_resource_record_sets()
+                .hosted_zone_id(&zone)
+                .start_record_name(&fqdn)
+                .max_items(1)
+                .send()
+                .await;
+            calls.fetch_add(1, Ordering::SeqCst);
+            let v4: Vec<ResourceRecord> = set
+                .iter()
+                .filter(|ip| ip.is_ipv4())
+                .map(|ip| {
+                    ResourceRecord::builder()
+                        .value(ip.to_string())
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            if v4.is_empty() {
+                return;
+            }
+            let change = Change::builder()
+                .action(ChangeAction::Upsert)
+                .resource_record_set(
+                    ResourceRecordSet::builder()
+                        .name(&fqdn)
+                        .r#type(RrType::A)
+                        .ttl(60)
+                        .set_resource_records(Some(v4))
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            let _ = aws
+                .route53
+                .change_resource_record_sets()
+                .hosted_zone_id(&zone)
+                .change_batch(ChangeBatch::builder().changes(change).build().unwrap())
+                .send()
+                .await;
+            calls.fetch_add(1, Ordering::SeqCst);
+        }
+        _ => {}
+    }
+}
+
+/// Waits (polling every 20 ms) until `done` holds; returns the time since `since`.
+async fn until<F, Fut>(since: Instant, done: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    eventually("convergence", LONG, done).await;
+    since.elapsed()
+}
+
+async fn elb_count(aws: &Aws, lb: &str) -> usize {
+    aws.instances("us-east-1", lb).await.len()
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+/// The most calls in any one-second window.
+fn peak_per_second(arrivals: &[Instant]) -> usize {
+    (0..arrivals.len())
+        .map(|i| {
+            arrivals[i..]
+                .iter()
+                .take_while(|t| t.duration_since(arrivals[i]) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+async fn scenario_a(rows: &mut Vec<Row>) {
+    let keys: Vec<String> = (0..1000).map(|i| elb_key("webLB", i)).collect();
+    {
+        let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+        let aws = Aws::new(&moto).await;
+        aws.create_elb("us-east-1", "webLB").await;
+        let daemon = Daemon::start(&etcd, &moto, &["--log-level", "info"]);
+        daemon.wait_log("initial sync complete").await;
+        moto.start_recording();
+        let t = Instant::now();
+        put_all(&etcd, &keys).await;
+        let took = until(t, || async { elb_count(&aws, "webLB").await == 1000 }).await;
+        let calls = lbmanager_calls(&moto);
+        let syncs = calls
+            .iter()
+            .filter(|c| c.body.contains("DescribeLoadBalancers"))
+            .count();
+        rows.push(Row {
+            scenario: "A: 1,000 instances added one key at a time to one ELB",
+            tool: "lbmanager",
+            calls: format!(
+                "{} ({syncs} syncs, {:.1} calls/sync)",
+                calls.len(),
+                calls.len() as f64 / syncs as f64
+            ),
+            time: secs(took),
+            notes: "ELB rate 4/s, burst 20 (defaults)".into(),
+        });
+    }
+    {
+        let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+        let aws = Aws::new(&moto).await;
+        aws.create_elb("us-east-1", "webLB").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let naive = tokio::task::spawn_local({
+            let (etcd_url, moto_url, calls) = (etcd.url.clone(), moto.url.clone(), calls.clone());
+            async move { run_baseline(&etcd_url, &moto_url, calls).await }
+        });
+        let t = Instant::now();
+        put_all(&etcd, &keys).await;
+        let took = until(t, || async { elb_count(&aws, "webLB").await == 1000 }).await;
+        naive.abort();
+        rows.push(Row {
+            scenario: "A",
+            tool: "naive baseline",
+            calls: calls.load(Ordering::SeqCst).to_string(),
+            time: secs(took),
+            notes: "one Register per event".into(),
+        });
+    }
+}
+
+async fn run_baseline(etcd_url: &str, moto_url: &str, calls: Arc<AtomicUsize>) {
+    let etcd = Etcd::attach(etcd_url);
+    let aws = Aws::at(moto_url).await;
+    baseline(&etcd, &aws, calls).await;
+}
+
+/// 10,000 members over 100 FQDNs (100 each) in one zone.
+fn route53_keys(zone: &str, fqdns: usize, per: usize) -> Vec<String> {
+    let mut keys = Vec::new();
+    for f in 0..fqdns {
+        for i in 0..per {
+            keys.push(format!(
+                "{P}/route53/us-east-1/{zone}/h{f}.example.com/multiple/10.{}.{}.{}",
+                f / 200,
+                (f % 200),
+                i
+            ));
+        }
+    }
+    keys
+}
+
+async fn zone_complete(aws: &Aws, zone: &str, fqdns: usize, per: usize) -> bool {
+    let mut start: Option<String> = None;
+    let mut full = 0;
+    loop {
+        let mut req = aws
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone)
+            .max_items(300);
+        if let Some(s) = &start {
+            req = req.start_record_name(s);
+        }
+        let Ok(out) = req.send().await else {
+            return false;
+        };
+        full += out
+            .resource_record_sets()
+            .iter()
+            .filter(|s| s.r#type() == &RrType::A && s.resource_records().len() == per)
+            .count();
+        match (out.is_truncated(), out.next_record_name()) {
+            (true, Some(n)) => start = Some(n.to_string()),
+            _ => return full == fqdns,
+        }
+    }
+}
+
+async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
+    if which == "B1" || which == "all" {
+        let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+        let aws = Aws::new(&moto).await;
+        let zone = aws.create_zone("example.com").await;
+        put_fast(&etcd, &route53_keys(&zone, 100, 100)).await;
+        moto.start_recording();
+        let t = Instant::now();
+        let daemon = Daemon::start(&etcd, &moto, &["--log-level", "info"]);
+        let took = until(t, || async { zone_complete(&aws, &zone, 100, 100).await }).await;
+        drop(daemon);
+        let calls = lbmanager_calls(&moto);
+        let changes = calls.iter().filter(|c| is_r53_change(c)).count();
+        rows.push(Row {
+            scenario: "B1: 10,000 Route53 members over 100 FQDNs, in etcd at start",
+            tool: "lbmanager",
+            calls: format!("{} ({changes} ChangeResourceRecordSets)", calls.len()),
+            time: secs(took),
+            notes: "Route53 rate 5/s, burst 2 (defaults)".into(),
+        });
+        // The baseline replays every existing key as an event.
+        let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+        let aws = Aws::new(&moto).await;
+        let zone = aws.create_zone("example.com").await;
+        put_fast(&etcd, &route53_keys(&zone, 100, 100)).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let t = Instant::now();
+        let naive = tokio::task::spawn_local({
+            let (etcd_url, moto_url, calls) = (etcd.url.clone(), moto.url.clone(), calls.clone());
+            async move { run_baseline(&etcd_url, &moto_url, calls).await }
+        });
+        let took = until(t, || async { zone_complete(&aws, &zone, 100, 100).await }).await;
+        naive.abort();
+        let n = calls.load(Ordering::SeqCst);
+        rows.push(Row {
+            scenario: "B1",
+            tool: "naive baseline",
+            calls: format!("{n} ({} ChangeResourceRecordSets)", n / 2),
+            time: secs(took),
+            notes: "List + UPSERT per key".into(),
+        });
+    }
+    if which == "B2" || which == "all" {
+        let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+        let aws = Aws::new(&moto).await;
+        let zone = aws.create_zone("example.com").await;
+        let proxy = FaultProxy::start(moto.port, 0, 5);
+        let mut daemon = Daemon::unstarted();
+        daemon.spawn(&etcd.url, &proxy.url, &["--log-level", "info"]);
+        daemon.wait_log("initial sync complete").await;
+        proxy.counts.arrivals.lock().unwrap().clear();
+        let t = Instant::now();
+        put_all(&etcd, &route53_keys(&zone, 100, 100)).await;
+        let written = t.elapsed();
+        let took = until(t, || async { zone_complete(&aws, &zone, 100, 100).await }).await;
+        let arrivals = proxy.counts.arrivals.lock().unwrap().clone();
+        rows.push(Row {
+            scenario: "B2: the same 10,000 written back-to-back while running",
+            tool: "lbmanager",
+            calls: arrivals.len().to_string(),
+            time: secs(took),
+            notes: format!(
+                "writes took {}; peak {} calls in any 1 s (configured 5/s + burst 2)",
+                secs(written),
+                peak_per_second(&arrivals)
+            ),
+        });
+        drop(daemon);
+        let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+        let aws = Aws::new(&moto).await;
+        let zone = aws.create_zone("example.com").await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let naive = tokio::task::spawn_local({
+            let (etcd_url, moto_url, calls) = (etcd.url.clone(), moto.url.clone(), calls.clone());
+            async move { run_baseline(&etcd_url, &moto_url, calls).await }
+        });
+        let t = Instant::now();
+        put_all(&etcd, &route53_keys(&zone, 100, 100)).await;
+        let took = until(t, || async { zone_complete(&aws, &zone, 100, 100).await }).await;
+        naive.abort();
+        rows.push(Row {
+            scenario: "B2",
+            tool: "naive baseline",
+            calls: calls.load(Ordering::SeqCst).to_string(),
+            time: secs(took),
+            notes: "List + UPSERT per event, no rate limit".into(),
+        });
+    }
+}
+
+async fn scenario_c(rows: &mut Vec<Row>) {
+    let lbs: Vec<String> = (0..100).map(|i| format!("lb{i:03}")).collect();
+    // Interleaved: every ELB gets its 10 instances over the whole burst.
+    let keys: Vec<String> = (0..10)
+        .flat_map(|n| lbs.iter().map(move |lb| elb_key(lb, n)))
+        .collect();
+    let all_done = |aws: &Aws| {
+        let lbs = lbs.clone();
+        let aws = aws.elb("us-east-1");
+        async move {
+            let Ok(out) = aws.describe_load_balancers().send().await else {
+                return false;
+            };
+            let full = out
+                .load_balancer_descriptions()
+                .iter()
+                .filter(|d| d.instances().len() == 10)
+                .count();
+            full == lbs.len()
+        }
+    };
+    for tool in ["lbmanager", "naive baseline"] {
+        let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+        let aws = Aws::new(&moto).await;
+        for lb in &lbs {
+            aws.create_elb("us-east-1", lb).await;
+        }
+        let calls = Arc::new(AtomicUsize::new(0));
+        let mut daemon = None;
+        let mut naive = None;
+        if tool == "lbmanager" {
+            let d = Daemon::start(&etcd, &moto, &["--log-level", "info"]);
+            d.wait_log("initial sync complete").await;
+            daemon = Some(d);
+            moto.start_recording();
+        } else {
+            naive = Some(tokio::task::spawn_local({
+                let (etcd_url, moto_url, calls) =
+                    (etcd.url.clone(), moto.url.clone(), calls.clone());
+                async move { run_baseline(&etcd_url, &moto_url, calls).await }
+            }));
+        }
+        let t = Instant::now();
+        put_all(&etcd, &keys).await;
+        let took = until(t, || all_done(&aws)).await;
+        let n = if daemon.is_some() {
+            lbmanager_calls(&moto).len()
+        } else {
+            calls.load(Ordering::SeqCst)
+        };
+        if let Some(h) = naive {
+            h.abort();
+        }
+        rows.push(Row {
+            scenario: if tool == "lbmanager" {
+                "C: 100 ELBs × 10 instances, changed concurrently"
+            } else {
+                "C"
+            },
+            tool,
+            calls: n.to_string(),
+            time: secs(took),
+            notes: String::new(),
+        });
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn scenario_d(rows: &mut Vec<Row>) {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    aws.create_elb("us-east-1", "probeLB").await;
+    // moto's own latency for the change: a Register and a Deregister, timed directly.
+    let mut own = Vec::new();
+    let elb = aws.elb("us-east-1");
+    for n in 0..100 {
+        let i = Instance::builder().instance_id(inst(n)).build();
+        let t = Instant::now();
+        elb.register_instances_with_load_balancer()
+            .load_balancer_name("probeLB")
+            .instances(i.clone())
+            .send()
+            .await
+            .unwrap();
+        own.push(t.elapsed());
+        let t = Instant::now();
+        elb.deregister_instances_from_load_balancer()
+            .load_balancer_name("probeLB")
+            .instances(i)
+            .send()
+            .await
+            .unwrap();
+        own.push(t.elapsed());
+    }
+    own.sort();
+    let daemon = Daemon::start(
+        &etcd,
+        &moto,
+        &[
+            "--log-level",
+            "info",
+            "--elb-rate",
+            "1000",
+            "--elb-burst",
+            "1000",
+        ],
+    );
+    daemon.wait_log("initial sync complete").await;
+    let mut lat = Vec::new();
+    let mut client = etcd.client().await;
+    for n in 0..200 {
+        let k = elb_key("webLB", 1);
+        let t = Instant::now();
+        let want = if n % 2 == 0 {
+            client.put(k.as_str(), "", None).await.unwrap();
+            1
+        } else {
+            client.delete(k.as_str(), None).await.unwrap();
+            0
+        };
+        loop {
+            if elb_count(&aws, "webLB").await == want {
+                break;
+            }
+        }
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    let (o50, o99) = (percentile(&own, 0.5), percentile(&own, 0.99));
+    rows.push(Row {
+        scenario: "D: etcd put → change visible through the AWS API, 200 single changes",
+        tool: "lbmanager",
+        calls: String::new(),
+        time: format!(
+            "p50 {} / p99 {} over moto's own",
+            ms(p50.saturating_sub(o50)),
+            ms(p99.saturating_sub(o99))
+        ),
+        notes: format!(
+            "raw p50 {} / p99 {}; moto's own Register/Deregister p50 {} / p99 {}; ELB rate raised to 1000/s",
+            ms(p50),
+            ms(p99),
+            ms(o50),
+            ms(o99)
+        ),
+    });
+}
+
+fn proc_stat(pid: u32) -> (u64, u64) {
+    // (utime + stime in clock ticks, VmHWM in KiB)
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    (ticks, hwm)
+}
+
+async fn scenario_e(rows: &mut Vec<Row>, idle: Duration) {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let zone = aws.create_zone("example.com").await;
+    put_fast(&etcd, &route53_keys(&zone, 1000, 100)).await;
+    // Make AWS match (set-up, at a raised rate), then measure a restart.
+    let mut daemon = Daemon::start(
+        &etcd,
+        &moto,
+        &[
+            "--log-level",
+            "info",
+            "--route53-rate",
+            "100",
+            "--route53-burst",
+            "100",
+        ],
+    );
+    until(Instant::now(), || async {
+        zone_complete(&aws, &zone, 1000, 100).await
+    })
+    .await;
+    daemon.stop();
+    moto.start_recording();
+    let t = Instant::now();
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &moto.url, &["--log-level", "info"]);
+    let pid = daemon.pid().unwrap();
+    let mut read_at = None;
+    let mut peak = 0;
+    loop {
+        let log = daemon.log();
+        if read_at.is_none() && log.contains("read etcd") {
+            read_at = Some(t.elapsed());
+        }
+        peak = peak.max(proc_stat(pid).1);
+        if log.contains("initial sync complete") {
+            break;
+        }
+        assert!(t.elapsed() < LONG);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let ready = t.elapsed();
+    let mutating = lbmanager_calls(&moto)
+        .iter()
+        .filter(|c| c.is_mutating())
+        .count();
+    let all = lbmanager_calls(&moto).len();
+    let (ticks0, _) = proc_stat(pid);
+    let rss0 = daemon.rss_kib().unwrap();
+    tokio::time::sleep(idle).await;
+    let (ticks1, hwm) = proc_stat(pid);
+    let rss1 = daemon.rss_kib().unwrap();
+    let hz = 100.0; // USER_HZ on Linux
+    let cpu = (ticks1 - ticks0) as f64 / hz / idle.as_secs_f64() * 100.0;
+    rows.push(Row {
+        scenario: "E: start-up with 100,000 keys in etcd (1,000 FQDNs × 100), AWS matching",
+        tool: "lbmanager",
+        calls: format!("{all} ({mutating} mutating)"),
+        time: format!(
+            "etcd read + desired state {}; initial sync complete {}",
+            secs(read_at.unwrap()),
+            secs(ready)
+        ),
+        notes: format!(
+            "peak RSS {:.1} MiB; idle {}s: RSS {:.1} → {:.1} MiB, CPU {cpu:.2}%",
+            peak.max(hwm) as f64 / 1024.0,
+            idle.as_secs(),
+            rss0 as f64 / 1024.0,
+            rss1 as f64 / 1024.0
+        ),
+    });
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let which = args.first().cloned().unwrap_or_else(|| "all".into());
+    let idle = Duration::from_secs(
+        std::env::var("BENCH_IDLE_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(60),
+    );
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    let rows = local.block_on(&rt, async move {
+        let mut rows = Vec::new();
+        let run = |s: &str| which == "all" || which == s;
+        if run("A") {
+            scenario_a(&mut rows).await;
+        }
+        if run("B1") || run("B2") || which == "B" {
+            scenario_b(&mut rows, if which == "B" { "all" } else { &which }).await;
+        }
+        if run("C") {
+            scenario_c(&mut rows).await;
+        }
+        if run("D") {
+            scenario_d(&mut rows).await;
+        }
+        if run("E") {
+            scenario_e(&mut rows, idle).await;
+        }
+        rows
+    });
+    println!("| scenario | tool | AWS calls | time | notes |");
+    println!("|---|---|---|---|---|");
+    for r in rows {
+        println!(
+            "| {} | {} | {} | {} | {} |",
+            r.scenario, r.tool, r.calls, r.time, r.notes
+        );
+    }
+}
