@@ -244,17 +244,20 @@ async fn scenario_a(rows: &mut Vec<Row>) {
             .iter()
             .filter(|c| c.body.contains("DescribeLoadBalancers"))
             .count();
-        rows.push(Row {
-            scenario: "A: 1,000 instances added one key at a time to one ELB",
-            tool: "lbmanager",
-            calls: format!(
-                "{} ({syncs} syncs, {:.1} calls/sync)",
-                calls.len(),
-                calls.len() as f64 / syncs as f64
-            ),
-            time: secs(took),
-            notes: "ELB rate 4/s, burst 20 (defaults)".into(),
-        });
+        push(
+            rows,
+            Row {
+                scenario: "A: 1,000 instances added one key at a time to one ELB",
+                tool: "lbmanager",
+                calls: format!(
+                    "{} ({syncs} syncs, {:.1} calls/sync)",
+                    calls.len(),
+                    calls.len() as f64 / syncs as f64
+                ),
+                time: secs(took),
+                notes: "ELB rate 4/s, burst 20 (defaults)".into(),
+            },
+        );
     }
     {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
@@ -269,13 +272,16 @@ async fn scenario_a(rows: &mut Vec<Row>) {
         put_all(&etcd, &keys).await;
         let took = until(t, || async { elb_count(&aws, "webLB").await == 1000 }).await;
         naive.abort();
-        rows.push(Row {
-            scenario: "A",
-            tool: "naive baseline",
-            calls: calls.load(Ordering::SeqCst).to_string(),
-            time: secs(took),
-            notes: "one Register per event".into(),
-        });
+        push(
+            rows,
+            Row {
+                scenario: "A",
+                tool: "naive baseline",
+                calls: calls.load(Ordering::SeqCst).to_string(),
+                time: secs(took),
+                notes: "one Register per event".into(),
+            },
+        );
     }
 }
 
@@ -341,13 +347,16 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
         drop(daemon);
         let calls = lbmanager_calls(&moto);
         let changes = calls.iter().filter(|c| is_r53_change(c)).count();
-        rows.push(Row {
-            scenario: "B1: 10,000 Route53 members over 100 FQDNs, in etcd at start",
-            tool: "lbmanager",
-            calls: format!("{} ({changes} ChangeResourceRecordSets)", calls.len()),
-            time: secs(took),
-            notes: "Route53 rate 5/s, burst 2 (defaults)".into(),
-        });
+        push(
+            rows,
+            Row {
+                scenario: "B1: 10,000 Route53 members over 100 FQDNs, in etcd at start",
+                tool: "lbmanager",
+                calls: format!("{} ({changes} ChangeResourceRecordSets)", calls.len()),
+                time: secs(took),
+                notes: "Route53 rate 5/s, burst 2 (defaults)".into(),
+            },
+        );
         // The baseline replays every existing key as an event.
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
         let aws = Aws::new(&moto).await;
@@ -362,13 +371,16 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
         let took = until(t, || async { zone_complete(&aws, &zone, 100, 100).await }).await;
         naive.abort();
         let n = calls.load(Ordering::SeqCst);
-        rows.push(Row {
-            scenario: "B1",
-            tool: "naive baseline",
-            calls: format!("{n} ({} ChangeResourceRecordSets)", n / 2),
-            time: secs(took),
-            notes: "List + UPSERT per key".into(),
-        });
+        push(
+            rows,
+            Row {
+                scenario: "B1",
+                tool: "naive baseline",
+                calls: format!("{n} ({} ChangeResourceRecordSets)", n / 2),
+                time: secs(took),
+                notes: "List + UPSERT per key".into(),
+            },
+        );
     }
     if which == "B2" || which == "all" {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
@@ -384,17 +396,20 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
         let written = t.elapsed();
         let took = until(t, || async { zone_complete(&aws, &zone, 100, 100).await }).await;
         let arrivals = proxy.counts.arrivals.lock().unwrap().clone();
-        rows.push(Row {
-            scenario: "B2: the same 10,000 written back-to-back while running",
-            tool: "lbmanager",
-            calls: arrivals.len().to_string(),
-            time: secs(took),
-            notes: format!(
-                "writes took {}; peak {} calls in any 1 s (configured 5/s + burst 2)",
-                secs(written),
-                peak_per_second(&arrivals)
-            ),
-        });
+        push(
+            rows,
+            Row {
+                scenario: "B2: the same 10,000 written back-to-back while running",
+                tool: "lbmanager",
+                calls: arrivals.len().to_string(),
+                time: secs(took),
+                notes: format!(
+                    "writes took {}; peak {} calls in any 1 s (configured 5/s + burst 2)",
+                    secs(written),
+                    peak_per_second(&arrivals)
+                ),
+            },
+        );
         drop(daemon);
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
         let aws = Aws::new(&moto).await;
@@ -408,13 +423,16 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
         put_all(&etcd, &route53_keys(&zone, 100, 100)).await;
         let took = until(t, || async { zone_complete(&aws, &zone, 100, 100).await }).await;
         naive.abort();
-        rows.push(Row {
-            scenario: "B2",
-            tool: "naive baseline",
-            calls: calls.load(Ordering::SeqCst).to_string(),
-            time: secs(took),
-            notes: "List + UPSERT per event, no rate limit".into(),
-        });
+        push(
+            rows,
+            Row {
+                scenario: "B2",
+                tool: "naive baseline",
+                calls: calls.load(Ordering::SeqCst).to_string(),
+                time: secs(took),
+                notes: "List + UPSERT per event, no rate limit".into(),
+            },
+        );
     }
 }
 
@@ -424,22 +442,34 @@ async fn scenario_c(rows: &mut Vec<Row>) {
     let keys: Vec<String> = (0..10)
         .flat_map(|n| lbs.iter().map(move |lb| elb_key(lb, n)))
         .collect();
+    // DescribeLoadBalancers answers in pages: follow the markers.
     let all_done = |aws: &Aws| {
         let lbs = lbs.clone();
         let aws = aws.elb("us-east-1");
         async move {
-            let Ok(out) = aws.describe_load_balancers().send().await else {
-                return false;
-            };
-            let full = out
-                .load_balancer_descriptions()
-                .iter()
-                .filter(|d| d.instances().len() == 10)
-                .count();
-            full == lbs.len()
+            let (mut full, mut marker) = (0, None);
+            loop {
+                let req = aws.describe_load_balancers().set_marker(marker.take());
+                let Ok(out) = req.send().await else {
+                    return false;
+                };
+                full += out
+                    .load_balancer_descriptions()
+                    .iter()
+                    .filter(|d| d.instances().len() == 10)
+                    .count();
+                match out.next_marker() {
+                    Some(m) if !m.is_empty() => marker = Some(m.to_string()),
+                    _ => return full == lbs.len(),
+                }
+            }
         }
     };
-    for tool in ["lbmanager", "naive baseline"] {
+    for (tool, extra) in [
+        ("lbmanager", &[][..]),
+        ("lbmanager, --elb-rate 100", &["--elb-rate", "100"][..]),
+        ("naive baseline", &[][..]),
+    ] {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
         let aws = Aws::new(&moto).await;
         for lb in &lbs {
@@ -448,8 +478,10 @@ async fn scenario_c(rows: &mut Vec<Row>) {
         let calls = Arc::new(AtomicUsize::new(0));
         let mut daemon = None;
         let mut naive = None;
-        if tool == "lbmanager" {
-            let d = Daemon::start(&etcd, &moto, &["--log-level", "info"]);
+        if tool.starts_with("lbmanager") {
+            let mut args = vec!["--log-level", "info"];
+            args.extend_from_slice(extra);
+            let d = Daemon::start(&etcd, &moto, &args);
             d.wait_log("initial sync complete").await;
             daemon = Some(d);
             moto.start_recording();
@@ -471,17 +503,24 @@ async fn scenario_c(rows: &mut Vec<Row>) {
         if let Some(h) = naive {
             h.abort();
         }
-        rows.push(Row {
-            scenario: if tool == "lbmanager" {
-                "C: 100 ELBs × 10 instances, changed concurrently"
-            } else {
-                "C"
+        push(
+            rows,
+            Row {
+                scenario: if tool == "lbmanager" {
+                    "C: 100 ELBs × 10 instances, changed concurrently"
+                } else {
+                    "C"
+                },
+                tool,
+                calls: n.to_string(),
+                time: secs(took),
+                notes: if tool == "lbmanager" {
+                    "ELB rate 4/s, burst 20 (defaults): paced on purpose".into()
+                } else {
+                    String::new()
+                },
             },
-            tool,
-            calls: n.to_string(),
-            time: secs(took),
-            notes: String::new(),
-        });
+        );
     }
 }
 
@@ -556,7 +595,7 @@ async fn scenario_d(rows: &mut Vec<Row>) {
     lat.sort();
     let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     let (o50, o99) = (percentile(&own, 0.5), percentile(&own, 0.99));
-    rows.push(Row {
+    push(rows, Row {
         scenario: "D: etcd put → change visible through the AWS API, 200 single changes",
         tool: "lbmanager",
         calls: String::new(),
@@ -646,23 +685,35 @@ async fn scenario_e(rows: &mut Vec<Row>, idle: Duration) {
     let rss1 = daemon.rss_kib().unwrap();
     let hz = 100.0; // USER_HZ on Linux
     let cpu = (ticks1 - ticks0) as f64 / hz / idle.as_secs_f64() * 100.0;
-    rows.push(Row {
-        scenario: "E: start-up with 100,000 keys in etcd (1,000 FQDNs × 100), AWS matching",
-        tool: "lbmanager",
-        calls: format!("{all} ({mutating} mutating)"),
-        time: format!(
-            "etcd read + desired state {}; initial sync complete {}",
-            secs(read_at.unwrap()),
-            secs(ready)
-        ),
-        notes: format!(
-            "peak RSS {:.1} MiB; idle {}s: RSS {:.1} → {:.1} MiB, CPU {cpu:.2}%",
-            peak.max(hwm) as f64 / 1024.0,
-            idle.as_secs(),
-            rss0 as f64 / 1024.0,
-            rss1 as f64 / 1024.0
-        ),
-    });
+    push(
+        rows,
+        Row {
+            scenario: "E: start-up with 100,000 keys in etcd (1,000 FQDNs × 100), AWS matching",
+            tool: "lbmanager",
+            calls: format!("{all} ({mutating} mutating)"),
+            time: format!(
+                "etcd read + desired state {}; initial sync complete {}",
+                secs(read_at.unwrap()),
+                secs(ready)
+            ),
+            notes: format!(
+                "peak RSS {:.1} MiB; idle {}s: RSS {:.1} → {:.1} MiB, CPU {cpu:.2}%",
+                peak.max(hwm) as f64 / 1024.0,
+                idle.as_secs(),
+                rss0 as f64 / 1024.0,
+                rss1 as f64 / 1024.0
+            ),
+        },
+    );
+}
+
+/// Prints a result row as soon as it is measured, and keeps it.
+fn push(rows: &mut Vec<Row>, r: Row) {
+    println!(
+        "| {} | {} | {} | {} | {} |",
+        r.scenario, r.tool, r.calls, r.time, r.notes
+    );
+    rows.push(r);
 }
 
 fn main() {

@@ -112,6 +112,10 @@ fn range_end(key: &str) -> Vec<u8> {
     vec![0]
 }
 
+/// Keys per page when reading the whole prefix: big enough to read 100,000 keys in a few dozen
+/// requests, small enough to stay far below gRPC's message limit (keys only, ~100 bytes each).
+pub const SNAPSHOT_PAGE: i64 = 5000;
+
 /// Reads every key under `prefix/` at one revision, `page` keys a request, keys only.
 pub async fn read_snapshot(
     client: &mut Client,

@@ -123,7 +123,7 @@ async fn initial_read(
     loop {
         let result = async {
             let mut client = etcd::connect(opts).await?;
-            let snapshot = etcd::read_snapshot(&mut client, prefix, 1000).await?;
+            let snapshot = etcd::read_snapshot(&mut client, prefix, etcd::SNAPSHOT_PAGE).await?;
             Ok::<_, etcd::EtcdError>((client, snapshot))
         };
         let err = match tokio::time::timeout(Duration::from_secs(5), result).await {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::{FaultProxy, TcpCut};
+use common::proxy::{FaultProxy, Rng, TcpCut};
 use common::*;
 
 const P: &str = "/lbManager";
@@ -20,18 +20,6 @@ fn key(lb: &str, id: &str) -> String {
 
 fn inst(n: u64) -> String {
     format!("i-{n:08x}")
-}
-
-/// A deterministic pseudo-random sequence for the bursts.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
 }
 
 /// The ELB members etcd asks for: every `multiple` key, by load balancer.

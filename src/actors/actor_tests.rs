@@ -37,14 +37,31 @@ fn log() -> slog::Logger {
 }
 
 async fn start(elb: Arc<FakeElb>, r53: Arc<FakeRoute53>, keys: &[(&str, i64)]) -> Addr<Supervisor> {
+    start_with(settings(), elb, r53, keys).await
+}
+
+async fn start_with(
+    settings: Arc<Settings>,
+    elb: Arc<FakeElb>,
+    r53: Arc<FakeRoute53>,
+    keys: &[(&str, i64)],
+) -> Addr<Supervisor> {
     let snapshot = Snapshot {
         keys: keys.iter().map(|(k, r)| (k.to_string(), *r)).collect(),
         revision: 100,
         skipped: 0,
     };
-    Supervisor::new(settings(), &log(), no_etcd().await, elb, r53, snapshot)
+    Supervisor::new(settings, &log(), no_etcd().await, elb, r53, snapshot)
         .without_watch()
         .start()
+}
+
+/// The test settings with another resync interval.
+fn resync_every(interval: Duration) -> Arc<Settings> {
+    Arc::new(Settings {
+        resync_interval: interval,
+        ..(*settings()).clone()
+    })
 }
 
 fn put(key: &str, revision: i64) -> EtcdChanges {
@@ -196,26 +213,9 @@ async fn changes_of_one_zone_never_overlap_and_are_batched() {
 #[actix_rt::test]
 async fn zone_cache_is_bypassed_by_resync_so_drift_is_seen() {
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
-    let settings = Arc::new(Settings {
-        resync_interval: Duration::from_millis(300),
-        ..(*settings()).clone()
-    });
     let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
-    let snapshot = Snapshot {
-        keys: vec![(key.to_string(), 1)],
-        revision: 1,
-        skipped: 0,
-    };
-    let _sup = Supervisor::new(
-        settings,
-        &log(),
-        no_etcd().await,
-        Arc::new(FakeElb::default()),
-        r53.clone(),
-        snapshot,
-    )
-    .without_watch()
-    .start();
+    let settings = resync_every(Duration::from_millis(300));
+    let _sup = start_with(settings, Arc::default(), r53.clone(), &[(key, 1)]).await;
     let a = || {
         r53.record("Z1", "www.example.com", RecordType::A)
             .map(|s| s.values)
@@ -278,25 +278,8 @@ async fn panicking_actor_is_restarted_and_converges() {
 #[actix_rt::test]
 async fn drift_is_corrected_by_resync() {
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
-    let settings = Arc::new(Settings {
-        resync_interval: Duration::from_millis(200),
-        ..(*settings()).clone()
-    });
-    let snapshot = Snapshot {
-        keys: vec![(A.to_string(), 1)],
-        revision: 1,
-        skipped: 0,
-    };
-    let _sup = Supervisor::new(
-        settings,
-        &log(),
-        no_etcd().await,
-        elb.clone(),
-        Arc::new(FakeRoute53::default()),
-        snapshot,
-    )
-    .without_watch()
-    .start();
+    let settings = resync_every(Duration::from_millis(200));
+    let _sup = start_with(settings, elb.clone(), Arc::default(), &[(A, 1)]).await;
     eventually("registered", || {
         elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
     })

@@ -140,7 +140,8 @@ impl EtcdWatcher {
         self.drop_stream(ctx);
         let mut client = self.client.clone();
         let prefix = self.settings.prefix.clone();
-        let fut = async move { etcd::read_snapshot(&mut client, &prefix, 1000).await };
+        let fut =
+            async move { etcd::read_snapshot(&mut client, &prefix, etcd::SNAPSHOT_PAGE).await };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(snapshot) => {
                 info!(act.log, "re-read the whole prefix after compaction";

@@ -64,11 +64,11 @@ pub struct FaultProxy {
     pub delay_ms: Arc<AtomicU64>,
 }
 
-/// A tiny xorshift generator, seeded per connection: no dependency, reproducible enough.
-struct Rng(u64);
+/// A tiny xorshift generator: no dependency, reproducible for a seed (not 0).
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
+    pub fn below(&mut self, n: u64) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
