@@ -97,6 +97,16 @@ pub struct RunArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub elb_burst: u32,
 
+    /// ELBv2 (target group) calls per second per region lbmanager allows itself (ELBv2 throttles
+    /// separately from Classic ELB).
+    #[arg(long, env = "LBMANAGER_ELBV2_RATE", default_value_t = 4.0, value_parser = parse_rate)]
+    pub elbv2_rate: f64,
+
+    /// ELBv2 calls per region that may go at once before --elbv2-rate applies.
+    #[arg(long, env = "LBMANAGER_ELBV2_BURST", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub elbv2_burst: u32,
+
     /// TTL in seconds of the A/AAAA record sets lbmanager writes.
     #[arg(long, env = "LBMANAGER_ROUTE53_TTL", default_value_t = 60,
           value_parser = clap::value_parser!(i64).range(0..=2_147_483_647))]
@@ -107,8 +117,8 @@ pub struct RunArgs {
     #[arg(long, env = "LBMANAGER_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_interval)]
     pub resync_interval: Duration,
 
-    /// Only touch these Classic ELBs: comma list of REGION/NAME, `*` for any region or name
-    /// (e.g. us-east-1/web,eu-west-1/*). Keys of other ELBs are warned about and ignored.
+    /// Only touch these Classic ELBs and target groups: comma list of REGION/NAME, `*` for any
+    /// region or name (e.g. us-east-1/web,eu-west-1/*). Keys of others are warned about and ignored.
     #[arg(long, env = "LBMANAGER_ELB_FILTER", value_delimiter = ',')]
     pub elb_filter: Vec<String>,
 

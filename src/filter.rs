@@ -15,7 +15,8 @@ pub struct Filters {
 impl Filters {
     pub fn allows(&self, lb: &LbId) -> bool {
         match lb {
-            LbId::Elb { region, name } => {
+            // --elb-filter covers Classic ELBs and target groups alike.
+            LbId::Elb { region, name } | LbId::TargetGroup { region, name } => {
                 self.elb.is_empty()
                     || self.elb.iter().any(|entry| {
                         let (r, n) = entry.split_once('/').unwrap_or(("*", entry));

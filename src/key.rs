@@ -3,6 +3,7 @@
 //! ```text
 //! PREFIX/elb/REGION/LB_NAME/CLASS/INSTANCE_ID
 //! PREFIX/route53/REGION/HOSTED_ZONE/FQDN/CLASS/IP
+//! PREFIX/elbv2/REGION/TARGET_GROUP/CLASS/TARGET     TARGET: i-0abc[:PORT], IPV4[:PORT], IPV6, [IPV6]:PORT
 //! ```
 //!
 //! Parsing is pure and total: every key either is a member ([`MemberKey`]), is not a member at all
@@ -40,8 +41,19 @@ impl fmt::Display for Class {
 /// REGION part of its keys picks nothing and two regions naming one FQDN are the same records.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum LbId {
-    Elb { region: String, name: String },
-    Route53 { zone: String, fqdn: String },
+    Elb {
+        region: String,
+        name: String,
+    },
+    Route53 {
+        zone: String,
+        fqdn: String,
+    },
+    /// An ELBv2 (ALB/NLB) target group.
+    TargetGroup {
+        region: String,
+        name: String,
+    },
 }
 
 impl LbId {
@@ -49,7 +61,7 @@ impl LbId {
     pub fn zone(&self) -> Option<&str> {
         match self {
             LbId::Route53 { zone, .. } => Some(zone),
-            LbId::Elb { .. } => None,
+            LbId::Elb { .. } | LbId::TargetGroup { .. } => None,
         }
     }
 }
@@ -59,15 +71,18 @@ impl fmt::Display for LbId {
         match self {
             LbId::Elb { region, name } => write!(f, "elb/{region}/{name}"),
             LbId::Route53 { zone, fqdn } => write!(f, "route53/{zone}/{fqdn}"),
+            LbId::TargetGroup { region, name } => write!(f, "elbv2/{region}/{name}"),
         }
     }
 }
 
-/// A member of a load balancer: an EC2 instance (ELB) or an IP address (Route53).
+/// A member of a load balancer: an EC2 instance (ELB), an IP address (Route53) or a target of a
+/// target group.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Member {
     Instance(String),
     Ip(IpAddr),
+    Target(Target),
 }
 
 impl fmt::Display for Member {
@@ -75,8 +90,94 @@ impl fmt::Display for Member {
         match self {
             Member::Instance(id) => f.write_str(id),
             Member::Ip(ip) => write!(f, "{ip}"),
+            Member::Target(t) => write!(f, "{t}"),
         }
     }
+}
+
+/// What a target is: an instance or an IP address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TargetId {
+    Instance(String),
+    Ip(IpAddr),
+}
+
+/// A target-group target; without a port, the target group's own port applies.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub id: TargetId,
+    pub port: Option<u16>,
+}
+
+impl Target {
+    /// The same target with `port` when it has none of its own.
+    pub fn or_port(&self, port: Option<u16>) -> Target {
+        Target {
+            id: self.id.clone(),
+            port: self.port.or(port),
+        }
+    }
+}
+
+/// `i-0abc`, `i-0abc:8080`, `10.0.0.5:8080`, `2001:db8::1`, `[2001:db8::1]:8080`: the key
+/// grammar's own spelling, which [`parse_target`] reads back.
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.id, self.port) {
+            (TargetId::Instance(id), None) => f.write_str(id),
+            (TargetId::Instance(id), Some(p)) => write!(f, "{id}:{p}"),
+            (TargetId::Ip(ip), None) => write!(f, "{ip}"),
+            (TargetId::Ip(IpAddr::V4(ip)), Some(p)) => write!(f, "{ip}:{p}"),
+            (TargetId::Ip(IpAddr::V6(ip)), Some(p)) => write!(f, "[{ip}]:{p}"),
+        }
+    }
+}
+
+/// Parses a target: an instance id or an IP address, each with an optional port (an IPv6
+/// address takes a port only in brackets, since `2001:db8::1:80` is itself an address).
+pub fn parse_target(s: &str) -> Result<Target, KeyError> {
+    let bad = || KeyError::Target(s.to_string());
+    let port_of = |p: &str| -> Result<u16, KeyError> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(KeyError::Port(p.to_string())),
+        }
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, tail) = rest.split_once(']').ok_or_else(bad)?;
+        let ip: std::net::Ipv6Addr = addr.parse().map_err(|_| bad())?;
+        let port = match tail {
+            "" => None,
+            t => Some(port_of(t.strip_prefix(':').ok_or_else(bad)?)?),
+        };
+        return Ok(Target {
+            id: TargetId::Ip(IpAddr::V6(ip)),
+            port,
+        });
+    }
+    if s.starts_with("i-") {
+        let (id, port) = match s.split_once(':') {
+            Some((id, p)) => (id, Some(port_of(p)?)),
+            None => (s, None),
+        };
+        let id = instance_id(id).map_err(|_| bad())?;
+        return Ok(Target {
+            id: TargetId::Instance(id),
+            port,
+        });
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(Target {
+            id: TargetId::Ip(ip),
+            port: None,
+        });
+    }
+    let (addr, p) = s.rsplit_once(':').ok_or_else(bad)?;
+    let ip: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    Ok(Target {
+        id: TargetId::Ip(IpAddr::V4(ip)),
+        port: Some(port_of(p)?),
+    })
 }
 
 /// A parsed member key.
@@ -90,7 +191,7 @@ pub struct MemberKey {
 /// Why a key under the prefix is not a valid member key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("unknown kind {0:?} (expected elb or route53)")]
+    #[error("unknown kind {0:?} (expected elb, elbv2 or route53)")]
     UnknownKind(String),
     #[error("wrong number of parts for {kind}: expected {expected}")]
     Shape {
@@ -111,6 +212,12 @@ pub enum KeyError {
     Fqdn(String),
     #[error("invalid IP address {0:?}")]
     Ip(String),
+    #[error("invalid target {0:?} (expected i-… or an IP address, with an optional :PORT; IPv6 with a port in brackets)")]
+    Target(String),
+    #[error("invalid port {0:?} (expected 1-65535)")]
+    Port(String),
+    #[error("invalid target group name {0:?} (1-32 letters, digits or hyphens, no hyphen at either end)")]
+    TargetGroup(String),
     #[error("load balancer {0} is outside --elb-filter/--zone-filter")]
     Filtered(String),
 }
@@ -162,6 +269,22 @@ pub fn parse(prefix: &str, key: &str) -> Result<Option<MemberKey>, KeyError> {
                 member: Member::Ip(ip.parse().map_err(|_| KeyError::Ip(ip.to_string()))?),
             }))
         }
+        "elbv2" => {
+            let [_, region, name, class, target] = parts[..] else {
+                return Err(KeyError::Shape {
+                    kind: "elbv2",
+                    expected: "elbv2/REGION/TARGET_GROUP/CLASS/TARGET",
+                });
+            };
+            Ok(Some(MemberKey {
+                lb: LbId::TargetGroup {
+                    region: region_of(region)?,
+                    name: elb_name(name).map_err(|_| KeyError::TargetGroup(name.to_string()))?,
+                },
+                class: class_of(class)?,
+                member: Member::Target(parse_target(target)?),
+            }))
+        }
         other => Err(KeyError::UnknownKind(other.to_string())),
     }
 }
@@ -173,6 +296,7 @@ pub fn managed_key(prefix: &str, lb: &LbId) -> String {
     match lb {
         LbId::Elb { region, name } => format!("{prefix}/_managed/elb/{region}/{name}"),
         LbId::Route53 { zone, fqdn } => format!("{prefix}/_managed/route53/{zone}/{fqdn}"),
+        LbId::TargetGroup { region, name } => format!("{prefix}/_managed/elbv2/{region}/{name}"),
     }
 }
 
@@ -182,6 +306,10 @@ pub fn parse_managed(prefix: &str, key: &str) -> Option<LbId> {
     let parts: Vec<&str> = rest.split('/').collect();
     match parts[..] {
         ["elb", region, name] => Some(LbId::Elb {
+            region: region_of(region).ok()?,
+            name: elb_name(name).ok()?,
+        }),
+        ["elbv2", region, name] => Some(LbId::TargetGroup {
             region: region_of(region).ok()?,
             name: elb_name(name).ok()?,
         }),
@@ -455,6 +583,87 @@ mod tests {
     }
 
     #[test]
+    fn target_grammar() {
+        let t = |s: &str| parse_target(s).unwrap();
+        let inst = |id: &str, port| Target {
+            id: TargetId::Instance(id.into()),
+            port,
+        };
+        let ip = |a: &str, port| Target {
+            id: TargetId::Ip(a.parse().unwrap()),
+            port,
+        };
+        assert_eq!(t("i-0abcdef0123456789"), inst("i-0abcdef0123456789", None));
+        assert_eq!(
+            t("i-0abcdef0123456789:8080"),
+            inst("i-0abcdef0123456789", Some(8080))
+        );
+        assert_eq!(t("10.0.0.5"), ip("10.0.0.5", None));
+        assert_eq!(t("10.0.0.5:8080"), ip("10.0.0.5", Some(8080)));
+        assert_eq!(t("2001:db8::1"), ip("2001:db8::1", None));
+        assert_eq!(t("[2001:db8::1]:8080"), ip("2001:db8::1", Some(8080)));
+        assert_eq!(t("[2001:DB8::1]"), ip("2001:db8::1", None));
+        // Display is the key grammar's spelling and reads back the same.
+        for s in [
+            "i-0abcdef0123456789:8080",
+            "10.0.0.5:80",
+            "[2001:db8::1]:443",
+            "2001:db8::1",
+        ] {
+            assert_eq!(t(s).to_string(), s);
+            assert_eq!(parse_target(&t(s).to_string()), Ok(t(s)));
+        }
+        for bad in [
+            "i-0abc:80",
+            "i-0abcdef0123456789:",
+            "10.0.0.5:",
+            "host:80",
+            "[2001:db8::1]80",
+            "[10.0.0.1]:80",
+            "",
+        ] {
+            assert!(parse_target(bad).is_err(), "{bad}");
+        }
+        for port in ["0", "65536", "-1", "+80", "80a"] {
+            assert_eq!(
+                parse_target(&format!("10.0.0.5:{port}")),
+                Err(KeyError::Port(port.into())),
+                "{port}"
+            );
+        }
+        assert_eq!(
+            parse_target("i-0abcdef0123456789:99999"),
+            Err(KeyError::Port("99999".into()))
+        );
+    }
+
+    #[test]
+    fn elbv2_member_keys() {
+        let k = ok("/lbManager/elbv2/us-east-1/web-tg/multiple/i-0abcdef0123456789:8080");
+        assert_eq!(
+            k.lb,
+            LbId::TargetGroup {
+                region: "us-east-1".into(),
+                name: "web-tg".into()
+            }
+        );
+        assert_eq!(k.lb.to_string(), "elbv2/us-east-1/web-tg");
+        assert_eq!(k.member.to_string(), "i-0abcdef0123456789:8080");
+        assert!(matches!(
+            err("/lbManager/elbv2/us-east-1/-tg/multiple/10.0.0.1"),
+            KeyError::TargetGroup(_)
+        ));
+        assert!(matches!(
+            err("/lbManager/elbv2/us-east-1/tg/multiple/10.0.0.1:0"),
+            KeyError::Port(_)
+        ));
+        assert!(matches!(
+            err("/lbManager/elbv2/us-east-1/tg/multiple"),
+            KeyError::Shape { .. }
+        ));
+    }
+
+    #[test]
     fn managed_keys_round_trip_and_are_not_members() {
         for lb in [
             LbId::Elb {
@@ -464,6 +673,10 @@ mod tests {
             LbId::Route53 {
                 zone: "Z1".into(),
                 fqdn: "www.example.com".into(),
+            },
+            LbId::TargetGroup {
+                region: "eu-west-1".into(),
+                name: "tg".into(),
             },
         ] {
             let key = managed_key(P, &lb);
@@ -497,8 +710,8 @@ mod tests {
         /// Keys that look almost right: parse never panics, and a valid answer re-parses the same.
         #[test]
         fn never_panics_on_near_keys(
-            kind in "(elb|route53|x|_s)",
-            parts in proptest::collection::vec("[a-zA-Z0-9:.*_-]{0,20}", 0..7),
+            kind in "(elb|elbv2|route53|x|_s)",
+            parts in proptest::collection::vec("[a-zA-Z0-9:.*_\\[\\]-]{0,20}", 0..7),
         ) {
             let key = format!("{P}/{kind}/{}", parts.join("/"));
             if let Ok(Some(k)) = parse(P, &key) {

@@ -10,7 +10,7 @@ use slog::{error, info, warn, Logger};
 
 use lbmanager::actors::supervisor::{Shutdown, Supervisor};
 use lbmanager::actors::{backoff, Settings};
-use lbmanager::aws::{self, elb::SdkElb, route53::SdkRoute53, ClientOptions};
+use lbmanager::aws::{self, elb::SdkElb, elbv2::SdkElbV2, route53::SdkRoute53, ClientOptions};
 use lbmanager::cli::{Cli, Command, RunArgs};
 use lbmanager::etcd::{self, EtcdOptions, Snapshot};
 use lbmanager::filter::Filters;
@@ -68,6 +68,10 @@ async fn run(args: RunArgs) -> ExitCode {
         )),
         snapshot,
     )
+    .with_target_groups(Arc::new(SdkElbV2::new(
+        sdk.clone(),
+        (args.elbv2_rate, args.elbv2_burst),
+    )))
     .start();
 
     let code = wait_for_stop(&log, || supervisor.connected()).await;

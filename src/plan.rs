@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::key::Member;
+use crate::key::{Member, TargetId};
 
 /// What lbmanager may do to AWS (`--policy`, as external-dns has it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -17,12 +17,16 @@ pub enum Policy {
     UpsertOnly,
 }
 
-/// What one Classic ELB sync does: one Register call with all missing instances, one Deregister
-/// call with all extra ones (register first, so a `single` switch never leaves the ELB empty).
+/// What one ELB sync does (a Classic ELB or a target group): one Register call with all missing
+/// members, one Deregister call with all extra ones (register first, so a `single` switch never
+/// leaves the load balancer empty). Members are in the provider's spelling: an instance id, or a
+/// target as `id:port`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ElbChanges {
     pub register: Vec<String>,
     pub deregister: Vec<String>,
+    /// Targets of a kind the target group does not take (an IP in an `instance` group): left out.
+    pub mismatched: Vec<String>,
 }
 
 impl ElbChanges {
@@ -31,30 +35,64 @@ impl ElbChanges {
     }
 }
 
-/// Plans a Classic ELB from its desired members and the instances AWS reports.
-pub fn plan_elb(
-    desired: &BTreeSet<Member>,
-    actual: &BTreeSet<String>,
-    policy: Policy,
-) -> ElbChanges {
-    let want: BTreeSet<&str> = desired
+/// Which targets a target group takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetKind {
+    Instance,
+    Ip,
+}
+
+/// What AWS says is registered with an ELB or a target group.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Registered {
+    /// Registered members (target groups: `id:port`), draining ones excluded.
+    pub members: BTreeSet<String>,
+    /// Targets on their way out (target groups only).
+    pub draining: BTreeSet<String>,
+    /// The port of a target that names none (target groups only).
+    pub default_port: Option<u16>,
+    /// The kind of target the group takes (target groups only).
+    pub kind: Option<TargetKind>,
+}
+
+/// Plans an ELB or a target group from its desired members and what AWS reports.
+///
+/// A draining target is on its way out: if etcd wants it, it is registered again; if not, it is
+/// left alone (it is not deregistered twice).
+pub fn plan_elb(desired: &BTreeSet<Member>, actual: &Registered, policy: Policy) -> ElbChanges {
+    let mut mismatched = Vec::new();
+    let want: BTreeSet<String> = desired
         .iter()
         .filter_map(|m| match m {
-            Member::Instance(id) => Some(id.as_str()),
+            Member::Instance(id) => Some(id.clone()),
+            Member::Target(t) => {
+                let fits = !matches!(
+                    (&t.id, actual.kind),
+                    (TargetId::Instance(_), Some(TargetKind::Ip))
+                        | (TargetId::Ip(_), Some(TargetKind::Instance))
+                );
+                if !fits {
+                    mismatched.push(t.to_string());
+                    return None;
+                }
+                Some(t.or_port(actual.default_port).to_string())
+            }
             Member::Ip(_) => None,
         })
         .collect();
     ElbChanges {
         register: want
             .iter()
-            .filter(|id| !actual.contains(**id))
-            .map(|id| id.to_string())
-            .collect(),
-        deregister: actual
-            .iter()
-            .filter(|id| policy == Policy::Sync && !want.contains(id.as_str()))
+            .filter(|id| !actual.members.contains(*id))
             .cloned()
             .collect(),
+        deregister: actual
+            .members
+            .iter()
+            .filter(|id| policy == Policy::Sync && !want.contains(*id))
+            .cloned()
+            .collect(),
+        mismatched,
     }
 }
 
@@ -247,12 +285,48 @@ mod tests {
             .collect()
     }
 
+    fn registered(ids: &[&str]) -> Registered {
+        Registered {
+            members: ids.iter().map(|s| s.to_string()).collect(),
+            ..Registered::default()
+        }
+    }
+
+    fn targets(list: &[&str]) -> BTreeSet<Member> {
+        list.iter()
+            .map(|s| Member::Target(crate::key::parse_target(s).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn target_group_default_port_draining_and_kind() {
+        let set = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        let actual = Registered {
+            members: set(&["i-00000001:80", "i-00000002:80"]),
+            draining: set(&["i-00000003:80", "i-00000004:80"]),
+            default_port: Some(80),
+            kind: Some(TargetKind::Instance),
+        };
+        let desired = targets(&["i-00000001", "i-00000003", "i-00000005:8080", "10.0.0.1:80"]);
+        let plan = plan_elb(&desired, &actual, Policy::Sync);
+        // i-1 is there on the group's port; i-3 is draining but wanted: registered again.
+        assert_eq!(plan.register, vec!["i-00000003:80", "i-00000005:8080"]);
+        // i-2 goes; i-4 is draining and unwanted: left alone, not deregistered twice.
+        assert_eq!(plan.deregister, vec!["i-00000002:80"]);
+        assert_eq!(plan.mismatched, vec!["10.0.0.1:80"]);
+        // A port move registers the new (id, port) and deregisters the old one.
+        let moved = plan_elb(
+            &targets(&["i-00000001:81"]),
+            &registered(&["i-00000001:80"]),
+            Policy::Sync,
+        );
+        assert_eq!(moved.register, vec!["i-00000001:81"]);
+        assert_eq!(moved.deregister, vec!["i-00000001:80"]);
+    }
+
     #[test]
     fn elb_registers_missing_and_deregisters_extra() {
-        let actual: BTreeSet<String> = ["i-00000002", "i-00000003"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let actual = registered(&["i-00000002", "i-00000003"]);
         let plan = plan_elb(&inst(&["i-00000001", "i-00000002"]), &actual, Policy::Sync);
         assert_eq!(plan.register, vec!["i-00000001"]);
         assert_eq!(plan.deregister, vec!["i-00000003"]);
@@ -332,7 +406,7 @@ mod tests {
 
     #[test]
     fn upsert_only_never_removes() {
-        let actual: BTreeSet<String> = ["i-00000002"].iter().map(|s| s.to_string()).collect();
+        let actual = registered(&["i-00000002"]);
         let plan = plan_elb(&inst(&["i-00000001"]), &actual, Policy::UpsertOnly);
         assert_eq!(plan.register, vec!["i-00000001"]);
         assert!(plan.deregister.is_empty());

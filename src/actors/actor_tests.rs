@@ -290,3 +290,24 @@ async fn drift_is_corrected_by_resync() {
     })
     .await;
 }
+
+#[actix_rt::test]
+async fn draining_target_wanted_is_registered_again_unwanted_left_alone() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
+    elb.set_instances("us-east-1", "tg", &["i-00000001:80", "i-00000002:80"]);
+    elb.set_draining("us-east-1", "tg", &["i-00000001:80", "i-00000002:80"]);
+    let key = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
+    let _sup = start(elb.clone(), Arc::default(), &[(key, 1)]).await;
+    eventually("the wanted draining target registered again", || {
+        elb.calls()
+            .iter()
+            .any(|c| c.starts_with("Register") && c.contains("i-00000001:80"))
+    })
+    .await;
+    // The unwanted one is draining already: never deregistered (twice).
+    assert!(
+        !elb.calls().iter().any(|c| c.starts_with("Deregister")),
+        "{:?}",
+        elb.calls()
+    );
+}

@@ -83,6 +83,8 @@ pub struct LoadBalancer {
     retry: Option<SpawnHandle>,
     /// The last failure was retryable: the pending retry is a backoff that news must not cut short.
     backing_off: bool,
+    /// Targets already warned about for not fitting the target group's type.
+    mismatched: std::collections::HashSet<String>,
     /// Set by [`Drain`]: who waits for the sync in flight to end.
     draining: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
 }
@@ -108,6 +110,7 @@ impl LoadBalancer {
             failures: 0,
             retry: None,
             backing_off: false,
+            mismatched: Default::default(),
             draining: None,
         }
     }
@@ -130,18 +133,25 @@ impl LoadBalancer {
         self.pending = false;
         match &self.backend {
             Backend::Elb(api) => {
-                let LbId::Elb { region, name } = self.id.clone() else {
-                    unreachable!("an ELB backend serves ELB load balancers only");
+                let (LbId::Elb { region, name } | LbId::TargetGroup { region, name }) =
+                    self.id.clone()
+                else {
+                    unreachable!("an ELB backend serves ELBs and target groups only");
                 };
                 let (api, log, policy) = (api.clone(), self.log.clone(), self.settings.policy);
+                let what = match self.id {
+                    LbId::TargetGroup { .. } => "targets",
+                    _ => "instances",
+                };
                 let fut = async move {
                     let members = &desire.members;
-                    sync_elb(&*api, &region, &name, members, desire.cause, policy, &log).await
+                    let cause = desire.cause;
+                    sync_elb(&*api, &region, &name, members, cause, policy, what, &log).await
                 };
-                ctx.spawn(
-                    fut.into_actor(self)
-                        .map(move |res, act, ctx| act.finished(desire.generation, res.err(), ctx)),
-                );
+                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                    let res = res.map(|changes| act.warn_mismatched(changes.mismatched));
+                    act.finished(desire.generation, res.err(), ctx)
+                }));
             }
             Backend::Route53(zone) => {
                 let LbId::Route53 { fqdn, .. } = &self.id else {
@@ -152,7 +162,7 @@ impl LoadBalancer {
                     .iter()
                     .filter_map(|m| match m {
                         Member::Ip(ip) => Some(*ip),
-                        Member::Instance(_) => None,
+                        Member::Instance(_) | Member::Target(_) => None,
                     })
                     .collect();
                 zone.do_send(ZoneDesire {
@@ -163,6 +173,16 @@ impl LoadBalancer {
                     cause: desire.cause,
                     reply: ctx.address().recipient(),
                 });
+            }
+        }
+    }
+
+    /// Warns once about each target of a kind its target group does not take.
+    fn warn_mismatched(&mut self, targets: Vec<String>) {
+        for target in targets {
+            if self.mismatched.insert(target.clone()) {
+                warn!(self.log, "ignoring a target of a kind the target group does not take";
+                    "target" => target);
             }
         }
     }
@@ -292,8 +312,10 @@ impl Handler<Retire> for LoadBalancer {
     }
 }
 
-/// One ELB sync: a Describe, then at most one Register and one Deregister (register first, so a
-/// `single` switch never leaves the ELB empty). Logs each change with its cause.
+/// One ELB or target-group sync: a Describe, then at most one Register and one Deregister
+/// (register first, so a `single` switch never leaves it empty). Logs each change with its cause;
+/// `what` names the members in the log ("instances", "targets").
+#[allow(clippy::too_many_arguments)]
 pub async fn sync_elb(
     api: &dyn ElbApi,
     region: &str,
@@ -301,18 +323,19 @@ pub async fn sync_elb(
     desired: &BTreeSet<Member>,
     cause: Cause,
     policy: Policy,
+    what: &str,
     log: &Logger,
 ) -> Result<ElbChanges, AwsError> {
     let actual = api.members(region, name).await?;
     let changes = plan_elb(desired, &actual, policy);
     if !changes.register.is_empty() {
         api.register(region, name, &changes.register).await?;
-        info!(log, "registered instances";
+        info!(log, "registered {}", what;
             "added" => changes.register.join(","), "cause" => %cause);
     }
     if !changes.deregister.is_empty() {
         api.deregister(region, name, &changes.deregister).await?;
-        info!(log, "deregistered instances";
+        info!(log, "deregistered {}", what;
             "removed" => changes.deregister.join(","), "cause" => %cause);
     }
     Ok(changes)

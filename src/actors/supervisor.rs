@@ -45,6 +45,7 @@ pub struct Supervisor {
     log: Logger,
     etcd: Client,
     elb: Arc<dyn ElbApi>,
+    elbv2: Arc<dyn ElbApi>,
     route53: Arc<dyn Route53Api>,
     desired: DesiredState,
     /// Malformed keys already warned about (forgotten when the key is deleted).
@@ -79,6 +80,7 @@ impl Supervisor {
             settings,
             log: log.clone(),
             etcd,
+            elbv2: elb.clone(),
             elb,
             route53,
             warned: HashSet::new(),
@@ -94,6 +96,12 @@ impl Supervisor {
             watch: true,
             stopping: false,
         }
+    }
+
+    /// The target-group (ELBv2) backend; without it, target groups go to the ELB backend.
+    pub fn with_target_groups(mut self, elbv2: Arc<dyn ElbApi>) -> Self {
+        self.elbv2 = elbv2;
+        self
     }
 
     /// For tests: do not start an EtcdWatcher (changes are sent to the Supervisor directly).
@@ -190,6 +198,7 @@ impl Supervisor {
     fn spawn_lb(&mut self, lb: &LbId, ctx: &mut Context<Self>) -> Addr<LoadBalancer> {
         let backend = match lb {
             LbId::Elb { .. } => Backend::Elb(self.elb.clone()),
+            LbId::TargetGroup { .. } => Backend::Elb(self.elbv2.clone()),
             LbId::Route53 { zone, .. } => Backend::Route53(self.zone(zone)),
         };
         LoadBalancer::new(

@@ -8,6 +8,7 @@ use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
 use super::{classify, AwsError, ElbApi, ErrorKind, Limiter};
+use crate::plan::Registered;
 
 pub struct SdkElb {
     config: aws_config::SdkConfig,
@@ -52,7 +53,7 @@ fn instances(ids: &[String]) -> Vec<Instance> {
 
 #[async_trait]
 impl ElbApi for SdkElb {
-    async fn members(&self, region: &str, name: &str) -> Result<BTreeSet<String>, AwsError> {
+    async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError> {
         let target = format!("elb/{region}/{name}");
         let out = self
             .client(region)
@@ -79,11 +80,15 @@ impl ElbApi for SdkElb {
                     "not in the answer",
                 )
             })?;
-        Ok(lb
+        let members: BTreeSet<String> = lb
             .instances()
             .iter()
             .filter_map(|i| i.instance_id().map(str::to_string))
-            .collect())
+            .collect();
+        Ok(Registered {
+            members,
+            ..Registered::default()
+        })
     }
 
     async fn register(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {

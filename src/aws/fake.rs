@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{AwsError, ElbApi, ErrorKind, Route53Api};
-use crate::plan::{Action, RecordChange, RecordSet, RecordType};
+use crate::plan::{Action, RecordChange, RecordSet, RecordType, Registered};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -29,6 +29,8 @@ pub struct FakeElb {
     in_flight: AtomicUsize,
     /// The most calls that were ever in flight at once (across all load balancers).
     pub max_in_flight: AtomicUsize,
+    /// Members reported as draining (target-group semantics), by load balancer.
+    draining: Mutex<HashMap<(String, String), BTreeSet<String>>>,
 }
 
 impl FakeElb {
@@ -57,6 +59,14 @@ impl FakeElb {
 
     pub fn calls(&self) -> Vec<String> {
         lock(&self.calls).clone()
+    }
+
+    /// Marks members as draining: reported apart from the registered ones until registered again.
+    pub fn set_draining(&self, region: &str, name: &str, ids: &[&str]) {
+        lock(&self.draining).insert(
+            (region.into(), name.into()),
+            ids.iter().map(|s| s.to_string()).collect(),
+        );
     }
 
     async fn enter(
@@ -109,17 +119,26 @@ impl FakeElb {
 
 #[async_trait]
 impl ElbApi for FakeElb {
-    async fn members(&self, region: &str, name: &str) -> Result<BTreeSet<String>, AwsError> {
+    async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError> {
         let target = format!("elb/{region}/{name}");
         self.enter("DescribeLoadBalancers", target.clone(), String::new())
             .await?;
-        self.instances(region, name).ok_or_else(|| {
+        let members = self.instances(region, name).ok_or_else(|| {
             AwsError::new(
                 ErrorKind::NotFound,
                 "DescribeLoadBalancers",
                 target,
                 "LoadBalancerNotFound",
             )
+        })?;
+        let draining = lock(&self.draining)
+            .get(&(region.to_string(), name.to_string()))
+            .cloned()
+            .unwrap_or_default();
+        Ok(Registered {
+            members: members.difference(&draining).cloned().collect(),
+            draining,
+            ..Registered::default()
         })
     }
 
@@ -127,6 +146,11 @@ impl ElbApi for FakeElb {
         let op = "RegisterInstancesWithLoadBalancer";
         self.enter(op, format!("elb/{region}/{name}"), format!(" {ids:?}"))
             .await?;
+        if let Some(d) = lock(&self.draining).get_mut(&(region.to_string(), name.to_string())) {
+            for id in ids {
+                d.remove(id);
+            }
+        }
         self.update(op, region, name, |set| set.extend(ids.iter().cloned()))
     }
 

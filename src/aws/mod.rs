@@ -4,25 +4,25 @@
 //! Every operation is a read or a whole change; none keeps state between calls, so an actor may
 //! re-run a sync at any time (after an error, a restart or a resync) without care.
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-use crate::plan::{RecordChange, RecordSet};
+use crate::plan::{RecordChange, RecordSet, Registered};
 
 pub mod elb;
+pub mod elbv2;
 pub mod fake;
 pub mod route53;
 
-/// The members of an ELB-like load balancer: Classic ELB today; an ELBv2 target group can implement
-/// the same trait (its members are targets).
+/// The members of an ELB-like load balancer: a Classic ELB (members are instance ids) or an ELBv2
+/// target group (members are targets, spelled `id:port`).
 #[async_trait]
 pub trait ElbApi: Send + Sync + 'static {
-    /// The instances registered with load balancer `name` in `region`.
-    async fn members(&self, region: &str, name: &str) -> Result<BTreeSet<String>, AwsError>;
+    /// What is registered with load balancer (or target group) `name` in `region`.
+    async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError>;
     /// Registers all of `instances` in one call.
     async fn register(
         &self,
@@ -111,6 +111,7 @@ const NOT_FOUND_CODES: &[&str] = &[
     "LoadBalancerNotFound",
     "AccessPointNotFound",
     "NoSuchHostedZone",
+    "TargetGroupNotFound",
 ];
 
 /// Sorts an SDK error into an [`AwsError`]. A 5xx without a code (moto answers some errors with an

@@ -329,6 +329,26 @@ impl Moto {
             .unwrap_or_default())
     }
 
+    /// The id of moto's default VPC (a target group needs one), asked of moto's EC2 API directly.
+    pub fn default_vpc(&self) -> String {
+        let body = "Action=DescribeVpcs&Version=2016-11-15";
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("moto");
+        write!(
+            s,
+            "POST / HTTP/1.0\r\nHost: 127.0.0.1\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        let start = out.find("<vpcId>").expect("a default VPC") + "<vpcId>".len();
+        let end = out[start..].find('<').unwrap() + start;
+        out[start..end].to_string()
+    }
+
     pub fn http(&self, method: &str, path: &str) -> String {
         self.try_http(method, path).expect("moto api call")
     }
@@ -643,6 +663,64 @@ impl Aws {
             .send()
             .await
             .expect("register");
+    }
+
+    pub fn elbv2(&self, region: &str) -> aws_sdk_elasticloadbalancingv2::Client {
+        let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&self.config)
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_elasticloadbalancingv2::Client::from_conf(conf)
+    }
+
+    /// Creates a target group (`kind` "instance" or "ip") on `port` in `vpc`; returns its ARN.
+    pub async fn create_target_group(
+        &self,
+        name: &str,
+        kind: &str,
+        port: i32,
+        vpc: &str,
+    ) -> String {
+        use aws_sdk_elasticloadbalancingv2::types::{ProtocolEnum, TargetTypeEnum};
+        let out = self
+            .elbv2("us-east-1")
+            .create_target_group()
+            .name(name)
+            .protocol(ProtocolEnum::Http)
+            .port(port)
+            .vpc_id(vpc)
+            .target_type(TargetTypeEnum::from(kind))
+            .send()
+            .await
+            .expect("create target group");
+        out.target_groups()[0]
+            .target_group_arn()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A target group's targets as `id:port`, sorted.
+    pub async fn targets(&self, arn: &str) -> Vec<String> {
+        let out = self
+            .elbv2("us-east-1")
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .expect("describe target health");
+        let mut list: Vec<String> = out
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| d.target())
+            .map(|t| {
+                let id = t.id().unwrap_or_default();
+                match id.parse::<std::net::Ipv6Addr>() {
+                    Ok(ip) => format!("[{ip}]:{}", t.port().unwrap_or_default()),
+                    Err(_) => format!("{id}:{}", t.port().unwrap_or_default()),
+                }
+            })
+            .collect();
+        list.sort();
+        list
     }
 
     /// Creates a hosted zone and returns its bare id.

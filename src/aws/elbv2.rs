@@ -1,0 +1,260 @@
+//! ELBv2 (ALB/NLB) target groups through the AWS SDK, behind the same [`ElbApi`] as Classic ELB:
+//! members are targets spelled `id:port` (see [`crate::key::Target`]).
+//!
+//! A target group is named in the keys and addressed by ARN in the API: the ARN (with the group's
+//! port and target type) is resolved once and cached, and resolved again when AWS says the group
+//! is gone. ELBv2 throttles per account and region separately from Classic ELB: its own limiter.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use aws_sdk_elasticloadbalancingv2::types::{
+    TargetDescription, TargetHealthStateEnum, TargetTypeEnum,
+};
+use aws_sdk_elasticloadbalancingv2::Client;
+
+use super::{classify, AwsError, ElbApi, ErrorKind, Limiter};
+use crate::key::{parse_target, Target, TargetId};
+use crate::plan::{Registered, TargetKind};
+
+/// What is cached of a target group.
+#[derive(Clone, Debug)]
+struct Group {
+    arn: String,
+    port: Option<u16>,
+    kind: Option<TargetKind>,
+}
+
+pub struct SdkElbV2 {
+    config: aws_config::SdkConfig,
+    rate: (f64, u32),
+    clients: Mutex<HashMap<String, (Client, Arc<Limiter>)>>,
+    groups: Mutex<HashMap<(String, String), Group>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SdkElbV2 {
+    /// `rate`: calls per second and burst, per region.
+    pub fn new(config: aws_config::SdkConfig, rate: (f64, u32)) -> Self {
+        SdkElbV2 {
+            config,
+            rate,
+            clients: Mutex::new(HashMap::new()),
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn client(&self, region: &str) -> Client {
+        let (client, limiter) = lock(&self.clients)
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&self.config)
+                    .region(aws_config::Region::new(region.to_string()))
+                    .build();
+                (Client::from_conf(conf), Arc::new(Limiter::new(self.rate)))
+            })
+            .clone();
+        limiter.wait().await;
+        client
+    }
+
+    async fn group(&self, region: &str, name: &str) -> Result<Group, AwsError> {
+        let key = (region.to_string(), name.to_string());
+        if let Some(g) = lock(&self.groups).get(&key) {
+            return Ok(g.clone());
+        }
+        let target = format!("elbv2/{region}/{name}");
+        let out = self
+            .client(region)
+            .await
+            .describe_target_groups()
+            .names(name)
+            .send()
+            .await
+            .map_err(|e| classify("DescribeTargetGroups", &target, e))?;
+        let tg = out
+            .target_groups()
+            .iter()
+            .find(|g| g.target_group_name() == Some(name))
+            .ok_or_else(|| {
+                AwsError::new(
+                    ErrorKind::NotFound,
+                    "DescribeTargetGroups",
+                    &target,
+                    "not in the answer",
+                )
+            })?;
+        let group = Group {
+            arn: tg.target_group_arn().unwrap_or_default().to_string(),
+            port: tg.port().and_then(|p| u16::try_from(p).ok()),
+            kind: match tg.target_type() {
+                Some(TargetTypeEnum::Instance) => Some(TargetKind::Instance),
+                Some(TargetTypeEnum::Ip) => Some(TargetKind::Ip),
+                _ => None,
+            },
+        };
+        lock(&self.groups).insert(key, group.clone());
+        Ok(group)
+    }
+
+    /// Forgets a group AWS says is gone, so that the next call resolves it again.
+    fn forget_if_gone(&self, region: &str, name: &str, err: &AwsError) {
+        if err.kind == ErrorKind::NotFound {
+            lock(&self.groups).remove(&(region.to_string(), name.to_string()));
+        }
+    }
+
+    fn descriptions(targets: &[String], target: &str) -> Result<Vec<TargetDescription>, AwsError> {
+        targets
+            .iter()
+            .map(|s| {
+                let t = parse_target(s).map_err(|e| {
+                    AwsError::new(
+                        ErrorKind::Rejected,
+                        "RegisterTargets",
+                        target,
+                        e.to_string(),
+                    )
+                })?;
+                let id = match t.id {
+                    TargetId::Instance(id) => id,
+                    TargetId::Ip(ip) => ip.to_string(),
+                };
+                Ok(TargetDescription::builder()
+                    .id(id)
+                    .set_port(t.port.map(i32::from))
+                    .build())
+            })
+            .collect()
+    }
+
+    async fn change(
+        &self,
+        region: &str,
+        name: &str,
+        targets: &[String],
+        register: bool,
+    ) -> Result<(), AwsError> {
+        let target = format!("elbv2/{region}/{name}");
+        let group = self.group(region, name).await?;
+        let list = Self::descriptions(targets, &target)?;
+        let client = self.client(region).await;
+        let res = if register {
+            client
+                .register_targets()
+                .target_group_arn(&group.arn)
+                .set_targets(Some(list))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify("RegisterTargets", &target, e))
+        } else {
+            client
+                .deregister_targets()
+                .target_group_arn(&group.arn)
+                .set_targets(Some(list))
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify("DeregisterTargets", &target, e))
+        };
+        if let Err(e) = &res {
+            self.forget_if_gone(region, name, e);
+        }
+        res
+    }
+}
+
+/// A target as AWS reports it, in the key grammar's spelling.
+fn spelled(id: &str, port: Option<i32>) -> String {
+    let id = match id.parse::<IpAddr>() {
+        Ok(ip) => TargetId::Ip(ip),
+        Err(_) => TargetId::Instance(id.to_string()),
+    };
+    Target {
+        id,
+        port: port.and_then(|p| u16::try_from(p).ok()),
+    }
+    .to_string()
+}
+
+#[async_trait]
+impl ElbApi for SdkElbV2 {
+    async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError> {
+        let target = format!("elbv2/{region}/{name}");
+        let group = self.group(region, name).await?;
+        let out = self
+            .client(region)
+            .await
+            .describe_target_health()
+            .target_group_arn(&group.arn)
+            .customize()
+            .config_override(
+                aws_sdk_elasticloadbalancingv2::config::Builder::default()
+                    .retry_config(super::read_retries()),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("DescribeTargetHealth", &target, e))
+            .inspect_err(|e| self.forget_if_gone(region, name, e))?;
+        let (mut members, mut draining) = (BTreeSet::new(), BTreeSet::new());
+        for d in out.target_health_descriptions() {
+            let Some(t) = d.target() else { continue };
+            let Some(id) = t.id() else { continue };
+            let s = spelled(id, t.port().or(group.port.map(i32::from)));
+            let state = d.target_health().and_then(|h| h.state());
+            if state == Some(&TargetHealthStateEnum::Draining) {
+                draining.insert(s);
+            } else {
+                members.insert(s);
+            }
+        }
+        Ok(Registered {
+            members,
+            draining,
+            default_port: group.port,
+            kind: group.kind,
+        })
+    }
+
+    async fn register(&self, region: &str, name: &str, targets: &[String]) -> Result<(), AwsError> {
+        self.change(region, name, targets, true).await
+    }
+
+    async fn deregister(
+        &self,
+        region: &str,
+        name: &str,
+        targets: &[String],
+    ) -> Result<(), AwsError> {
+        self.change(region, name, targets, false).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_are_spelled_as_in_the_keys() {
+        assert_eq!(
+            spelled("i-0abcdef0123456789", Some(80)),
+            "i-0abcdef0123456789:80"
+        );
+        assert_eq!(spelled("10.0.0.5", Some(8080)), "10.0.0.5:8080");
+        assert_eq!(spelled("2001:db8::1", Some(443)), "[2001:db8::1]:443");
+        let d = SdkElbV2::descriptions(
+            &["[2001:db8::1]:443".into(), "i-0abcdef0123456789:80".into()],
+            "t",
+        )
+        .unwrap();
+        assert_eq!(d[0].id(), Some("2001:db8::1"));
+        assert_eq!(d[0].port(), Some(443));
+        assert_eq!(d[1].id(), Some("i-0abcdef0123456789"));
+    }
+}
