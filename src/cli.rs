@@ -135,6 +135,26 @@ pub struct RunArgs {
     /// Log level.
     #[arg(long, env = "LBMANAGER_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+
+    /// Log format: text (for people; coloured on a terminal) or json (one object a line, for log
+    /// shippers).
+    #[arg(long, env = "LBMANAGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Do everything but change AWS (and etcd): log what would be registered, deregistered or
+    /// changed instead.
+    #[arg(long, env = "LBMANAGER_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Sync every load balancer once, then exit: 0 when all are in step, 1 otherwise.
+    #[arg(long, env = "LBMANAGER_ONCE")]
+    pub once: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -1,18 +1,31 @@
-//! The root logger: slog-term, colourful on a terminal and plain otherwise, to stderr.
+//! The root logger, to stderr: slog-term for people (colourful on a terminal, plain otherwise), or
+//! one JSON object a line for log shippers (`--log-format json`).
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use slog::{Drain, Level, Logger};
 
-pub fn logger(level: Level) -> Logger {
-    if std::io::stderr().is_terminal() {
-        let decorator = slog_term::TermDecorator::new().stderr().build();
-        let drain = Mutex::new(slog_term::FullFormat::new(decorator).build()).fuse();
-        Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
-    } else {
-        let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-        let drain = slog_term::FullFormat::new(decorator).build().fuse();
-        Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
+use crate::cli::LogFormat;
+
+pub fn logger(level: Level, format: LogFormat) -> Logger {
+    match format {
+        LogFormat::Json => {
+            let drain = slog_json::Json::new(std::io::stderr())
+                .add_default_keys()
+                .build();
+            let drain = Mutex::new(drain).fuse();
+            Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
+        }
+        LogFormat::Text if std::io::stderr().is_terminal() => {
+            let decorator = slog_term::TermDecorator::new().stderr().build();
+            let drain = Mutex::new(slog_term::FullFormat::new(decorator).build()).fuse();
+            Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
+        }
+        LogFormat::Text => {
+            let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
+            let drain = slog_term::FullFormat::new(decorator).build().fuse();
+            Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
+        }
     }
 }

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> ExitCode {
-    let log = lbmanager::logging::logger(args.log_level.to_slog());
+    let log = lbmanager::logging::logger(args.log_level.to_slog(), args.log_format);
     info!(log, "lbmanager starting";
         "version" => env!("CARGO_PKG_VERSION"),
         "etcd" => args.etcd_endpoints.join(","),
@@ -51,12 +51,17 @@ async fn run(args: RunArgs) -> ExitCode {
         route53_ttl: args.route53_ttl,
         resync_interval: args.resync_interval,
         policy: args.policy,
+        dry_run: args.dry_run,
         filters: Filters {
             elb: args.elb_filter.clone(),
             zones: args.zone_filter.clone(),
         },
         ..Settings::default()
     });
+    if args.dry_run {
+        info!(log, "dry run: nothing will be changed in AWS or etcd");
+    }
+    let (once_tx, once_rx) = tokio::sync::oneshot::channel();
     let supervisor = Supervisor::new(
         settings,
         &log,
@@ -68,14 +73,26 @@ async fn run(args: RunArgs) -> ExitCode {
         )),
         snapshot,
     )
+    .once_if(args.once, once_tx)
     .with_target_groups(Arc::new(SdkElbV2::new(
         sdk.clone(),
         (args.elbv2_rate, args.elbv2_burst),
     )))
     .start();
 
-    let code = wait_for_stop(&log, || supervisor.connected()).await;
-    if code == ExitCode::SUCCESS {
+    let code = if args.once {
+        tokio::select! {
+            code = once_rx => {
+                let code = code.unwrap_or(1);
+                info!(log, "synced once, exiting"; "converged" => code == 0);
+                ExitCode::from(code)
+            }
+            code = wait_for_stop(&log, || supervisor.connected()) => code,
+        }
+    } else {
+        wait_for_stop(&log, || supervisor.connected()).await
+    };
+    if code == ExitCode::SUCCESS || args.once {
         // Finish the AWS calls in flight; anything not done is done at the next start.
         match tokio::time::timeout(Duration::from_secs(10), supervisor.send(Shutdown)).await {
             Ok(_) => info!(log, "stopped cleanly"),

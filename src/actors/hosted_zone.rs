@@ -21,7 +21,7 @@ use super::load_balancer::ZoneSynced;
 use super::{Cause, Settings};
 use crate::aws::{AwsError, Route53Api};
 use crate::key::LbId;
-use crate::plan::{pack_batches, plan_fqdn, Action, Policy, RecordChange, RecordSet};
+use crate::plan::{pack_batches, plan_fqdn, Action, RecordChange, RecordSet};
 
 /// What the zone knows of its record sets, by FQDN (an empty list: known to have none).
 pub type ZoneCache = HashMap<String, Vec<RecordSet>>;
@@ -84,16 +84,7 @@ impl HostedZone {
         );
         let mut cache = std::mem::take(&mut self.cache);
         let fut = async move {
-            let results = sync_zone(
-                &*api,
-                &zone,
-                &batch,
-                settings.route53_ttl,
-                settings.policy,
-                &mut cache,
-                &log,
-            )
-            .await;
+            let results = sync_zone(&*api, &zone, &batch, &settings, &mut cache, &log).await;
             (batch, results, cache)
         };
         ctx.spawn(
@@ -130,16 +121,15 @@ impl Handler<ZoneDesire> for HostedZone {
 /// changes in as few calls as the limits allow. A batch refused for a reason retrying can't fix is
 /// split into one call per FQDN, so one bad FQDN does not hold up the others. Returns one result per
 /// desire, in order.
-#[allow(clippy::too_many_arguments)]
 pub async fn sync_zone(
     api: &dyn Route53Api,
     zone: &str,
     batch: &[ZoneDesire],
-    ttl: i64,
-    policy: Policy,
+    settings: &Settings,
     cache: &mut ZoneCache,
     log: &Logger,
 ) -> Vec<Result<(), AwsError>> {
+    let (ttl, policy) = (settings.route53_ttl, settings.policy);
     let mut results: Vec<Result<(), AwsError>> = vec![Ok(()); batch.len()];
     // What must be read: FQDNs not known, and all of them on a resync.
     let due: Vec<usize> = (0..batch.len())
@@ -186,13 +176,19 @@ pub async fn sync_zone(
             groups.push((i, changes));
         }
     }
+    if settings.dry_run {
+        for (i, changes) in &groups {
+            log_changes(log, &batch[*i], changes, true);
+        }
+        return results;
+    }
     for chunk in pack_batches(groups) {
         let all: Vec<RecordChange> = chunk.iter().flat_map(|(_, c)| c.clone()).collect();
         match api.change(zone, &all).await {
             Ok(()) => {
                 for (i, changes) in &chunk {
                     applied(cache, &batch[*i].fqdn, changes);
-                    log_changes(log, &batch[*i], changes);
+                    log_changes(log, &batch[*i], changes, false);
                 }
             }
             Err(e) if chunk.len() > 1 && !e.is_retryable() => {
@@ -200,7 +196,7 @@ pub async fn sync_zone(
                     results[*i] = api.change(zone, changes).await;
                     if results[*i].is_ok() {
                         applied(cache, &batch[*i].fqdn, changes);
-                        log_changes(log, &batch[*i], changes);
+                        log_changes(log, &batch[*i], changes, false);
                     } else {
                         cache.remove(&batch[*i].fqdn);
                     }
@@ -228,15 +224,20 @@ fn applied(cache: &mut ZoneCache, fqdn: &str, changes: &[RecordChange]) {
     }
 }
 
-fn log_changes(log: &Logger, desire: &ZoneDesire, changes: &[RecordChange]) {
+fn log_changes(log: &Logger, desire: &ZoneDesire, changes: &[RecordChange], dry_run: bool) {
     let list = |ips: &[IpAddr]| {
         ips.iter()
             .map(IpAddr::to_string)
             .collect::<Vec<_>>()
             .join(",")
     };
+    let msg = if dry_run {
+        "would change record set"
+    } else {
+        "changed record set"
+    };
     for c in changes {
-        info!(log, "changed record set";
+        info!(log, "{}", msg;
             "lb" => desire.lb.to_string(),
             "action" => c.action.as_str(),
             "type" => c.set.rtype.as_str(),

@@ -18,7 +18,7 @@ use super::hosted_zone::{HostedZone, ZoneDesire};
 use super::{backoff, Cause, Settings};
 use crate::aws::{AwsError, ElbApi};
 use crate::key::{LbId, Member};
-use crate::plan::{plan_elb, ElbChanges, Policy};
+use crate::plan::{plan_elb, ElbChanges};
 
 /// Where a load balancer's members live.
 #[derive(Clone)]
@@ -138,7 +138,7 @@ impl LoadBalancer {
                 else {
                     unreachable!("an ELB backend serves ELBs and target groups only");
                 };
-                let (api, log, policy) = (api.clone(), self.log.clone(), self.settings.policy);
+                let (api, log, settings) = (api.clone(), self.log.clone(), self.settings.clone());
                 let what = match self.id {
                     LbId::TargetGroup { .. } => "targets",
                     _ => "instances",
@@ -146,7 +146,7 @@ impl LoadBalancer {
                 let fut = async move {
                     let members = &desire.members;
                     let cause = desire.cause;
-                    sync_elb(&*api, &region, &name, members, cause, policy, what, &log).await
+                    sync_elb(&*api, &region, &name, members, cause, &settings, what, &log).await
                 };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
                     let res = res.map(|changes| act.warn_mismatched(changes.mismatched));
@@ -322,12 +322,23 @@ pub async fn sync_elb(
     name: &str,
     desired: &BTreeSet<Member>,
     cause: Cause,
-    policy: Policy,
+    settings: &Settings,
     what: &str,
     log: &Logger,
 ) -> Result<ElbChanges, AwsError> {
     let actual = api.members(region, name).await?;
-    let changes = plan_elb(desired, &actual, policy);
+    let changes = plan_elb(desired, &actual, settings.policy);
+    if settings.dry_run {
+        if !changes.register.is_empty() {
+            info!(log, "would register {}", what;
+                "added" => changes.register.join(","), "cause" => %cause, "dry_run" => true);
+        }
+        if !changes.deregister.is_empty() {
+            info!(log, "would deregister {}", what;
+                "removed" => changes.deregister.join(","), "cause" => %cause, "dry_run" => true);
+        }
+        return Ok(changes);
+    }
     if !changes.register.is_empty() {
         api.register(region, name, &changes.register).await?;
         info!(log, "registered {}", what;

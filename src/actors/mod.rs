@@ -53,6 +53,8 @@ pub struct Settings {
     pub retry_max: Duration,
     pub policy: Policy,
     pub filters: Filters,
+    /// Log the changes instead of making them.
+    pub dry_run: bool,
 }
 
 impl Default for Settings {
@@ -65,6 +67,7 @@ impl Default for Settings {
             retry_max: Duration::from_secs(20),
             policy: Policy::Sync,
             filters: Filters::default(),
+            dry_run: false,
         }
     }
 }

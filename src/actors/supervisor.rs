@@ -63,6 +63,8 @@ pub struct Supervisor {
     watcher: Option<Addr<EtcdWatcher>>,
     watch: bool,
     stopping: bool,
+    /// `--once`: told the exit code when the start-up sync is done.
+    once: Option<tokio::sync::oneshot::Sender<u8>>,
 }
 
 impl Supervisor {
@@ -95,12 +97,21 @@ impl Supervisor {
             watcher: None,
             watch: true,
             stopping: false,
+            once: None,
         }
     }
 
     /// The target-group (ELBv2) backend; without it, target groups go to the ELB backend.
     pub fn with_target_groups(mut self, elbv2: Arc<dyn ElbApi>) -> Self {
         self.elbv2 = elbv2;
+        self
+    }
+
+    /// `--once`: when every load balancer has been synced once, send 0 (all in step) or 1.
+    pub fn once_if(mut self, once: bool, done: tokio::sync::oneshot::Sender<u8>) -> Self {
+        if once {
+            self.once = Some(done);
+        }
         self
     }
 
@@ -190,6 +201,9 @@ impl Supervisor {
     }
 
     fn record(&self, lb: &LbId, managed: bool) {
+        if self.settings.dry_run {
+            return;
+        }
         if let Some(state) = &self.state {
             state.do_send(Record(lb.clone(), managed));
         }
@@ -232,6 +246,12 @@ impl Supervisor {
             .filter(|(k, _)| !self.deleting.contains(k))
             .collect();
         if todo.is_empty() {
+            return;
+        }
+        if self.settings.dry_run {
+            let keys: Vec<&str> = todo.iter().map(|(k, _)| k.as_str()).collect();
+            info!(self.log, "would delete superseded keys from etcd";
+                "winner" => &winner.0, "keys" => keys.join(","), "dry_run" => true);
             return;
         }
         self.deleting.extend(todo.iter().map(|(k, _)| k.clone()));
@@ -338,6 +358,9 @@ impl Supervisor {
             let s = self.startup.take().expect("checked above");
             info!(self.log, "initial sync complete";
                 "load_balancers" => s.total, "failed" => s.failed);
+            if let Some(done) = self.once.take() {
+                let _ = done.send(u8::from(s.failed > 0));
+            }
         }
     }
 }

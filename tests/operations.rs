@@ -1,0 +1,124 @@
+//! Running it: --dry-run, --once, JSON logs, lease-backed presence.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const P: &str = "/lbManager";
+const I1: &str = "i-0123456789abcdef0";
+const I2: &str = "i-0fedcba9876543210";
+
+fn key(class: &str, id: &str) -> String {
+    format!("{P}/elb/us-east-1/webLB/{class}/{id}")
+}
+
+#[tokio::test]
+async fn dry_run_changes_nothing_and_says_what_it_would_do() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let zone = aws.create_zone("example.com").await;
+    etcd.put(&key("multiple", I1)).await;
+    etcd.put(&key("single", I2)).await;
+    etcd.put(&format!(
+        "{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.1"
+    ))
+    .await;
+    moto.start_recording();
+    let daemon = Daemon::start(&etcd, &moto, &["--dry-run"]);
+    daemon.wait_log("initial sync complete").await;
+    let log = daemon.log();
+    assert!(log.contains("would register instances"), "{log}");
+    assert!(log.contains("would change record set"), "{log}");
+    assert!(log.contains("would delete superseded keys"), "{log}");
+    let ours: Vec<_> = moto
+        .recorded()
+        .into_iter()
+        .filter(|c| c.by_lbmanager())
+        .collect();
+    assert!(!ours.is_empty(), "it read AWS");
+    assert!(ours.iter().all(|c| !c.is_mutating()), "{ours:#?}");
+    assert!(aws.instances("us-east-1", "webLB").await.is_empty());
+    assert!(aws.records(&zone, "www.example.com").await.is_empty());
+    // etcd is left alone too: the superseded key stays, no managed record is written.
+    assert_eq!(etcd.keys(&format!("{P}/elb/")).await.len(), 2);
+    assert!(etcd.keys(&format!("{P}/_managed/")).await.is_empty());
+}
+
+#[tokio::test]
+async fn once_syncs_and_exits_0_when_converged_1_otherwise() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    etcd.put(&key("multiple", I1)).await;
+    let mut daemon = Daemon::start(&etcd, &moto, &["--once"]);
+    assert_eq!(daemon.exit_code(DEADLINE).await, Some(0));
+    assert_eq!(aws.instances("us-east-1", "webLB").await, strings(&[I1]));
+
+    // A load balancer that does not exist: not converged.
+    etcd.put(&format!("{P}/elb/us-east-1/ghostLB/multiple/{I2}"))
+        .await;
+    let mut daemon = Daemon::start(&etcd, &moto, &["--once"]);
+    assert_eq!(daemon.exit_code(DEADLINE).await, Some(1));
+    assert!(daemon.log().contains("ghostLB"));
+}
+
+#[tokio::test]
+async fn json_logs_one_object_a_line() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let daemon = Daemon::start(&etcd, &moto, &["--log-format", "json"]);
+    daemon.wait_log("initial sync complete").await;
+    etcd.put(&key("multiple", I1)).await;
+    daemon.wait_log("registered instances").await;
+    let log = daemon.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let change = lines
+        .iter()
+        .find(|v| v["msg"] == "registered instances")
+        .expect("the change line");
+    assert_eq!(change["lb"], "elb/us-east-1/webLB");
+    assert_eq!(change["added"], I1);
+    assert_eq!(change["cause"], "etcd event");
+    assert!(change["level"].is_string() && change["ts"].is_string());
+}
+
+/// A member written under a lease that is not kept alive leaves the load balancer when the lease
+/// expires (its host died without running ExecStop).
+#[tokio::test]
+async fn member_under_an_expired_lease_leaves_the_load_balancer() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    daemon.wait_log("initial sync complete").await;
+    let mut client = etcd.client().await;
+    let lease = client.lease_grant(3, None).await.unwrap().id();
+    client
+        .put(
+            key("multiple", I1),
+            "",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
+    etcd.put(&key("multiple", I2)).await;
+    eventually("both registered", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+    })
+    .await;
+    // Nobody keeps the lease alive: etcd deletes the key after ~3 s.
+    eventually(
+        "the leased member left",
+        Duration::from_secs(20),
+        || async { aws.instances("us-east-1", "webLB").await == strings(&[I2]) },
+    )
+    .await;
+    assert!(etcd.keys(&format!("{P}/elb/")).await.len() == 1);
+}
