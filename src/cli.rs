@@ -27,6 +27,25 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: read the key tree, sync every load balancer, then follow every change.
     Run(RunArgs),
+    /// Read etcd and AWS once and print, per load balancer, the desired and actual members and the
+    /// changes `run` would make. Exit 0: AWS matches etcd; 2: drift; 1: error.
+    Plan(PlanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Output: a table for people, or JSON for scripts.
+    #[arg(long, env = "LBMANAGER_PLAN_OUTPUT", value_enum, default_value_t = PlanOutput::Table)]
+    pub output: PlanOutput,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PlanOutput {
+    Table,
+    Json,
 }
 
 #[derive(Debug, Args)]
@@ -211,8 +230,10 @@ mod tests {
     fn every_flag_has_help_and_an_env_twin() {
         Cli::command().debug_assert();
         let cmd = Cli::command();
-        let run = cmd.find_subcommand("run").unwrap();
-        for arg in run.get_arguments() {
+        let args = ["run", "plan"]
+            .iter()
+            .flat_map(|c| cmd.find_subcommand(c).unwrap().get_arguments());
+        for arg in args {
             let id = arg.get_id().as_str();
             if id == "help" || id == "version" {
                 continue;
@@ -235,7 +256,9 @@ mod tests {
             "90s",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("parsed as run")
+        };
         assert_eq!(args.etcd_endpoints, vec!["http://a:2379", "http://b:2379"]);
         assert_eq!(args.prefix, "/lb");
         assert_eq!(args.resync_interval, Duration::from_secs(90));

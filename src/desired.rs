@@ -10,7 +10,7 @@
 //! *superseded*; the caller deletes superseded keys from etcd (guarded by the revisions seen here),
 //! so that etcd lists exactly what is in the load balancer.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use crate::filter::Filters;
 use crate::key::{self, Class, KeyError, LbId, Member};
@@ -36,6 +36,15 @@ pub struct Resolution {
     pub superseded: Vec<(String, Revision)>,
 }
 
+/// A snapshot read into desired state.
+#[derive(Debug)]
+pub struct Loaded {
+    pub desired: DesiredState,
+    /// Load balancers recorded as managed by lbmanager (`PREFIX/_managed/...`).
+    pub managed: HashSet<LbId>,
+    pub malformed: Vec<(String, KeyError)>,
+}
+
 /// The member keys of every load balancer that has any.
 #[derive(Debug)]
 pub struct DesiredState {
@@ -56,6 +65,26 @@ impl DesiredState {
             filters,
             lbs: HashMap::new(),
         }
+    }
+
+    /// Desired state from a whole snapshot of the prefix: also the load balancers recorded as
+    /// managed (within the filters), and the malformed keys with their errors.
+    pub fn from_keys(prefix: &str, filters: Filters, keys: &[(String, Revision)]) -> Loaded {
+        let mut loaded = Loaded {
+            desired: DesiredState::with_filters(prefix, filters),
+            managed: HashSet::new(),
+            malformed: Vec::new(),
+        };
+        for (key, revision) in keys {
+            if let Some(lb) = key::parse_managed(prefix, key) {
+                if loaded.desired.allows(&lb) {
+                    loaded.managed.insert(lb);
+                }
+            } else if let Err(e) = loaded.desired.put(key, *revision) {
+                loaded.malformed.push((key.clone(), e));
+            }
+        }
+        loaded
     }
 
     /// Whether the filters allow lbmanager to touch `lb`.

@@ -12,3 +12,4 @@ pub mod filter;
 pub mod key;
 pub mod logging;
 pub mod plan;
+pub mod report;

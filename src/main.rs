@@ -11,7 +11,8 @@ use slog::{error, info, warn, Logger};
 use lbmanager::actors::supervisor::{Shutdown, Supervisor};
 use lbmanager::actors::{backoff, Settings};
 use lbmanager::aws::{self, elb::SdkElb, elbv2::SdkElbV2, route53::SdkRoute53, ClientOptions};
-use lbmanager::cli::{Cli, Command, RunArgs};
+use lbmanager::cli::{Cli, Command, PlanArgs, PlanOutput, RunArgs};
+use lbmanager::desired::DesiredState;
 use lbmanager::etcd::{self, EtcdOptions, Snapshot};
 use lbmanager::filter::Filters;
 
@@ -19,6 +20,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => actix_rt::System::new().block_on(run(args)),
+        Command::Plan(args) => actix_rt::System::new().block_on(plan(args)),
     }
 }
 
@@ -101,6 +103,58 @@ async fn run(args: RunArgs) -> ExitCode {
     }
     actix_rt::System::current().stop();
     code
+}
+
+/// `lbmanager plan`: read etcd and AWS once, print what `run` would change.
+async fn plan(args: PlanArgs) -> ExitCode {
+    let run = &args.run;
+    let log = lbmanager::logging::logger(run.log_level.to_slog(), run.log_format);
+    let etcd_opts = match etcd_options(run) {
+        Ok(opts) => opts,
+        Err(e) => {
+            error!(log, "bad etcd settings"; "error" => e);
+            return ExitCode::from(2);
+        }
+    };
+    let Some((_, snapshot)) =
+        initial_read(&log, &etcd_opts, &run.prefix, run.etcd_connect_timeout).await
+    else {
+        return ExitCode::FAILURE;
+    };
+    let filters = Filters {
+        elb: run.elb_filter.clone(),
+        zones: run.zone_filter.clone(),
+    };
+    let loaded = DesiredState::from_keys(&run.prefix, filters, &snapshot.keys);
+    for (key, e) in &loaded.malformed {
+        warn!(log, "ignoring malformed key"; "key" => key, "reason" => %e);
+    }
+    let sdk = aws::load_sdk_config(&ClientOptions {
+        endpoint_url: run.aws_endpoint_url.clone(),
+        timeout: run.aws_timeout,
+    })
+    .await;
+    let plans = lbmanager::report::plan_all(
+        &loaded.desired,
+        &loaded.managed.into_iter().collect(),
+        &SdkElb::new(sdk.clone(), (run.elb_rate, run.elb_burst)),
+        &SdkElbV2::new(sdk.clone(), (run.elbv2_rate, run.elbv2_burst)),
+        &SdkRoute53::new(&sdk, (run.route53_rate, run.route53_burst)),
+        run.route53_ttl,
+        run.policy,
+    )
+    .await;
+    match args.output {
+        PlanOutput::Table => print!("{}", lbmanager::report::render_table(&plans)),
+        PlanOutput::Json => match serde_json::to_string_pretty(&plans) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                error!(log, "cannot render the plan as JSON"; "error" => %e);
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::from(lbmanager::report::exit_code(&plans))
 }
 
 fn etcd_options(args: &RunArgs) -> Result<EtcdOptions, String> {

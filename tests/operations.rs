@@ -122,3 +122,71 @@ async fn member_under_an_expired_lease_leaves_the_load_balancer() {
     .await;
     assert!(etcd.keys(&format!("{P}/elb/")).await.len() == 1);
 }
+
+#[tokio::test]
+async fn plan_shows_drift_with_exit_2_and_in_step_with_exit_0() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let zone = aws.create_zone("example.com").await;
+    etcd.put(&key("multiple", I1)).await;
+    etcd.put(&format!(
+        "{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.1"
+    ))
+    .await;
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "--etcd-endpoints",
+            &etcd.url,
+            "--aws-endpoint-url",
+            &moto.url,
+        ];
+        args.extend_from_slice(extra);
+        lbmanager(&args)
+    };
+    moto.start_recording();
+    let (code, table, _) = plan(&[]);
+    assert_eq!(code, Some(2), "{table}");
+    assert!(
+        table.contains("elb/us-east-1/webLB") && table.contains(&format!("register {I1}")),
+        "{table}"
+    );
+    assert!(table.contains("CREATE A 192.0.2.1"), "{table}");
+    assert!(
+        moto.recorded().iter().all(|c| !c.is_mutating()),
+        "plan changes nothing"
+    );
+
+    let (code, _, err) = lbmanager(&[
+        "run",
+        "--once",
+        "--etcd-endpoints",
+        &etcd.url,
+        "--aws-endpoint-url",
+        &moto.url,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, table, _) = plan(&[]);
+    assert_eq!(code, Some(0), "{table}");
+    assert_eq!(table.matches("in step").count(), 2, "{table}");
+
+    // Drift by hand, seen in JSON.
+    aws.register("us-east-1", "webLB", I2).await;
+    let (code, json, _) = plan(&["--output", "json"]);
+    assert_eq!(code, Some(2));
+    let plans: Vec<serde_json::Value> = serde_json::from_str(&json).expect("JSON");
+    let elb = plans
+        .iter()
+        .find(|p| p["load_balancer"] == "elb/us-east-1/webLB")
+        .unwrap();
+    assert_eq!(elb["changes"][0], format!("deregister {I2}"));
+    assert_eq!(elb["desired"][0], I1);
+
+    // A load balancer that cannot be read: exit 1.
+    etcd.put(&format!("{P}/elb/us-east-1/ghostLB/multiple/{I1}"))
+        .await;
+    let (code, table, _) = plan(&[]);
+    assert_eq!(code, Some(1), "{table}");
+    assert!(table.contains("error:"), "{table}");
+}

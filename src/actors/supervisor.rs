@@ -23,7 +23,7 @@ use super::{Cause, Settings};
 use crate::aws::{ElbApi, Route53Api};
 use crate::desired::{DesiredState, Revision};
 use crate::etcd::{self, Snapshot};
-use crate::key::{self, LbId, Member};
+use crate::key::{LbId, Member};
 
 /// A load balancer the Supervisor manages.
 struct Managed {
@@ -130,20 +130,17 @@ impl Supervisor {
     /// Replaces the desired state with a whole snapshot and reconciles every load balancer that has
     /// keys now or had them before.
     fn apply_snapshot(&mut self, snapshot: &Snapshot, cause: Cause, ctx: &mut Context<Self>) {
-        self.desired =
-            DesiredState::with_filters(&self.settings.prefix, self.settings.filters.clone());
+        let loaded = DesiredState::from_keys(
+            &self.settings.prefix,
+            self.settings.filters.clone(),
+            &snapshot.keys,
+        );
+        self.desired = loaded.desired;
+        self.recorded.extend(loaded.managed);
         let mut warned = HashSet::new();
-        for (key, revision) in &snapshot.keys {
-            if let Some(lb) = key::parse_managed(&self.settings.prefix, key) {
-                if self.desired.allows(&lb) {
-                    self.recorded.insert(lb);
-                }
-                continue;
-            }
-            if let Err(e) = self.desired.put(key, *revision) {
-                warned.insert(key.clone());
-                self.warn_once(key, &e);
-            }
+        for (key, e) in &loaded.malformed {
+            warned.insert(key.clone());
+            self.warn_once(key, e);
         }
         self.warned.retain(|k| warned.contains(k));
         let mut touched: HashSet<LbId> = self.desired.load_balancers().cloned().collect();

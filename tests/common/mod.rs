@@ -584,6 +584,26 @@ impl Drop for Daemon {
     }
 }
 
+/// Runs `lbmanager ARGS…` to completion with the test credentials; returns (exit code, stdout,
+/// stderr).
+pub fn lbmanager(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_lbmanager"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .expect("the lbmanager binary");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The test's own AWS clients, pointed at moto.
 pub struct Aws {
     config: aws_config::SdkConfig,

@@ -1,0 +1,188 @@
+//! `lbmanager plan`: read etcd and AWS once and say, per load balancer, what `run` would change.
+//!
+//! The comparison is the same pure planning `run` uses ([`crate::plan`]); this module only reads,
+//! collects and renders. Rendering is pure (tested without AWS).
+
+use std::collections::BTreeSet;
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::aws::{AwsError, ElbApi, Route53Api};
+use crate::desired::DesiredState;
+use crate::key::{LbId, Member};
+use crate::plan::{plan_elb, plan_fqdn, Policy};
+
+/// One load balancer's plan.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct LbPlan {
+    pub load_balancer: String,
+    pub desired: Vec<String>,
+    pub actual: Vec<String>,
+    /// Human-readable changes: `register i-1,i-2`, `deregister …`, `UPSERT A 192.0.2.1,…`.
+    pub changes: Vec<String>,
+    /// Why AWS could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// Plans every load balancer that has keys (and those recorded as managed, which `run` would
+/// empty).
+pub async fn plan_all(
+    desired: &DesiredState,
+    managed: &BTreeSet<LbId>,
+    elb: &dyn ElbApi,
+    elbv2: &dyn ElbApi,
+    route53: &dyn Route53Api,
+    ttl: i64,
+    policy: Policy,
+) -> Vec<LbPlan> {
+    let mut lbs: BTreeSet<LbId> = desired.load_balancers().cloned().collect();
+    lbs.extend(managed.iter().cloned());
+    let mut plans = Vec::new();
+    for lb in lbs {
+        let members = desired.resolve(&lb).members;
+        let mut plan = LbPlan {
+            load_balancer: lb.to_string(),
+            desired: members.iter().map(Member::to_string).collect(),
+            ..LbPlan::default()
+        };
+        let result: Result<(), AwsError> = async {
+            match &lb {
+                LbId::Elb { region, name } | LbId::TargetGroup { region, name } => {
+                    let api = if matches!(lb, LbId::Elb { .. }) {
+                        elb
+                    } else {
+                        elbv2
+                    };
+                    let actual = api.members(region, name).await?;
+                    plan.actual = actual.members.iter().cloned().collect();
+                    let changes = plan_elb(&members, &actual, policy);
+                    if !changes.register.is_empty() {
+                        plan.changes
+                            .push(format!("register {}", changes.register.join(",")));
+                    }
+                    if !changes.deregister.is_empty() {
+                        plan.changes
+                            .push(format!("deregister {}", changes.deregister.join(",")));
+                    }
+                }
+                LbId::Route53 { zone, fqdn } => {
+                    let current = route53.record_sets(zone, fqdn).await?;
+                    plan.actual = current.iter().flat_map(|s| s.values.clone()).collect();
+                    let ips = members
+                        .iter()
+                        .filter_map(|m| match m {
+                            Member::Ip(ip) => Some(*ip),
+                            _ => None,
+                        })
+                        .collect();
+                    for c in plan_fqdn(fqdn, &ips, &current, ttl, policy) {
+                        plan.changes.push(format!(
+                            "{} {} {}",
+                            c.action.as_str(),
+                            c.set.rtype,
+                            c.set.values.join(",")
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        }
+        .await;
+        plan.error = result.err().map(|e| e.to_string());
+        plans.push(plan);
+    }
+    plans
+}
+
+/// The exit code of `plan`: 1 if anything could not be read, 2 if anything would change, else 0.
+pub fn exit_code(plans: &[LbPlan]) -> u8 {
+    if plans.iter().any(|p| p.error.is_some()) {
+        1
+    } else if plans.iter().any(|p| !p.changes.is_empty()) {
+        2
+    } else {
+        0
+    }
+}
+
+/// A table for a terminal.
+pub fn render_table(plans: &[LbPlan]) -> String {
+    let mut out = String::new();
+    let width = plans
+        .iter()
+        .map(|p| p.load_balancer.len())
+        .max()
+        .unwrap_or(0)
+        .max("LOAD BALANCER".len());
+    let _ = writeln!(
+        out,
+        "{:width$}  {:>7}  {:>6}  CHANGES",
+        "LOAD BALANCER", "DESIRED", "ACTUAL"
+    );
+    for p in plans {
+        let changes = match (&p.error, p.changes.is_empty()) {
+            (Some(e), _) => format!("error: {e}"),
+            (None, true) => "in step".to_string(),
+            (None, false) => p.changes.join("; "),
+        };
+        let _ = writeln!(
+            out,
+            "{:width$}  {:>7}  {:>6}  {changes}",
+            p.load_balancer,
+            p.desired.len(),
+            p.actual.len()
+        );
+    }
+    let drift = plans.iter().filter(|p| !p.changes.is_empty()).count();
+    let _ = writeln!(
+        out,
+        "\n{} load balancer(s), {drift} with changes to make, {} unreadable",
+        plans.len(),
+        plans.iter().filter(|p| p.error.is_some()).count()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(name: &str, changes: &[&str], error: Option<&str>) -> LbPlan {
+        LbPlan {
+            load_balancer: name.into(),
+            desired: vec!["i-00000001".into()],
+            actual: vec![],
+            changes: changes.iter().map(|s| s.to_string()).collect(),
+            error: error.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code(&[]), 0);
+        assert_eq!(exit_code(&[plan("a", &[], None)]), 0);
+        assert_eq!(
+            exit_code(&[plan("a", &[], None), plan("b", &["register i-1"], None)]),
+            2
+        );
+        assert_eq!(
+            exit_code(&[plan("a", &["x"], None), plan("b", &[], Some("boom"))]),
+            1
+        );
+    }
+
+    #[test]
+    fn table_says_what_would_change() {
+        let t = render_table(&[
+            plan("elb/us-east-1/web", &["register i-00000001"], None),
+            plan("route53/Z1/www.example.com", &[], None),
+            plan("elb/us-east-1/ghost", &[], Some("LoadBalancerNotFound")),
+        ]);
+        assert!(t.starts_with("LOAD BALANCER"));
+        assert!(t.contains("elb/us-east-1/web") && t.contains("register i-00000001"));
+        assert!(t.contains("in step"));
+        assert!(t.contains("error: LoadBalancerNotFound"));
+        assert!(t.contains("3 load balancer(s), 1 with changes to make, 1 unreadable"));
+    }
+}
