@@ -165,6 +165,10 @@ pub struct RunArgs {
     #[arg(long, env = "LBMANAGER_DRY_RUN")]
     pub dry_run: bool,
 
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090). Off by default.
+    #[arg(long, env = "LBMANAGER_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+
     /// Sync every load balancer once, then exit: 0 when all are in step, 1 otherwise.
     #[arg(long, env = "LBMANAGER_ONCE")]
     pub once: bool,

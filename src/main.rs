@@ -10,6 +10,7 @@ use slog::{error, info, warn, Logger};
 
 use lbmanager::actors::supervisor::{Shutdown, Supervisor};
 use lbmanager::actors::{backoff, Settings};
+use lbmanager::aws::metered::{MeteredElb, MeteredRoute53};
 use lbmanager::aws::{self, elb::SdkElb, elbv2::SdkElbV2, route53::SdkRoute53, ClientOptions};
 use lbmanager::cli::{Cli, Command, PlanArgs, PlanOutput, RunArgs};
 use lbmanager::desired::DesiredState;
@@ -48,12 +49,21 @@ async fn run(args: RunArgs) -> ExitCode {
         timeout: args.aws_timeout,
     })
     .await;
+    let metrics = Arc::new(lbmanager::metrics::Metrics::new());
+    if let Some(addr) = args.listen {
+        if let Err(e) = lbmanager::http::serve(addr, metrics.clone()) {
+            error!(log, "cannot listen"; "address" => %addr, "error" => %e);
+            return ExitCode::FAILURE;
+        }
+        info!(log, "serving /metrics, /healthz and /readyz"; "address" => %addr);
+    }
     let settings = Arc::new(Settings {
         prefix: args.prefix.clone(),
         route53_ttl: args.route53_ttl,
         resync_interval: args.resync_interval,
         policy: args.policy,
         dry_run: args.dry_run,
+        metrics: metrics.clone(),
         filters: Filters {
             elb: args.elb_filter.clone(),
             zones: args.zone_filter.clone(),
@@ -68,18 +78,29 @@ async fn run(args: RunArgs) -> ExitCode {
         settings,
         &log,
         client,
-        Arc::new(SdkElb::new(sdk.clone(), (args.elb_rate, args.elb_burst))),
-        Arc::new(SdkRoute53::new(
-            &sdk,
-            (args.route53_rate, args.route53_burst),
-        )),
+        Arc::new(MeteredElb {
+            inner: Arc::new(SdkElb::new(sdk.clone(), (args.elb_rate, args.elb_burst))),
+            metrics: metrics.clone(),
+            service: "elb",
+        }),
+        Arc::new(MeteredRoute53 {
+            inner: Arc::new(SdkRoute53::new(
+                &sdk,
+                (args.route53_rate, args.route53_burst),
+            )),
+            metrics: metrics.clone(),
+        }),
         snapshot,
     )
     .once_if(args.once, once_tx)
-    .with_target_groups(Arc::new(SdkElbV2::new(
-        sdk.clone(),
-        (args.elbv2_rate, args.elbv2_burst),
-    )))
+    .with_target_groups(Arc::new(MeteredElb {
+        inner: Arc::new(SdkElbV2::new(
+            sdk.clone(),
+            (args.elbv2_rate, args.elbv2_burst),
+        )),
+        metrics: metrics.clone(),
+        service: "elbv2",
+    }))
     .start();
 
     let code = if args.once {

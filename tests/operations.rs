@@ -190,3 +190,82 @@ async fn plan_shows_drift_with_exit_2_and_in_step_with_exit_0() {
     assert_eq!(code, Some(1), "{table}");
     assert!(table.contains("error:"), "{table}");
 }
+
+/// `GET path` on 127.0.0.1:`port`: (status, body); None while nothing answers.
+fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
+}
+
+/// The value of the sample `series` (name and labels as printed) in Prometheus text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_move_with_syncs_and_readyz_waits_for_the_first_sync() {
+    use common::proxy::FaultProxy;
+    use std::sync::atomic::Ordering;
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    etcd.put(&key("multiple", I1)).await;
+    // The first sync is slow (1.5 s a call), so /readyz can be seen saying no.
+    let proxy = FaultProxy::start(moto.port, 0, 9);
+    proxy.delay_ms.store(1500, Ordering::SeqCst);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &["--listen", &listen]);
+    eventually("/healthz answers", DEADLINE, || async {
+        http_get(port, "/healthz").map(|r| r.0) == Some(200)
+    })
+    .await;
+    assert_eq!(http_get(port, "/readyz").unwrap().0, 503);
+    proxy.delay_ms.store(0, Ordering::SeqCst);
+    eventually("/readyz says ready", DEADLINE, || async {
+        http_get(port, "/readyz").map(|r| r.0) == Some(200)
+    })
+    .await;
+
+    let (status, text) = http_get(port, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    // Prometheus/OpenMetrics text: comments, samples `name{labels} value`, `# EOF` last.
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').expect("a sample");
+        assert!(series.starts_with("lbmanager_"), "{line}");
+        assert!(value.parse::<f64>().is_ok(), "{line}");
+    }
+    let register =
+        "lbmanager_aws_calls_total{service=\"elb\",operation=\"register\",result=\"ok\"}";
+    let syncs = "lbmanager_syncs_total{kind=\"elb\",result=\"ok\"}";
+    assert_eq!(sample(&text, register), Some(1.0), "{text}");
+    let syncs_before = sample(&text, syncs).unwrap();
+    assert!(sample(&text, "lbmanager_last_full_sync_timestamp_seconds").unwrap() > 1e9);
+    assert!(sample(&text, "lbmanager_etcd_watch_revision").is_some());
+
+    etcd.put(&key("multiple", I2)).await;
+    eventually(
+        "the counters moved with the next sync",
+        DEADLINE,
+        || async {
+            let text = http_get(port, "/metrics").unwrap().1;
+            sample(&text, register) == Some(2.0)
+                && sample(&text, syncs).unwrap_or(0.0) > syncs_before
+                && sample(
+                    &text,
+                    "lbmanager_members{load_balancer=\"elb/us-east-1/webLB\"}",
+                ) == Some(2.0)
+        },
+    )
+    .await;
+    assert!(text.contains("lbmanager_sync_duration_seconds_bucket"));
+    assert_eq!(daemon.stop(), Some(0));
+}

@@ -130,6 +130,8 @@ impl EtcdWatcher {
 
     fn retry_later(&mut self, ctx: &mut Context<Self>, reason: &str) {
         self.drop_stream(ctx);
+        self.settings.metrics.set_watch_live(false);
+        self.settings.metrics.watch_reconnects.inc();
         let delay = self.delay();
         warn!(self.log, "etcd watch broken, will reconnect";
             "reason" => reason, "retry_in" => ?delay, "resume_revision" => self.next_revision);
@@ -138,6 +140,7 @@ impl EtcdWatcher {
 
     fn relist(&mut self, ctx: &mut Context<Self>) {
         self.drop_stream(ctx);
+        self.settings.metrics.set_watch_live(false);
         let mut client = self.client.clone();
         let prefix = self.settings.prefix.clone();
         let fut =
@@ -188,6 +191,7 @@ impl StreamHandler<Item> for EtcdWatcher {
         }
         if resp.created() {
             self.attempt = 0;
+            self.settings.metrics.set_watch_live(true);
             return;
         }
         let mut changes = Vec::with_capacity(resp.events().len());
@@ -205,6 +209,10 @@ impl StreamHandler<Item> for EtcdWatcher {
             self.next_revision = self.next_revision.max(kv.mod_revision() + 1);
         }
         let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        self.settings
+            .metrics
+            .watch_revision
+            .set(self.next_revision - 1);
         if changes.is_empty() {
             // A progress notification: nothing under the prefix changed up to `revision`.
             self.next_revision = self.next_revision.max(revision + 1);

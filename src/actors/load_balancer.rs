@@ -83,6 +83,8 @@ pub struct LoadBalancer {
     retry: Option<SpawnHandle>,
     /// The last failure was retryable: the pending retry is a backoff that news must not cut short.
     backing_off: bool,
+    /// When the sync in flight started (for the duration metric).
+    started_at: Option<std::time::Instant>,
     /// Targets already warned about for not fitting the target group's type.
     mismatched: std::collections::HashSet<String>,
     /// Set by [`Drain`]: who waits for the sync in flight to end.
@@ -110,6 +112,7 @@ impl LoadBalancer {
             failures: 0,
             retry: None,
             backing_off: false,
+            started_at: None,
             mismatched: Default::default(),
             draining: None,
         }
@@ -131,6 +134,8 @@ impl LoadBalancer {
         }
         self.in_flight = true;
         self.pending = false;
+        self.started_at = Some(std::time::Instant::now());
+        self.settings.metrics.syncs_pending.inc();
         match &self.backend {
             Backend::Elb(api) => {
                 let (LbId::Elb { region, name } | LbId::TargetGroup { region, name }) =
@@ -187,8 +192,34 @@ impl LoadBalancer {
         }
     }
 
+    /// The kind label of this load balancer's metrics.
+    fn kind(&self) -> &'static str {
+        match self.id {
+            LbId::Elb { .. } => "elb",
+            LbId::TargetGroup { .. } => "elbv2",
+            LbId::Route53 { .. } => "route53",
+        }
+    }
+
     fn finished(&mut self, generation: u64, error: Option<AwsError>, ctx: &mut Context<Self>) {
+        if !self.in_flight {
+            // The answer of a sync given up (its zone actor was replaced).
+            return;
+        }
         self.in_flight = false;
+        let metrics = &self.settings.metrics;
+        metrics.syncs_pending.dec();
+        let result = if error.is_none() { "ok" } else { "error" };
+        let kind = vec![("kind", self.kind().to_string())];
+        let mut labels = kind.clone();
+        labels.push(("result", result.to_string()));
+        metrics.syncs.get_or_create(&labels).inc();
+        if let Some(started) = self.started_at.take() {
+            metrics
+                .sync_duration
+                .get_or_create(&kind)
+                .observe(started.elapsed().as_secs_f64());
+        }
         self.supervisor.do_send(Synced {
             lb: self.id.clone(),
             generation,
@@ -277,7 +308,10 @@ impl Handler<SetZone> for LoadBalancer {
     fn handle(&mut self, msg: SetZone, ctx: &mut Self::Context) {
         self.backend = Backend::Route53(msg.0);
         // Whatever was in flight died with the old zone actor.
-        self.in_flight = false;
+        if self.in_flight {
+            self.in_flight = false;
+            self.settings.metrics.syncs_pending.dec();
+        }
         if let Some(desire) = self.desired.as_mut() {
             desire.cause = Cause::Restart;
         }

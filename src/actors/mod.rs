@@ -6,7 +6,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use crate::filter::Filters;
+use crate::metrics::Metrics;
 use crate::plan::Policy;
 
 pub mod etcd_watcher;
@@ -55,6 +58,7 @@ pub struct Settings {
     pub filters: Filters,
     /// Log the changes instead of making them.
     pub dry_run: bool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for Settings {
@@ -68,6 +72,7 @@ impl Default for Settings {
             policy: Policy::Sync,
             filters: Filters::default(),
             dry_run: false,
+            metrics: Arc::default(),
         }
     }
 }

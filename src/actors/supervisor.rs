@@ -186,6 +186,11 @@ impl Supervisor {
                 },
             );
         }
+        self.settings
+            .metrics
+            .members
+            .get_or_create(&vec![("load_balancer", lb.to_string())])
+            .set(members.len() as i64);
         let managed = self.lbs.get_mut(lb).expect("inserted above");
         managed.members = members.clone();
         managed.generation = generation;
@@ -355,6 +360,14 @@ impl Supervisor {
             let s = self.startup.take().expect("checked above");
             info!(self.log, "initial sync complete";
                 "load_balancers" => s.total, "failed" => s.failed);
+            let metrics = &self.settings.metrics;
+            metrics.set_initial_sync_done();
+            if s.failed == 0 {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default();
+                metrics.last_full_sync.set(now.as_secs_f64());
+            }
             if let Some(done) = self.once.take() {
                 let _ = done.send(u8::from(s.failed > 0));
             }
@@ -425,6 +438,10 @@ impl Handler<Synced> for Supervisor {
                 debug!(self.log, "load balancer has no keys left, no longer managed";
                     "lb" => msg.lb.to_string());
                 managed.addr.do_send(Retire);
+                self.settings
+                    .metrics
+                    .members
+                    .remove(&vec![("load_balancer", msg.lb.to_string())]);
                 if self.recorded.remove(&msg.lb) {
                     self.record(&msg.lb, false);
                 }

@@ -15,6 +15,7 @@ use crate::plan::{RecordChange, RecordSet, Registered};
 pub mod elb;
 pub mod elbv2;
 pub mod fake;
+pub mod metered;
 pub mod route53;
 
 /// The members of an ELB-like load balancer: a Classic ELB (members are instance ids) or an ELBv2

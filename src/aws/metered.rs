@@ -1,0 +1,78 @@
+//! Decorators that count every AWS call in [`Metrics`] by service, operation and result, around
+//! any implementation of the traits (so the SDK clients stay free of bookkeeping).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::{AwsError, ElbApi, ErrorKind, Route53Api};
+use crate::metrics::Metrics;
+use crate::plan::{RecordChange, RecordSet, Registered};
+
+fn result<T>(r: &Result<T, AwsError>) -> &'static str {
+    match r {
+        Ok(_) => "ok",
+        Err(e) => match e.kind {
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Transient => "transient",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Rejected => "rejected",
+        },
+    }
+}
+
+/// Counts the calls of an [`ElbApi`]; `service` is `elb` or `elbv2`.
+pub struct MeteredElb {
+    pub inner: Arc<dyn ElbApi>,
+    pub metrics: Arc<Metrics>,
+    pub service: &'static str,
+}
+
+#[async_trait]
+impl ElbApi for MeteredElb {
+    async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError> {
+        let r = self.inner.members(region, name).await;
+        self.metrics.aws_call(self.service, "describe", result(&r));
+        r
+    }
+
+    async fn register(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+        let r = self.inner.register(region, name, ids).await;
+        self.metrics.aws_call(self.service, "register", result(&r));
+        r
+    }
+
+    async fn deregister(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+        let r = self.inner.deregister(region, name, ids).await;
+        self.metrics
+            .aws_call(self.service, "deregister", result(&r));
+        r
+    }
+}
+
+/// Counts the calls of a [`Route53Api`].
+pub struct MeteredRoute53 {
+    pub inner: Arc<dyn Route53Api>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl Route53Api for MeteredRoute53 {
+    async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError> {
+        let r = self.inner.record_sets(zone, fqdn).await;
+        self.metrics.aws_call("route53", "list_name", result(&r));
+        r
+    }
+
+    async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
+        let r = self.inner.zone_record_sets(zone).await;
+        self.metrics.aws_call("route53", "list_zone", result(&r));
+        r
+    }
+
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
+        let r = self.inner.change(zone, changes).await;
+        self.metrics.aws_call("route53", "change", result(&r));
+        r
+    }
+}

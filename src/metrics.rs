@@ -1,0 +1,171 @@
+//! Prometheus metrics and the health state behind `/metrics`, `/healthz` and `/readyz`
+//! (prometheus-client, text format; every name starts with `lbmanager_`).
+//!
+//! One [`Metrics`] is shared by every actor through [`crate::actors::Settings`]; updating it is a
+//! few atomic operations, so it costs nothing when nobody scrapes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// Label sets: (name, value) pairs.
+pub type Labels = Vec<(&'static str, String)>;
+
+type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+fn sync_histogram() -> Histogram {
+    // 5 ms to ~20 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// AWS calls by service, operation and result.
+    pub aws_calls: Family<Labels, Counter>,
+    /// Syncs by kind of load balancer and result.
+    pub syncs: Family<Labels, Counter>,
+    pub sync_duration: HistogramFamily,
+    /// Desired members per load balancer.
+    pub members: Family<Labels, Gauge>,
+    /// Syncs running or waiting for a retry.
+    pub syncs_pending: Gauge,
+    /// The last etcd revision the watch delivered.
+    pub watch_revision: Gauge,
+    pub watch_reconnects: Counter,
+    /// Unix time of the last start-up or relist after which every load balancer was in step.
+    pub last_full_sync: Gauge<f64, AtomicU64>,
+    initial_sync_done: AtomicBool,
+    watch_live: AtomicBool,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lbmanager");
+        let m = Metrics {
+            aws_calls: Family::default(),
+            syncs: Family::default(),
+            sync_duration: Family::new_with_constructor(sync_histogram),
+            members: Family::default(),
+            syncs_pending: Gauge::default(),
+            watch_revision: Gauge::default(),
+            watch_reconnects: Counter::default(),
+            last_full_sync: Gauge::default(),
+            initial_sync_done: AtomicBool::new(false),
+            watch_live: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "aws_calls",
+            "AWS calls by service, operation and result",
+            m.aws_calls.clone(),
+        );
+        registry.register(
+            "syncs",
+            "Syncs by load balancer kind and result",
+            m.syncs.clone(),
+        );
+        registry.register(
+            "sync_duration_seconds",
+            "How long a sync took, from the first read to the last change",
+            m.sync_duration.clone(),
+        );
+        registry.register(
+            "members",
+            "Desired members per load balancer",
+            m.members.clone(),
+        );
+        registry.register(
+            "syncs_pending",
+            "Syncs running or waiting for a retry",
+            m.syncs_pending.clone(),
+        );
+        registry.register(
+            "etcd_watch_revision",
+            "The last etcd revision the watch delivered",
+            m.watch_revision.clone(),
+        );
+        registry.register(
+            "etcd_watch_reconnects",
+            "Times the etcd watch broke and was re-established",
+            m.watch_reconnects.clone(),
+        );
+        registry.register(
+            "last_full_sync_timestamp_seconds",
+            "Unix time of the last full sync after which every load balancer was in step",
+            m.last_full_sync.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The metrics in Prometheus/OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn set_initial_sync_done(&self) {
+        self.initial_sync_done.store(true, Ordering::SeqCst);
+    }
+
+    pub fn set_watch_live(&self, live: bool) {
+        self.watch_live.store(live, Ordering::SeqCst);
+    }
+
+    /// Ready: the start-up sync is done and the etcd watch is live.
+    pub fn ready(&self) -> bool {
+        self.initial_sync_done.load(Ordering::SeqCst) && self.watch_live.load(Ordering::SeqCst)
+    }
+
+    /// Counts one AWS call.
+    pub fn aws_call(&self, service: &'static str, operation: &'static str, result: &'static str) {
+        self.aws_calls
+            .get_or_create(&vec![
+                ("service", service.to_string()),
+                ("operation", operation.to_string()),
+                ("result", result.to_string()),
+            ])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_format_with_prefix() {
+        let m = Metrics::new();
+        m.aws_call("elb", "describe", "ok");
+        m.syncs_pending.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE lbmanager_aws_calls counter"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "lbmanager_aws_calls_total{service=\"elb\",operation=\"describe\",result=\"ok\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("lbmanager_syncs_pending 1"));
+        assert!(text.ends_with("# EOF\n"));
+        assert!(!m.ready());
+        m.set_initial_sync_done();
+        m.set_watch_live(true);
+        assert!(m.ready());
+    }
+}
