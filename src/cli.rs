@@ -165,6 +165,16 @@ pub struct RunArgs {
     #[arg(long, env = "LBMANAGER_DRY_RUN")]
     pub dry_run: bool,
 
+    /// High availability: elect a leader among the lbmanager instances through etcd; only the
+    /// leader calls AWS, a standby takes over when it dies.
+    #[arg(long, env = "LBMANAGER_HA")]
+    pub ha: bool,
+
+    /// With --ha: the leader's etcd lease. A standby takes over this long after the leader died;
+    /// the leader stops on its own when the lease goes unconfirmed for half of it.
+    #[arg(long, env = "LBMANAGER_HA_LEASE_TTL", default_value = "10s", value_parser = parse_ttl)]
+    pub ha_lease_ttl: Duration,
+
     /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090). Off by default.
     #[arg(long, env = "LBMANAGER_LISTEN")]
     pub listen: Option<std::net::SocketAddr>,
@@ -215,6 +225,14 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
         _ => Err("must be a number of calls per second above 0, like 5 or 0.5".into()),
     }
+}
+
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(2) {
+        return Err("must be at least 2s".into());
+    }
+    Ok(d)
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod desired;
 pub mod etcd;
 pub mod filter;
+pub mod ha;
 pub mod http;
 pub mod key;
 pub mod logging;

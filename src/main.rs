@@ -39,6 +39,20 @@ async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let leadership = if args.ha {
+        tokio::select! {
+            led = lbmanager::ha::lead(&etcd_opts, &args.prefix, args.ha_lease_ttl, &log) => match led {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    error!(log, "cannot take part in the leader election"; "error" => %e);
+                    return ExitCode::FAILURE;
+                }
+            },
+            code = wait_for_stop(&log, || true) => return code,
+        }
+    } else {
+        None
+    };
     let Some((client, snapshot)) =
         initial_read(&log, &etcd_opts, &args.prefix, args.etcd_connect_timeout).await
     else {
@@ -121,6 +135,10 @@ async fn run(args: RunArgs) -> ExitCode {
             Ok(_) => info!(log, "stopped cleanly"),
             Err(_) => warn!(log, "calls still in flight after 10s, stopping anyway"),
         }
+    }
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+        info!(log, "resigned the leadership");
     }
     actix_rt::System::current().stop();
     code
