@@ -121,6 +121,11 @@ async fn member_under_an_expired_lease_leaves_the_load_balancer() {
     )
     .await;
     assert!(etcd.keys(&format!("{P}/elb/")).await.len() == 1);
+    assert!(
+        daemon.log().contains("cause: lease expiry"),
+        "{}",
+        daemon.log()
+    );
 }
 
 #[tokio::test]

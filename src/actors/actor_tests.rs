@@ -76,7 +76,10 @@ fn put(key: &str, revision: i64) -> EtcdChanges {
 
 fn del(key: &str, revision: i64) -> EtcdChanges {
     EtcdChanges {
-        changes: vec![KeyChange::Delete { key: key.into() }],
+        changes: vec![KeyChange::Delete {
+            key: key.into(),
+            leased: false,
+        }],
         revision,
     }
 }

@@ -22,8 +22,15 @@ use crate::etcd::{self, Snapshot};
 /// One change of a key under the prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum KeyChange {
-    Put { key: String, revision: Revision },
-    Delete { key: String },
+    Put {
+        key: String,
+        revision: Revision,
+    },
+    /// `leased`: the key had a lease (its delete is, in practice, the lease's expiry).
+    Delete {
+        key: String,
+        leased: bool,
+    },
 }
 
 /// Changes from the watch, in etcd's order.
@@ -114,7 +121,9 @@ impl EtcdWatcher {
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.next_revision)
-            .with_progress_notify();
+            .with_progress_notify()
+            // The previous value tells a leased key's delete (a lease expiry) from others.
+            .with_prev_key();
         let fut = async move { client.watch(key, Some(options)).await };
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(stream) => {
@@ -204,7 +213,10 @@ impl StreamHandler<Item> for EtcdWatcher {
                     key,
                     revision: kv.mod_revision(),
                 },
-                EventType::Delete => KeyChange::Delete { key },
+                EventType::Delete => KeyChange::Delete {
+                    key,
+                    leased: event.prev_kv().is_some_and(|p| p.lease() != 0),
+                },
             });
             self.next_revision = self.next_revision.max(kv.mod_revision() + 1);
         }

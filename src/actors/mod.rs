@@ -31,6 +31,8 @@ pub enum Cause {
     Relist,
     /// An actor was restarted after it failed.
     Restart,
+    /// A member key that had an etcd lease was deleted: its lease expired (or was revoked).
+    LeaseExpiry,
 }
 
 impl fmt::Display for Cause {
@@ -41,6 +43,7 @@ impl fmt::Display for Cause {
             Cause::Resync => "resync (drift)",
             Cause::Relist => "relist",
             Cause::Restart => "actor restart",
+            Cause::LeaseExpiry => "lease expiry",
         })
     }
 }

@@ -382,25 +382,33 @@ impl Handler<EtcdChanges> for Supervisor {
         if self.stopping {
             return;
         }
-        let mut touched: HashSet<LbId> = HashSet::new();
+        // Each touched load balancer with its cause: a leased key's delete is a lease expiry.
+        let mut touched: HashMap<LbId, Cause> = HashMap::new();
         for change in msg.changes {
             match change {
                 KeyChange::Put { key, revision } => match self.desired.put(&key, revision) {
                     Ok(Some(lb)) => {
                         self.warned.remove(&key);
-                        touched.insert(lb);
+                        touched.entry(lb).or_insert(Cause::EtcdEvent);
                     }
                     Ok(None) => {}
                     Err(e) => self.warn_once(&key, &e),
                 },
-                KeyChange::Delete { key } => {
+                KeyChange::Delete { key, leased } => {
                     self.warned.remove(&key);
-                    touched.extend(self.desired.delete(&key));
+                    if let Some(lb) = self.desired.delete(&key) {
+                        let cause = if leased {
+                            Cause::LeaseExpiry
+                        } else {
+                            Cause::EtcdEvent
+                        };
+                        touched.insert(lb, cause);
+                    }
                 }
             }
         }
-        for lb in touched {
-            self.reconcile(&lb, Cause::EtcdEvent, ctx);
+        for (lb, cause) in touched {
+            self.reconcile(&lb, cause, ctx);
         }
     }
 }
