@@ -467,17 +467,11 @@ impl Daemon {
             .append(true)
             .open(&self.log_path)
             .expect("daemon log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lbmanager"));
+        let mut cmd = lbmanager_command();
         cmd.arg("run")
             .args(["--etcd-endpoints", etcd_url])
             .args(["--aws-endpoint-url", moto_url])
             .args(extra)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
-            .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("LBMANAGER_LOG_LEVEL", "debug");
         for (name, value) in &self.env {
             match value {
@@ -584,17 +578,23 @@ impl Drop for Daemon {
     }
 }
 
-/// Runs `lbmanager ARGS…` to completion with the test credentials; returns (exit code, stdout,
-/// stderr).
-pub fn lbmanager(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lbmanager"))
-        .args(args)
-        .env_clear()
+/// The binary under test with a clean environment: the test credentials, no instance metadata.
+fn lbmanager_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lbmanager"));
+    cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("AWS_ACCESS_KEY_ID", AWS_KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", AWS_SECRET)
         .env("AWS_REGION", "us-east-1")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+    cmd
+}
+
+/// Runs `lbmanager ARGS…` to completion with the test credentials; returns (exit code, stdout,
+/// stderr).
+pub fn lbmanager(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = lbmanager_command()
+        .args(args)
         .output()
         .expect("the lbmanager binary");
     (
