@@ -314,3 +314,21 @@ async fn draining_target_wanted_is_registered_again_unwanted_left_alone() {
         elb.calls()
     );
 }
+
+#[actix_rt::test]
+async fn a_load_balancer_gone_from_aws_with_no_keys_left_is_retired() {
+    let elb = Arc::new(FakeElb::default());
+    let sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    eventually("the failing sync happened", || !elb.calls().is_empty()).await;
+    assert_eq!(sup.send(ManagedCount).await.unwrap(), 1);
+    sup.send(del(A, 2)).await.unwrap();
+    let mut retired = false;
+    for _ in 0..500 {
+        if sup.send(ManagedCount).await.unwrap() == 0 {
+            retired = true;
+            break;
+        }
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(retired, "still managed: {:?}", elb.calls());
+}

@@ -226,8 +226,10 @@ impl StreamHandler<Item> for EtcdWatcher {
             .watch_revision
             .set(self.next_revision - 1);
         if changes.is_empty() {
-            // A progress notification: nothing under the prefix changed up to `revision`.
-            self.next_revision = self.next_revision.max(revision + 1);
+            if resp.events().is_empty() {
+                // A progress notification: nothing under the prefix changed up to `revision`.
+                self.next_revision = self.next_revision.max(revision + 1);
+            }
             return;
         }
         self.supervisor.do_send(EtcdChanges { changes, revision });

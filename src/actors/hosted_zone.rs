@@ -19,9 +19,9 @@ use slog::{info, Logger};
 
 use super::load_balancer::ZoneSynced;
 use super::{Cause, Settings};
-use crate::aws::{AwsError, Route53Api};
+use crate::aws::{AwsError, ErrorKind, Route53Api};
 use crate::key::LbId;
-use crate::plan::{pack_batches, plan_fqdn, Action, RecordChange, RecordSet};
+use crate::plan::{pack_batches, plan_fqdn, Action, Policy, RecordChange, RecordSet};
 
 /// What the zone knows of its record sets, by FQDN (an empty list: known to have none).
 pub type ZoneCache = HashMap<String, Vec<RecordSet>>;
@@ -133,7 +133,12 @@ pub async fn sync_zone(
     let mut results: Vec<Result<(), AwsError>> = vec![Ok(()); batch.len()];
     // What must be read: FQDNs not known, and all of them on a resync.
     let due: Vec<usize> = (0..batch.len())
-        .filter(|&i| batch[i].cause == Cause::Resync || !cache.contains_key(&batch[i].fqdn))
+        .filter(|&i| {
+            // Upsert-only keeps the current values, so it must know them exactly: read afresh.
+            batch[i].cause == Cause::Resync
+                || settings.policy == Policy::UpsertOnly
+                || !cache.contains_key(&batch[i].fqdn)
+        })
         .collect();
     if due.len() >= FULL_READ_AT {
         match api.zone_record_sets(zone).await {
@@ -148,7 +153,7 @@ pub async fn sync_zone(
             }
             Err(e) => {
                 for &i in &due {
-                    results[i] = Err(e.clone());
+                    results[i] = gone_is_empty(&batch[i], e.clone());
                 }
             }
         }
@@ -158,7 +163,7 @@ pub async fn sync_zone(
                 Ok(sets) => {
                     cache.insert(batch[i].fqdn.clone(), sets);
                 }
-                Err(e) => results[i] = Err(e),
+                Err(e) => results[i] = gone_is_empty(&batch[i], e),
             }
         }
     }
@@ -211,6 +216,15 @@ pub async fn sync_zone(
         }
     }
     results
+}
+
+/// A zone that no longer exists holds none of an FQDN that should have no records: in step.
+fn gone_is_empty(desire: &ZoneDesire, e: AwsError) -> Result<(), AwsError> {
+    if e.kind == ErrorKind::NotFound && desire.ips.is_empty() {
+        Ok(())
+    } else {
+        Err(e)
+    }
 }
 
 /// Updates the cache with changes Route53 accepted: the record sets are now exactly what was sent.

@@ -16,7 +16,7 @@ use slog::{info, warn, Logger};
 
 use super::hosted_zone::{HostedZone, ZoneDesire};
 use super::{backoff, Cause, Settings};
-use crate::aws::{AwsError, ElbApi};
+use crate::aws::{AwsError, ElbApi, ErrorKind};
 use crate::key::{LbId, Member};
 use crate::plan::{plan_elb, ElbChanges};
 
@@ -360,7 +360,13 @@ pub async fn sync_elb(
     what: &str,
     log: &Logger,
 ) -> Result<ElbChanges, AwsError> {
-    let actual = api.members(region, name).await?;
+    let actual = match api.members(region, name).await {
+        // Gone from AWS and wanted empty: in step (so the Supervisor can retire it).
+        Err(e) if e.kind == ErrorKind::NotFound && desired.is_empty() => {
+            return Ok(ElbChanges::default())
+        }
+        other => other?,
+    };
     let changes = plan_elb(desired, &actual, settings.policy);
     if settings.dry_run {
         if !changes.register.is_empty() {
