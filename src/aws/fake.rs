@@ -211,6 +211,20 @@ impl FakeRoute53 {
         lock(&self.calls).clone()
     }
 
+    /// Every record set of `zone`, as a List would answer.
+    fn zone_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
+        let zones = lock(&self.zones);
+        let records = zones.get(zone).ok_or_else(|| {
+            AwsError::new(
+                ErrorKind::NotFound,
+                "ListResourceRecordSets",
+                zone,
+                "NoSuchHostedZone",
+            )
+        })?;
+        Ok(records.values().cloned().collect())
+    }
+
     async fn enter(&self, op: &'static str, zone: &str, detail: String) -> Result<(), AwsError> {
         lock(&self.calls).push(format!("{op} {zone} {detail}"));
         {
@@ -240,35 +254,15 @@ impl Route53Api for FakeRoute53 {
     async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError> {
         self.enter("ListResourceRecordSets", zone, fqdn.to_string())
             .await?;
-        let zones = lock(&self.zones);
-        let records = zones.get(zone).ok_or_else(|| {
-            AwsError::new(
-                ErrorKind::NotFound,
-                "ListResourceRecordSets",
-                zone,
-                "NoSuchHostedZone",
-            )
-        })?;
-        Ok(records
-            .values()
-            .filter(|s| s.name == fqdn)
-            .cloned()
-            .collect())
+        let mut sets = self.zone_sets(zone)?;
+        sets.retain(|s| s.name == fqdn);
+        Ok(sets)
     }
 
     async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
         self.enter("ListResourceRecordSets", zone, "(zone)".into())
             .await?;
-        let zones = lock(&self.zones);
-        let records = zones.get(zone).ok_or_else(|| {
-            AwsError::new(
-                ErrorKind::NotFound,
-                "ListResourceRecordSets",
-                zone,
-                "NoSuchHostedZone",
-            )
-        })?;
-        Ok(records.values().cloned().collect())
+        self.zone_sets(zone)
     }
 
     async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
