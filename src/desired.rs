@@ -136,6 +136,23 @@ impl DesiredState {
     }
 
     /// Resolves the keys of `lb` (an unknown load balancer resolves to no members).
+    /// The key of `lb` whose member AWS spells `spelled` (a target named without a port is
+    /// spelled with its group's port), for log lines about that member.
+    pub fn key_of(&self, lb: &LbId, spelled: &str) -> Option<&str> {
+        let entries = self.lbs.get(lb)?;
+        entries
+            .iter()
+            .find(|(_, e)| {
+                let m = e.member.to_string();
+                m == spelled
+                    || matches!(e.member, Member::Target(_))
+                        && spelled
+                            .strip_prefix(m.as_str())
+                            .is_some_and(|port| port.starts_with(':'))
+            })
+            .map(|(k, _)| k.as_str())
+    }
+
     pub fn resolve(&self, lb: &LbId) -> Resolution {
         self.lbs.get(lb).map(resolve).unwrap_or_default()
     }

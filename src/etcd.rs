@@ -160,6 +160,31 @@ pub async fn read_snapshot(
     }
 }
 
+/// Every key under `prefix` with its value (for lbmanager's own small records, not the member
+/// tree).
+pub async fn read_records(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<Vec<(String, String)>, EtcdError> {
+    let resp = client
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|source| EtcdError::Read {
+            prefix: prefix.to_string(),
+            source,
+        })?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?.to_string(),
+                kv.value_str().ok()?.to_string(),
+            ))
+        })
+        .collect())
+}
+
 /// etcd's default limit of operations in one transaction is 128; the winner's guard takes one.
 const DELETES_PER_TXN: usize = 100;
 

@@ -300,6 +300,19 @@ pub fn managed_key(prefix: &str, lb: &LbId) -> String {
     }
 }
 
+/// Where the running lbmanager records the members AWS refuses for a load balancer (a JSON
+/// object, member → AWS's reason), for `lbmanager plan` to show: `PREFIX/_rejected/elb/REGION/NAME`
+/// and the like. Deleted when AWS refuses none.
+pub fn rejected_key(prefix: &str, lb: &LbId) -> String {
+    managed_key(prefix, lb).replacen("/_managed/", "/_rejected/", 1)
+}
+
+/// The load balancer a [`rejected_key`] names, if `key` is one (and valid).
+pub fn parse_rejected(prefix: &str, key: &str) -> Option<LbId> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("/_rejected/")?;
+    parse_managed(prefix, &format!("{prefix}/_managed/{rest}"))
+}
+
 /// The load balancer a [`managed_key`] names, if `key` is one (and valid).
 pub fn parse_managed(prefix: &str, key: &str) -> Option<LbId> {
     let rest = key.strip_prefix(prefix)?.strip_prefix("/_managed/")?;
@@ -680,7 +693,11 @@ mod tests {
             },
         ] {
             let key = managed_key(P, &lb);
-            assert_eq!(parse_managed(P, &key), Some(lb));
+            assert_eq!(parse_managed(P, &key), Some(lb.clone()));
+            let key = rejected_key(P, &lb);
+            assert!(key.starts_with("/lbManager/_rejected/"), "{key}");
+            assert_eq!(parse(P, &key), Ok(None));
+            assert_eq!(parse_rejected(P, &key), Some(lb));
             assert_eq!(parse(P, &key), Ok(None));
         }
         assert_eq!(parse_managed(P, "/lbManager/_managed/elb/bad"), None);

@@ -155,10 +155,24 @@ async fn plan(args: PlanArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some((_, snapshot)) =
+    let Some((mut client, snapshot)) =
         initial_read(&log, &etcd_opts, &run.prefix, run.etcd_connect_timeout).await
     else {
         return ExitCode::FAILURE;
+    };
+    let rejected_prefix = format!("{}/_rejected/", run.prefix);
+    let rejected = match etcd::read_records(&mut client, &rejected_prefix).await {
+        Ok(records) => records
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let lb = lbmanager::key::parse_rejected(&run.prefix, &key)?;
+                Some((lb, serde_json::from_str(&value).ok()?))
+            })
+            .collect(),
+        Err(e) => {
+            warn!(log, "cannot read the rejected members lbmanager recorded"; "error" => %e);
+            Default::default()
+        }
     };
     let filters = Filters {
         elb: run.elb_filter.clone(),
@@ -176,6 +190,7 @@ async fn plan(args: PlanArgs) -> ExitCode {
     let plans = lbmanager::report::plan_all(
         &loaded.desired,
         &loaded.managed.into_iter().collect(),
+        &rejected,
         &SdkElb::new(sdk.clone(), (run.elb_rate, run.elb_burst)),
         &SdkElbV2::new(sdk.clone(), (run.elbv2_rate, run.elbv2_burst)),
         &SdkRoute53::new(&sdk, (run.route53_rate, run.route53_burst)),

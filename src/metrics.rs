@@ -33,6 +33,8 @@ pub struct Metrics {
     pub sync_duration: HistogramFamily,
     /// Desired members per load balancer.
     pub members: Family<Labels, Gauge>,
+    /// Wanted members AWS refuses to register, per load balancer.
+    pub rejected_members: Family<Labels, Gauge>,
     /// Syncs running or waiting for a retry.
     pub syncs_pending: Gauge,
     /// The last etcd revision the watch delivered.
@@ -58,6 +60,7 @@ impl Metrics {
             syncs: Family::default(),
             sync_duration: Family::new_with_constructor(sync_histogram),
             members: Family::default(),
+            rejected_members: Family::default(),
             syncs_pending: Gauge::default(),
             watch_revision: Gauge::default(),
             watch_reconnects: Counter::default(),
@@ -85,6 +88,11 @@ impl Metrics {
             "members",
             "Desired members per load balancer",
             m.members.clone(),
+        );
+        registry.register(
+            "rejected_members",
+            "Wanted members AWS refuses to register (terminated instances), per load balancer",
+            m.rejected_members.clone(),
         );
         registry.register(
             "syncs_pending",

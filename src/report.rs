@@ -3,7 +3,7 @@
 //! The comparison is the same pure planning `run` uses ([`crate::plan`]); this module only reads,
 //! collects and renders. Rendering is pure (tested without AWS).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -23,13 +23,19 @@ pub struct LbPlan {
     pub changes: Vec<String>,
     /// Why AWS could not be read, if it could not.
     pub error: Option<String>,
+    /// Members the running lbmanager found AWS refusing to register (a terminated instance whose
+    /// key stayed), as `member: reason`; they appear in `changes` too, as `run` keeps trying them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<String>,
 }
 
 /// Plans every load balancer that has keys (and those recorded as managed, which `run` would
-/// empty).
+/// empty). `rejected`: the refusals the running lbmanager recorded, by load balancer.
+#[allow(clippy::too_many_arguments)]
 pub async fn plan_all(
     desired: &DesiredState,
     managed: &BTreeSet<LbId>,
+    rejected: &BTreeMap<LbId, BTreeMap<String, String>>,
     elb: &dyn ElbApi,
     elbv2: &dyn ElbApi,
     route53: &dyn Route53Api,
@@ -46,6 +52,12 @@ pub async fn plan_all(
             desired: members.iter().map(Member::to_string).collect(),
             ..LbPlan::default()
         };
+        if let Some(refused) = rejected.get(&lb) {
+            plan.rejected = refused
+                .iter()
+                .map(|(member, reason)| format!("{member}: {reason}"))
+                .collect();
+        }
         let result: Result<(), AwsError> = async {
             match &lb {
                 LbId::Elb { region, name } | LbId::TargetGroup { region, name } => {
@@ -126,6 +138,11 @@ pub fn render_table(plans: &[LbPlan]) -> String {
             (None, true) => "in step".to_string(),
             (None, false) => p.changes.join("; "),
         };
+        let changes = if p.rejected.is_empty() {
+            changes
+        } else {
+            format!("{changes} (rejected by AWS: {})", p.rejected.join("; "))
+        };
         let _ = writeln!(
             out,
             "{:width$}  {:>7}  {:>6}  {changes}",
@@ -155,6 +172,7 @@ mod tests {
             actual: vec![],
             changes: changes.iter().map(|s| s.to_string()).collect(),
             error: error.map(str::to_string),
+            rejected: vec![],
         }
     }
 
@@ -184,5 +202,12 @@ mod tests {
         assert!(t.contains("in step"));
         assert!(t.contains("error: LoadBalancerNotFound"));
         assert!(t.contains("3 load balancer(s), 1 with changes to make, 1 unreadable"));
+        let mut bad = plan("elb/us-east-1/web", &["register i-00000002"], None);
+        bad.rejected = vec!["i-00000002: InvalidInstance: not running".into()];
+        let t = render_table(&[bad]);
+        assert!(
+            t.contains("register i-00000002 (rejected by AWS: i-00000002: InvalidInstance"),
+            "{t}"
+        );
     }
 }

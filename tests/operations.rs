@@ -196,23 +196,6 @@ async fn plan_shows_drift_with_exit_2_and_in_step_with_exit_0() {
     assert!(table.contains("error:"), "{table}");
 }
 
-/// `GET path` on 127.0.0.1:`port`: (status, body); None while nothing answers.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).ok()?;
-    let status = out.split_whitespace().nth(1)?.parse().ok()?;
-    Some((status, out.split_once("\r\n\r\n")?.1.to_string()))
-}
-
-/// The value of the sample `series` (name and labels as printed) in Prometheus text.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_move_with_syncs_and_readyz_waits_for_the_first_sync() {
     use common::proxy::FaultProxy;

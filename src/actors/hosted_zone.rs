@@ -94,7 +94,8 @@ impl HostedZone {
                     for (desire, result) in batch.into_iter().zip(results) {
                         desire.reply.do_send(ZoneSynced {
                             generation: desire.generation,
-                            error: result.err(),
+                            error: result.result.err(),
+                            stale: result.from_cache,
                         });
                     }
                     act.busy = false;
@@ -117,6 +118,14 @@ impl Handler<ZoneDesire> for HostedZone {
     }
 }
 
+/// How one FQDN's sync in a zone batch ended.
+#[derive(Debug)]
+pub struct FqdnResult {
+    pub result: Result<(), AwsError>,
+    /// The plan was built from the zone's cache, not from a read made for this sync.
+    pub from_cache: bool,
+}
+
 /// Syncs a batch of FQDNs of one zone: reads each FQDN's record sets, plans, and applies all
 /// changes in as few calls as the limits allow. A batch refused for a reason retrying can't fix is
 /// split into one call per FQDN, so one bad FQDN does not hold up the others. Returns one result per
@@ -128,14 +137,14 @@ pub async fn sync_zone(
     settings: &Settings,
     cache: &mut ZoneCache,
     log: &Logger,
-) -> Vec<Result<(), AwsError>> {
+) -> Vec<FqdnResult> {
     let (ttl, policy) = (settings.route53_ttl, settings.policy);
     let mut results: Vec<Result<(), AwsError>> = vec![Ok(()); batch.len()];
     // What must be read: FQDNs not known, and all of them on a resync.
     let due: Vec<usize> = (0..batch.len())
         .filter(|&i| {
             // Upsert-only keeps the current values, so it must know them exactly: read afresh.
-            batch[i].cause == Cause::Resync
+            matches!(batch[i].cause, Cause::Resync | Cause::Relist)
                 || settings.policy == Policy::UpsertOnly
                 || !cache.contains_key(&batch[i].fqdn)
         })
@@ -185,7 +194,13 @@ pub async fn sync_zone(
         for (i, changes) in &groups {
             log_changes(log, &batch[*i], changes, true);
         }
-        return results;
+        return results
+            .into_iter()
+            .map(|result| FqdnResult {
+                result,
+                from_cache: false,
+            })
+            .collect();
     }
     for chunk in pack_batches(groups) {
         let all: Vec<RecordChange> = chunk.iter().flat_map(|(_, c)| c.clone()).collect();
@@ -216,6 +231,13 @@ pub async fn sync_zone(
         }
     }
     results
+        .into_iter()
+        .enumerate()
+        .map(|(i, result)| FqdnResult {
+            result,
+            from_cache: !due.contains(&i),
+        })
+        .collect()
 }
 
 /// A zone that no longer exists holds none of an FQDN that should have no records: in step.

@@ -7,7 +7,7 @@
 //! an FQDN it hands its desired record sets to its zone's [`HostedZone`], which serialises all
 //! changes of the zone.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ use slog::{info, warn, Logger};
 
 use super::hosted_zone::{HostedZone, ZoneDesire};
 use super::{backoff, Cause, Settings};
-use crate::aws::{AwsError, ElbApi, ErrorKind};
+use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind};
 use crate::key::{LbId, Member};
 use crate::plan::{plan_elb, ElbChanges};
 
@@ -59,6 +59,8 @@ pub struct Synced {
     pub lb: LbId,
     pub generation: u64,
     pub error: Option<AwsError>,
+    /// The members AWS refuses, when that set (or a reason) changed with this sync.
+    pub rejected: Option<Arc<Rejected>>,
 }
 
 /// A zone's answer to a [`ZoneDesire`].
@@ -67,6 +69,33 @@ pub struct Synced {
 pub struct ZoneSynced {
     pub generation: u64,
     pub error: Option<AwsError>,
+    /// The failed plan was built from what the zone remembered, not from a fresh read: a retry
+    /// from a fresh read may well succeed at once.
+    pub stale: bool,
+}
+
+/// A sync in flight. Dropping it (the sync ended, or the actor stopped or panicked mid-sync)
+/// takes it off the `syncs_pending` gauge, so the gauge never leaks.
+struct InFlight {
+    pending: prometheus_client::metrics::gauge::Gauge,
+    started: std::time::Instant,
+}
+
+impl InFlight {
+    fn new(settings: &Settings) -> Self {
+        let pending = settings.metrics.syncs_pending.clone();
+        pending.inc();
+        InFlight {
+            pending,
+            started: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.pending.dec();
+    }
 }
 
 pub struct LoadBalancer {
@@ -76,15 +105,15 @@ pub struct LoadBalancer {
     settings: Arc<Settings>,
     supervisor: Recipient<Synced>,
     desired: Option<Desire>,
-    in_flight: bool,
+    in_flight: Option<InFlight>,
     /// A desire arrived while a sync was in flight: sync again when it ends.
     pending: bool,
     failures: u32,
     retry: Option<SpawnHandle>,
     /// The last failure was retryable: the pending retry is a backoff that news must not cut short.
     backing_off: bool,
-    /// When the sync in flight started (for the duration metric).
-    started_at: Option<std::time::Instant>,
+    /// Wanted members AWS refused at the last sync, with its reasons.
+    rejected: Rejected,
     /// Targets already warned about for not fitting the target group's type.
     mismatched: std::collections::HashSet<String>,
     /// Set by [`Drain`]: who waits for the sync in flight to end.
@@ -107,12 +136,12 @@ impl LoadBalancer {
             settings,
             supervisor,
             desired: None,
-            in_flight: false,
+            in_flight: None,
             pending: false,
             failures: 0,
             retry: None,
             backing_off: false,
-            started_at: None,
+            rejected: Rejected::new(),
             mismatched: Default::default(),
             draining: None,
         }
@@ -125,17 +154,15 @@ impl LoadBalancer {
         if self.draining.is_some() {
             return;
         }
-        if self.in_flight {
+        if self.in_flight.is_some() {
             self.pending = true;
             return;
         }
         if let Some(handle) = self.retry.take() {
             ctx.cancel_future(handle);
         }
-        self.in_flight = true;
+        self.in_flight = Some(InFlight::new(&self.settings));
         self.pending = false;
-        self.started_at = Some(std::time::Instant::now());
-        self.settings.metrics.syncs_pending.inc();
         match &self.backend {
             Backend::Elb(api) => {
                 let (LbId::Elb { region, name } | LbId::TargetGroup { region, name }) =
@@ -148,14 +175,35 @@ impl LoadBalancer {
                     LbId::TargetGroup { .. } => "targets",
                     _ => "instances",
                 };
+                let known = self.rejected.clone();
+                // Refused members are tried again at a resync (or a relist, a restart), not at
+                // every etcd event: each try is a failed call.
+                let retry_rejected = !matches!(desire.cause, Cause::EtcdEvent | Cause::LeaseExpiry);
                 let fut = async move {
-                    let members = &desire.members;
-                    let cause = desire.cause;
-                    sync_elb(&*api, &region, &name, members, cause, &settings, what, &log).await
+                    let (members, cause) = (&desire.members, desire.cause);
+                    sync_elb(
+                        &*api,
+                        &region,
+                        &name,
+                        members,
+                        cause,
+                        &settings,
+                        what,
+                        &log,
+                        &known,
+                        retry_rejected,
+                    )
+                    .await
                 };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                    let res = res.map(|changes| act.warn_mismatched(changes.mismatched));
-                    act.finished(desire.generation, res.err(), ctx)
+                    let (error, rejected) = match res {
+                        Ok(sync) => {
+                            act.warn_mismatched(sync.changes.mismatched);
+                            (None, act.update_rejected(sync.rejected))
+                        }
+                        Err(e) => (Some(e), None),
+                    };
+                    act.finished(desire.generation, error, rejected, false, ctx)
                 }));
             }
             Backend::Route53(zone) => {
@@ -182,6 +230,15 @@ impl LoadBalancer {
         }
     }
 
+    /// Keeps the members AWS refused; returns them when the set or a reason changed.
+    fn update_rejected(&mut self, rejected: Rejected) -> Option<Arc<Rejected>> {
+        if rejected == self.rejected {
+            return None;
+        }
+        self.rejected = rejected;
+        Some(Arc::new(self.rejected.clone()))
+    }
+
     /// Warns once about each target of a kind its target group does not take.
     fn warn_mismatched(&mut self, targets: Vec<String>) {
         for target in targets {
@@ -201,29 +258,34 @@ impl LoadBalancer {
         }
     }
 
-    fn finished(&mut self, generation: u64, error: Option<AwsError>, ctx: &mut Context<Self>) {
-        if !self.in_flight {
+    fn finished(
+        &mut self,
+        generation: u64,
+        error: Option<AwsError>,
+        rejected: Option<Arc<Rejected>>,
+        stale: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(in_flight) = self.in_flight.take() else {
             // The answer of a sync given up (its zone actor was replaced).
             return;
-        }
-        self.in_flight = false;
+        };
         let metrics = &self.settings.metrics;
-        metrics.syncs_pending.dec();
         let result = if error.is_none() { "ok" } else { "error" };
         let kind = vec![("kind", self.kind().to_string())];
         let mut labels = kind.clone();
         labels.push(("result", result.to_string()));
         metrics.syncs.get_or_create(&labels).inc();
-        if let Some(started) = self.started_at.take() {
-            metrics
-                .sync_duration
-                .get_or_create(&kind)
-                .observe(started.elapsed().as_secs_f64());
-        }
+        metrics
+            .sync_duration
+            .get_or_create(&kind)
+            .observe(in_flight.started.elapsed().as_secs_f64());
+        drop(in_flight);
         self.supervisor.do_send(Synced {
             lb: self.id.clone(),
             generation,
             error: error.clone(),
+            rejected,
         });
         if let Some(waiting) = self.draining.as_mut() {
             for tx in waiting.drain(..) {
@@ -237,6 +299,15 @@ impl LoadBalancer {
                 if self.pending {
                     self.start_sync(ctx);
                 }
+            }
+            Some(err) if !err.is_retryable() && (self.pending || stale) => {
+                // Retrying can't fix the error itself, but the plan that failed is already out of
+                // date (a newer desire waits) or was built from remembered state (the zone has
+                // dropped it since): a fresh read and plan at once, not at the next resync.
+                self.failures += 1;
+                warn!(self.log, "sync failed, retrying at once from a fresh read";
+                    "error" => %err, "newer_desire" => self.pending, "stale_plan" => stale);
+                self.start_sync(ctx);
             }
             Some(err) => {
                 self.failures += 1;
@@ -269,7 +340,7 @@ impl Actor for LoadBalancer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.settings.resync_interval, |act, ctx| {
-            if act.in_flight || act.retry.is_some() {
+            if act.in_flight.is_some() || act.retry.is_some() {
                 return;
             }
             if let Some(desire) = act.desired.as_mut() {
@@ -298,7 +369,7 @@ impl Handler<ZoneSynced> for LoadBalancer {
     type Result = ();
 
     fn handle(&mut self, msg: ZoneSynced, ctx: &mut Self::Context) {
-        self.finished(msg.generation, msg.error, ctx);
+        self.finished(msg.generation, msg.error, None, msg.stale, ctx);
     }
 }
 
@@ -308,10 +379,7 @@ impl Handler<SetZone> for LoadBalancer {
     fn handle(&mut self, msg: SetZone, ctx: &mut Self::Context) {
         self.backend = Backend::Route53(msg.0);
         // Whatever was in flight died with the old zone actor.
-        if self.in_flight {
-            self.in_flight = false;
-            self.settings.metrics.syncs_pending.dec();
-        }
+        self.in_flight = None;
         if let Some(desire) = self.desired.as_mut() {
             desire.cause = Cause::Restart;
         }
@@ -327,7 +395,7 @@ impl Handler<Drain> for LoadBalancer {
             ctx.cancel_future(handle);
         }
         let waiting = self.draining.get_or_insert_with(Vec::new);
-        if !self.in_flight {
+        if self.in_flight.is_none() {
             return Box::pin(async {});
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -346,9 +414,27 @@ impl Handler<Retire> for LoadBalancer {
     }
 }
 
-/// One ELB or target-group sync: a Describe, then at most one Register and one Deregister
+/// Members AWS refused to register, with its reason (the error message), by member.
+pub type Rejected = BTreeMap<String, String>;
+
+/// What one ELB sync did.
+#[derive(Clone, Debug, Default)]
+pub struct ElbSync {
+    /// The changes made (`register` holds only what AWS accepted).
+    pub changes: ElbChanges,
+    /// Wanted members AWS refuses, with its reason: left out until the next resync tries again.
+    pub rejected: Rejected,
+}
+
+/// One ELB or target-group sync: a Describe, then the Register calls and at most one Deregister
 /// (register first, so a `single` switch never leaves it empty). Logs each change with its cause;
 /// `what` names the members in the log ("instances", "targets").
+///
+/// A member AWS refuses (a terminated instance whose key stayed) fails the whole Register call:
+/// the members it names are set aside and the rest registered again; a refusal that names none
+/// is bisected. Known refusals (`known`) are not tried again unless `retry_rejected` (a resync).
+/// The extras are deregistered all the same, except when that would empty a load balancer whose
+/// every wanted member was refused: one bad key must not take a service down.
 #[allow(clippy::too_many_arguments)]
 pub async fn sync_elb(
     api: &dyn ElbApi,
@@ -359,15 +445,27 @@ pub async fn sync_elb(
     settings: &Settings,
     what: &str,
     log: &Logger,
-) -> Result<ElbChanges, AwsError> {
+    known: &Rejected,
+    retry_rejected: bool,
+) -> Result<ElbSync, AwsError> {
     let actual = match api.members(region, name).await {
         // Gone from AWS and wanted empty: in step (so the Supervisor can retire it).
         Err(e) if e.kind == ErrorKind::NotFound && desired.is_empty() => {
-            return Ok(ElbChanges::default())
+            return Ok(ElbSync::default())
         }
         other => other?,
     };
-    let changes = plan_elb(desired, &actual, settings.policy);
+    let mut changes = plan_elb(desired, &actual, settings.policy);
+    let mut rejected = Rejected::new();
+    if !retry_rejected {
+        changes.register.retain(|m| match known.get(m) {
+            Some(reason) => {
+                rejected.insert(m.clone(), reason.clone());
+                false
+            }
+            None => true,
+        });
+    }
     if settings.dry_run {
         if !changes.register.is_empty() {
             info!(log, "would register {}", what;
@@ -377,17 +475,66 @@ pub async fn sync_elb(
             info!(log, "would deregister {}", what;
                 "removed" => changes.deregister.join(","), "cause" => %cause, "dry_run" => true);
         }
-        return Ok(changes);
+        return Ok(ElbSync { changes, rejected });
     }
     if !changes.register.is_empty() {
-        api.register(region, name, &changes.register).await?;
-        info!(log, "registered {}", what;
-            "added" => changes.register.join(","), "cause" => %cause);
+        let (accepted, refused) = register_accepted(api, region, name, &changes.register).await?;
+        rejected.extend(refused);
+        if !accepted.is_empty() {
+            info!(log, "registered {}", what;
+                "added" => accepted.join(","), "cause" => %cause);
+        }
+        changes.register = accepted;
+    }
+    let left = actual.members.len() + changes.register.len() - changes.deregister.len();
+    if left == 0 && !changes.deregister.is_empty() && !rejected.is_empty() {
+        warn!(log, "not deregistering the last {}: every wanted member was rejected by AWS", what;
+            "kept" => changes.deregister.join(","),
+            "rejected" => rejected.keys().cloned().collect::<Vec<_>>().join(","),
+            "cause" => %cause);
+        changes.deregister.clear();
     }
     if !changes.deregister.is_empty() {
         api.deregister(region, name, &changes.deregister).await?;
         info!(log, "deregistered {}", what;
             "removed" => changes.deregister.join(","), "cause" => %cause);
     }
-    Ok(changes)
+    Ok(ElbSync { changes, rejected })
+}
+
+/// Registers `members`, setting aside those AWS refuses (see [`sync_elb`]). Returns what was
+/// registered and what was refused, with AWS's reason. Any other error ends it (what was
+/// registered so far stays registered; the next sync reads it back).
+async fn register_accepted(
+    api: &dyn ElbApi,
+    region: &str,
+    name: &str,
+    members: &[String],
+) -> Result<(Vec<String>, Rejected), AwsError> {
+    let (mut accepted, mut refused) = (Vec::new(), Rejected::new());
+    let mut todo = vec![members.to_vec()];
+    while let Some(mut chunk) = todo.pop() {
+        match api.register(region, name, &chunk).await {
+            Ok(()) => accepted.extend(chunk),
+            Err(e) if e.kind == ErrorKind::InvalidMember => {
+                let named = members_named_in(&e.message, &chunk);
+                if !named.is_empty() {
+                    chunk.retain(|m| !named.contains(m));
+                    refused.extend(named.into_iter().map(|m| (m, e.message.clone())));
+                    if !chunk.is_empty() {
+                        todo.push(chunk);
+                    }
+                } else if chunk.len() == 1 {
+                    refused.insert(chunk.remove(0), e.message.clone());
+                } else {
+                    let half = chunk.split_off(chunk.len() / 2);
+                    todo.push(half);
+                    todo.push(chunk);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    accepted.sort();
+    Ok((accepted, refused))
 }

@@ -1,5 +1,6 @@
 //! The StateWriter keeps lbmanager's durable record of the load balancers it manages
-//! (`PREFIX/_managed/...`, see [`crate::key::managed_key`]) in etcd.
+//! (`PREFIX/_managed/...`, see [`crate::key::managed_key`]) in etcd, and the members AWS refuses
+//! (`PREFIX/_rejected/...`, for `lbmanager plan`).
 //!
 //! The record is what lets a start-up empty a load balancer whose keys were all deleted while
 //! lbmanager was stopped: without it, such a load balancer would look like one lbmanager never
@@ -14,13 +15,19 @@ use actix::prelude::*;
 use etcd_client::Client;
 use slog::{debug, warn, Logger};
 
+use super::load_balancer::Rejected;
 use super::{backoff, Settings};
-use crate::key::{managed_key, LbId};
+use crate::key::{managed_key, rejected_key, LbId};
 
 /// Record (`true`) or forget (`false`) that lbmanager manages a load balancer.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Managed(pub LbId, pub bool);
+
+/// Record the members AWS refuses for a load balancer (none: remove the record).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Rejections(pub LbId, pub Arc<Rejected>);
 
 pub struct StateWriter {
     client: Client,
@@ -47,27 +54,50 @@ impl Handler<Managed> for StateWriter {
 
     fn handle(&mut self, Managed(lb, record): Managed, ctx: &mut Self::Context) {
         let key = managed_key(&self.settings.prefix, &lb);
+        let value = record.then(|| lb.to_string());
+        self.write(key, value, ctx);
+    }
+}
+
+impl Handler<Rejections> for StateWriter {
+    type Result = ();
+
+    fn handle(&mut self, Rejections(lb, rejected): Rejections, ctx: &mut Self::Context) {
+        let key = rejected_key(&self.settings.prefix, &lb);
+        let value =
+            (!rejected.is_empty()).then(|| serde_json::to_string(&*rejected).unwrap_or_default());
+        self.write(key, value, ctx);
+    }
+}
+
+impl StateWriter {
+    /// Puts `value` at `key` (`None`: deletes it), retrying until it lands.
+    fn write(&mut self, key: String, value: Option<String>, ctx: &mut Context<Self>) {
         let mut client = self.client.clone();
         let log = self.log.clone();
         // `wait` holds the mailbox until this write has landed: the next one waits its turn.
         ctx.wait(
             async move {
                 let mut attempt = 0;
+                let record = value.is_some();
                 loop {
-                    let res = if record {
-                        client.put(key.as_str(), lb.to_string(), None).await.map(|_| ())
-                    } else {
-                        client.delete(key.as_str(), None).await.map(|_| ())
+                    let res = match &value {
+                        Some(v) => client.put(key.as_str(), v.as_str(), None).await.map(|_| ()),
+                        None => client.delete(key.as_str(), None).await.map(|_| ()),
                     };
                     match res {
                         Ok(()) => {
-                            debug!(log, "managed record updated"; "key" => &key, "present" => record);
+                            debug!(log, "record updated"; "key" => &key, "present" => record);
                             return;
                         }
                         Err(e) => {
-                            let delay = backoff(attempt, Duration::from_millis(200), Duration::from_secs(10));
+                            let delay = backoff(
+                                attempt,
+                                Duration::from_millis(200),
+                                Duration::from_secs(10),
+                            );
                             attempt += 1;
-                            warn!(log, "writing the managed record failed, will retry";
+                            warn!(log, "writing a record failed, will retry";
                                 "key" => &key, "error" => %e, "retry_in" => ?delay);
                             tokio::time::sleep(delay).await;
                         }

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use etcd_client::Client;
@@ -17,9 +17,11 @@ use slog::{debug, error, info, warn, Logger};
 
 use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, Relisted};
 use super::hosted_zone::HostedZone;
-use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
-use super::state_writer::{Managed as Record, StateWriter};
-use super::{Cause, Settings};
+use super::load_balancer::{
+    Backend, Desire, Drain, LoadBalancer, Rejected, Retire, SetZone, Synced,
+};
+use super::state_writer::{Managed as Record, Rejections, StateWriter};
+use super::{backoff, Cause, Settings};
 use crate::aws::{ElbApi, Route53Api};
 use crate::desired::{DesiredState, Revision};
 use crate::etcd::{self, Snapshot};
@@ -31,13 +33,40 @@ struct Managed {
     members: Arc<BTreeSet<Member>>,
     generation: u64,
     cause: Cause,
+    /// Members AWS refuses, as last reported.
+    rejected: Arc<Rejected>,
+    restarts: Restarts,
 }
 
-/// Start-up bookkeeping: which load balancers still owe their first sync.
-struct Startup {
+/// How often an actor died without a good sync since: each restart waits longer, so an actor that
+/// panics at every start costs an AWS call now and then, not every second.
+#[derive(Default)]
+struct Restarts {
+    count: u32,
+    not_before: Option<Instant>,
+}
+
+impl Restarts {
+    /// Whether the actor may be restarted now; if so, counts the restart and returns the delay
+    /// the next one will have to wait.
+    fn take(&mut self, now: Instant) -> Option<Duration> {
+        if self.not_before.is_some_and(|t| now < t) {
+            return None;
+        }
+        let delay = backoff(self.count, Duration::from_secs(1), Duration::from_secs(300));
+        self.count += 1;
+        self.not_before = Some(now + delay);
+        Some(delay)
+    }
+}
+
+/// A round of syncs of every load balancer (at start-up, and after a relist): which ones still
+/// owe their sync. When none does, and none failed, AWS was wholly in step with etcd.
+struct Round {
     pending: HashSet<LbId>,
     total: usize,
     failed: usize,
+    cause: Cause,
 }
 
 pub struct Supervisor {
@@ -52,8 +81,10 @@ pub struct Supervisor {
     warned: HashSet<String>,
     lbs: HashMap<LbId, Managed>,
     zones: HashMap<String, Addr<HostedZone>>,
+    /// Restarts of dead zone actors, by zone.
+    zone_restarts: HashMap<String, Restarts>,
     generation: u64,
-    startup: Option<Startup>,
+    round: Option<Round>,
     initial: Option<Snapshot>,
     /// Superseded keys whose deletion is under way.
     deleting: HashSet<String>,
@@ -88,8 +119,9 @@ impl Supervisor {
             warned: HashSet::new(),
             lbs: HashMap::new(),
             zones: HashMap::new(),
+            zone_restarts: HashMap::new(),
             generation: 0,
-            startup: None,
+            round: None,
             initial: Some(initial),
             deleting: HashSet::new(),
             recorded: HashSet::new(),
@@ -127,8 +159,9 @@ impl Supervisor {
         }
     }
 
-    /// Replaces the desired state with a whole snapshot and reconciles every load balancer that has
-    /// keys now or had them before.
+    /// Replaces the desired state with a whole snapshot and syncs every load balancer that has
+    /// keys now or had them before (all of them, changed or not: after a relist nothing that was
+    /// believed before is trusted), as one [`Round`].
     fn apply_snapshot(&mut self, snapshot: &Snapshot, cause: Cause, ctx: &mut Context<Self>) {
         let loaded = DesiredState::from_keys(
             &self.settings.prefix,
@@ -148,12 +181,26 @@ impl Supervisor {
         // Recorded as managed but without keys: their keys were deleted while lbmanager was away.
         touched.extend(self.recorded.iter().cloned());
         for lb in touched {
-            self.reconcile(&lb, cause, ctx);
+            self.reconcile(&lb, cause, true, ctx);
         }
+        let pending: HashSet<LbId> = self.lbs.keys().cloned().collect();
+        info!(self.log, "read etcd";
+            "keys" => snapshot.keys.len(), "load_balancers" => pending.len(),
+            "revision" => snapshot.revision, "cause" => %cause);
+        let round = self.round.get_or_insert(Round {
+            pending: HashSet::new(),
+            total: 0,
+            failed: 0,
+            cause,
+        });
+        round.total += pending.len();
+        round.pending.extend(pending);
+        self.check_round();
     }
 
-    /// Sends `lb` its desired members if they changed; starts its actor if it has none yet.
-    fn reconcile(&mut self, lb: &LbId, cause: Cause, ctx: &mut Context<Self>) {
+    /// Sends `lb` its desired members if they changed (or always, with `force`); starts its actor
+    /// if it has none yet.
+    fn reconcile(&mut self, lb: &LbId, cause: Cause, force: bool, ctx: &mut Context<Self>) {
         let resolution = self.desired.resolve(lb);
         if let Some(winner) = resolution.winner.clone() {
             if !resolution.superseded.is_empty() {
@@ -162,7 +209,7 @@ impl Supervisor {
         }
         let members = Arc::new(resolution.members);
         if let Some(managed) = self.lbs.get(lb) {
-            if managed.members == members {
+            if managed.members == members && !force {
                 return;
             }
         } else if members.is_empty() && !self.recorded.contains(lb) {
@@ -183,6 +230,8 @@ impl Supervisor {
                     members: members.clone(),
                     generation,
                     cause,
+                    rejected: Arc::default(),
+                    restarts: Restarts::default(),
                 },
             );
         }
@@ -280,8 +329,10 @@ impl Supervisor {
         }));
     }
 
-    /// Restarts dead actors (a panic ends an actor) with the state the Supervisor keeps.
+    /// Restarts dead actors (a panic ends an actor) with the state the Supervisor keeps, each
+    /// after a delay that grows while it keeps dying.
     fn check_actors(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
         let dead_zones: Vec<String> = self
             .zones
             .iter()
@@ -289,7 +340,13 @@ impl Supervisor {
             .map(|(z, _)| z.clone())
             .collect();
         for zone in dead_zones {
-            error!(self.log, "hosted zone actor died, restarting it"; "zone" => &zone);
+            let restarts = self.zone_restarts.entry(zone.clone()).or_default();
+            let Some(next) = restarts.take(now) else {
+                continue;
+            };
+            error!(self.log, "hosted zone actor died, restarting it";
+                "zone" => &zone, "restarts" => restarts.count,
+                "next_restart_no_sooner_than" => ?next);
             self.zones.remove(&zone);
             let addr = self.zone(&zone);
             for (lb, managed) in &self.lbs {
@@ -305,7 +362,13 @@ impl Supervisor {
             .map(|(lb, _)| lb.clone())
             .collect();
         for lb in dead {
-            error!(self.log, "load balancer actor died, restarting it"; "lb" => lb.to_string());
+            let managed = self.lbs.get_mut(&lb).expect("listed above");
+            let Some(next) = managed.restarts.take(now) else {
+                continue;
+            };
+            error!(self.log, "load balancer actor died, restarting it";
+                "lb" => lb.to_string(), "restarts" => managed.restarts.count,
+                "next_restart_no_sooner_than" => ?next);
             let addr = self.spawn_lb(&lb, ctx);
             let managed = self.lbs.get_mut(&lb).expect("listed above");
             managed.addr = addr;
@@ -327,16 +390,6 @@ impl Actor for Supervisor {
             Some(StateWriter::new(self.etcd.clone(), self.settings.clone(), &self.log).start());
         let initial = self.initial.take().unwrap_or_default();
         self.apply_snapshot(&initial, Cause::Startup, ctx);
-        let pending: HashSet<LbId> = self.lbs.keys().cloned().collect();
-        info!(self.log, "read etcd";
-            "keys" => initial.keys.len(), "load_balancers" => pending.len(),
-            "revision" => initial.revision);
-        self.startup = Some(Startup {
-            total: pending.len(),
-            pending,
-            failed: 0,
-        });
-        self.check_startup();
         if self.watch {
             self.watcher = Some(
                 EtcdWatcher::new(
@@ -354,12 +407,17 @@ impl Actor for Supervisor {
 }
 
 impl Supervisor {
-    fn check_startup(&mut self) {
-        let done = self.startup.as_ref().is_some_and(|s| s.pending.is_empty());
+    fn check_round(&mut self) {
+        let done = self.round.as_ref().is_some_and(|s| s.pending.is_empty());
         if done {
-            let s = self.startup.take().expect("checked above");
-            info!(self.log, "initial sync complete";
-                "load_balancers" => s.total, "failed" => s.failed);
+            let s = self.round.take().expect("checked above");
+            let what = if s.cause == Cause::Startup {
+                "initial sync complete"
+            } else {
+                "full sync complete"
+            };
+            info!(self.log, "{}", what;
+                "load_balancers" => s.total, "failed" => s.failed, "cause" => %s.cause);
             let metrics = &self.settings.metrics;
             metrics.set_initial_sync_done();
             if s.failed == 0 {
@@ -408,7 +466,7 @@ impl Handler<EtcdChanges> for Supervisor {
             }
         }
         for (lb, cause) in touched {
-            self.reconcile(&lb, cause, ctx);
+            self.reconcile(&lb, cause, false, ctx);
         }
     }
 }
@@ -428,12 +486,20 @@ impl Handler<Synced> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Synced, _: &mut Self::Context) {
-        if let Some(startup) = self.startup.as_mut() {
-            if startup.pending.remove(&msg.lb) && msg.error.is_some() {
-                startup.failed += 1;
+        if let Some(round) = self.round.as_mut() {
+            if round.pending.remove(&msg.lb) && msg.error.is_some() {
+                round.failed += 1;
             }
         }
-        self.check_startup();
+        self.check_round();
+        if let Some(rejected) = msg.rejected {
+            self.rejections(&msg.lb, rejected);
+        }
+        if msg.error.is_none() {
+            if let Some(managed) = self.lbs.get_mut(&msg.lb) {
+                managed.restarts = Restarts::default();
+            }
+        }
         // A load balancer whose keys are all gone, once emptied, is no longer ours to touch.
         let retire = msg.error.is_none()
             && self
@@ -453,7 +519,59 @@ impl Handler<Synced> for Supervisor {
                 if self.recorded.remove(&msg.lb) {
                     self.record(&msg.lb, false);
                 }
+                if !managed.rejected.is_empty() {
+                    self.rejections(&msg.lb, Arc::default());
+                }
+                // The zone actor (and its cache) goes when its last managed name does.
+                if let Some(zone) = msg.lb.zone() {
+                    if !self.lbs.keys().any(|lb| lb.zone() == Some(zone)) {
+                        self.zones.remove(zone);
+                        self.zone_restarts.remove(zone);
+                    }
+                }
             }
+        }
+    }
+}
+
+impl Supervisor {
+    /// A load balancer's refused members changed: warn about each new refusal (or new reason),
+    /// with its key, once; count them; record them for `lbmanager plan`.
+    fn rejections(&mut self, lb: &LbId, rejected: Arc<Rejected>) {
+        let before = self
+            .lbs
+            .get(lb)
+            .map(|m| m.rejected.clone())
+            .unwrap_or_default();
+        for (member, reason) in rejected.iter() {
+            if before.get(member) != Some(reason) {
+                warn!(self.log, "AWS rejected a member; the others are in step, and it is \
+                    tried again at each resync until its key is deleted";
+                    "lb" => lb.to_string(), "member" => member,
+                    "key" => self.desired.key_of(lb, member).unwrap_or("-"),
+                    "reason" => reason);
+            }
+        }
+        for member in before.keys().filter(|m| !rejected.contains_key(*m)) {
+            info!(self.log, "member no longer rejected"; "lb" => lb.to_string(), "member" => member);
+        }
+        let labels = vec![("load_balancer", lb.to_string())];
+        if rejected.is_empty() {
+            self.settings.metrics.rejected_members.remove(&labels);
+        } else {
+            self.settings
+                .metrics
+                .rejected_members
+                .get_or_create(&labels)
+                .set(rejected.len() as i64);
+        }
+        if !self.settings.dry_run {
+            if let Some(state) = &self.state {
+                state.do_send(Rejections(lb.clone(), rejected.clone()));
+            }
+        }
+        if let Some(managed) = self.lbs.get_mut(lb) {
+            managed.rejected = rejected;
         }
     }
 }

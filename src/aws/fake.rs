@@ -31,6 +31,12 @@ pub struct FakeElb {
     pub max_in_flight: AtomicUsize,
     /// Members reported as draining (target-group semantics), by load balancer.
     draining: Mutex<HashMap<(String, String), BTreeSet<String>>>,
+    /// Members AWS refuses to register (terminated instances), as real AWS does: the whole call
+    /// fails and registers nothing.
+    pub invalid: Mutex<BTreeSet<String>>,
+    /// Whether the refusal names the bad members (real AWS mostly does); `false` makes the caller
+    /// bisect.
+    pub name_invalid: Mutex<bool>,
 }
 
 impl FakeElb {
@@ -59,6 +65,12 @@ impl FakeElb {
 
     pub fn calls(&self) -> Vec<String> {
         lock(&self.calls).clone()
+    }
+
+    /// Makes AWS refuse to register these members from now on (`named`: say which in the error).
+    pub fn set_invalid(&self, ids: &[&str], named: bool) {
+        *lock(&self.invalid) = ids.iter().map(|s| s.to_string()).collect();
+        *lock(&self.name_invalid) = named;
     }
 
     /// Marks members as draining: reported apart from the registered ones until registered again.
@@ -146,6 +158,26 @@ impl ElbApi for FakeElb {
         let op = "RegisterInstancesWithLoadBalancer";
         self.enter(op, format!("elb/{region}/{name}"), format!(" {ids:?}"))
             .await?;
+        let bad: Vec<&String> = {
+            let invalid = lock(&self.invalid);
+            ids.iter().filter(|id| invalid.contains(*id)).collect()
+        };
+        if !bad.is_empty() {
+            let message = if *lock(&self.name_invalid) {
+                format!(
+                    "InvalidInstance: EC2 instance {} is not in running state",
+                    bad[0]
+                )
+            } else {
+                "InvalidInstance: some instances are not in running state".to_string()
+            };
+            return Err(AwsError::new(
+                ErrorKind::InvalidMember,
+                op,
+                format!("elb/{region}/{name}"),
+                message,
+            ));
+        }
         if let Some(d) = lock(&self.draining).get_mut(&(region.to_string(), name.to_string())) {
             for id in ids {
                 d.remove(id);

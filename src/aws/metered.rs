@@ -17,6 +17,7 @@ fn result<T>(r: &Result<T, AwsError>) -> &'static str {
             ErrorKind::Transient => "transient",
             ErrorKind::NotFound => "not_found",
             ErrorKind::Rejected => "rejected",
+            ErrorKind::InvalidMember => "invalid_member",
         },
     }
 }

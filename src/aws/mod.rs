@@ -62,9 +62,11 @@ pub enum ErrorKind {
     Transient,
     /// The load balancer or hosted zone does not exist: retrying soon won't help.
     NotFound,
-    /// The request was refused (invalid instance, invalid change batch, access denied, …):
-    /// retrying soon won't help.
+    /// The request was refused (invalid change batch, access denied, …): retrying soon won't help.
     Rejected,
+    /// A Register call refused because of some of its members (a terminated or unknown instance):
+    /// AWS registers none of them then, so the caller finds the bad ones and registers the rest.
+    InvalidMember,
 }
 
 /// An AWS call that failed: which call, on what, how, and the SDK's own account of the cause.
@@ -98,6 +100,37 @@ impl AwsError {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn members_named_in_aws_messages() {
+        let tried = strings(&["i-1", "i-10", "i-2"]);
+        assert_eq!(
+            members_named_in(
+                "HTTP 400, InvalidInstance: EC2 instance i-10 is not in running state.",
+                &tried
+            ),
+            strings(&["i-10"])
+        );
+        let targets = strings(&["i-1:80", "i-2:80", "10.0.0.5:8080", "[2001:db8::1]:443"]);
+        assert_eq!(
+            members_named_in(
+                "HTTP 400, InvalidTarget: The following targets are not in a running state and \
+                 cannot be registered: 'i-2', '2001:db8::1'",
+                &targets
+            ),
+            strings(&["i-2:80", "[2001:db8::1]:443"])
+        );
+        assert!(members_named_in("HTTP 400, InvalidInstance: bad request", &tried).is_empty());
+    }
+}
+
 /// Error codes that mean "slow down" on ELB and Route53.
 const THROTTLE_CODES: &[&str] = &[
     "Throttling",
@@ -107,6 +140,9 @@ const THROTTLE_CODES: &[&str] = &[
     "TooManyRequestsException",
     "SlowDown",
 ];
+
+/// Error codes of a Register call that refuses some of its members (and so registers none).
+const INVALID_MEMBER_CODES: &[&str] = &["InvalidInstance", "InvalidTarget"];
 
 const NOT_FOUND_CODES: &[&str] = &[
     "LoadBalancerNotFound",
@@ -127,6 +163,8 @@ where
             let status = service.raw().status().as_u16();
             let kind = if THROTTLE_CODES.contains(&code) || status == 429 {
                 ErrorKind::Throttled
+            } else if INVALID_MEMBER_CODES.contains(&code) {
+                ErrorKind::InvalidMember
             } else if NOT_FOUND_CODES.contains(&code) {
                 ErrorKind::NotFound
             } else if status >= 500 {
@@ -151,6 +189,30 @@ where
         _ => (ErrorKind::Transient, DisplayErrorContext(&err).to_string()),
     };
     AwsError::new(kind, operation, target, message)
+}
+
+/// The members of `tried` that an AWS error message names (`EC2 instance i-… is not in running
+/// state`, `… cannot be registered: 'i-1', 'i-2'`). A member is named when its id (a target's id
+/// without the port) is a whole word of the message.
+pub fn members_named_in(message: &str, tried: &[String]) -> Vec<String> {
+    let words: std::collections::HashSet<&str> = message
+        .split(|c: char| !(c.is_ascii_alphanumeric() || "-.:".contains(c)))
+        .map(|w| w.trim_end_matches(['.', ':', ',']))
+        .filter(|w| !w.is_empty())
+        .collect();
+    tried
+        .iter()
+        .filter(|m| {
+            // `i-1`, `i-1:80`, `10.0.0.5:80`, `[2001:db8::1]:443` → the id alone.
+            let id = match m.strip_prefix('[') {
+                Some(v6) => v6.split(']').next().unwrap_or(v6),
+                None if m.matches(':').count() == 1 => m.split(':').next().unwrap_or(m),
+                None => m.as_str(),
+            };
+            words.contains(id)
+        })
+        .cloned()
+        .collect()
 }
 
 /// Reads are safe to resend: the SDK retries them (3 attempts, its standard backoff) before an

@@ -3,6 +3,9 @@
 //! - [`FaultProxy`]: an HTTP/1.1 proxy to moto that fails a share of requests the way AWS does
 //!   (500, 503, 400 Throttling, 400 PriorRequestNotComplete), drops connections (before or after
 //!   forwarding, so some changes are applied but their answer is lost) and adds latency.
+//!   It also answers as real AWS does where moto is lenient: a Register call naming an instance in
+//!   its `invalid` set (a terminated host) fails whole, with 400 `InvalidInstance` (Classic ELB) or
+//!   `InvalidTarget` (ELBv2) and AWS's own message, and registers nothing.
 //! - [`TcpCut`]: a plain TCP forwarder (to etcd) that can cut every connection and refuse new ones,
 //!   to take lbmanager away from an etcd that keeps running.
 
@@ -62,6 +65,60 @@ pub struct FaultProxy {
     pub fail_percent: Arc<AtomicU64>,
     /// A delay added to every request, in milliseconds.
     pub delay_ms: Arc<AtomicU64>,
+    /// Instance ids AWS refuses to register (terminated hosts).
+    pub invalid: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// Register calls refused because of `invalid`.
+    pub refused: Arc<AtomicUsize>,
+}
+
+/// A Register call's member ids (Classic `Instances.member.N.InstanceId`, v2
+/// `Targets.member.N.Id`), or None for any other call.
+fn register_ids(request: &[u8]) -> Option<(bool, Vec<String>)> {
+    let text = String::from_utf8_lossy(request);
+    let body = text.split_once("\r\n\r\n")?.1;
+    let v2 = if body.contains("Action=RegisterTargets") {
+        true
+    } else if body.contains("Action=RegisterInstancesWithLoadBalancer") {
+        false
+    } else {
+        return None;
+    };
+    let ids = body
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(k, _)| k.ends_with(".InstanceId") || k.ends_with(".Id"))
+        .map(|(_, v)| v.replace("%3A", ":").replace("%2D", "-"))
+        .collect();
+    Some((v2, ids))
+}
+
+/// AWS's answer to a Register call naming instances that are not running: the whole call fails.
+fn invalid_member_response(v2: bool, bad: &[String]) -> Vec<u8> {
+    let (code, message) = if v2 {
+        let list: Vec<String> = bad.iter().map(|id| format!("'{id}'")).collect();
+        (
+            "InvalidTarget",
+            format!(
+                "The following targets are not in a running state and cannot be registered: {}",
+                list.join(", ")
+            ),
+        )
+    } else {
+        // Classic ELB names one instance at a time.
+        (
+            "InvalidInstance",
+            format!("EC2 instance {} is not in running state.", bad[0]),
+        )
+    };
+    let body = format!(
+        "<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code>\
+         <Message>{message}</Message></Error><RequestId>aws-rules</RequestId></ErrorResponse>"
+    );
+    format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/xml\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// A tiny xorshift generator: no dependency, reproducible for a seed (not 0).
@@ -121,14 +178,18 @@ impl FaultProxy {
         let counts = Arc::new(FaultCounts::default());
         let percent = Arc::new(AtomicU64::new(fail_percent));
         let delay = Arc::new(AtomicU64::new(0));
+        let invalid: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
+        let refused = Arc::new(AtomicUsize::new(0));
         let (c, p, d) = (counts.clone(), percent.clone(), delay.clone());
+        let (inv, r) = (invalid.clone(), refused.clone());
         thread::spawn(move || {
             for (n, client) in listener.incoming().enumerate() {
                 let Ok(client) = client else { continue };
                 let (c, p, d) = (c.clone(), p.clone(), d.clone());
+                let (inv, r) = (inv.clone(), r.clone());
                 let mut rng =
                     Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((n as u64 + 1) * 7919));
-                thread::spawn(move || serve(client, upstream_port, &c, &p, &d, &mut rng));
+                thread::spawn(move || serve(client, upstream_port, &c, &p, &d, &inv, &r, &mut rng));
             }
         });
         FaultProxy {
@@ -136,21 +197,52 @@ impl FaultProxy {
             counts,
             fail_percent: percent,
             delay_ms: delay,
+            invalid,
+            refused,
         }
+    }
+
+    /// A proxy that injects no faults: it only answers as real AWS does (see `invalid`).
+    pub fn aws_rules(upstream_port: u16) -> FaultProxy {
+        FaultProxy::start(upstream_port, 0, 1)
+    }
+
+    /// Makes AWS refuse these instance ids from now on (terminated hosts).
+    pub fn set_invalid(&self, ids: &[&str]) {
+        *self.invalid.lock().unwrap() = ids.iter().map(|s| s.to_string()).collect();
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     client: TcpStream,
     upstream: u16,
     counts: &FaultCounts,
     percent: &AtomicU64,
     delay: &AtomicU64,
+    invalid: &Mutex<std::collections::BTreeSet<String>>,
+    refused: &AtomicUsize,
     rng: &mut Rng,
 ) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut writer = client;
     while let Some(request) = read_message(&mut reader) {
+        if let Some((v2, ids)) = register_ids(&request) {
+            let bad: Vec<String> = {
+                let invalid = invalid.lock().unwrap();
+                ids.into_iter().filter(|id| invalid.contains(id)).collect()
+            };
+            if !bad.is_empty() {
+                refused.fetch_add(1, Ordering::SeqCst);
+                if writer
+                    .write_all(&invalid_member_response(v2, &bad))
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+        }
         counts.received.fetch_add(1, Ordering::SeqCst);
         counts
             .arrivals
