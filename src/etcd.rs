@@ -23,6 +23,8 @@ pub enum EtcdError {
         prefix: String,
         source: etcd_client::Error,
     },
+    #[error("reading {prefix} from etcd: no answer to one request within {timeout:?}")]
+    Timeout { prefix: String, timeout: Duration },
     #[error("deleting superseded keys failed: {source}")]
     Delete { source: etcd_client::Error },
     #[error("cannot read {path}: {source}")]
@@ -55,9 +57,13 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, EtcdError> {
     let mut options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         // HTTP/2 pings notice a dead etcd under an idle watch; a request timeout would cut the
-        // watch stream itself, so there is none.
+        // watch stream itself, so there is none (reads time out one request at a time instead).
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        // A member that has lost its quorum answers nothing new, ever: with this, its requests
+        // and watches fail ("no leader") instead of going quiet, so lbmanager says so and
+        // retries (on another endpoint, where there is one).
+        .with_require_leader(true);
     if let Some((user, password)) = &opts.user {
         options = options
             .with_user(user, password)
@@ -92,6 +98,8 @@ pub struct Snapshot {
     pub revision: Revision,
     /// Keys that are not UTF-8 (they can't be member keys), counted and skipped.
     pub skipped: usize,
+    /// Keys written under a lease (their delete is, in practice, the lease's expiry).
+    pub leased: std::collections::HashSet<String>,
 }
 
 /// The watched range: the prefix with its trailing slash, so `/lbManager` does not also match
@@ -116,17 +124,34 @@ fn range_end(key: &str) -> Vec<u8> {
 /// requests, small enough to stay far below gRPC's message limit (keys only, ~100 bytes each).
 pub const SNAPSHOT_PAGE: i64 = 5000;
 
-/// Reads every key under `prefix/` at one revision, `page` keys a request, keys only.
+/// The longest one request of a whole-prefix read may take. The deadline is per request, not
+/// per read: a tree of a million keys takes far longer to read than any one page.
+pub const READ_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a long read says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads every key under `prefix/` at one revision, `page` keys a request, keys only. A read that
+/// takes long logs its progress.
 pub async fn read_snapshot(
     client: &mut Client,
     prefix: &str,
     page: i64,
+    log: &slog::Logger,
 ) -> Result<Snapshot, EtcdError> {
     let start = watch_key(prefix);
     let end = range_end(&start);
     let mut snapshot = Snapshot::default();
     let mut from: Vec<u8> = start.into_bytes();
+    let began = std::time::Instant::now();
+    let mut next_report = began + PROGRESS_EVERY;
     loop {
+        if std::time::Instant::now() >= next_report {
+            next_report += PROGRESS_EVERY;
+            slog::info!(log, "still reading etcd";
+                "keys_so_far" => snapshot.keys.len(), "revision" => snapshot.revision,
+                "elapsed" => ?began.elapsed());
+        }
         let mut options = GetOptions::new()
             .with_range(end.clone())
             .with_keys_only()
@@ -134,19 +159,30 @@ pub async fn read_snapshot(
         if snapshot.revision > 0 {
             options = options.with_revision(snapshot.revision);
         }
-        let resp = client
-            .get(from.clone(), Some(options))
-            .await
-            .map_err(|source| EtcdError::Read {
-                prefix: prefix.to_string(),
-                source,
-            })?;
+        let resp = tokio::time::timeout(
+            READ_REQUEST_TIMEOUT,
+            client.get(from.clone(), Some(options)),
+        )
+        .await
+        .map_err(|_| EtcdError::Timeout {
+            prefix: prefix.to_string(),
+            timeout: READ_REQUEST_TIMEOUT,
+        })?
+        .map_err(|source| EtcdError::Read {
+            prefix: prefix.to_string(),
+            source,
+        })?;
         if snapshot.revision == 0 {
             snapshot.revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         }
         for kv in resp.kvs() {
             match kv.key_str() {
-                Ok(key) => snapshot.keys.push((key.to_string(), kv.mod_revision())),
+                Ok(key) => {
+                    if kv.lease() != 0 {
+                        snapshot.leased.insert(key.to_string());
+                    }
+                    snapshot.keys.push((key.to_string(), kv.mod_revision()));
+                }
                 Err(_) => snapshot.skipped += 1,
             }
         }

@@ -250,15 +250,21 @@ async fn initial_read(
     let deadline = Instant::now() + timeout;
     let mut attempt = 0;
     loop {
+        // Each request has its own deadline (connecting, then every page of the read): a big
+        // tree is slow to read, not unreachable.
         let result = async {
-            let mut client = etcd::connect(opts).await?;
-            let snapshot = etcd::read_snapshot(&mut client, prefix, etcd::SNAPSHOT_PAGE).await?;
-            Ok::<_, etcd::EtcdError>((client, snapshot))
+            let mut client = tokio::time::timeout(Duration::from_secs(5), etcd::connect(opts))
+                .await
+                .map_err(|_| "no answer to connecting within 5s".to_string())?
+                .map_err(|e| e.to_string())?;
+            let snapshot = etcd::read_snapshot(&mut client, prefix, etcd::SNAPSHOT_PAGE, log)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, snapshot))
         };
-        let err = match tokio::time::timeout(Duration::from_secs(5), result).await {
-            Ok(Ok(done)) => return Some(done),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "no answer within 5s".to_string(),
+        let err = match result.await {
+            Ok(done) => return Some(done),
+            Err(e) => e,
         };
         let delay = backoff(attempt, Duration::from_millis(250), Duration::from_secs(5));
         attempt += 1;

@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::proxy::FaultProxy;
 use common::*;
 
@@ -148,4 +150,167 @@ async fn a_rejected_target_does_not_freeze_its_target_group() {
     let log = daemon.log();
     assert!(log.contains(&tg_key("tg", DEAD)) && log.contains("InvalidTarget"));
     daemon.stop();
+}
+
+/// One revision that deletes 40,000 keys is one watch response over gRPC's default 4 MiB. It is
+/// delivered (and, were it not, the watch would relist rather than loop), so a later change still
+/// reaches AWS.
+#[tokio::test]
+async fn a_delete_of_forty_thousand_keys_in_one_revision_does_not_wedge_the_watch() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    // 40 load balancers of 1,000 members that do not exist in AWS (their syncs fail, and stop
+    // failing once their keys are gone).
+    etcd.put_many((0..40_000u64).map(|n| {
+        elb_key(
+            &format!("gone{:02}", n / 1000),
+            "multiple",
+            &format!("i-{n:017x}"),
+        )
+    }))
+    .await;
+    let daemon = Daemon::start(&etcd, &moto, &["--elb-rate", "1000", "--elb-burst", "1000"]);
+    daemon.wait_log("initial sync complete").await;
+    let out = etcd.ctl(&["del", "--prefix", &format!("{P}/elb/us-east-1/gone")]);
+    assert_eq!(out.trim(), "40000");
+    etcd.put(&elb_key("web", "multiple", GOOD1)).await;
+    eventually(
+        "a change after the big delete reaches AWS",
+        DEADLINE,
+        || async { aws.instances("us-east-1", "web").await == strings(&[GOOD1]) },
+    )
+    .await;
+    eventually(
+        "the emptied load balancers are retired",
+        DEADLINE,
+        || async { daemon.log().matches("no longer managed").count() >= 40 },
+    )
+    .await;
+}
+
+/// The member lbmanager talks to loses its quorum: `/readyz` says 503 (the watch fails instead
+/// of going quiet), and work resumes by itself when the quorum is back.
+#[tokio::test]
+async fn a_member_without_a_leader_is_not_ready_and_work_resumes_with_the_quorum() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let moto = Moto::start().await;
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut daemon = Daemon::unstarted();
+    let url = cluster.members[0].url.clone();
+    daemon.spawn(&url, &moto.url, &["--listen", &listen]);
+    eventually("ready", DEADLINE, || async {
+        http_get(port, "/readyz").map(|r| r.0) == Some(200)
+    })
+    .await;
+    cluster.members[1].stop();
+    cluster.members[2].stop();
+    eventually(
+        "not ready while the member has no leader",
+        DEADLINE,
+        || async { http_get(port, "/readyz").map(|r| r.0) == Some(503) },
+    )
+    .await;
+    daemon.wait_log("no leader").await;
+    cluster.members[1].launch();
+    cluster.members[2].launch();
+    cluster.members[0].wait_ready().await;
+    cluster.members[0]
+        .put(&elb_key("web", "multiple", GOOD1))
+        .await;
+    eventually(
+        "the change after the quorum came back reaches AWS",
+        DEADLINE,
+        || async { aws.instances("us-east-1", "web").await == strings(&[GOOD1]) },
+    )
+    .await;
+    eventually("ready again", DEADLINE, || async {
+        http_get(port, "/readyz").map(|r| r.0) == Some(200)
+    })
+    .await;
+    daemon.stop();
+}
+
+/// etcd restored from a snapshot goes back to the snapshot's revision: lbmanager notices the
+/// store revision below what it has seen and relists, so changes written after the restore arrive
+/// and AWS ends equal to the restored tree.
+#[tokio::test]
+async fn changes_after_a_snapshot_restore_reach_aws() {
+    let (mut etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    etcd.put(&elb_key("web", "multiple", GOOD1)).await;
+    let snapshot = etcd.dir.path().join("snapshot.db");
+    etcd.snapshot_save(&snapshot);
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    daemon.wait_log("initial sync complete").await;
+    for id in [GOOD2, "i-00000000000000b01", "i-00000000000000b02"] {
+        etcd.put(&elb_key("web", "multiple", id)).await;
+    }
+    for id in ["i-00000000000000b01", "i-00000000000000b02"] {
+        etcd.del(&elb_key("web", "multiple", id)).await;
+    }
+    eventually("in step before the restore", DEADLINE, || async {
+        aws.instances("us-east-1", "web").await == strings(&[GOOD1, GOOD2])
+    })
+    .await;
+    etcd.restore(&snapshot).await;
+    etcd.put(&elb_key("web", "multiple", GOOD3)).await;
+    eventually(
+        "AWS equals the restored tree plus the new key",
+        DEADLINE,
+        || async { aws.instances("us-east-1", "web").await == strings(&[GOOD1, GOOD3]) },
+    )
+    .await;
+    daemon.wait_log("revision went backwards").await;
+}
+
+/// A tree of 1,000,000 keys (1,000 load balancers × 1,000 members) takes longer to read than any
+/// one request may: lbmanager reads it page by page, says how far it got, starts and works.
+#[tokio::test]
+async fn starts_with_a_million_keys() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "lb0000").await;
+    etcd.put_many((0..1_000_000u64).map(|n| {
+        elb_key(
+            &format!("lb{:04}", n / 1000),
+            "multiple",
+            &format!("i-{n:017x}"),
+        )
+    }))
+    .await;
+    let daemon = Daemon::start(
+        &etcd,
+        &moto,
+        &[
+            "--elb-rate",
+            "1000",
+            "--elb-burst",
+            "1000",
+            "--etcd-connect-timeout",
+            "5s",
+        ],
+    );
+    eventually(
+        "the whole tree is read",
+        Duration::from_secs(300),
+        || async { daemon.log().contains("keys: 1000000") },
+    )
+    .await;
+    eventually(
+        "lb0000 has its 1,000 members",
+        Duration::from_secs(300),
+        || async { aws.instances("us-east-1", "lb0000").await.len() == 1000 },
+    )
+    .await;
+    etcd.del(&elb_key("lb0000", "multiple", &format!("i-{:017x}", 0)))
+        .await;
+    eventually("a change is applied", Duration::from_secs(120), || async {
+        aws.instances("us-east-1", "lb0000").await.len() == 999
+    })
+    .await;
 }

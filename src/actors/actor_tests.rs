@@ -50,6 +50,7 @@ async fn start_with(
         keys: keys.iter().map(|(k, r)| (k.to_string(), *r)).collect(),
         revision: 100,
         skipped: 0,
+        leased: Default::default(),
     };
     Supervisor::new(settings, &log(), no_etcd().await, elb, r53, snapshot)
         .without_watch()

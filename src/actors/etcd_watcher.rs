@@ -1,11 +1,17 @@
 //! The EtcdWatcher: turns etcd's watch stream into [`EtcdChanges`] for the Supervisor.
 //!
 //! It resumes from the last revision it delivered + 1 after any break (etcd restart, network,
-//! cancelled watch), with capped exponential backoff, so no event is lost and etcd is not hammered
-//! while it is away. When that revision has been compacted away, the history is gone: it reads the
+//! cancelled watch, a member that lost its leader), with capped exponential backoff that only real
+//! progress resets, so no event is lost and etcd is not hammered while it is away. It reads the
 //! whole prefix again and hands the Supervisor a [`Snapshot`] (a relist, as kube-runtime's watcher
-//! does), so even a delete made during the gap reaches AWS.
+//! does) whenever the history it would resume from is unusable:
+//! - compacted away, so even a delete made during the gap reaches AWS;
+//! - gone backwards: etcd was restored from a snapshot, and the revision it would resume from now
+//!   means something else (changes written after the restore would never arrive);
+//! - a watch that keeps breaking at one revision (say a revision too big to deliver): looping
+//!   there forever would ignore every later change.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +22,15 @@ use slog::{debug, info, warn, Logger};
 
 use super::supervisor::Supervisor;
 use super::{backoff, Settings};
+
+/// The largest watch response accepted. etcd sends one revision in one response, and a `del
+/// --prefix` of a big tree is one revision: 40,000 deleted keys are over gRPC's default 4 MiB.
+/// etcd 3.4 sends up to 2 GiB.
+const WATCH_MAX_MESSAGE: usize = i32::MAX as usize;
+
+/// A watch that breaks this many times in a row at one revision, without progress, is given up
+/// for a relist.
+const RELIST_AFTER_FAILURES: u32 = 3;
 use crate::desired::Revision;
 use crate::etcd::{self, Snapshot};
 
@@ -71,6 +86,14 @@ pub struct EtcdWatcher {
     /// Increases with every watch; items of an older watch are stale and ignored (a broken stream
     /// may still deliver a few items after it was given up).
     epoch: u64,
+    /// Breaks of an established watch in a row at `next_revision`, with no progress between.
+    stuck: u32,
+    /// The current watch was created and has not delivered progress yet.
+    established: bool,
+    /// Keys written under a lease. Known from the puts themselves, so that the watch needs no
+    /// previous values: asking etcd for them makes it look up every deleted key's last value,
+    /// which takes it half a minute for a `del --prefix` of 40,000 keys.
+    leased: HashSet<String>,
 }
 
 /// One item of watch number `.0`: a response, an error, or `None` when the stream ended.
@@ -83,6 +106,7 @@ impl EtcdWatcher {
         supervisor: Addr<Supervisor>,
         log: &Logger,
         next_revision: Revision,
+        leased: HashSet<String>,
     ) -> Self {
         EtcdWatcher {
             client,
@@ -93,6 +117,9 @@ impl EtcdWatcher {
             attempt: 0,
             stream: None,
             epoch: 0,
+            stuck: 0,
+            established: false,
+            leased,
         }
     }
 
@@ -116,14 +143,15 @@ impl EtcdWatcher {
     fn watch(&mut self, ctx: &mut Context<Self>) {
         self.drop_stream(ctx);
         let epoch = self.epoch;
-        let mut client = self.client.clone();
+        let mut client = self
+            .client
+            .watch_client()
+            .max_decoding_message_size(WATCH_MAX_MESSAGE);
         let key = etcd::watch_key(&self.settings.prefix);
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.next_revision)
-            .with_progress_notify()
-            // The previous value tells a leased key's delete (a lease expiry) from others.
-            .with_prev_key();
+            .with_progress_notify();
         let fut = async move { client.watch(key, Some(options)).await };
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
             Ok(stream) => {
@@ -137,14 +165,57 @@ impl EtcdWatcher {
         }));
     }
 
+    /// Real progress: events delivered, or etcd saying the watch has caught up.
+    fn progress(&mut self) {
+        self.attempt = 0;
+        self.stuck = 0;
+        self.established = false;
+    }
+
     fn retry_later(&mut self, ctx: &mut Context<Self>, reason: &str) {
         self.drop_stream(ctx);
         self.settings.metrics.set_watch_live(false);
         self.settings.metrics.watch_reconnects.inc();
+        if std::mem::take(&mut self.established) {
+            self.stuck += 1;
+            if self.stuck >= RELIST_AFTER_FAILURES {
+                warn!(self.log, "etcd watch keeps breaking at one revision, relisting \
+                    instead of looping (changes up to now are read whole)";
+                    "reason" => reason, "revision" => self.next_revision,
+                    "breaks" => self.stuck);
+                self.stuck = 0;
+                return self.relist(ctx);
+            }
+        }
         let delay = self.delay();
         warn!(self.log, "etcd watch broken, will reconnect";
             "reason" => reason, "retry_in" => ?delay, "resume_revision" => self.next_revision);
         ctx.run_later(delay, |act, ctx| act.watch(ctx));
+    }
+
+    /// A response said the store is at `seen`, below what was already delivered: etcd was
+    /// restored from a snapshot, or the member answering lags behind. A linearizable read (which
+    /// the leader answers) tells which; a store that really went back is relisted.
+    fn check_store_revision(&mut self, seen: Revision, ctx: &mut Context<Self>) {
+        let mut client = self.client.clone();
+        let key = etcd::watch_key(&self.settings.prefix);
+        let fut = async move {
+            let options = etcd_client::GetOptions::new().with_count_only();
+            client.get(key, Some(options)).await
+        };
+        // `wait`: no watch item is handled before the answer.
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
+            let store = match res {
+                Ok(resp) => resp.header().map(|h| h.revision()).unwrap_or(seen),
+                Err(e) => return act.retry_later(ctx, &e.to_string()),
+            };
+            if store < act.next_revision - 1 {
+                warn!(act.log, "etcd's revision went backwards (restored from a snapshot?), \
+                    relisting: the revisions lbmanager knew now mean something else";
+                    "store_revision" => store, "expected_at_least" => act.next_revision - 1);
+                act.relist(ctx);
+            }
+        }));
     }
 
     fn relist(&mut self, ctx: &mut Context<Self>) {
@@ -152,13 +223,16 @@ impl EtcdWatcher {
         self.settings.metrics.set_watch_live(false);
         let mut client = self.client.clone();
         let prefix = self.settings.prefix.clone();
-        let fut =
-            async move { etcd::read_snapshot(&mut client, &prefix, etcd::SNAPSHOT_PAGE).await };
+        let log = self.log.clone();
+        let fut = async move {
+            etcd::read_snapshot(&mut client, &prefix, etcd::SNAPSHOT_PAGE, &log).await
+        };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(snapshot) => {
-                info!(act.log, "re-read the whole prefix after compaction";
+            Ok(mut snapshot) => {
+                info!(act.log, "re-read the whole prefix";
                     "keys" => snapshot.keys.len(), "revision" => snapshot.revision);
                 act.next_revision = snapshot.revision + 1;
+                act.leased = std::mem::take(&mut snapshot.leased);
                 act.supervisor.do_send(Relisted(snapshot));
                 act.watch(ctx);
             }
@@ -198,8 +272,12 @@ impl StreamHandler<Item> for EtcdWatcher {
         if resp.canceled() {
             return self.retry_later(ctx, &format!("watch cancelled: {}", resp.cancel_reason()));
         }
+        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        if revision > 0 && revision < self.next_revision - 1 {
+            self.check_store_revision(revision, ctx);
+        }
         if resp.created() {
-            self.attempt = 0;
+            self.established = true;
             self.settings.metrics.set_watch_live(true);
             return;
         }
@@ -209,22 +287,29 @@ impl StreamHandler<Item> for EtcdWatcher {
             let Ok(key) = kv.key_str() else { continue };
             let key = key.to_string();
             changes.push(match event.event_type() {
-                EventType::Put => KeyChange::Put {
-                    key,
-                    revision: kv.mod_revision(),
-                },
+                EventType::Put => {
+                    if kv.lease() != 0 {
+                        self.leased.insert(key.clone());
+                    } else {
+                        self.leased.remove(&key);
+                    }
+                    KeyChange::Put {
+                        key,
+                        revision: kv.mod_revision(),
+                    }
+                }
                 EventType::Delete => KeyChange::Delete {
+                    leased: self.leased.remove(&key),
                     key,
-                    leased: event.prev_kv().is_some_and(|p| p.lease() != 0),
                 },
             });
             self.next_revision = self.next_revision.max(kv.mod_revision() + 1);
         }
-        let revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         self.settings
             .metrics
             .watch_revision
             .set(self.next_revision - 1);
+        self.progress();
         if changes.is_empty() {
             if resp.events().is_empty() {
                 // A progress notification: nothing under the prefix changed up to `revision`.

@@ -388,7 +388,7 @@ impl Actor for Supervisor {
     fn started(&mut self, ctx: &mut Self::Context) {
         self.state =
             Some(StateWriter::new(self.etcd.clone(), self.settings.clone(), &self.log).start());
-        let initial = self.initial.take().unwrap_or_default();
+        let mut initial = self.initial.take().unwrap_or_default();
         self.apply_snapshot(&initial, Cause::Startup, ctx);
         if self.watch {
             self.watcher = Some(
@@ -398,6 +398,7 @@ impl Actor for Supervisor {
                     ctx.address(),
                     &self.log,
                     initial.revision + 1,
+                    std::mem::take(&mut initial.leased),
                 )
                 .start(),
             );

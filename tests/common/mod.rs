@@ -63,6 +63,9 @@ pub struct Etcd {
     pub tls_url: Option<String>,
     peer_url: String,
     pub dir: tempfile::TempDir,
+    name: String,
+    /// `--initial-cluster` of a cluster member (a lone member names only itself).
+    initial_cluster: Option<String>,
 }
 
 impl Etcd {
@@ -86,6 +89,8 @@ impl Etcd {
             tls_url: None,
             peer_url: format!("http://127.0.0.1:{}", free_port()),
             dir: tempfile::tempdir().expect("a temp dir"),
+            name: "test".into(),
+            initial_cluster: None,
         }
     }
 
@@ -131,6 +136,12 @@ impl Etcd {
     }
 
     async fn spawn(&mut self) {
+        self.launch();
+        self.wait_ready().await;
+    }
+
+    /// Starts the process (again, on the same ports and data).
+    pub fn launch(&mut self) {
         let log = File::options()
             .create(true)
             .append(true)
@@ -154,7 +165,7 @@ impl Etcd {
         let child = cmd
             .args([
                 "--name",
-                "test",
+                &self.name,
                 "--data-dir",
                 self.dir.path().join("data").to_str().unwrap(),
                 "--listen-client-urls",
@@ -166,19 +177,27 @@ impl Etcd {
                 "--initial-advertise-peer-urls",
                 &self.peer_url,
                 "--initial-cluster",
-                &format!("test={}", self.peer_url),
+                &self
+                    .initial_cluster
+                    .clone()
+                    .unwrap_or(format!("{}={}", self.name, self.peer_url)),
             ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("etcd must be installed (scripts/install-deps.sh)");
         self.child = Some(child);
+    }
+
+    /// Waits until this member answers a request that needs a leader.
+    pub async fn wait_ready(&self) {
         let url = self.url.clone();
         eventually("etcd answers", DEADLINE, || {
             let url = url.clone();
             async move {
-                match Client::connect([url], None).await {
-                    Ok(mut c) => c.status().await.is_ok(),
+                let options = etcd_client::ConnectOptions::new().with_require_leader(true);
+                match Client::connect([url], Some(options)).await {
+                    Ok(mut c) => c.get("/", None).await.is_ok(),
                     Err(_) => false,
                 }
             }
@@ -210,6 +229,56 @@ impl Etcd {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Saves a snapshot of the store to `path` (etcdctl snapshot save).
+    pub fn snapshot_save(&self, path: &std::path::Path) {
+        self.ctl(&["snapshot", "save", path.to_str().unwrap()]);
+    }
+
+    /// Stops etcd, replaces its data with `snapshot` (etcdctl snapshot restore: the store goes
+    /// back to the snapshot's revision) and starts it again on the same ports.
+    pub async fn restore(&mut self, snapshot: &std::path::Path) {
+        self.stop();
+        let data = self.dir.path().join("data");
+        std::fs::remove_dir_all(&data).expect("remove the old data dir");
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["snapshot", "restore", snapshot.to_str().unwrap()])
+            .args(["--data-dir", data.to_str().unwrap(), "--name", "test"])
+            .args(["--initial-cluster", &format!("test={}", self.peer_url)])
+            .args(["--initial-advertise-peer-urls", &self.peer_url])
+            .output()
+            .expect("etcdctl");
+        assert!(
+            out.status.success(),
+            "snapshot restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.spawn().await;
+    }
+
+    /// Puts every key (empty values) in transactions of 128 puts (etcd's default limit), 16
+    /// transactions at a time.
+    pub async fn put_many(&self, keys: impl Iterator<Item = String>) {
+        use futures::StreamExt;
+        let client = self.client().await;
+        let keys: Vec<String> = keys.collect();
+        futures::stream::iter(keys.chunks(128))
+            .for_each_concurrent(16, |chunk| {
+                let mut client = client.clone();
+                async move {
+                    let ops: Vec<etcd_client::TxnOp> = chunk
+                        .iter()
+                        .map(|k| etcd_client::TxnOp::put(k.as_str(), "", None))
+                        .collect();
+                    client
+                        .txn(etcd_client::Txn::new().and_then(ops))
+                        .await
+                        .expect("etcd txn");
+                }
+            })
+            .await;
     }
 
     /// Stops and starts etcd on the same ports and data: an outage with nothing lost.
@@ -261,6 +330,32 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// A cluster of real etcd members on loopback (for quorum tests).
+pub struct EtcdCluster {
+    pub members: Vec<Etcd>,
+}
+
+impl EtcdCluster {
+    pub async fn start(n: usize) -> EtcdCluster {
+        let mut members: Vec<Etcd> = (0..n).map(|_| Etcd::unstarted()).collect();
+        let initial: Vec<String> = members
+            .iter()
+            .enumerate()
+            .map(|(i, m)| format!("m{i}={}", m.peer_url))
+            .collect();
+        let initial = initial.join(",");
+        for (i, m) in members.iter_mut().enumerate() {
+            m.name = format!("m{i}");
+            m.initial_cluster = Some(initial.clone());
+            m.launch();
+        }
+        for m in &members {
+            m.wait_ready().await;
+        }
+        EtcdCluster { members }
     }
 }
 
