@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::etcd_watcher::{EtcdChanges, KeyChange};
-use super::supervisor::{ManagedCount, Supervisor};
+use super::etcd_watcher::{EtcdChanges, KeyChange, Relisted};
+use super::supervisor::{ManagedCount, Supervisor, ZoneCount};
 use super::Settings;
 use crate::aws::fake::{FakeElb, FakeRoute53};
 use crate::aws::ErrorKind;
@@ -332,4 +332,171 @@ async fn a_load_balancer_gone_from_aws_with_no_keys_left_is_retired() {
         actix_rt::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(retired, "still managed: {:?}", elb.calls());
+}
+
+#[actix_rt::test]
+async fn a_refused_member_is_set_aside_by_bisecting_and_the_rest_converges() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    // AWS names no instance: lbmanager must find the bad one itself.
+    elb.set_invalid(&["i-0000000d"], false);
+    elb.set_instances("us-east-1", "a", &["i-00000001"]);
+    let key = |id: &str| format!("/lbManager/elb/us-east-1/a/multiple/{id}");
+    let keys: Vec<String> = ["i-0000000a", "i-0000000b", "i-0000000c", "i-0000000d"]
+        .iter()
+        .map(|id| key(id))
+        .collect();
+    let refs: Vec<(&str, i64)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+    let _sup = start(elb.clone(), Arc::default(), &refs).await;
+    eventually(
+        "every accepted member registered, the extra one gone",
+        || elb.instances("us-east-1", "a") == ids(&["i-0000000a", "i-0000000b", "i-0000000c"]),
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_single_switch_to_a_refused_member_keeps_the_current_one() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    elb.set_invalid(&["i-0000000d"], true);
+    elb.set_instances("us-east-1", "a", &["i-00000001"]);
+    let sup = start(elb.clone(), Arc::default(), &[]).await;
+    sup.send(put("/lbManager/elb/us-east-1/a/single/i-0000000d", 101))
+        .await
+        .unwrap();
+    eventually("the refused register was tried", || {
+        elb.calls().iter().any(|c| c.starts_with("Register"))
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(elb.instances("us-east-1", "a"), ids(&["i-00000001"]));
+    assert!(!elb.calls().iter().any(|c| c.starts_with("Deregister")));
+}
+
+#[actix_rt::test]
+async fn a_failure_retrying_cannot_fix_is_retried_at_once_when_a_newer_desire_waits() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    *elb.delay.lock().unwrap() = Duration::from_millis(100);
+    elb.fail_next.lock().unwrap().push(ErrorKind::Rejected);
+    let sup = start(elb.clone(), Arc::default(), &[]).await;
+    sup.send(put(A, 101)).await.unwrap();
+    // Arrives while the failing sync is in flight.
+    sup.send(put("/lbManager/elb/us-east-1/a/multiple/i-0000000c", 102))
+        .await
+        .unwrap();
+    eventually(
+        "the newer desire is applied without waiting for a resync",
+        || elb.instances("us-east-1", "a") == ids(&["i-0000000a", "i-0000000c"]),
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_change_planned_from_the_zone_cache_and_refused_is_retried_from_a_fresh_read() {
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
+    let a = || {
+        r53.record("Z1", "www.example.com", RecordType::A)
+            .map(|s| s.values)
+    };
+    eventually("record created", || a() == Some(vec!["192.0.2.1".into()])).await;
+    // By hand: the zone's cache no longer matches, so a DELETE built from it is refused.
+    r53.put_record(
+        "Z1",
+        crate::plan::RecordSet {
+            name: "www.example.com".into(),
+            rtype: RecordType::A,
+            ttl: 60,
+            values: vec!["192.0.2.1".into(), "198.51.100.7".into()],
+        },
+    );
+    sup.send(del(key, 2)).await.unwrap();
+    eventually("record deleted from a fresh read", || a().is_none()).await;
+}
+
+#[actix_rt::test]
+async fn an_actor_that_panics_at_every_start_is_restarted_ever_more_slowly() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    elb.panic_always.store(true, Ordering::SeqCst);
+    let _sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    actix_rt::time::sleep(Duration::from_millis(6500)).await;
+    // Restarts after 1 s, then 2 s, then 4 s: the first try and at most three restarts, where a
+    // restart every second would have made seven.
+    let calls = elb.calls().len();
+    assert!((2..=4).contains(&calls), "{calls} calls: {:?}", elb.calls());
+}
+
+#[actix_rt::test]
+async fn a_panic_mid_sync_does_not_leak_a_pending_sync() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    *elb.panic_next.lock().unwrap() = true;
+    let settings = settings();
+    let _sup = start_with(settings.clone(), elb.clone(), Arc::default(), &[(A, 1)]).await;
+    eventually("converged after the restart", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+    })
+    .await;
+    eventually("no sync left pending", || {
+        settings.metrics.syncs_pending.get() == 0
+    })
+    .await;
+}
+
+#[actix_rt::test]
+async fn a_zone_without_managed_names_is_freed() {
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
+    eventually("record created", || {
+        r53.record("Z1", "www.example.com", RecordType::A).is_some()
+    })
+    .await;
+    assert_eq!(sup.send(ZoneCount).await.unwrap(), 1);
+    sup.send(del(key, 2)).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sup.send(ZoneCount).await.unwrap() != 0 {
+        assert!(Instant::now() < deadline, "the zone actor was never freed");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn a_relist_resyncs_every_load_balancer_and_counts_as_a_full_sync() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let settings = settings();
+    let sup = start_with(settings.clone(), elb.clone(), Arc::default(), &[(A, 1)]).await;
+    eventually("registered", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+    })
+    .await;
+    eventually("start-up full sync", || {
+        settings.metrics.last_full_sync.get() > 0.0
+    })
+    .await;
+    settings.metrics.last_full_sync.set(0.0);
+    let describes = || {
+        elb.calls()
+            .iter()
+            .filter(|c| c.starts_with("Describe"))
+            .count()
+    };
+    let before = describes();
+    // Drift that only a fresh read sees; the relisted keys are the same as before.
+    elb.set_instances("us-east-1", "a", &["i-0000000f"]);
+    sup.send(Relisted(Snapshot {
+        keys: vec![(A.to_string(), 1)],
+        revision: 200,
+        ..Snapshot::default()
+    }))
+    .await
+    .unwrap();
+    eventually(
+        "the unchanged load balancer was read again and corrected",
+        || describes() > before && elb.instances("us-east-1", "a") == ids(&["i-0000000a"]),
+    )
+    .await;
+    eventually("the relist counts as a full sync", || {
+        settings.metrics.last_full_sync.get() > 0.0
+    })
+    .await;
 }

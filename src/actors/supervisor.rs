@@ -21,7 +21,7 @@ use super::load_balancer::{
     Backend, Desire, Drain, LoadBalancer, Rejected, Retire, SetZone, Synced,
 };
 use super::state_writer::{Managed as Record, Rejections, StateWriter};
-use super::{backoff, Cause, Settings};
+use super::{Cause, Settings};
 use crate::aws::{ElbApi, Route53Api};
 use crate::desired::{DesiredState, Revision};
 use crate::etcd::{self, Snapshot};
@@ -53,7 +53,11 @@ impl Restarts {
         if self.not_before.is_some_and(|t| now < t) {
             return None;
         }
-        let delay = backoff(self.count, Duration::from_secs(1), Duration::from_secs(300));
+        // Doubling without jitter: restarts are checked once a second, so a jittered delay
+        // could shrink back to that second.
+        let delay = Duration::from_secs(1)
+            .saturating_mul(2u32.saturating_pow(self.count.min(16)))
+            .min(Duration::from_secs(300));
         self.count += 1;
         self.not_before = Some(now + delay);
         Some(delay)
@@ -595,6 +599,19 @@ impl Handler<Shutdown> for Supervisor {
         Box::pin(async move {
             futures::future::join_all(drains).await;
         })
+    }
+}
+
+/// Asks the Supervisor how many hosted zone actors it keeps (for tests).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ZoneCount;
+
+impl Handler<ZoneCount> for Supervisor {
+    type Result = usize;
+
+    fn handle(&mut self, _: ZoneCount, _: &mut Self::Context) -> usize {
+        self.zones.len()
     }
 }
 

@@ -25,6 +25,8 @@ pub struct FakeElb {
     pub fail_next: Mutex<Vec<ErrorKind>>,
     /// Panic on the next call, once.
     pub panic_next: Mutex<bool>,
+    /// Panic on every call.
+    pub panic_always: std::sync::atomic::AtomicBool,
     pub delay: Mutex<Duration>,
     in_flight: AtomicUsize,
     /// The most calls that were ever in flight at once (across all load balancers).
@@ -95,7 +97,8 @@ impl FakeElb {
             tokio::time::sleep(delay).await;
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        if std::mem::take(&mut *lock(&self.panic_next)) {
+        if std::mem::take(&mut *lock(&self.panic_next)) || self.panic_always.load(Ordering::SeqCst)
+        {
             panic!("injected panic in {op} on {target}");
         }
         let mut fails = lock(&self.fail_next);
