@@ -35,6 +35,9 @@ impl ElbChanges {
     }
 }
 
+/// Members AWS refused to register, with its reason (the error message), by member.
+pub type Rejected = std::collections::BTreeMap<String, String>;
+
 /// Which targets a target group takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TargetKind {

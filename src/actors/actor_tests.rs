@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::etcd_watcher::{EtcdChanges, KeyChange, Relisted};
+use super::etcd_watcher::{EtcdChanges, KeyChange, WatchEvent};
 use super::supervisor::{ManagedCount, Supervisor, ZoneCount};
 use super::Settings;
 use crate::aws::fake::{FakeElb, FakeRoute53};
@@ -65,24 +65,24 @@ fn resync_every(interval: Duration) -> Arc<Settings> {
     })
 }
 
-fn put(key: &str, revision: i64) -> EtcdChanges {
-    EtcdChanges {
+fn put(key: &str, revision: i64) -> WatchEvent {
+    WatchEvent::Changes(EtcdChanges {
         changes: vec![KeyChange::Put {
             key: key.into(),
             revision,
         }],
         revision,
-    }
+    })
 }
 
-fn del(key: &str, revision: i64) -> EtcdChanges {
-    EtcdChanges {
+fn del(key: &str, revision: i64) -> WatchEvent {
+    WatchEvent::Changes(EtcdChanges {
         changes: vec![KeyChange::Delete {
             key: key.into(),
             leased: false,
         }],
         revision,
-    }
+    })
 }
 
 /// Polls `cond` every 10 ms until it holds; panics after 10 s.
@@ -483,7 +483,7 @@ async fn a_relist_resyncs_every_load_balancer_and_counts_as_a_full_sync() {
     let before = describes();
     // Drift that only a fresh read sees; the relisted keys are the same as before.
     elb.set_instances("us-east-1", "a", &["i-0000000f"]);
-    sup.send(Relisted(Snapshot {
+    sup.send(WatchEvent::Relisted(Snapshot {
         keys: vec![(A.to_string(), 1)],
         revision: 200,
         ..Snapshot::default()

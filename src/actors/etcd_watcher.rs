@@ -1,4 +1,6 @@
-//! The EtcdWatcher: turns etcd's watch stream into [`EtcdChanges`] for the Supervisor.
+//! The EtcdWatcher: turns etcd's watch stream into [`WatchEvent`]s for whoever consumes them (the
+//! Supervisor), without knowing who that is: it holds a `Recipient<WatchEvent>`, as kube-runtime's
+//! watcher emits events to any consumer.
 //!
 //! It resumes from the last revision it delivered + 1 after any break (etcd restart, network,
 //! cancelled watch, a member that lost its leader), with capped exponential backoff that only real
@@ -20,7 +22,6 @@ use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
 use futures::StreamExt;
 use slog::{debug, info, warn, Logger};
 
-use super::supervisor::Supervisor;
 use super::{backoff, Settings};
 
 /// The largest watch response accepted. etcd sends one revision in one response, and a `del
@@ -49,17 +50,21 @@ pub enum KeyChange {
 }
 
 /// Changes from the watch, in etcd's order.
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
+#[derive(Debug)]
 pub struct EtcdChanges {
     pub changes: Vec<KeyChange>,
     pub revision: Revision,
 }
 
-/// The whole prefix, read again after the watch lost history.
+/// What the watcher reports.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Relisted(pub Snapshot);
+pub enum WatchEvent {
+    /// Keys changed.
+    Changes(EtcdChanges),
+    /// The whole prefix, read again after the watch lost usable history (a relist).
+    Relisted(Snapshot),
+}
 
 /// Stop watching (shutdown).
 #[derive(Message)]
@@ -77,7 +82,7 @@ impl Handler<Stop> for EtcdWatcher {
 pub struct EtcdWatcher {
     client: Client,
     settings: Arc<Settings>,
-    supervisor: Addr<Supervisor>,
+    consumer: Recipient<WatchEvent>,
     log: Logger,
     /// The first revision not yet delivered.
     next_revision: Revision,
@@ -103,7 +108,7 @@ impl EtcdWatcher {
     pub fn new(
         client: Client,
         settings: Arc<Settings>,
-        supervisor: Addr<Supervisor>,
+        consumer: Recipient<WatchEvent>,
         log: &Logger,
         next_revision: Revision,
         leased: HashSet<String>,
@@ -111,7 +116,7 @@ impl EtcdWatcher {
         EtcdWatcher {
             client,
             settings,
-            supervisor,
+            consumer,
             log: log.new(slog::o!("actor" => "etcd-watcher")),
             next_revision,
             attempt: 0,
@@ -233,7 +238,7 @@ impl EtcdWatcher {
                     "keys" => snapshot.keys.len(), "revision" => snapshot.revision);
                 act.next_revision = snapshot.revision + 1;
                 act.leased = std::mem::take(&mut snapshot.leased);
-                act.supervisor.do_send(Relisted(snapshot));
+                act.consumer.do_send(WatchEvent::Relisted(snapshot));
                 act.watch(ctx);
             }
             Err(e) => {
@@ -317,7 +322,8 @@ impl StreamHandler<Item> for EtcdWatcher {
             }
             return;
         }
-        self.supervisor.do_send(EtcdChanges { changes, revision });
+        self.consumer
+            .do_send(WatchEvent::Changes(EtcdChanges { changes, revision }));
     }
 
     fn finished(&mut self, _: &mut Self::Context) {

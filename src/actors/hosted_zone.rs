@@ -17,7 +17,6 @@ use std::sync::Arc;
 use actix::prelude::*;
 use slog::{info, Logger};
 
-use super::load_balancer::ZoneSynced;
 use super::{Cause, Settings};
 use crate::aws::{AwsError, ErrorKind, Route53Api};
 use crate::key::LbId;
@@ -40,6 +39,17 @@ pub struct ZoneDesire {
     pub generation: u64,
     pub cause: Cause,
     pub reply: Recipient<ZoneSynced>,
+}
+
+/// A zone's answer to a [`ZoneDesire`].
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ZoneSynced {
+    pub generation: u64,
+    pub error: Option<AwsError>,
+    /// The failed plan was built from what the zone remembered, not from a fresh read: a retry
+    /// from a fresh read may well succeed at once.
+    pub stale: bool,
 }
 
 pub struct HostedZone {

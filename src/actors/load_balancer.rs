@@ -7,18 +7,18 @@
 //! an FQDN it hands its desired record sets to its zone's [`HostedZone`], which serialises all
 //! changes of the zone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix::prelude::*;
 use slog::{info, warn, Logger};
 
-use super::hosted_zone::{HostedZone, ZoneDesire};
+use super::hosted_zone::{HostedZone, ZoneDesire, ZoneSynced};
 use super::{backoff, Cause, Settings};
 use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind};
 use crate::key::{LbId, Member};
-use crate::plan::{plan_elb, ElbChanges};
+use crate::plan::{plan_elb, ElbChanges, Rejected};
 
 /// Where a load balancer's members live.
 #[derive(Clone)]
@@ -61,17 +61,6 @@ pub struct Synced {
     pub error: Option<AwsError>,
     /// The members AWS refuses, when that set (or a reason) changed with this sync.
     pub rejected: Option<Arc<Rejected>>,
-}
-
-/// A zone's answer to a [`ZoneDesire`].
-#[derive(Message, Debug)]
-#[rtype(result = "()")]
-pub struct ZoneSynced {
-    pub generation: u64,
-    pub error: Option<AwsError>,
-    /// The failed plan was built from what the zone remembered, not from a fresh read: a retry
-    /// from a fresh read may well succeed at once.
-    pub stale: bool,
 }
 
 /// A sync in flight. Dropping it (the sync ended, or the actor stopped or panicked mid-sync)
@@ -413,9 +402,6 @@ impl Handler<Retire> for LoadBalancer {
         ctx.stop();
     }
 }
-
-/// Members AWS refused to register, with its reason (the error message), by member.
-pub type Rejected = BTreeMap<String, String>;
 
 /// What one ELB sync did.
 #[derive(Clone, Debug, Default)]

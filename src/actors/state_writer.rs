@@ -15,9 +15,9 @@ use actix::prelude::*;
 use etcd_client::Client;
 use slog::{debug, warn, Logger};
 
-use super::load_balancer::Rejected;
 use super::{backoff, Settings};
 use crate::key::{managed_key, rejected_key, LbId};
+use crate::plan::Rejected;
 
 /// Record (`true`) or forget (`false`) that lbmanager manages a load balancer.
 #[derive(Message, Debug)]

@@ -15,17 +15,16 @@ use actix::prelude::*;
 use etcd_client::Client;
 use slog::{debug, error, info, warn, Logger};
 
-use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, Relisted};
+use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, WatchEvent};
 use super::hosted_zone::HostedZone;
-use super::load_balancer::{
-    Backend, Desire, Drain, LoadBalancer, Rejected, Retire, SetZone, Synced,
-};
+use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
 use super::state_writer::{Managed as Record, Rejections, StateWriter};
 use super::{Cause, Settings};
 use crate::aws::{ElbApi, Route53Api};
 use crate::desired::{DesiredState, Revision};
 use crate::etcd::{self, Snapshot};
 use crate::key::{LbId, Member};
+use crate::plan::Rejected;
 
 /// A load balancer the Supervisor manages.
 struct Managed {
@@ -399,7 +398,7 @@ impl Actor for Supervisor {
                 EtcdWatcher::new(
                     self.etcd.clone(),
                     self.settings.clone(),
-                    ctx.address(),
+                    ctx.address().recipient(),
                     &self.log,
                     initial.revision + 1,
                     std::mem::take(&mut initial.leased),
@@ -438,13 +437,23 @@ impl Supervisor {
     }
 }
 
-impl Handler<EtcdChanges> for Supervisor {
+impl Handler<WatchEvent> for Supervisor {
     type Result = ();
 
-    fn handle(&mut self, msg: EtcdChanges, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: WatchEvent, ctx: &mut Self::Context) {
         if self.stopping {
             return;
         }
+        match msg {
+            WatchEvent::Changes(changes) => self.apply_changes(changes, ctx),
+            WatchEvent::Relisted(snapshot) => self.apply_snapshot(&snapshot, Cause::Relist, ctx),
+        }
+    }
+}
+
+impl Supervisor {
+    /// Applies etcd's changes to the desired state and reconciles the load balancers they touch.
+    fn apply_changes(&mut self, msg: EtcdChanges, ctx: &mut Context<Self>) {
         // Each touched load balancer with its cause: a leased key's delete is a lease expiry.
         let mut touched: HashMap<LbId, Cause> = HashMap::new();
         for change in msg.changes {
@@ -473,17 +482,6 @@ impl Handler<EtcdChanges> for Supervisor {
         for (lb, cause) in touched {
             self.reconcile(&lb, cause, false, ctx);
         }
-    }
-}
-
-impl Handler<Relisted> for Supervisor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Relisted, ctx: &mut Self::Context) {
-        if self.stopping {
-            return;
-        }
-        self.apply_snapshot(&msg.0, Cause::Relist, ctx);
     }
 }
 
