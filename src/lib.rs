@@ -16,3 +16,4 @@ pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod report;
+pub mod sync;

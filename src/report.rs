@@ -11,7 +11,8 @@ use serde::Serialize;
 use crate::aws::{AwsError, ElbApi, Route53Api};
 use crate::desired::DesiredState;
 use crate::key::{LbId, Member};
-use crate::plan::{plan_elb, plan_fqdn, Policy};
+use crate::plan::{plan_fqdn, Policy};
+use crate::sync::{gone_is_in_step, read_and_plan_elb};
 
 /// One load balancer's plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -66,9 +67,9 @@ pub async fn plan_all(
                     } else {
                         elbv2
                     };
-                    let actual = api.members(region, name).await?;
+                    let (actual, changes) =
+                        read_and_plan_elb(api, region, name, &members, policy).await?;
                     plan.actual = actual.members.iter().cloned().collect();
-                    let changes = plan_elb(&members, &actual, policy);
                     if !changes.register.is_empty() {
                         plan.changes
                             .push(format!("register {}", changes.register.join(",")));
@@ -79,7 +80,10 @@ pub async fn plan_all(
                     }
                 }
                 LbId::Route53 { zone, fqdn } => {
-                    let current = route53.record_sets(zone, fqdn).await?;
+                    let current = match route53.record_sets(zone, fqdn).await {
+                        Err(e) if gone_is_in_step(&e, members.is_empty()) => Vec::new(),
+                        other => other?,
+                    };
                     plan.actual = current.iter().flat_map(|s| s.values.clone()).collect();
                     let ips = members
                         .iter()
@@ -174,6 +178,40 @@ mod tests {
             error: error.map(str::to_string),
             rejected: vec![],
         }
+    }
+
+    /// `run` retires a load balancer recorded as managed whose keys are gone and that AWS no
+    /// longer has: in step. `plan` must say the same, not fail.
+    #[actix_rt::test]
+    async fn a_recorded_load_balancer_gone_from_aws_without_keys_is_in_step() {
+        use crate::aws::fake::{FakeElb, FakeRoute53};
+        let lbs: BTreeSet<LbId> = [
+            LbId::Elb {
+                region: "us-east-1".into(),
+                name: "gone".into(),
+            },
+            LbId::Route53 {
+                zone: "ZGONE".into(),
+                fqdn: "www.example.com".into(),
+            },
+        ]
+        .into();
+        let desired = DesiredState::new("/lbManager");
+        let (elb, r53) = (FakeElb::default(), FakeRoute53::default());
+        let plans = plan_all(
+            &desired,
+            &lbs,
+            &BTreeMap::new(),
+            &elb,
+            &elb,
+            &r53,
+            60,
+            Policy::Sync,
+        )
+        .await;
+        assert_eq!(plans.len(), 2);
+        assert!(plans.iter().all(|p| p.error.is_none()), "{plans:?}");
+        assert_eq!(exit_code(&plans), 0);
     }
 
     #[test]

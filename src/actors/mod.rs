@@ -3,7 +3,6 @@
 //! (a [`load_balancer::LoadBalancer`]) and of one hosted zone (a [`hosted_zone::HostedZone`]);
 //! different load balancers sync concurrently on the same runtime.
 
-use std::fmt;
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -18,35 +17,8 @@ pub mod load_balancer;
 pub mod state_writer;
 pub mod supervisor;
 
-/// Why a sync runs: it goes into every log line that changes AWS.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cause {
-    /// The first sync after lbmanager started.
-    Startup,
-    /// A key was written or deleted in etcd.
-    EtcdEvent,
-    /// The periodic resync, which corrects drift made by hand.
-    Resync,
-    /// The whole prefix was read again after the watch lost history (compaction).
-    Relist,
-    /// An actor was restarted after it failed.
-    Restart,
-    /// A member key that had an etcd lease was deleted: its lease expired (or was revoked).
-    LeaseExpiry,
-}
-
-impl fmt::Display for Cause {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Cause::Startup => "start-up",
-            Cause::EtcdEvent => "etcd event",
-            Cause::Resync => "resync (drift)",
-            Cause::Relist => "relist",
-            Cause::Restart => "actor restart",
-            Cause::LeaseExpiry => "lease expiry",
-        })
-    }
-}
+pub use crate::sync::Cause;
+use crate::sync::SyncOptions;
 
 /// Settings the actors share.
 #[derive(Clone, Debug)]
@@ -62,6 +34,17 @@ pub struct Settings {
     /// Log the changes instead of making them.
     pub dry_run: bool,
     pub metrics: Arc<Metrics>,
+}
+
+impl Settings {
+    /// What a sync needs of the settings.
+    pub fn sync_options(&self) -> SyncOptions {
+        SyncOptions {
+            policy: self.policy,
+            dry_run: self.dry_run,
+            route53_ttl: self.route53_ttl,
+        }
+    }
 }
 
 impl Default for Settings {

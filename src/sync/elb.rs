@@ -1,0 +1,126 @@
+//! One ELB or target-group sync, and how members AWS refuses are set aside.
+
+use std::collections::BTreeSet;
+
+use slog::{info, warn, Logger};
+
+use super::{read_and_plan_elb, Cause, SyncOptions};
+use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind};
+use crate::key::Member;
+use crate::plan::{ElbChanges, Rejected};
+
+/// What one ELB sync did.
+#[derive(Clone, Debug, Default)]
+pub struct ElbSync {
+    /// The changes made (`register` holds only what AWS accepted).
+    pub changes: ElbChanges,
+    /// Wanted members AWS refuses, with its reason: left out until the next resync tries again.
+    pub rejected: Rejected,
+}
+
+/// One ELB or target-group sync: a Describe, then the Register calls and at most one Deregister
+/// (register first, so a `single` switch never leaves it empty). Logs each change with its cause;
+/// `what` names the members in the log ("instances", "targets").
+///
+/// A member AWS refuses (a terminated instance whose key stayed) fails the whole Register call:
+/// the members it names are set aside and the rest registered again; a refusal that names none
+/// is bisected. Known refusals (`known`) are not tried again unless `retry_rejected` (a resync).
+/// The extras are deregistered all the same, except when that would empty a load balancer whose
+/// every wanted member was refused: one bad key must not take a service down.
+#[allow(clippy::too_many_arguments)]
+pub async fn sync_elb(
+    api: &dyn ElbApi,
+    region: &str,
+    name: &str,
+    desired: &BTreeSet<Member>,
+    cause: Cause,
+    options: &SyncOptions,
+    what: &str,
+    log: &Logger,
+    known: &Rejected,
+    retry_rejected: bool,
+) -> Result<ElbSync, AwsError> {
+    let (actual, mut changes) =
+        read_and_plan_elb(api, region, name, desired, options.policy).await?;
+    let mut rejected = Rejected::new();
+    if !retry_rejected {
+        changes.register.retain(|m| match known.get(m) {
+            Some(reason) => {
+                rejected.insert(m.clone(), reason.clone());
+                false
+            }
+            None => true,
+        });
+    }
+    if options.dry_run {
+        if !changes.register.is_empty() {
+            info!(log, "would register {}", what;
+                "added" => changes.register.join(","), "cause" => %cause, "dry_run" => true);
+        }
+        if !changes.deregister.is_empty() {
+            info!(log, "would deregister {}", what;
+                "removed" => changes.deregister.join(","), "cause" => %cause, "dry_run" => true);
+        }
+        return Ok(ElbSync { changes, rejected });
+    }
+    if !changes.register.is_empty() {
+        let (accepted, refused) = register_accepted(api, region, name, &changes.register).await?;
+        rejected.extend(refused);
+        if !accepted.is_empty() {
+            info!(log, "registered {}", what;
+                "added" => accepted.join(","), "cause" => %cause);
+        }
+        changes.register = accepted;
+    }
+    let left = actual.members.len() + changes.register.len() - changes.deregister.len();
+    if left == 0 && !changes.deregister.is_empty() && !rejected.is_empty() {
+        warn!(log, "not deregistering the last {}: every wanted member was rejected by AWS", what;
+            "kept" => changes.deregister.join(","),
+            "rejected" => rejected.keys().cloned().collect::<Vec<_>>().join(","),
+            "cause" => %cause);
+        changes.deregister.clear();
+    }
+    if !changes.deregister.is_empty() {
+        api.deregister(region, name, &changes.deregister).await?;
+        info!(log, "deregistered {}", what;
+            "removed" => changes.deregister.join(","), "cause" => %cause);
+    }
+    Ok(ElbSync { changes, rejected })
+}
+
+/// Registers `members`, setting aside those AWS refuses (see [`sync_elb`]). Returns what was
+/// registered and what was refused, with AWS's reason. Any other error ends it (what was
+/// registered so far stays registered; the next sync reads it back).
+async fn register_accepted(
+    api: &dyn ElbApi,
+    region: &str,
+    name: &str,
+    members: &[String],
+) -> Result<(Vec<String>, Rejected), AwsError> {
+    let (mut accepted, mut refused) = (Vec::new(), Rejected::new());
+    let mut todo = vec![members.to_vec()];
+    while let Some(mut chunk) = todo.pop() {
+        match api.register(region, name, &chunk).await {
+            Ok(()) => accepted.extend(chunk),
+            Err(e) if e.kind == ErrorKind::InvalidMember => {
+                let named = members_named_in(&e.message, &chunk);
+                if !named.is_empty() {
+                    chunk.retain(|m| !named.contains(m));
+                    refused.extend(named.into_iter().map(|m| (m, e.message.clone())));
+                    if !chunk.is_empty() {
+                        todo.push(chunk);
+                    }
+                } else if chunk.len() == 1 {
+                    refused.insert(chunk.remove(0), e.message.clone());
+                } else {
+                    let half = chunk.split_off(chunk.len() / 2);
+                    todo.push(half);
+                    todo.push(chunk);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    accepted.sort();
+    Ok((accepted, refused))
+}
