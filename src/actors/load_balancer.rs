@@ -15,11 +15,12 @@ use actix::prelude::*;
 use slog::{warn, Logger};
 
 use super::hosted_zone::{HostedZone, ZoneDesire, ZoneSynced};
-use super::{backoff, Cause, Settings};
+use super::{Cause, Settings};
 use crate::aws::{AwsError, ElbApi};
 use crate::key::{LbId, Member};
 use crate::plan::Rejected;
 use crate::sync::elb::sync_elb;
+use crate::sync::schedule::{Next, Outcome, Schedule};
 use crate::sync::zone::FqdnWant;
 
 /// Where a load balancer's members live.
@@ -96,13 +97,12 @@ pub struct LoadBalancer {
     settings: Arc<Settings>,
     supervisor: Recipient<Synced>,
     desired: Option<Desire>,
+    /// When to sync: the rules, without the actor.
+    schedule: Schedule,
+    /// The metric side of the sync in flight.
     in_flight: Option<InFlight>,
-    /// A desire arrived while a sync was in flight: sync again when it ends.
-    pending: bool,
-    failures: u32,
+    /// The scheduled retry, if any.
     retry: Option<SpawnHandle>,
-    /// The last failure was retryable: the pending retry is a backoff that news must not cut short.
-    backing_off: bool,
     /// Wanted members AWS refused at the last sync, with its reasons.
     rejected: Rejected,
     /// Targets already warned about for not fitting the target group's type.
@@ -127,33 +127,41 @@ impl LoadBalancer {
             settings,
             supervisor,
             desired: None,
+            schedule: Schedule::default(),
             in_flight: None,
-            pending: false,
-            failures: 0,
             retry: None,
-            backing_off: false,
             rejected: Rejected::new(),
             mismatched: Default::default(),
             draining: None,
         }
     }
 
+    /// Does what the schedule says.
+    fn follow(&mut self, next: Next, ctx: &mut Context<Self>) {
+        match next {
+            Next::Nothing => {}
+            Next::Sync => {
+                if let Some(handle) = self.retry.take() {
+                    ctx.cancel_future(handle);
+                }
+                self.start_sync(ctx);
+            }
+            Next::RetryIn(delay) => {
+                self.retry = Some(ctx.run_later(delay, |act, ctx| {
+                    act.retry = None;
+                    let next = act.schedule.retry_due();
+                    act.follow(next, ctx);
+                }));
+            }
+        }
+    }
+
     fn start_sync(&mut self, ctx: &mut Context<Self>) {
         let Some(desire) = self.desired.clone() else {
+            self.schedule.abandon();
             return;
         };
-        if self.draining.is_some() {
-            return;
-        }
-        if self.in_flight.is_some() {
-            self.pending = true;
-            return;
-        }
-        if let Some(handle) = self.retry.take() {
-            ctx.cancel_future(handle);
-        }
         self.in_flight = Some(InFlight::new(&self.settings));
-        self.pending = false;
         match &self.backend {
             Backend::Elb(api) => {
                 let (LbId::Elb { region, name } | LbId::TargetGroup { region, name }) =
@@ -285,47 +293,25 @@ impl LoadBalancer {
             for tx in waiting.drain(..) {
                 let _ = tx.send(());
             }
-            return;
         }
-        match error {
-            None => {
-                self.failures = 0;
-                if self.pending {
-                    self.start_sync(ctx);
-                }
-            }
-            Some(err) if !err.is_retryable() && (self.pending || stale) => {
-                // Retrying can't fix the error itself, but the plan that failed is already out of
-                // date (a newer desire waits) or was built from remembered state (the zone has
-                // dropped it since): a fresh read and plan at once, not at the next resync.
-                self.failures += 1;
-                warn!(self.log, "sync failed, retrying at once from a fresh read";
-                    "error" => %err, "newer_desire" => self.pending, "stale_plan" => stale);
-                self.start_sync(ctx);
-            }
-            Some(err) => {
-                self.failures += 1;
-                self.backing_off = err.is_retryable();
-                let delay = if err.is_retryable() {
-                    backoff(
-                        self.failures - 1,
-                        self.settings.retry_base,
-                        self.settings.retry_max,
-                    )
-                } else {
-                    self.settings.resync_interval
-                };
-                warn!(self.log, "sync failed, will retry";
-                    "error" => %err, "retry_in" => ?delay, "failures" => self.failures);
-                // A new desire that arrived meanwhile also waits: retrying at once is what a
-                // throttled or broken AWS must not get.
-                self.pending = false;
-                self.retry = Some(ctx.run_later(delay, |act, ctx| {
-                    act.retry = None;
-                    act.start_sync(ctx);
-                }));
+        let outcome = match &error {
+            None => Outcome::Ok,
+            Some(e) if e.is_retryable() => Outcome::Retryable,
+            Some(_) => Outcome::Final { stale },
+        };
+        let next = self.schedule.finished(outcome, &self.settings.delays());
+        if let Some(err) = &error {
+            let failures = self.schedule.failures();
+            match next {
+                Next::Sync => warn!(self.log, "sync failed, retrying at once from a fresh read \
+                    (the failed plan was already out of date)";
+                    "error" => %err, "stale_plan" => stale, "failures" => failures),
+                Next::RetryIn(delay) => warn!(self.log, "sync failed, will retry";
+                    "error" => %err, "retry_in" => ?delay, "failures" => failures),
+                Next::Nothing => {}
             }
         }
+        self.follow(next, ctx);
     }
 }
 
@@ -334,13 +320,13 @@ impl Actor for LoadBalancer {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.run_interval(self.settings.resync_interval, |act, ctx| {
-            if act.in_flight.is_some() || act.retry.is_some() {
-                return;
+            let next = act.schedule.resync_due();
+            if next == Next::Sync {
+                if let Some(desire) = act.desired.as_mut() {
+                    desire.cause = Cause::Resync;
+                }
             }
-            if let Some(desire) = act.desired.as_mut() {
-                desire.cause = Cause::Resync;
-            }
-            act.start_sync(ctx);
+            act.follow(next, ctx);
         });
     }
 }
@@ -350,12 +336,8 @@ impl Handler<Desire> for LoadBalancer {
 
     fn handle(&mut self, msg: Desire, ctx: &mut Self::Context) {
         self.desired = Some(msg);
-        if self.retry.is_some() && self.backing_off {
-            // Waiting out a backoff (throttling, 5xx): the retry will take the new desire. A load
-            // balancer that failed for a reason retrying can't fix gets a fresh try instead.
-            return;
-        }
-        self.start_sync(ctx);
+        let next = self.schedule.desire();
+        self.follow(next, ctx);
     }
 }
 
@@ -374,10 +356,12 @@ impl Handler<SetZone> for LoadBalancer {
         self.backend = Backend::Route53(msg.0);
         // Whatever was in flight died with the old zone actor.
         self.in_flight = None;
+        self.schedule.abandon();
         if let Some(desire) = self.desired.as_mut() {
             desire.cause = Cause::Restart;
         }
-        self.start_sync(ctx);
+        let next = self.schedule.request();
+        self.follow(next, ctx);
     }
 }
 
@@ -389,7 +373,7 @@ impl Handler<Drain> for LoadBalancer {
             ctx.cancel_future(handle);
         }
         let waiting = self.draining.get_or_insert_with(Vec::new);
-        if self.in_flight.is_none() {
+        if !self.schedule.drain() {
             return Box::pin(async {});
         }
         let (tx, rx) = tokio::sync::oneshot::channel();

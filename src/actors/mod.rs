@@ -17,6 +17,8 @@ pub mod load_balancer;
 pub mod state_writer;
 pub mod supervisor;
 
+pub use crate::sync::schedule::backoff;
+use crate::sync::schedule::Delays;
 pub use crate::sync::Cause;
 use crate::sync::SyncOptions;
 
@@ -37,6 +39,15 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// How long a load balancer's failures wait.
+    pub fn delays(&self) -> Delays {
+        Delays {
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            resync: self.resync_interval,
+        }
+    }
+
     /// What a sync needs of the settings.
     pub fn sync_options(&self) -> SyncOptions {
         SyncOptions {
@@ -60,36 +71,6 @@ impl Default for Settings {
             dry_run: false,
             metrics: Arc::default(),
         }
-    }
-}
-
-/// Exponential backoff with full jitter: a random delay up to `base × 2^attempt`, capped at `max`,
-/// and never below `base / 2` (so a failing call never turns into a tight loop).
-pub fn backoff(attempt: u32, base: Duration, max: Duration) -> Duration {
-    let ceiling = base
-        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-        .min(max);
-    let floor = (base / 2).min(ceiling);
-    let span = ceiling.saturating_sub(floor).as_millis() as u64;
-    floor + Duration::from_millis(fastrand::u64(0..=span))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        let base = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for attempt in 0..40 {
-            let d = backoff(attempt, base, max);
-            assert!(d >= base / 2, "{d:?}");
-            assert!(d <= max, "{d:?}");
-            assert!(d <= base * 2u32.pow(attempt.min(10)), "{attempt} {d:?}");
-        }
-        // With full jitter the delays spread out: late attempts reach beyond the early ceiling.
-        assert!((0..200).any(|_| backoff(10, base, max) > Duration::from_secs(1)));
     }
 }
 

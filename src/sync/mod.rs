@@ -11,6 +11,7 @@ use crate::key::Member;
 use crate::plan::{plan_elb, ElbChanges, Policy, Registered};
 
 pub mod elb;
+pub mod schedule;
 pub mod zone;
 
 /// Why a sync runs: it goes into every log line that changes AWS.
