@@ -1,5 +1,7 @@
-//! The etcd side: connecting, reading the whole prefix at one revision, and deleting superseded
-//! `single`/`multiple` keys. The watch itself lives in the `EtcdWatcher` actor.
+//! The etcd side: connecting, reading the whole prefix at one revision, and every write lbmanager
+//! makes, behind [`EtcdWrites`] (deleting superseded `single`/`multiple` keys, its records), so the
+//! actors are tested against an in-memory fake as they are against the AWS fakes. The watch itself lives
+//! in the `EtcdWatcher` actor.
 
 use std::time::Duration;
 
@@ -27,6 +29,11 @@ pub enum EtcdError {
     Timeout { prefix: String, timeout: Duration },
     #[error("deleting superseded keys failed: {source}")]
     Delete { source: etcd_client::Error },
+    #[error("writing {key} failed: {source}")]
+    Write {
+        key: String,
+        source: etcd_client::Error,
+    },
     #[error("cannot read {path}: {source}")]
     File {
         path: String,
@@ -257,6 +264,122 @@ pub async fn delete_superseded(
         }
     }
     Ok(deleted)
+}
+
+/// Every write lbmanager makes to etcd. Reads and the watch stay on the client: they are not
+/// side effects.
+#[async_trait::async_trait]
+pub trait EtcdWrites: Send + Sync + 'static {
+    /// See [`delete_superseded`].
+    async fn delete_superseded(
+        &self,
+        winner: &(String, Revision),
+        superseded: &[(String, Revision)],
+    ) -> Result<usize, EtcdError>;
+    /// Puts `value` at `key`.
+    async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError>;
+    /// Deletes `key`.
+    async fn delete(&self, key: &str) -> Result<(), EtcdError>;
+}
+
+/// The real writes, through an etcd client.
+pub struct ClientWrites(pub Client);
+
+#[async_trait::async_trait]
+impl EtcdWrites for ClientWrites {
+    async fn delete_superseded(
+        &self,
+        winner: &(String, Revision),
+        superseded: &[(String, Revision)],
+    ) -> Result<usize, EtcdError> {
+        delete_superseded(&mut self.0.clone(), winner, superseded).await
+    }
+
+    async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError> {
+        let write = |source| EtcdError::Write {
+            key: key.to_string(),
+            source,
+        };
+        self.0.clone().put(key, value, None).await.map_err(write)?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), EtcdError> {
+        let write = |source| EtcdError::Write {
+            key: key.to_string(),
+            source,
+        };
+        self.0.clone().delete(key, None).await.map_err(write)?;
+        Ok(())
+    }
+}
+
+/// Test doubles (compiled for tests only).
+#[cfg(test)]
+pub mod fake {
+    use super::{EtcdError, EtcdWrites, Revision};
+
+    /// An in-memory etcd for the actor tests: keys with values and mod revisions, the guarded delete
+    /// of superseded keys done as etcd's transaction does it.
+    #[derive(Default)]
+    pub struct FakeEtcd {
+        keys: std::sync::Mutex<std::collections::BTreeMap<String, (String, Revision)>>,
+        revision: std::sync::atomic::AtomicI64,
+    }
+
+    impl FakeEtcd {
+        fn keys(
+            &self,
+        ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, (String, Revision)>>
+        {
+            self.keys.lock().unwrap_or_else(|e| e.into_inner())
+        }
+
+        /// Puts a key as a test's own write would, at the next revision; returns the revision.
+        pub fn put_key(&self, key: &str, value: &str) -> Revision {
+            let revision = self
+                .revision
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1;
+            self.keys()
+                .insert(key.to_string(), (value.to_string(), revision));
+            revision
+        }
+
+        /// The value of `key`, if it is there.
+        pub fn get(&self, key: &str) -> Option<String> {
+            self.keys().get(key).map(|(v, _)| v.clone())
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl EtcdWrites for FakeEtcd {
+        async fn delete_superseded(
+            &self,
+            winner: &(String, Revision),
+            superseded: &[(String, Revision)],
+        ) -> Result<usize, EtcdError> {
+            let mut keys = self.keys();
+            let holds = |k: &str, rev: Revision| keys.get(k).is_some_and(|(_, r)| *r == rev);
+            if !holds(&winner.0, winner.1) || !superseded.iter().all(|(k, r)| holds(k, *r)) {
+                return Ok(0);
+            }
+            for (k, _) in superseded {
+                keys.remove(k);
+            }
+            Ok(superseded.len())
+        }
+
+        async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError> {
+            self.put_key(key, value);
+            Ok(())
+        }
+
+        async fn delete(&self, key: &str) -> Result<(), EtcdError> {
+            self.keys().remove(key);
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]

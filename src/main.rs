@@ -91,7 +91,7 @@ async fn run(args: RunArgs) -> ExitCode {
     let supervisor = Supervisor::new(
         settings,
         &log,
-        client,
+        Arc::new(etcd::ClientWrites(client.clone())),
         Arc::new(MeteredElb {
             inner: Arc::new(SdkElb::new(sdk.clone(), (args.elb_rate, args.elb_burst))),
             metrics: metrics.clone(),
@@ -106,6 +106,7 @@ async fn run(args: RunArgs) -> ExitCode {
         }),
         snapshot,
     )
+    .watching(client)
     .once_if(args.once, once_tx)
     .with_target_groups(Arc::new(MeteredElb {
         inner: Arc::new(SdkElbV2::new(

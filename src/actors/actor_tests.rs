@@ -12,6 +12,7 @@ use super::supervisor::{ManagedCount, Supervisor, ZoneCount};
 use super::Settings;
 use crate::aws::fake::{FakeElb, FakeRoute53};
 use crate::aws::ErrorKind;
+use crate::etcd::fake::FakeEtcd;
 use crate::etcd::Snapshot;
 use crate::plan::RecordType;
 
@@ -22,14 +23,6 @@ fn settings() -> Arc<Settings> {
         resync_interval: Duration::from_secs(3600),
         ..Settings::default()
     })
-}
-
-/// A client for an etcd that is not there: connecting is lazy, and only the deletion of
-/// superseded keys would use it (and log a warning).
-async fn no_etcd() -> etcd_client::Client {
-    etcd_client::Client::connect(["http://127.0.0.1:1"], None)
-        .await
-        .expect("a lazy client")
 }
 
 fn log() -> slog::Logger {
@@ -46,15 +39,24 @@ async fn start_with(
     r53: Arc<FakeRoute53>,
     keys: &[(&str, i64)],
 ) -> Addr<Supervisor> {
+    start_on(Arc::default(), settings, elb, r53, keys)
+}
+
+/// Starts a Supervisor whose etcd writes go to `etcd`.
+fn start_on(
+    etcd: Arc<FakeEtcd>,
+    settings: Arc<Settings>,
+    elb: Arc<FakeElb>,
+    r53: Arc<FakeRoute53>,
+    keys: &[(&str, i64)],
+) -> Addr<Supervisor> {
     let snapshot = Snapshot {
         keys: keys.iter().map(|(k, r)| (k.to_string(), *r)).collect(),
         revision: 100,
         skipped: 0,
         leased: Default::default(),
     };
-    Supervisor::new(settings, &log(), no_etcd().await, elb, r53, snapshot)
-        .without_watch()
-        .start()
+    Supervisor::new(settings, &log(), etcd, elb, r53, snapshot).start()
 }
 
 /// The test settings with another resync interval.
@@ -499,4 +501,37 @@ async fn a_relist_resyncs_every_load_balancer_and_counts_as_a_full_sync() {
         settings.metrics.last_full_sync.get() > 0.0
     })
     .await;
+}
+
+#[actix_rt::test]
+async fn superseded_keys_are_deleted_through_the_etcd_writer() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let etcd = Arc::new(FakeEtcd::default());
+    let (old, new) = (
+        "/lbManager/elb/us-east-1/a/single/i-0000000a",
+        "/lbManager/elb/us-east-1/a/single/i-0000000b",
+    );
+    let old_rev = etcd.put_key(old, "");
+    let sup = start_on(
+        etcd.clone(),
+        settings(),
+        elb.clone(),
+        Arc::default(),
+        &[(old, old_rev)],
+    );
+    eventually("the first single member", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+    })
+    .await;
+    let new_rev = etcd.put_key(new, "");
+    sup.send(put(new, new_rev)).await.unwrap();
+    eventually("switched, and the superseded key deleted", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000b"]) && etcd.get(old).is_none()
+    })
+    .await;
+    assert!(etcd.get(new).is_some());
+    assert!(
+        etcd.get("/lbManager/_managed/elb/us-east-1/a").is_some(),
+        "the managed record went through the same writer"
+    );
 }

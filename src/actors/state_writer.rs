@@ -1,4 +1,5 @@
-//! The StateWriter keeps lbmanager's durable record of the load balancers it manages
+//! The StateWriter owns every write lbmanager makes to etcd (through [`EtcdWrites`]). It keeps
+//! lbmanager's durable record of the load balancers it manages
 //! (`PREFIX/_managed/...`, see [`crate::key::managed_key`]) in etcd, and the members AWS refuses
 //! (`PREFIX/_rejected/...`, for `lbmanager plan`).
 //!
@@ -12,10 +13,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use etcd_client::Client;
 use slog::{debug, warn, Logger};
 
 use super::{backoff, Settings};
+use crate::desired::Revision;
+use crate::etcd::{EtcdError, EtcdWrites};
 use crate::key::{managed_key, rejected_key, LbId};
 use crate::plan::Rejected;
 
@@ -30,15 +32,15 @@ pub struct Managed(pub LbId, pub bool);
 pub struct Rejections(pub LbId, pub Arc<Rejected>);
 
 pub struct StateWriter {
-    client: Client,
+    etcd: Arc<dyn EtcdWrites>,
     settings: Arc<Settings>,
     log: Logger,
 }
 
 impl StateWriter {
-    pub fn new(client: Client, settings: Arc<Settings>, log: &Logger) -> Self {
+    pub fn new(etcd: Arc<dyn EtcdWrites>, settings: Arc<Settings>, log: &Logger) -> Self {
         StateWriter {
-            client,
+            etcd,
             settings,
             log: log.new(slog::o!("actor" => "state-writer")),
         }
@@ -70,10 +72,29 @@ impl Handler<Rejections> for StateWriter {
     }
 }
 
+/// Delete superseded keys (see [`crate::etcd::delete_superseded`]): one attempt, answered with
+/// how many were deleted. Not queued behind the records: the deletes are guarded by revisions, so
+/// their order does not matter.
+#[derive(Message, Debug)]
+#[rtype(result = "Result<usize, EtcdError>")]
+pub struct DeleteSuperseded {
+    pub winner: (String, Revision),
+    pub superseded: Vec<(String, Revision)>,
+}
+
+impl Handler<DeleteSuperseded> for StateWriter {
+    type Result = ResponseFuture<Result<usize, EtcdError>>;
+
+    fn handle(&mut self, msg: DeleteSuperseded, _: &mut Self::Context) -> Self::Result {
+        let etcd = self.etcd.clone();
+        Box::pin(async move { etcd.delete_superseded(&msg.winner, &msg.superseded).await })
+    }
+}
+
 impl StateWriter {
     /// Puts `value` at `key` (`None`: deletes it), retrying until it lands.
     fn write(&mut self, key: String, value: Option<String>, ctx: &mut Context<Self>) {
-        let mut client = self.client.clone();
+        let etcd = self.etcd.clone();
         let log = self.log.clone();
         // `wait` holds the mailbox until this write has landed: the next one waits its turn.
         ctx.wait(
@@ -82,8 +103,8 @@ impl StateWriter {
                 let record = value.is_some();
                 loop {
                     let res = match &value {
-                        Some(v) => client.put(key.as_str(), v.as_str(), None).await.map(|_| ()),
-                        None => client.delete(key.as_str(), None).await.map(|_| ()),
+                        Some(v) => etcd.put(&key, v).await,
+                        None => etcd.delete(&key).await,
                     };
                     match res {
                         Ok(()) => {

@@ -12,17 +12,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use etcd_client::Client;
 use slog::{debug, error, info, warn, Logger};
 
 use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, WatchEvent};
 use super::hosted_zone::HostedZone;
 use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
-use super::state_writer::{Managed as Record, Rejections, StateWriter};
+use super::state_writer::{DeleteSuperseded, Managed as Record, Rejections, StateWriter};
 use super::{Cause, Settings};
 use crate::aws::{ElbApi, Route53Api};
 use crate::desired::{DesiredState, Revision};
-use crate::etcd::{self, Snapshot};
+use crate::etcd::{EtcdWrites, Snapshot};
 use crate::key::{LbId, Member};
 use crate::plan::Rejected;
 
@@ -75,7 +74,10 @@ struct Round {
 pub struct Supervisor {
     settings: Arc<Settings>,
     log: Logger,
-    etcd: Client,
+    /// Every etcd write goes through the StateWriter, which owns these.
+    etcd_writes: Arc<dyn EtcdWrites>,
+    /// The client the EtcdWatcher watches with (none: no watcher, changes are sent directly).
+    etcd_watch: Option<etcd_client::Client>,
     elb: Arc<dyn ElbApi>,
     elbv2: Arc<dyn ElbApi>,
     route53: Arc<dyn Route53Api>,
@@ -95,7 +97,6 @@ pub struct Supervisor {
     recorded: HashSet<LbId>,
     state: Option<Addr<StateWriter>>,
     watcher: Option<Addr<EtcdWatcher>>,
-    watch: bool,
     stopping: bool,
     /// `--once`: told the exit code when the start-up sync is done.
     once: Option<tokio::sync::oneshot::Sender<u8>>,
@@ -106,7 +107,7 @@ impl Supervisor {
     pub fn new(
         settings: Arc<Settings>,
         log: &Logger,
-        etcd: Client,
+        etcd_writes: Arc<dyn EtcdWrites>,
         elb: Arc<dyn ElbApi>,
         route53: Arc<dyn Route53Api>,
         initial: Snapshot,
@@ -115,7 +116,8 @@ impl Supervisor {
             desired: DesiredState::with_filters(&settings.prefix, settings.filters.clone()),
             settings,
             log: log.clone(),
-            etcd,
+            etcd_writes,
+            etcd_watch: None,
             elbv2: elb.clone(),
             elb,
             route53,
@@ -130,7 +132,6 @@ impl Supervisor {
             recorded: HashSet::new(),
             state: None,
             watcher: None,
-            watch: true,
             stopping: false,
             once: None,
         }
@@ -150,9 +151,10 @@ impl Supervisor {
         self
     }
 
-    /// For tests: do not start an EtcdWatcher (changes are sent to the Supervisor directly).
-    pub fn without_watch(mut self) -> Self {
-        self.watch = false;
+    /// Watches etcd with `client` (without, changes are sent to the Supervisor directly, as the
+    /// actor tests do).
+    pub fn watching(mut self, client: etcd_client::Client) -> Self {
+        self.etcd_watch = Some(client);
         self
     }
 
@@ -309,13 +311,15 @@ impl Supervisor {
             return;
         }
         self.deleting.extend(todo.iter().map(|(k, _)| k.clone()));
-        let mut client = self.etcd.clone();
-        let fut = {
-            let todo = todo.clone();
-            let winner = winner.clone();
-            async move { etcd::delete_superseded(&mut client, &winner, &todo).await }
+        let Some(writer) = self.state.clone() else {
+            return;
         };
+        let fut = writer.send(DeleteSuperseded {
+            winner: winner.clone(),
+            superseded: todo.clone(),
+        });
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
+            let res = res.unwrap_or(Ok(0));
             for (k, _) in &todo {
                 act.deleting.remove(k);
             }
@@ -389,14 +393,15 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.state =
-            Some(StateWriter::new(self.etcd.clone(), self.settings.clone(), &self.log).start());
+        self.state = Some(
+            StateWriter::new(self.etcd_writes.clone(), self.settings.clone(), &self.log).start(),
+        );
         let mut initial = self.initial.take().unwrap_or_default();
         self.apply_snapshot(&initial, Cause::Startup, ctx);
-        if self.watch {
+        if let Some(client) = self.etcd_watch.clone() {
             self.watcher = Some(
                 EtcdWatcher::new(
-                    self.etcd.clone(),
+                    client,
                     self.settings.clone(),
                     ctx.address().recipient(),
                     &self.log,

@@ -14,6 +14,7 @@ use crate::plan::{RecordChange, RecordSet, Registered};
 
 pub mod elb;
 pub mod elbv2;
+#[cfg(test)]
 pub mod fake;
 pub mod metered;
 pub mod route53;
