@@ -6,6 +6,7 @@
 pub mod actors;
 pub mod aws;
 pub mod cli;
+pub mod daemon;
 pub mod desired;
 pub mod etcd;
 pub mod filter;

@@ -8,7 +8,7 @@ use std::fmt::Write;
 
 use serde::Serialize;
 
-use crate::aws::{AwsError, ElbApi, Route53Api};
+use crate::aws::{AwsError, Backends};
 use crate::desired::DesiredState;
 use crate::key::{LbId, Member};
 use crate::plan::{plan_fqdn, Policy};
@@ -37,9 +37,7 @@ pub async fn plan_all(
     desired: &DesiredState,
     managed: &BTreeSet<LbId>,
     rejected: &BTreeMap<LbId, BTreeMap<String, String>>,
-    elb: &dyn ElbApi,
-    elbv2: &dyn ElbApi,
-    route53: &dyn Route53Api,
+    aws: &Backends,
     ttl: i64,
     policy: Policy,
 ) -> Vec<LbPlan> {
@@ -63,9 +61,9 @@ pub async fn plan_all(
             match &lb {
                 LbId::Elb { region, name } | LbId::TargetGroup { region, name } => {
                     let api = if matches!(lb, LbId::Elb { .. }) {
-                        elb
+                        &*aws.elb
                     } else {
-                        elbv2
+                        &*aws.elbv2
                     };
                     let (actual, changes) =
                         read_and_plan_elb(api, region, name, &members, policy).await?;
@@ -80,7 +78,7 @@ pub async fn plan_all(
                     }
                 }
                 LbId::Route53 { zone, fqdn } => {
-                    let current = match route53.record_sets(zone, fqdn).await {
+                    let current = match aws.route53.record_sets(zone, fqdn).await {
                         Err(e) if gone_is_in_step(&e, members.is_empty()) => Vec::new(),
                         other => other?,
                     };
@@ -197,18 +195,13 @@ mod tests {
         ]
         .into();
         let desired = DesiredState::new("/lbManager");
-        let (elb, r53) = (FakeElb::default(), FakeRoute53::default());
-        let plans = plan_all(
-            &desired,
-            &lbs,
-            &BTreeMap::new(),
-            &elb,
-            &elb,
-            &r53,
-            60,
-            Policy::Sync,
-        )
-        .await;
+        let elb = std::sync::Arc::new(FakeElb::default());
+        let aws = Backends {
+            elb: elb.clone(),
+            elbv2: elb,
+            route53: std::sync::Arc::new(FakeRoute53::default()),
+        };
+        let plans = plan_all(&desired, &lbs, &BTreeMap::new(), &aws, 60, Policy::Sync).await;
         assert_eq!(plans.len(), 2);
         assert!(plans.iter().all(|p| p.error.is_none()), "{plans:?}");
         assert_eq!(exit_code(&plans), 0);

@@ -56,7 +56,12 @@ fn start_on(
         skipped: 0,
         leased: Default::default(),
     };
-    Supervisor::new(settings, &log(), etcd, elb, r53, snapshot).start()
+    let aws = crate::aws::Backends {
+        elb: elb.clone(),
+        elbv2: elb,
+        route53: r53,
+    };
+    Supervisor::new(settings, &log(), etcd, aws, snapshot).start()
 }
 
 /// The test settings with another resync interval.

@@ -19,7 +19,7 @@ use super::hosted_zone::HostedZone;
 use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
 use super::state_writer::{DeleteSuperseded, Managed as Record, Rejections, StateWriter};
 use super::{Cause, Settings};
-use crate::aws::{ElbApi, Route53Api};
+use crate::aws::Backends;
 use crate::desired::{DesiredState, Revision};
 use crate::etcd::{EtcdWrites, Snapshot};
 use crate::key::{LbId, Member};
@@ -78,9 +78,8 @@ pub struct Supervisor {
     etcd_writes: Arc<dyn EtcdWrites>,
     /// The client the EtcdWatcher watches with (none: no watcher, changes are sent directly).
     etcd_watch: Option<etcd_client::Client>,
-    elb: Arc<dyn ElbApi>,
-    elbv2: Arc<dyn ElbApi>,
-    route53: Arc<dyn Route53Api>,
+    /// The AWS clients every load balancer and zone actor is given.
+    aws: Backends,
     desired: DesiredState,
     /// Malformed keys already warned about (forgotten when the key is deleted).
     warned: HashSet<String>,
@@ -108,8 +107,7 @@ impl Supervisor {
         settings: Arc<Settings>,
         log: &Logger,
         etcd_writes: Arc<dyn EtcdWrites>,
-        elb: Arc<dyn ElbApi>,
-        route53: Arc<dyn Route53Api>,
+        aws: Backends,
         initial: Snapshot,
     ) -> Self {
         Supervisor {
@@ -118,9 +116,7 @@ impl Supervisor {
             log: log.clone(),
             etcd_writes,
             etcd_watch: None,
-            elbv2: elb.clone(),
-            elb,
-            route53,
+            aws,
             warned: HashSet::new(),
             lbs: HashMap::new(),
             zones: HashMap::new(),
@@ -135,12 +131,6 @@ impl Supervisor {
             stopping: false,
             once: None,
         }
-    }
-
-    /// The target-group (ELBv2) backend; without it, target groups go to the ELB backend.
-    pub fn with_target_groups(mut self, elbv2: Arc<dyn ElbApi>) -> Self {
-        self.elbv2 = elbv2;
-        self
     }
 
     /// `--once`: when every load balancer has been synced once, send 0 (all in step) or 1.
@@ -267,8 +257,8 @@ impl Supervisor {
 
     fn spawn_lb(&mut self, lb: &LbId, ctx: &mut Context<Self>) -> Addr<LoadBalancer> {
         let backend = match lb {
-            LbId::Elb { .. } => Backend::Elb(self.elb.clone()),
-            LbId::TargetGroup { .. } => Backend::Elb(self.elbv2.clone()),
+            LbId::Elb { .. } => Backend::Elb(self.aws.elb.clone()),
+            LbId::TargetGroup { .. } => Backend::Elb(self.aws.elbv2.clone()),
             LbId::Route53 { zone, .. } => Backend::Route53(self.zone(zone)),
         };
         LoadBalancer::new(
@@ -285,8 +275,13 @@ impl Supervisor {
         if let Some(addr) = self.zones.get(zone) {
             return addr.clone();
         }
-        let addr =
-            HostedZone::new(zone, self.route53.clone(), &self.log, self.settings.clone()).start();
+        let addr = HostedZone::new(
+            zone,
+            self.aws.route53.clone(),
+            &self.log,
+            self.settings.clone(),
+        )
+        .start();
         self.zones.insert(zone.to_string(), addr.clone());
         addr
     }

@@ -5,6 +5,7 @@
 //! re-run a sync at any time (after an error, a restart or a resync) without care.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -52,6 +53,59 @@ pub trait Route53Api: Send + Sync + 'static {
     async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError>;
     /// Applies `changes` in one ChangeResourceRecordSets call (all or nothing).
     async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError>;
+}
+
+/// The three AWS backends every part of lbmanager uses, built once: Classic ELB, ELBv2 target
+/// groups (behind the same [`ElbApi`]) and Route53.
+#[derive(Clone)]
+pub struct Backends {
+    pub elb: Arc<dyn ElbApi>,
+    pub elbv2: Arc<dyn ElbApi>,
+    pub route53: Arc<dyn Route53Api>,
+}
+
+/// Client-side request rates (per second, burst) of each backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    pub elb: (f64, u32),
+    pub elbv2: (f64, u32),
+    pub route53: (f64, u32),
+}
+
+impl Backends {
+    /// The SDK clients, each call counted in `metrics` when there are metrics.
+    pub fn sdk(
+        sdk: &aws_config::SdkConfig,
+        rates: &Rates,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Self {
+        let elb: Arc<dyn ElbApi> = Arc::new(elb::SdkElb::new(sdk.clone(), rates.elb));
+        let elbv2: Arc<dyn ElbApi> = Arc::new(elbv2::SdkElbV2::new(sdk.clone(), rates.elbv2));
+        let route53: Arc<dyn Route53Api> = Arc::new(route53::SdkRoute53::new(sdk, rates.route53));
+        let Some(metrics) = metrics else {
+            return Backends {
+                elb,
+                elbv2,
+                route53,
+            };
+        };
+        Backends {
+            elb: Arc::new(metered::MeteredElb {
+                inner: elb,
+                metrics: metrics.clone(),
+                service: "elb",
+            }),
+            elbv2: Arc::new(metered::MeteredElb {
+                inner: elbv2,
+                metrics: metrics.clone(),
+                service: "elbv2",
+            }),
+            route53: Arc::new(metered::MeteredRoute53 {
+                inner: route53,
+                metrics,
+            }),
+        }
+    }
 }
 
 /// How an AWS call failed, which decides what happens next.

@@ -1,0 +1,302 @@
+//! The daemon as a library: `lbmanager run` and `lbmanager plan`, from parsed flags to an exit
+//! code. `main` only parses the flags and calls these (as mini-redis's `server::run` is called), so
+//! everything here can be driven from a test with its own stop signal.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Actor;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use slog::{error, info, warn, Logger};
+
+use crate::actors::supervisor::{Shutdown, Supervisor};
+use crate::actors::{backoff, Settings};
+use crate::aws::{self, Backends, ClientOptions, Rates};
+use crate::cli::{PlanArgs, PlanOutput, RunArgs};
+use crate::desired::DesiredState;
+use crate::etcd::{self, EtcdOptions, Snapshot};
+use crate::filter::Filters;
+
+/// `lbmanager run`: reach etcd (and, with `--ha`, the leadership), build the AWS backends, start the
+/// actor system, and wait for `stop` (exit 0) or for the Supervisor to die (exit 1).
+pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
+    let log = crate::logging::logger(args.log_level.to_slog(), args.log_format);
+    info!(log, "lbmanager starting";
+        "version" => env!("CARGO_PKG_VERSION"),
+        "etcd" => args.etcd_endpoints.join(","),
+        "prefix" => &args.prefix,
+        "aws_endpoint" => args.aws_endpoint_url.as_deref().unwrap_or("default"));
+    let etcd_opts = match etcd_options(&args) {
+        Ok(opts) => opts,
+        Err(e) => {
+            error!(log, "bad etcd settings"; "error" => e);
+            return ExitCode::from(2);
+        }
+    };
+    let leadership = if args.ha {
+        tokio::select! {
+            led = crate::ha::lead(&etcd_opts, &args.prefix, args.ha_lease_ttl, &log) => match led {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    error!(log, "cannot take part in the leader election"; "error" => %e);
+                    return ExitCode::FAILURE;
+                }
+            },
+            code = wait_for_stop(&log, || true, stop.clone()) => return code,
+        }
+    } else {
+        None
+    };
+    let Some((client, snapshot)) =
+        initial_read(&log, &etcd_opts, &args.prefix, args.etcd_connect_timeout).await
+    else {
+        return ExitCode::FAILURE;
+    };
+    let sdk = aws::load_sdk_config(&ClientOptions {
+        endpoint_url: args.aws_endpoint_url.clone(),
+        timeout: args.aws_timeout,
+    })
+    .await;
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    if let Some(addr) = args.listen {
+        if let Err(e) = crate::http::serve(addr, metrics.clone()) {
+            error!(log, "cannot listen"; "address" => %addr, "error" => %e);
+            return ExitCode::FAILURE;
+        }
+        info!(log, "serving /metrics, /healthz and /readyz"; "address" => %addr);
+    }
+    let settings = Arc::new(Settings {
+        prefix: args.prefix.clone(),
+        route53_ttl: args.route53_ttl,
+        resync_interval: args.resync_interval,
+        policy: args.policy,
+        dry_run: args.dry_run,
+        metrics: metrics.clone(),
+        filters: Filters {
+            elb: args.elb_filter.clone(),
+            zones: args.zone_filter.clone(),
+        },
+        ..Settings::default()
+    });
+    if args.dry_run {
+        info!(log, "dry run: nothing will be changed in AWS or etcd");
+    }
+    let (once_tx, once_rx) = tokio::sync::oneshot::channel();
+    let backends = Backends::sdk(&sdk, &rates(&args), Some(metrics.clone()));
+    let supervisor = Supervisor::new(
+        settings,
+        &log,
+        Arc::new(etcd::ClientWrites(client.clone())),
+        backends,
+        snapshot,
+    )
+    .watching(client)
+    .once_if(args.once, once_tx)
+    .start();
+
+    let code = if args.once {
+        tokio::select! {
+            code = once_rx => {
+                let code = code.unwrap_or(1);
+                info!(log, "synced once, exiting"; "converged" => code == 0);
+                ExitCode::from(code)
+            }
+            code = wait_for_stop(&log, || supervisor.connected(), stop.clone()) => code,
+        }
+    } else {
+        wait_for_stop(&log, || supervisor.connected(), stop).await
+    };
+    if code == ExitCode::SUCCESS || args.once {
+        // Finish the AWS calls in flight; anything not done is done at the next start.
+        match tokio::time::timeout(Duration::from_secs(10), supervisor.send(Shutdown)).await {
+            Ok(_) => info!(log, "stopped cleanly"),
+            Err(_) => warn!(log, "calls still in flight after 10s, stopping anyway"),
+        }
+    }
+    if let Some(leadership) = leadership {
+        leadership.release().await;
+        info!(log, "resigned the leadership");
+    }
+    actix_rt::System::current().stop();
+    code
+}
+
+/// `lbmanager plan`: read etcd and AWS once, print what `run` would change.
+pub async fn plan(args: PlanArgs) -> ExitCode {
+    let run = &args.run;
+    let log = crate::logging::logger(run.log_level.to_slog(), run.log_format);
+    let etcd_opts = match etcd_options(run) {
+        Ok(opts) => opts,
+        Err(e) => {
+            error!(log, "bad etcd settings"; "error" => e);
+            return ExitCode::from(2);
+        }
+    };
+    let Some((mut client, snapshot)) =
+        initial_read(&log, &etcd_opts, &run.prefix, run.etcd_connect_timeout).await
+    else {
+        return ExitCode::FAILURE;
+    };
+    let rejected_prefix = format!("{}/_rejected/", run.prefix);
+    let rejected = match etcd::read_records(&mut client, &rejected_prefix).await {
+        Ok(records) => records
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let lb = crate::key::parse_rejected(&run.prefix, &key)?;
+                Some((lb, serde_json::from_str(&value).ok()?))
+            })
+            .collect(),
+        Err(e) => {
+            warn!(log, "cannot read the rejected members lbmanager recorded"; "error" => %e);
+            Default::default()
+        }
+    };
+    let filters = Filters {
+        elb: run.elb_filter.clone(),
+        zones: run.zone_filter.clone(),
+    };
+    let loaded = DesiredState::from_keys(&run.prefix, filters, &snapshot.keys);
+    for (key, e) in &loaded.malformed {
+        warn!(log, "ignoring malformed key"; "key" => key, "reason" => %e);
+    }
+    let sdk = aws::load_sdk_config(&ClientOptions {
+        endpoint_url: run.aws_endpoint_url.clone(),
+        timeout: run.aws_timeout,
+    })
+    .await;
+    let plans = crate::report::plan_all(
+        &loaded.desired,
+        &loaded.managed.into_iter().collect(),
+        &rejected,
+        &Backends::sdk(&sdk, &rates(run), None),
+        run.route53_ttl,
+        run.policy,
+    )
+    .await;
+    match args.output {
+        PlanOutput::Table => print!("{}", crate::report::render_table(&plans)),
+        PlanOutput::Json => match serde_json::to_string_pretty(&plans) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                error!(log, "cannot render the plan as JSON"; "error" => %e);
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::from(crate::report::exit_code(&plans))
+}
+
+fn etcd_options(args: &RunArgs) -> Result<EtcdOptions, String> {
+    let password = match (&args.etcd_password_file, std::env::var("ETCD_PASSWORD")) {
+        (Some(path), _) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        (None, Ok(p)) => Some(p),
+        (None, Err(_)) => None,
+    };
+    let user = match (&args.etcd_user, password) {
+        (Some(u), Some(p)) => Some((u.clone(), p)),
+        (Some(_), None) => {
+            return Err("--etcd-user needs ETCD_PASSWORD or --etcd-password-file".into())
+        }
+        (None, _) => None,
+    };
+    Ok(EtcdOptions {
+        endpoints: args.etcd_endpoints.clone(),
+        user,
+        ca_file: args.etcd_ca_file.clone(),
+        cert_key: args.etcd_cert_file.clone().zip(args.etcd_key_file.clone()),
+    })
+}
+
+/// Connects and reads the whole prefix, retrying with backoff until `timeout`: etcd may start a
+/// little after lbmanager, but one that stays away is an error for the operator (and systemd).
+async fn initial_read(
+    log: &Logger,
+    opts: &EtcdOptions,
+    prefix: &str,
+    timeout: Duration,
+) -> Option<(etcd_client::Client, Snapshot)> {
+    let deadline = Instant::now() + timeout;
+    let mut attempt = 0;
+    loop {
+        // Each request has its own deadline (connecting, then every page of the read): a big
+        // tree is slow to read, not unreachable.
+        let result = async {
+            let mut client = tokio::time::timeout(Duration::from_secs(5), etcd::connect(opts))
+                .await
+                .map_err(|_| "no answer to connecting within 5s".to_string())?
+                .map_err(|e| e.to_string())?;
+            let snapshot = etcd::read_snapshot(&mut client, prefix, etcd::SNAPSHOT_PAGE, log)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, snapshot))
+        };
+        let err = match result.await {
+            Ok(done) => return Some(done),
+            Err(e) => e,
+        };
+        let delay = backoff(attempt, Duration::from_millis(250), Duration::from_secs(5));
+        attempt += 1;
+        if Instant::now() + delay > deadline {
+            error!(log, "cannot read from etcd, giving up";
+                "endpoints" => opts.endpoints.join(","), "error" => err, "waited" => ?timeout);
+            return None;
+        }
+        warn!(log, "etcd not reachable yet, will retry"; "error" => err, "retry_in" => ?delay);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// What stops `run`: resolves with the name of what asked (`SIGTERM`), and can be awaited more
+/// than once (while waiting for the leadership, then while running).
+pub type StopSignal = Shared<BoxFuture<'static, &'static str>>;
+
+/// SIGTERM or SIGINT. Installs the handlers at once, so a signal that comes early is not lost.
+pub fn on_signals() -> StopSignal {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    async move {
+        tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        }
+    }
+    .boxed()
+    .shared()
+}
+
+/// Waits for `stop` (exit 0), or for the Supervisor to die (exit 1, so that systemd restarts
+/// lbmanager from etcd's state).
+async fn wait_for_stop(log: &Logger, alive: impl Fn() -> bool, stop: StopSignal) -> ExitCode {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut stop = std::pin::pin!(stop);
+    loop {
+        tokio::select! {
+            what = &mut stop => {
+                info!(log, "{} received, stopping", what);
+                return ExitCode::SUCCESS;
+            }
+            _ = tick.tick() => if !alive() {
+                error!(log, "the supervisor died, exiting to be restarted");
+                return ExitCode::FAILURE;
+            },
+        }
+    }
+}
+
+/// The AWS request rates of the flags.
+fn rates(args: &RunArgs) -> Rates {
+    Rates {
+        elb: (args.elb_rate, args.elb_burst),
+        elbv2: (args.elbv2_rate, args.elbv2_burst),
+        route53: (args.route53_rate, args.route53_burst),
+    }
+}
