@@ -9,10 +9,13 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "lbmanager",
     version,
-    about = "Keeps AWS Classic ELBs and Route53 A/AAAA record sets in step with an etcd key tree",
-    long_about = "Keeps AWS Classic ELBs and Route53 A/AAAA record sets in step with an etcd key tree.\n\n\
+    about = "Keeps AWS Classic ELBs, ALB/NLB target groups and Route53 A/AAAA record sets in step \
+        with an etcd key tree",
+    long_about = "Keeps AWS Classic ELBs, ALB/NLB target groups and Route53 A/AAAA record sets in \
+        step with an etcd key tree.\n\n\
         Members are etcd keys:\n  \
         PREFIX/elb/REGION/LB_NAME/single|multiple/INSTANCE_ID\n  \
+        PREFIX/elbv2/REGION/TARGET_GROUP/single|multiple/TARGET   (i-0abc[:PORT], IP[:PORT])\n  \
         PREFIX/route53/REGION/HOSTED_ZONE_ID/FQDN/single|multiple/IP\n\n\
         AWS credentials come from the standard chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
         AWS_PROFILE, web identity, instance role); the original lbManager's AWS_ACCESS_KEY and \

@@ -1,7 +1,10 @@
-//! lbmanager: keeps AWS Classic ELBs and Route53 A/AAAA record sets in step with an etcd key tree.
+//! lbmanager: keeps AWS Classic ELBs, ALB/NLB target groups and Route53 A/AAAA record sets in step
+//! with an etcd key tree.
 //!
-//! Pure modules hold the rules ([`key`], [`desired`], [`plan`]); [`aws`] and [`etcd`] are the only
-//! code that talks to the outside; [`actors`] wires them together.
+//! Pure modules hold the rules ([`key`], [`desired`], [`plan`], [`filter`]); [`sync`] reads, plans
+//! and applies one load balancer or zone (and schedules its retries) over the [`aws`] traits;
+//! [`aws`] and [`etcd`] are the only code that talks to the outside; [`actors`] decide when each
+//! load balancer syncs; [`daemon`] is `run` and `plan` from flags to an exit code.
 
 pub mod actors;
 pub mod aws;

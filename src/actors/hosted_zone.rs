@@ -7,8 +7,9 @@
 //! failed one) so that a stream of changes to one FQDN costs no read per change; a resync always
 //! reads afresh, which is what catches changes made by hand.
 //!
-//! The zone attempts each desire once and answers the FQDN's [`LoadBalancer`] with the result;
-//! retrying is the load balancer's business (one place for backoff).
+//! The zone attempts each desire once and answers the FQDN's load balancer (through the desire's
+//! `reply` recipient) with the result; retrying is the load balancer's business (one place for
+//! backoff).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,12 +42,16 @@ pub struct ZoneSynced {
 }
 
 pub struct HostedZone {
+    /// The hosted zone id.
     zone: String,
     api: Arc<dyn Route53Api>,
     log: Logger,
     settings: Arc<Settings>,
+    /// Desires waiting for the next sync, the newest per FQDN (an older one is superseded).
     pending: BTreeMap<String, ZoneDesire>,
+    /// A sync of this zone is running: the next waits, so two changes never overlap.
     busy: bool,
+    /// What the zone last read or wrote, so a stream of changes costs no read per change.
     cache: ZoneCache,
 }
 

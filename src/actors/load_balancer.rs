@@ -1,11 +1,10 @@
-//! One actor per load balancer (a Classic ELB, or one Route53 FQDN).
+//! One actor per load balancer (a Classic ELB, a target group, or one Route53 FQDN).
 //!
-//! It holds the latest desired member set and makes sure AWS gets there: at most one sync in
-//! flight, changes that arrive meanwhile merged into the next one (never lost, never more than one
-//! pending), failures retried with capped exponential backoff (or at the resync interval when
-//! retrying can't help), and a periodic resync that corrects drift. For an ELB it syncs itself; for
-//! an FQDN it hands its desired record sets to its zone's [`HostedZone`], which serialises all
-//! changes of the zone.
+//! It holds the latest desired member set and makes sure AWS gets there. *When* it syncs is the
+//! pure [`Schedule`]'s business (one in flight, one pending, backoff, resync); *how* is
+//! [`crate::sync`]'s. For an ELB or a target group it runs [`sync_elb`] itself; for an FQDN it hands
+//! its desired record sets to its zone's [`HostedZone`], which serialises all changes of the zone.
+//! The actor only routes messages between them and keeps the metrics.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;

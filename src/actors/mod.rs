@@ -25,16 +25,23 @@ use crate::sync::SyncOptions;
 /// Settings the actors share.
 #[derive(Clone, Debug)]
 pub struct Settings {
+    /// The watched key prefix (`/lbManager`), without its trailing slash.
     pub prefix: String,
+    /// The TTL of the record sets lbmanager writes.
     pub route53_ttl: i64,
+    /// How often each load balancer is read back (drift), and how long an error retrying can't
+    /// fix waits.
     pub resync_interval: Duration,
     /// First retry delay after a retryable failure; doubles up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
+    /// What lbmanager may do to AWS (`sync`, or `upsert-only`).
     pub policy: Policy,
+    /// Which load balancers lbmanager may touch at all.
     pub filters: Filters,
     /// Log the changes instead of making them.
     pub dry_run: bool,
+    /// Shared by every actor; updating it is a few atomic operations.
     pub metrics: Arc<Metrics>,
 }
 

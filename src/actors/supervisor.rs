@@ -80,22 +80,30 @@ pub struct Supervisor {
     etcd_watch: Option<etcd_client::Client>,
     /// The AWS clients every load balancer and zone actor is given.
     aws: Backends,
+    /// What etcd wants: the source of truth every actor is (re)started from.
     desired: DesiredState,
     /// Malformed keys already warned about (forgotten when the key is deleted).
     warned: HashSet<String>,
+    /// The load balancers with an actor, and what the Supervisor last sent each.
     lbs: HashMap<LbId, Managed>,
+    /// One actor per hosted zone that has managed names.
     zones: HashMap<String, Addr<HostedZone>>,
     /// Restarts of dead zone actors, by zone.
     zone_restarts: HashMap<String, Restarts>,
+    /// Numbers each desire sent, so a `Synced` can be matched to the desire it answers.
     generation: u64,
+    /// The full sync under way (start-up or relist), if any.
     round: Option<Round>,
+    /// The start-up snapshot, until `started` applies it.
     initial: Option<Snapshot>,
     /// Superseded keys whose deletion is under way.
     deleting: HashSet<String>,
     /// Load balancers with a durable managed record in etcd.
     recorded: HashSet<LbId>,
+    /// The StateWriter, started with the Supervisor.
     state: Option<Addr<StateWriter>>,
     watcher: Option<Addr<EtcdWatcher>>,
+    /// Shutting down: etcd changes are ignored.
     stopping: bool,
     /// `--once`: told the exit code when the start-up sync is done.
     once: Option<tokio::sync::oneshot::Sender<u8>>,

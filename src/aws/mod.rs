@@ -1,5 +1,7 @@
 //! The AWS side, behind traits: the core needs only these few operations, so it is tested with the
-//! in-memory fakes of [`fake`] and runs for real with the SDK clients of [`elb`] and [`route53`].
+//! in-memory fakes of `fake` (compiled for tests only) and runs for real with the SDK clients of
+//! [`elb`] (Classic ELB), [`elbv2`] (target groups, behind the same [`ElbApi`]) and [`route53`],
+//! each counted by [`metered`] and built once as [`Backends`].
 //!
 //! Every operation is a read or a whole change; none keeps state between calls, so an actor may
 //! re-run a sync at any time (after an error, a restart or a resync) without care.
