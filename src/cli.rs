@@ -151,8 +151,8 @@ pub struct RunArgs {
 
     /// sync: make AWS match etcd. upsert-only: only add (never deregister an instance, remove a
     /// value or delete a record set).
-    #[arg(long, env = "LBMANAGER_POLICY", value_enum, default_value_t = crate::plan::Policy::Sync)]
-    pub policy: crate::plan::Policy,
+    #[arg(long, env = "LBMANAGER_POLICY", value_enum, default_value_t = PolicyArg::Sync)]
+    pub policy: PolicyArg,
 
     /// Log level.
     #[arg(long, env = "LBMANAGER_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
@@ -244,6 +244,24 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("must be at least 1s".into());
     }
     Ok(d)
+}
+
+/// `--policy`: the flag's spelling of [`crate::plan::Policy`] (the planner knows nothing of clap).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PolicyArg {
+    /// Make AWS match etcd: add and remove.
+    Sync,
+    /// Only add: never deregister an instance, never remove a value or delete a record set.
+    UpsertOnly,
+}
+
+impl From<PolicyArg> for crate::plan::Policy {
+    fn from(p: PolicyArg) -> Self {
+        match p {
+            PolicyArg::Sync => crate::plan::Policy::Sync,
+            PolicyArg::UpsertOnly => crate::plan::Policy::UpsertOnly,
+        }
+    }
 }
 
 #[cfg(test)]

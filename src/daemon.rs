@@ -70,7 +70,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         prefix: args.prefix.clone(),
         route53_ttl: args.route53_ttl,
         resync_interval: args.resync_interval,
-        policy: args.policy,
+        policy: args.policy.into(),
         dry_run: args.dry_run,
         metrics: metrics.clone(),
         filters: Filters {
@@ -157,8 +157,8 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         zones: run.zone_filter.clone(),
     };
     let loaded = DesiredState::from_keys(&run.prefix, filters, &snapshot.keys);
-    for (key, e) in &loaded.malformed {
-        warn!(log, "ignoring malformed key"; "key" => key, "reason" => %e);
+    for (key, e) in &loaded.ignored {
+        crate::desired::log_ignored(&log, key, e);
     }
     let sdk = aws::load_sdk_config(&ClientOptions {
         endpoint_url: run.aws_endpoint_url.clone(),
@@ -167,11 +167,11 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
     .await;
     let plans = crate::report::plan_all(
         &loaded.desired,
-        &loaded.managed.into_iter().collect(),
+        &loaded.recorded.into_iter().collect(),
         &rejected,
         &Backends::sdk(&sdk, &rates(run), None),
         run.route53_ttl,
-        run.policy,
+        run.policy.into(),
     )
     .await;
     match args.output {

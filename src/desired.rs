@@ -15,6 +15,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use crate::filter::Filters;
 use crate::key::{self, Class, KeyError, LbId, Member};
 
+/// Why a key under the prefix counts for nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Ignored {
+    /// It does not follow the key grammar.
+    #[error(transparent)]
+    Malformed(#[from] KeyError),
+    /// It is well formed, but names a load balancer the filters keep lbmanager away from (a
+    /// policy, not a grammar error).
+    #[error("load balancer {0} is outside --elb-filter/--zone-filter")]
+    Filtered(String),
+}
+
 /// An etcd revision (`mod_revision` of a key, or a store revision).
 pub type Revision = i64;
 
@@ -36,13 +48,26 @@ pub struct Resolution {
     pub superseded: Vec<(String, Revision)>,
 }
 
+/// Warns that `key` counts for nothing, and why.
+pub fn log_ignored(log: &slog::Logger, key: &str, why: &Ignored) {
+    match why {
+        Ignored::Malformed(e) => {
+            slog::warn!(log, "ignoring malformed key"; "key" => key, "reason" => %e)
+        }
+        Ignored::Filtered(_) => {
+            slog::warn!(log, "ignoring a key outside the filters"; "key" => key, "reason" => %why)
+        }
+    }
+}
+
 /// A snapshot read into desired state.
 #[derive(Debug)]
 pub struct Loaded {
     pub desired: DesiredState,
     /// Load balancers recorded as managed by lbmanager (`PREFIX/_managed/...`).
-    pub managed: HashSet<LbId>,
-    pub malformed: Vec<(String, KeyError)>,
+    pub recorded: HashSet<LbId>,
+    /// Keys that count for nothing, with the reason.
+    pub ignored: Vec<(String, Ignored)>,
 }
 
 /// The member keys of every load balancer that has any.
@@ -68,20 +93,20 @@ impl DesiredState {
     }
 
     /// Desired state from a whole snapshot of the prefix: also the load balancers recorded as
-    /// managed (within the filters), and the malformed keys with their errors.
+    /// managed (within the filters), and the keys that count for nothing, with the reason.
     pub fn from_keys(prefix: &str, filters: Filters, keys: &[(String, Revision)]) -> Loaded {
         let mut loaded = Loaded {
             desired: DesiredState::with_filters(prefix, filters),
-            managed: HashSet::new(),
-            malformed: Vec::new(),
+            recorded: HashSet::new(),
+            ignored: Vec::new(),
         };
         for (key, revision) in keys {
             if let Some(lb) = key::parse_managed(prefix, key) {
                 if loaded.desired.allows(&lb) {
-                    loaded.managed.insert(lb);
+                    loaded.recorded.insert(lb);
                 }
             } else if let Err(e) = loaded.desired.put(key, *revision) {
-                loaded.malformed.push((key.clone(), e));
+                loaded.ignored.push((key.clone(), e));
             }
         }
         loaded
@@ -93,14 +118,14 @@ impl DesiredState {
     }
 
     /// Records that `key` was written at `revision`. Returns the load balancer it belongs to,
-    /// `Ok(None)` for keys that are not members by design, and the parse error for malformed keys
-    /// (which change nothing).
-    pub fn put(&mut self, key: &str, revision: Revision) -> Result<Option<LbId>, KeyError> {
+    /// `Ok(None)` for keys that are not members by design, and why a key counts for nothing (malformed,
+    /// or outside the filters: it changes nothing).
+    pub fn put(&mut self, key: &str, revision: Revision) -> Result<Option<LbId>, Ignored> {
         let Some(parsed) = key::parse(&self.prefix, key)? else {
             return Ok(None);
         };
         if !self.filters.allows(&parsed.lb) {
-            return Err(KeyError::Filtered(parsed.lb.to_string()));
+            return Err(Ignored::Filtered(parsed.lb.to_string()));
         }
         let entry = Entry {
             class: parsed.class,
@@ -337,7 +362,7 @@ mod tests {
         );
         assert_eq!(
             s.put(&key("multiple", 1), 3),
-            Err(KeyError::Filtered("elb/us-east-1/web".into()))
+            Err(Ignored::Filtered("elb/us-east-1/web".into()))
         );
         assert_eq!(s.key_count(), 0);
     }

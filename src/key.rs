@@ -218,8 +218,6 @@ pub enum KeyError {
     Port(String),
     #[error("invalid target group name {0:?} (1-32 letters, digits or hyphens, no hyphen at either end)")]
     TargetGroup(String),
-    #[error("load balancer {0} is outside --elb-filter/--zone-filter")]
-    Filtered(String),
 }
 
 /// Parses `key`, which lies under `prefix` (given without a trailing slash).

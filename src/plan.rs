@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use crate::key::{Member, TargetId};
 
 /// What lbmanager may do to AWS (`--policy`, as external-dns has it).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Policy {
     /// Make AWS match etcd: add and remove.
     #[default]

@@ -21,10 +21,13 @@ use crate::etcd::{EtcdError, EtcdWrites};
 use crate::key::{managed_key, rejected_key, LbId};
 use crate::plan::Rejected;
 
-/// Record (`true`) or forget (`false`) that lbmanager manages a load balancer.
+/// Record that lbmanager manages a load balancer, or remove that record.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Managed(pub LbId, pub bool);
+pub enum ManagedRecord {
+    Put(LbId),
+    Delete(LbId),
+}
 
 /// Record the members AWS refuses for a load balancer (none: remove the record).
 #[derive(Message, Debug)]
@@ -51,12 +54,17 @@ impl Actor for StateWriter {
     type Context = Context<Self>;
 }
 
-impl Handler<Managed> for StateWriter {
+impl Handler<ManagedRecord> for StateWriter {
     type Result = ();
 
-    fn handle(&mut self, Managed(lb, record): Managed, ctx: &mut Self::Context) {
-        let key = managed_key(&self.settings.prefix, &lb);
-        let value = record.then(|| lb.to_string());
+    fn handle(&mut self, msg: ManagedRecord, ctx: &mut Self::Context) {
+        let (key, value) = match msg {
+            ManagedRecord::Put(lb) => (
+                managed_key(&self.settings.prefix, &lb),
+                Some(lb.to_string()),
+            ),
+            ManagedRecord::Delete(lb) => (managed_key(&self.settings.prefix, &lb), None),
+        };
         self.write(key, value, ctx);
     }
 }

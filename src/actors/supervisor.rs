@@ -17,16 +17,16 @@ use slog::{debug, error, info, warn, Logger};
 use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, WatchEvent};
 use super::hosted_zone::HostedZone;
 use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
-use super::state_writer::{DeleteSuperseded, Managed as Record, Rejections, StateWriter};
+use super::state_writer::{DeleteSuperseded, ManagedRecord, Rejections, StateWriter};
 use super::{Cause, Settings};
 use crate::aws::Backends;
-use crate::desired::{DesiredState, Revision};
+use crate::desired::{log_ignored, DesiredState, Ignored, Revision};
 use crate::etcd::{EtcdWrites, Snapshot};
 use crate::key::{LbId, Member};
 use crate::plan::Rejected;
 
-/// A load balancer the Supervisor manages.
-struct Managed {
+/// A load balancer actor the Supervisor started, and what it last sent it.
+struct Child {
     addr: Addr<LoadBalancer>,
     members: Arc<BTreeSet<Member>>,
     generation: u64,
@@ -85,7 +85,7 @@ pub struct Supervisor {
     /// Malformed keys already warned about (forgotten when the key is deleted).
     warned: HashSet<String>,
     /// The load balancers with an actor, and what the Supervisor last sent each.
-    lbs: HashMap<LbId, Managed>,
+    lbs: HashMap<LbId, Child>,
     /// One actor per hosted zone that has managed names.
     zones: HashMap<String, Addr<HostedZone>>,
     /// Restarts of dead zone actors, by zone.
@@ -156,9 +156,9 @@ impl Supervisor {
         self
     }
 
-    fn warn_once(&mut self, key: &str, reason: &dyn std::fmt::Display) {
+    fn warn_once(&mut self, key: &str, why: &Ignored) {
         if self.warned.insert(key.to_string()) {
-            warn!(self.log, "ignoring malformed key"; "key" => key, "reason" => %reason);
+            log_ignored(&self.log, key, why);
         }
     }
 
@@ -172,9 +172,9 @@ impl Supervisor {
             &snapshot.keys,
         );
         self.desired = loaded.desired;
-        self.recorded.extend(loaded.managed);
+        self.recorded.extend(loaded.recorded);
         let mut warned = HashSet::new();
-        for (key, e) in &loaded.malformed {
+        for (key, e) in &loaded.ignored {
             warned.insert(key.clone());
             self.warn_once(key, e);
         }
@@ -228,7 +228,7 @@ impl Supervisor {
             let addr = self.spawn_lb(lb, ctx);
             self.lbs.insert(
                 lb.clone(),
-                Managed {
+                Child {
                     addr,
                     members: members.clone(),
                     generation,
@@ -259,7 +259,11 @@ impl Supervisor {
             return;
         }
         if let Some(state) = &self.state {
-            state.do_send(Record(lb.clone(), managed));
+            state.do_send(if managed {
+                ManagedRecord::Put(lb.clone())
+            } else {
+                ManagedRecord::Delete(lb.clone())
+            });
         }
     }
 
