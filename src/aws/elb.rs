@@ -1,47 +1,35 @@
 //! Classic ELB through the AWS SDK: one client per region, made on first use.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
-use super::{classify, AwsError, ElbApi, ErrorKind, Limiter};
+use super::regional::PerRegion;
+use super::{classify, AwsError, ElbApi, ErrorKind};
 use crate::plan::Registered;
 
 pub struct SdkElb {
-    config: aws_config::SdkConfig,
-    rate: (f64, u32),
-    clients: Mutex<HashMap<String, (Client, Arc<Limiter>)>>,
+    clients: PerRegion<Client>,
 }
 
 impl SdkElb {
     /// `rate`: calls per second and burst, per region (ELB throttles per account and region).
     pub fn new(config: aws_config::SdkConfig, rate: (f64, u32)) -> Self {
         SdkElb {
-            config,
-            rate,
-            clients: Mutex::new(HashMap::new()),
+            clients: PerRegion::new(rate, move |region| {
+                let conf = aws_sdk_elasticloadbalancing::config::Builder::from(&config)
+                    .region(aws_config::Region::new(region.to_string()))
+                    .build();
+                Client::from_conf(conf)
+            }),
         }
     }
 
     /// The region's client, once its rate limit allows another call.
     async fn client(&self, region: &str) -> Client {
-        let (client, limiter) = {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            clients
-                .entry(region.to_string())
-                .or_insert_with(|| {
-                    let conf = aws_sdk_elasticloadbalancing::config::Builder::from(&self.config)
-                        .region(aws_config::Region::new(region.to_string()))
-                        .build();
-                    (Client::from_conf(conf), Arc::new(Limiter::new(self.rate)))
-                })
-                .clone()
-        };
-        limiter.wait().await;
-        client
+        self.clients.client(region).await
     }
 }
 

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{
@@ -15,7 +15,8 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 use aws_sdk_elasticloadbalancingv2::Client;
 
-use super::{classify, AwsError, ElbApi, ErrorKind, Limiter};
+use super::regional::PerRegion;
+use super::{classify, AwsError, ElbApi, ErrorKind};
 use crate::key::{parse_target, Target, TargetId};
 use crate::plan::{Registered, TargetKind};
 
@@ -28,9 +29,7 @@ struct Group {
 }
 
 pub struct SdkElbV2 {
-    config: aws_config::SdkConfig,
-    rate: (f64, u32),
-    clients: Mutex<HashMap<String, (Client, Arc<Limiter>)>>,
+    clients: PerRegion<Client>,
     groups: Mutex<HashMap<(String, String), Group>>,
 }
 
@@ -42,25 +41,19 @@ impl SdkElbV2 {
     /// `rate`: calls per second and burst, per region.
     pub fn new(config: aws_config::SdkConfig, rate: (f64, u32)) -> Self {
         SdkElbV2 {
-            config,
-            rate,
-            clients: Mutex::new(HashMap::new()),
+            clients: PerRegion::new(rate, move |region| {
+                let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&config)
+                    .region(aws_config::Region::new(region.to_string()))
+                    .build();
+                Client::from_conf(conf)
+            }),
             groups: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The region's client, once its rate limit allows another call.
     async fn client(&self, region: &str) -> Client {
-        let (client, limiter) = lock(&self.clients)
-            .entry(region.to_string())
-            .or_insert_with(|| {
-                let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&self.config)
-                    .region(aws_config::Region::new(region.to_string()))
-                    .build();
-                (Client::from_conf(conf), Arc::new(Limiter::new(self.rate)))
-            })
-            .clone();
-        limiter.wait().await;
-        client
+        self.clients.client(region).await
     }
 
     async fn group(&self, region: &str, name: &str) -> Result<Group, AwsError> {

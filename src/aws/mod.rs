@@ -20,6 +20,7 @@ pub mod elbv2;
 #[cfg(test)]
 pub mod fake;
 pub mod metered;
+pub mod regional;
 pub mod route53;
 
 /// The members of an ELB-like load balancer: a Classic ELB (members are instance ids) or an ELBv2
