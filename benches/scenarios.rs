@@ -6,9 +6,6 @@
 //! One scenario: `cargo bench --bench scenarios -- A` (A, B1, B2, C, D, E).
 //! It prints a Markdown table; timings are measurements, never assertions.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,10 +16,10 @@ use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_route53::types::{
     Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
 };
-use common::proxy::FaultProxy;
-use common::*;
-use etcd_client::{EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use lbmanager::key::{self, LbId, Member};
+use lbmanager_testkit::proxy::FaultProxy;
+use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
 const LONG: Duration = Duration::from_secs(900);
@@ -48,18 +45,6 @@ async fn put_all(etcd: &Etcd, keys: &[String]) {
     let mut client = etcd.client().await;
     for k in keys {
         client.put(k.as_str(), "", None).await.unwrap();
-    }
-}
-
-/// Writes keys in transactions of 128 (set-up of big trees only).
-async fn put_fast(etcd: &Etcd, keys: &[String]) {
-    let mut client = etcd.client().await;
-    for chunk in keys.chunks(128) {
-        let ops: Vec<TxnOp> = chunk
-            .iter()
-            .map(|k| TxnOp::put(k.as_str(), "", None))
-            .collect();
-        client.txn(Txn::new().and_then(ops)).await.unwrap();
     }
 }
 
@@ -339,7 +324,8 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
         let aws = Aws::new(&moto).await;
         let zone = aws.create_zone("example.com").await;
-        put_fast(&etcd, &route53_keys(&zone, 100, 100)).await;
+        etcd.put_many(route53_keys(&zone, 100, 100).into_iter())
+            .await;
         moto.start_recording();
         let t = Instant::now();
         let daemon = Daemon::start(&etcd, &moto, &["--log-level", "info"]);
@@ -361,7 +347,8 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
         let aws = Aws::new(&moto).await;
         let zone = aws.create_zone("example.com").await;
-        put_fast(&etcd, &route53_keys(&zone, 100, 100)).await;
+        etcd.put_many(route53_keys(&zone, 100, 100).into_iter())
+            .await;
         let calls = Arc::new(AtomicUsize::new(0));
         let t = Instant::now();
         let naive = tokio::task::spawn_local({
@@ -634,7 +621,8 @@ async fn scenario_e(rows: &mut Vec<Row>, idle: Duration) {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     let zone = aws.create_zone("example.com").await;
-    put_fast(&etcd, &route53_keys(&zone, 1000, 100)).await;
+    etcd.put_many(route53_keys(&zone, 1000, 100).into_iter())
+        .await;
     // Make AWS match (set-up, at a raised rate), then measure a restart.
     let mut daemon = Daemon::start(
         &etcd,

@@ -1,8 +1,6 @@
 //! ALB/NLB target groups (ELBv2) under the same key tree, against moto.
 
-mod common;
-
-use common::*;
+use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
 const I1: &str = "i-0123456789abcdef0";

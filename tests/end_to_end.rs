@@ -1,9 +1,7 @@
 //! The built binary against a real etcd and moto: keys in, AWS state out, read back through the
 //! AWS API.
 
-mod common;
-
-use common::*;
+use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
 

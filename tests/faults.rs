@@ -2,15 +2,13 @@
 //! compacted etcd, a killed lbmanager, drift by hand) and checks that AWS ends equal to etcd.
 //! The figures each test prints (`FIGURES …`) are the ones in the README's reliability section.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::proxy::{FaultProxy, Rng, TcpCut};
-use common::*;
+use lbmanager_testkit::proxy::{FaultProxy, Rng, TcpCut};
+use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
 

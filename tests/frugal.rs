@@ -1,12 +1,10 @@
 //! Frugal with AWS calls: counted through moto's recorder and a timestamping proxy. Only counts
 //! are asserted here; timings belong to the benchmarks (BENCHMARKS.md).
 
-mod common;
-
 use std::time::Duration;
 
-use common::proxy::FaultProxy;
-use common::*;
+use lbmanager_testkit::proxy::FaultProxy;
+use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
 

@@ -1,11 +1,9 @@
 //! High availability: two lbmanagers on one etcd, one leader.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::proxy::TcpCut;
-use common::*;
+use lbmanager_testkit::proxy::TcpCut;
+use lbmanager_testkit::*;
 
 const I1: &str = "i-0123456789abcdef0";
 const I2: &str = "i-0fedcba9876543210";

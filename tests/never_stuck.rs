@@ -2,12 +2,10 @@
 //! load balancer or the watch without a word. Real etcd and moto; where real AWS refuses what moto
 //! accepts (a terminated instance), a proxy answers as AWS does.
 
-mod common;
-
 use std::time::Duration;
 
-use common::proxy::FaultProxy;
-use common::*;
+use lbmanager_testkit::proxy::FaultProxy;
+use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
 const GOOD1: &str = "i-00000000000000a01";

@@ -1,10 +1,8 @@
 //! Running it: --dry-run, --once, JSON logs, lease-backed presence.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
 const I1: &str = "i-0123456789abcdef0";
@@ -198,7 +196,7 @@ async fn plan_shows_drift_with_exit_2_and_in_step_with_exit_0() {
 
 #[tokio::test]
 async fn metrics_move_with_syncs_and_readyz_waits_for_the_first_sync() {
-    use common::proxy::FaultProxy;
+    use lbmanager_testkit::proxy::FaultProxy;
     use std::sync::atomic::Ordering;
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;

@@ -1,9 +1,7 @@
 //! Restart safety: lbmanager reads the whole tree at start, so changes made while it was down
 //! converge, and a restart with etcd already matching AWS changes nothing in AWS.
 
-mod common;
-
-use common::*;
+use lbmanager_testkit::*;
 
 const I1: &str = "i-0123456789abcdef0";
 const I2: &str = "i-0fedcba9876543210";

@@ -1,8 +1,6 @@
 //! etcd with authentication and with TLS client certificates, and no secret in any log line.
 
-mod common;
-
-use common::*;
+use lbmanager_testkit::*;
 
 const I1: &str = "i-0123456789abcdef0";
 const I2: &str = "i-0fedcba9876543210";

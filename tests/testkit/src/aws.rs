@@ -1,0 +1,191 @@
+//! The test's own AWS clients, pointed at moto.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_elasticloadbalancing as elb;
+use aws_sdk_route53 as r53;
+
+use crate::{free_port, Moto};
+
+/// The test's own AWS clients, pointed at moto.
+pub struct Aws {
+    config: aws_config::SdkConfig,
+    pub route53: r53::Client,
+}
+
+impl Aws {
+    pub async fn new(moto: &Moto) -> Aws {
+        Aws::at(&moto.url).await
+    }
+
+    pub async fn at(url: &str) -> Aws {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(r53::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .load()
+            .await;
+        Aws {
+            route53: r53::Client::new(&config),
+            config,
+        }
+    }
+
+    pub fn elb(&self, region: &str) -> elb::Client {
+        let conf = elb::config::Builder::from(&self.config)
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        elb::Client::from_conf(conf)
+    }
+
+    pub async fn create_elb(&self, region: &str, name: &str) {
+        self.elb(region)
+            .create_load_balancer()
+            .load_balancer_name(name)
+            .listeners(
+                elb::types::Listener::builder()
+                    .protocol("HTTP")
+                    .load_balancer_port(80)
+                    .instance_protocol("HTTP")
+                    .instance_port(80)
+                    .build()
+                    .unwrap(),
+            )
+            .availability_zones(format!("{region}a"))
+            .send()
+            .await
+            .expect("create ELB");
+    }
+
+    /// The instances registered with an ELB, duplicates included (moto stores a re-registered
+    /// instance twice, so a duplicate here means lbmanager registered what was there).
+    pub async fn instances(&self, region: &str, name: &str) -> Vec<String> {
+        let out = self
+            .elb(region)
+            .describe_load_balancers()
+            .load_balancer_names(name)
+            .send()
+            .await
+            .expect("describe ELB");
+        let mut ids: Vec<String> = out.load_balancer_descriptions()[0]
+            .instances()
+            .iter()
+            .filter_map(|i| i.instance_id().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    pub async fn register(&self, region: &str, name: &str, id: &str) {
+        self.elb(region)
+            .register_instances_with_load_balancer()
+            .load_balancer_name(name)
+            .instances(elb::types::Instance::builder().instance_id(id).build())
+            .send()
+            .await
+            .expect("register");
+    }
+
+    pub fn elbv2(&self, region: &str) -> aws_sdk_elasticloadbalancingv2::Client {
+        let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&self.config)
+            .region(aws_config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_elasticloadbalancingv2::Client::from_conf(conf)
+    }
+
+    /// Creates a target group (`kind` "instance" or "ip") on `port` in `vpc`; returns its ARN.
+    pub async fn create_target_group(
+        &self,
+        name: &str,
+        kind: &str,
+        port: i32,
+        vpc: &str,
+    ) -> String {
+        use aws_sdk_elasticloadbalancingv2::types::{ProtocolEnum, TargetTypeEnum};
+        let out = self
+            .elbv2("us-east-1")
+            .create_target_group()
+            .name(name)
+            .protocol(ProtocolEnum::Http)
+            .port(port)
+            .vpc_id(vpc)
+            .target_type(TargetTypeEnum::from(kind))
+            .send()
+            .await
+            .expect("create target group");
+        out.target_groups()[0]
+            .target_group_arn()
+            .unwrap()
+            .to_string()
+    }
+
+    /// A target group's targets as `id:port`, sorted.
+    pub async fn targets(&self, arn: &str) -> Vec<String> {
+        let out = self
+            .elbv2("us-east-1")
+            .describe_target_health()
+            .target_group_arn(arn)
+            .send()
+            .await
+            .expect("describe target health");
+        let mut list: Vec<String> = out
+            .target_health_descriptions()
+            .iter()
+            .filter_map(|d| d.target())
+            .map(|t| {
+                let id = t.id().unwrap_or_default();
+                match id.parse::<std::net::Ipv6Addr>() {
+                    Ok(ip) => format!("[{ip}]:{}", t.port().unwrap_or_default()),
+                    Err(_) => format!("{id}:{}", t.port().unwrap_or_default()),
+                }
+            })
+            .collect();
+        list.sort();
+        list
+    }
+
+    /// Creates a hosted zone and returns its bare id.
+    pub async fn create_zone(&self, name: &str) -> String {
+        let out = self
+            .route53
+            .create_hosted_zone()
+            .name(name)
+            .caller_reference(format!("{name}-{}", free_port()))
+            .send()
+            .await
+            .expect("create zone");
+        out.hosted_zone()
+            .unwrap()
+            .id()
+            .trim_start_matches("/hostedzone/")
+            .to_string()
+    }
+
+    /// The A/AAAA record sets of `fqdn`: type → (ttl, sorted values).
+    pub async fn records(&self, zone: &str, fqdn: &str) -> BTreeMap<String, (i64, Vec<String>)> {
+        let out = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone)
+            .send()
+            .await
+            .expect("list record sets");
+        let mut found = BTreeMap::new();
+        for set in out.resource_record_sets() {
+            let t = set.r#type().as_str().to_string();
+            if set.name().trim_end_matches('.') != fqdn || !(t == "A" || t == "AAAA") {
+                continue;
+            }
+            let mut values: Vec<String> = set
+                .resource_records()
+                .iter()
+                .map(|r| r.value().to_string())
+                .collect();
+            values.sort();
+            found.insert(t, (set.ttl().unwrap_or_default(), values));
+        }
+        found
+    }
+}
