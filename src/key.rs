@@ -110,6 +110,22 @@ pub struct Target {
 }
 
 impl Target {
+    /// An instance with no port: a Classic ELB member, or an instance target on its group's port.
+    pub fn instance(id: impl Into<String>) -> Target {
+        Target {
+            id: TargetId::Instance(id.into()),
+            port: None,
+        }
+    }
+
+    /// The instance id or IP address, without the port (as AWS names a target in its errors).
+    pub fn id_string(&self) -> String {
+        match &self.id {
+            TargetId::Instance(id) => id.clone(),
+            TargetId::Ip(ip) => ip.to_string(),
+        }
+    }
+
     /// The same target with `port` when it has none of its own.
     pub fn or_port(&self, port: Option<u16>) -> Target {
         Target {

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
 
-use crate::key::{Member, TargetId};
+use crate::key::{Member, Target, TargetId};
 
 /// What lbmanager may do to AWS (`--policy`, as external-dns has it).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -23,10 +23,19 @@ pub enum Policy {
 /// target as `id:port`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ElbChanges {
-    pub register: Vec<String>,
-    pub deregister: Vec<String>,
+    pub register: Vec<Target>,
+    pub deregister: Vec<Target>,
     /// Targets of a kind the target group does not take (an IP in an `instance` group): left out.
-    pub mismatched: Vec<String>,
+    pub mismatched: Vec<Target>,
+}
+
+/// Members as a log line spells them: `i-1,i-2` or `i-1:80,10.0.0.5:8080`.
+pub fn spell(members: &[Target]) -> String {
+    members
+        .iter()
+        .map(Target::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 impl ElbChanges {
@@ -45,13 +54,14 @@ pub enum TargetKind {
     Ip,
 }
 
-/// What AWS says is registered with an ELB or a target group.
+/// What AWS says is registered with an ELB or a target group. Members are typed as the key grammar
+/// has them: a Classic ELB's are instances without a port, a target group's carry their port.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registered {
-    /// Registered members (target groups: `id:port`), draining ones excluded.
-    pub members: BTreeSet<String>,
+    /// Registered members, draining ones excluded.
+    pub members: BTreeSet<Target>,
     /// Targets on their way out (target groups only).
-    pub draining: BTreeSet<String>,
+    pub draining: BTreeSet<Target>,
     /// The port of a target that names none (target groups only).
     pub default_port: Option<u16>,
     /// The kind of target the group takes (target groups only).
@@ -64,10 +74,10 @@ pub struct Registered {
 /// left alone (it is not deregistered twice).
 pub fn plan_elb(desired: &BTreeSet<Member>, actual: &Registered, policy: Policy) -> ElbChanges {
     let mut mismatched = Vec::new();
-    let want: BTreeSet<String> = desired
+    let want: BTreeSet<Target> = desired
         .iter()
         .filter_map(|m| match m {
-            Member::Instance(id) => Some(id.clone()),
+            Member::Instance(id) => Some(Target::instance(id.clone())),
             Member::Target(t) => {
                 let fits = !matches!(
                     (&t.id, actual.kind),
@@ -75,10 +85,10 @@ pub fn plan_elb(desired: &BTreeSet<Member>, actual: &Registered, policy: Policy)
                         | (TargetId::Ip(_), Some(TargetKind::Instance))
                 );
                 if !fits {
-                    mismatched.push(t.to_string());
+                    mismatched.push(t.clone());
                     return None;
                 }
-                Some(t.or_port(actual.default_port).to_string())
+                Some(t.or_port(actual.default_port))
             }
             Member::Ip(_) => None,
         })
@@ -288,11 +298,22 @@ mod tests {
             .collect()
     }
 
+    fn parsed(ids: &[&str]) -> BTreeSet<Target> {
+        ids.iter()
+            .map(|s| crate::key::parse_target(s).unwrap())
+            .collect()
+    }
+
     fn registered(ids: &[&str]) -> Registered {
         Registered {
-            members: ids.iter().map(|s| s.to_string()).collect(),
+            members: parsed(ids),
             ..Registered::default()
         }
+    }
+
+    /// Members as strings, for comparisons.
+    fn s(members: &[Target]) -> Vec<String> {
+        members.iter().map(Target::to_string).collect()
     }
 
     fn targets(list: &[&str]) -> BTreeSet<Member> {
@@ -303,36 +324,35 @@ mod tests {
 
     #[test]
     fn target_group_default_port_draining_and_kind() {
-        let set = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
         let actual = Registered {
-            members: set(&["i-00000001:80", "i-00000002:80"]),
-            draining: set(&["i-00000003:80", "i-00000004:80"]),
+            members: parsed(&["i-00000001:80", "i-00000002:80"]),
+            draining: parsed(&["i-00000003:80", "i-00000004:80"]),
             default_port: Some(80),
             kind: Some(TargetKind::Instance),
         };
         let desired = targets(&["i-00000001", "i-00000003", "i-00000005:8080", "10.0.0.1:80"]);
         let plan = plan_elb(&desired, &actual, Policy::Sync);
         // i-1 is there on the group's port; i-3 is draining but wanted: registered again.
-        assert_eq!(plan.register, vec!["i-00000003:80", "i-00000005:8080"]);
+        assert_eq!(s(&plan.register), vec!["i-00000003:80", "i-00000005:8080"]);
         // i-2 goes; i-4 is draining and unwanted: left alone, not deregistered twice.
-        assert_eq!(plan.deregister, vec!["i-00000002:80"]);
-        assert_eq!(plan.mismatched, vec!["10.0.0.1:80"]);
+        assert_eq!(s(&plan.deregister), vec!["i-00000002:80"]);
+        assert_eq!(s(&plan.mismatched), vec!["10.0.0.1:80"]);
         // A port move registers the new (id, port) and deregisters the old one.
         let moved = plan_elb(
             &targets(&["i-00000001:81"]),
             &registered(&["i-00000001:80"]),
             Policy::Sync,
         );
-        assert_eq!(moved.register, vec!["i-00000001:81"]);
-        assert_eq!(moved.deregister, vec!["i-00000001:80"]);
+        assert_eq!(s(&moved.register), vec!["i-00000001:81"]);
+        assert_eq!(s(&moved.deregister), vec!["i-00000001:80"]);
     }
 
     #[test]
     fn elb_registers_missing_and_deregisters_extra() {
         let actual = registered(&["i-00000002", "i-00000003"]);
         let plan = plan_elb(&inst(&["i-00000001", "i-00000002"]), &actual, Policy::Sync);
-        assert_eq!(plan.register, vec!["i-00000001"]);
-        assert_eq!(plan.deregister, vec!["i-00000003"]);
+        assert_eq!(s(&plan.register), vec!["i-00000001"]);
+        assert_eq!(s(&plan.deregister), vec!["i-00000003"]);
         assert!(plan_elb(&inst(&["i-00000002", "i-00000003"]), &actual, Policy::Sync).is_empty());
         assert_eq!(
             plan_elb(&inst(&[]), &actual, Policy::Sync).deregister.len(),
@@ -411,7 +431,7 @@ mod tests {
     fn upsert_only_never_removes() {
         let actual = registered(&["i-00000002"]);
         let plan = plan_elb(&inst(&["i-00000001"]), &actual, Policy::UpsertOnly);
-        assert_eq!(plan.register, vec!["i-00000001"]);
+        assert_eq!(s(&plan.register), vec!["i-00000001"]);
         assert!(plan.deregister.is_empty());
         let current = [set(RecordType::A, 60, &["192.0.2.9"])];
         let changes = plan_fqdn(

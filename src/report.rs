@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::aws::{AwsError, Backends};
 use crate::desired::DesiredState;
 use crate::key::{LbId, Member};
-use crate::plan::{plan_fqdn, Policy};
+use crate::plan::{plan_fqdn, spell, Policy};
 use crate::sync::{gone_is_in_step, read_and_plan_elb};
 
 /// One load balancer's plan.
@@ -67,14 +67,14 @@ pub async fn plan_all(
                     };
                     let (actual, changes) =
                         read_and_plan_elb(api, region, name, &members, policy).await?;
-                    plan.actual = actual.members.iter().cloned().collect();
+                    plan.actual = actual.members.iter().map(|m| m.to_string()).collect();
                     if !changes.register.is_empty() {
                         plan.changes
-                            .push(format!("register {}", changes.register.join(",")));
+                            .push(format!("register {}", spell(&changes.register)));
                     }
                     if !changes.deregister.is_empty() {
                         plan.changes
-                            .push(format!("deregister {}", changes.deregister.join(",")));
+                            .push(format!("deregister {}", spell(&changes.deregister)));
                     }
                 }
                 LbId::Route53 { zone, fqdn } => {

@@ -241,11 +241,11 @@ impl LoadBalancer {
     }
 
     /// Warns once about each target of a kind its target group does not take.
-    fn warn_mismatched(&mut self, targets: Vec<String>) {
+    fn warn_mismatched(&mut self, targets: Vec<crate::key::Target>) {
         for target in targets {
-            if self.mismatched.insert(target.clone()) {
+            if self.mismatched.insert(target.to_string()) {
                 warn!(self.log, "ignoring a target of a kind the target group does not take";
-                    "target" => target);
+                    "target" => %target);
             }
         }
     }

@@ -8,6 +8,7 @@ use aws_sdk_elasticloadbalancing::Client;
 
 use super::regional::PerRegion;
 use super::{classify, AwsError, ElbApi, ErrorKind};
+use crate::key::Target;
 use crate::plan::Registered;
 
 pub struct SdkElb {
@@ -33,9 +34,11 @@ impl SdkElb {
     }
 }
 
-fn instances(ids: &[String]) -> Vec<Instance> {
-    ids.iter()
-        .map(|id| Instance::builder().instance_id(id).build())
+/// Classic ELB takes instances only: an IP target can't be a member (the key grammar has none).
+fn instances(members: &[Target]) -> Vec<Instance> {
+    members
+        .iter()
+        .map(|m| Instance::builder().instance_id(m.id_string()).build())
         .collect()
 }
 
@@ -68,10 +71,10 @@ impl ElbApi for SdkElb {
                     "not in the answer",
                 )
             })?;
-        let members: BTreeSet<String> = lb
+        let members: BTreeSet<Target> = lb
             .instances()
             .iter()
-            .filter_map(|i| i.instance_id().map(str::to_string))
+            .filter_map(|i| i.instance_id().map(Target::instance))
             .collect();
         Ok(Registered {
             members,
@@ -79,7 +82,7 @@ impl ElbApi for SdkElb {
         })
     }
 
-    async fn register(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+    async fn register(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
         self.client(region)
             .await
             .register_instances_with_load_balancer()
@@ -97,7 +100,7 @@ impl ElbApi for SdkElb {
         Ok(())
     }
 
-    async fn deregister(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+    async fn deregister(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
         self.client(region)
             .await
             .deregister_instances_from_load_balancer()

@@ -17,7 +17,7 @@ use aws_sdk_elasticloadbalancingv2::Client;
 
 use super::regional::PerRegion;
 use super::{classify, AwsError, ElbApi, ErrorKind};
-use crate::key::{parse_target, Target, TargetId};
+use crate::key::{Target, TargetId};
 use crate::plan::{Registered, TargetKind};
 
 /// What is cached of a target group.
@@ -102,26 +102,14 @@ impl SdkElbV2 {
         }
     }
 
-    fn descriptions(targets: &[String], target: &str) -> Result<Vec<TargetDescription>, AwsError> {
+    fn descriptions(targets: &[Target]) -> Vec<TargetDescription> {
         targets
             .iter()
-            .map(|s| {
-                let t = parse_target(s).map_err(|e| {
-                    AwsError::new(
-                        ErrorKind::Rejected,
-                        "RegisterTargets",
-                        target,
-                        e.to_string(),
-                    )
-                })?;
-                let id = match t.id {
-                    TargetId::Instance(id) => id,
-                    TargetId::Ip(ip) => ip.to_string(),
-                };
-                Ok(TargetDescription::builder()
-                    .id(id)
+            .map(|t| {
+                TargetDescription::builder()
+                    .id(t.id_string())
                     .set_port(t.port.map(i32::from))
-                    .build())
+                    .build()
             })
             .collect()
     }
@@ -130,12 +118,12 @@ impl SdkElbV2 {
         &self,
         region: &str,
         name: &str,
-        targets: &[String],
+        targets: &[Target],
         register: bool,
     ) -> Result<(), AwsError> {
         let target = format!("elbv2/{region}/{name}");
         let group = self.group(region, name).await?;
-        let list = Self::descriptions(targets, &target)?;
+        let list = Self::descriptions(targets);
         let client = self.client(region).await;
         let res = if register {
             client
@@ -163,8 +151,8 @@ impl SdkElbV2 {
     }
 }
 
-/// A target as AWS reports it, in the key grammar's spelling.
-fn spelled(id: &str, port: Option<i32>) -> String {
+/// A target as AWS reports it.
+fn reported(id: &str, port: Option<i32>) -> Target {
     let id = match id.parse::<IpAddr>() {
         Ok(ip) => TargetId::Ip(ip),
         Err(_) => TargetId::Instance(id.to_string()),
@@ -173,7 +161,6 @@ fn spelled(id: &str, port: Option<i32>) -> String {
         id,
         port: port.and_then(|p| u16::try_from(p).ok()),
     }
-    .to_string()
 }
 
 #[async_trait]
@@ -199,7 +186,7 @@ impl ElbApi for SdkElbV2 {
         for d in out.target_health_descriptions() {
             let Some(t) = d.target() else { continue };
             let Some(id) = t.id() else { continue };
-            let s = spelled(id, t.port().or(group.port.map(i32::from)));
+            let s = reported(id, t.port().or(group.port.map(i32::from)));
             let state = d.target_health().and_then(|h| h.state());
             if state == Some(&TargetHealthStateEnum::Draining) {
                 draining.insert(s);
@@ -215,7 +202,7 @@ impl ElbApi for SdkElbV2 {
         })
     }
 
-    async fn register(&self, region: &str, name: &str, targets: &[String]) -> Result<(), AwsError> {
+    async fn register(&self, region: &str, name: &str, targets: &[Target]) -> Result<(), AwsError> {
         self.change(region, name, targets, true).await
     }
 
@@ -223,7 +210,7 @@ impl ElbApi for SdkElbV2 {
         &self,
         region: &str,
         name: &str,
-        targets: &[String],
+        targets: &[Target],
     ) -> Result<(), AwsError> {
         self.change(region, name, targets, false).await
     }
@@ -232,20 +219,21 @@ impl ElbApi for SdkElbV2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::parse_target;
 
     #[test]
-    fn targets_are_spelled_as_in_the_keys() {
+    fn targets_are_read_and_sent_as_in_the_keys() {
+        let spelled = |id, port| reported(id, port).to_string();
         assert_eq!(
             spelled("i-0abcdef0123456789", Some(80)),
             "i-0abcdef0123456789:80"
         );
         assert_eq!(spelled("10.0.0.5", Some(8080)), "10.0.0.5:8080");
         assert_eq!(spelled("2001:db8::1", Some(443)), "[2001:db8::1]:443");
-        let d = SdkElbV2::descriptions(
-            &["[2001:db8::1]:443".into(), "i-0abcdef0123456789:80".into()],
-            "t",
-        )
-        .unwrap();
+        let d = SdkElbV2::descriptions(&[
+            parse_target("[2001:db8::1]:443").unwrap(),
+            parse_target("i-0abcdef0123456789:80").unwrap(),
+        ]);
         assert_eq!(d[0].id(), Some("2001:db8::1"));
         assert_eq!(d[0].port(), Some(443));
         assert_eq!(d[1].id(), Some("i-0abcdef0123456789"));

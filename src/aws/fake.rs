@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{AwsError, ElbApi, ErrorKind, Route53Api};
+use crate::key::Target;
 use crate::plan::{Action, RecordChange, RecordSet, RecordType, Registered};
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -150,14 +151,21 @@ impl ElbApi for FakeElb {
             .get(&(region.to_string(), name.to_string()))
             .cloned()
             .unwrap_or_default();
+        // The fake keeps members as the key grammar spells them; the trait carries them typed.
+        let typed = |set: &BTreeSet<String>| -> BTreeSet<Target> {
+            set.iter()
+                .filter_map(|s| crate::key::parse_target(s).ok())
+                .collect()
+        };
         Ok(Registered {
-            members: members.difference(&draining).cloned().collect(),
-            draining,
+            members: typed(&members.difference(&draining).cloned().collect()),
+            draining: typed(&draining),
             ..Registered::default()
         })
     }
 
-    async fn register(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+    async fn register(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
+        let ids: Vec<String> = ids.iter().map(Target::to_string).collect();
         let op = "RegisterInstancesWithLoadBalancer";
         self.enter(op, format!("elb/{region}/{name}"), format!(" {ids:?}"))
             .await?;
@@ -182,19 +190,20 @@ impl ElbApi for FakeElb {
             ));
         }
         if let Some(d) = lock(&self.draining).get_mut(&(region.to_string(), name.to_string())) {
-            for id in ids {
+            for id in &ids {
                 d.remove(id);
             }
         }
         self.update(op, region, name, |set| set.extend(ids.iter().cloned()))
     }
 
-    async fn deregister(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+    async fn deregister(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
+        let ids: Vec<String> = ids.iter().map(Target::to_string).collect();
         let op = "DeregisterInstancesFromLoadBalancer";
         self.enter(op, format!("elb/{region}/{name}"), format!(" {ids:?}"))
             .await?;
         self.update(op, region, name, |set| {
-            for id in ids {
+            for id in &ids {
                 set.remove(id);
             }
         })

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::{AwsError, ElbApi, ErrorKind, Route53Api};
+use crate::key::Target;
 use crate::metrics::Metrics;
 use crate::plan::{RecordChange, RecordSet, Registered};
 
@@ -37,13 +38,13 @@ impl ElbApi for MeteredElb {
         r
     }
 
-    async fn register(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+    async fn register(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
         let r = self.inner.register(region, name, ids).await;
         self.metrics.aws_call(self.service, "register", result(&r));
         r
     }
 
-    async fn deregister(&self, region: &str, name: &str, ids: &[String]) -> Result<(), AwsError> {
+    async fn deregister(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
         let r = self.inner.deregister(region, name, ids).await;
         self.metrics
             .aws_call(self.service, "deregister", result(&r));

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::key::Target;
 use crate::plan::{RecordChange, RecordSet, Registered};
 
 pub mod elb;
@@ -23,25 +24,20 @@ pub mod metered;
 pub mod regional;
 pub mod route53;
 
-/// The members of an ELB-like load balancer: a Classic ELB (members are instance ids) or an ELBv2
-/// target group (members are targets, spelled `id:port`).
+/// The members of an ELB-like load balancer: a Classic ELB (members are instances, [`Target`]s
+/// without a port) or an ELBv2 target group (members are targets with their port).
 #[async_trait]
 pub trait ElbApi: Send + Sync + 'static {
     /// What is registered with load balancer (or target group) `name` in `region`.
     async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError>;
-    /// Registers all of `instances` in one call.
-    async fn register(
-        &self,
-        region: &str,
-        name: &str,
-        instances: &[String],
-    ) -> Result<(), AwsError>;
-    /// Deregisters all of `instances` in one call.
+    /// Registers all of `members` in one call.
+    async fn register(&self, region: &str, name: &str, members: &[Target]) -> Result<(), AwsError>;
+    /// Deregisters all of `members` in one call.
     async fn deregister(
         &self,
         region: &str,
         name: &str,
-        instances: &[String],
+        members: &[Target],
     ) -> Result<(), AwsError>;
 }
 
@@ -162,28 +158,35 @@ impl AwsError {
 mod tests {
     use super::*;
 
-    fn strings(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn strings(list: &[&str]) -> Vec<Target> {
+        list.iter()
+            .map(|s| crate::key::parse_target(s).unwrap())
+            .collect()
     }
 
     #[test]
     fn members_named_in_aws_messages() {
-        let tried = strings(&["i-1", "i-10", "i-2"]);
+        let tried = strings(&["i-00000001", "i-00000010", "i-00000002"]);
         assert_eq!(
             members_named_in(
-                "HTTP 400, InvalidInstance: EC2 instance i-10 is not in running state.",
+                "HTTP 400, InvalidInstance: EC2 instance i-00000010 is not in running state.",
                 &tried
             ),
-            strings(&["i-10"])
+            strings(&["i-00000010"])
         );
-        let targets = strings(&["i-1:80", "i-2:80", "10.0.0.5:8080", "[2001:db8::1]:443"]);
+        let targets = strings(&[
+            "i-00000001:80",
+            "i-00000002:80",
+            "10.0.0.5:8080",
+            "[2001:db8::1]:443",
+        ]);
         assert_eq!(
             members_named_in(
                 "HTTP 400, InvalidTarget: The following targets are not in a running state and \
-                 cannot be registered: 'i-2', '2001:db8::1'",
+                 cannot be registered: 'i-00000002', '2001:db8::1'",
                 &targets
             ),
-            strings(&["i-2:80", "[2001:db8::1]:443"])
+            strings(&["i-00000002:80", "[2001:db8::1]:443"])
         );
         assert!(members_named_in("HTTP 400, InvalidInstance: bad request", &tried).is_empty());
     }
@@ -252,7 +255,7 @@ where
 /// The members of `tried` that an AWS error message names (`EC2 instance i-… is not in running
 /// state`, `… cannot be registered: 'i-1', 'i-2'`). A member is named when its id (a target's id
 /// without the port) is a whole word of the message.
-pub fn members_named_in(message: &str, tried: &[String]) -> Vec<String> {
+pub fn members_named_in(message: &str, tried: &[Target]) -> Vec<Target> {
     let words: std::collections::HashSet<&str> = message
         .split(|c: char| !(c.is_ascii_alphanumeric() || "-.:".contains(c)))
         .map(|w| w.trim_end_matches(['.', ':', ',']))
@@ -260,15 +263,7 @@ pub fn members_named_in(message: &str, tried: &[String]) -> Vec<String> {
         .collect();
     tried
         .iter()
-        .filter(|m| {
-            // `i-1`, `i-1:80`, `10.0.0.5:80`, `[2001:db8::1]:443` → the id alone.
-            let id = match m.strip_prefix('[') {
-                Some(v6) => v6.split(']').next().unwrap_or(v6),
-                None if m.matches(':').count() == 1 => m.split(':').next().unwrap_or(m),
-                None => m.as_str(),
-            };
-            words.contains(id)
-        })
+        .filter(|m| words.contains(m.id_string().as_str()))
         .cloned()
         .collect()
 }

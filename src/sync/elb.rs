@@ -6,8 +6,8 @@ use slog::{info, warn, Logger};
 
 use super::{read_and_plan_elb, Cause, SyncOptions};
 use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind};
-use crate::key::Member;
-use crate::plan::{ElbChanges, Rejected};
+use crate::key::{Member, Target};
+use crate::plan::{spell, ElbChanges, Rejected};
 
 /// What one ELB sync did.
 #[derive(Clone, Debug, Default)]
@@ -44,22 +44,24 @@ pub async fn sync_elb(
         read_and_plan_elb(api, region, name, desired, options.policy).await?;
     let mut rejected = Rejected::new();
     if !retry_rejected {
-        changes.register.retain(|m| match known.get(m) {
-            Some(reason) => {
-                rejected.insert(m.clone(), reason.clone());
-                false
-            }
-            None => true,
-        });
+        changes
+            .register
+            .retain(|m| match known.get(&m.to_string()) {
+                Some(reason) => {
+                    rejected.insert(m.to_string(), reason.clone());
+                    false
+                }
+                None => true,
+            });
     }
     if options.dry_run {
         if !changes.register.is_empty() {
             info!(log, "would register {}", what;
-                "added" => changes.register.join(","), "cause" => %cause, "dry_run" => true);
+                "added" => spell(&changes.register), "cause" => %cause, "dry_run" => true);
         }
         if !changes.deregister.is_empty() {
             info!(log, "would deregister {}", what;
-                "removed" => changes.deregister.join(","), "cause" => %cause, "dry_run" => true);
+                "removed" => spell(&changes.deregister), "cause" => %cause, "dry_run" => true);
         }
         return Ok(ElbSync { changes, rejected });
     }
@@ -68,14 +70,14 @@ pub async fn sync_elb(
         rejected.extend(refused);
         if !accepted.is_empty() {
             info!(log, "registered {}", what;
-                "added" => accepted.join(","), "cause" => %cause);
+                "added" => spell(&accepted), "cause" => %cause);
         }
         changes.register = accepted;
     }
     let left = actual.members.len() + changes.register.len() - changes.deregister.len();
     if left == 0 && !changes.deregister.is_empty() && !rejected.is_empty() {
         warn!(log, "not deregistering the last {}: every wanted member was rejected by AWS", what;
-            "kept" => changes.deregister.join(","),
+            "kept" => spell(&changes.deregister),
             "rejected" => rejected.keys().cloned().collect::<Vec<_>>().join(","),
             "cause" => %cause);
         changes.deregister.clear();
@@ -83,7 +85,7 @@ pub async fn sync_elb(
     if !changes.deregister.is_empty() {
         api.deregister(region, name, &changes.deregister).await?;
         info!(log, "deregistered {}", what;
-            "removed" => changes.deregister.join(","), "cause" => %cause);
+            "removed" => spell(&changes.deregister), "cause" => %cause);
     }
     Ok(ElbSync { changes, rejected })
 }
@@ -95,8 +97,8 @@ async fn register_accepted(
     api: &dyn ElbApi,
     region: &str,
     name: &str,
-    members: &[String],
-) -> Result<(Vec<String>, Rejected), AwsError> {
+    members: &[Target],
+) -> Result<(Vec<Target>, Rejected), AwsError> {
     let (mut accepted, mut refused) = (Vec::new(), Rejected::new());
     let mut todo = vec![members.to_vec()];
     while let Some(mut chunk) = todo.pop() {
@@ -106,12 +108,12 @@ async fn register_accepted(
                 let named = members_named_in(&e.message, &chunk);
                 if !named.is_empty() {
                     chunk.retain(|m| !named.contains(m));
-                    refused.extend(named.into_iter().map(|m| (m, e.message.clone())));
+                    refused.extend(named.iter().map(|m| (m.to_string(), e.message.clone())));
                     if !chunk.is_empty() {
                         todo.push(chunk);
                     }
                 } else if chunk.len() == 1 {
-                    refused.insert(chunk.remove(0), e.message.clone());
+                    refused.insert(chunk.remove(0).to_string(), e.message.clone());
                 } else {
                     let half = chunk.split_off(chunk.len() / 2);
                     todo.push(half);
