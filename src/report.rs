@@ -11,8 +11,8 @@ use serde::Serialize;
 use crate::aws::{AwsError, Backends};
 use crate::desired::DesiredState;
 use crate::key::{LbId, Member};
-use crate::plan::{plan_fqdn, spell, Policy};
-use crate::sync::{gone_is_in_step, read_and_plan_elb};
+use crate::plan::{spell, Policy};
+use crate::sync::{ips_of, read_and_plan_elb, read_and_plan_fqdn};
 
 /// One load balancer's plan.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
@@ -78,19 +78,11 @@ pub async fn plan_all(
                     }
                 }
                 LbId::Route53 { zone, fqdn } => {
-                    let current = match aws.route53.record_sets(zone, fqdn).await {
-                        Err(e) if gone_is_in_step(&e, members.is_empty()) => Vec::new(),
-                        other => other?,
-                    };
+                    let ips = ips_of(&members);
+                    let (current, changes) =
+                        read_and_plan_fqdn(&*aws.route53, zone, fqdn, &ips, ttl, policy).await?;
                     plan.actual = current.iter().flat_map(|s| s.values.clone()).collect();
-                    let ips = members
-                        .iter()
-                        .filter_map(|m| match m {
-                            Member::Ip(ip) => Some(*ip),
-                            _ => None,
-                        })
-                        .collect();
-                    for c in plan_fqdn(fqdn, &ips, &current, ttl, policy) {
+                    for c in changes {
                         plan.changes.push(format!(
                             "{} {} {}",
                             c.action.as_str(),

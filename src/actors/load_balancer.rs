@@ -7,7 +7,6 @@
 //! The actor only routes messages between them and keeps the metrics.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -19,6 +18,7 @@ use crate::aws::{AwsError, ElbApi};
 use crate::key::{LbId, Member};
 use crate::plan::Rejected;
 use crate::sync::elb::sync_elb;
+use crate::sync::ips_of;
 use crate::sync::schedule::{Next, Outcome, Schedule};
 use crate::sync::zone::FqdnWant;
 
@@ -209,14 +209,7 @@ impl LoadBalancer {
                 let LbId::Route53 { fqdn, .. } = &self.id else {
                     unreachable!("a Route53 backend serves Route53 load balancers only");
                 };
-                let ips: BTreeSet<IpAddr> = desire
-                    .members
-                    .iter()
-                    .filter_map(|m| match m {
-                        Member::Ip(ip) => Some(*ip),
-                        Member::Instance(_) | Member::Target(_) => None,
-                    })
-                    .collect();
+                let ips = ips_of(&desire.members);
                 zone.do_send(ZoneDesire {
                     want: FqdnWant {
                         lb: self.id.clone(),

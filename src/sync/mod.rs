@@ -6,9 +6,11 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use crate::aws::{AwsError, ElbApi, ErrorKind};
+use std::net::IpAddr;
+
+use crate::aws::{AwsError, ElbApi, ErrorKind, Route53Api};
 use crate::key::Member;
-use crate::plan::{plan_elb, ElbChanges, Policy, Registered};
+use crate::plan::{plan_elb, plan_fqdn, ElbChanges, Policy, RecordChange, RecordSet, Registered};
 
 pub mod elb;
 pub mod schedule;
@@ -57,6 +59,36 @@ pub struct SyncOptions {
 /// not an error (so a load balancer whose keys are gone, deleted from AWS meanwhile, is retired).
 pub fn gone_is_in_step(err: &AwsError, wants_nothing: bool) -> bool {
     err.kind == ErrorKind::NotFound && wants_nothing
+}
+
+/// The IP members of a Route53 load balancer: the values of its A and AAAA record sets.
+pub fn ips_of(members: &BTreeSet<Member>) -> BTreeSet<IpAddr> {
+    members
+        .iter()
+        .filter_map(|m| match m {
+            Member::Ip(ip) => Some(*ip),
+            Member::Instance(_) | Member::Target(_) => None,
+        })
+        .collect()
+}
+
+/// Reads one FQDN's record sets and plans them: what `plan` shows. (The zone actor reads in
+/// batches and from what it remembers, then plans the same way, with the same rule for a zone
+/// that is gone.)
+pub async fn read_and_plan_fqdn(
+    api: &dyn Route53Api,
+    zone: &str,
+    fqdn: &str,
+    ips: &BTreeSet<IpAddr>,
+    ttl: i64,
+    policy: Policy,
+) -> Result<(Vec<RecordSet>, Vec<RecordChange>), AwsError> {
+    let current = match api.record_sets(zone, fqdn).await {
+        Err(e) if gone_is_in_step(&e, ips.is_empty()) => Vec::new(),
+        other => other?,
+    };
+    let changes = plan_fqdn(fqdn, ips, &current, ttl, policy);
+    Ok((current, changes))
 }
 
 /// Reads an ELB or target group and plans it: what `run` would change, and what `plan` shows.
