@@ -44,8 +44,19 @@ pub struct Resolution {
     /// The newest key that decided the outcome (the `single` winner, or the newest `multiple` key
     /// that overrode a `single`); `None` when no `single` key is involved.
     pub winner: Option<(String, Revision)>,
+    /// When `multiple` keys overrode a `single` one: the newest `single` key, whose revision
+    /// decided which `multiple` keys are newer (were it gone, the older ones would count again).
+    pub threshold: Option<(String, Revision)>,
     /// Keys that no longer count, with the revision they had when this was computed.
     pub superseded: Vec<(String, Revision)>,
+}
+
+impl Resolution {
+    /// Every key the decision rests on: the winner, and the threshold `single` key if any. Deleting
+    /// superseded keys is guarded by all of them.
+    pub fn decided_by(&self) -> Vec<(String, Revision)> {
+        self.winner.iter().chain(&self.threshold).cloned().collect()
+    }
 }
 
 /// Warns that `key` counts for nothing, and why.
@@ -191,8 +202,7 @@ fn resolve(keys: &BTreeMap<String, Entry>) -> Resolution {
     let Some((single_key, single)) = single else {
         return Resolution {
             members: keys.values().map(|e| e.member.clone()).collect(),
-            winner: None,
-            superseded: Vec::new(),
+            ..Resolution::default()
         };
     };
     let newer: Vec<(&String, &Entry)> = keys
@@ -229,6 +239,7 @@ fn resolve(keys: &BTreeMap<String, Entry>) -> Resolution {
     Resolution {
         members,
         winner: Some(winner),
+        threshold: (!newer.is_empty()).then(|| (single_key.clone(), single.revision)),
         superseded,
     }
 }

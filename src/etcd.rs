@@ -228,39 +228,71 @@ pub async fn read_records(
         .collect())
 }
 
-/// etcd's default limit of operations in one transaction is 128; the winner's guard takes one.
+/// etcd's default limit of operations in one transaction is 128 (compares counted apart from
+/// the deletes); the decision's guards take one or two of the compares.
 const DELETES_PER_TXN: usize = 100;
 
+/// One guarded transaction of a superseded-key delete: the keys (with the revisions they must
+/// still have) compared, and the keys deleted if they all hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuardedDelete {
+    pub compare: Vec<(String, Revision)>,
+    pub delete: Vec<String>,
+}
+
+/// Splits the deletion of `superseded` into transactions etcd accepts, each guarded by everything
+/// the decision depends on (`decided_by`: the winner, and the `single` key whose revision decided
+/// which `multiple` keys count) and by its own keys' revisions. A key of `decided_by` that is
+/// itself superseded is deleted in the last transaction, so that no earlier one runs without it.
+pub fn guarded_deletes(
+    decided_by: &[(String, Revision)],
+    superseded: &[(String, Revision)],
+) -> Vec<GuardedDelete> {
+    let (mut order, last): (Vec<_>, Vec<_>) = superseded
+        .iter()
+        .cloned()
+        .partition(|(k, _)| !decided_by.iter().any(|(g, _)| g == k));
+    order.extend(last);
+    order
+        .chunks(DELETES_PER_TXN)
+        .map(|chunk| {
+            let mut compare = decided_by.to_vec();
+            compare.extend(chunk.iter().filter(|c| !decided_by.contains(c)).cloned());
+            GuardedDelete {
+                compare,
+                delete: chunk.iter().map(|(k, _)| k.clone()).collect(),
+            }
+        })
+        .collect()
+}
+
 /// Deletes `superseded` keys, each only if it still has the revision it was seen with and only
-/// while `winner` still has its revision: a key written (or rewritten, as a rollback does) after the
-/// decision is never deleted. Returns how many keys were deleted.
+/// while every key of `decided_by` still has its revision (see [`guarded_deletes`]): a key written
+/// (or rewritten, as a rollback does) after the decision is never deleted, nor one that counts
+/// again because a key the decision rested on went away. Returns how many keys were deleted.
 pub async fn delete_superseded(
     client: &mut Client,
-    winner: &(String, Revision),
+    decided_by: &[(String, Revision)],
     superseded: &[(String, Revision)],
 ) -> Result<usize, EtcdError> {
     let mut deleted = 0;
-    for chunk in superseded.chunks(DELETES_PER_TXN) {
-        let mut guards = vec![Compare::mod_revision(
-            winner.0.as_str(),
-            CompareOp::Equal,
-            winner.1,
-        )];
-        guards.extend(
-            chunk
-                .iter()
-                .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev)),
-        );
-        let deletes: Vec<TxnOp> = chunk
+    for txn in guarded_deletes(decided_by, superseded) {
+        let guards: Vec<Compare> = txn
+            .compare
             .iter()
-            .map(|(k, _)| TxnOp::delete(k.as_str(), None))
+            .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev))
+            .collect();
+        let deletes: Vec<TxnOp> = txn
+            .delete
+            .iter()
+            .map(|k| TxnOp::delete(k.as_str(), None))
             .collect();
         let resp = client
             .txn(Txn::new().when(guards).and_then(deletes))
             .await
             .map_err(|source| EtcdError::Delete { source })?;
         if resp.succeeded() {
-            deleted += chunk.len();
+            deleted += txn.delete.len();
         }
     }
     Ok(deleted)
@@ -273,7 +305,7 @@ pub trait EtcdWrites: Send + Sync + 'static {
     /// See [`delete_superseded`].
     async fn delete_superseded(
         &self,
-        winner: &(String, Revision),
+        decided_by: &[(String, Revision)],
         superseded: &[(String, Revision)],
     ) -> Result<usize, EtcdError>;
     /// Puts `value` at `key`.
@@ -289,10 +321,10 @@ pub struct ClientWrites(pub Client);
 impl EtcdWrites for ClientWrites {
     async fn delete_superseded(
         &self,
-        winner: &(String, Revision),
+        decided_by: &[(String, Revision)],
         superseded: &[(String, Revision)],
     ) -> Result<usize, EtcdError> {
-        delete_superseded(&mut self.0.clone(), winner, superseded).await
+        delete_superseded(&mut self.0.clone(), decided_by, superseded).await
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError> {
@@ -356,18 +388,22 @@ pub mod fake {
     impl EtcdWrites for FakeEtcd {
         async fn delete_superseded(
             &self,
-            winner: &(String, Revision),
+            decided_by: &[(String, Revision)],
             superseded: &[(String, Revision)],
         ) -> Result<usize, EtcdError> {
             let mut keys = self.keys();
-            let holds = |k: &str, rev: Revision| keys.get(k).is_some_and(|(_, r)| *r == rev);
-            if !holds(&winner.0, winner.1) || !superseded.iter().all(|(k, r)| holds(k, *r)) {
-                return Ok(0);
+            let mut deleted = 0;
+            for txn in super::guarded_deletes(decided_by, superseded) {
+                let holds =
+                    |(k, rev): &(String, Revision)| keys.get(k).is_some_and(|(_, r)| r == rev);
+                if txn.compare.iter().all(holds) {
+                    for k in &txn.delete {
+                        keys.remove(k);
+                    }
+                    deleted += txn.delete.len();
+                }
             }
-            for (k, _) in superseded {
-                keys.remove(k);
-            }
-            Ok(superseded.len())
+            Ok(deleted)
         }
 
         async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError> {
@@ -385,6 +421,35 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_superseded_delete_is_guarded_by_the_whole_decision() {
+        let winner = ("/p/elb/r/web/multiple/i-zzzzzzzz".to_string(), 300);
+        let threshold = ("/p/elb/r/web/single/i-s".to_string(), 200);
+        let mut superseded: Vec<(String, Revision)> = (0..250)
+            .map(|n| (format!("/p/elb/r/web/multiple/i-{n:08x}"), n))
+            .collect();
+        // The threshold key sorts after the `multiple` keys, but is not counted on for that.
+        superseded.insert(7, threshold.clone());
+        let decided_by = vec![winner.clone(), threshold.clone()];
+        let txns = guarded_deletes(&decided_by, &superseded);
+        assert_eq!(txns.len(), 3);
+        for txn in &txns {
+            assert!(txn.compare.contains(&winner) && txn.compare.contains(&threshold));
+            assert!(txn.compare.len() <= 128 && txn.delete.len() <= 128);
+            for k in &txn.delete {
+                assert!(txn.compare.iter().any(|(c, _)| c == k), "{k} unguarded");
+            }
+        }
+        let last = txns.last().unwrap();
+        assert_eq!(
+            last.delete.last(),
+            Some(&threshold.0),
+            "the threshold goes last"
+        );
+        let deleted: usize = txns.iter().map(|t| t.delete.len()).sum();
+        assert_eq!(deleted, 251);
+    }
 
     #[test]
     fn range_end_is_next_prefix() {

@@ -86,7 +86,8 @@ impl Handler<Rejections> for StateWriter {
 #[derive(Message, Debug)]
 #[rtype(result = "Result<usize, EtcdError>")]
 pub struct DeleteSuperseded {
-    pub winner: (String, Revision),
+    /// The keys the decision rests on (see [`crate::desired::Resolution::decided_by`]).
+    pub decided_by: Vec<(String, Revision)>,
     pub superseded: Vec<(String, Revision)>,
 }
 
@@ -95,7 +96,10 @@ impl Handler<DeleteSuperseded> for StateWriter {
 
     fn handle(&mut self, msg: DeleteSuperseded, _: &mut Self::Context) -> Self::Result {
         let etcd = self.etcd.clone();
-        Box::pin(async move { etcd.delete_superseded(&msg.winner, &msg.superseded).await })
+        Box::pin(async move {
+            etcd.delete_superseded(&msg.decided_by, &msg.superseded)
+                .await
+        })
     }
 }
 

@@ -205,10 +205,9 @@ impl Supervisor {
     /// if it has none yet.
     fn reconcile(&mut self, lb: &LbId, cause: Cause, force: bool, ctx: &mut Context<Self>) {
         let resolution = self.desired.resolve(lb);
-        if let Some(winner) = resolution.winner.clone() {
-            if !resolution.superseded.is_empty() {
-                self.delete_superseded(winner, resolution.superseded, ctx);
-            }
+        if !resolution.superseded.is_empty() {
+            let decided_by = resolution.decided_by();
+            self.delete_superseded(decided_by, resolution.superseded, ctx);
         }
         let members = Arc::new(resolution.members);
         if let Some(managed) = self.lbs.get(lb) {
@@ -298,9 +297,10 @@ impl Supervisor {
         addr
     }
 
+    /// Deletes keys that no longer count, guarded by every key the decision rests on.
     fn delete_superseded(
         &mut self,
-        winner: (String, Revision),
+        decided_by: Vec<(String, Revision)>,
         superseded: Vec<(String, Revision)>,
         ctx: &mut Context<Self>,
     ) {
@@ -311,10 +311,14 @@ impl Supervisor {
         if todo.is_empty() {
             return;
         }
+        let winner = decided_by
+            .first()
+            .map(|(k, _)| k.clone())
+            .unwrap_or_default();
         if self.settings.dry_run {
             let keys: Vec<&str> = todo.iter().map(|(k, _)| k.as_str()).collect();
             info!(self.log, "would delete superseded keys from etcd";
-                "winner" => &winner.0, "keys" => keys.join(","), "dry_run" => true);
+                "winner" => &winner, "keys" => keys.join(","), "dry_run" => true);
             return;
         }
         self.deleting.extend(todo.iter().map(|(k, _)| k.clone()));
@@ -322,7 +326,7 @@ impl Supervisor {
             return;
         };
         let fut = writer.send(DeleteSuperseded {
-            winner: winner.clone(),
+            decided_by,
             superseded: todo.clone(),
         });
         ctx.spawn(fut.into_actor(self).map(move |res, act, _| {
@@ -335,7 +339,7 @@ impl Supervisor {
                 Ok(0) => debug!(act.log, "superseded keys changed meanwhile, left alone";
                     "keys" => keys.join(",")),
                 Ok(n) => info!(act.log, "deleted superseded keys from etcd";
-                    "winner" => &winner.0, "deleted" => n, "keys" => keys.join(",")),
+                    "winner" => &winner, "deleted" => n, "keys" => keys.join(",")),
                 Err(e) => warn!(act.log, "could not delete superseded keys; \
                     they do not count and are retried on the next change or restart";
                     "error" => %e, "keys" => keys.join(",")),
