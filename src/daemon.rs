@@ -107,16 +107,31 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     } else {
         wait_for_stop(&log, || supervisor.connected(), stop).await
     };
+    let mut drained = false;
     if code == ExitCode::SUCCESS || args.once {
         // Finish the AWS calls in flight; anything not done is done at the next start.
         match tokio::time::timeout(Duration::from_secs(10), supervisor.send(Shutdown)).await {
-            Ok(_) => info!(log, "stopped cleanly"),
+            Ok(_) => {
+                drained = true;
+                info!(log, "stopped cleanly")
+            }
             Err(_) => warn!(log, "calls still in flight after 10s, stopping anyway"),
         }
     }
     if let Some(leadership) = leadership {
-        leadership.release().await;
-        info!(log, "resigned the leadership");
+        if drained {
+            // Nothing of ours can land any more: a standby may take over at once.
+            leadership.release().await;
+            info!(log, "resigned the leadership");
+        } else {
+            // Calls may still be landing: resigning now could let a standby act while they do.
+            // The lease runs out by itself instead.
+            warn!(
+                log,
+                "not resigning the leadership: calls may still be in flight; \
+                a standby takes over when the lease expires"
+            );
+        }
     }
     actix_rt::System::current().stop();
     code

@@ -540,3 +540,39 @@ async fn superseded_keys_are_deleted_through_the_etcd_writer() {
         "the managed record went through the same writer"
     );
 }
+
+#[actix_rt::test]
+async fn a_drain_ends_when_the_zone_of_the_sync_in_flight_dies() {
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    *r53.delay.lock().unwrap() = Duration::from_millis(300);
+    *r53.panic_next.lock().unwrap() = true;
+    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
+    eventually("the zone's read is in flight", || !r53.calls().is_empty()).await;
+    // The zone dies with the sync in flight; the Supervisor replaces it and tells the load
+    // balancer, whose drain is then over.
+    let stopped = sup.send(super::supervisor::Shutdown);
+    actix_rt::time::timeout(Duration::from_secs(8), stopped)
+        .await
+        .expect("the shutdown ends when the zone of the sync in flight dies")
+        .unwrap();
+}
+
+#[actix_rt::test]
+async fn a_load_balancer_that_dies_during_the_shutdown_is_not_restarted() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    *elb.delay.lock().unwrap() = Duration::from_millis(300);
+    *elb.panic_next.lock().unwrap() = true;
+    let sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    eventually("the first read is in flight", || !elb.calls().is_empty()).await;
+    sup.send(super::supervisor::Shutdown).await.unwrap();
+    let calls = elb.calls().len();
+    // The Supervisor checks for dead actors every second.
+    actix_rt::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        elb.calls().len(),
+        calls,
+        "no sync after the shutdown: {:?}",
+        elb.calls()
+    );
+}

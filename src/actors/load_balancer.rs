@@ -224,6 +224,15 @@ impl LoadBalancer {
         }
     }
 
+    /// Shutting down and nothing in flight any more: answer whoever waits in [`Drain`].
+    fn release_drain(&mut self) {
+        if let Some(waiting) = self.draining.as_mut() {
+            for tx in waiting.drain(..) {
+                let _ = tx.send(());
+            }
+        }
+    }
+
     /// Keeps the members AWS refused; returns them when the set or a reason changed.
     fn update_rejected(&mut self, rejected: Rejected) -> Option<Arc<Rejected>> {
         if rejected == self.rejected {
@@ -281,11 +290,7 @@ impl LoadBalancer {
             error: error.clone(),
             rejected,
         });
-        if let Some(waiting) = self.draining.as_mut() {
-            for tx in waiting.drain(..) {
-                let _ = tx.send(());
-            }
-        }
+        self.release_drain();
         let outcome = match &error {
             None => Outcome::Ok,
             Some(e) if e.is_retryable() => Outcome::Retryable,
@@ -346,9 +351,10 @@ impl Handler<SetZone> for LoadBalancer {
 
     fn handle(&mut self, msg: SetZone, ctx: &mut Self::Context) {
         self.backend = Backend::Route53(msg.0);
-        // Whatever was in flight died with the old zone actor.
+        // Whatever was in flight died with the old zone actor: a drain waiting for it is over.
         self.in_flight = None;
         self.schedule.abandon();
+        self.release_drain();
         if let Some(desire) = self.desired.as_mut() {
             desire.cause = Cause::Restart;
         }

@@ -373,6 +373,12 @@ impl Supervisor {
                 }
             }
         }
+        if self.stopping {
+            // No new syncs once the shutdown began: a dead load balancer stays dead (whatever it
+            // had to do is done at the next start). Dead zones are still replaced above, so that
+            // the load balancers waiting on them are told their sync is over.
+            return;
+        }
         let dead: Vec<LbId> = self
             .lbs
             .iter()

@@ -225,6 +225,8 @@ pub struct FakeRoute53 {
     pub calls: Mutex<Vec<String>>,
     pub fail_next: Mutex<Vec<ErrorKind>>,
     pub delay: Mutex<Duration>,
+    /// Panic on the next call (after its delay), once.
+    pub panic_next: Mutex<bool>,
 }
 
 impl FakeRoute53 {
@@ -284,6 +286,9 @@ impl FakeRoute53 {
             tokio::time::sleep(delay).await;
         }
         *lock(&self.in_flight).entry(zone.to_string()).or_default() -= 1;
+        if std::mem::take(&mut *lock(&self.panic_next)) {
+            panic!("injected panic in {op} on {zone}");
+        }
         let mut fails = lock(&self.fail_next);
         if !fails.is_empty() {
             let kind = fails.remove(0);
