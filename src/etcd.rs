@@ -357,6 +357,8 @@ pub mod fake {
     pub struct FakeEtcd {
         keys: std::sync::Mutex<std::collections::BTreeMap<String, (String, Revision)>>,
         revision: std::sync::atomic::AtomicI64,
+        /// How long each put takes (a slow etcd).
+        pub put_delay: std::sync::Mutex<std::time::Duration>,
     }
 
     impl FakeEtcd {
@@ -407,6 +409,8 @@ pub mod fake {
         }
 
         async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError> {
+            let delay = *self.put_delay.lock().unwrap_or_else(|e| e.into_inner());
+            tokio::time::sleep(delay).await;
             self.put_key(key, value);
             Ok(())
         }

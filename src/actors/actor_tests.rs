@@ -114,6 +114,12 @@ async fn add_then_remove_in_quick_succession_ends_absent() {
     *elb.delay.lock().unwrap() = Duration::from_millis(50);
     let sup = start(elb.clone(), Arc::default(), &[]).await;
     sup.send(put(A, 101)).await.unwrap();
+    // A new load balancer's first change waits for its managed record: the remove comes once the
+    // add is under way.
+    eventually("the add is under way", || {
+        elb.calls().iter().any(|c| c.starts_with("Register"))
+    })
+    .await;
     sup.send(del(A, 102)).await.unwrap();
     eventually("the add was applied and undone", || {
         let calls = elb.calls();
@@ -386,6 +392,7 @@ async fn a_failure_retrying_cannot_fix_is_retried_at_once_when_a_newer_desire_wa
     elb.fail_next.lock().unwrap().push(ErrorKind::Rejected);
     let sup = start(elb.clone(), Arc::default(), &[]).await;
     sup.send(put(A, 101)).await.unwrap();
+    eventually("the failing sync is in flight", || !elb.calls().is_empty()).await;
     // Arrives while the failing sync is in flight.
     sup.send(put("/lbManager/elb/us-east-1/a/multiple/i-0000000c", 102))
         .await
@@ -575,4 +582,24 @@ async fn a_load_balancer_that_dies_during_the_shutdown_is_not_restarted() {
         "no sync after the shutdown: {:?}",
         elb.calls()
     );
+}
+
+#[actix_rt::test]
+async fn the_managed_record_is_in_etcd_before_the_first_change_in_aws() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let etcd = Arc::new(FakeEtcd::default());
+    *etcd.put_delay.lock().unwrap() = Duration::from_millis(300);
+    let sup = start_on(etcd.clone(), settings(), elb.clone(), Arc::default(), &[]);
+    sup.send(put(A, 101)).await.unwrap();
+    let record = "/lbManager/_managed/elb/us-east-1/a";
+    eventually("the first Register", || {
+        let registered = elb.calls().iter().any(|c| c.starts_with("Register"));
+        // The moment AWS is first changed, the record must already be there.
+        assert!(
+            !registered || etcd.get(record).is_some(),
+            "Register went out before the managed record was written"
+        );
+        registered
+    })
+    .await;
 }

@@ -54,6 +54,18 @@ impl Actor for StateWriter {
     type Context = Context<Self>;
 }
 
+/// Answered once every write sent before it has landed (writes go one at a time, holding the
+/// mailbox): the Supervisor's way to know a record is durable, and the shutdown's way to drain.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Flush;
+
+impl Handler<Flush> for StateWriter {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) {}
+}
+
 impl Handler<ManagedRecord> for StateWriter {
     type Result = ();
 

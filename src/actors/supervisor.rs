@@ -17,7 +17,7 @@ use slog::{debug, error, info, warn, Logger};
 use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, WatchEvent};
 use super::hosted_zone::HostedZone;
 use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
-use super::state_writer::{DeleteSuperseded, ManagedRecord, Rejections, StateWriter};
+use super::state_writer::{DeleteSuperseded, Flush, ManagedRecord, Rejections, StateWriter};
 use super::{Cause, Settings};
 use crate::aws::Backends;
 use crate::desired::{log_ignored, DesiredState, Ignored, Revision};
@@ -100,6 +100,10 @@ pub struct Supervisor {
     deleting: HashSet<String>,
     /// Load balancers with a durable managed record in etcd.
     recorded: HashSet<LbId>,
+    /// Load balancers whose record is on its way to etcd: they get no desire (so make no change in
+    /// AWS) until it has landed, or a `kill -9` right after their first Register would leave a
+    /// load balancer nobody knows to empty.
+    awaiting_record: HashSet<LbId>,
     /// The StateWriter, started with the Supervisor.
     state: Option<Addr<StateWriter>>,
     watcher: Option<Addr<EtcdWatcher>>,
@@ -134,6 +138,7 @@ impl Supervisor {
             initial: Some(initial),
             deleting: HashSet::new(),
             recorded: HashSet::new(),
+            awaiting_record: HashSet::new(),
             state: None,
             watcher: None,
             stopping: false,
@@ -221,8 +226,8 @@ impl Supervisor {
         self.generation += 1;
         let generation = self.generation;
         if !self.lbs.contains_key(lb) {
-            if self.recorded.insert(lb.clone()) {
-                self.record(lb, true);
+            if self.recorded.insert(lb.clone()) && self.record(lb, true) {
+                self.await_record(lb, ctx);
             }
             let addr = self.spawn_lb(lb, ctx);
             self.lbs.insert(
@@ -246,24 +251,48 @@ impl Supervisor {
         managed.members = members.clone();
         managed.generation = generation;
         managed.cause = cause;
-        managed.addr.do_send(Desire {
-            members,
-            generation,
-            cause,
-        });
-    }
-
-    fn record(&self, lb: &LbId, managed: bool) {
-        if self.settings.dry_run {
-            return;
-        }
-        if let Some(state) = &self.state {
-            state.do_send(if managed {
-                ManagedRecord::Put(lb.clone())
-            } else {
-                ManagedRecord::Delete(lb.clone())
+        if !self.awaiting_record.contains(lb) {
+            managed.addr.do_send(Desire {
+                members,
+                generation,
+                cause,
             });
         }
+    }
+
+    /// Sends the record (or its removal) to the StateWriter; whether one was sent.
+    fn record(&self, lb: &LbId, managed: bool) -> bool {
+        if self.settings.dry_run {
+            return false;
+        }
+        let Some(state) = &self.state else {
+            return false;
+        };
+        state.do_send(if managed {
+            ManagedRecord::Put(lb.clone())
+        } else {
+            ManagedRecord::Delete(lb.clone())
+        });
+        true
+    }
+
+    /// Holds `lb`'s desires back until its record has landed, then sends the latest.
+    fn await_record(&mut self, lb: &LbId, ctx: &mut Context<Self>) {
+        let Some(state) = self.state.clone() else {
+            return;
+        };
+        self.awaiting_record.insert(lb.clone());
+        let lb = lb.clone();
+        ctx.spawn(state.send(Flush).into_actor(self).map(move |_, act, _| {
+            act.awaiting_record.remove(&lb);
+            if let Some(child) = act.lbs.get(&lb) {
+                child.addr.do_send(Desire {
+                    members: child.members.clone(),
+                    generation: child.generation,
+                    cause: child.cause,
+                });
+            }
+        }));
     }
 
     fn spawn_lb(&mut self, lb: &LbId, ctx: &mut Context<Self>) -> Addr<LoadBalancer> {
@@ -394,9 +423,13 @@ impl Supervisor {
                 "lb" => lb.to_string(), "restarts" => managed.restarts.count,
                 "next_restart_no_sooner_than" => ?next);
             let addr = self.spawn_lb(&lb, ctx);
+            let awaiting = self.awaiting_record.contains(&lb);
             let managed = self.lbs.get_mut(&lb).expect("listed above");
             managed.addr = addr;
             managed.cause = Cause::Restart;
+            if awaiting {
+                continue;
+            }
             managed.addr.do_send(Desire {
                 members: managed.members.clone(),
                 generation: managed.generation,
@@ -602,7 +635,7 @@ impl Supervisor {
 }
 
 /// Graceful stop: no new work (the watch stops, etcd changes are ignored), and the answer comes
-/// once every sync in flight has ended. Whatever was not done is done at the next start.
+/// once every sync in flight has ended and the StateWriter has written everything it was sent. Whatever was not done is done at the next start.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -616,8 +649,13 @@ impl Handler<Shutdown> for Supervisor {
             watcher.do_send(super::etcd_watcher::Stop);
         }
         let drains: Vec<_> = self.lbs.values().map(|m| m.addr.send(Drain)).collect();
+        let writer = self.state.clone();
         Box::pin(async move {
             futures::future::join_all(drains).await;
+            // Then every record and rejection written so far lands in etcd.
+            if let Some(writer) = writer {
+                let _ = writer.send(Flush).await;
+            }
         })
     }
 }
