@@ -48,7 +48,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     } else {
         None
     };
-    let Some((client, snapshot)) =
+    let Some((client, snapshot, records)) =
         initial_read(&log, &etcd_opts, &args.prefix, args.etcd_connect_timeout).await
     else {
         return ExitCode::FAILURE;
@@ -84,6 +84,8 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     }
     let (once_tx, once_rx) = tokio::sync::oneshot::channel();
     let backends = Backends::sdk(&sdk, &rates(&args), Some(metrics.clone()));
+    let filters = settings.filters.clone();
+    let recorded = records.managed.into_iter().filter(|lb| filters.allows(lb));
     let supervisor = Supervisor::new(
         settings,
         &log,
@@ -91,6 +93,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         backends,
         snapshot,
     )
+    .with_records(recorded.collect())
     .watching(client)
     .once_if(args.once, once_tx)
     .start();
@@ -148,24 +151,10 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some((mut client, snapshot)) =
+    let Some((_, snapshot, records)) =
         initial_read(&log, &etcd_opts, &run.prefix, run.etcd_connect_timeout).await
     else {
         return ExitCode::FAILURE;
-    };
-    let rejected_prefix = format!("{}/_rejected/", run.prefix);
-    let rejected = match etcd::read_records(&mut client, &rejected_prefix).await {
-        Ok(records) => records
-            .into_iter()
-            .filter_map(|(key, value)| {
-                let lb = crate::key::parse_rejected(&run.prefix, &key)?;
-                Some((lb, serde_json::from_str(&value).ok()?))
-            })
-            .collect(),
-        Err(e) => {
-            warn!(log, "cannot read the rejected members lbmanager recorded"; "error" => %e);
-            Default::default()
-        }
     };
     let filters = Filters {
         elb: run.elb_filter.clone(),
@@ -180,10 +169,17 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         timeout: run.aws_timeout,
     })
     .await;
+    let mut recorded: std::collections::BTreeSet<_> = loaded.legacy_recorded.into_iter().collect();
+    recorded.extend(
+        records
+            .managed
+            .into_iter()
+            .filter(|lb| loaded.desired.allows(lb)),
+    );
     let plans = crate::report::plan_all(
         &loaded.desired,
-        &loaded.recorded.into_iter().collect(),
-        &rejected,
+        &recorded,
+        &records.rejected,
         &Backends::sdk(&sdk, &rates(run), None),
         run.route53_ttl,
         run.policy.into(),
@@ -230,14 +226,15 @@ fn etcd_options(args: &RunArgs) -> Result<EtcdOptions, String> {
     })
 }
 
-/// Connects and reads the whole prefix, retrying with backoff until `timeout`: etcd may start a
-/// little after lbmanager, but one that stays away is an error for the operator (and systemd).
+/// Connects and reads the whole prefix and lbmanager's records, retrying with backoff until
+/// `timeout`: etcd may start a little after lbmanager, but one that stays away is an error for
+/// the operator (and systemd).
 async fn initial_read(
     log: &Logger,
     opts: &EtcdOptions,
     prefix: &str,
     timeout: Duration,
-) -> Option<(etcd_client::Client, Snapshot)> {
+) -> Option<(etcd_client::Client, Snapshot, etcd::Records)> {
     let deadline = Instant::now() + timeout;
     let mut attempt = 0;
     loop {
@@ -251,7 +248,10 @@ async fn initial_read(
             let snapshot = etcd::read_snapshot(&mut client, prefix, etcd::SNAPSHOT_PAGE, log)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok::<_, String>((client, snapshot))
+            let records = etcd::read_state(&mut client, prefix)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, snapshot, records))
         };
         let err = match result.await {
             Ok(done) => return Some(done),

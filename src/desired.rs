@@ -75,8 +75,12 @@ pub fn log_ignored(log: &slog::Logger, key: &str, why: &Ignored) {
 #[derive(Debug)]
 pub struct Loaded {
     pub desired: DesiredState,
-    /// Load balancers recorded as managed by lbmanager (`PREFIX/_managed/...`).
-    pub recorded: HashSet<LbId>,
+    /// Load balancers recorded as managed in the member tree by earlier versions
+    /// (`PREFIX/_managed/...`): to be moved to the state prefix.
+    pub legacy_recorded: HashSet<LbId>,
+    /// Every record key earlier versions kept in the member tree (`PREFIX/_managed/...`,
+    /// `PREFIX/_rejected/...`): deleted once moved.
+    pub legacy_keys: Vec<String>,
     /// Keys that count for nothing, with the reason.
     pub ignored: Vec<(String, Ignored)>,
 }
@@ -108,13 +112,18 @@ impl DesiredState {
     pub fn from_keys(prefix: &str, filters: Filters, keys: &[(String, Revision)]) -> Loaded {
         let mut loaded = Loaded {
             desired: DesiredState::with_filters(prefix, filters),
-            recorded: HashSet::new(),
+            legacy_recorded: HashSet::new(),
+            legacy_keys: Vec::new(),
             ignored: Vec::new(),
         };
         for (key, revision) in keys {
-            if let Some(lb) = key::parse_managed(prefix, key) {
+            let legacy = |part: &str| key.starts_with(&format!("{prefix}/{part}/"));
+            if legacy("_managed") || legacy("_rejected") {
+                loaded.legacy_keys.push(key.clone());
+            }
+            if let Some(lb) = key::parse_legacy_managed(prefix, key) {
                 if loaded.desired.allows(&lb) {
-                    loaded.recorded.insert(lb);
+                    loaded.legacy_recorded.insert(lb);
                 }
             } else if let Err(e) = loaded.desired.put(key, *revision) {
                 loaded.ignored.push((key.clone(), e));

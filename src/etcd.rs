@@ -228,6 +228,39 @@ pub async fn read_records(
         .collect())
 }
 
+/// lbmanager's records (under [`crate::key::state_prefix`]).
+#[derive(Debug, Default)]
+pub struct Records {
+    /// Load balancers recorded as managed.
+    pub managed: std::collections::HashSet<crate::key::LbId>,
+    /// Members AWS refuses, as the running lbmanager last recorded them.
+    pub rejected:
+        std::collections::BTreeMap<crate::key::LbId, std::collections::BTreeMap<String, String>>,
+}
+
+/// Reads lbmanager's records for the tree under `prefix` (a small read: one key per load balancer).
+pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, EtcdError> {
+    let state = format!("{}/", crate::key::state_prefix(prefix));
+    let read = read_records(client, &state);
+    let records = tokio::time::timeout(READ_REQUEST_TIMEOUT, read)
+        .await
+        .map_err(|_| EtcdError::Timeout {
+            prefix: state.clone(),
+            timeout: READ_REQUEST_TIMEOUT,
+        })??;
+    let mut out = Records::default();
+    for (key, value) in records {
+        if let Some(lb) = crate::key::parse_managed(prefix, &key) {
+            out.managed.insert(lb);
+        } else if let Some(lb) = crate::key::parse_rejected(prefix, &key) {
+            if let Ok(map) = serde_json::from_str(&value) {
+                out.rejected.insert(lb, map);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// etcd's default limit of operations in one transaction is 128 (compares counted apart from
 /// the deletes); the decision's guards take one or two of the compares.
 const DELETES_PER_TXN: usize = 100;

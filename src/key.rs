@@ -303,33 +303,66 @@ pub fn parse(prefix: &str, key: &str) -> Result<Option<MemberKey>, KeyError> {
     }
 }
 
-/// Where lbmanager records that it manages a load balancer: `PREFIX/_managed/elb/REGION/NAME` or
-/// `PREFIX/_managed/route53/ZONE/FQDN`. The record outlives lbmanager, so a load balancer whose keys
-/// were all deleted while lbmanager was stopped is still emptied at the next start.
-pub fn managed_key(prefix: &str, lb: &LbId) -> String {
+/// Where lbmanager keeps its bookkeeping for the tree under `prefix`: `/lbmanager-state` + the
+/// prefix (`/lbmanager-state/lbManager`). Outside the member tree on purpose: the purge of the
+/// original (`etcdctl del --prefix /lbManager/`, or without the slash) does not reach it, so a
+/// load balancer lbmanager managed is still emptied after a purge made while it was stopped.
+pub fn state_prefix(prefix: &str) -> String {
+    format!("/lbmanager-state{prefix}")
+}
+
+/// The `KIND/…` path of a load balancer in lbmanager's records.
+fn record_path(lb: &LbId) -> String {
     match lb {
-        LbId::Elb { region, name } => format!("{prefix}/_managed/elb/{region}/{name}"),
-        LbId::Route53 { zone, fqdn } => format!("{prefix}/_managed/route53/{zone}/{fqdn}"),
-        LbId::TargetGroup { region, name } => format!("{prefix}/_managed/elbv2/{region}/{name}"),
+        LbId::Elb { region, name } => format!("elb/{region}/{name}"),
+        LbId::Route53 { zone, fqdn } => format!("route53/{zone}/{fqdn}"),
+        LbId::TargetGroup { region, name } => format!("elbv2/{region}/{name}"),
     }
 }
 
-/// Where the running lbmanager records the members AWS refuses for a load balancer (a JSON
-/// object, member → AWS's reason), for `lbmanager plan` to show: `PREFIX/_rejected/elb/REGION/NAME`
-/// and the like. Deleted when AWS refuses none.
-pub fn rejected_key(prefix: &str, lb: &LbId) -> String {
-    managed_key(prefix, lb).replacen("/_managed/", "/_rejected/", 1)
+/// Where lbmanager records that it manages a load balancer: `STATE/managed/elb/REGION/NAME`,
+/// `STATE/managed/elbv2/REGION/NAME`, `STATE/managed/route53/ZONE/FQDN` (see [`state_prefix`]).
+/// The record outlives lbmanager, so a load balancer whose keys were all deleted while lbmanager
+/// was stopped is still emptied at the next start.
+pub fn managed_key(prefix: &str, lb: &LbId) -> String {
+    format!("{}/managed/{}", state_prefix(prefix), record_path(lb))
 }
 
-/// The load balancer a [`rejected_key`] names, if `key` is one (and valid).
-pub fn parse_rejected(prefix: &str, key: &str) -> Option<LbId> {
-    let rest = key.strip_prefix(prefix)?.strip_prefix("/_rejected/")?;
-    parse_managed(prefix, &format!("{prefix}/_managed/{rest}"))
+/// Where the running lbmanager records the members AWS refuses for a load balancer (a JSON
+/// object, member → AWS's reason), for `lbmanager plan` to show: `STATE/rejected/elb/REGION/NAME`
+/// and the like. Deleted when AWS refuses none.
+pub fn rejected_key(prefix: &str, lb: &LbId) -> String {
+    format!("{}/rejected/{}", state_prefix(prefix), record_path(lb))
+}
+
+/// Where versions before the move kept the managed records (`PREFIX/_managed/…`, inside the member
+/// tree): read at start-up and moved.
+pub fn legacy_managed_key(prefix: &str, lb: &LbId) -> String {
+    format!("{prefix}/_managed/{}", record_path(lb))
 }
 
 /// The load balancer a [`managed_key`] names, if `key` is one (and valid).
 pub fn parse_managed(prefix: &str, key: &str) -> Option<LbId> {
-    let rest = key.strip_prefix(prefix)?.strip_prefix("/_managed/")?;
+    parse_record_path(
+        key.strip_prefix(&state_prefix(prefix))?
+            .strip_prefix("/managed/")?,
+    )
+}
+
+/// The load balancer a [`rejected_key`] names, if `key` is one (and valid).
+pub fn parse_rejected(prefix: &str, key: &str) -> Option<LbId> {
+    parse_record_path(
+        key.strip_prefix(&state_prefix(prefix))?
+            .strip_prefix("/rejected/")?,
+    )
+}
+
+/// The load balancer a [`legacy_managed_key`] names, if `key` is one (and valid).
+pub fn parse_legacy_managed(prefix: &str, key: &str) -> Option<LbId> {
+    parse_record_path(key.strip_prefix(prefix)?.strip_prefix("/_managed/")?)
+}
+
+fn parse_record_path(rest: &str) -> Option<LbId> {
     let parts: Vec<&str> = rest.split('/').collect();
     match parts[..] {
         ["elb", region, name] => Some(LbId::Elb {
@@ -707,14 +740,28 @@ mod tests {
             },
         ] {
             let key = managed_key(P, &lb);
+            // Out of reach of `etcdctl del --prefix /lbManager` (with or without the slash).
+            assert!(
+                key.starts_with("/lbmanager-state/lbManager/managed/"),
+                "{key}"
+            );
+            assert!(!key.starts_with(P));
             assert_eq!(parse_managed(P, &key), Some(lb.clone()));
             let key = rejected_key(P, &lb);
-            assert!(key.starts_with("/lbManager/_rejected/"), "{key}");
-            assert_eq!(parse(P, &key), Ok(None));
-            assert_eq!(parse_rejected(P, &key), Some(lb));
-            assert_eq!(parse(P, &key), Ok(None));
+            assert!(
+                key.starts_with("/lbmanager-state/lbManager/rejected/"),
+                "{key}"
+            );
+            assert_eq!(parse_rejected(P, &key), Some(lb.clone()));
+            let legacy = legacy_managed_key(P, &lb);
+            assert_eq!(
+                parse(P, &legacy),
+                Ok(None),
+                "a legacy record is not a member"
+            );
+            assert_eq!(parse_legacy_managed(P, &legacy), Some(lb));
         }
-        assert_eq!(parse_managed(P, "/lbManager/_managed/elb/bad"), None);
+        assert_eq!(parse_legacy_managed(P, "/lbManager/_managed/elb/bad"), None);
         assert_eq!(parse_managed(P, "/lbManager/elb/us-east-1/web"), None);
     }
 

@@ -376,8 +376,8 @@ async fn keys_deleted_while_stopped_are_applied_at_start() {
         "their managed records are gone, lb01's stays",
         DEADLINE,
         || async {
-            etcd.keys(&format!("{P}/_managed/")).await
-                == [format!("{P}/_managed/elb/us-east-1/lb01")].into()
+            etcd.keys("/lbmanager-state/lbManager/managed/").await
+                == ["/lbmanager-state/lbManager/managed/elb/us-east-1/lb01".to_string()].into()
         },
     )
     .await;

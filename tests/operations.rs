@@ -42,7 +42,10 @@ async fn dry_run_changes_nothing_and_says_what_it_would_do() {
     assert!(aws.records(&zone, "www.example.com").await.is_empty());
     // etcd is left alone too: the superseded key stays, no managed record is written.
     assert_eq!(etcd.keys(&format!("{P}/elb/")).await.len(), 2);
-    assert!(etcd.keys(&format!("{P}/_managed/")).await.is_empty());
+    assert!(etcd
+        .keys("/lbmanager-state/lbManager/managed/")
+        .await
+        .is_empty());
 }
 
 #[tokio::test]

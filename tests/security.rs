@@ -29,6 +29,15 @@ async fn etcd_auth_with_a_prefix_role_and_no_secret_in_the_logs() {
         "readwrite",
         "/lbManager/",
     ]);
+    // lbmanager's own records, out of reach of a purge of the member tree.
+    etcd.ctl(&[
+        "role",
+        "grant-permission",
+        "lbmanager",
+        "--prefix=true",
+        "readwrite",
+        "/lbmanager-state/lbManager/",
+    ]);
     etcd.ctl(&["user", "add", &format!("lbm:{ETCD_PASSWORD}")]);
     etcd.ctl(&["user", "grant-role", "lbm", "lbmanager"]);
     etcd.ctl(&["auth", "enable"]);
@@ -72,7 +81,13 @@ async fn etcd_auth_with_a_prefix_role_and_no_secret_in_the_logs() {
         },
     )
     .await;
-    assert!(root(&["get", "--prefix", "--keys-only", "/lbManager/_managed/"]).contains("webLB"));
+    assert!(root(&[
+        "get",
+        "--prefix",
+        "--keys-only",
+        "/lbmanager-state/lbManager/managed/"
+    ])
+    .contains("webLB"));
 
     assert_eq!(daemon.stop(), Some(0));
     let log = daemon.log();

@@ -543,7 +543,8 @@ async fn superseded_keys_are_deleted_through_the_etcd_writer() {
     .await;
     assert!(etcd.get(new).is_some());
     assert!(
-        etcd.get("/lbManager/_managed/elb/us-east-1/a").is_some(),
+        etcd.get("/lbmanager-state/lbManager/managed/elb/us-east-1/a")
+            .is_some(),
         "the managed record went through the same writer"
     );
 }
@@ -591,7 +592,7 @@ async fn the_managed_record_is_in_etcd_before_the_first_change_in_aws() {
     *etcd.put_delay.lock().unwrap() = Duration::from_millis(300);
     let sup = start_on(etcd.clone(), settings(), elb.clone(), Arc::default(), &[]);
     sup.send(put(A, 101)).await.unwrap();
-    let record = "/lbManager/_managed/elb/us-east-1/a";
+    let record = "/lbmanager-state/lbManager/managed/elb/us-east-1/a";
     eventually("the first Register", || {
         let registered = elb.calls().iter().any(|c| c.starts_with("Register"));
         // The moment AWS is first changed, the record must already be there.

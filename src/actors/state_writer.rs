@@ -1,7 +1,7 @@
 //! The StateWriter owns every write lbmanager makes to etcd (through [`EtcdWrites`]). It keeps
-//! lbmanager's durable record of the load balancers it manages
-//! (`PREFIX/_managed/...`, see [`crate::key::managed_key`]) in etcd, and the members AWS refuses
-//! (`PREFIX/_rejected/...`, for `lbmanager plan`).
+//! lbmanager's durable record of the load balancers it manages (`STATE/managed/...`, see
+//! [`crate::key::managed_key`]) in etcd, and the members AWS refuses (`STATE/rejected/...`, for
+//! `lbmanager plan`).
 //!
 //! The record is what lets a start-up empty a load balancer whose keys were all deleted while
 //! lbmanager was stopped: without it, such a load balancer would look like one lbmanager never
@@ -52,6 +52,21 @@ impl StateWriter {
 
 impl Actor for StateWriter {
     type Context = Context<Self>;
+}
+
+/// Delete keys (the records earlier versions kept in the member tree, once moved).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct DeleteKeys(pub Vec<String>);
+
+impl Handler<DeleteKeys> for StateWriter {
+    type Result = ();
+
+    fn handle(&mut self, DeleteKeys(keys): DeleteKeys, ctx: &mut Self::Context) {
+        for key in keys {
+            self.write(key, None, ctx);
+        }
+    }
 }
 
 /// Answered once every write sent before it has landed (writes go one at a time, holding the

@@ -17,7 +17,9 @@ use slog::{debug, error, info, warn, Logger};
 use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, WatchEvent};
 use super::hosted_zone::HostedZone;
 use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
-use super::state_writer::{DeleteSuperseded, Flush, ManagedRecord, Rejections, StateWriter};
+use super::state_writer::{
+    DeleteKeys, DeleteSuperseded, Flush, ManagedRecord, Rejections, StateWriter,
+};
 use super::{Cause, Settings};
 use crate::aws::Backends;
 use crate::desired::{log_ignored, DesiredState, Ignored, Revision};
@@ -154,6 +156,12 @@ impl Supervisor {
         self
     }
 
+    /// The load balancers recorded as managed (read from the state prefix at start-up).
+    pub fn with_records(mut self, recorded: HashSet<LbId>) -> Self {
+        self.recorded = recorded;
+        self
+    }
+
     /// Watches etcd with `client` (without, changes are sent to the Supervisor directly, as the
     /// actor tests do).
     pub fn watching(mut self, client: etcd_client::Client) -> Self {
@@ -177,7 +185,21 @@ impl Supervisor {
             &snapshot.keys,
         );
         self.desired = loaded.desired;
-        self.recorded.extend(loaded.recorded);
+        // Records an earlier version kept in the member tree move to the state prefix (where a
+        // purge of the tree does not reach them), then go.
+        for lb in loaded.legacy_recorded {
+            if self.recorded.insert(lb.clone()) {
+                self.record(&lb, true);
+            }
+        }
+        if !loaded.legacy_keys.is_empty() && !self.settings.dry_run {
+            info!(self.log, "moving lbmanager's records out of the member tree";
+                "keys" => loaded.legacy_keys.len(),
+                "to" => crate::key::state_prefix(&self.settings.prefix));
+            if let Some(state) = &self.state {
+                state.do_send(DeleteKeys(loaded.legacy_keys));
+            }
+        }
         let mut warned = HashSet::new();
         for (key, e) in &loaded.ignored {
             warned.insert(key.clone());

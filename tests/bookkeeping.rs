@@ -1,0 +1,78 @@
+//! lbmanager's own records live outside the member tree (`/lbmanager-state/PREFIX/…`), so the
+//! original's purge (`etcdctl del --prefix /lbManager/`) made while lbmanager is stopped still
+//! empties the load balancers it managed; records an earlier version kept inside the tree are moved.
+
+use lbmanager_testkit::*;
+
+const P: &str = "/lbManager";
+const I1: &str = "i-0123456789abcdef0";
+const I2: &str = "i-0fedcba9876543210";
+
+fn key(id: &str) -> String {
+    format!("{P}/elb/us-east-1/web/multiple/{id}")
+}
+
+#[tokio::test]
+async fn a_purge_while_stopped_empties_the_load_balancers_at_the_next_start() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    etcd.put(&key(I1)).await;
+    etcd.put(&key(I2)).await;
+    let mut daemon = Daemon::start(&etcd, &moto, &[]);
+    eventually("registered", DEADLINE, || async {
+        aws.instances("us-east-1", "web").await == strings(&[I1, I2])
+    })
+    .await;
+    assert_eq!(daemon.stop(), Some(0));
+
+    // The original's purge, with the trailing slash and without.
+    etcd.ctl(&["del", "--prefix", "/lbManager/"]);
+    etcd.ctl(&["del", "--prefix", "/lbManager"]);
+
+    let mut daemon = Daemon::start(&etcd, &moto, &[]);
+    eventually(
+        "emptied at start, as if it had been running",
+        DEADLINE,
+        || async { aws.instances("us-east-1", "web").await.is_empty() },
+    )
+    .await;
+    eventually(
+        "the record goes once the load balancer is emptied",
+        DEADLINE,
+        || async { etcd.keys("/lbmanager-state/").await.is_empty() },
+    )
+    .await;
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+#[tokio::test]
+async fn records_an_earlier_version_kept_in_the_member_tree_are_moved_and_honoured() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    aws.create_elb("us-east-1", "api").await;
+    // An earlier version managed `web` (its keys were deleted while it was stopped) and `api`.
+    aws.register("us-east-1", "web", I1).await;
+    etcd.put(&format!("{P}/_managed/elb/us-east-1/web")).await;
+    etcd.put(&format!("{P}/_managed/elb/us-east-1/api")).await;
+    etcd.put(&format!("{P}/_rejected/elb/us-east-1/api")).await;
+    etcd.put(&format!("{P}/elb/us-east-1/api/multiple/{I2}"))
+        .await;
+    let mut daemon = Daemon::start(&etcd, &moto, &[]);
+    eventually("web emptied, api in step", DEADLINE, || async {
+        aws.instances("us-east-1", "web").await.is_empty()
+            && aws.instances("us-east-1", "api").await == strings(&[I2])
+    })
+    .await;
+    eventually("the old records left the member tree", DEADLINE, || async {
+        etcd.keys(&format!("{P}/_")).await.is_empty()
+            && etcd.keys("/lbmanager-state/lbManager/managed/").await
+                == ["/lbmanager-state/lbManager/managed/elb/us-east-1/api".to_string()].into()
+    })
+    .await;
+    daemon
+        .wait_log("moving lbmanager's records out of the member tree")
+        .await;
+    assert_eq!(daemon.stop(), Some(0));
+}
