@@ -89,7 +89,10 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     let supervisor = Supervisor::new(
         settings,
         &log,
-        Arc::new(etcd::ClientWrites(client.clone())),
+        Arc::new(etcd::ClientWrites {
+            client: client.clone(),
+            leader: leadership.as_ref().map(|l| l.key.clone()),
+        }),
         backends,
         snapshot,
     )

@@ -34,6 +34,8 @@ pub enum EtcdError {
         key: String,
         source: etcd_client::Error,
     },
+    #[error("writing {key} refused: this instance is no longer the leader")]
+    NotLeader { key: String },
     #[error("cannot read {path}: {source}")]
     File {
         path: String,
@@ -303,18 +305,22 @@ pub fn guarded_deletes(
 /// while every key of `decided_by` still has its revision (see [`guarded_deletes`]): a key written
 /// (or rewritten, as a rollback does) after the decision is never deleted, nor one that counts
 /// again because a key the decision rested on went away. Returns how many keys were deleted.
+/// With `leader` (the leader's election key and its create revision), every transaction also
+/// requires the leadership.
 pub async fn delete_superseded(
     client: &mut Client,
     decided_by: &[(String, Revision)],
     superseded: &[(String, Revision)],
+    leader: Option<(&str, Revision)>,
 ) -> Result<usize, EtcdError> {
     let mut deleted = 0;
     for txn in guarded_deletes(decided_by, superseded) {
-        let guards: Vec<Compare> = txn
+        let mut guards: Vec<Compare> = txn
             .compare
             .iter()
             .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev))
             .collect();
+        guards.extend(leader.map(|(k, rev)| Compare::create_revision(k, CompareOp::Equal, rev)));
         let deletes: Vec<TxnOp> = txn
             .delete
             .iter()
@@ -347,8 +353,44 @@ pub trait EtcdWrites: Send + Sync + 'static {
     async fn delete(&self, key: &str) -> Result<(), EtcdError>;
 }
 
-/// The real writes, through an etcd client.
-pub struct ClientWrites(pub Client);
+/// The real writes, through an etcd client. With `--ha`, every write is a transaction that also
+/// compares the leader's own election key (`leader`: key and create revision), as etcd's election
+/// recipe does: an instance that lost its leadership can write nothing.
+pub struct ClientWrites {
+    pub client: Client,
+    pub leader: Option<(String, Revision)>,
+}
+
+impl ClientWrites {
+    /// One write (`Some(value)`: put, `None`: delete), guarded by the leadership if any.
+    async fn write(&self, key: &str, value: Option<&str>) -> Result<(), EtcdError> {
+        let write = |source| EtcdError::Write {
+            key: key.to_string(),
+            source,
+        };
+        let op = match value {
+            Some(v) => TxnOp::put(key, v, None),
+            None => TxnOp::delete(key, None),
+        };
+        let guard: Vec<Compare> = self
+            .leader
+            .iter()
+            .map(|(k, rev)| Compare::create_revision(k.as_str(), CompareOp::Equal, *rev))
+            .collect();
+        let resp = self
+            .client
+            .clone()
+            .txn(Txn::new().when(guard).and_then(vec![op]))
+            .await
+            .map_err(write)?;
+        if !resp.succeeded() {
+            return Err(EtcdError::NotLeader {
+                key: key.to_string(),
+            });
+        }
+        Ok(())
+    }
+}
 
 #[async_trait::async_trait]
 impl EtcdWrites for ClientWrites {
@@ -357,25 +399,16 @@ impl EtcdWrites for ClientWrites {
         decided_by: &[(String, Revision)],
         superseded: &[(String, Revision)],
     ) -> Result<usize, EtcdError> {
-        delete_superseded(&mut self.0.clone(), decided_by, superseded).await
+        let leader = self.leader.as_ref().map(|(k, rev)| (k.as_str(), *rev));
+        delete_superseded(&mut self.client.clone(), decided_by, superseded, leader).await
     }
 
     async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError> {
-        let write = |source| EtcdError::Write {
-            key: key.to_string(),
-            source,
-        };
-        self.0.clone().put(key, value, None).await.map_err(write)?;
-        Ok(())
+        self.write(key, Some(value)).await
     }
 
     async fn delete(&self, key: &str) -> Result<(), EtcdError> {
-        let write = |source| EtcdError::Write {
-            key: key.to_string(),
-            source,
-        };
-        self.0.clone().delete(key, None).await.map_err(write)?;
-        Ok(())
+        self.write(key, None).await
     }
 }
 

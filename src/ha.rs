@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use etcd_client::Client;
-use slog::{error, info, Logger};
+use slog::{error, info, warn, Logger};
 
 use crate::etcd::{self, EtcdError, EtcdOptions};
 
@@ -26,6 +26,9 @@ pub fn election_key(prefix: &str) -> String {
 pub struct Leadership {
     client: Client,
     lease: i64,
+    /// The leader's own key in the election, and its create revision: etcd writes compare on it,
+    /// as etcd's election recipe does, so a leader that lost its key can write nothing.
+    pub key: (String, i64),
 }
 
 impl Leadership {
@@ -97,10 +100,90 @@ pub async fn lead(
     let name = election_key(prefix);
     let me = format!("pid {} lease {lease:x}", std::process::id());
     info!(log, "campaigning for leadership (standby until elected)"; "election" => &name, "lease_ttl_s" => ttl_secs);
-    client
-        .campaign(name.as_str(), me.as_str(), lease)
-        .await
-        .map_err(lease_error)?;
-    info!(log, "elected leader"; "election" => &name);
-    Ok(Leadership { client, lease })
+    let key = loop {
+        let won = client
+            .campaign(name.as_str(), me.as_str(), lease)
+            .await
+            .map_err(lease_error)?;
+        let Some(leader) = won.leader() else {
+            return Err(EtcdError::Read {
+                prefix: name,
+                source: etcd_client::Error::ElectError("campaign answered without a key".into()),
+            });
+        };
+        let key = (
+            String::from_utf8_lossy(leader.key()).into_owned(),
+            leader.rev(),
+        );
+        // A purge of the prefix deletes every campaigner's key, which also ends this campaign:
+        // lead only with a key that is still there, else campaign again.
+        if still_held(&mut client, &key).await {
+            break key;
+        }
+        warn!(log, "the election key was deleted while campaigning (a purge of the prefix?); \
+            campaigning again"; "key" => &key.0);
+    };
+    info!(log, "elected leader"; "election" => &name, "key" => &key.0);
+    watch_own_key(client.clone(), key.clone(), lease, log.clone());
+    Ok(Leadership { client, lease, key })
+}
+
+/// Watches the leader's own election key: if it goes (a purge of the prefix deletes it, and a
+/// standby's campaign then returns), this process stops at once, before it can make another call,
+/// so two instances never act together. The watch starts at the key's creation, so a delete that
+/// came before the watch is seen too.
+fn watch_own_key(mut client: Client, key: (String, i64), lease: i64, log: Logger) {
+    actix_rt::spawn(async move {
+        let options = etcd_client::WatchOptions::new().with_start_revision(key.1);
+        let mut attempt = 0;
+        loop {
+            let lost = match client.watch(key.0.as_str(), Some(options.clone())).await {
+                Ok(mut stream) => loop {
+                    match stream.message().await {
+                        Ok(Some(resp)) => {
+                            if resp.compact_revision() > 0 || resp.canceled() {
+                                // History gone: ask etcd whether the key is still ours.
+                                break !still_held(&mut client, &key).await;
+                            }
+                            let deleted = resp
+                                .events()
+                                .iter()
+                                .any(|e| e.event_type() == etcd_client::EventType::Delete);
+                            if deleted {
+                                break true;
+                            }
+                            attempt = 0;
+                        }
+                        Ok(None) | Err(_) => break false,
+                    }
+                },
+                Err(_) => false,
+            };
+            if lost {
+                error!(log, "this instance's leadership key was deleted (a purge of the prefix?); \
+                    stopping at once, another instance may be leading";
+                    "key" => &key.0);
+                let revoke = client.lease_revoke(lease);
+                let _ = tokio::time::timeout(Duration::from_secs(1), revoke).await;
+                std::process::exit(1);
+            }
+            // The watch broke (etcd restarting): the lease watchdog guards that case; watch again.
+            let delay =
+                crate::actors::backoff(attempt, Duration::from_millis(200), Duration::from_secs(2));
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+    });
+}
+
+/// Whether the leader's key still exists with the revision it was created at.
+async fn still_held(client: &mut Client, key: &(String, i64)) -> bool {
+    match client.get(key.0.as_str(), None).await {
+        Ok(resp) => resp
+            .kvs()
+            .first()
+            .is_some_and(|kv| kv.create_revision() == key.1),
+        // Unknown: the lease watchdog decides when etcd stays away.
+        Err(_) => true,
+    }
 }

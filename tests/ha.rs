@@ -88,3 +88,33 @@ async fn a_leader_cut_off_from_etcd_stops_before_a_standby_starts() {
     })
     .await;
 }
+
+/// The original's purge also deletes the election keys: a standby's campaign then returns. The old
+/// leader sees its own key go and stops at once, so only one instance acts afterwards.
+#[tokio::test]
+async fn a_purge_while_two_run_leaves_one_leader() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let ha = ["--ha", "--ha-lease-ttl", "3s"];
+    let mut a = Daemon::start(&etcd, &moto, &ha);
+    a.wait_log("elected leader").await;
+    a.wait_log("initial sync complete").await;
+    let mut b = Daemon::start(&etcd, &moto, &ha);
+    b.wait_log("campaigning for leadership").await;
+
+    etcd.ctl(&["del", "--prefix", "/lbManager/"]);
+    assert_eq!(
+        a.exit_code(DEADLINE).await,
+        Some(1),
+        "the old leader stopped"
+    );
+    assert!(a.log().contains("leadership key was deleted"));
+    b.wait_log("elected leader").await;
+    etcd.put(&key(I1)).await;
+    eventually("the new leader converged", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1])
+    })
+    .await;
+    assert!(b.is_running());
+}

@@ -1,10 +1,10 @@
-//! Deleting superseded keys in chunks against a real etcd: every chunk is guarded by all the keys
-//! the decision rests on, so a key that counts again (its `single` was removed by someone else
-//! meanwhile) is never deleted.
+//! lbmanager's writes against a real etcd: superseded keys are deleted in chunks each guarded by
+//! all the keys the decision rests on, so a key that counts again (its `single` was removed by
+//! someone else meanwhile) is never deleted; with `--ha`, every write requires the leadership.
 
 use etcd_client::GetOptions;
 use lbmanager::desired::DesiredState;
-use lbmanager::etcd::{delete_superseded, read_snapshot, SNAPSHOT_PAGE};
+use lbmanager::etcd::{delete_superseded, read_snapshot, ClientWrites, EtcdWrites, SNAPSHOT_PAGE};
 use lbmanager::key::LbId;
 use lbmanager_testkit::*;
 
@@ -38,6 +38,7 @@ async fn a_chunk_never_deletes_keys_that_count_again() {
         &mut client,
         &resolution.decided_by(),
         &resolution.superseded,
+        None,
     )
     .await
     .unwrap();
@@ -51,4 +52,26 @@ async fn a_chunk_never_deletes_keys_that_count_again() {
         .unwrap()
         .count();
     assert_eq!(left, 151, "every multiple key is still there");
+}
+
+#[tokio::test]
+async fn a_leader_that_lost_its_election_key_can_write_nothing() {
+    let etcd = Etcd::start().await;
+    let election = "/lbManager/_election/694d0000";
+    etcd.put(election).await;
+    let mut client = etcd.client().await;
+    let created = client.get(election, None).await.unwrap().kvs()[0].create_revision();
+    let writes = ClientWrites {
+        client: client.clone(),
+        leader: Some((election.to_string(), created)),
+    };
+    let record = "/lbmanager-state/lbManager/managed/elb/us-east-1/web";
+    writes.put(record, "elb/us-east-1/web").await.unwrap();
+    assert!(!etcd.keys(record).await.is_empty());
+    // A purge deletes the election key: the old leader's writes are refused from then on.
+    etcd.ctl(&["del", "--prefix", "/lbManager/"]);
+    assert!(writes.delete(record).await.is_err());
+    assert!(writes.put(&format!("{record}2"), "x").await.is_err());
+    assert!(!etcd.keys(record).await.is_empty(), "the record stayed");
+    assert!(etcd.keys(&format!("{record}2")).await.is_empty());
 }
