@@ -174,7 +174,7 @@ pub struct RunArgs {
     pub ha: bool,
 
     /// With --ha: the leader's etcd lease. A standby takes over this long after the leader died;
-    /// the leader stops on its own when the lease goes unconfirmed for half of it.
+    /// the leader stops on its own when the lease goes unconfirmed for two thirds of it.
     #[arg(long, env = "LBMANAGER_HA_LEASE_TTL", default_value = "10s", value_parser = parse_ttl)]
     pub ha_lease_ttl: Duration,
 

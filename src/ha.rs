@@ -4,9 +4,12 @@
 //! Each instance holds an etcd lease (`--ha-lease-ttl`) and campaigns with it under
 //! `PREFIX/_election`; etcd makes one campaigner the leader, and the next one only when the
 //! leader's key goes — when it resigns (a clean stop revokes the lease) or its lease expires (it
-//! died). The leader keeps its lease alive, and a watchdog stops the process as soon as the lease
-//! has not been confirmed for half its TTL: a leader cut off from etcd is gone well before its
-//! lease can expire and a standby can start, so two instances never act at once. A new leader
+//! died). The leader keeps its lease alive (every TTL/6, re-opening the keep-alive stream when it
+//! breaks, as it does in an etcd leader election or a member restart), and a fence stops the
+//! process as soon as the lease has not been confirmed for two thirds of its TTL: a leader cut off
+//! from etcd is gone before its lease can expire and a standby can start. It also watches its own
+//! election key, which a purge of the prefix deletes, and stops at once when it goes; and every
+//! etcd write it makes compares that key. So two instances never act at once. A new leader
 //! starts like any lbmanager: a full read and a full sync first.
 
 use std::sync::{Arc, Mutex};
@@ -58,45 +61,10 @@ pub async fn lead(
         .await
         .map_err(lease_error)?
         .id();
-    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await.map_err(lease_error)?;
+    let ttl = Duration::from_secs(ttl_secs as u64);
     let confirmed = Arc::new(Mutex::new(Instant::now()));
-    let every = Duration::from_secs(ttl_secs as u64) / 3;
-    {
-        let confirmed = confirmed.clone();
-        actix_rt::spawn(async move {
-            loop {
-                let sent = Instant::now();
-                if keeper.keep_alive().await.is_ok() {
-                    if let Ok(Some(resp)) = stream.message().await {
-                        if resp.ttl() > 0 {
-                            *confirmed.lock().unwrap_or_else(|e| e.into_inner()) = sent;
-                        }
-                    }
-                }
-                tokio::time::sleep(every).await;
-            }
-        });
-    }
-    {
-        let log = log.clone();
-        let limit = Duration::from_secs(ttl_secs as u64) / 2;
-        actix_rt::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                let since = confirmed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .elapsed();
-                if since > limit {
-                    error!(log, "the leadership lease was not confirmed in time; stopping \
-                        before another instance can take over";
-                        "unconfirmed_for" => ?since, "lease_ttl_s" => ttl_secs);
-                    std::process::exit(1);
-                }
-            }
-        });
-    }
+    keep_alive(client.clone(), lease, ttl, confirmed.clone(), log.clone());
+    fence(client.clone(), lease, ttl, confirmed, log.clone());
     let name = election_key(prefix);
     let me = format!("pid {} lease {lease:x}", std::process::id());
     info!(log, "campaigning for leadership (standby until elected)"; "election" => &name, "lease_ttl_s" => ttl_secs);
@@ -126,6 +94,83 @@ pub async fn lead(
     info!(log, "elected leader"; "election" => &name, "key" => &key.0);
     watch_own_key(client.clone(), key.clone(), lease, log.clone());
     Ok(Leadership { client, lease, key })
+}
+
+/// Keeps the lease alive: a keep-alive every TTL/6, and a new keep-alive stream (after a short
+/// backoff) whenever one breaks, as it does when the etcd member restarts or the etcd leader
+/// changes. `confirmed` is when the last acknowledged keep-alive was sent: the lease lives at least
+/// TTL past it.
+fn keep_alive(
+    mut client: Client,
+    lease: i64,
+    ttl: Duration,
+    confirmed: Arc<Mutex<Instant>>,
+    log: Logger,
+) {
+    let every = ttl / 6;
+    actix_rt::spawn(async move {
+        let mut attempt = 0;
+        loop {
+            let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let delay = crate::actors::backoff(attempt, every / 4, every);
+                    attempt += 1;
+                    warn!(log, "cannot open the lease keep-alive, will retry";
+                        "error" => %e, "retry_in" => ?delay);
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            loop {
+                let sent = Instant::now();
+                let answered = match keeper.keep_alive().await {
+                    Ok(()) => tokio::time::timeout(every, stream.message()).await,
+                    Err(_) => break,
+                };
+                match answered {
+                    Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
+                        attempt = 0;
+                        *confirmed.lock().unwrap_or_else(|e| e.into_inner()) = sent;
+                    }
+                    Ok(Ok(Some(_))) => {
+                        // TTL 0: the lease is gone; the fence will stop this process.
+                    }
+                    // The stream broke or went quiet: open a new one.
+                    Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+                }
+                tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
+            }
+        }
+    });
+}
+
+/// Stops the process before its lease can expire: when the lease has gone unconfirmed for two
+/// thirds of its TTL (the lease lives at least a full TTL past its last confirmation, so the
+/// third left is the margin for the stop itself). etcd leader elections (1–3 s) and member
+/// restarts fit well within that at the default TTL. On the way out it revokes the lease where
+/// etcd still answers, so a standby takes over at once.
+fn fence(client: Client, lease: i64, ttl: Duration, confirmed: Arc<Mutex<Instant>>, log: Logger) {
+    let limit = ttl * 2 / 3;
+    actix_rt::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tick.tick().await;
+            let since = confirmed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed();
+            if since > limit {
+                error!(log, "the leadership lease was not confirmed in time; stopping \
+                    before another instance can take over";
+                    "unconfirmed_for" => ?since, "lease_ttl_s" => ttl.as_secs());
+                let mut client = client.clone();
+                let revoke = client.lease_revoke(lease);
+                let _ = tokio::time::timeout(Duration::from_millis(300), revoke).await;
+                std::process::exit(1);
+            }
+        }
+    });
 }
 
 /// Watches the leader's own election key: if it goes (a purge of the prefix deletes it, and a
