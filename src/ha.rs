@@ -68,11 +68,25 @@ pub async fn lead(
     let name = election_key(prefix);
     let me = format!("pid {} lease {lease:x}", std::process::id());
     info!(log, "campaigning for leadership (standby until elected)"; "election" => &name, "lease_ttl_s" => ttl_secs);
+    let mut attempt = 0;
     let key = loop {
-        let won = client
-            .campaign(name.as_str(), me.as_str(), lease)
-            .await
-            .map_err(lease_error)?;
+        // A campaign is a long request: an etcd member restart or leader election breaks it.
+        // Campaigning again with the same lease finds the same key and waits on.
+        let won = match client.campaign(name.as_str(), me.as_str(), lease).await {
+            Ok(won) => won,
+            Err(e) => {
+                let delay = crate::actors::backoff(
+                    attempt,
+                    Duration::from_millis(200),
+                    Duration::from_secs(2),
+                );
+                attempt += 1;
+                warn!(log, "the campaign was interrupted, campaigning again";
+                    "error" => %e, "retry_in" => ?delay);
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        };
         let Some(leader) = won.leader() else {
             return Err(EtcdError::Read {
                 prefix: name,

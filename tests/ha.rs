@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use lbmanager_testkit::proxy::TcpCut;
+use lbmanager_testkit::proxy::{self, TcpCut};
 use lbmanager_testkit::*;
 
 const I1: &str = "i-0123456789abcdef0";
@@ -117,4 +117,74 @@ async fn a_purge_while_two_run_leaves_one_leader() {
     })
     .await;
     assert!(b.is_running());
+}
+
+/// An ordinary etcd leader election must not end the lbmanager leader: with the default lease
+/// TTL, the etcd leader of a 3-member cluster is killed with -9 and restarted three times while
+/// members change. The same lbmanager leads at the end, AWS equals etcd, and only it ever changed
+/// AWS (each instance reaches AWS through a proxy of its own that counts its changes).
+#[tokio::test]
+async fn the_leader_survives_etcd_leader_elections() {
+    let mut cluster = EtcdCluster::start(3).await;
+    let moto = Moto::start().await;
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let (pa, pb) = (
+        proxy::FaultProxy::aws_rules(moto.port),
+        proxy::FaultProxy::aws_rules(moto.port),
+    );
+    let endpoints = cluster.endpoints();
+    let mut a = Daemon::unstarted();
+    a.spawn(&endpoints, &pa.url, &["--ha"]);
+    a.wait_log("elected leader").await;
+    a.wait_log("initial sync complete").await;
+    let mut b = Daemon::unstarted();
+    b.spawn(&endpoints, &pb.url, &["--ha"]);
+    b.wait_log("campaigning for leadership").await;
+
+    let ids: Vec<String> = (1..=6).map(|n| format!("i-{n:017x}")).collect();
+    for round in 0..3 {
+        let leader = cluster.leader().await;
+        cluster.members[leader].stop();
+        // A change while etcd elects a new leader.
+        let client = cluster.client().await;
+        eventually("a write during the election", DEADLINE, || {
+            let mut client = client.clone();
+            let k = key(&ids[round]);
+            async move { client.put(k, "", None).await.is_ok() }
+        })
+        .await;
+        cluster.members[leader].launch();
+        cluster.members[leader].wait_ready().await;
+        eventually("a write after the restart", DEADLINE, || {
+            let mut client = client.clone();
+            let k = key(&ids[round + 3]);
+            async move { client.put(k, "", None).await.is_ok() }
+        })
+        .await;
+    }
+    let want: Vec<String> = {
+        let mut w = ids.clone();
+        w.sort();
+        w
+    };
+    eventually("AWS equals etcd", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == want
+    })
+    .await;
+    assert!(a.is_running() && b.is_running());
+    assert_eq!(
+        a.log().matches("elected leader").count(),
+        1,
+        "the same leader throughout"
+    );
+    assert!(!b.log().contains("elected leader"), "the standby never led");
+    let (ma, mb) = (
+        pa.mutating.load(std::sync::atomic::Ordering::SeqCst),
+        pb.mutating.load(std::sync::atomic::Ordering::SeqCst),
+    );
+    assert!(
+        ma > 0 && mb == 0,
+        "changes by the leader {ma}, by the standby {mb}"
+    );
 }

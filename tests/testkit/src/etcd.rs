@@ -311,4 +311,36 @@ impl EtcdCluster {
         }
         EtcdCluster { members }
     }
+
+    /// Every member's client URL, comma-separated (for `--etcd-endpoints`).
+    pub fn endpoints(&self) -> String {
+        let urls: Vec<&str> = self.members.iter().map(|m| m.url.as_str()).collect();
+        urls.join(",")
+    }
+
+    /// A client of the whole cluster.
+    pub async fn client(&self) -> Client {
+        let urls: Vec<&str> = self.members.iter().map(|m| m.url.as_str()).collect();
+        Client::connect(urls, None).await.expect("etcd client")
+    }
+
+    /// The index of the member that leads the cluster now (waits for one).
+    pub async fn leader(&self) -> usize {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        loop {
+            for (i, m) in self.members.iter().enumerate() {
+                let Ok(mut c) = Client::connect([m.url.as_str()], None).await else {
+                    continue;
+                };
+                if let Ok(status) = c.status().await {
+                    let me = status.header().map(|h| h.member_id());
+                    if status.leader() != 0 && Some(status.leader()) == me {
+                        return i;
+                    }
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "no etcd leader");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
 }

@@ -69,6 +69,8 @@ pub struct FaultProxy {
     pub invalid: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// Register calls refused because of `invalid`.
     pub refused: Arc<AtomicUsize>,
+    /// Register and Deregister calls forwarded (the changes made through this proxy).
+    pub mutating: Arc<AtomicUsize>,
 }
 
 /// A Register call's member ids (Classic `Instances.member.N.InstanceId`, v2
@@ -180,16 +182,20 @@ impl FaultProxy {
         let delay = Arc::new(AtomicU64::new(0));
         let invalid: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
         let refused = Arc::new(AtomicUsize::new(0));
+        let mutating = Arc::new(AtomicUsize::new(0));
         let (c, p, d) = (counts.clone(), percent.clone(), delay.clone());
         let (inv, r) = (invalid.clone(), refused.clone());
+        let m = mutating.clone();
         thread::spawn(move || {
             for (n, client) in listener.incoming().enumerate() {
                 let Ok(client) = client else { continue };
                 let (c, p, d) = (c.clone(), p.clone(), d.clone());
-                let (inv, r) = (inv.clone(), r.clone());
+                let (inv, r, m) = (inv.clone(), r.clone(), m.clone());
                 let mut rng =
                     Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((n as u64 + 1) * 7919));
-                thread::spawn(move || serve(client, upstream_port, &c, &p, &d, &inv, &r, &mut rng));
+                thread::spawn(move || {
+                    serve(client, upstream_port, &c, &p, &d, &inv, &r, &m, &mut rng)
+                });
             }
         });
         FaultProxy {
@@ -199,6 +205,7 @@ impl FaultProxy {
             delay_ms: delay,
             invalid,
             refused,
+            mutating,
         }
     }
 
@@ -222,6 +229,7 @@ fn serve(
     delay: &AtomicU64,
     invalid: &Mutex<std::collections::BTreeSet<String>>,
     refused: &AtomicUsize,
+    mutating: &AtomicUsize,
     rng: &mut Rng,
 ) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
@@ -289,6 +297,13 @@ fn serve(
                 return;
             }
             continue;
+        }
+        let text = String::from_utf8_lossy(&request);
+        if ["Action=Register", "Action=Deregister"]
+            .iter()
+            .any(|a| text.contains(a))
+        {
+            mutating.fetch_add(1, Ordering::SeqCst);
         }
         let Some(response) = forward(upstream, &request) else {
             return;
