@@ -2,6 +2,7 @@
 //! original's purge (`etcdctl del --prefix /lbManager/`) made while lbmanager is stopped still
 //! empties the load balancers it managed; records an earlier version kept inside the tree are moved.
 
+use lbmanager_testkit::proxy;
 use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
@@ -74,5 +75,29 @@ async fn records_an_earlier_version_kept_in_the_member_tree_are_moved_and_honour
     daemon
         .wait_log("moving lbmanager's records out of the member tree")
         .await;
+    assert_eq!(daemon.stop(), Some(0));
+}
+
+/// `kill -9` right after the first Register of a new load balancer reached AWS: its record was
+/// already in etcd, so keys deleted while lbmanager is down still empty it at the next start.
+#[tokio::test]
+async fn killed_right_after_the_first_register_the_load_balancer_is_still_emptied() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    let proxy = proxy::FaultProxy::aws_rules(moto.port);
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &[]);
+    daemon.wait_log("initial sync complete").await;
+    *proxy.kill_after_register.lock().unwrap() = daemon.pid();
+    etcd.put(&key(I1)).await;
+    assert_eq!(daemon.exit_code(DEADLINE).await, None, "killed by SIGKILL");
+    assert_eq!(aws.instances("us-east-1", "web").await, strings(&[I1]));
+    etcd.del(&key(I1)).await;
+    let mut daemon = Daemon::start(&etcd, &moto, &[]);
+    eventually("emptied at the next start", DEADLINE, || async {
+        aws.instances("us-east-1", "web").await.is_empty()
+    })
+    .await;
     assert_eq!(daemon.stop(), Some(0));
 }

@@ -71,6 +71,9 @@ pub struct FaultProxy {
     pub refused: Arc<AtomicUsize>,
     /// Register and Deregister calls forwarded (the changes made through this proxy).
     pub mutating: Arc<AtomicUsize>,
+    /// A process to kill with SIGKILL right after the next Register has been forwarded (its
+    /// answer is never sent): a crash at the worst moment.
+    pub kill_after_register: Arc<Mutex<Option<u32>>>,
 }
 
 /// A Register call's member ids (Classic `Instances.member.N.InstanceId`, v2
@@ -183,6 +186,8 @@ impl FaultProxy {
         let invalid: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
         let refused = Arc::new(AtomicUsize::new(0));
         let mutating = Arc::new(AtomicUsize::new(0));
+        let kill_after_register: Arc<Mutex<Option<u32>>> = Arc::default();
+        let k = kill_after_register.clone();
         let (c, p, d) = (counts.clone(), percent.clone(), delay.clone());
         let (inv, r) = (invalid.clone(), refused.clone());
         let m = mutating.clone();
@@ -190,11 +195,22 @@ impl FaultProxy {
             for (n, client) in listener.incoming().enumerate() {
                 let Ok(client) = client else { continue };
                 let (c, p, d) = (c.clone(), p.clone(), d.clone());
-                let (inv, r, m) = (inv.clone(), r.clone(), m.clone());
+                let (inv, r, m, k) = (inv.clone(), r.clone(), m.clone(), k.clone());
                 let mut rng =
                     Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((n as u64 + 1) * 7919));
                 thread::spawn(move || {
-                    serve(client, upstream_port, &c, &p, &d, &inv, &r, &m, &mut rng)
+                    serve(
+                        client,
+                        upstream_port,
+                        &c,
+                        &p,
+                        &d,
+                        &inv,
+                        &r,
+                        &m,
+                        &k,
+                        &mut rng,
+                    )
                 });
             }
         });
@@ -206,6 +222,7 @@ impl FaultProxy {
             invalid,
             refused,
             mutating,
+            kill_after_register,
         }
     }
 
@@ -230,6 +247,7 @@ fn serve(
     invalid: &Mutex<std::collections::BTreeSet<String>>,
     refused: &AtomicUsize,
     mutating: &AtomicUsize,
+    kill_after_register: &Mutex<Option<u32>>,
     rng: &mut Rng,
 ) {
     let mut reader = BufReader::new(client.try_clone().unwrap());
@@ -308,6 +326,14 @@ fn serve(
         let Some(response) = forward(upstream, &request) else {
             return;
         };
+        if text.contains("Action=Register") {
+            if let Some(pid) = kill_after_register.lock().unwrap().take() {
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
+                return;
+            }
+        }
         counts.forwarded.fetch_add(1, Ordering::SeqCst);
         if fail {
             // The change reached moto, but its answer is lost.
