@@ -116,9 +116,12 @@ impl DesiredState {
             legacy_keys: Vec::new(),
             ignored: Vec::new(),
         };
+        let legacy = [
+            format!("{prefix}/_managed/"),
+            format!("{prefix}/_rejected/"),
+        ];
         for (key, revision) in keys {
-            let legacy = |part: &str| key.starts_with(&format!("{prefix}/{part}/"));
-            if legacy("_managed") || legacy("_rejected") {
+            if legacy.iter().any(|l| key.starts_with(l.as_str())) {
                 loaded.legacy_keys.push(key.clone());
             }
             if let Some(lb) = key::parse_legacy_managed(prefix, key) {

@@ -12,17 +12,23 @@ fn key(id: &str) -> String {
     format!("/lbManager/elb/us-east-1/webLB/multiple/{id}")
 }
 
+/// Two `--ha` instances with a 3 s lease: the first leads and has synced, the second waits.
+async fn leader_and_standby(etcd: &Etcd, moto: &Moto) -> (Daemon, Daemon) {
+    let ha = ["--ha", "--ha-lease-ttl", "3s"];
+    let a = Daemon::start(etcd, moto, &ha);
+    a.wait_log("elected leader").await;
+    a.wait_log("initial sync complete").await;
+    let b = Daemon::start(etcd, moto, &ha);
+    b.wait_log("campaigning for leadership").await;
+    (a, b)
+}
+
 #[tokio::test]
 async fn only_the_leader_acts_and_a_standby_takes_over_after_kill_9() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
-    let ha = ["--ha", "--ha-lease-ttl", "3s"];
-    let mut a = Daemon::start(&etcd, &moto, &ha);
-    a.wait_log("elected leader").await;
-    a.wait_log("initial sync complete").await;
-    let b = Daemon::start(&etcd, &moto, &ha);
-    b.wait_log("campaigning for leadership").await;
+    let (mut a, b) = leader_and_standby(&etcd, &moto).await;
 
     moto.start_recording();
     etcd.put(&key(I1)).await;
@@ -96,12 +102,7 @@ async fn a_purge_while_two_run_leaves_one_leader() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
-    let ha = ["--ha", "--ha-lease-ttl", "3s"];
-    let mut a = Daemon::start(&etcd, &moto, &ha);
-    a.wait_log("elected leader").await;
-    a.wait_log("initial sync complete").await;
-    let mut b = Daemon::start(&etcd, &moto, &ha);
-    b.wait_log("campaigning for leadership").await;
+    let (mut a, mut b) = leader_and_standby(&etcd, &moto).await;
 
     etcd.ctl(&["del", "--prefix", "/lbManager/"]);
     assert_eq!(

@@ -17,6 +17,17 @@ fn elb_key(lb: &str, class: &str, id: &str) -> String {
     format!("{P}/elb/us-east-1/{lb}/{class}/{id}")
 }
 
+/// The member keys of `lbs` load balancers of 1,000 members each, named NAME0000, NAME0001, …
+fn tree(name: &str, lbs: u64) -> impl Iterator<Item = String> + '_ {
+    (0..lbs * 1000).map(move |n| {
+        elb_key(
+            &format!("{name}{:04}", n / 1000),
+            "multiple",
+            &format!("i-{n:017x}"),
+        )
+    })
+}
+
 fn tg_key(tg: &str, id: &str) -> String {
     format!("{P}/elbv2/us-east-1/{tg}/multiple/{id}")
 }
@@ -160,14 +171,7 @@ async fn a_delete_of_forty_thousand_keys_in_one_revision_does_not_wedge_the_watc
     aws.create_elb("us-east-1", "web").await;
     // 40 load balancers of 1,000 members that do not exist in AWS (their syncs fail, and stop
     // failing once their keys are gone).
-    etcd.put_many((0..40_000u64).map(|n| {
-        elb_key(
-            &format!("gone{:02}", n / 1000),
-            "multiple",
-            &format!("i-{n:017x}"),
-        )
-    }))
-    .await;
+    etcd.put_many(tree("gone", 40)).await;
     let daemon = Daemon::start(&etcd, &moto, &["--elb-rate", "1000", "--elb-burst", "1000"]);
     daemon.wait_log("initial sync complete").await;
     let out = etcd.ctl(&["del", "--prefix", &format!("{P}/elb/us-east-1/gone")]);
@@ -273,14 +277,7 @@ async fn starts_with_a_million_keys() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "lb0000").await;
-    etcd.put_many((0..1_000_000u64).map(|n| {
-        elb_key(
-            &format!("lb{:04}", n / 1000),
-            "multiple",
-            &format!("i-{n:017x}"),
-        )
-    }))
-    .await;
+    etcd.put_many(tree("lb", 1000)).await;
     let daemon = Daemon::start(
         &etcd,
         &moto,

@@ -21,23 +21,17 @@ async fn etcd_auth_with_a_prefix_role_and_no_secret_in_the_logs() {
     aws.create_elb("us-east-1", "webLB").await;
     etcd.ctl(&["user", "add", "root:rootpw"]);
     etcd.ctl(&["role", "add", "lbmanager"]);
-    etcd.ctl(&[
-        "role",
-        "grant-permission",
-        "lbmanager",
-        "--prefix=true",
-        "readwrite",
-        "/lbManager/",
-    ]);
-    // lbmanager's own records, out of reach of a purge of the member tree.
-    etcd.ctl(&[
-        "role",
-        "grant-permission",
-        "lbmanager",
-        "--prefix=true",
-        "readwrite",
-        "/lbmanager-state/lbManager/",
-    ]);
+    // The member tree, and lbmanager's own records (out of reach of a purge of the tree).
+    for prefix in ["/lbManager/", "/lbmanager-state/lbManager/"] {
+        etcd.ctl(&[
+            "role",
+            "grant-permission",
+            "lbmanager",
+            "--prefix=true",
+            "readwrite",
+            prefix,
+        ]);
+    }
     etcd.ctl(&["user", "add", &format!("lbm:{ETCD_PASSWORD}")]);
     etcd.ctl(&["user", "grant-role", "lbm", "lbmanager"]);
     etcd.ctl(&["auth", "enable"]);

@@ -101,6 +101,19 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Sets www.example.com's A record set in Z1 by hand, behind the zone actor's back.
+fn set_a_by_hand(r53: &FakeRoute53, values: &[&str]) {
+    r53.put_record(
+        "Z1",
+        crate::plan::RecordSet {
+            name: "www.example.com".into(),
+            rtype: RecordType::A,
+            ttl: 60,
+            values: values.iter().map(|v| v.to_string()).collect(),
+        },
+    );
+}
+
 const A: &str = "/lbManager/elb/us-east-1/a/multiple/i-0000000a";
 const B: &str = "/lbManager/elb/us-east-1/b/multiple/i-0000000b";
 
@@ -239,15 +252,7 @@ async fn zone_cache_is_bypassed_by_resync_so_drift_is_seen() {
     };
     eventually("record created", || a() == Some(vec!["192.0.2.1".into()])).await;
     // By hand, behind the zone's back.
-    r53.put_record(
-        "Z1",
-        crate::plan::RecordSet {
-            name: "www.example.com".into(),
-            rtype: RecordType::A,
-            ttl: 60,
-            values: vec!["198.51.100.7".into()],
-        },
-    );
+    set_a_by_hand(&r53, &["198.51.100.7"]);
     eventually("drift corrected", || a() == Some(vec!["192.0.2.1".into()])).await;
 }
 
@@ -415,15 +420,7 @@ async fn a_change_planned_from_the_zone_cache_and_refused_is_retried_from_a_fres
     };
     eventually("record created", || a() == Some(vec!["192.0.2.1".into()])).await;
     // By hand: the zone's cache no longer matches, so a DELETE built from it is refused.
-    r53.put_record(
-        "Z1",
-        crate::plan::RecordSet {
-            name: "www.example.com".into(),
-            rtype: RecordType::A,
-            ttl: 60,
-            values: vec!["192.0.2.1".into(), "198.51.100.7".into()],
-        },
-    );
+    set_a_by_hand(&r53, &["192.0.2.1", "198.51.100.7"]);
     sup.send(del(key, 2)).await.unwrap();
     eventually("record deleted from a fresh read", || a().is_none()).await;
 }

@@ -326,8 +326,8 @@ impl EtcdCluster {
 
     /// The index of the member that leads the cluster now (waits for one).
     pub async fn leader(&self) -> usize {
-        let deadline = std::time::Instant::now() + DEADLINE;
-        loop {
+        let found = std::cell::Cell::new(None);
+        eventually("an etcd leader", DEADLINE, || async {
             for (i, m) in self.members.iter().enumerate() {
                 let Ok(mut c) = Client::connect([m.url.as_str()], None).await else {
                     continue;
@@ -335,12 +335,14 @@ impl EtcdCluster {
                 if let Ok(status) = c.status().await {
                     let me = status.header().map(|h| h.member_id());
                     if status.leader() != 0 && Some(status.leader()) == me {
-                        return i;
+                        found.set(Some(i));
+                        return true;
                     }
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "no etcd leader");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+            false
+        })
+        .await;
+        found.get().expect("found above")
     }
 }
