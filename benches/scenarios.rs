@@ -454,7 +454,10 @@ async fn scenario_c(rows: &mut Vec<Row>) {
     };
     for (tool, extra) in [
         ("lbmanager", &[][..]),
-        ("lbmanager, --elb-rate 100", &["--elb-rate", "100"][..]),
+        (
+            "lbmanager, --aws-quota-share 100",
+            &["--aws-quota-share", "100"][..],
+        ),
         ("naive baseline", &[][..]),
     ] {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
@@ -550,14 +553,7 @@ async fn scenario_d(rows: &mut Vec<Row>) {
     let daemon = Daemon::start(
         &etcd,
         &moto,
-        &[
-            "--log-level",
-            "info",
-            "--elb-rate",
-            "1000",
-            "--elb-burst",
-            "1000",
-        ],
+        &["--log-level", "info", "--aws-quota-share", "1000"],
     );
     daemon.wait_log("initial sync complete").await;
     let mut lat = Vec::new();
@@ -627,14 +623,7 @@ async fn scenario_e(rows: &mut Vec<Row>, idle: Duration) {
     let mut daemon = Daemon::start(
         &etcd,
         &moto,
-        &[
-            "--log-level",
-            "info",
-            "--route53-rate",
-            "100",
-            "--route53-burst",
-            "100",
-        ],
+        &["--log-level", "info", "--aws-quota-share", "100"],
     );
     until(Instant::now(), || async {
         zone_complete(&aws, &zone, 1000, 100).await

@@ -100,34 +100,45 @@ pub struct RunArgs {
     #[arg(long, env = "LBMANAGER_AWS_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub aws_timeout: Duration,
 
-    /// Route53 calls per second lbmanager allows itself. Route53 allows 5 per second per
-    /// account, shared with every other tool: leave them room.
-    #[arg(long, env = "LBMANAGER_ROUTE53_RATE", default_value_t = 5.0, value_parser = parse_rate)]
-    pub route53_rate: f64,
+    /// The share of AWS's published API quotas lbmanager allows itself, leaving the rest to the
+    /// account's other tools. lbmanager paces every call with AWS's own token buckets: Elastic
+    /// Load Balancing per account and region, each API version apart (every call: 40, refilled
+    /// 10/s; Register/Deregister: 20, 4/s; Describe: 40, 10/s); Route53 per account (every
+    /// request: 50, 10/s; each operation: 50, 10/s; record changes: see
+    /// --route53-change-burst). Refills are paced 5% below AWS's. Values above 1 exceed AWS's
+    /// quotas: only for endpoints that do not throttle (moto, tests) or raised quotas.
+    #[arg(long, env = "LBMANAGER_AWS_QUOTA_SHARE", default_value_t = 1.0, value_parser = parse_share)]
+    pub aws_quota_share: f64,
 
-    /// Route53 calls that may go at once before --route53-rate applies.
-    #[arg(long, env = "LBMANAGER_ROUTE53_BURST", default_value_t = 2,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub route53_burst: u32,
+    /// Route53's change-throughput bucket, in DNS record changes (each value of a changed record
+    /// set; an UPSERT's twice): how many may go at once.
+    #[arg(long, env = "LBMANAGER_ROUTE53_CHANGE_BURST", default_value_t = crate::aws::quota::route53::CHANGES.capacity,
+          value_parser = parse_rate)]
+    pub route53_change_burst: f64,
 
-    /// Classic ELB calls per second per region lbmanager allows itself.
-    #[arg(long, env = "LBMANAGER_ELB_RATE", default_value_t = 4.0, value_parser = parse_rate)]
-    pub elb_rate: f64,
+    /// Route53's change-throughput bucket: record changes per second, once the burst is spent.
+    #[arg(long, env = "LBMANAGER_ROUTE53_CHANGE_RATE", default_value_t = crate::aws::quota::route53::CHANGES.refill,
+          value_parser = parse_rate)]
+    pub route53_change_rate: f64,
 
-    /// Classic ELB calls per region that may go at once before --elb-rate applies.
-    #[arg(long, env = "LBMANAGER_ELB_BURST", default_value_t = 20,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub elb_burst: u32,
-
-    /// ELBv2 (target group) calls per second per region lbmanager allows itself (ELBv2 throttles
-    /// separately from Classic ELB).
-    #[arg(long, env = "LBMANAGER_ELBV2_RATE", default_value_t = 4.0, value_parser = parse_rate)]
-    pub elbv2_rate: f64,
-
-    /// ELBv2 calls per region that may go at once before --elbv2-rate applies.
-    #[arg(long, env = "LBMANAGER_ELBV2_BURST", default_value_t = 20,
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub elbv2_burst: u32,
+    /// Removed: see --aws-quota-share.
+    #[arg(long, env = "LBMANAGER_ROUTE53_RATE", hide = true, value_parser = removed_rate)]
+    pub route53_rate: Option<f64>,
+    /// Removed: see --aws-quota-share.
+    #[arg(long, env = "LBMANAGER_ROUTE53_BURST", hide = true, value_parser = removed_rate)]
+    pub route53_burst: Option<f64>,
+    /// Removed: see --aws-quota-share.
+    #[arg(long, env = "LBMANAGER_ELB_RATE", hide = true, value_parser = removed_rate)]
+    pub elb_rate: Option<f64>,
+    /// Removed: see --aws-quota-share.
+    #[arg(long, env = "LBMANAGER_ELB_BURST", hide = true, value_parser = removed_rate)]
+    pub elb_burst: Option<f64>,
+    /// Removed: see --aws-quota-share.
+    #[arg(long, env = "LBMANAGER_ELBV2_RATE", hide = true, value_parser = removed_rate)]
+    pub elbv2_rate: Option<f64>,
+    /// Removed: see --aws-quota-share.
+    #[arg(long, env = "LBMANAGER_ELBV2_BURST", hide = true, value_parser = removed_rate)]
+    pub elbv2_burst: Option<f64>,
 
     /// TTL in seconds of the A/AAAA record sets lbmanager writes.
     #[arg(long, env = "LBMANAGER_ROUTE53_TTL", default_value_t = 60,
@@ -228,6 +239,24 @@ fn parse_rate(s: &str) -> Result<f64, String> {
         Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
         _ => Err("must be a number of calls per second above 0, like 5 or 0.5".into()),
     }
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if r > 0.0 && r <= 1000.0 => Ok(r),
+        _ => Err("must be a share of AWS's quotas above 0, like 1 (all of them) or 0.5".into()),
+    }
+}
+
+/// The rate flags of before AWS's buckets were modelled: refused with a pointer to the new ones.
+fn removed_rate(_: &str) -> Result<f64, String> {
+    Err(
+        "this flag was removed: lbmanager now paces its calls with AWS's own quota buckets \
+         (per account, region and API; see --help). Use --aws-quota-share to leave part of them \
+         to other tools, and --route53-change-burst/--route53-change-rate for Route53's change \
+         throughput"
+            .into(),
+    )
 }
 
 fn parse_ttl(s: &str) -> Result<Duration, String> {

@@ -12,7 +12,7 @@ use slog::{error, info, warn, Logger};
 
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::{backoff, Settings};
-use crate::aws::{self, Backends, ClientOptions, Rates};
+use crate::aws::{self, Backends, ClientOptions, Quotas};
 use crate::cli::{PlanArgs, PlanOutput, RunArgs};
 use crate::desired::DesiredState;
 use crate::etcd::{self, EtcdOptions, Snapshot};
@@ -83,7 +83,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         info!(log, "dry run: nothing will be changed in AWS or etcd");
     }
     let (once_tx, once_rx) = tokio::sync::oneshot::channel();
-    let backends = Backends::sdk(&sdk, &rates(&args), Some(metrics.clone()));
+    let backends = Backends::sdk(&sdk, &quotas(&args), Some(metrics.clone()));
     let filters = settings.filters.clone();
     let recorded = records.managed.into_iter().filter(|lb| filters.allows(lb));
     let supervisor = Supervisor::new(
@@ -183,7 +183,7 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         &loaded.desired,
         &recorded,
         &records.rejected,
-        &Backends::sdk(&sdk, &rates(run), None),
+        &Backends::sdk(&sdk, &quotas(run), None),
         run.route53_ttl,
         run.policy.into(),
     )
@@ -310,11 +310,13 @@ async fn wait_for_stop(log: &Logger, alive: impl Fn() -> bool, stop: StopSignal)
     }
 }
 
-/// The AWS request rates of the flags.
-fn rates(args: &RunArgs) -> Rates {
-    Rates {
-        elb: (args.elb_rate, args.elb_burst),
-        elbv2: (args.elbv2_rate, args.elbv2_burst),
-        route53: (args.route53_rate, args.route53_burst),
+/// The share of AWS's quotas the flags allow.
+fn quotas(args: &RunArgs) -> Quotas {
+    Quotas {
+        share: args.aws_quota_share,
+        route53_changes: aws::quota::Bucket::new(
+            args.route53_change_burst,
+            args.route53_change_rate,
+        ),
     }
 }

@@ -30,6 +30,33 @@ fn bad_flags_exit_2_with_a_clear_message() {
     }
 }
 
+/// The per-service rate flags of before AWS's buckets were modelled fail with a pointer to the
+/// new ones, from the command line or from an old environment file.
+#[test]
+fn the_removed_rate_flags_name_their_replacements() {
+    for args in [
+        &["run", "--elb-rate", "4"][..],
+        &["run", "--elb-burst", "20"],
+        &["run", "--elbv2-rate", "4"],
+        &["run", "--route53-rate", "5"],
+        &["run", "--route53-burst", "2"],
+    ] {
+        let out = lbmanager(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--aws-quota-share"), "{args:?}: {err}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_lbmanager"))
+        .args(["run"])
+        .env("LBMANAGER_ELB_RATE", "4")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--aws-quota-share"));
+    let help = String::from_utf8_lossy(&lbmanager(&["run", "--help"]).stdout).to_string();
+    assert!(!help.contains("--elb-rate"), "a removed flag in --help");
+}
+
 #[test]
 fn help_explains_every_flag() {
     let out = lbmanager(&["run", "--help"]);
@@ -44,6 +71,9 @@ fn help_explains_every_flag() {
         "--aws-endpoint-url",
         "--aws-timeout",
         "--route53-ttl",
+        "--aws-quota-share",
+        "--route53-change-burst",
+        "--route53-change-rate",
         "--resync-interval",
         "--log-level",
     ] {

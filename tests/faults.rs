@@ -124,7 +124,7 @@ async fn aws_failing_30_percent_still_converges_exactly() {
     daemon.spawn(
         &etcd.url,
         &proxy.url,
-        &["--aws-timeout", "5s", "--elb-rate", "50"],
+        &["--aws-timeout", "5s", "--aws-quota-share", "5"],
     );
     daemon.wait_log("initial sync complete").await;
     burst(&etcd.url, &lbs, 1000, 7, Arc::default()).await;

@@ -172,7 +172,7 @@ async fn a_delete_of_forty_thousand_keys_in_one_revision_does_not_wedge_the_watc
     // 40 load balancers of 1,000 members that do not exist in AWS (their syncs fail, and stop
     // failing once their keys are gone).
     etcd.put_many(tree("gone", 40)).await;
-    let daemon = Daemon::start(&etcd, &moto, &["--elb-rate", "1000", "--elb-burst", "1000"]);
+    let daemon = Daemon::start(&etcd, &moto, &["--aws-quota-share", "100"]);
     daemon.wait_log("initial sync complete").await;
     let out = etcd.ctl(&["del", "--prefix", &format!("{P}/elb/us-east-1/gone")]);
     assert_eq!(out.trim(), "40000");
@@ -281,14 +281,7 @@ async fn starts_with_a_million_keys() {
     let daemon = Daemon::start(
         &etcd,
         &moto,
-        &[
-            "--elb-rate",
-            "1000",
-            "--elb-burst",
-            "1000",
-            "--etcd-connect-timeout",
-            "5s",
-        ],
+        &["--aws-quota-share", "100", "--etcd-connect-timeout", "5s"],
     );
     eventually(
         "the whole tree is read",

@@ -17,7 +17,7 @@ use super::{Cause, Settings};
 use crate::aws::{AwsError, ElbApi};
 use crate::key::{LbId, Member};
 use crate::plan::Rejected;
-use crate::sync::elb::sync_elb;
+use crate::sync::elb::{sync_elb, Wanted};
 use crate::sync::ips_of;
 use crate::sync::schedule::{Next, Outcome, Schedule};
 use crate::sync::zone::FqdnWant;
@@ -96,6 +96,8 @@ pub struct LoadBalancer {
     settings: Arc<Settings>,
     supervisor: Recipient<Synced>,
     desired: Option<Desire>,
+    /// The same members and generation, for the ELB sync in flight to read again after it waited.
+    wanted: tokio::sync::watch::Sender<(Arc<BTreeSet<Member>>, u64)>,
     /// When to sync: the rules, without the actor.
     schedule: Schedule,
     /// The metric side of the sync in flight.
@@ -126,6 +128,7 @@ impl LoadBalancer {
             settings,
             supervisor,
             desired: None,
+            wanted: tokio::sync::watch::channel((Arc::default(), 0)).0,
             schedule: Schedule::default(),
             in_flight: None,
             retry: None,
@@ -178,13 +181,14 @@ impl LoadBalancer {
                 // Refused members are tried again at a resync (or a relist, a restart), not at
                 // every etcd event: each try is a failed call.
                 let retry_rejected = !matches!(desire.cause, Cause::EtcdEvent | Cause::LeaseExpiry);
+                let wanted: Wanted = self.wanted.subscribe();
+                let cause = desire.cause;
                 let fut = async move {
-                    let (members, cause) = (&desire.members, desire.cause);
                     sync_elb(
                         &*api,
                         &region,
                         &name,
-                        members,
+                        &wanted,
                         cause,
                         &options,
                         what,
@@ -195,14 +199,19 @@ impl LoadBalancer {
                     .await
                 };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                    let (error, rejected) = match res {
+                    let (generation, error, rejected) = match res {
                         Ok(sync) => {
                             act.warn_mismatched(sync.changes.mismatched);
-                            (None, act.update_rejected(sync.rejected))
+                            let latest = act.desired.as_ref().map(|d| d.generation);
+                            if latest == Some(sync.generation) {
+                                act.schedule.covered();
+                            }
+                            let rejected = act.update_rejected(sync.rejected);
+                            (sync.generation, None, rejected)
                         }
-                        Err(e) => (Some(e), None),
+                        Err(e) => (desire.generation, Some(e), None),
                     };
-                    act.finished(desire.generation, error, rejected, false, ctx)
+                    act.finished(generation, error, rejected, false, ctx)
                 }));
             }
             Backend::Route53(zone) => {
@@ -332,6 +341,8 @@ impl Handler<Desire> for LoadBalancer {
     type Result = ();
 
     fn handle(&mut self, msg: Desire, ctx: &mut Self::Context) {
+        self.wanted
+            .send_replace((msg.members.clone(), msg.generation));
         self.desired = Some(msg);
         let next = self.schedule.desire();
         self.follow(next, ctx);

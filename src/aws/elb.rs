@@ -6,8 +6,9 @@ use async_trait::async_trait;
 use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
+use super::quota::elb::Call;
 use super::regional::PerRegion;
-use super::{classify, AwsError, ElbApi, ErrorKind};
+use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
 use crate::key::Target;
 use crate::plan::Registered;
 
@@ -16,21 +17,16 @@ pub struct SdkElb {
 }
 
 impl SdkElb {
-    /// `rate`: calls per second and burst, per region (ELB throttles per account and region).
-    pub fn new(config: aws_config::SdkConfig, rate: (f64, u32)) -> Self {
+    /// `share`: the part of AWS's quotas to use (ELB throttles per account and region).
+    pub fn new(config: aws_config::SdkConfig, share: f64) -> Self {
         SdkElb {
-            clients: PerRegion::new(rate, move |region| {
+            clients: PerRegion::new(share, move |region| {
                 let conf = aws_sdk_elasticloadbalancing::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
                     .build();
                 Client::from_conf(conf)
             }),
         }
-    }
-
-    /// The region's client, once its rate limit allows another call.
-    async fn client(&self, region: &str) -> Client {
-        self.clients.client(region).await
     }
 }
 
@@ -47,7 +43,8 @@ impl ElbApi for SdkElb {
     async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError> {
         let target = format!("elb/{region}/{name}");
         let out = self
-            .client(region)
+            .clients
+            .client(region, Call::Describe)
             .await
             .describe_load_balancers()
             .load_balancer_names(name)
@@ -58,7 +55,8 @@ impl ElbApi for SdkElb {
             )
             .send()
             .await
-            .map_err(|e| classify("DescribeLoadBalancers", &target, e))?;
+            .map_err(|e| classify("DescribeLoadBalancers", &target, e))
+            .inspect_err(|e| self.clients.note(region, Call::Describe, e))?;
         let lb = out
             .load_balancer_descriptions()
             .iter()
@@ -82,39 +80,62 @@ impl ElbApi for SdkElb {
         })
     }
 
-    async fn register(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
-        self.client(region)
-            .await
+    async fn permit(&self, region: &str) -> Permit {
+        self.clients.client(region, Call::Registration).await;
+        Permit::granted()
+    }
+
+    async fn register(
+        &self,
+        region: &str,
+        name: &str,
+        ids: &[Target],
+        _paid: Permit,
+    ) -> Result<(), AwsError> {
+        let res = self
+            .clients
+            .paid(region)
             .register_instances_with_load_balancer()
             .load_balancer_name(name)
             .set_instances(Some(instances(ids)))
             .send()
             .await
+            .map(|_| ())
             .map_err(|e| {
                 classify(
                     "RegisterInstancesWithLoadBalancer",
                     format!("elb/{region}/{name}"),
                     e,
                 )
-            })?;
-        Ok(())
+            })
+            .inspect_err(|e| self.clients.note(region, Call::Registration, e));
+        res
     }
 
-    async fn deregister(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
-        self.client(region)
-            .await
+    async fn deregister(
+        &self,
+        region: &str,
+        name: &str,
+        ids: &[Target],
+        _paid: Permit,
+    ) -> Result<(), AwsError> {
+        let res = self
+            .clients
+            .paid(region)
             .deregister_instances_from_load_balancer()
             .load_balancer_name(name)
             .set_instances(Some(instances(ids)))
             .send()
             .await
+            .map(|_| ())
             .map_err(|e| {
                 classify(
                     "DeregisterInstancesFromLoadBalancer",
                     format!("elb/{region}/{name}"),
                     e,
                 )
-            })?;
-        Ok(())
+            })
+            .inspect_err(|e| self.clients.note(region, Call::Registration, e));
+        res
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! A target group is named in the keys and addressed by ARN in the API: the ARN (with the group's
 //! port and target type) is resolved once and cached, and resolved again when AWS says the group
-//! is gone. ELBv2 throttles per account and region separately from Classic ELB: its own limiter.
+//! is gone. ELBv2 throttles per account and region separately from Classic ELB: its own buckets.
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -15,8 +15,9 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 use aws_sdk_elasticloadbalancingv2::Client;
 
+use super::quota::elb::Call;
 use super::regional::PerRegion;
-use super::{classify, AwsError, ElbApi, ErrorKind};
+use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
 use crate::key::{Target, TargetId};
 use crate::plan::{Registered, TargetKind};
 
@@ -38,10 +39,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SdkElbV2 {
-    /// `rate`: calls per second and burst, per region.
-    pub fn new(config: aws_config::SdkConfig, rate: (f64, u32)) -> Self {
+    /// `share`: the part of AWS's quotas to use, per region.
+    pub fn new(config: aws_config::SdkConfig, share: f64) -> Self {
         SdkElbV2 {
-            clients: PerRegion::new(rate, move |region| {
+            clients: PerRegion::new(share, move |region| {
                 let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
                     .build();
@@ -51,11 +52,6 @@ impl SdkElbV2 {
         }
     }
 
-    /// The region's client, once its rate limit allows another call.
-    async fn client(&self, region: &str) -> Client {
-        self.clients.client(region).await
-    }
-
     async fn group(&self, region: &str, name: &str) -> Result<Group, AwsError> {
         let key = (region.to_string(), name.to_string());
         if let Some(g) = lock(&self.groups).get(&key) {
@@ -63,13 +59,15 @@ impl SdkElbV2 {
         }
         let target = format!("elbv2/{region}/{name}");
         let out = self
-            .client(region)
+            .clients
+            .client(region, Call::Describe)
             .await
             .describe_target_groups()
             .names(name)
             .send()
             .await
-            .map_err(|e| classify("DescribeTargetGroups", &target, e))?;
+            .map_err(|e| classify("DescribeTargetGroups", &target, e))
+            .inspect_err(|e| self.clients.note(region, Call::Describe, e))?;
         let tg = out
             .target_groups()
             .iter()
@@ -120,11 +118,12 @@ impl SdkElbV2 {
         name: &str,
         targets: &[Target],
         register: bool,
+        _paid: Permit,
     ) -> Result<(), AwsError> {
         let target = format!("elbv2/{region}/{name}");
         let group = self.group(region, name).await?;
         let list = Self::descriptions(targets);
-        let client = self.client(region).await;
+        let client = self.clients.paid(region);
         let res = if register {
             client
                 .register_targets()
@@ -146,6 +145,7 @@ impl SdkElbV2 {
         };
         if let Err(e) = &res {
             self.forget_if_gone(region, name, e);
+            self.clients.note(region, Call::Registration, e);
         }
         res
     }
@@ -169,7 +169,8 @@ impl ElbApi for SdkElbV2 {
         let target = format!("elbv2/{region}/{name}");
         let group = self.group(region, name).await?;
         let out = self
-            .client(region)
+            .clients
+            .client(region, Call::Describe)
             .await
             .describe_target_health()
             .target_group_arn(&group.arn)
@@ -181,6 +182,7 @@ impl ElbApi for SdkElbV2 {
             .send()
             .await
             .map_err(|e| classify("DescribeTargetHealth", &target, e))
+            .inspect_err(|e| self.clients.note(region, Call::Describe, e))
             .inspect_err(|e| self.forget_if_gone(region, name, e))?;
         let (mut members, mut draining) = (BTreeSet::new(), BTreeSet::new());
         for d in out.target_health_descriptions() {
@@ -202,8 +204,19 @@ impl ElbApi for SdkElbV2 {
         })
     }
 
-    async fn register(&self, region: &str, name: &str, targets: &[Target]) -> Result<(), AwsError> {
-        self.change(region, name, targets, true).await
+    async fn permit(&self, region: &str) -> Permit {
+        self.clients.client(region, Call::Registration).await;
+        Permit::granted()
+    }
+
+    async fn register(
+        &self,
+        region: &str,
+        name: &str,
+        targets: &[Target],
+        paid: Permit,
+    ) -> Result<(), AwsError> {
+        self.change(region, name, targets, true, paid).await
     }
 
     async fn deregister(
@@ -211,8 +224,9 @@ impl ElbApi for SdkElbV2 {
         region: &str,
         name: &str,
         targets: &[Target],
+        paid: Permit,
     ) -> Result<(), AwsError> {
-        self.change(region, name, targets, false).await
+        self.change(region, name, targets, false, paid).await
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{AwsError, ElbApi, ErrorKind, Route53Api};
+use super::{AwsError, ElbApi, ErrorKind, Permit, Route53Api};
 use crate::key::Target;
 use crate::plan::{Action, RecordChange, RecordSet, RecordType, Registered};
 
@@ -164,7 +164,17 @@ impl ElbApi for FakeElb {
         })
     }
 
-    async fn register(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
+    async fn permit(&self, _region: &str) -> Permit {
+        Permit::granted()
+    }
+
+    async fn register(
+        &self,
+        region: &str,
+        name: &str,
+        ids: &[Target],
+        _paid: Permit,
+    ) -> Result<(), AwsError> {
         let ids: Vec<String> = ids.iter().map(Target::to_string).collect();
         let op = "RegisterInstancesWithLoadBalancer";
         self.enter(op, format!("elb/{region}/{name}"), format!(" {ids:?}"))
@@ -197,7 +207,13 @@ impl ElbApi for FakeElb {
         self.update(op, region, name, |set| set.extend(ids.iter().cloned()))
     }
 
-    async fn deregister(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
+    async fn deregister(
+        &self,
+        region: &str,
+        name: &str,
+        ids: &[Target],
+        _paid: Permit,
+    ) -> Result<(), AwsError> {
         let ids: Vec<String> = ids.iter().map(Target::to_string).collect();
         let op = "DeregisterInstancesFromLoadBalancer";
         self.enter(op, format!("elb/{region}/{name}"), format!(" {ids:?}"))

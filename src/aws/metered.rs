@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{AwsError, ElbApi, ErrorKind, Route53Api};
+use super::{AwsError, ElbApi, ErrorKind, Permit, Route53Api};
 use crate::key::Target;
 use crate::metrics::Metrics;
 use crate::plan::{RecordChange, RecordSet, Registered};
@@ -38,14 +38,30 @@ impl ElbApi for MeteredElb {
         r
     }
 
-    async fn register(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
-        let r = self.inner.register(region, name, ids).await;
+    async fn permit(&self, region: &str) -> Permit {
+        self.inner.permit(region).await
+    }
+
+    async fn register(
+        &self,
+        region: &str,
+        name: &str,
+        ids: &[Target],
+        paid: Permit,
+    ) -> Result<(), AwsError> {
+        let r = self.inner.register(region, name, ids, paid).await;
         self.metrics.aws_call(self.service, "register", result(&r));
         r
     }
 
-    async fn deregister(&self, region: &str, name: &str, ids: &[Target]) -> Result<(), AwsError> {
-        let r = self.inner.deregister(region, name, ids).await;
+    async fn deregister(
+        &self,
+        region: &str,
+        name: &str,
+        ids: &[Target],
+        paid: Permit,
+    ) -> Result<(), AwsError> {
+        let r = self.inner.deregister(region, name, ids, paid).await;
         self.metrics
             .aws_call(self.service, "deregister", result(&r));
         r

@@ -21,6 +21,7 @@ pub mod elbv2;
 #[cfg(test)]
 pub mod fake;
 pub mod metered;
+pub mod quota;
 pub mod regional;
 pub mod route53;
 
@@ -30,15 +31,39 @@ pub mod route53;
 pub trait ElbApi: Send + Sync + 'static {
     /// What is registered with load balancer (or target group) `name` in `region`.
     async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError>;
-    /// Registers all of `members` in one call.
-    async fn register(&self, region: &str, name: &str, members: &[Target]) -> Result<(), AwsError>;
-    /// Deregisters all of `members` in one call.
+    /// Waits until one more Register or Deregister call may go out in `region` within AWS's
+    /// quotas, and takes its share of them. A sync waits for its permit *before* it settles what
+    /// to register, so that what arrived while it waited goes out in the same call.
+    async fn permit(&self, region: &str) -> Permit;
+    /// Registers all of `members` in one call, paid for by `permit`.
+    async fn register(
+        &self,
+        region: &str,
+        name: &str,
+        members: &[Target],
+        permit: Permit,
+    ) -> Result<(), AwsError>;
+    /// Deregisters all of `members` in one call, paid for by `permit`.
     async fn deregister(
         &self,
         region: &str,
         name: &str,
         members: &[Target],
+        permit: Permit,
     ) -> Result<(), AwsError>;
+}
+
+/// The quota taken for one Register or Deregister call (see [`ElbApi::permit`]): a call can only
+/// be made with one, so no mutating call skips the pacing.
+#[must_use = "a permit is quota already taken from AWS's buckets"]
+#[derive(Debug)]
+pub struct Permit(());
+
+impl Permit {
+    /// Only an [`ElbApi`] hands permits out (after taking the quota, where it paces calls).
+    pub(crate) fn granted() -> Self {
+        Permit(())
+    }
 }
 
 /// The Route53 operations lbmanager needs.
@@ -63,24 +88,35 @@ pub struct Backends {
     pub route53: Arc<dyn Route53Api>,
 }
 
-/// Client-side request rates (per second, burst) of each backend.
+/// How much of AWS's published quotas lbmanager allows itself (see [`quota`]).
 #[derive(Clone, Copy, Debug)]
-pub struct Rates {
-    pub elb: (f64, u32),
-    pub elbv2: (f64, u32),
-    pub route53: (f64, u32),
+pub struct Quotas {
+    /// The share of every published bucket (1: all of it; above 1 only for endpoints that do
+    /// not throttle, such as moto).
+    pub share: f64,
+    /// Route53's change-throughput bucket, in changed records (AWS's figure, or the flags').
+    pub route53_changes: quota::Bucket,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            share: 1.0,
+            route53_changes: quota::route53::CHANGES,
+        }
+    }
 }
 
 impl Backends {
     /// The SDK clients, each call counted in `metrics` when there are metrics.
     pub fn sdk(
         sdk: &aws_config::SdkConfig,
-        rates: &Rates,
+        quotas: &Quotas,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
-        let elb: Arc<dyn ElbApi> = Arc::new(elb::SdkElb::new(sdk.clone(), rates.elb));
-        let elbv2: Arc<dyn ElbApi> = Arc::new(elbv2::SdkElbV2::new(sdk.clone(), rates.elbv2));
-        let route53: Arc<dyn Route53Api> = Arc::new(route53::SdkRoute53::new(sdk, rates.route53));
+        let elb: Arc<dyn ElbApi> = Arc::new(elb::SdkElb::new(sdk.clone(), quotas.share));
+        let elbv2: Arc<dyn ElbApi> = Arc::new(elbv2::SdkElbV2::new(sdk.clone(), quotas.share));
+        let route53: Arc<dyn Route53Api> = Arc::new(route53::SdkRoute53::new(sdk, quotas));
         let Some(metrics) = metrics else {
             return Backends {
                 elb,
@@ -281,26 +317,6 @@ pub struct ClientOptions {
     pub endpoint_url: Option<String>,
     /// The longest one call may take, retries included; the SDK has no default.
     pub timeout: Duration,
-}
-
-/// A client-side token bucket shared by every actor that calls one API: AWS throttles per account
-/// (and region), so a throttle we can predict is waited out here instead of spent as a failed call.
-pub struct Limiter(governor::DefaultDirectRateLimiter);
-
-impl Limiter {
-    /// `rate` calls per second on average, `burst` at once.
-    pub fn new((rate, burst): (f64, u32)) -> Self {
-        let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
-        let quota = governor::Quota::with_period(period)
-            .expect("a positive period")
-            .allow_burst(std::num::NonZeroU32::new(burst.max(1)).expect("at least 1"));
-        Limiter(governor::RateLimiter::direct(quota))
-    }
-
-    /// Waits for a token.
-    pub async fn wait(&self) {
-        self.0.until_ready().await;
-    }
 }
 
 /// Loads the shared SDK configuration: the standard credential chain (environment, profile, web

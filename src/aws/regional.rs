@@ -1,39 +1,56 @@
-//! One SDK client and one client-side rate limiter per region, made on first use: ELB throttles
-//! per account and region, so each region paces its own calls. Used by Classic ELB and ELBv2 alike.
+//! One SDK client and one set of quota buckets per region, made on first use: Elastic Load
+//! Balancing throttles per account and region (each API version apart), so each region paces its
+//! own calls. Used by Classic ELB and ELBv2 alike, each with its own `PerRegion`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use super::Limiter;
+use super::quota::{elb, Quota};
+use super::{AwsError, ErrorKind};
 
 type Make<C> = Box<dyn Fn(&str) -> C + Send + Sync>;
 
 pub struct PerRegion<C> {
-    rate: (f64, u32),
+    share: f64,
     make: Make<C>,
-    clients: Mutex<HashMap<String, (C, Arc<Limiter>)>>,
+    clients: Mutex<HashMap<String, (C, Arc<Quota>)>>,
 }
 
 impl<C: Clone> PerRegion<C> {
-    /// `rate`: calls per second and burst, per region; `make` builds a region's client.
-    pub fn new(rate: (f64, u32), make: impl Fn(&str) -> C + Send + Sync + 'static) -> Self {
+    /// `share`: the part of AWS's published quotas to use; `make` builds a region's client.
+    pub fn new(share: f64, make: impl Fn(&str) -> C + Send + Sync + 'static) -> Self {
         PerRegion {
-            rate,
+            share,
             make: Box::new(make),
             clients: Mutex::new(HashMap::new()),
         }
     }
 
-    /// The region's client, once its rate limit allows another call.
-    pub async fn client(&self, region: &str) -> C {
-        let (client, limiter) = {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            clients
-                .entry(region.to_string())
-                .or_insert_with(|| ((self.make)(region), Arc::new(Limiter::new(self.rate))))
-                .clone()
-        };
-        limiter.wait().await;
+    fn entry(&self, region: &str) -> (C, Arc<Quota>) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(region.to_string())
+            .or_insert_with(|| ((self.make)(region), Arc::new(elb::quota(self.share))))
+            .clone()
+    }
+
+    /// The region's client, once its quota allows one more `call`.
+    pub async fn client(&self, region: &str, call: elb::Call) -> C {
+        let (client, quota) = self.entry(region);
+        elb::take(&quota, call).await;
         client
+    }
+
+    /// Notes a `call` in `region` that failed: a throttle AWS answered paces the region's calls
+    /// more slowly for a while (see [`Quota::throttled`]).
+    pub fn note(&self, region: &str, call: elb::Call, err: &AwsError) {
+        if err.kind == ErrorKind::Throttled {
+            elb::throttled(&self.entry(region).1, call);
+        }
+    }
+
+    /// The region's client, without waiting: for a call already paid for (a permit).
+    pub fn paid(&self, region: &str) -> C {
+        self.entry(region).0
     }
 }

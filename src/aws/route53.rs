@@ -6,22 +6,41 @@ use aws_sdk_route53::types::{
 };
 use aws_sdk_route53::Client;
 
-use super::{classify, AwsError, ErrorKind, Limiter, Route53Api};
+use super::quota::{self, route53::Call, Quota};
+use super::{classify, AwsError, ErrorKind, Quotas, Route53Api};
 use crate::plan::{Action, RecordChange, RecordSet, RecordType};
 
 pub struct SdkRoute53 {
     client: Client,
-    /// Route53 allows 5 requests per second per account, shared by every zone and tool.
-    limiter: Limiter,
+    /// Route53 throttles per account, every zone and tool of the account together.
+    quota: Quota,
 }
 
 impl SdkRoute53 {
-    pub fn new(config: &aws_config::SdkConfig, rate: (f64, u32)) -> Self {
+    pub fn new(config: &aws_config::SdkConfig, quotas: &Quotas) -> Self {
         SdkRoute53 {
             client: Client::new(config),
-            limiter: Limiter::new(rate),
+            quota: quota::route53::quota(quotas.share, quotas.route53_changes),
         }
     }
+}
+
+impl SdkRoute53 {
+    /// A throttle AWS answered paces the account's calls more slowly for a while.
+    fn note(&self, err: &AwsError, call: Call) {
+        if err.kind == ErrorKind::Throttled {
+            quota::route53::throttled(&self.quota, call);
+        }
+    }
+}
+
+/// What a change batch draws from the change-throughput bucket: 1 for each CREATE or DELETE of
+/// a record set, 2 for an UPSERT (Route53's "tokens consumed per operation").
+pub fn change_tokens(changes: &[RecordChange]) -> f64 {
+    changes
+        .iter()
+        .map(|c| if c.action == Action::Upsert { 2.0 } else { 1.0 })
+        .sum()
 }
 
 /// Route53 answers names with a trailing dot and escapes `*` as `\052`.
@@ -86,7 +105,7 @@ impl SdkRoute53 {
     ) -> Result<Vec<RecordSet>, AwsError> {
         let mut found = Vec::new();
         loop {
-            self.limiter.wait().await;
+            quota::route53::take(&self.quota, Call::List).await;
             let (name, rtype, identifier) = match start.take() {
                 Some((n, t, i)) => (Some(n), Some(t), i),
                 None => (None, None, None),
@@ -105,7 +124,8 @@ impl SdkRoute53 {
                 )
                 .send()
                 .await
-                .map_err(|e| classify("ListResourceRecordSets", target, e))?;
+                .map_err(|e| classify("ListResourceRecordSets", target, e))
+                .inspect_err(|e| self.note(e, Call::List))?;
             for set in out.resource_record_sets() {
                 let name = normalise_name(set.name());
                 let rtype = match set.r#type() {
@@ -174,14 +194,16 @@ impl Route53Api for SdkRoute53 {
             .set_changes(Some(sdk_changes))
             .build()
             .map_err(|e| rejected(&target, e))?;
-        self.limiter.wait().await;
+        let n = change_tokens(changes);
+        quota::route53::take(&self.quota, Call::Change(n)).await;
         self.client
             .change_resource_record_sets()
             .hosted_zone_id(zone)
             .change_batch(batch)
             .send()
             .await
-            .map_err(|e| classify("ChangeResourceRecordSets", &target, e))?;
+            .map_err(|e| classify("ChangeResourceRecordSets", &target, e))
+            .inspect_err(|e| self.note(e, Call::Change(n)))?;
         Ok(())
     }
 }

@@ -1,13 +1,19 @@
 //! One ELB or target-group sync, and how members AWS refuses are set aside.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use slog::{info, warn, Logger};
 
-use super::{read_and_plan_elb, Cause, SyncOptions};
-use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind};
+use super::{gone_is_in_step, Cause, SyncOptions};
+use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind, Permit};
 use crate::key::{Member, Target};
-use crate::plan::{spell, ElbChanges, Rejected};
+use crate::plan::{plan_elb, spell, ElbChanges, Registered, Rejected};
+
+/// The members a load balancer's actor wants now, and that desire's generation. A sync reads it
+/// again after each wait for AWS's quota, so that what arrived meanwhile goes out in the same
+/// call: when calls are scarce, a load balancer gets one call with ten changes rather than ten.
+pub type Wanted = tokio::sync::watch::Receiver<(Arc<BTreeSet<Member>>, u64)>;
 
 /// What one ELB sync did.
 #[derive(Clone, Debug, Default)]
@@ -16,32 +22,21 @@ pub struct ElbSync {
     pub changes: ElbChanges,
     /// Wanted members AWS refuses, with its reason: left out until the next resync tries again.
     pub rejected: Rejected,
+    /// The generation of the desire the sync brought AWS to.
+    pub generation: u64,
 }
 
-/// One ELB or target-group sync: a Describe, then the Register calls and at most one Deregister
-/// (register first, so a `single` switch never leaves it empty). Logs each change with its cause;
-/// `what` names the members in the log ("instances", "targets").
-///
-/// A member AWS refuses (a terminated instance whose key stayed) fails the whole Register call:
-/// the members it names are set aside and the rest registered again; a refusal that names none
-/// is bisected. Known refusals (`known`) are not tried again unless `retry_rejected` (a resync).
-/// The extras are deregistered all the same, except when that would empty a load balancer whose
-/// every wanted member was refused: one bad key must not take a service down.
-#[allow(clippy::too_many_arguments)]
-pub async fn sync_elb(
-    api: &dyn ElbApi,
-    region: &str,
-    name: &str,
-    desired: &BTreeSet<Member>,
-    cause: Cause,
+/// Plans `wanted`'s latest desire against `actual`, leaving out the members AWS refused before
+/// (unless they are to be tried again), which it returns with their reasons.
+fn plan_latest(
+    wanted: &Wanted,
+    actual: &Registered,
     options: &SyncOptions,
-    what: &str,
-    log: &Logger,
     known: &Rejected,
     retry_rejected: bool,
-) -> Result<ElbSync, AwsError> {
-    let (actual, mut changes) =
-        read_and_plan_elb(api, region, name, desired, options.policy).await?;
+) -> (ElbChanges, Rejected, u64) {
+    let (members, generation) = wanted.borrow().clone();
+    let mut changes = plan_elb(&members, actual, options.policy);
     let mut rejected = Rejected::new();
     if !retry_rejected {
         changes
@@ -54,6 +49,45 @@ pub async fn sync_elb(
                 None => true,
             });
     }
+    (changes, rejected, generation)
+}
+
+/// One ELB or target-group sync: a Describe, then the Register calls and at most one Deregister
+/// (register first, so a `single` switch never leaves it empty). Logs each change with its cause;
+/// `what` names the members in the log ("instances", "targets"). The plan is made again from the
+/// latest desire once the quota for the first change is taken (see [`Wanted`]).
+///
+/// A member AWS refuses (a terminated instance whose key stayed) fails the whole Register call:
+/// the members it names are set aside and the rest registered again; a refusal that names none
+/// is bisected. Known refusals (`known`) are not tried again unless `retry_rejected` (a resync).
+/// The extras are deregistered all the same, except when that would empty a load balancer whose
+/// every wanted member was refused: one bad key must not take a service down.
+#[allow(clippy::too_many_arguments)]
+pub async fn sync_elb(
+    api: &dyn ElbApi,
+    region: &str,
+    name: &str,
+    wanted: &Wanted,
+    cause: Cause,
+    options: &SyncOptions,
+    what: &str,
+    log: &Logger,
+    known: &Rejected,
+    retry_rejected: bool,
+) -> Result<ElbSync, AwsError> {
+    let actual = match api.members(region, name).await {
+        Ok(actual) => actual,
+        Err(e) if gone_is_in_step(&e, wanted.borrow().0.is_empty()) => {
+            let generation = wanted.borrow().1;
+            return Ok(ElbSync {
+                generation,
+                ..ElbSync::default()
+            });
+        }
+        Err(e) => return Err(e),
+    };
+    let (mut changes, mut rejected, mut generation) =
+        plan_latest(wanted, &actual, options, known, retry_rejected);
     if options.dry_run {
         if !changes.register.is_empty() {
             info!(log, "would register {}", what;
@@ -63,10 +97,21 @@ pub async fn sync_elb(
             info!(log, "would deregister {}", what;
                 "removed" => spell(&changes.deregister), "cause" => %cause, "dry_run" => true);
         }
-        return Ok(ElbSync { changes, rejected });
+        return Ok(ElbSync {
+            changes,
+            rejected,
+            generation,
+        });
+    }
+    let mut permit = None;
+    if !changes.register.is_empty() || !changes.deregister.is_empty() {
+        permit = Some(api.permit(region).await);
+        (changes, rejected, generation) =
+            plan_latest(wanted, &actual, options, known, retry_rejected);
     }
     if !changes.register.is_empty() {
-        let (accepted, refused) = register_accepted(api, region, name, &changes.register).await?;
+        let (accepted, refused) =
+            register_accepted(api, region, name, &changes.register, &mut permit).await?;
         rejected.extend(refused);
         if !accepted.is_empty() {
             info!(log, "registered {}", what;
@@ -83,11 +128,25 @@ pub async fn sync_elb(
         changes.deregister.clear();
     }
     if !changes.deregister.is_empty() {
-        api.deregister(region, name, &changes.deregister).await?;
+        let paid = paid(api, region, &mut permit).await;
+        api.deregister(region, name, &changes.deregister, paid)
+            .await?;
         info!(log, "deregistered {}", what;
             "removed" => spell(&changes.deregister), "cause" => %cause);
     }
-    Ok(ElbSync { changes, rejected })
+    Ok(ElbSync {
+        changes,
+        rejected,
+        generation,
+    })
+}
+
+/// The permit taken ahead, or a new one.
+async fn paid(api: &dyn ElbApi, region: &str, ahead: &mut Option<Permit>) -> Permit {
+    match ahead.take() {
+        Some(permit) => permit,
+        None => api.permit(region).await,
+    }
 }
 
 /// Registers `members`, setting aside those AWS refuses (see [`sync_elb`]). Returns what was
@@ -98,11 +157,13 @@ async fn register_accepted(
     region: &str,
     name: &str,
     members: &[Target],
+    permit: &mut Option<Permit>,
 ) -> Result<(Vec<Target>, Rejected), AwsError> {
     let (mut accepted, mut refused) = (Vec::new(), Rejected::new());
     let mut todo = vec![members.to_vec()];
     while let Some(mut chunk) = todo.pop() {
-        match api.register(region, name, &chunk).await {
+        let paid = paid(api, region, permit).await;
+        match api.register(region, name, &chunk, paid).await {
             Ok(()) => accepted.extend(chunk),
             Err(e) if e.kind == ErrorKind::InvalidMember => {
                 let named = members_named_in(&e.message, &chunk);

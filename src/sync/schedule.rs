@@ -158,6 +158,12 @@ impl Schedule {
         }
     }
 
+    /// The sync in flight already took the newest desire (it reads the desire again after waiting
+    /// for quota): the sync asked for meanwhile is not needed.
+    pub fn covered(&mut self) {
+        self.pending = false;
+    }
+
     /// The sync in flight was lost (its zone actor died): forget it.
     pub fn abandon(&mut self) {
         self.in_flight = false;

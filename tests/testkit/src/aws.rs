@@ -19,7 +19,17 @@ impl Aws {
     }
 
     pub async fn at(url: &str) -> Aws {
+        Aws::with_retries(url, aws_config::retry::RetryConfig::standard()).await
+    }
+
+    /// Clients that make each call once: what a throttling proxy answers is seen as it is.
+    pub async fn without_retries(url: &str) -> Aws {
+        Aws::with_retries(url, aws_config::retry::RetryConfig::disabled()).await
+    }
+
+    async fn with_retries(url: &str, retries: aws_config::retry::RetryConfig) -> Aws {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .retry_config(retries)
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(url)
             .credentials_provider(r53::config::Credentials::new(

@@ -139,7 +139,7 @@ impl Rng {
 }
 
 /// Reads one HTTP/1.1 message (head and Content-Length body) from `r`; None at EOF.
-fn read_message(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+pub(crate) fn read_message(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut length = 0usize;
     loop {
@@ -347,7 +347,7 @@ fn serve(
     }
 }
 
-fn forward(port: u16, request: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn forward(port: u16, request: &[u8]) -> Option<Vec<u8>> {
     let upstream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     upstream
         .set_read_timeout(Some(Duration::from_secs(30)))
