@@ -3,7 +3,7 @@
 //! and an `etcdctl watch | aws` loop do).
 //!
 //! Run: `cargo bench --bench scenarios` (needs etcd and moto: `scripts/install-deps.sh`).
-//! One scenario: `cargo bench --bench scenarios -- A` (A, B1, B2, C, D, E).
+//! One scenario: `cargo bench --bench scenarios -- A` (A, B1, B2, C, D, E, M).
 //! It prints a Markdown table; timings are measurements, never assertions.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -18,7 +18,8 @@ use aws_sdk_route53::types::{
 };
 use etcd_client::{EventType, GetOptions, WatchOptions};
 use lbmanager::key::{self, LbId, Member};
-use lbmanager_testkit::proxy::FaultProxy;
+use lbmanager_testkit::proxy::TcpCut;
+use lbmanager_testkit::throttle::{self, Rules, Throttler};
 use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
@@ -240,7 +241,7 @@ async fn scenario_a(rows: &mut Vec<Row>) {
                     calls.len() as f64 / syncs as f64
                 ),
                 time: secs(took),
-                notes: "ELB rate 4/s, burst 20 (defaults)".into(),
+                notes: "defaults (AWS's quotas)".into(),
             },
         );
     }
@@ -273,6 +274,13 @@ async fn scenario_a(rows: &mut Vec<Row>) {
 async fn run_baseline(etcd_url: &str, moto_url: &str, calls: Arc<AtomicUsize>) {
     let etcd = Etcd::attach(etcd_url);
     let aws = Aws::at(moto_url).await;
+    baseline(&etcd, &aws, calls).await;
+}
+
+/// The baseline making each call once (as the Go original did: no retries).
+async fn run_baseline_once(etcd_url: &str, url: &str, calls: Arc<AtomicUsize>) {
+    let etcd = Etcd::attach(etcd_url);
+    let aws = Aws::without_retries(url).await;
     baseline(&etcd, &aws, calls).await;
 }
 
@@ -340,7 +348,7 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
                 tool: "lbmanager",
                 calls: format!("{} ({changes} ChangeResourceRecordSets)", calls.len()),
                 time: secs(took),
-                notes: "Route53 rate 5/s, burst 2 (defaults)".into(),
+                notes: "defaults (AWS's quotas)".into(),
             },
         );
         // The baseline replays every existing key as an event.
@@ -373,26 +381,53 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
         let aws = Aws::new(&moto).await;
         let zone = aws.create_zone("example.com").await;
-        let proxy = FaultProxy::start(moto.port, 0, 5);
+        let rules = Rules::default();
+        let proxy = Throttler::start(moto.port, rules);
         let mut daemon = Daemon::unstarted();
         daemon.spawn(&etcd.url, &proxy.url, &["--log-level", "info"]);
         daemon.wait_log("initial sync complete").await;
-        proxy.counts.arrivals.lock().unwrap().clear();
+        proxy.seen.lock().unwrap().clear();
         let t = Instant::now();
         put_all(&etcd, &route53_keys(&zone, 100, 100)).await;
         let written = t.elapsed();
         let took = until(t, || async { zone_complete(&aws, &zone, 100, 100).await }).await;
-        let arrivals = proxy.counts.arrivals.lock().unwrap().clone();
+        let seen = proxy.seen.lock().unwrap().clone();
+        let changes: Vec<&throttle::Seen> = seen
+            .iter()
+            .filter(|s| s.operation.contains("ChangeResourceRecordSets"))
+            .collect();
+        let tokens: f64 = changes.iter().map(|s| s.records).sum();
+        // The most change tokens drawn in any one second, against what the bucket gives in one.
+        let peak_tokens = changes
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                changes[i..]
+                    .iter()
+                    .take_while(|d| d.at.duration_since(c.at) < Duration::from_secs(1))
+                    .map(|d| d.records)
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max);
+        let arrivals: Vec<Instant> = seen.iter().map(|s| s.at).collect();
         push(
             rows,
             Row {
-                scenario: "B2: the same 10,000 written back-to-back while running",
+                scenario: "B2: the same 10,000 written back-to-back while running, AWS's throttling emulated",
                 tool: "lbmanager",
-                calls: arrivals.len().to_string(),
+                calls: format!(
+                    "{} ({} ChangeResourceRecordSets, {} throttled)",
+                    seen.len(),
+                    changes.len(),
+                    seen.iter().filter(|s| s.throttled).count()
+                ),
                 time: secs(took),
                 notes: format!(
-                    "writes took {}; peak {} calls in any 1 s (configured 5/s + burst 2)",
+                    "writes took {}; {tokens} change tokens in all, at most {peak_tokens} in any 1 s \
+                     (the bucket: {} at once, {}/s); peak {} requests in any 1 s (50 at once, 10/s)",
                     secs(written),
+                    rules.route53_changes.0,
+                    rules.route53_changes.1,
                     peak_per_second(&arrivals)
                 ),
             },
@@ -423,22 +458,38 @@ async fn scenario_b(rows: &mut Vec<Row>, which: &str) {
     }
 }
 
+/// The least time AWS's buckets allow for `draws` (how many calls draw from each bucket, and the
+/// bucket): for each bucket, what its burst does not cover, at its refill rate; the largest.
+fn quota_floor(draws: &[(usize, (f64, f64))]) -> Duration {
+    let secs = draws
+        .iter()
+        .map(|&(n, (capacity, refill))| ((n as f64 - capacity) / refill).max(0.0))
+        .fold(0.0, f64::max);
+    Duration::from_secs_f64(secs)
+}
+
 async fn scenario_c(rows: &mut Vec<Row>) {
     let lbs: Vec<String> = (0..100).map(|i| format!("lb{i:03}")).collect();
     // Interleaved: every ELB gets its 10 instances over the whole burst.
     let keys: Vec<String> = (0..10)
         .flat_map(|n| lbs.iter().map(move |lb| elb_key(lb, n)))
         .collect();
+    // The unavoidable calls: one Describe and one Register per ELB.
+    let rules = Rules::default();
+    let floor = quota_floor(&[
+        (100, rules.elb_registration),
+        (100, rules.elb_describe),
+        (200, rules.elb_account),
+    ]);
     // DescribeLoadBalancers answers in pages: follow the markers.
-    let all_done = |aws: &Aws| {
-        let lbs = lbs.clone();
+    let complete = |aws: &Aws| {
         let aws = aws.elb("us-east-1");
         async move {
             let (mut full, mut marker) = (0, None);
             loop {
                 let req = aws.describe_load_balancers().set_marker(marker.take());
                 let Ok(out) = req.send().await else {
-                    return false;
+                    return 0;
                 };
                 full += out
                     .load_balancer_descriptions()
@@ -447,67 +498,106 @@ async fn scenario_c(rows: &mut Vec<Row>) {
                     .count();
                 match out.next_marker() {
                     Some(m) if !m.is_empty() => marker = Some(m.to_string()),
-                    _ => return full == lbs.len(),
+                    _ => return full,
                 }
             }
         }
     };
-    for (tool, extra) in [
-        ("lbmanager", &[][..]),
-        (
-            "lbmanager, --aws-quota-share 100",
-            &["--aws-quota-share", "100"][..],
-        ),
-        ("naive baseline", &[][..]),
+    for tool in [
+        "lbmanager",
+        "lbmanager, --aws-quota-share 100, no throttling",
+        "naive baseline",
     ] {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
         let aws = Aws::new(&moto).await;
         for lb in &lbs {
             aws.create_elb("us-east-1", lb).await;
         }
+        // AWS's throttling, emulated in front of moto (the unthrottled run goes straight to moto).
+        let proxy = Throttler::start(moto.port, rules);
         let calls = Arc::new(AtomicUsize::new(0));
         let mut daemon = None;
         let mut naive = None;
-        if tool.starts_with("lbmanager") {
-            let mut args = vec!["--log-level", "info"];
-            args.extend_from_slice(extra);
-            let d = Daemon::start(&etcd, &moto, &args);
+        if tool == "naive baseline" {
+            naive = Some(tokio::task::spawn_local({
+                let (etcd_url, url, calls) = (etcd.url.clone(), proxy.url.clone(), calls.clone());
+                async move { run_baseline_once(&etcd_url, &url, calls).await }
+            }));
+        } else {
+            let mut d = Daemon::unstarted();
+            if tool == "lbmanager" {
+                d.spawn(&etcd.url, &proxy.url, &["--log-level", "info"]);
+            } else {
+                d.spawn(
+                    &etcd.url,
+                    &moto.url,
+                    &["--log-level", "info", "--aws-quota-share", "100"],
+                );
+            }
             d.wait_log("initial sync complete").await;
             daemon = Some(d);
-            moto.start_recording();
-        } else {
-            naive = Some(tokio::task::spawn_local({
-                let (etcd_url, moto_url, calls) =
-                    (etcd.url.clone(), moto.url.clone(), calls.clone());
-                async move { run_baseline(&etcd_url, &moto_url, calls).await }
-            }));
         }
+        proxy.seen.lock().unwrap().clear();
+        moto.start_recording();
         let t = Instant::now();
         put_all(&etcd, &keys).await;
-        let took = until(t, || all_done(&aws)).await;
-        let n = if daemon.is_some() {
-            lbmanager_calls(&moto).len()
+        let (took, done) = if naive.is_some() {
+            // The baseline ignores what fails: it is done when it has made its 1,000 calls.
+            eventually("the baseline's calls", LONG, || async {
+                calls.load(Ordering::SeqCst) >= keys.len()
+            })
+            .await;
+            (t.elapsed(), complete(&aws).await)
         } else {
-            calls.load(Ordering::SeqCst)
+            (
+                until(t, || async { complete(&aws).await == lbs.len() }).await,
+                lbs.len(),
+            )
+        };
+        let seen = proxy.seen.lock().unwrap().clone();
+        let (n, registers, throttled) = if tool.contains("no throttling") {
+            let c = lbmanager_calls(&moto);
+            let r = c.iter().filter(|c| c.is_mutating()).count();
+            (c.len(), r, 0)
+        } else {
+            let r = seen
+                .iter()
+                .filter(|s| !s.throttled && s.operation.contains("Register"))
+                .count();
+            (seen.len(), r, seen.iter().filter(|s| s.throttled).count())
         };
         if let Some(h) = naive {
             h.abort();
         }
+        drop(daemon);
         push(
             rows,
             Row {
                 scenario: if tool == "lbmanager" {
-                    "C: 100 ELBs × 10 instances, changed concurrently"
+                    "C: 100 ELBs × 10 instances, changed together (interleaved), AWS's throttling emulated"
                 } else {
                     "C"
                 },
                 tool,
-                calls: n.to_string(),
-                time: secs(took),
-                notes: if tool == "lbmanager" {
-                    "ELB rate 4/s, burst 20 (defaults): paced on purpose".into()
+                calls: format!("{n} ({registers} Register, {throttled} throttled)"),
+                time: if done == lbs.len() {
+                    format!(
+                        "{} = {:.2} × floor",
+                        secs(took),
+                        took.as_secs_f64() / floor.as_secs_f64()
+                    )
                 } else {
-                    String::new()
+                    format!("{done} of 100 ELBs complete after its {} calls", keys.len())
+                },
+                notes: match tool {
+                    "lbmanager" => format!(
+                        "defaults; floor {} = (100 Registers − 20) / 4 per s (AWS's registration bucket)",
+                        secs(floor)
+                    ),
+                    "naive baseline" => {
+                        "one Register per event, each sent once (as the Go original): what is throttled is lost".into()
+                    }
+                    _ => "the pipeline without pacing (moto does not throttle)".into(),
                 },
             },
         );
@@ -684,12 +774,168 @@ async fn scenario_e(rows: &mut Vec<Row>, idle: Duration) {
     );
 }
 
-/// Prints a result row as soon as it is measured, and keeps it.
-fn push(rows: &mut Vec<Row>, r: Row) {
-    println!(
-        "| {} | {} | {} | {} | {} |",
-        r.scenario, r.tool, r.calls, r.time, r.notes
+/// etcdctl's own full read of the prefix (keys only, output thrown away): the floor of scenario M.
+fn etcdctl_full_read(etcd: &Etcd) -> Duration {
+    let t = Instant::now();
+    let ok = std::process::Command::new("etcdctl")
+        .args(["--endpoints", &etcd.url, "get", "--prefix", "--keys-only"])
+        .arg(format!("{P}/"))
+        .env("ETCDCTL_API", "3")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    t.elapsed()
+}
+
+/// The time of one keys-only page of `limit` keys of the prefix, starting at `from`.
+async fn page_time(etcd: &Etcd, from: &str, limit: i64) -> Duration {
+    let mut client = etcd.client().await;
+    let end = format!("{P}0");
+    let t = Instant::now();
+    client
+        .get(
+            from,
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_range(end)
+                    .with_keys_only()
+                    .with_limit(limit),
+            ),
+        )
+        .await
+        .unwrap();
+    t.elapsed()
+}
+
+/// The time of day of a log line (`Nov 25 23:58:14.796 …`).
+fn log_time(line: &str) -> Duration {
+    let hms = &line[7..19];
+    let f: Vec<f64> = hms.split(':').map(|x| x.parse().unwrap()).collect();
+    Duration::from_secs_f64(f[0] * 3600.0 + f[1] * 60.0 + f[2])
+}
+
+/// Polls until the log has `needle` `n` times (or more), sampling the peak RSS meanwhile.
+async fn wait_sampling(daemon: &Daemon, needle: &str, n: usize, since: Instant) -> (Duration, u64) {
+    let pid = daemon.pid().unwrap();
+    let mut peak = 0;
+    loop {
+        peak = peak.max(proc_stat(pid).1);
+        if daemon.log().matches(needle).count() >= n {
+            return (since.elapsed(), peak.max(proc_stat(pid).1));
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(180),
+            "no {needle:?}: {}",
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// M: a million keys (1,000 ELBs × 1,000 members): the start-up read and desired state, and a
+/// relist, against etcdctl's own full read in the same run.
+async fn scenario_m(rows: &mut Vec<Row>) {
+    let etcd = Etcd::start().await;
+    let moto = Moto::start().await;
+    let keys = (0..1_000_000usize)
+        .map(|n| format!("{P}/elb/us-east-1/lb{:04}/multiple/i-{n:017x}", n / 1000));
+    let t = Instant::now();
+    etcd.put_many(keys).await;
+    eprintln!("M: 1,000,000 keys written in {}", secs(t.elapsed()));
+    let floor: Vec<Duration> = (0..3).map(|_| etcdctl_full_read(&etcd)).collect();
+    let floor = *floor.iter().min().unwrap();
+    // Where a paged read's time goes: a page at the start of the range and one at its end.
+    let first = page_time(&etcd, &format!("{P}/"), 5000).await;
+    let last = page_time(&etcd, &format!("{P}/elb/us-east-1/lb0995"), 5000).await;
+    eprintln!(
+        "M: etcdctl full read {}; a page of 5,000 keys: {} at the start, {} at the end",
+        secs(floor),
+        ms(first),
+        ms(last)
     );
+    // No load balancer exists in moto: every sync fails NotFound, in dry-run; the read, the
+    // desired state and the actors are what is measured.
+    let cut = TcpCut::start(etcd.port());
+    let t = Instant::now();
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(
+        &cut.url,
+        &moto.url,
+        &[
+            "--log-level",
+            "info",
+            "--dry-run",
+            "--aws-quota-share",
+            "1000",
+        ],
+    );
+    let (read, peak) = wait_sampling(&daemon, "read etcd", 1, t).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let peak = peak.max(proc_stat(daemon.pid().unwrap()).1);
+    // A relist: lbmanager cut off from etcd while etcd moves on and compacts its history away.
+    cut.cut();
+    // Two writes: a watch resumes at the revision after the one it saw, which compacting at the
+    // first write's revision would keep.
+    let mut client = etcd.client().await;
+    let mut rev = 0;
+    for n in 0..2 {
+        rev = client
+            .put(
+                format!("{P}/elb/us-east-1/lb0000/multiple/i-0fffffffffffffff{n}"),
+                "",
+                None,
+            )
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision();
+    }
+    client.compact(rev, None).await.unwrap();
+    let t = Instant::now();
+    cut.restore();
+    let (_, relist_peak) = wait_sampling(&daemon, "read etcd", 2, t).await;
+    // From the watcher's decision to relist to the desired state rebuilt (reconnecting to etcd
+    // after the cut is not part of it): the log's own timestamps.
+    let log = daemon.log();
+    let at = |needle: &str| {
+        let line = log.lines().rfind(|l| l.contains(needle)).unwrap();
+        log_time(line)
+    };
+    let relist = at("read etcd") - at("relisting");
+    drop(daemon);
+    push(
+        rows,
+        Row {
+            scenario: "M: start-up with 1,000,000 keys (1,000 ELBs × 1,000), and a relist",
+            tool: "lbmanager",
+            calls: String::new(),
+            time: format!(
+                "read + desired state {} ({:.2}× etcdctl); relist {} ({:.2}× etcdctl)",
+                secs(read),
+                read.as_secs_f64() / floor.as_secs_f64(),
+                secs(relist),
+                relist.as_secs_f64() / floor.as_secs_f64()
+            ),
+            notes: format!(
+                "etcdctl get --prefix --keys-only {}; peak RSS {:.0} MiB at start-up, {:.0} MiB \
+                 after the relist; a page of 5,000 keys: {} at the start of the range, {} at its end",
+                secs(floor),
+                peak as f64 / 1024.0,
+                relist_peak as f64 / 1024.0,
+                ms(first),
+                ms(last)
+            ),
+        },
+    );
+}
+
+/// Keeps a result row, and says on stderr that it was measured (the table is printed once, on
+/// stdout, at the end).
+fn push(rows: &mut Vec<Row>, r: Row) {
+    eprintln!("measured: {} / {}: {}", r.scenario, r.tool, r.time);
     rows.push(r);
 }
 
@@ -727,6 +973,9 @@ fn main() {
         }
         if run("E") {
             scenario_e(&mut rows, idle).await;
+        }
+        if run("M") {
+            scenario_m(&mut rows).await;
         }
         rows
     });

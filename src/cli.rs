@@ -105,7 +105,8 @@ pub struct RunArgs {
     /// Load Balancing per account and region, each API version apart (every call: 40, refilled
     /// 10/s; Register/Deregister: 20, 4/s; Describe: 40, 10/s); Route53 per account (every
     /// request: 50, 10/s; each operation: 50, 10/s; record changes: see
-    /// --route53-change-burst). Refills are paced 5% below AWS's. Values above 1 exceed AWS's
+    /// --route53-change-burst). One token of each bucket is kept in reserve and refills are paced
+    /// 1% below AWS's. Values above 1 exceed AWS's
     /// quotas: only for endpoints that do not throttle (moto, tests) or raised quotas.
     #[arg(long, env = "LBMANAGER_AWS_QUOTA_SHARE", default_value_t = 1.0, value_parser = parse_share)]
     pub aws_quota_share: f64,

@@ -14,7 +14,6 @@ use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::{backoff, Settings};
 use crate::aws::{self, Backends, ClientOptions, Quotas};
 use crate::cli::{PlanArgs, PlanOutput, RunArgs};
-use crate::desired::DesiredState;
 use crate::etcd::{self, EtcdOptions, Snapshot};
 use crate::filter::Filters;
 
@@ -48,8 +47,18 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     } else {
         None
     };
-    let Some((client, snapshot, records)) =
-        initial_read(&log, &etcd_opts, &args.prefix, args.etcd_connect_timeout).await
+    let filters = Filters {
+        elb: args.elb_filter.clone(),
+        zones: args.zone_filter.clone(),
+    };
+    let Some((client, snapshot, records)) = initial_read(
+        &log,
+        &etcd_opts,
+        &args.prefix,
+        &filters,
+        args.etcd_connect_timeout,
+    )
+    .await
     else {
         return ExitCode::FAILURE;
     };
@@ -73,10 +82,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         policy: args.policy.into(),
         dry_run: args.dry_run,
         metrics: metrics.clone(),
-        filters: Filters {
-            elb: args.elb_filter.clone(),
-            zones: args.zone_filter.clone(),
-        },
+        filters,
         ..Settings::default()
     });
     if args.dry_run {
@@ -154,16 +160,22 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let Some((_, snapshot, records)) =
-        initial_read(&log, &etcd_opts, &run.prefix, run.etcd_connect_timeout).await
-    else {
-        return ExitCode::FAILURE;
-    };
     let filters = Filters {
         elb: run.elb_filter.clone(),
         zones: run.zone_filter.clone(),
     };
-    let loaded = DesiredState::from_keys(&run.prefix, filters, &snapshot.keys);
+    let Some((_, snapshot, records)) = initial_read(
+        &log,
+        &etcd_opts,
+        &run.prefix,
+        &filters,
+        run.etcd_connect_timeout,
+    )
+    .await
+    else {
+        return ExitCode::FAILURE;
+    };
+    let loaded = snapshot.loaded;
     for (key, e) in &loaded.ignored {
         crate::desired::log_ignored(&log, key, e);
     }
@@ -236,6 +248,7 @@ async fn initial_read(
     log: &Logger,
     opts: &EtcdOptions,
     prefix: &str,
+    filters: &Filters,
     timeout: Duration,
 ) -> Option<(etcd_client::Client, Snapshot, etcd::Records)> {
     let deadline = Instant::now() + timeout;
@@ -248,9 +261,10 @@ async fn initial_read(
                 .await
                 .map_err(|_| "no answer to connecting within 5s".to_string())?
                 .map_err(|e| e.to_string())?;
-            let snapshot = etcd::read_snapshot(&mut client, prefix, etcd::SNAPSHOT_PAGE, log)
-                .await
-                .map_err(|e| e.to_string())?;
+            let snapshot =
+                etcd::read_snapshot(&mut client, prefix, filters, etcd::SNAPSHOT_PAGE, log)
+                    .await
+                    .map_err(|e| e.to_string())?;
             let records = etcd::read_state(&mut client, prefix)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -30,12 +30,17 @@ pub enum Ignored {
 /// An etcd revision (`mod_revision` of a key, or a store revision).
 pub type Revision = i64;
 
-#[derive(Clone, Debug)]
+/// A member key: its class and revision. The member itself is read back from the key when
+/// needed ([`key::member_of`]): with a million keys, holding each member parsed beside its key
+/// cost about 100 MiB.
+#[derive(Clone, Copy, Debug)]
 struct Entry {
     class: Class,
-    member: Member,
     revision: Revision,
 }
+
+/// The keys of one load balancer.
+type Keys = BTreeMap<Box<str>, Entry>;
 
 /// What the keys of one load balancer resolve to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -83,6 +88,40 @@ pub struct Loaded {
     pub legacy_keys: Vec<String>,
     /// Keys that count for nothing, with the reason.
     pub ignored: Vec<(String, Ignored)>,
+    /// Where earlier versions kept their records: `PREFIX/_managed/`, `PREFIX/_rejected/`.
+    legacy: [String; 2],
+}
+
+impl Loaded {
+    /// Nothing loaded yet: keys are added one at a time, as a read of the prefix brings them
+    /// (so a million keys are never held twice, as a list and as the desired state).
+    pub fn new(prefix: &str, filters: Filters) -> Self {
+        Loaded {
+            desired: DesiredState::with_filters(prefix, filters),
+            legacy_recorded: HashSet::new(),
+            legacy_keys: Vec::new(),
+            ignored: Vec::new(),
+            legacy: [
+                format!("{prefix}/_managed/"),
+                format!("{prefix}/_rejected/"),
+            ],
+        }
+    }
+
+    /// Adds one key of the prefix, written at `revision`.
+    pub fn add(&mut self, key: &str, revision: Revision) {
+        if self.legacy.iter().any(|l| key.starts_with(l.as_str())) {
+            self.legacy_keys.push(key.to_string());
+        }
+        let prefix = &self.desired.prefix;
+        if let Some(lb) = key::parse_legacy_managed(prefix, key) {
+            if self.desired.allows(&lb) {
+                self.legacy_recorded.insert(lb);
+            }
+        } else if let Err(e) = self.desired.put(key, revision) {
+            self.ignored.push((key.to_string(), e));
+        }
+    }
 }
 
 /// The member keys of every load balancer that has any.
@@ -90,7 +129,7 @@ pub struct Loaded {
 pub struct DesiredState {
     prefix: String,
     filters: Filters,
-    lbs: HashMap<LbId, BTreeMap<String, Entry>>,
+    lbs: HashMap<LbId, Keys>,
 }
 
 impl DesiredState {
@@ -110,27 +149,9 @@ impl DesiredState {
     /// Desired state from a whole snapshot of the prefix: also the load balancers recorded as
     /// managed (within the filters), and the keys that count for nothing, with the reason.
     pub fn from_keys(prefix: &str, filters: Filters, keys: &[(String, Revision)]) -> Loaded {
-        let mut loaded = Loaded {
-            desired: DesiredState::with_filters(prefix, filters),
-            legacy_recorded: HashSet::new(),
-            legacy_keys: Vec::new(),
-            ignored: Vec::new(),
-        };
-        let legacy = [
-            format!("{prefix}/_managed/"),
-            format!("{prefix}/_rejected/"),
-        ];
+        let mut loaded = Loaded::new(prefix, filters);
         for (key, revision) in keys {
-            if legacy.iter().any(|l| key.starts_with(l.as_str())) {
-                loaded.legacy_keys.push(key.clone());
-            }
-            if let Some(lb) = key::parse_legacy_managed(prefix, key) {
-                if loaded.desired.allows(&lb) {
-                    loaded.legacy_recorded.insert(lb);
-                }
-            } else if let Err(e) = loaded.desired.put(key, *revision) {
-                loaded.ignored.push((key.clone(), e));
-            }
+            loaded.add(key, *revision);
         }
         loaded
     }
@@ -152,13 +173,16 @@ impl DesiredState {
         }
         let entry = Entry {
             class: parsed.class,
-            member: parsed.member,
             revision,
         };
-        self.lbs
-            .entry(parsed.lb.clone())
-            .or_default()
-            .insert(key.to_string(), entry);
+        match self.lbs.get_mut(&parsed.lb) {
+            Some(keys) => keys.insert(key.into(), entry),
+            None => self
+                .lbs
+                .entry(parsed.lb.clone())
+                .or_default()
+                .insert(key.into(), entry),
+        };
         Ok(Some(parsed.lb))
     }
 
@@ -180,7 +204,7 @@ impl DesiredState {
 
     /// The number of member keys held.
     pub fn key_count(&self) -> usize {
-        self.lbs.values().map(BTreeMap::len).sum()
+        self.lbs.values().map(Keys::len).sum()
     }
 
     /// Resolves the keys of `lb` (an unknown load balancer resolves to no members).
@@ -189,42 +213,49 @@ impl DesiredState {
     pub fn key_of(&self, lb: &LbId, spelled: &str) -> Option<&str> {
         let entries = self.lbs.get(lb)?;
         entries
-            .iter()
-            .find(|(_, e)| {
-                let m = e.member.to_string();
+            .keys()
+            .find(|k| {
+                let Some(member) = key::member_of(lb, k) else {
+                    return false;
+                };
+                let m = member.to_string();
                 m == spelled
-                    || matches!(e.member, Member::Target(_))
+                    || matches!(member, Member::Target(_))
                         && spelled
                             .strip_prefix(m.as_str())
                             .is_some_and(|port| port.starts_with(':'))
             })
-            .map(|(k, _)| k.as_str())
+            .map(|k| &**k)
     }
 
     pub fn resolve(&self, lb: &LbId) -> Resolution {
-        self.lbs.get(lb).map(resolve).unwrap_or_default()
+        self.lbs
+            .get(lb)
+            .map(|keys| resolve(lb, keys))
+            .unwrap_or_default()
     }
 }
 
-fn resolve(keys: &BTreeMap<String, Entry>) -> Resolution {
+fn resolve(lb: &LbId, keys: &Keys) -> Resolution {
+    let member = |k: &str| key::member_of(lb, k);
     let single = keys
         .iter()
         .filter(|(_, e)| e.class == Class::Single)
         .max_by_key(|(k, e)| (e.revision, *k));
     let Some((single_key, single)) = single else {
         return Resolution {
-            members: keys.values().map(|e| e.member.clone()).collect(),
+            members: keys.keys().filter_map(|k| member(k)).collect(),
             ..Resolution::default()
         };
     };
-    let newer: Vec<(&String, &Entry)> = keys
+    let newer: Vec<(&Box<str>, &Entry)> = keys
         .iter()
         .filter(|(_, e)| e.class == Class::Multiple && e.revision > single.revision)
         .collect();
     let (members, winner) = if newer.is_empty() {
         (
-            BTreeSet::from([single.member.clone()]),
-            (single_key.clone(), single.revision),
+            member(single_key).into_iter().collect(),
+            (single_key.to_string(), single.revision),
         )
     } else {
         let (k, e) = newer
@@ -232,13 +263,13 @@ fn resolve(keys: &BTreeMap<String, Entry>) -> Resolution {
             .max_by_key(|(k, e)| (e.revision, *k))
             .expect("newer is not empty");
         (
-            newer.iter().map(|(_, e)| e.member.clone()).collect(),
-            ((*k).clone(), e.revision),
+            newer.iter().filter_map(|(k, _)| member(k)).collect(),
+            (k.to_string(), e.revision),
         )
     };
-    let counts = |k: &String, e: &Entry| {
+    let counts = |k: &str, e: &Entry| {
         if newer.is_empty() {
-            k == single_key
+            k == &**single_key
         } else {
             e.class == Class::Multiple && e.revision > single.revision
         }
@@ -246,12 +277,12 @@ fn resolve(keys: &BTreeMap<String, Entry>) -> Resolution {
     let superseded = keys
         .iter()
         .filter(|(k, e)| !counts(k, e))
-        .map(|(k, e)| (k.clone(), e.revision))
+        .map(|(k, e)| (k.to_string(), e.revision))
         .collect();
     Resolution {
         members,
         winner: Some(winner),
-        threshold: (!newer.is_empty()).then(|| (single_key.clone(), single.revision)),
+        threshold: (!newer.is_empty()).then(|| (single_key.to_string(), single.revision)),
         superseded,
     }
 }

@@ -10,7 +10,8 @@ use etcd_client::{
     TxnOp,
 };
 
-use crate::desired::Revision;
+use crate::desired::{Loaded, Revision};
+use crate::filter::Filters;
 
 /// What can go wrong talking to etcd.
 #[derive(Debug, thiserror::Error)]
@@ -97,18 +98,39 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, EtcdError> {
         })
 }
 
-/// Every key under a prefix at one revision (values are not needed: only keys and revisions mean
-/// anything to lbmanager).
-#[derive(Clone, Debug, Default)]
+/// Every key under a prefix at one revision, loaded into the desired state as it was read (values
+/// are not needed: only keys and revisions mean anything to lbmanager).
+#[derive(Debug)]
 pub struct Snapshot {
-    /// (key, mod_revision) of every key under the prefix.
-    pub keys: Vec<(String, Revision)>,
+    /// What the keys mean.
+    pub loaded: Loaded,
+    /// How many keys were read.
+    pub keys: usize,
     /// The store revision the snapshot was read at; a watch resumes at `revision + 1`.
     pub revision: Revision,
     /// Keys that are not UTF-8 (they can't be member keys), counted and skipped.
     pub skipped: usize,
     /// Keys written under a lease (their delete is, in practice, the lease's expiry).
     pub leased: std::collections::HashSet<String>,
+}
+
+impl Snapshot {
+    /// A snapshot of `keys` (key, mod_revision) read at `revision`: for tests, and for a start
+    /// without one.
+    pub fn from_keys(
+        prefix: &str,
+        filters: Filters,
+        keys: &[(String, Revision)],
+        revision: Revision,
+    ) -> Self {
+        Snapshot {
+            loaded: crate::desired::DesiredState::from_keys(prefix, filters, keys),
+            keys: keys.len(),
+            revision,
+            skipped: 0,
+            leased: Default::default(),
+        }
+    }
 }
 
 /// The watched range: the prefix with its trailing slash, so `/lbManager` does not also match
@@ -129,9 +151,18 @@ fn range_end(key: &str) -> Vec<u8> {
     vec![0]
 }
 
-/// Keys per page when reading the whole prefix: big enough to read 100,000 keys in a few dozen
-/// requests, small enough to stay far below gRPC's message limit (keys only, ~100 bytes each).
-pub const SNAPSHOT_PAGE: i64 = 5000;
+/// Keys per page when reading the whole prefix. etcd 3.4 answers every page of a range by first
+/// collecting the revisions of *all* keys from the page's start to the range's end (to count
+/// them), so a page costs as much as the rest of the range: with a million keys a page of 5,000
+/// took 150 ms at the start and 5 ms at the end, and 200 such pages 15 s. Fewer, bigger pages
+/// make that cost small (ten pages for a million keys) while a page stays a few MiB (keys only,
+/// ~70 bytes each), far below gRPC's message limit.
+pub const SNAPSHOT_PAGE: i64 = 100_000;
+
+/// The largest answer from etcd lbmanager accepts: what etcd 3.4 may send (2 GiB). A page of the
+/// prefix is a few MiB, and one revision of a watch (a `del --prefix` of a big tree) can be far
+/// more, over gRPC's default 4 MiB.
+pub const MAX_MESSAGE: usize = i32::MAX as usize;
 
 /// The longest one request of a whole-prefix read may take. The deadline is per request, not
 /// per read: a tree of a million keys takes far longer to read than any one page.
@@ -140,17 +171,20 @@ pub const READ_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often a long read says how far it got.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// Reads every key under `prefix/` at one revision, `page` keys a request, keys only. A read that
-/// takes long logs its progress.
+/// Reads every key under `prefix/` at one revision, `page` keys a request, keys only, into the
+/// desired state of the load balancers `filters` allows. A read that takes long logs its progress.
 pub async fn read_snapshot(
     client: &mut Client,
     prefix: &str,
+    filters: &Filters,
     page: i64,
     log: &slog::Logger,
 ) -> Result<Snapshot, EtcdError> {
     let start = watch_key(prefix);
     let end = range_end(&start);
-    let mut snapshot = Snapshot::default();
+    let mut snapshot = Snapshot::from_keys(prefix, filters.clone(), &[], 0);
+    // A page of 100,000 keys is ~7 MiB, over gRPC's default limit of 4 MiB.
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let mut from: Vec<u8> = start.into_bytes();
     let began = std::time::Instant::now();
     let mut next_report = began + PROGRESS_EVERY;
@@ -158,7 +192,7 @@ pub async fn read_snapshot(
         if std::time::Instant::now() >= next_report {
             next_report += PROGRESS_EVERY;
             slog::info!(log, "still reading etcd";
-                "keys_so_far" => snapshot.keys.len(), "revision" => snapshot.revision,
+                "keys_so_far" => snapshot.keys, "revision" => snapshot.revision,
                 "elapsed" => ?began.elapsed());
         }
         let mut options = GetOptions::new()
@@ -168,19 +202,16 @@ pub async fn read_snapshot(
         if snapshot.revision > 0 {
             options = options.with_revision(snapshot.revision);
         }
-        let resp = tokio::time::timeout(
-            READ_REQUEST_TIMEOUT,
-            client.get(from.clone(), Some(options)),
-        )
-        .await
-        .map_err(|_| EtcdError::Timeout {
-            prefix: prefix.to_string(),
-            timeout: READ_REQUEST_TIMEOUT,
-        })?
-        .map_err(|source| EtcdError::Read {
-            prefix: prefix.to_string(),
-            source,
-        })?;
+        let resp = tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from.clone(), Some(options)))
+            .await
+            .map_err(|_| EtcdError::Timeout {
+                prefix: prefix.to_string(),
+                timeout: READ_REQUEST_TIMEOUT,
+            })?
+            .map_err(|source| EtcdError::Read {
+                prefix: prefix.to_string(),
+                source,
+            })?;
         if snapshot.revision == 0 {
             snapshot.revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         }
@@ -190,7 +221,8 @@ pub async fn read_snapshot(
                     if kv.lease() != 0 {
                         snapshot.leased.insert(key.to_string());
                     }
-                    snapshot.keys.push((key.to_string(), kv.mod_revision()));
+                    snapshot.keys += 1;
+                    snapshot.loaded.add(key, kv.mod_revision());
                 }
                 Err(_) => snapshot.skipped += 1,
             }

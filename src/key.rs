@@ -303,6 +303,17 @@ pub fn parse(prefix: &str, key: &str) -> Result<Option<MemberKey>, KeyError> {
     }
 }
 
+/// The member a key of `lb` names (its last part), for a key [`parse`] accepted: the desired
+/// state keeps keys, not members, and reads the member back when it needs it.
+pub fn member_of(lb: &LbId, key: &str) -> Option<Member> {
+    let last = key.rsplit('/').next()?;
+    match lb {
+        LbId::Elb { .. } => instance_id(last).ok().map(Member::Instance),
+        LbId::Route53 { .. } => last.parse().ok().map(Member::Ip),
+        LbId::TargetGroup { .. } => parse_target(last).ok().map(Member::Target),
+    }
+}
+
 /// Where lbmanager keeps its bookkeeping for the tree under `prefix`: `/lbmanager-state` + the
 /// prefix (`/lbmanager-state/lbManager`). Outside the member tree on purpose: the purge of the
 /// original (`etcdctl del --prefix /lbManager/`, or without the slash) does not reach it, so a

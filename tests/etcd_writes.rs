@@ -3,7 +3,6 @@
 //! someone else meanwhile) is never deleted; with `--ha`, every write requires the leadership.
 
 use etcd_client::GetOptions;
-use lbmanager::desired::DesiredState;
 use lbmanager::etcd::{delete_superseded, read_snapshot, ClientWrites, EtcdWrites, SNAPSHOT_PAGE};
 use lbmanager::key::LbId;
 use lbmanager_testkit::*;
@@ -22,10 +21,10 @@ async fn a_chunk_never_deletes_keys_that_count_again() {
     etcd.put(&key("multiple", 0xaaaa)).await;
     let mut client = etcd.client().await;
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let snapshot = read_snapshot(&mut client, P, SNAPSHOT_PAGE, &log)
+    let snapshot = read_snapshot(&mut client, P, &Default::default(), SNAPSHOT_PAGE, &log)
         .await
         .unwrap();
-    let loaded = DesiredState::from_keys(P, Default::default(), &snapshot.keys);
+    let loaded = snapshot.loaded;
     let lb = LbId::Elb {
         region: "us-east-1".into(),
         name: "web".into(),

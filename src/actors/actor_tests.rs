@@ -50,12 +50,8 @@ fn start_on(
     r53: Arc<FakeRoute53>,
     keys: &[(&str, i64)],
 ) -> Addr<Supervisor> {
-    let snapshot = Snapshot {
-        keys: keys.iter().map(|(k, r)| (k.to_string(), *r)).collect(),
-        revision: 100,
-        skipped: 0,
-        leased: Default::default(),
-    };
+    let keys: Vec<(String, i64)> = keys.iter().map(|(k, r)| (k.to_string(), *r)).collect();
+    let snapshot = Snapshot::from_keys(&settings.prefix, settings.filters.clone(), &keys, 100);
     let aws = crate::aws::Backends {
         elb: elb.clone(),
         elbv2: elb,
@@ -174,6 +170,33 @@ async fn burst_is_coalesced_into_few_calls() {
         "{registers} Register calls for one burst: {:?}",
         elb.calls()
     );
+}
+
+/// A sync that waits for AWS's quota before its Register plans again once it has it: what
+/// arrived meanwhile goes out in the same call, and no second sync follows for it.
+#[actix_rt::test]
+async fn changes_that_arrive_while_a_sync_waits_for_quota_go_out_in_its_call() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    *elb.permit_delay.lock().unwrap() = Duration::from_millis(300);
+    let sup = start(elb.clone(), Arc::default(), &[]).await;
+    let key = |i: u32| format!("/lbManager/elb/us-east-1/a/multiple/i-{i:08x}");
+    sup.send(put(&key(0), 101)).await.unwrap();
+    eventually("the first sync read the ELB and waits for quota", || {
+        elb.calls().iter().any(|c| c.starts_with("Describe"))
+    })
+    .await;
+    for i in 1..5u32 {
+        sup.send(put(&key(i), 101 + i as i64)).await.unwrap();
+    }
+    eventually("all 5 registered", || {
+        elb.instances("us-east-1", "a").map(|s| s.len()) == Some(5)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = elb.calls();
+    let count = |op: &str| calls.iter().filter(|c| c.starts_with(op)).count();
+    assert_eq!(count("Register"), 1, "{calls:?}");
+    assert_eq!(count("Describe"), 1, "no second sync: {calls:?}");
 }
 
 #[actix_rt::test]
@@ -494,11 +517,12 @@ async fn a_relist_resyncs_every_load_balancer_and_counts_as_a_full_sync() {
     let before = describes();
     // Drift that only a fresh read sees; the relisted keys are the same as before.
     elb.set_instances("us-east-1", "a", &["i-0000000f"]);
-    sup.send(WatchEvent::Relisted(Snapshot {
-        keys: vec![(A.to_string(), 1)],
-        revision: 200,
-        ..Snapshot::default()
-    }))
+    sup.send(WatchEvent::Relisted(Box::new(Snapshot::from_keys(
+        "/lbManager",
+        Default::default(),
+        &[(A.to_string(), 1)],
+        200,
+    ))))
     .await
     .unwrap();
     eventually(

@@ -26,8 +26,7 @@ use super::{backoff, Settings};
 
 /// The largest watch response accepted. etcd sends one revision in one response, and a `del
 /// --prefix` of a big tree is one revision: 40,000 deleted keys are over gRPC's default 4 MiB.
-/// etcd 3.4 sends up to 2 GiB.
-const WATCH_MAX_MESSAGE: usize = i32::MAX as usize;
+const WATCH_MAX_MESSAGE: usize = etcd::MAX_MESSAGE;
 
 /// A watch that breaks this many times in a row at one revision, without progress, is given up
 /// for a relist.
@@ -63,7 +62,7 @@ pub enum WatchEvent {
     /// Keys changed.
     Changes(EtcdChanges),
     /// The whole prefix, read again after the watch lost usable history (a relist).
-    Relisted(Snapshot),
+    Relisted(Box<Snapshot>),
 }
 
 /// Stop watching (shutdown).
@@ -227,18 +226,19 @@ impl EtcdWatcher {
         self.drop_stream(ctx);
         self.settings.metrics.set_watch_live(false);
         let mut client = self.client.clone();
-        let prefix = self.settings.prefix.clone();
+        let (prefix, filters) = (self.settings.prefix.clone(), self.settings.filters.clone());
         let log = self.log.clone();
         let fut = async move {
-            etcd::read_snapshot(&mut client, &prefix, etcd::SNAPSHOT_PAGE, &log).await
+            etcd::read_snapshot(&mut client, &prefix, &filters, etcd::SNAPSHOT_PAGE, &log).await
         };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(mut snapshot) => {
                 info!(act.log, "re-read the whole prefix";
-                    "keys" => snapshot.keys.len(), "revision" => snapshot.revision);
+                    "keys" => snapshot.keys, "revision" => snapshot.revision);
                 act.next_revision = snapshot.revision + 1;
                 act.leased = std::mem::take(&mut snapshot.leased);
-                act.consumer.do_send(WatchEvent::Relisted(snapshot));
+                act.consumer
+                    .do_send(WatchEvent::Relisted(Box::new(snapshot)));
                 act.watch(ctx);
             }
             Err(e) => {

@@ -178,12 +178,8 @@ impl Supervisor {
     /// Replaces the desired state with a whole snapshot and syncs every load balancer that has
     /// keys now or had them before (all of them, changed or not: after a relist nothing that was
     /// believed before is trusted), as one [`Round`].
-    fn apply_snapshot(&mut self, snapshot: &Snapshot, cause: Cause, ctx: &mut Context<Self>) {
-        let loaded = DesiredState::from_keys(
-            &self.settings.prefix,
-            self.settings.filters.clone(),
-            &snapshot.keys,
-        );
+    fn apply_snapshot(&mut self, snapshot: Snapshot, cause: Cause, ctx: &mut Context<Self>) {
+        let (loaded, keys, revision) = (snapshot.loaded, snapshot.keys, snapshot.revision);
         self.desired = loaded.desired;
         // Records an earlier version kept in the member tree move to the state prefix (where a
         // purge of the tree does not reach them), then go.
@@ -215,8 +211,8 @@ impl Supervisor {
         }
         let pending: HashSet<LbId> = self.lbs.keys().cloned().collect();
         info!(self.log, "read etcd";
-            "keys" => snapshot.keys.len(), "load_balancers" => pending.len(),
-            "revision" => snapshot.revision, "cause" => %cause);
+            "keys" => keys, "load_balancers" => pending.len(),
+            "revision" => revision, "cause" => %cause);
         let round = self.round.get_or_insert(Round {
             pending: HashSet::new(),
             total: 0,
@@ -468,8 +464,11 @@ impl Actor for Supervisor {
         self.state = Some(
             StateWriter::new(self.etcd_writes.clone(), self.settings.clone(), &self.log).start(),
         );
-        let mut initial = self.initial.take().unwrap_or_default();
-        self.apply_snapshot(&initial, Cause::Startup, ctx);
+        let mut initial = self.initial.take().unwrap_or_else(|| {
+            Snapshot::from_keys(&self.settings.prefix, self.settings.filters.clone(), &[], 0)
+        });
+        let (revision, leased) = (initial.revision, std::mem::take(&mut initial.leased));
+        self.apply_snapshot(initial, Cause::Startup, ctx);
         if let Some(client) = self.etcd_watch.clone() {
             self.watcher = Some(
                 EtcdWatcher::new(
@@ -477,8 +476,8 @@ impl Actor for Supervisor {
                     self.settings.clone(),
                     ctx.address().recipient(),
                     &self.log,
-                    initial.revision + 1,
-                    std::mem::take(&mut initial.leased),
+                    revision + 1,
+                    leased,
                 )
                 .start(),
             );
@@ -523,7 +522,7 @@ impl Handler<WatchEvent> for Supervisor {
         }
         match msg {
             WatchEvent::Changes(changes) => self.apply_changes(changes, ctx),
-            WatchEvent::Relisted(snapshot) => self.apply_snapshot(&snapshot, Cause::Relist, ctx),
+            WatchEvent::Relisted(snapshot) => self.apply_snapshot(*snapshot, Cause::Relist, ctx),
         }
     }
 }

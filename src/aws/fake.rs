@@ -29,6 +29,8 @@ pub struct FakeElb {
     /// Panic on every call.
     pub panic_always: std::sync::atomic::AtomicBool,
     pub delay: Mutex<Duration>,
+    /// How long a permit takes (AWS's quota spent by others).
+    pub permit_delay: Mutex<Duration>,
     in_flight: AtomicUsize,
     /// The most calls that were ever in flight at once (across all load balancers).
     pub max_in_flight: AtomicUsize,
@@ -165,6 +167,10 @@ impl ElbApi for FakeElb {
     }
 
     async fn permit(&self, _region: &str) -> Permit {
+        let delay = *lock(&self.permit_delay);
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         Permit::granted()
     }
 

@@ -9,9 +9,9 @@
 //! (so a call waiting for one bucket holds nothing in the others).
 //!
 //! The published figures (`../shared/notes/aws-quotas.md` in the project's notes, and the README)
-//! are the defaults; `share` leaves part of them to other tools of the account, and every refill
-//! rate is paced a few percent below AWS's, since two token buckets a network apart drift by
-//! milliseconds. Callers of one category queue in order (a tokio mutex is fair), so a steady
+//! are the defaults; `share` leaves part of them to other tools of the account; one token of every
+//! bucket is kept in reserve and every refill is paced 1% below AWS's, since two token buckets a
+//! network apart disagree by milliseconds. Callers of one category queue in order (a tokio mutex is fair), so a steady
 //! stream of calls for one load balancer can't starve another.
 //!
 //! Why not `governor`: it keeps one bucket per limiter and takes from it alone; a call here must
@@ -35,18 +35,22 @@ impl Bucket {
         Bucket { capacity, refill }
     }
 
-    /// The part of this bucket lbmanager allows itself: `share` of it, and the refill a margin
-    /// below AWS's so that clock drift between the two buckets never makes a throttle.
+    /// The part of this bucket lbmanager allows itself: `share` of it, less one token kept in
+    /// reserve, refilled a little below AWS's rate. Paced exactly at AWS's rate, a call that
+    /// reaches AWS a few milliseconds early (network jitter, drift between the two clocks) finds
+    /// its bucket empty; the reserve absorbs up to one refill period of that.
     pub fn scaled(self, share: f64) -> Self {
         Bucket {
-            capacity: (self.capacity * share).max(1.0),
+            capacity: (self.capacity * share - RESERVE).max(1.0),
             refill: self.refill * share * PACING_MARGIN,
         }
     }
 }
 
-/// Refill rates are paced this far below AWS's (see the module doc).
-pub const PACING_MARGIN: f64 = 0.95;
+/// Refill rates are paced this far below AWS's (see [`Bucket::scaled`]).
+pub const PACING_MARGIN: f64 = 0.99;
+/// Tokens of each bucket never counted on (see [`Bucket::scaled`]).
+pub const RESERVE: f64 = 1.0;
 
 /// Elastic Load Balancing, per account, region and API version (Classic and v2 each have these).
 pub mod elb {
@@ -308,7 +312,7 @@ mod tests {
     #[test]
     fn the_share_and_the_margin_scale_a_bucket() {
         let b = Bucket::new(20.0, 4.0).scaled(0.5);
-        assert_eq!(b.capacity, 10.0);
+        assert_eq!(b.capacity, 9.0);
         assert!((b.refill - 2.0 * PACING_MARGIN).abs() < 1e-9);
         assert_eq!(Bucket::new(1.0, 1.0).scaled(0.1).capacity, 1.0);
     }
@@ -320,7 +324,7 @@ mod tests {
         for _ in 0..28 {
             q.take(0, &[(0, 1.0), (1, 1.0)]).await;
         }
-        // 20 at once, then 8 more at 4 a second: 2 seconds.
+        // 20 at once, then 8 more at 4 a second: 2 seconds (the quota here is not scaled).
         let took = t.elapsed().as_secs_f64();
         assert!((1.9..2.2).contains(&took), "{took}");
     }
