@@ -39,7 +39,8 @@ struct Entry {
     revision: Revision,
 }
 
-/// The keys of one load balancer.
+/// The keys of one load balancer, each without the `PREFIX/` every key starts with (16 bytes less
+/// a key, a million times over).
 type Keys = BTreeMap<Box<str>, Entry>;
 
 /// What the keys of one load balancer resolve to.
@@ -175,13 +176,14 @@ impl DesiredState {
             class: parsed.class,
             revision,
         };
+        let rest: Box<str> = self.rest(key).into();
         match self.lbs.get_mut(&parsed.lb) {
-            Some(keys) => keys.insert(key.into(), entry),
+            Some(keys) => keys.insert(rest, entry),
             None => self
                 .lbs
                 .entry(parsed.lb.clone())
                 .or_default()
-                .insert(key.into(), entry),
+                .insert(rest, entry),
         };
         Ok(Some(parsed.lb))
     }
@@ -190,7 +192,7 @@ impl DesiredState {
     pub fn delete(&mut self, key: &str) -> Option<LbId> {
         let lb = key::parse(&self.prefix, key).ok().flatten()?.lb;
         let keys = self.lbs.get_mut(&lb)?;
-        keys.remove(key)?;
+        keys.remove(&key[self.prefix.len() + 1..])?;
         if keys.is_empty() {
             self.lbs.remove(&lb);
         }
@@ -210,7 +212,7 @@ impl DesiredState {
     /// Resolves the keys of `lb` (an unknown load balancer resolves to no members).
     /// The key of `lb` whose member AWS spells `spelled` (a target named without a port is
     /// spelled with its group's port), for log lines about that member.
-    pub fn key_of(&self, lb: &LbId, spelled: &str) -> Option<&str> {
+    pub fn key_of(&self, lb: &LbId, spelled: &str) -> Option<String> {
         let entries = self.lbs.get(lb)?;
         entries
             .keys()
@@ -225,19 +227,25 @@ impl DesiredState {
                             .strip_prefix(m.as_str())
                             .is_some_and(|port| port.starts_with(':'))
             })
-            .map(|k| &**k)
+            .map(|k| format!("{}/{k}", self.prefix))
+    }
+
+    /// A key without `PREFIX/` (a key [`key::parse`] accepted starts with it).
+    fn rest<'k>(&self, key: &'k str) -> &'k str {
+        &key[self.prefix.len() + 1..]
     }
 
     pub fn resolve(&self, lb: &LbId) -> Resolution {
         self.lbs
             .get(lb)
-            .map(|keys| resolve(lb, keys))
+            .map(|keys| resolve(&self.prefix, lb, keys))
             .unwrap_or_default()
     }
 }
 
-fn resolve(lb: &LbId, keys: &Keys) -> Resolution {
+fn resolve(prefix: &str, lb: &LbId, keys: &Keys) -> Resolution {
     let member = |k: &str| key::member_of(lb, k);
+    let full = |k: &str| format!("{prefix}/{k}");
     let single = keys
         .iter()
         .filter(|(_, e)| e.class == Class::Single)
@@ -255,7 +263,7 @@ fn resolve(lb: &LbId, keys: &Keys) -> Resolution {
     let (members, winner) = if newer.is_empty() {
         (
             member(single_key).into_iter().collect(),
-            (single_key.to_string(), single.revision),
+            (full(single_key), single.revision),
         )
     } else {
         let (k, e) = newer
@@ -264,7 +272,7 @@ fn resolve(lb: &LbId, keys: &Keys) -> Resolution {
             .expect("newer is not empty");
         (
             newer.iter().filter_map(|(k, _)| member(k)).collect(),
-            (k.to_string(), e.revision),
+            (full(k), e.revision),
         )
     };
     let counts = |k: &str, e: &Entry| {
@@ -277,12 +285,12 @@ fn resolve(lb: &LbId, keys: &Keys) -> Resolution {
     let superseded = keys
         .iter()
         .filter(|(k, e)| !counts(k, e))
-        .map(|(k, e)| (k.to_string(), e.revision))
+        .map(|(k, e)| (full(k), e.revision))
         .collect();
     Resolution {
         members,
         winner: Some(winner),
-        threshold: (!newer.is_empty()).then(|| (single_key.to_string(), single.revision)),
+        threshold: (!newer.is_empty()).then(|| (full(single_key), single.revision)),
         superseded,
     }
 }

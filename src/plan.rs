@@ -85,7 +85,7 @@ pub fn plan_elb(desired: &BTreeSet<Member>, actual: &Registered, policy: Policy)
                         | (TargetId::Ip(_), Some(TargetKind::Instance))
                 );
                 if !fits {
-                    mismatched.push(t.clone());
+                    mismatched.push((**t).clone());
                     return None;
                 }
                 Some(t.or_port(actual.default_port))
@@ -318,7 +318,7 @@ mod tests {
 
     fn targets(list: &[&str]) -> BTreeSet<Member> {
         list.iter()
-            .map(|s| Member::Target(crate::key::parse_target(s).unwrap()))
+            .map(|s| Member::Target(Box::new(crate::key::parse_target(s).unwrap())))
             .collect()
     }
 

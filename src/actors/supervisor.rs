@@ -627,7 +627,7 @@ impl Supervisor {
                 warn!(self.log, "AWS rejected a member; the others are in step, and it is \
                     tried again at each resync until its key is deleted";
                     "lb" => lb.to_string(), "member" => member,
-                    "key" => self.desired.key_of(lb, member).unwrap_or("-"),
+                    "key" => self.desired.key_of(lb, member).unwrap_or_else(|| "-".into()),
                     "reason" => reason);
             }
         }
