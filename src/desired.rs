@@ -36,6 +36,8 @@ pub type Revision = i64;
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     class: Class,
+    /// The relist that last saw the key (see [`DesiredState::begin_relist`]).
+    epoch: u32,
     revision: Revision,
 }
 
@@ -111,15 +113,23 @@ impl Loaded {
 
     /// Adds one key of the prefix, written at `revision`.
     pub fn add(&mut self, key: &str, revision: Revision) {
+        let mut desired = std::mem::replace(&mut self.desired, DesiredState::empty());
+        self.add_into(&mut desired, key, revision);
+        self.desired = desired;
+    }
+
+    /// Adds one key of the prefix into `desired` instead of its own desired state (a relist
+    /// loads into the state in use, see [`DesiredState::begin_relist`]), keeping what else the
+    /// key says here.
+    pub fn add_into(&mut self, desired: &mut DesiredState, key: &str, revision: Revision) {
         if self.legacy.iter().any(|l| key.starts_with(l.as_str())) {
             self.legacy_keys.push(key.to_string());
         }
-        let prefix = &self.desired.prefix;
-        if let Some(lb) = key::parse_legacy_managed(prefix, key) {
-            if self.desired.allows(&lb) {
+        if let Some(lb) = key::parse_legacy_managed(&desired.prefix, key) {
+            if desired.allows(&lb) {
                 self.legacy_recorded.insert(lb);
             }
-        } else if let Err(e) = self.desired.put(key, revision) {
+        } else if let Err(e) = desired.put(key, revision) {
             self.ignored.push((key.to_string(), e));
         }
     }
@@ -131,6 +141,8 @@ pub struct DesiredState {
     prefix: String,
     filters: Filters,
     lbs: HashMap<LbId, Keys>,
+    /// Counts relists: keys a relist did not see again are the ones it removes.
+    epoch: u32,
 }
 
 impl DesiredState {
@@ -144,7 +156,33 @@ impl DesiredState {
             prefix: prefix.to_string(),
             filters,
             lbs: HashMap::new(),
+            epoch: 0,
         }
+    }
+
+    /// A placeholder, for a moment.
+    fn empty() -> Self {
+        Self::new("")
+    }
+
+    /// A relist begins: the whole prefix is read again into this state, key by key, while it
+    /// stays in use (a copy of a million keys beside it would double lbmanager's memory).
+    /// [`DesiredState::end_relist`] then removes what the read did not see again.
+    pub fn begin_relist(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+    }
+
+    /// The relist read everything: removes the keys it did not see (deleted meanwhile).
+    /// Returns how many.
+    pub fn end_relist(&mut self) -> usize {
+        let (epoch, mut removed) = (self.epoch, 0);
+        self.lbs.retain(|_, keys| {
+            let before = keys.len();
+            keys.retain(|_, e| e.epoch == epoch);
+            removed += before - keys.len();
+            !keys.is_empty()
+        });
+        removed
     }
 
     /// Desired state from a whole snapshot of the prefix: also the load balancers recorded as
@@ -174,6 +212,7 @@ impl DesiredState {
         }
         let entry = Entry {
             class: parsed.class,
+            epoch: self.epoch,
             revision,
         };
         let rest: Box<str> = self.rest(key).into();
@@ -322,6 +361,21 @@ mod tests {
             assert_eq!(s.put(&key(class, *n), *rev), Ok(Some(lb())));
         }
         s
+    }
+
+    #[test]
+    fn a_relist_keeps_what_it_saw_again_and_removes_the_rest() {
+        let mut s = state(&[("multiple", 1, 5), ("multiple", 2, 6)]);
+        s.begin_relist();
+        // Key 2 was deleted while the watch was away, key 3 written.
+        assert_eq!(s.put(&key("multiple", 1), 5), Ok(Some(lb())));
+        assert_eq!(s.put(&key("multiple", 3), 8), Ok(Some(lb())));
+        assert_eq!(s.end_relist(), 1);
+        assert_eq!(s.resolve(&lb()).members, BTreeSet::from([inst(1), inst(3)]));
+        // A relist that sees nothing of a load balancer drops it.
+        s.begin_relist();
+        assert_eq!(s.end_relist(), 2);
+        assert_eq!(s.load_balancers().count(), 0);
     }
 
     #[test]

@@ -180,9 +180,53 @@ pub async fn read_snapshot(
     page: i64,
     log: &slog::Logger,
 ) -> Result<Snapshot, EtcdError> {
+    let mut loaded = Loaded::new(prefix, filters.clone());
+    let mut leased = std::collections::HashSet::new();
+    let read = read_prefix(client, prefix, page, log, &mut |keys: &[(
+        &str,
+        Revision,
+        bool,
+    )]| {
+        for &(key, revision, lease) in keys {
+            if lease {
+                leased.insert(key.to_string());
+            }
+            loaded.add(key, revision);
+        }
+    })
+    .await?;
+    Ok(Snapshot {
+        loaded,
+        keys: read.keys,
+        revision: read.revision,
+        skipped: read.skipped,
+        leased,
+    })
+}
+
+/// What a read of the whole prefix saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrefixRead {
+    /// The store revision it was read at.
+    pub revision: Revision,
+    pub keys: usize,
+    /// Keys that are not UTF-8, skipped.
+    pub skipped: usize,
+}
+
+/// Reads every key under `prefix/` at one revision, `page` keys a request, keys only, handing
+/// each page to `on_page` as (key, mod_revision, has a lease) as it arrives: nothing is kept
+/// here, so the caller decides what a million keys cost.
+pub async fn read_prefix(
+    client: &mut Client,
+    prefix: &str,
+    page: i64,
+    log: &slog::Logger,
+    on_page: &mut dyn FnMut(&[(&str, Revision, bool)]),
+) -> Result<PrefixRead, EtcdError> {
     let start = watch_key(prefix);
     let end = range_end(&start);
-    let mut snapshot = Snapshot::from_keys(prefix, filters.clone(), &[], 0);
+    let mut read = PrefixRead::default();
     // A page of 100,000 keys is ~7 MiB, over gRPC's default limit of 4 MiB.
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let mut from: Vec<u8> = start.into_bytes();
@@ -192,15 +236,15 @@ pub async fn read_snapshot(
         if std::time::Instant::now() >= next_report {
             next_report += PROGRESS_EVERY;
             slog::info!(log, "still reading etcd";
-                "keys_so_far" => snapshot.keys, "revision" => snapshot.revision,
+                "keys_so_far" => read.keys, "revision" => read.revision,
                 "elapsed" => ?began.elapsed());
         }
         let mut options = GetOptions::new()
             .with_range(end.clone())
             .with_keys_only()
             .with_limit(page);
-        if snapshot.revision > 0 {
-            options = options.with_revision(snapshot.revision);
+        if read.revision > 0 {
+            options = options.with_revision(read.revision);
         }
         let resp = tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from.clone(), Some(options)))
             .await
@@ -212,27 +256,26 @@ pub async fn read_snapshot(
                 prefix: prefix.to_string(),
                 source,
             })?;
-        if snapshot.revision == 0 {
-            snapshot.revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        if read.revision == 0 {
+            read.revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         }
-        for kv in resp.kvs() {
-            match kv.key_str() {
-                Ok(key) => {
-                    if kv.lease() != 0 {
-                        snapshot.leased.insert(key.to_string());
-                    }
-                    snapshot.keys += 1;
-                    snapshot.loaded.add(key, kv.mod_revision());
-                }
-                Err(_) => snapshot.skipped += 1,
-            }
-        }
+        let keys: Vec<(&str, Revision, bool)> = resp
+            .kvs()
+            .iter()
+            .filter_map(|kv| match kv.key_str() {
+                Ok(key) => Some((key, kv.mod_revision(), kv.lease() != 0)),
+                Err(_) => None,
+            })
+            .collect();
+        read.skipped += resp.kvs().len() - keys.len();
+        read.keys += keys.len();
+        on_page(&keys);
         match resp.kvs().last() {
             Some(last) if resp.more() => {
                 from = last.key().to_vec();
                 from.push(0);
             }
-            _ => return Ok(snapshot),
+            _ => return Ok(read),
         }
     }
 }

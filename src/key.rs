@@ -312,9 +312,7 @@ pub fn member_of(lb: &LbId, key: &str) -> Option<Member> {
     match lb {
         LbId::Elb { .. } => instance_id(last).ok().map(Member::Instance),
         LbId::Route53 { .. } => last.parse().ok().map(Member::Ip),
-        LbId::TargetGroup { .. } => parse_target(last)
-            .ok()
-            .map(|t| Member::Target(Box::new(t))),
+        LbId::TargetGroup { .. } => parse_target(last).ok().map(|t| Member::Target(Box::new(t))),
     }
 }
 

@@ -517,12 +517,14 @@ async fn a_relist_resyncs_every_load_balancer_and_counts_as_a_full_sync() {
     let before = describes();
     // Drift that only a fresh read sees; the relisted keys are the same as before.
     elb.set_instances("us-east-1", "a", &["i-0000000f"]);
-    sup.send(WatchEvent::Relisted(Box::new(Snapshot::from_keys(
-        "/lbManager",
-        Default::default(),
-        &[(A.to_string(), 1)],
-        200,
-    ))))
+    sup.send(WatchEvent::RelistStarted).await.unwrap();
+    sup.send(WatchEvent::RelistPage(vec![(A.to_string(), 1)]))
+        .await
+        .unwrap();
+    sup.send(WatchEvent::Relisted {
+        revision: 200,
+        keys: 1,
+    })
     .await
     .unwrap();
     eventually(

@@ -32,7 +32,7 @@ const WATCH_MAX_MESSAGE: usize = etcd::MAX_MESSAGE;
 /// for a relist.
 const RELIST_AFTER_FAILURES: u32 = 3;
 use crate::desired::Revision;
-use crate::etcd::{self, Snapshot};
+use crate::etcd;
 
 /// One change of a key under the prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,8 +61,14 @@ pub struct EtcdChanges {
 pub enum WatchEvent {
     /// Keys changed.
     Changes(EtcdChanges),
-    /// The whole prefix, read again after the watch lost usable history (a relist).
-    Relisted(Box<Snapshot>),
+    /// A relist begins: the whole prefix is read again after the watch lost usable history. Its
+    /// keys follow in [`WatchEvent::RelistPage`]s, then [`WatchEvent::Relisted`]; a relist that
+    /// fails half-way begins again.
+    RelistStarted,
+    /// (key, mod_revision) of a page of the relist.
+    RelistPage(Vec<(String, Revision)>),
+    /// The relist read everything: keys it did not bring were deleted meanwhile.
+    Relisted { revision: Revision, keys: usize },
 }
 
 /// Stop watching (shutdown).
@@ -226,19 +232,45 @@ impl EtcdWatcher {
         self.drop_stream(ctx);
         self.settings.metrics.set_watch_live(false);
         let mut client = self.client.clone();
-        let (prefix, filters) = (self.settings.prefix.clone(), self.settings.filters.clone());
+        let prefix = self.settings.prefix.clone();
         let log = self.log.clone();
+        let consumer = self.consumer.clone();
+        // Page by page to the Supervisor, which loads them into the state it uses: the relist
+        // never holds the tree twice.
+        consumer.do_send(WatchEvent::RelistStarted);
         let fut = async move {
-            etcd::read_snapshot(&mut client, &prefix, &filters, etcd::SNAPSHOT_PAGE, &log).await
+            let mut leased = HashSet::new();
+            let read = etcd::read_prefix(
+                &mut client,
+                &prefix,
+                etcd::SNAPSHOT_PAGE,
+                &log,
+                &mut |keys: &[(&str, Revision, bool)]| {
+                    let page = keys
+                        .iter()
+                        .map(|&(key, revision, lease)| {
+                            if lease {
+                                leased.insert(key.to_string());
+                            }
+                            (key.to_string(), revision)
+                        })
+                        .collect();
+                    consumer.do_send(WatchEvent::RelistPage(page));
+                },
+            )
+            .await;
+            read.map(|read| (read, leased))
         };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok(mut snapshot) => {
+            Ok((read, leased)) => {
                 info!(act.log, "re-read the whole prefix";
-                    "keys" => snapshot.keys, "revision" => snapshot.revision);
-                act.next_revision = snapshot.revision + 1;
-                act.leased = std::mem::take(&mut snapshot.leased);
-                act.consumer
-                    .do_send(WatchEvent::Relisted(Box::new(snapshot)));
+                    "keys" => read.keys, "revision" => read.revision);
+                act.next_revision = read.revision + 1;
+                act.leased = leased;
+                act.consumer.do_send(WatchEvent::Relisted {
+                    revision: read.revision,
+                    keys: read.keys,
+                });
                 act.watch(ctx);
             }
             Err(e) => {

@@ -22,7 +22,7 @@ use super::state_writer::{
 };
 use super::{Cause, Settings};
 use crate::aws::Backends;
-use crate::desired::{log_ignored, DesiredState, Ignored, Revision};
+use crate::desired::{log_ignored, DesiredState, Ignored, Loaded, Revision};
 use crate::etcd::{EtcdWrites, Snapshot};
 use crate::key::{LbId, Member};
 use crate::plan::Rejected;
@@ -98,6 +98,8 @@ pub struct Supervisor {
     round: Option<Round>,
     /// The start-up snapshot, until `started` applies it.
     initial: Option<Snapshot>,
+    /// A relist under way: what its keys say besides members (they go straight into `desired`).
+    relisting: Option<Loaded>,
     /// Superseded keys whose deletion is under way.
     deleting: HashSet<String>,
     /// Load balancers with a durable managed record in etcd.
@@ -138,6 +140,7 @@ impl Supervisor {
             generation: 0,
             round: None,
             initial: Some(initial),
+            relisting: None,
             deleting: HashSet::new(),
             recorded: HashSet::new(),
             awaiting_record: HashSet::new(),
@@ -179,8 +182,24 @@ impl Supervisor {
     /// keys now or had them before (all of them, changed or not: after a relist nothing that was
     /// believed before is trusted), as one [`Round`].
     fn apply_snapshot(&mut self, snapshot: Snapshot, cause: Cause, ctx: &mut Context<Self>) {
-        let (loaded, keys, revision) = (snapshot.loaded, snapshot.keys, snapshot.revision);
-        self.desired = loaded.desired;
+        let (mut loaded, keys, revision) = (snapshot.loaded, snapshot.keys, snapshot.revision);
+        self.desired = std::mem::replace(
+            &mut loaded.desired,
+            DesiredState::new(&self.settings.prefix),
+        );
+        self.apply_loaded(loaded, keys, revision, cause, ctx);
+    }
+
+    /// The desired state holds a whole read of the prefix now (`loaded` has what else the read
+    /// found): syncs every load balancer that has keys now or had them before.
+    fn apply_loaded(
+        &mut self,
+        loaded: Loaded,
+        keys: usize,
+        revision: Revision,
+        cause: Cause,
+        ctx: &mut Context<Self>,
+    ) {
         // Records an earlier version kept in the member tree move to the state prefix (where a
         // purge of the tree does not reach them), then go.
         for lb in loaded.legacy_recorded {
@@ -522,7 +541,27 @@ impl Handler<WatchEvent> for Supervisor {
         }
         match msg {
             WatchEvent::Changes(changes) => self.apply_changes(changes, ctx),
-            WatchEvent::Relisted(snapshot) => self.apply_snapshot(*snapshot, Cause::Relist, ctx),
+            WatchEvent::RelistStarted => {
+                self.desired.begin_relist();
+                self.relisting = Some(Loaded::new(
+                    &self.settings.prefix,
+                    self.settings.filters.clone(),
+                ));
+            }
+            WatchEvent::RelistPage(page) => {
+                if let Some(loaded) = self.relisting.as_mut() {
+                    for (key, revision) in &page {
+                        loaded.add_into(&mut self.desired, key, *revision);
+                    }
+                }
+            }
+            WatchEvent::Relisted { revision, keys } => {
+                let removed = self.desired.end_relist();
+                if let Some(loaded) = self.relisting.take() {
+                    debug!(self.log, "relist applied"; "keys" => keys, "removed" => removed);
+                    self.apply_loaded(loaded, keys, revision, Cause::Relist, ctx);
+                }
+            }
         }
     }
 }
