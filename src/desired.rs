@@ -215,15 +215,23 @@ impl DesiredState {
             epoch: self.epoch,
             revision,
         };
-        let rest: Box<str> = self.rest(key).into();
+        let rest = self.rest(key);
         match self.lbs.get_mut(&parsed.lb) {
-            Some(keys) => keys.insert(rest, entry),
-            None => self
-                .lbs
-                .entry(parsed.lb.clone())
-                .or_default()
-                .insert(rest, entry),
-        };
+            // A key seen again (a relist): updated where it is, not allocated anew.
+            Some(keys) => match keys.get_mut(rest) {
+                Some(e) => *e = entry,
+                None => {
+                    keys.insert(rest.into(), entry);
+                }
+            },
+            None => {
+                let rest: Box<str> = rest.into();
+                self.lbs
+                    .entry(parsed.lb.clone())
+                    .or_default()
+                    .insert(rest, entry);
+            }
+        }
         Ok(Some(parsed.lb))
     }
 

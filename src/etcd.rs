@@ -204,6 +204,9 @@ pub async fn read_snapshot(
     })
 }
 
+/// A page of a read of the prefix: (key, mod_revision, has a lease).
+pub type Page<'a> = [(&'a str, Revision, bool)];
+
 /// What a read of the whole prefix saw.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PrefixRead {
@@ -222,7 +225,7 @@ pub async fn read_prefix(
     prefix: &str,
     page: i64,
     log: &slog::Logger,
-    on_page: &mut dyn FnMut(&[(&str, Revision, bool)]),
+    on_page: &mut dyn FnMut(&Page),
 ) -> Result<PrefixRead, EtcdError> {
     let start = watch_key(prefix);
     let end = range_end(&start);

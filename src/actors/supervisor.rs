@@ -251,10 +251,15 @@ impl Supervisor {
             let decided_by = resolution.decided_by();
             self.delete_superseded(decided_by, resolution.superseded, ctx);
         }
-        let members = Arc::new(resolution.members);
+        let mut members = Arc::new(resolution.members);
         if let Some(managed) = self.lbs.get(lb) {
-            if managed.members == members && !force {
-                return;
+            if managed.members == members {
+                if !force {
+                    return;
+                }
+                // The same set again (a relist of a big tree sends every one): share the one
+                // the actor holds instead of a second copy.
+                members = managed.members.clone();
             }
         } else if members.is_empty() && !self.recorded.contains(lb) {
             // A load balancer without keys is never touched (unless lbmanager managed it before).
