@@ -678,7 +678,7 @@ async fn scenario_d(rows: &mut Vec<Row>) {
             ms(p99.saturating_sub(o99))
         ),
         notes: format!(
-            "raw p50 {} / p99 {}; moto's own Register/Deregister p50 {} / p99 {}; ELB rate raised to 1000/s",
+            "raw p50 {} / p99 {}; moto's own Register/Deregister p50 {} / p99 {}; --aws-quota-share 1000 (the pipeline, not the pacing)",
             ms(p50),
             ms(p99),
             ms(o50),

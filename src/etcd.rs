@@ -155,9 +155,10 @@ fn range_end(key: &str) -> Vec<u8> {
 /// collecting the revisions of *all* keys from the page's start to the range's end (to count
 /// them), so a page costs as much as the rest of the range: with a million keys a page of 5,000
 /// took 150 ms at the start and 5 ms at the end, and 200 such pages 15 s. Fewer, bigger pages
-/// make that cost small (ten pages for a million keys) while a page stays a few MiB (keys only,
-/// ~70 bytes each), far below gRPC's message limit.
-pub const SNAPSHOT_PAGE: i64 = 100_000;
+/// make that cost small (20 pages for a million keys, ~1.7 s of etcd's time) while a page stays
+/// a few MiB (keys only, ~70 bytes each; ~15 MiB once decoded, which counts against lbmanager's
+/// peak memory).
+pub const SNAPSHOT_PAGE: i64 = 50_000;
 
 /// The largest answer from etcd lbmanager accepts: what etcd 3.4 may send (2 GiB). A page of the
 /// prefix is a few MiB, and one revision of a watch (a `del --prefix` of a big tree) can be far
@@ -230,7 +231,8 @@ pub async fn read_prefix(
     let start = watch_key(prefix);
     let end = range_end(&start);
     let mut read = PrefixRead::default();
-    // A page of 100,000 keys is ~7 MiB, over gRPC's default limit of 4 MiB.
+    // A page of 50,000 keys is ~3.5 MiB: close to gRPC's default limit of 4 MiB, which longer
+    // keys would pass.
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let mut from: Vec<u8> = start.into_bytes();
     let began = std::time::Instant::now();
