@@ -48,8 +48,11 @@ async fn many_instances_one_at_a_time_take_few_calls() {
         "{registers} registers, {describes} describes"
     );
     assert!(all <= 3 * describes);
+    // Syncs go out as fast as AWS's registration bucket allows (20 at once, then 4 a second), and
+    // what arrives meanwhile is merged: 300 changes written in a fraction of a second take about
+    // 15-20 syncs (each a Describe and a Register).
     assert!(
-        all * 10 <= 300,
+        all * 5 <= 300,
         "{all} calls for 300 changes (the original made 300)"
     );
 }
@@ -81,8 +84,11 @@ async fn route53_members_at_start_go_out_in_few_batches() {
     }
     let changes = calls(&moto, |c| c.method == "POST" && c.url.contains("/rrset"));
     let reads = calls(&moto, |c| c.method == "GET" && c.url.contains("/rrset"));
+    // Two calls would hold them all (10 FQDNs of 100 values a call); the start-up sync of the
+    // zone goes out as the names' records land in etcd, in a few waves, and Route53's burst (50
+    // requests) no longer holds a wave back to merge it with the next.
     assert!(
-        changes <= 4,
+        changes <= 6,
         "{changes} ChangeResourceRecordSets calls for 20 FQDNs"
     );
     assert!(
