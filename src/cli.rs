@@ -111,8 +111,10 @@ pub struct RunArgs {
     #[arg(long, env = "LBMANAGER_AWS_QUOTA_SHARE", default_value_t = 1.0, value_parser = parse_share)]
     pub aws_quota_share: f64,
 
-    /// Route53's change-throughput bucket, in DNS record changes (each value of a changed record
-    /// set; an UPSERT's twice): how many may go at once.
+    /// Route53's change-throughput bucket (per account): how many record-set changes may go at
+    /// once, a CREATE or DELETE counting 1 and an UPSERT 2. The default is AWS's published figure
+    /// (1,500 at once, 100 a second; Route53 developer guide, "Throttling for Amazon Route 53 API
+    /// requests"); set both flags if your account's differs.
     #[arg(long, env = "LBMANAGER_ROUTE53_CHANGE_BURST", default_value_t = crate::aws::quota::route53::CHANGES.capacity,
           value_parser = parse_rate)]
     pub route53_change_burst: f64,

@@ -13,6 +13,23 @@ fn elb_key(lb: &str, n: usize) -> String {
     format!("{P}/elb/us-east-1/{lb}/multiple/i-{n:017x}")
 }
 
+/// Waits until every ELB of `lbs` has `n` members.
+async fn until_every_elb_has(aws: &Aws, lbs: &[String], n: usize) {
+    eventually(
+        &format!("every ELB has {n} members"),
+        Duration::from_secs(120),
+        || async {
+            for lb in lbs {
+                if aws.instances("us-east-1", lb).await.len() != n {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
 fn throttling_code<E: aws_sdk_route53::error::ProvideErrorMetadata>(e: &E) -> String {
     e.code().unwrap_or("none").to_string()
 }
@@ -181,19 +198,7 @@ async fn at_the_defaults_no_call_is_throttled() {
             client.delete(elb_key(lb, n), None).await.unwrap();
         }
     }
-    eventually(
-        "every ELB has its two members left",
-        Duration::from_secs(120),
-        || async {
-            for lb in &lbs {
-                if aws.instances("us-east-1", lb).await.len() != 2 {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    until_every_elb_has(&aws, &lbs, 2).await;
     eventually(
         "every name has its 50 values",
         Duration::from_secs(60),
@@ -238,19 +243,7 @@ async fn throttled_by_a_tighter_aws_lbmanager_backs_off_and_converges() {
     for k in &keys {
         client.put(k.as_str(), "", None).await.unwrap();
     }
-    eventually(
-        "every ELB has its 3 members",
-        Duration::from_secs(120),
-        || async {
-            for lb in &lbs {
-                if aws.instances("us-east-1", lb).await.len() != 3 {
-                    return false;
-                }
-            }
-            true
-        },
-    )
-    .await;
+    until_every_elb_has(&aws, &lbs, 3).await;
     let throttled = proxy.throttled();
     assert!(
         throttled > 0,
