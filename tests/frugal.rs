@@ -84,11 +84,8 @@ async fn route53_members_at_start_go_out_in_few_batches() {
     }
     let changes = calls(&moto, |c| c.method == "POST" && c.url.contains("/rrset"));
     let reads = calls(&moto, |c| c.method == "GET" && c.url.contains("/rrset"));
-    // Two calls would hold them all (10 FQDNs of 100 values a call); the start-up sync of the
-    // zone goes out as the names' records land in etcd, in a few waves, and Route53's burst (50
-    // requests) no longer holds a wave back to merge it with the next.
     assert!(
-        changes <= 6,
+        changes <= 4,
         "{changes} ChangeResourceRecordSets calls for 20 FQDNs"
     );
     assert!(

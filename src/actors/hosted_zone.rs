@@ -17,7 +17,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use slog::Logger;
 
-use super::Settings;
+use super::{Cause, Settings};
 use crate::aws::{AwsError, Route53Api};
 use crate::sync::zone::{sync_zone, FqdnWant, ZoneCache};
 
@@ -41,6 +41,12 @@ pub struct ZoneSynced {
     pub stale: bool,
 }
 
+/// How long the zone gathers the desires of a full sync (start-up, relist, restart) before its
+/// first batch. They arrive in waves, as the names' managed records land in etcd; without the
+/// wait the first wave goes out alone and the rest in more, smaller batches. A change from an
+/// etcd event goes out at once.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(50);
+
 pub struct HostedZone {
     /// The hosted zone id.
     zone: String,
@@ -51,6 +57,8 @@ pub struct HostedZone {
     pending: BTreeMap<String, ZoneDesire>,
     /// A sync of this zone is running: the next waits, so two changes never overlap.
     busy: bool,
+    /// A full sync's desires are being gathered (see [`GATHER`]).
+    gathering: bool,
     /// What the zone last read or wrote, so a stream of changes costs no read per change.
     cache: ZoneCache,
 }
@@ -69,6 +77,7 @@ impl HostedZone {
             settings,
             pending: BTreeMap::new(),
             busy: false,
+            gathering: false,
             cache: ZoneCache::new(),
         }
     }
@@ -117,7 +126,22 @@ impl Handler<ZoneDesire> for HostedZone {
     type Result = ();
 
     fn handle(&mut self, msg: ZoneDesire, ctx: &mut Self::Context) {
+        let full_sync = matches!(
+            msg.want.cause,
+            Cause::Startup | Cause::Relist | Cause::Restart
+        );
         self.pending.insert(msg.want.fqdn.clone(), msg);
+        if self.gathering {
+            return;
+        }
+        if full_sync && !self.busy {
+            self.gathering = true;
+            ctx.run_later(GATHER, |act, ctx| {
+                act.gathering = false;
+                act.run(ctx);
+            });
+            return;
+        }
         self.run(ctx);
     }
 }
