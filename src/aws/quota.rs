@@ -140,20 +140,23 @@ pub mod route53 {
         )
     }
 
+    /// The queue and the buckets of a call.
+    fn draws(call: Call) -> (usize, Vec<(usize, f64)>) {
+        match call {
+            Call::List => (0, vec![(0, 1.0), (1, 1.0)]),
+            Call::Change(n) => (1, vec![(0, 1.0), (2, 1.0), (3, n)]),
+        }
+    }
+
     /// Waits for and takes the quota of one call.
     pub async fn take(quota: &Quota, call: Call) {
-        match call {
-            Call::List => quota.take(0, &[(0, 1.0), (1, 1.0)]).await,
-            Call::Change(n) => quota.take(1, &[(0, 1.0), (2, 1.0), (3, n)]).await,
-        }
+        let (lane, draws) = draws(call);
+        quota.take(lane, &draws).await;
     }
 
     /// AWS throttled a call of this kind (which of its buckets was empty, AWS does not say).
     pub fn throttled(quota: &Quota, call: Call) {
-        match call {
-            Call::List => quota.throttled(&[(0, 1.0), (1, 1.0)]),
-            Call::Change(n) => quota.throttled(&[(0, 1.0), (2, 1.0), (3, n)]),
-        }
+        quota.throttled(&draws(call).1);
     }
 }
 

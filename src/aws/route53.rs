@@ -23,9 +23,7 @@ impl SdkRoute53 {
             quota: quota::route53::quota(quotas.share, quotas.route53_changes),
         }
     }
-}
 
-impl SdkRoute53 {
     /// A throttle AWS answered paces the account's calls more slowly for a while.
     fn note(&self, err: &AwsError, call: Call) {
         if err.kind == ErrorKind::Throttled {
