@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use slog::{info, warn, Logger};
 
-use super::{gone_is_in_step, Cause, SyncOptions};
+use super::{read_elb, Cause, SyncOptions};
 use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind, Permit};
 use crate::key::{Member, Target};
 use crate::plan::{plan_elb, spell, ElbChanges, Registered, Rejected};
@@ -75,17 +75,8 @@ pub async fn sync_elb(
     known: &Rejected,
     retry_rejected: bool,
 ) -> Result<ElbSync, AwsError> {
-    let actual = match api.members(region, name).await {
-        Ok(actual) => actual,
-        Err(e) if gone_is_in_step(&e, wanted.borrow().0.is_empty()) => {
-            let generation = wanted.borrow().1;
-            return Ok(ElbSync {
-                generation,
-                ..ElbSync::default()
-            });
-        }
-        Err(e) => return Err(e),
-    };
+    let wants_nothing = wanted.borrow().0.is_empty();
+    let actual = read_elb(api, region, name, wants_nothing).await?;
     let (mut changes, mut rejected, mut generation) =
         plan_latest(wanted, &actual, options, known, retry_rejected);
     if options.dry_run {

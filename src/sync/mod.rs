@@ -99,14 +99,21 @@ pub async fn read_and_plan_elb(
     desired: &BTreeSet<Member>,
     policy: Policy,
 ) -> Result<(Registered, ElbChanges), AwsError> {
+    let actual = read_elb(api, region, name, desired.is_empty()).await?;
+    let changes = plan_elb(desired, &actual, policy);
+    Ok((actual, changes))
+}
+
+/// What an ELB or target group has registered. One that does not exist has nothing, which is in
+/// step when nothing is wanted (`wants_nothing`); otherwise its absence is the error.
+pub async fn read_elb(
+    api: &dyn ElbApi,
+    region: &str,
+    name: &str,
+    wants_nothing: bool,
+) -> Result<Registered, AwsError> {
     match api.members(region, name).await {
-        Ok(actual) => {
-            let changes = plan_elb(desired, &actual, policy);
-            Ok((actual, changes))
-        }
-        Err(e) if gone_is_in_step(&e, desired.is_empty()) => {
-            Ok((Registered::default(), ElbChanges::default()))
-        }
-        Err(e) => Err(e),
+        Err(e) if gone_is_in_step(&e, wants_nothing) => Ok(Registered::default()),
+        other => other,
     }
 }
