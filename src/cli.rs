@@ -33,6 +33,91 @@ pub enum Command {
     /// Read etcd and AWS once and print, per load balancer, the desired and actual members and the
     /// changes `run` would make. Exit 0: AWS matches etcd; 2: drift; 1: error.
     Plan(PlanArgs),
+    /// Announce or withdraw a member from the host that runs it, and wait until AWS has followed.
+    /// Needs etcd access only (no AWS credentials): it reads what the running lbmanager publishes.
+    #[command(subcommand)]
+    Member(MemberCommand),
+    /// Print, per load balancer, what the running lbmanager published: desired members (from etcd
+    /// now), members in AWS, in step or not, the last sync, its error, members AWS rejects. Needs
+    /// etcd access only. Exit 0: all in step; 2: some not (or never synced); 1: error, or no
+    /// lbmanager has reported for more than three of its resync intervals.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// Write a member key (as `etcdctl put KEY ""` does) and, with --wait, return once AWS has
+    /// the member. Exit 0: done; 1: timed out, or AWS rejected the member (AWS's reason is
+    /// printed); 2: bad flags or a key that is not a member key.
+    Add(AddArgs),
+    /// Delete a member key (as `etcdctl del KEY` does) and, with --wait, return once AWS no
+    /// longer routes to the member. Exit 0: done; 1: timed out or failed; 2: bad flags or key.
+    Remove(RemoveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    /// The member key, e.g. /lbManager/elb/us-east-1/webLB/multiple/i-0abc (the grammar is in
+    /// `lbmanager --help`).
+    pub key: String,
+
+    /// Return only when AWS has the member: registered with the ELB; registered and not draining
+    /// in the target group; the value in the record set.
+    #[arg(long, env = "LBMANAGER_MEMBER_WAIT")]
+    pub wait: bool,
+
+    /// With --wait: wait further until AWS reports the member healthy (a target group's
+    /// `healthy`, a Classic ELB's `InService`). Route53 has no health: the same as --wait.
+    #[arg(long, env = "LBMANAGER_MEMBER_HEALTHY", requires = "wait")]
+    pub healthy: bool,
+
+    /// How long --wait waits before giving up (exit 1; the key stays written).
+    #[arg(long, env = "LBMANAGER_MEMBER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+
+    /// Write the key under an etcd lease of this TTL and stay in the foreground keeping it alive
+    /// until SIGTERM or SIGINT, then delete the key. If this process (or its host) dies, the key
+    /// goes when the lease runs out, and lbmanager removes the member.
+    #[arg(long, env = "LBMANAGER_MEMBER_LEASE_TTL", value_parser = parse_ttl)]
+    pub lease_ttl: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    /// The member key, e.g. /lbManager/elb/us-east-1/webLB/multiple/i-0abc.
+    pub key: String,
+
+    /// Return only when AWS no longer routes to the member: deregistered from the ELB, draining
+    /// or gone from the target group, the value gone from the record set.
+    #[arg(long, env = "LBMANAGER_MEMBER_WAIT")]
+    pub wait: bool,
+
+    /// Implies --wait, and waits further for the connections in flight: until the target group
+    /// has finished draining the target (its deregistration delay), or for the record's TTL
+    /// (Route53), so that clients still holding the old answer are done. A Classic ELB's
+    /// deregistration returns at once: the same as --wait.
+    #[arg(long, env = "LBMANAGER_MEMBER_DRAIN")]
+    pub drain: bool,
+
+    /// How long --wait waits before giving up (exit 1; the key stays deleted).
+    #[arg(long, env = "LBMANAGER_MEMBER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    /// Output: a table for people, or JSON for scripts.
+    #[arg(long, env = "LBMANAGER_STATUS_OUTPUT", value_enum, default_value_t = PlanOutput::Table)]
+    pub output: PlanOutput,
 }
 
 #[derive(Debug, Args)]
@@ -51,8 +136,9 @@ pub enum PlanOutput {
     Json,
 }
 
-#[derive(Debug, Args)]
-pub struct RunArgs {
+/// How to reach etcd: every command has them.
+#[derive(Clone, Debug, Args)]
+pub struct EtcdArgs {
     /// etcd v3 endpoints, comma-separated; lbmanager fails over between them.
     #[arg(
         long,
@@ -91,6 +177,12 @@ pub struct RunArgs {
     /// The etcd key prefix of the member tree.
     #[arg(long, env = "LBMANAGER_PREFIX", default_value = "/lbManager", value_parser = parse_prefix)]
     pub prefix: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
 
     /// A custom AWS endpoint for both ELB and Route53 (moto, LocalStack, a VPC endpoint).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
@@ -305,12 +397,15 @@ mod tests {
     fn every_flag_has_help_and_an_env_twin() {
         Cli::command().debug_assert();
         let cmd = Cli::command();
-        let args = ["run", "plan"]
+        let member = cmd.find_subcommand("member").unwrap();
+        let args = ["run", "plan", "status"]
             .iter()
-            .flat_map(|c| cmd.find_subcommand(c).unwrap().get_arguments());
+            .map(|c| cmd.find_subcommand(c).unwrap())
+            .chain(["add", "remove"].map(|c| member.find_subcommand(c).unwrap()))
+            .flat_map(|c| c.get_arguments());
         for arg in args {
             let id = arg.get_id().as_str();
-            if id == "help" || id == "version" {
+            if id == "help" || id == "version" || arg.is_positional() {
                 continue;
             }
             assert!(arg.get_help().is_some(), "{id} has no help");
@@ -334,8 +429,11 @@ mod tests {
         let Command::Run(args) = cli.command else {
             panic!("parsed as run")
         };
-        assert_eq!(args.etcd_endpoints, vec!["http://a:2379", "http://b:2379"]);
-        assert_eq!(args.prefix, "/lb");
+        assert_eq!(
+            args.etcd.etcd_endpoints,
+            vec!["http://a:2379", "http://b:2379"]
+        );
+        assert_eq!(args.etcd.prefix, "/lb");
         assert_eq!(args.resync_interval, Duration::from_secs(90));
         for bad in [
             vec!["lbmanager", "run", "--prefix", "lb"],

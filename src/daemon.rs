@@ -13,7 +13,7 @@ use slog::{error, info, warn, Logger};
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::{backoff, Settings};
 use crate::aws::{self, Backends, ClientOptions, Quotas};
-use crate::cli::{PlanArgs, PlanOutput, RunArgs};
+use crate::cli::{EtcdArgs, PlanArgs, PlanOutput, RunArgs};
 use crate::etcd::{self, EtcdOptions, Snapshot};
 use crate::filter::Filters;
 
@@ -23,10 +23,10 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     let log = crate::logging::logger(args.log_level.to_slog(), args.log_format);
     info!(log, "lbmanager starting";
         "version" => env!("CARGO_PKG_VERSION"),
-        "etcd" => args.etcd_endpoints.join(","),
-        "prefix" => &args.prefix,
+        "etcd" => args.etcd.etcd_endpoints.join(","),
+        "prefix" => &args.etcd.prefix,
         "aws_endpoint" => args.aws_endpoint_url.as_deref().unwrap_or("default"));
-    let etcd_opts = match etcd_options(&args) {
+    let etcd_opts = match etcd_options(&args.etcd) {
         Ok(opts) => opts,
         Err(e) => {
             error!(log, "bad etcd settings"; "error" => e);
@@ -35,7 +35,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     };
     let leadership = if args.ha {
         tokio::select! {
-            led = crate::ha::lead(&etcd_opts, &args.prefix, args.ha_lease_ttl, &log) => match led {
+            led = crate::ha::lead(&etcd_opts, &args.etcd.prefix, args.ha_lease_ttl, &log) => match led {
                 Ok(l) => Some(l),
                 Err(e) => {
                     error!(log, "cannot take part in the leader election"; "error" => %e);
@@ -54,9 +54,9 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     let Some((client, snapshot, records)) = initial_read(
         &log,
         &etcd_opts,
-        &args.prefix,
+        &args.etcd.prefix,
         &filters,
-        args.etcd_connect_timeout,
+        args.etcd.etcd_connect_timeout,
     )
     .await
     else {
@@ -76,7 +76,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         info!(log, "serving /metrics, /healthz and /readyz"; "address" => %addr);
     }
     let settings = Arc::new(Settings {
-        prefix: args.prefix.clone(),
+        prefix: args.etcd.prefix.clone(),
         route53_ttl: args.route53_ttl,
         resync_interval: args.resync_interval,
         policy: args.policy.into(),
@@ -103,6 +103,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         snapshot,
     )
     .with_records(recorded.collect())
+    .with_obsolete(records.obsolete)
     .watching(client)
     .once_if(args.once, once_tx)
     .start();
@@ -153,7 +154,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
 pub async fn plan(args: PlanArgs) -> ExitCode {
     let run = &args.run;
     let log = crate::logging::logger(run.log_level.to_slog(), run.log_format);
-    let etcd_opts = match etcd_options(run) {
+    let etcd_opts = match etcd_options(&run.etcd) {
         Ok(opts) => opts,
         Err(e) => {
             error!(log, "bad etcd settings"; "error" => e);
@@ -167,9 +168,9 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
     let Some((_, snapshot, records)) = initial_read(
         &log,
         &etcd_opts,
-        &run.prefix,
+        &run.etcd.prefix,
         &filters,
-        run.etcd_connect_timeout,
+        run.etcd.etcd_connect_timeout,
     )
     .await
     else {
@@ -213,7 +214,7 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
     ExitCode::from(crate::report::exit_code(&plans))
 }
 
-fn etcd_options(args: &RunArgs) -> Result<EtcdOptions, String> {
+pub fn etcd_options(args: &EtcdArgs) -> Result<EtcdOptions, String> {
     let password = match (&args.etcd_password_file, std::env::var("ETCD_PASSWORD")) {
         (Some(path), _) => Some(
             std::fs::read_to_string(path)

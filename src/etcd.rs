@@ -315,9 +315,11 @@ pub async fn read_records(
 pub struct Records {
     /// Load balancers recorded as managed.
     pub managed: std::collections::HashSet<crate::key::LbId>,
-    /// Members AWS refuses, as the running lbmanager last recorded them.
+    /// Members AWS refuses, as the running lbmanager last published them.
     pub rejected:
         std::collections::BTreeMap<crate::key::LbId, std::collections::BTreeMap<String, String>>,
+    /// Records of earlier versions that the status replaced (`STATE/rejected/…`): to delete.
+    pub obsolete: Vec<String>,
 }
 
 /// Reads lbmanager's records for the tree under `prefix` (a small read: one key per load balancer).
@@ -334,10 +336,14 @@ pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, Et
     for (key, value) in records {
         if let Some(lb) = crate::key::parse_managed(prefix, &key) {
             out.managed.insert(lb);
-        } else if let Some(lb) = crate::key::parse_rejected(prefix, &key) {
-            if let Ok(map) = serde_json::from_str(&value) {
-                out.rejected.insert(lb, map);
+        } else if let Some(lb) = crate::key::parse_status(prefix, &key) {
+            if let Ok(status) = serde_json::from_str::<crate::status::LbStatus>(&value) {
+                if !status.rejected.is_empty() {
+                    out.rejected.insert(lb, status.rejected);
+                }
             }
+        } else if crate::key::parse_rejected(prefix, &key).is_some() {
+            out.obsolete.push(key);
         }
     }
     Ok(out)

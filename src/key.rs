@@ -341,11 +341,33 @@ pub fn managed_key(prefix: &str, lb: &LbId) -> String {
     format!("{}/managed/{}", state_prefix(prefix), record_path(lb))
 }
 
-/// Where the running lbmanager records the members AWS refuses for a load balancer (a JSON
-/// object, member → AWS's reason), for `lbmanager plan` to show: `STATE/rejected/elb/REGION/NAME`
-/// and the like. Deleted when AWS refuses none.
+/// Where versions before the published status ([`status_key`]) recorded the members AWS refuses
+/// (`STATE/rejected/elb/REGION/NAME` and the like): deleted at start-up.
 pub fn rejected_key(prefix: &str, lb: &LbId) -> String {
     format!("{}/rejected/{}", state_prefix(prefix), record_path(lb))
+}
+
+/// Where the running lbmanager publishes what it knows of a load balancer (a JSON
+/// [`crate::status::LbStatus`]: the etcd revision AWS is in step with, the members as AWS reports
+/// them, the last sync, the members AWS refuses): `STATE/status/elb/REGION/NAME` and the like.
+/// Read by `lbmanager member … --wait`, `lbmanager status` and `lbmanager plan`; written only when
+/// something in it changed, deleted when lbmanager stops managing the load balancer.
+pub fn status_key(prefix: &str, lb: &LbId) -> String {
+    format!("{}/status/{}", state_prefix(prefix), record_path(lb))
+}
+
+/// The load balancer a [`status_key`] names, if `key` is one (and valid).
+pub fn parse_status(prefix: &str, key: &str) -> Option<LbId> {
+    parse_record_path(
+        key.strip_prefix(&state_prefix(prefix))?
+            .strip_prefix("/status/")?,
+    )
+}
+
+/// Where the running lbmanager (the leader, with `--ha`) says it is alive: a JSON
+/// [`crate::status::Heartbeat`], written at start and every resync interval.
+pub fn heartbeat_key(prefix: &str) -> String {
+    format!("{}/daemon", state_prefix(prefix))
 }
 
 /// Where versions before the move kept the managed records (`PREFIX/_managed/…`, inside the member

@@ -20,4 +20,6 @@ pub mod logging;
 pub mod metrics;
 pub mod plan;
 pub mod report;
+pub mod status;
 pub mod sync;
+pub mod workload;

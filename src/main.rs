@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use lbmanager::cli::{Cli, Command};
-use lbmanager::daemon;
+use lbmanager::cli::{Cli, Command, MemberCommand};
+use lbmanager::{daemon, workload};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -15,5 +15,12 @@ fn main() -> ExitCode {
             system.block_on(async { daemon::run(args, daemon::on_signals()).await })
         }
         Command::Plan(args) => system.block_on(daemon::plan(args)),
+        Command::Member(MemberCommand::Add(args)) => {
+            system.block_on(async { workload::member_add(args, daemon::on_signals()).await })
+        }
+        Command::Member(MemberCommand::Remove(args)) => {
+            system.block_on(workload::member_remove(args))
+        }
+        Command::Status(args) => system.block_on(workload::status(args)),
     }
 }

@@ -66,6 +66,19 @@ pub struct Registered {
     pub default_port: Option<u16>,
     /// The kind of target the group takes (target groups only).
     pub kind: Option<TargetKind>,
+    /// AWS's word for each member's health, where it was read (draining members too).
+    pub health: std::collections::BTreeMap<Target, Health>,
+}
+
+/// A member's health as AWS reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    /// AWS's own word: `initial`, `healthy`, `draining`, … (target groups), `InService`,
+    /// `OutOfService`, `Unknown` (Classic ELB).
+    pub state: String,
+    /// AWS is still moving it (registering, health checks not done, draining): worth reading
+    /// again soon, for whoever waits on it.
+    pub settling: bool,
 }
 
 /// Plans an ELB or a target group from its desired members and what AWS reports.
@@ -329,6 +342,7 @@ mod tests {
             draining: parsed(&["i-00000003:80", "i-00000004:80"]),
             default_port: Some(80),
             kind: Some(TargetKind::Instance),
+            ..Registered::default()
         };
         let desired = targets(&["i-00000001", "i-00000003", "i-00000005:8080", "10.0.0.1:80"]);
         let plan = plan_elb(&desired, &actual, Policy::Sync);

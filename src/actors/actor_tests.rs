@@ -83,6 +83,7 @@ fn del(key: &str, revision: i64) -> WatchEvent {
         changes: vec![KeyChange::Delete {
             key: key.into(),
             leased: false,
+            revision,
         }],
         revision,
     })

@@ -45,6 +45,8 @@ pub enum KeyChange {
     Delete {
         key: String,
         leased: bool,
+        /// The revision of the delete.
+        revision: Revision,
     },
 }
 
@@ -338,6 +340,7 @@ impl StreamHandler<Item> for EtcdWatcher {
                 EventType::Delete => KeyChange::Delete {
                     leased: self.leased.remove(&key),
                     key,
+                    revision: kv.mod_revision(),
                 },
             });
             self.next_revision = self.next_revision.max(kv.mod_revision() + 1);

@@ -39,6 +39,8 @@ pub struct ZoneSynced {
     /// The failed plan was built from what the zone remembered, not from a fresh read: a retry
     /// from a fresh read may well succeed at once.
     pub stale: bool,
+    /// The FQDN's record sets after a sync that succeeded.
+    pub sets: Option<Vec<crate::plan::RecordSet>>,
 }
 
 /// How long the zone gathers the desires of a full sync (start-up, relist, restart) before its
@@ -109,6 +111,7 @@ impl HostedZone {
                             generation: desire.generation,
                             error: result.result.err(),
                             stale: result.from_cache,
+                            sets: result.sets,
                         });
                     }
                     act.busy = false;

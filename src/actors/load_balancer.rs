@@ -15,9 +15,10 @@ use slog::{warn, Logger};
 use super::hosted_zone::{HostedZone, ZoneDesire, ZoneSynced};
 use super::{Cause, Settings};
 use crate::aws::{AwsError, ElbApi};
-use crate::key::{LbId, Member};
-use crate::plan::Rejected;
-use crate::sync::elb::{sync_elb, Wanted};
+use crate::key::{LbId, Member, Target};
+use crate::plan::{Health, RecordSet, Registered, Rejected};
+use crate::status::{LastSync, LbStatus, MemberState};
+use crate::sync::elb::{sync_elb, ElbSync, Want, Wanted};
 use crate::sync::ips_of;
 use crate::sync::schedule::{Next, Outcome, Schedule};
 use crate::sync::zone::FqdnWant;
@@ -36,6 +37,9 @@ pub struct Desire {
     pub members: Arc<BTreeSet<Member>>,
     /// Increases with every new desire the Supervisor sends; echoed in [`Synced`].
     pub generation: u64,
+    /// The etcd revision of the latest change of this load balancer's keys the members reflect:
+    /// once they are in AWS, the published status says AWS is in step up to it.
+    pub revision: i64,
     pub cause: Cause,
 }
 
@@ -63,6 +67,8 @@ pub struct Synced {
     pub error: Option<AwsError>,
     /// The members AWS refuses, when that set (or a reason) changed with this sync.
     pub rejected: Option<Arc<Rejected>>,
+    /// The load balancer's status, when something in it changed (see [`crate::status`]).
+    pub status: Option<Arc<LbStatus>>,
 }
 
 /// A sync in flight. Dropping it (the sync ended, or the actor stopped or panicked mid-sync)
@@ -70,18 +76,36 @@ pub struct Synced {
 struct InFlight {
     pending: prometheus_client::metrics::gauge::Gauge,
     started: std::time::Instant,
+    /// The desire it set out with (a zone sync brings AWS to exactly that one).
+    revision: i64,
+    cause: Cause,
 }
 
 impl InFlight {
-    fn new(settings: &Settings) -> Self {
+    fn new(settings: &Settings, desire: &Desire) -> Self {
         let pending = settings.metrics.syncs_pending.clone();
         pending.inc();
         InFlight {
             pending,
             started: std::time::Instant::now(),
+            revision: desire.revision,
+            cause: desire.cause,
         }
     }
 }
+
+/// What a sync saw of AWS, for the status.
+enum Seen {
+    Elb(Box<ElbSync>),
+    Zone(Vec<RecordSet>),
+    /// The sync failed: what was published before still stands.
+    Nothing,
+}
+
+/// The first wait before reading a settling load balancer again (doubling up to
+/// [`SETTLE_MAX`]): registrations, health checks and draining take seconds to minutes.
+const SETTLE_FIRST: std::time::Duration = std::time::Duration::from_secs(2);
+const SETTLE_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -96,8 +120,15 @@ pub struct LoadBalancer {
     settings: Arc<Settings>,
     supervisor: Recipient<Synced>,
     desired: Option<Desire>,
-    /// The same members and generation, for the ELB sync in flight to read again after it waited.
-    wanted: tokio::sync::watch::Sender<(Arc<BTreeSet<Member>>, u64)>,
+    /// The same desire, for the ELB sync in flight to read again after it waited.
+    wanted: tokio::sync::watch::Sender<Want>,
+    /// The generation AWS was last brought to (a sync that succeeded).
+    synced: Option<u64>,
+    /// The status as last published (see [`crate::status`]).
+    published: Option<LbStatus>,
+    /// The read scheduled while members settle (health checks, draining), and how many were made.
+    settle: Option<SpawnHandle>,
+    settle_reads: u32,
     /// When to sync: the rules, without the actor.
     schedule: Schedule,
     /// The metric side of the sync in flight.
@@ -128,7 +159,11 @@ impl LoadBalancer {
             settings,
             supervisor,
             desired: None,
-            wanted: tokio::sync::watch::channel((Arc::default(), 0)).0,
+            wanted: tokio::sync::watch::channel(Want::default()).0,
+            synced: None,
+            published: None,
+            settle: None,
+            settle_reads: 0,
             schedule: Schedule::default(),
             in_flight: None,
             retry: None,
@@ -163,7 +198,7 @@ impl LoadBalancer {
             self.schedule.abandon();
             return;
         };
-        self.in_flight = Some(InFlight::new(&self.settings));
+        self.in_flight = Some(InFlight::new(&self.settings, &desire));
         match &self.backend {
             Backend::Elb(api) => {
                 let (LbId::Elb { region, name } | LbId::TargetGroup { region, name }) =
@@ -180,7 +215,11 @@ impl LoadBalancer {
                 let known = self.rejected.clone();
                 // Refused members are tried again at a resync (or a relist, a restart), not at
                 // every etcd event: each try is a failed call.
-                let retry_rejected = !matches!(desire.cause, Cause::EtcdEvent | Cause::LeaseExpiry);
+                let retry_rejected = !matches!(
+                    desire.cause,
+                    Cause::EtcdEvent | Cause::LeaseExpiry | Cause::Settle
+                );
+                let read_health = desire.cause == Cause::Settle;
                 let wanted: Wanted = self.wanted.subscribe();
                 let cause = desire.cause;
                 let fut = async move {
@@ -195,23 +234,24 @@ impl LoadBalancer {
                         &log,
                         &known,
                         retry_rejected,
+                        read_health,
                     )
                     .await
                 };
                 ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-                    let (generation, error, rejected) = match res {
-                        Ok(sync) => {
-                            act.warn_mismatched(sync.changes.mismatched);
+                    let (generation, error, rejected, seen) = match res {
+                        Ok(mut sync) => {
+                            act.warn_mismatched(std::mem::take(&mut sync.changes.mismatched));
                             let latest = act.desired.as_ref().map(|d| d.generation);
                             if latest == Some(sync.generation) {
                                 act.schedule.covered();
                             }
-                            let rejected = act.update_rejected(sync.rejected);
-                            (sync.generation, None, rejected)
+                            let rejected = act.update_rejected(sync.rejected.clone());
+                            (sync.generation, None, rejected, Seen::Elb(Box::new(sync)))
                         }
-                        Err(e) => (desire.generation, Some(e), None),
+                        Err(e) => (desire.generation, Some(e), None, Seen::Nothing),
                     };
-                    act.finished(generation, error, rejected, false, ctx)
+                    act.finished(generation, error, rejected, false, seen, ctx)
                 }));
             }
             Backend::Route53(zone) => {
@@ -270,18 +310,24 @@ impl LoadBalancer {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn finished(
         &mut self,
         generation: u64,
         error: Option<AwsError>,
         rejected: Option<Arc<Rejected>>,
         stale: bool,
+        seen: Seen,
         ctx: &mut Context<Self>,
     ) {
         let Some(in_flight) = self.in_flight.take() else {
             // The answer of a sync given up (its zone actor was replaced).
             return;
         };
+        if error.is_none() {
+            self.synced = Some(generation);
+        }
+        let status = self.update_status(&in_flight, generation, error.as_ref(), seen);
         let metrics = &self.settings.metrics;
         let result = if error.is_none() { "ok" } else { "error" };
         let kind = vec![("kind", self.kind().to_string())];
@@ -298,6 +344,7 @@ impl LoadBalancer {
             generation,
             error: error.clone(),
             rejected,
+            status,
         });
         self.release_drain();
         let outcome = match &error {
@@ -318,6 +365,156 @@ impl LoadBalancer {
             }
         }
         self.follow(next, ctx);
+        self.settle_later(ctx);
+    }
+
+    /// Builds the status after a sync; returns it when it differs from the one published.
+    fn update_status(
+        &mut self,
+        in_flight: &InFlight,
+        generation: u64,
+        error: Option<&AwsError>,
+        seen: Seen,
+    ) -> Option<Arc<LbStatus>> {
+        let latest = self.desired.as_ref();
+        let previous = self.published.as_ref();
+        let (members, ttl, revision) = match seen {
+            Seen::Elb(sync) => (self.elb_members(&sync), None, sync.revision),
+            Seen::Zone(sets) => {
+                let mut ips: Vec<String> = sets
+                    .iter()
+                    .flat_map(|s| s.values.iter())
+                    .map(|v| {
+                        v.parse::<std::net::IpAddr>()
+                            .map_or(v.clone(), |ip| ip.to_string())
+                    })
+                    .collect();
+                ips.sort();
+                ips.dedup();
+                let members = ips
+                    .into_iter()
+                    .map(|member| MemberState {
+                        member,
+                        state: None,
+                    })
+                    .collect();
+                (members, sets.first().map(|s| s.ttl), in_flight.revision)
+            }
+            Seen::Nothing => (
+                previous.map(|p| p.members.clone()).unwrap_or_default(),
+                previous.and_then(|p| p.ttl),
+                previous.map_or(0, |p| p.revision),
+            ),
+        };
+        let status = LbStatus {
+            load_balancer: self.id.to_string(),
+            revision,
+            in_step: error.is_none() && latest.map(|d| d.generation) == Some(generation),
+            desired: latest.map_or(0, |d| d.members.len()),
+            members,
+            ttl,
+            last_sync: LastSync {
+                at: crate::status::now(),
+                ok: error.is_none(),
+                cause: in_flight.cause.to_string(),
+                error: error.map(|e| e.to_string()),
+            },
+            rejected: self.rejected.clone(),
+        };
+        self.publish(status)
+    }
+
+    /// Keeps `status` as the published one; returns it when it differs from the last.
+    fn publish(&mut self, status: LbStatus) -> Option<Arc<LbStatus>> {
+        if self.published.as_ref().is_some_and(|p| status.same_as(p)) {
+            return None;
+        }
+        self.published = Some(status.clone());
+        Some(Arc::new(status))
+    }
+
+    /// An ELB's or target group's members after a sync: what AWS reported, with the changes
+    /// made. A target deregistered from a target group drains (AWS's deregistration delay); a
+    /// member whose health was not read this time keeps what was published.
+    fn elb_members(&self, sync: &ElbSync) -> Vec<MemberState> {
+        let Registered {
+            members,
+            draining,
+            health,
+            ..
+        } = &sync.actual;
+        let drains = matches!(self.id, LbId::TargetGroup { .. });
+        let before = |t: &Target| {
+            self.published.as_ref().and_then(|p| {
+                p.members
+                    .iter()
+                    .find(|m| m.member == t.to_string())
+                    .and_then(|m| m.state.clone())
+            })
+        };
+        let mut out: std::collections::BTreeMap<Target, Option<String>> = members
+            .iter()
+            .chain(draining)
+            .map(|t| {
+                let state = health.get(t).map(|h: &Health| h.state.clone());
+                (t.clone(), state.or_else(|| before(t)))
+            })
+            .collect();
+        for t in &sync.changes.deregister {
+            if drains {
+                out.insert(t.clone(), Some("draining".into()));
+            } else {
+                out.remove(t);
+            }
+        }
+        for t in &sync.changes.register {
+            out.insert(t.or_port(sync.actual.default_port), None);
+        }
+        out.into_iter()
+            .map(|(t, state)| MemberState {
+                member: t.to_string(),
+                state,
+            })
+            .collect()
+    }
+
+    /// While AWS is still moving members (a registration not yet read back, health checks
+    /// pending, draining), reads the load balancer again in a little while, waiting longer each
+    /// time: whoever waits in `lbmanager member … --wait --healthy/--drain` learns of it from the
+    /// status. A settled load balancer costs nothing.
+    fn settle_later(&mut self, ctx: &mut Context<Self>) {
+        let settling = self.published.as_ref().is_some_and(|p| {
+            p.last_sync.ok
+                && p.members.iter().any(|m| match m.state.as_deref() {
+                    None => !matches!(self.id, LbId::Route53 { .. }) && self.settle_reads == 0,
+                    Some(s) => {
+                        matches!(s, "initial" | "draining" | "Unknown")
+                            || (s == "OutOfService" && self.settle_reads < 8)
+                    }
+                })
+        });
+        if !settling {
+            self.settle_reads = 0;
+            return;
+        }
+        if self.settle.is_some() {
+            return;
+        }
+        let delay = SETTLE_FIRST
+            .saturating_mul(2u32.saturating_pow(self.settle_reads.min(8)))
+            .min(SETTLE_MAX)
+            .min(self.settings.resync_interval);
+        self.settle = Some(ctx.run_later(delay, |act, ctx| {
+            act.settle = None;
+            act.settle_reads += 1;
+            let next = act.schedule.resync_due();
+            if next == Next::Sync {
+                if let Some(desire) = act.desired.as_mut() {
+                    desire.cause = Cause::Settle;
+                }
+            }
+            act.follow(next, ctx);
+        }));
     }
 }
 
@@ -341,9 +538,39 @@ impl Handler<Desire> for LoadBalancer {
     type Result = ();
 
     fn handle(&mut self, msg: Desire, ctx: &mut Self::Context) {
-        self.wanted
-            .send_replace((msg.members.clone(), msg.generation));
+        // The same members again, AWS already brought to them and nothing under way: only the
+        // revision moves (a key written again, or one that does not count): no call to AWS.
+        let unchanged = self.desired.as_ref().is_some_and(|d| {
+            d.members == msg.members && self.synced == Some(d.generation) && self.schedule.idle()
+        });
+        self.wanted.send_replace(Want {
+            members: msg.members.clone(),
+            generation: msg.generation,
+            revision: msg.revision,
+        });
+        let (generation, revision) = (msg.generation, msg.revision);
         self.desired = Some(msg);
+        if unchanged
+            && matches!(
+                self.desired.as_ref().map(|d| d.cause),
+                Some(Cause::EtcdEvent | Cause::LeaseExpiry)
+            )
+        {
+            self.synced = Some(generation);
+            let status = self.published.clone().map(|mut p| {
+                p.revision = p.revision.max(revision);
+                p
+            });
+            let status = status.and_then(|s| self.publish(s));
+            self.supervisor.do_send(Synced {
+                lb: self.id.clone(),
+                generation,
+                error: None,
+                rejected: None,
+                status,
+            });
+            return;
+        }
         let next = self.schedule.desire();
         self.follow(next, ctx);
     }
@@ -353,7 +580,11 @@ impl Handler<ZoneSynced> for LoadBalancer {
     type Result = ();
 
     fn handle(&mut self, msg: ZoneSynced, ctx: &mut Self::Context) {
-        self.finished(msg.generation, msg.error, None, msg.stale, ctx);
+        let seen = match msg.sets {
+            Some(sets) => Seen::Zone(sets),
+            None => Seen::Nothing,
+        };
+        self.finished(msg.generation, msg.error, None, msg.stale, seen, ctx);
     }
 }
 

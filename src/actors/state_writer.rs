@@ -1,7 +1,7 @@
 //! The StateWriter owns every write lbmanager makes to etcd (through [`EtcdWrites`]). It keeps
 //! lbmanager's durable record of the load balancers it manages (`STATE/managed/...`, see
-//! [`crate::key::managed_key`]) in etcd, and the members AWS refuses (`STATE/rejected/...`, for
-//! `lbmanager plan`).
+//! [`crate::key::managed_key`]) in etcd, each load balancer's published status (`STATE/status/...`,
+//! see [`crate::status`]: the members AWS refuses among it) and the daemon's heartbeat.
 //!
 //! The record is what lets a start-up empty a load balancer whose keys were all deleted while
 //! lbmanager was stopped: without it, such a load balancer would look like one lbmanager never
@@ -18,8 +18,8 @@ use slog::{debug, warn, Logger};
 use super::{backoff, Settings};
 use crate::desired::Revision;
 use crate::etcd::{EtcdError, EtcdWrites};
-use crate::key::{managed_key, rejected_key, LbId};
-use crate::plan::Rejected;
+use crate::key::{heartbeat_key, managed_key, status_key, LbId};
+use crate::status::{Heartbeat, LbStatus};
 
 /// Record that lbmanager manages a load balancer, or remove that record.
 #[derive(Message, Debug)]
@@ -29,10 +29,15 @@ pub enum ManagedRecord {
     Delete(LbId),
 }
 
-/// Record the members AWS refuses for a load balancer (none: remove the record).
+/// Publish a load balancer's status (none: it is no longer managed, remove it).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
-pub struct Rejections(pub LbId, pub Arc<Rejected>);
+pub struct PublishStatus(pub LbId, pub Option<Arc<LbStatus>>);
+
+/// Say that this lbmanager is alive (see [`Heartbeat`]).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Beat;
 
 pub struct StateWriter {
     etcd: Arc<dyn EtcdWrites>,
@@ -96,14 +101,27 @@ impl Handler<ManagedRecord> for StateWriter {
     }
 }
 
-impl Handler<Rejections> for StateWriter {
+impl Handler<PublishStatus> for StateWriter {
     type Result = ();
 
-    fn handle(&mut self, Rejections(lb, rejected): Rejections, ctx: &mut Self::Context) {
-        let key = rejected_key(&self.settings.prefix, &lb);
-        let value =
-            (!rejected.is_empty()).then(|| serde_json::to_string(&*rejected).unwrap_or_default());
+    fn handle(&mut self, PublishStatus(lb, status): PublishStatus, ctx: &mut Self::Context) {
+        let key = status_key(&self.settings.prefix, &lb);
+        let value = status.map(|s| serde_json::to_string(&*s).unwrap_or_default());
         self.write(key, value, ctx);
+    }
+}
+
+impl Handler<Beat> for StateWriter {
+    type Result = ();
+
+    fn handle(&mut self, _: Beat, ctx: &mut Self::Context) {
+        let beat = Heartbeat {
+            at: crate::status::now(),
+            resync_interval_secs: self.settings.resync_interval.as_secs(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        };
+        let value = serde_json::to_string(&beat).unwrap_or_default();
+        self.write(heartbeat_key(&self.settings.prefix), Some(value), ctx);
     }
 }
 

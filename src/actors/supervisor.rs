@@ -18,7 +18,7 @@ use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, WatchEvent};
 use super::hosted_zone::HostedZone;
 use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
 use super::state_writer::{
-    DeleteKeys, DeleteSuperseded, Flush, ManagedRecord, Rejections, StateWriter,
+    Beat, DeleteKeys, DeleteSuperseded, Flush, ManagedRecord, PublishStatus, StateWriter,
 };
 use super::{Cause, Settings};
 use crate::aws::Backends;
@@ -32,6 +32,8 @@ struct Child {
     addr: Addr<LoadBalancer>,
     members: Arc<BTreeSet<Member>>,
     generation: u64,
+    /// The etcd revision of the latest change of its keys (see [`Desire::revision`]).
+    revision: Revision,
     cause: Cause,
     /// Members AWS refuses, as last reported.
     rejected: Arc<Rejected>,
@@ -108,6 +110,8 @@ pub struct Supervisor {
     /// AWS) until it has landed, or a `kill -9` right after their first Register would leave a
     /// load balancer nobody knows to empty.
     awaiting_record: HashSet<LbId>,
+    /// Records of earlier versions to delete at start (see [`crate::etcd::Records::obsolete`]).
+    obsolete: Vec<String>,
     /// The StateWriter, started with the Supervisor.
     state: Option<Addr<StateWriter>>,
     watcher: Option<Addr<EtcdWatcher>>,
@@ -144,6 +148,7 @@ impl Supervisor {
             deleting: HashSet::new(),
             recorded: HashSet::new(),
             awaiting_record: HashSet::new(),
+            obsolete: Vec::new(),
             state: None,
             watcher: None,
             stopping: false,
@@ -162,6 +167,12 @@ impl Supervisor {
     /// The load balancers recorded as managed (read from the state prefix at start-up).
     pub fn with_records(mut self, recorded: HashSet<LbId>) -> Self {
         self.recorded = recorded;
+        self
+    }
+
+    /// Records of earlier versions, to delete at start.
+    pub fn with_obsolete(mut self, keys: Vec<String>) -> Self {
+        self.obsolete = keys;
         self
     }
 
@@ -226,7 +237,7 @@ impl Supervisor {
         // Recorded as managed but without keys: their keys were deleted while lbmanager was away.
         touched.extend(self.recorded.iter().cloned());
         for lb in touched {
-            self.reconcile(&lb, cause, true, ctx);
+            self.reconcile(&lb, cause, true, revision, ctx);
         }
         let pending: HashSet<LbId> = self.lbs.keys().cloned().collect();
         info!(self.log, "read etcd";
@@ -245,7 +256,15 @@ impl Supervisor {
 
     /// Sends `lb` its desired members if they changed (or always, with `force`); starts its actor
     /// if it has none yet.
-    fn reconcile(&mut self, lb: &LbId, cause: Cause, force: bool, ctx: &mut Context<Self>) {
+    /// `revision`: of the etcd change that makes it reconcile (the read's, for a full sync).
+    fn reconcile(
+        &mut self,
+        lb: &LbId,
+        cause: Cause,
+        force: bool,
+        revision: Revision,
+        ctx: &mut Context<Self>,
+    ) {
         let resolution = self.desired.resolve(lb);
         if !resolution.superseded.is_empty() {
             let decided_by = resolution.decided_by();
@@ -254,7 +273,7 @@ impl Supervisor {
         let mut members = Arc::new(resolution.members);
         if let Some(managed) = self.lbs.get(lb) {
             if managed.members == members {
-                if !force {
+                if !force && managed.revision >= revision {
                     return;
                 }
                 // The same set again (a relist of a big tree sends every one): share the one
@@ -278,6 +297,7 @@ impl Supervisor {
                     addr,
                     members: members.clone(),
                     generation,
+                    revision,
                     cause,
                     rejected: Arc::default(),
                     restarts: Restarts::default(),
@@ -292,11 +312,13 @@ impl Supervisor {
         let managed = self.lbs.get_mut(lb).expect("inserted above");
         managed.members = members.clone();
         managed.generation = generation;
+        managed.revision = managed.revision.max(revision);
         managed.cause = cause;
         if !self.awaiting_record.contains(lb) {
             managed.addr.do_send(Desire {
                 members,
                 generation,
+                revision: managed.revision,
                 cause,
             });
         }
@@ -331,6 +353,7 @@ impl Supervisor {
                 child.addr.do_send(Desire {
                     members: child.members.clone(),
                     generation: child.generation,
+                    revision: child.revision,
                     cause: child.cause,
                 });
             }
@@ -475,6 +498,7 @@ impl Supervisor {
             managed.addr.do_send(Desire {
                 members: managed.members.clone(),
                 generation: managed.generation,
+                revision: managed.revision,
                 cause: Cause::Restart,
             });
         }
@@ -507,6 +531,15 @@ impl Actor for Supervisor {
             );
         }
         ctx.run_interval(Duration::from_secs(1), |act, ctx| act.check_actors(ctx));
+        if !self.obsolete.is_empty() {
+            let keys = std::mem::take(&mut self.obsolete);
+            self.write_state(DeleteKeys(keys));
+        }
+        // The sign of life `lbmanager status` and `member … --wait` look for.
+        self.write_state(Beat);
+        ctx.run_interval(self.settings.resync_interval, |act, _| {
+            act.write_state(Beat)
+        });
     }
 }
 
@@ -575,18 +608,23 @@ impl Supervisor {
     /// Applies etcd's changes to the desired state and reconciles the load balancers they touch.
     fn apply_changes(&mut self, msg: EtcdChanges, ctx: &mut Context<Self>) {
         // Each touched load balancer with its cause: a leased key's delete is a lease expiry.
-        let mut touched: HashMap<LbId, Cause> = HashMap::new();
+        let mut touched: HashMap<LbId, (Cause, Revision)> = HashMap::new();
         for change in msg.changes {
             match change {
                 KeyChange::Put { key, revision } => match self.desired.put(&key, revision) {
                     Ok(Some(lb)) => {
                         self.warned.remove(&key);
-                        touched.entry(lb).or_insert(Cause::EtcdEvent);
+                        let entry = touched.entry(lb).or_insert((Cause::EtcdEvent, revision));
+                        entry.1 = entry.1.max(revision);
                     }
                     Ok(None) => {}
                     Err(e) => self.warn_once(&key, &e),
                 },
-                KeyChange::Delete { key, leased } => {
+                KeyChange::Delete {
+                    key,
+                    leased,
+                    revision,
+                } => {
                     self.warned.remove(&key);
                     if let Some(lb) = self.desired.delete(&key) {
                         let cause = if leased {
@@ -594,13 +632,14 @@ impl Supervisor {
                         } else {
                             Cause::EtcdEvent
                         };
-                        touched.insert(lb, cause);
+                        let before = touched.get(&lb).map_or(0, |t| t.1);
+                        touched.insert(lb, (cause, before.max(revision)));
                     }
                 }
             }
         }
-        for (lb, cause) in touched {
-            self.reconcile(&lb, cause, false, ctx);
+        for (lb, (cause, revision)) in touched {
+            self.reconcile(&lb, cause, false, revision, ctx);
         }
     }
 }
@@ -617,6 +656,9 @@ impl Handler<Synced> for Supervisor {
         self.check_round();
         if let Some(rejected) = msg.rejected {
             self.rejections(&msg.lb, rejected);
+        }
+        if let Some(status) = msg.status {
+            self.write_state(PublishStatus(msg.lb.clone(), Some(status)));
         }
         if msg.error.is_none() {
             if let Some(managed) = self.lbs.get_mut(&msg.lb) {
@@ -645,6 +687,7 @@ impl Handler<Synced> for Supervisor {
                 if !managed.rejected.is_empty() {
                     self.rejections(&msg.lb, Arc::default());
                 }
+                self.write_state(PublishStatus(msg.lb.clone(), None));
                 // The zone actor (and its cache) goes when its last managed name does.
                 if let Some(zone) = msg.lb.zone() {
                     if !self.lbs.keys().any(|lb| lb.zone() == Some(zone)) {
@@ -658,8 +701,22 @@ impl Handler<Synced> for Supervisor {
 }
 
 impl Supervisor {
+    /// Sends a write to the StateWriter (none in a dry run).
+    fn write_state<M>(&self, msg: M)
+    where
+        M: Message<Result = ()> + Send + 'static,
+        StateWriter: Handler<M>,
+    {
+        if self.settings.dry_run {
+            return;
+        }
+        if let Some(state) = &self.state {
+            state.do_send(msg);
+        }
+    }
+
     /// A load balancer's refused members changed: warn about each new refusal (or new reason),
-    /// with its key, once; count them; record them for `lbmanager plan`.
+    /// with its key, once; count them. (The load balancer's status carries them to etcd.)
     fn rejections(&mut self, lb: &LbId, rejected: Arc<Rejected>) {
         let before = self
             .lbs
@@ -687,11 +744,6 @@ impl Supervisor {
                 .rejected_members
                 .get_or_create(&labels)
                 .set(rejected.len() as i64);
-        }
-        if !self.settings.dry_run {
-            if let Some(state) = &self.state {
-                state.do_send(Rejections(lb.clone(), rejected.clone()));
-            }
         }
         if let Some(managed) = self.lbs.get_mut(lb) {
             managed.rejected = rejected;

@@ -1,6 +1,6 @@
 //! Classic ELB through the AWS SDK: one client per region, made on first use.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancing::types::Instance;
@@ -10,7 +10,7 @@ use super::quota::elb::Call;
 use super::regional::PerRegion;
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
 use crate::key::Target;
-use crate::plan::Registered;
+use crate::plan::{Health, Registered};
 
 pub struct SdkElb {
     clients: PerRegion<Client>,
@@ -78,6 +78,39 @@ impl ElbApi for SdkElb {
             members,
             ..Registered::default()
         })
+    }
+
+    async fn health(&self, region: &str, name: &str) -> Result<BTreeMap<Target, Health>, AwsError> {
+        let out = self
+            .clients
+            .client(region, Call::Describe)
+            .await
+            .describe_instance_health()
+            .load_balancer_name(name)
+            .customize()
+            .config_override(
+                aws_sdk_elasticloadbalancing::config::Builder::default()
+                    .retry_config(super::read_retries()),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("DescribeInstanceHealth", format!("elb/{region}/{name}"), e))
+            .inspect_err(|e| self.clients.note(region, Call::Describe, e))?;
+        Ok(out
+            .instance_states()
+            .iter()
+            .filter_map(|i| {
+                let state = i.state()?.to_string();
+                // `OutOfService` for a reason of the ELB's own (registration in progress) is
+                // on its way; for the instance's (a failing health check) it is where it is.
+                let settling = state == "Unknown"
+                    || (state == "OutOfService" && i.reason_code() == Some("ELB"));
+                Some((
+                    Target::instance(i.instance_id()?),
+                    Health { state, settling },
+                ))
+            })
+            .collect())
     }
 
     async fn permit(&self, region: &str) -> Permit {

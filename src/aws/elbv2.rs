@@ -19,7 +19,7 @@ use super::quota::elb::Call;
 use super::regional::PerRegion;
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
 use crate::key::{Target, TargetId};
-use crate::plan::{Registered, TargetKind};
+use crate::plan::{Health, Registered, TargetKind};
 
 /// What is cached of a target group.
 #[derive(Clone, Debug)]
@@ -184,12 +184,29 @@ impl ElbApi for SdkElbV2 {
             .map_err(|e| classify("DescribeTargetHealth", &target, e))
             .inspect_err(|e| self.clients.note(region, Call::Describe, e))
             .inspect_err(|e| self.forget_if_gone(region, name, e))?;
-        let (mut members, mut draining) = (BTreeSet::new(), BTreeSet::new());
+        let (mut members, mut draining, mut health) = (
+            BTreeSet::new(),
+            BTreeSet::new(),
+            std::collections::BTreeMap::new(),
+        );
         for d in out.target_health_descriptions() {
             let Some(t) = d.target() else { continue };
             let Some(id) = t.id() else { continue };
             let s = reported(id, t.port().or(group.port.map(i32::from)));
             let state = d.target_health().and_then(|h| h.state());
+            if let Some(state) = state {
+                let settling = matches!(
+                    state,
+                    TargetHealthStateEnum::Initial | TargetHealthStateEnum::Draining
+                );
+                health.insert(
+                    s.clone(),
+                    Health {
+                        state: state.as_str().to_string(),
+                        settling,
+                    },
+                );
+            }
             if state == Some(&TargetHealthStateEnum::Draining) {
                 draining.insert(s);
             } else {
@@ -201,6 +218,7 @@ impl ElbApi for SdkElbV2 {
             draining,
             default_port: group.port,
             kind: group.kind,
+            health,
         })
     }
 

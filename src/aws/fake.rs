@@ -42,6 +42,8 @@ pub struct FakeElb {
     /// Whether the refusal names the bad members (real AWS mostly does); `false` makes the caller
     /// bisect.
     pub name_invalid: Mutex<bool>,
+    /// Health states reported for members (AWS's word, settling), by member.
+    pub health: Mutex<HashMap<String, crate::plan::Health>>,
 }
 
 impl FakeElb {
@@ -83,6 +85,17 @@ impl FakeElb {
         lock(&self.draining).insert(
             (region.into(), name.into()),
             ids.iter().map(|s| s.to_string()).collect(),
+        );
+    }
+
+    /// Reports `member` in `state` from now on (`settling`: AWS is still moving it).
+    pub fn set_health(&self, member: &str, state: &str, settling: bool) {
+        lock(&self.health).insert(
+            member.to_string(),
+            crate::plan::Health {
+                state: state.to_string(),
+                settling,
+            },
         );
     }
 
@@ -159,9 +172,24 @@ impl ElbApi for FakeElb {
                 .filter_map(|s| crate::key::parse_target(s).ok())
                 .collect()
         };
+        let mut health: BTreeMap<Target, crate::plan::Health> = lock(&self.health)
+            .iter()
+            .filter(|(m, _)| members.contains(*m))
+            .filter_map(|(m, h)| Some((crate::key::parse_target(m).ok()?, h.clone())))
+            .collect();
+        for t in typed(&draining) {
+            health.insert(
+                t,
+                crate::plan::Health {
+                    state: "draining".into(),
+                    settling: true,
+                },
+            );
+        }
         Ok(Registered {
             members: typed(&members.difference(&draining).cloned().collect()),
             draining: typed(&draining),
+            health,
             ..Registered::default()
         })
     }

@@ -38,6 +38,17 @@ impl ElbApi for MeteredElb {
         r
     }
 
+    async fn health(
+        &self,
+        region: &str,
+        name: &str,
+    ) -> Result<std::collections::BTreeMap<Target, crate::plan::Health>, AwsError> {
+        let r = self.inner.health(region, name).await;
+        self.metrics
+            .aws_call(self.service, "describe_health", result(&r));
+        r
+    }
+
     async fn permit(&self, region: &str) -> Permit {
         self.inner.permit(region).await
     }

@@ -31,6 +31,16 @@ pub mod route53;
 pub trait ElbApi: Send + Sync + 'static {
     /// What is registered with load balancer (or target group) `name` in `region`.
     async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError>;
+    /// The health of the members of a load balancer whose [`ElbApi::members`] does not report it
+    /// (a Classic ELB: DescribeInstanceHealth, one more Describe, made only while someone may be
+    /// waiting on a member's health). Target groups report it with their members: nothing here.
+    async fn health(
+        &self,
+        _region: &str,
+        _name: &str,
+    ) -> Result<std::collections::BTreeMap<Target, crate::plan::Health>, AwsError> {
+        Ok(Default::default())
+    }
     /// Waits until one more Register or Deregister call may go out in `region` within AWS's
     /// quotas, and takes its share of them. A sync waits for its permit *before* it settles what
     /// to register, so that what arrived while it waited goes out in the same call.

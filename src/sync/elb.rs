@@ -13,7 +13,17 @@ use crate::plan::{plan_elb, spell, ElbChanges, Registered, Rejected};
 /// The members a load balancer's actor wants now, and that desire's generation. A sync reads it
 /// again after each wait for AWS's quota, so that what arrived meanwhile goes out in the same
 /// call: when calls are scarce, a load balancer gets one call with ten changes rather than ten.
-pub type Wanted = tokio::sync::watch::Receiver<(Arc<BTreeSet<Member>>, u64)>;
+pub type Wanted = tokio::sync::watch::Receiver<Want>;
+
+/// A load balancer's desire, as its actor holds it for the sync in flight.
+#[derive(Clone, Debug, Default)]
+pub struct Want {
+    pub members: Arc<BTreeSet<Member>>,
+    /// Numbers the desires the Supervisor sends.
+    pub generation: u64,
+    /// The etcd revision of the latest change of the load balancer's keys it reflects.
+    pub revision: i64,
+}
 
 /// What one ELB sync did.
 #[derive(Clone, Debug, Default)]
@@ -24,6 +34,10 @@ pub struct ElbSync {
     pub rejected: Rejected,
     /// The generation of the desire the sync brought AWS to.
     pub generation: u64,
+    /// That desire's etcd revision.
+    pub revision: i64,
+    /// What AWS reported before the changes (with the members' health when it was read).
+    pub actual: Registered,
 }
 
 /// Plans `wanted`'s latest desire against `actual`, leaving out the members AWS refused before
@@ -34,8 +48,9 @@ fn plan_latest(
     options: &SyncOptions,
     known: &Rejected,
     retry_rejected: bool,
-) -> (ElbChanges, Rejected, u64) {
-    let (members, generation) = wanted.borrow().clone();
+) -> (ElbChanges, Rejected, Want) {
+    let want = wanted.borrow().clone();
+    let members = want.members.clone();
     let mut changes = plan_elb(&members, actual, options.policy);
     let mut rejected = Rejected::new();
     if !retry_rejected {
@@ -49,7 +64,7 @@ fn plan_latest(
                 None => true,
             });
     }
-    (changes, rejected, generation)
+    (changes, rejected, want)
 }
 
 /// One ELB or target-group sync: a Describe, then the Register calls and at most one Deregister
@@ -61,7 +76,9 @@ fn plan_latest(
 /// the members it names are set aside and the rest registered again; a refusal that names none
 /// is bisected. Known refusals (`known`) are not tried again unless `retry_rejected` (a resync).
 /// The extras are deregistered all the same, except when that would empty a load balancer whose
-/// every wanted member was refused: one bad key must not take a service down.
+/// every wanted member was refused: one bad key must not take a service down. `read_health`: also
+/// read the members' health where the Describe does not report it (Classic ELB), for whoever
+/// waits on it (see [`crate::status`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn sync_elb(
     api: &dyn ElbApi,
@@ -74,10 +91,15 @@ pub async fn sync_elb(
     log: &Logger,
     known: &Rejected,
     retry_rejected: bool,
+    read_health: bool,
 ) -> Result<ElbSync, AwsError> {
-    let wants_nothing = wanted.borrow().0.is_empty();
-    let actual = read_elb(api, region, name, wants_nothing).await?;
-    let (mut changes, mut rejected, mut generation) =
+    let wants_nothing = wanted.borrow().members.is_empty();
+    let mut actual = read_elb(api, region, name, wants_nothing).await?;
+    if read_health && !actual.members.is_empty() {
+        let health = api.health(region, name).await?;
+        actual.health.extend(health);
+    }
+    let (mut changes, mut rejected, mut want) =
         plan_latest(wanted, &actual, options, known, retry_rejected);
     if options.dry_run {
         if !changes.register.is_empty() {
@@ -91,14 +113,15 @@ pub async fn sync_elb(
         return Ok(ElbSync {
             changes,
             rejected,
-            generation,
+            generation: want.generation,
+            revision: want.revision,
+            actual,
         });
     }
     let mut permit = None;
     if !changes.register.is_empty() || !changes.deregister.is_empty() {
         permit = Some(api.permit(region).await);
-        (changes, rejected, generation) =
-            plan_latest(wanted, &actual, options, known, retry_rejected);
+        (changes, rejected, want) = plan_latest(wanted, &actual, options, known, retry_rejected);
     }
     if !changes.register.is_empty() {
         let (accepted, refused) =
@@ -128,7 +151,9 @@ pub async fn sync_elb(
     Ok(ElbSync {
         changes,
         rejected,
-        generation,
+        generation: want.generation,
+        revision: want.revision,
+        actual,
     })
 }
 

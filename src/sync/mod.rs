@@ -31,6 +31,9 @@ pub enum Cause {
     Restart,
     /// A member key that had an etcd lease was deleted: its lease expired (or was revoked).
     LeaseExpiry,
+    /// AWS is still moving members (registering, health checks, draining): read again, for
+    /// whoever waits on them.
+    Settle,
 }
 
 impl fmt::Display for Cause {
@@ -42,6 +45,7 @@ impl fmt::Display for Cause {
             Cause::Relist => "relist",
             Cause::Restart => "actor restart",
             Cause::LeaseExpiry => "lease expiry",
+            Cause::Settle => "settling (health, draining)",
         })
     }
 }

@@ -81,6 +81,11 @@ impl Schedule {
         self.failures
     }
 
+    /// No sync in flight, none asked for and none waiting to be retried.
+    pub fn idle(&self) -> bool {
+        !self.in_flight && !self.pending && self.waiting.is_none() && !self.draining
+    }
+
     pub fn in_flight(&self) -> bool {
         self.in_flight
     }

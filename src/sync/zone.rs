@@ -34,6 +34,8 @@ pub struct FqdnResult {
     pub result: Result<(), AwsError>,
     /// The plan was built from the zone's cache, not from a read made for this sync.
     pub from_cache: bool,
+    /// The FQDN's record sets after the sync, as far as the zone knows them.
+    pub sets: Option<Vec<RecordSet>>,
 }
 
 /// Syncs a batch of FQDNs of one zone: reads each FQDN's record sets, plans, and applies all
@@ -109,6 +111,7 @@ pub async fn sync_zone(
             .map(|result| FqdnResult {
                 result,
                 from_cache: false,
+                sets: None,
             })
             .collect();
     }
@@ -144,6 +147,10 @@ pub async fn sync_zone(
         .into_iter()
         .enumerate()
         .map(|(i, result)| FqdnResult {
+            sets: result
+                .is_ok()
+                .then(|| cache.get(&batch[i].fqdn).cloned())
+                .flatten(),
             result,
             from_cache: !due.contains(&i),
         })

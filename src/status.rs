@@ -1,0 +1,510 @@
+//! What the running lbmanager publishes in etcd, and what the workload's commands make of it.
+//!
+//! The daemon writes one [`LbStatus`] per load balancer (at [`crate::key::status_key`]) when
+//! something in it changes, and a [`Heartbeat`] every resync interval. `lbmanager member … --wait`
+//! and `lbmanager status` read them with etcd access only: the hosts that run containers need no
+//! AWS credentials to know whether AWS has their member. Everything here is pure: the verdicts
+//! ([`judge`]) and the `status` table ([`rows`], [`render_table`]) are tested without etcd.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::key::{parse_target, LbId, Member};
+
+/// A member as AWS last reported it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberState {
+    /// As lbmanager spells it: `i-0abc`, `i-0abc:80`, `10.0.0.5:8080`, `192.0.2.1`.
+    pub member: String,
+    /// AWS's word for its health, where AWS has one and lbmanager read it: a target group's
+    /// `initial`, `healthy`, `unhealthy`, `unused`, `draining`, …; a Classic ELB's `InService`,
+    /// `OutOfService`, `Unknown`. None: registered, health not read (yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+}
+
+/// The last sync of a load balancer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSync {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub ok: bool,
+    /// Why it ran (`etcd event`, `resync (drift)`, …).
+    pub cause: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What the running lbmanager knows of one load balancer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LbStatus {
+    pub load_balancer: String,
+    /// AWS is in step with every change of this load balancer's keys up to this etcd revision.
+    pub revision: i64,
+    /// No change of the keys waits for a sync (as of this record).
+    pub in_step: bool,
+    /// How many members etcd wants.
+    pub desired: usize,
+    /// The members as last read from AWS (and changed by lbmanager since), draining ones
+    /// included.
+    pub members: Vec<MemberState>,
+    /// Route53: the TTL of the record sets, which a client may keep an old answer for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<i64>,
+    pub last_sync: LastSync,
+    /// Wanted members AWS refuses, with AWS's reason.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, String>,
+}
+
+impl LbStatus {
+    /// The same in everything but the time of the last sync: a resync that changed nothing is
+    /// not worth an etcd write.
+    pub fn same_as(&self, other: &LbStatus) -> bool {
+        let mut a = self.clone();
+        a.last_sync.at = other.last_sync.at;
+        &a == other
+    }
+
+    /// The state of the reported member that `member` (as a key names it) is, if AWS has it.
+    fn find(&self, lb: &LbId, member: &Member) -> Option<&MemberState> {
+        self.members.iter().find(|m| names(lb, member, &m.member))
+    }
+}
+
+/// Whether `reported` (as the status spells it) is `member` (as a key names it): a target key
+/// without a port names the target on the group's port, which AWS reports.
+pub fn names(lb: &LbId, member: &Member, reported: &str) -> bool {
+    match (lb, member) {
+        (LbId::TargetGroup { .. }, Member::Target(t)) => match parse_target(reported) {
+            Ok(r) => r.id == t.id && (t.port.is_none() || t.port == r.port),
+            Err(_) => false,
+        },
+        _ => member.to_string() == reported,
+    }
+}
+
+/// The running lbmanager's sign of life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    /// The daemon's resync interval: a heartbeat older than a few of them means no lbmanager runs.
+    pub resync_interval_secs: u64,
+    pub version: String,
+}
+
+/// How many resync intervals without a heartbeat mean that no lbmanager is running.
+pub const STALE_AFTER_INTERVALS: u64 = 3;
+
+impl Heartbeat {
+    /// How long ago it was written, if that is longer than [`STALE_AFTER_INTERVALS`] intervals.
+    pub fn stale(&self, now: u64) -> Option<u64> {
+        let age = now.saturating_sub(self.at);
+        (age > STALE_AFTER_INTERVALS * self.resync_interval_secs.max(1)).then_some(age)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// What `member add` or `member remove` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// Registered (and not draining); `healthy`: AWS also reports it healthy, where AWS has
+    /// health (a target group's `healthy`, a Classic ELB's `InService`).
+    Present { healthy: bool },
+    /// AWS no longer routes to it; `drained`: not even draining any more.
+    Absent { drained: bool },
+}
+
+/// What the published status says about a wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not yet; the reason, when there is one worth saying at a timeout.
+    Wait(Option<String>),
+    Done,
+    /// It will not happen without someone's help: the reason.
+    Failed(String),
+}
+
+/// Judges a wait for `member` of `lb` to reach `goal`, after the key change at etcd revision
+/// `revision`, from the load balancer's published status (`None`: no status record).
+/// `deleted_after`: the record was deleted after the change (lbmanager stopped managing the load
+/// balancer, having emptied it).
+pub fn judge(
+    lb: &LbId,
+    member: &Member,
+    goal: Goal,
+    revision: i64,
+    status: Option<&LbStatus>,
+    deleted_after: bool,
+) -> Verdict {
+    let Some(status) = status else {
+        return match (goal, deleted_after) {
+            (Goal::Absent { .. }, true) => Verdict::Done,
+            (Goal::Present { .. }, true) => Verdict::Failed(
+                "lbmanager emptied the load balancer and stopped managing it: its keys were \
+                 deleted"
+                    .into(),
+            ),
+            (_, false) => Verdict::Wait(Some(
+                "lbmanager has published no status for this load balancer yet".into(),
+            )),
+        };
+    };
+    if status.revision < revision {
+        let why = match &status.last_sync.error {
+            Some(e) if !status.last_sync.ok => format!("the last sync failed: {e}"),
+            _ => format!(
+                "lbmanager has not applied the change yet (AWS in step up to revision {}, the \
+                 change is at {revision})",
+                status.revision
+            ),
+        };
+        return Verdict::Wait(Some(why));
+    }
+    let key_member = member.to_string();
+    let found = status.find(lb, member);
+    match goal {
+        Goal::Present { healthy } => {
+            if let Some(reason) = status.rejected.get(&key_member) {
+                return Verdict::Failed(format!("AWS rejected {key_member}: {reason}"));
+            }
+            let Some(found) = found else {
+                return Verdict::Failed(format!(
+                    "lbmanager has applied the change, and etcd does not want {key_member} in \
+                     {lb} (a newer key of the `single` class overrides it, or it was deleted \
+                     meanwhile)"
+                ));
+            };
+            let state = found.state.as_deref();
+            if state == Some("draining") {
+                return Verdict::Wait(Some(format!("{} is draining", found.member)));
+            }
+            if !healthy || matches!(lb, LbId::Route53 { .. }) {
+                return Verdict::Done;
+            }
+            match state {
+                Some("healthy") | Some("InService") => Verdict::Done,
+                Some(s) => Verdict::Wait(Some(format!("AWS reports {} {s}", found.member))),
+                None => Verdict::Wait(Some(format!(
+                    "{} is registered; its health is not read yet",
+                    found.member
+                ))),
+            }
+        }
+        Goal::Absent { drained } => match found {
+            None => Verdict::Done,
+            Some(found) if found.state.as_deref() == Some("draining") => {
+                if drained {
+                    Verdict::Wait(Some(format!("{} is draining", found.member)))
+                } else {
+                    Verdict::Done
+                }
+            }
+            Some(found) => Verdict::Failed(format!(
+                "lbmanager has applied the change, and {} stays in {lb}: another key still \
+                 names it, or lbmanager runs with --policy upsert-only",
+                found.member
+            )),
+        },
+    }
+}
+
+/// One line of `lbmanager status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusRow {
+    pub load_balancer: String,
+    /// What etcd wants now.
+    pub desired: Vec<String>,
+    /// What AWS has, as lbmanager last published it (none: never synced).
+    pub in_aws: Option<Vec<MemberState>>,
+    pub in_step: bool,
+    /// Seconds since the last sync.
+    pub last_sync_age: Option<u64>,
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, String>,
+}
+
+/// The rows of `lbmanager status`: every load balancer etcd wants members for or lbmanager
+/// published a status of. A load balancer is in step when its last sync succeeded and AWS (as
+/// published, draining members aside) has exactly what etcd wants now.
+pub fn rows(
+    desired: &BTreeMap<LbId, BTreeSet<Member>>,
+    published: &BTreeMap<LbId, LbStatus>,
+    now: u64,
+) -> Vec<StatusRow> {
+    let mut lbs: BTreeSet<&LbId> = desired.keys().collect();
+    lbs.extend(published.keys());
+    lbs.into_iter()
+        .map(|lb| {
+            let want = desired.get(lb).cloned().unwrap_or_default();
+            let status = published.get(lb);
+            let in_step = status.is_some_and(|s| {
+                let routed: Vec<&MemberState> = s
+                    .members
+                    .iter()
+                    .filter(|m| m.state.as_deref() != Some("draining"))
+                    .collect();
+                s.last_sync.ok
+                    && want
+                        .iter()
+                        .all(|w| routed.iter().any(|m| names(lb, w, &m.member)))
+                    && routed
+                        .iter()
+                        .all(|m| want.iter().any(|w| names(lb, w, &m.member)))
+            });
+            StatusRow {
+                load_balancer: lb.to_string(),
+                desired: want.iter().map(Member::to_string).collect(),
+                in_aws: status.map(|s| s.members.clone()),
+                in_step,
+                last_sync_age: status.map(|s| now.saturating_sub(s.last_sync.at)),
+                last_error: status.and_then(|s| s.last_sync.error.clone()),
+                rejected: status.map(|s| s.rejected.clone()).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The exit code of `status` once lbmanager is known to be alive: 0 all in step, 2 otherwise.
+pub fn exit_code(rows: &[StatusRow]) -> u8 {
+    if rows.iter().all(|r| r.in_step) {
+        0
+    } else {
+        2
+    }
+}
+
+/// Seconds as people say them: `42s`, `5m`, `3h`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s => format!("{}h ago", s / 3600),
+    }
+}
+
+/// A table for a terminal.
+pub fn render_table(rows: &[StatusRow]) -> String {
+    let mut out = String::new();
+    let width = rows
+        .iter()
+        .map(|r| r.load_balancer.len())
+        .max()
+        .unwrap_or(0)
+        .max("LOAD BALANCER".len());
+    let _ = writeln!(
+        out,
+        "{:width$}  {:>7}  {:>6}  {:7}  {:>10}  NOTES",
+        "LOAD BALANCER", "DESIRED", "IN AWS", "IN STEP", "LAST SYNC"
+    );
+    for r in rows {
+        let mut notes = Vec::new();
+        if r.in_aws.is_none() {
+            notes.push("never synced".to_string());
+        }
+        if let Some(e) = &r.last_error {
+            notes.push(format!("error: {e}"));
+        }
+        for (member, reason) in &r.rejected {
+            notes.push(format!("rejected {member}: {reason}"));
+        }
+        let _ = writeln!(
+            out,
+            "{:width$}  {:>7}  {:>6}  {:7}  {:>10}  {}",
+            r.load_balancer,
+            r.desired.len(),
+            r.in_aws
+                .as_ref()
+                .map_or("-".to_string(), |m| m.len().to_string()),
+            if r.in_step { "yes" } else { "NO" },
+            r.last_sync_age.map_or("never".to_string(), age),
+            notes.join("; ")
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::parse_target;
+
+    fn tg() -> LbId {
+        LbId::TargetGroup {
+            region: "us-east-1".into(),
+            name: "web".into(),
+        }
+    }
+
+    fn status(revision: i64, members: &[(&str, Option<&str>)]) -> LbStatus {
+        LbStatus {
+            load_balancer: tg().to_string(),
+            revision,
+            in_step: true,
+            desired: members.len(),
+            members: members
+                .iter()
+                .map(|(m, s)| MemberState {
+                    member: m.to_string(),
+                    state: s.map(str::to_string),
+                })
+                .collect(),
+            ttl: None,
+            last_sync: LastSync {
+                at: 100,
+                ok: true,
+                cause: "etcd event".into(),
+                error: None,
+            },
+            rejected: BTreeMap::new(),
+        }
+    }
+
+    fn target(s: &str) -> Member {
+        Member::Target(Box::new(parse_target(s).unwrap()))
+    }
+
+    #[test]
+    fn an_add_is_done_once_the_status_covers_its_revision_and_has_the_member() {
+        let add = Goal::Present { healthy: false };
+        let m = target("i-0abc1234");
+        let old = status(9, &[]);
+        assert!(matches!(
+            judge(&tg(), &m, add, 10, Some(&old), false),
+            Verdict::Wait(Some(_))
+        ));
+        let new = status(10, &[("i-0abc1234:80", Some("initial"))]);
+        assert_eq!(judge(&tg(), &m, add, 10, Some(&new), false), Verdict::Done);
+        // --healthy waits for AWS's health check.
+        let healthy = Goal::Present { healthy: true };
+        assert!(matches!(
+            judge(&tg(), &m, healthy, 10, Some(&new), false),
+            Verdict::Wait(Some(w)) if w.contains("initial")
+        ));
+        let up = status(12, &[("i-0abc1234:80", Some("healthy"))]);
+        assert_eq!(
+            judge(&tg(), &m, healthy, 10, Some(&up), false),
+            Verdict::Done
+        );
+        // A port the key names must match.
+        assert!(matches!(
+            judge(&tg(), &target("i-0abc1234:81"), add, 10, Some(&up), false),
+            Verdict::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_rejected_member_fails_the_add_with_aws_reason() {
+        let mut s = status(10, &[]);
+        s.rejected
+            .insert("i-0abc1234".into(), "InvalidTarget: not running".into());
+        let v = judge(
+            &tg(),
+            &target("i-0abc1234"),
+            Goal::Present { healthy: false },
+            10,
+            Some(&s),
+            false,
+        );
+        assert!(matches!(v, Verdict::Failed(r) if r.contains("not running")));
+    }
+
+    #[test]
+    fn a_remove_is_done_when_not_routed_and_drained_when_gone() {
+        let m = target("i-0abc1234");
+        let draining = status(10, &[("i-0abc1234:80", Some("draining"))]);
+        let remove = Goal::Absent { drained: false };
+        let drain = Goal::Absent { drained: true };
+        assert_eq!(
+            judge(&tg(), &m, remove, 10, Some(&draining), false),
+            Verdict::Done
+        );
+        assert!(matches!(
+            judge(&tg(), &m, drain, 10, Some(&draining), false),
+            Verdict::Wait(_)
+        ));
+        let gone = status(10, &[]);
+        assert_eq!(
+            judge(&tg(), &m, drain, 10, Some(&gone), false),
+            Verdict::Done
+        );
+        // Retired (status deleted after the change): gone too.
+        assert_eq!(judge(&tg(), &m, drain, 10, None, true), Verdict::Done);
+        assert_eq!(
+            judge(&tg(), &m, drain, 10, None, false),
+            Verdict::Wait(Some(
+                "lbmanager has published no status for this load balancer yet".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_resync_that_changed_nothing_is_the_same_status() {
+        let a = status(10, &[("i-0abc1234:80", Some("healthy"))]);
+        let mut b = a.clone();
+        b.last_sync.at = 500;
+        assert!(a.same_as(&b));
+        b.members[0].state = Some("unhealthy".into());
+        assert!(!a.same_as(&b));
+    }
+
+    #[test]
+    fn status_rows_tell_in_step_drifted_and_never_synced() {
+        let web = tg();
+        let api = LbId::TargetGroup {
+            region: "us-east-1".into(),
+            name: "api".into(),
+        };
+        let new = LbId::TargetGroup {
+            region: "us-east-1".into(),
+            name: "new".into(),
+        };
+        let mut desired = BTreeMap::new();
+        desired.insert(web.clone(), BTreeSet::from([target("i-0abc1234")]));
+        desired.insert(api.clone(), BTreeSet::from([target("i-00000001")]));
+        desired.insert(new.clone(), BTreeSet::from([target("i-00000002")]));
+        let mut published = BTreeMap::new();
+        published.insert(
+            web.clone(),
+            status(10, &[("i-0abc1234:80", Some("healthy"))]),
+        );
+        let mut drifted = status(10, &[("i-00000009:80", Some("healthy"))]);
+        drifted.load_balancer = api.to_string();
+        published.insert(api.clone(), drifted);
+        let rows = rows(&desired, &published, 160);
+        let by = |lb: &LbId| {
+            rows.iter()
+                .find(|r| r.load_balancer == lb.to_string())
+                .unwrap()
+        };
+        assert!(by(&web).in_step);
+        assert!(!by(&api).in_step);
+        assert!(!by(&new).in_step && by(&new).in_aws.is_none());
+        assert_eq!(exit_code(&rows), 2);
+        let table = render_table(&rows);
+        assert!(table.contains("never synced"), "{table}");
+        assert!(table.contains("60s ago"), "{table}");
+    }
+
+    #[test]
+    fn a_heartbeat_is_stale_after_three_intervals() {
+        let hb = Heartbeat {
+            at: 1000,
+            resync_interval_secs: 10,
+            version: "x".into(),
+        };
+        assert_eq!(hb.stale(1030), None);
+        assert_eq!(hb.stale(1031), Some(31));
+    }
+}
