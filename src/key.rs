@@ -364,6 +364,22 @@ pub fn parse_status(prefix: &str, key: &str) -> Option<LbId> {
     )
 }
 
+/// Where `lbmanager member … --wait --healthy|--drain` says that it waits on AWS's progress with
+/// `member` (under a lease, gone when the waiter is): `PREFIX/_waiting/elb/REGION/NAME/MEMBER` and
+/// the like. In the member tree (reserved `_` part) because that is what lbmanager watches; while
+/// such a key exists, lbmanager reads the load balancer again as its members settle (health
+/// checks, draining), and only then: those reads cost AWS calls.
+pub fn waiting_key(prefix: &str, lb: &LbId, member: &Member) -> String {
+    format!("{prefix}/_waiting/{}/{member}", record_path(lb))
+}
+
+/// The load balancer a [`waiting_key`] names, if `key` is one.
+pub fn parse_waiting(prefix: &str, key: &str) -> Option<LbId> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("/_waiting/")?;
+    let (path, _member) = rest.rsplit_once('/')?;
+    parse_record_path(path)
+}
+
 /// Where the running lbmanager (the leader, with `--ha`) says it is alive: a JSON
 /// [`crate::status::Heartbeat`], written at start and every resync interval.
 pub fn heartbeat_key(prefix: &str) -> String {

@@ -16,7 +16,7 @@ use crate::cli::{AddArgs, EtcdArgs, PlanOutput, RemoveArgs, StatusArgs};
 use crate::daemon::{etcd_options, StopSignal};
 use crate::etcd::{self, EtcdOptions};
 use crate::filter::Filters;
-use crate::key::{self, heartbeat_key, status_key, LbId, Member, MemberKey};
+use crate::key::{self, heartbeat_key, status_key, waiting_key, LbId, Member, MemberKey};
 use crate::status::{self, judge, Goal, Heartbeat, LbStatus, Verdict};
 
 /// Why a command failed: what it prints, and its exit code.
@@ -240,9 +240,20 @@ async fn wait(
     revision: i64,
     timeout: Duration,
 ) -> Result<Option<LbStatus>, CommandError> {
+    // Health and draining are read again only while someone waits on them: say so.
+    let settle = matches!(
+        goal,
+        Goal::Present { healthy: true } | Goal::Absent { drained: true }
+    );
+    let waiting = if settle {
+        Some(announce_waiting(client, prefix, target, timeout).await?)
+    } else {
+        None
+    };
     let mut why = None;
+    let mut watcher = client.clone();
     let watched = watch_status(
-        client,
+        &mut watcher,
         prefix,
         &target.lb,
         &target.member,
@@ -250,7 +261,12 @@ async fn wait(
         revision,
         &mut why,
     );
-    match tokio::time::timeout(timeout, watched).await {
+    let result = tokio::time::timeout(timeout, watched).await;
+    if let Some(lease) = waiting {
+        // Deletes the waiting key (and if this fails, the lease runs out by itself).
+        let _ = client.lease_revoke(lease).await;
+    }
+    match result {
         Ok(result) => result,
         Err(_) => {
             let mut why = why.unwrap_or_else(|| "no word from lbmanager".into());
@@ -265,6 +281,28 @@ async fn wait(
     }
 }
 
+/// Writes the [`waiting_key`] of `target` under a lease that outlives the wait a little; returns
+/// the lease.
+async fn announce_waiting(
+    client: &mut Client,
+    prefix: &str,
+    target: &MemberKey,
+    timeout: Duration,
+) -> Result<i64, CommandError> {
+    let ttl = timeout.as_secs() as i64 + 10;
+    let lease = client
+        .lease_grant(ttl, None)
+        .await
+        .map_err(etcd_error)?
+        .id();
+    let key = waiting_key(prefix, &target.lb, &target.member);
+    client
+        .put(key, "", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .map_err(etcd_error)?;
+    Ok(lease)
+}
+
 /// Follows the status key until a verdict; `why` keeps the latest reason to wait.
 async fn watch_status(
     client: &mut Client,
@@ -276,12 +314,15 @@ async fn watch_status(
     why: &mut Option<String>,
 ) -> Result<Option<LbStatus>, CommandError> {
     let key = status_key(prefix, lb);
+    // The last status seen: what a wait that ends with the record's removal returns.
+    let mut last: Option<LbStatus> = None;
     loop {
         let got = client.get(key.as_str(), None).await.map_err(etcd_error)?;
         let current = got.kvs().first().and_then(|kv| parse(kv.value()));
         let verdict = judge(lb, member, goal, revision, current.as_ref(), false);
-        if let Some(done) = decide(verdict, current, why)? {
-            return Ok(done);
+        last = current.or(last);
+        if decide(verdict, why)? {
+            return Ok(last);
         }
         let from = got.header().map_or(0, |h| h.revision()) + 1;
         let mut stream = client
@@ -307,8 +348,9 @@ async fn watch_status(
                     EventType::Delete => (None, kv.mod_revision() > revision),
                 };
                 let verdict = judge(lb, member, goal, revision, status.as_ref(), deleted);
-                if let Some(done) = decide(verdict, status, why)? {
-                    return Ok(done);
+                last = status.or(last);
+                if decide(verdict, why)? {
+                    return Ok(last);
                 }
             }
         }
@@ -320,20 +362,16 @@ fn parse(value: &[u8]) -> Option<LbStatus> {
     serde_json::from_slice(value).ok()
 }
 
-/// `Some`: the wait is over (with the status that ended it).
-fn decide(
-    verdict: Verdict,
-    status: Option<LbStatus>,
-    why: &mut Option<String>,
-) -> Result<Option<Option<LbStatus>>, CommandError> {
+/// Whether the wait is over (an error: over, and failed); keeps the reason to wait in `why`.
+fn decide(verdict: Verdict, why: &mut Option<String>) -> Result<bool, CommandError> {
     match verdict {
-        Verdict::Done => Ok(Some(status)),
+        Verdict::Done => Ok(true),
         Verdict::Failed(reason) => Err(CommandError::Failed(reason)),
         Verdict::Wait(reason) => {
             if reason.is_some() {
                 *why = reason;
             }
-            Ok(None)
+            Ok(false)
         }
     }
 }

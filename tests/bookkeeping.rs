@@ -39,9 +39,13 @@ async fn a_purge_while_stopped_empties_the_load_balancers_at_the_next_start() {
     )
     .await;
     eventually(
-        "the record goes once the load balancer is emptied",
+        "the record and the status go once the load balancer is emptied",
         DEADLINE,
-        || async { etcd.keys("/lbmanager-state/").await.is_empty() },
+        // (Only the heartbeat stays: lbmanager is running.)
+        || async {
+            etcd.keys("/lbmanager-state/").await
+                == ["/lbmanager-state/lbManager/daemon".to_string()].into()
+        },
     )
     .await;
     assert_eq!(daemon.stop(), Some(0));

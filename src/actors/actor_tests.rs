@@ -628,3 +628,88 @@ async fn the_managed_record_is_in_etcd_before_the_first_change_in_aws() {
     })
     .await;
 }
+
+/// The status the Supervisor published for a load balancer (through the StateWriter).
+fn published(etcd: &FakeEtcd, lb: &str) -> Option<crate::status::LbStatus> {
+    let lb = crate::key::parse_status(
+        "/lbManager",
+        &format!("/lbmanager-state/lbManager/status/{lb}"),
+    )
+    .expect("a load balancer path");
+    let key = crate::key::status_key("/lbManager", &lb);
+    serde_json::from_str(&etcd.get(&key)?).ok()
+}
+
+fn describes(elb: &FakeElb) -> usize {
+    elb.calls()
+        .iter()
+        .filter(|c| c.starts_with("Describe"))
+        .count()
+}
+
+#[actix_rt::test]
+async fn health_is_read_again_only_while_someone_waits_and_published_as_it_settles() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
+    let key = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
+    let etcd = Arc::new(FakeEtcd::default());
+    let sup = start_on(
+        etcd.clone(),
+        settings(),
+        elb.clone(),
+        Arc::default(),
+        &[(key, 7)],
+    );
+    eventually("registered and published", || {
+        // A start-up sync brings AWS to the whole read's revision.
+        published(&etcd, "elbv2/us-east-1/tg")
+            .is_some_and(|s| s.revision == 100 && s.members.len() == 1)
+    })
+    .await;
+    elb.set_health("i-00000001:80", "initial", true);
+    // Nobody waits: no read but the sync's own.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(describes(&elb), 1, "{:?}", elb.calls());
+
+    // `member add --healthy` waits: the load balancer is read until the target settles.
+    let waiting = "/lbManager/_waiting/elbv2/us-east-1/tg/i-00000001:80";
+    sup.send(put(waiting, 8)).await.unwrap();
+    eventually("the health read back", || {
+        published(&etcd, "elbv2/us-east-1/tg")
+            .is_some_and(|s| s.members[0].state.as_deref() == Some("initial"))
+    })
+    .await;
+    elb.set_health("i-00000001:80", "healthy", false);
+    eventually("healthy, published", || {
+        published(&etcd, "elbv2/us-east-1/tg")
+            .is_some_and(|s| s.members[0].state.as_deref() == Some("healthy"))
+    })
+    .await;
+    sup.send(del(waiting, 9)).await.unwrap();
+    let reads = describes(&elb);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(describes(&elb), reads, "settled: no more reads");
+}
+
+#[actix_rt::test]
+async fn a_key_written_again_moves_the_published_revision_without_a_call() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let etcd = Arc::new(FakeEtcd::default());
+    let sup = start_on(
+        etcd.clone(),
+        settings(),
+        elb.clone(),
+        Arc::default(),
+        &[(A, 5)],
+    );
+    eventually("published at the read's revision", || {
+        published(&etcd, "elb/us-east-1/a").is_some_and(|s| s.revision == 100 && s.in_step)
+    })
+    .await;
+    let calls = elb.calls().len();
+    sup.send(put(A, 120)).await.unwrap();
+    eventually("published at the new revision", || {
+        published(&etcd, "elb/us-east-1/a").is_some_and(|s| s.revision == 120 && s.in_step)
+    })
+    .await;
+    assert_eq!(elb.calls().len(), calls, "{:?}", elb.calls());
+}

@@ -50,6 +50,14 @@ pub enum KeyChange {
     },
 }
 
+impl KeyChange {
+    pub fn key(&self) -> &str {
+        match self {
+            KeyChange::Put { key, .. } | KeyChange::Delete { key, .. } => key,
+        }
+    }
+}
+
 /// Changes from the watch, in etcd's order.
 #[derive(Debug)]
 pub struct EtcdChanges {

@@ -48,6 +48,12 @@ pub struct Desire {
 #[rtype(result = "()")]
 pub struct SetZone(pub Addr<HostedZone>);
 
+/// Whether someone waits on AWS's progress with this load balancer's members (see
+/// [`crate::key::waiting_key`]): only then is it read again while they settle.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Watched(pub bool);
+
 /// The Supervisor no longer needs this load balancer (no keys, AWS emptied): stop.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -69,6 +75,9 @@ pub struct Synced {
     pub rejected: Option<Arc<Rejected>>,
     /// The load balancer's status, when something in it changed (see [`crate::status`]).
     pub status: Option<Arc<LbStatus>>,
+    /// AWS is still moving members (a target draining, …): a load balancer without keys is not
+    /// done with until it has settled, so that whoever waits for the drain is told.
+    pub settling: bool,
 }
 
 /// A sync in flight. Dropping it (the sync ended, or the actor stopped or panicked mid-sync)
@@ -129,6 +138,8 @@ pub struct LoadBalancer {
     /// The read scheduled while members settle (health checks, draining), and how many were made.
     settle: Option<SpawnHandle>,
     settle_reads: u32,
+    /// Someone waits on AWS's progress (see [`Watched`]).
+    watched: bool,
     /// When to sync: the rules, without the actor.
     schedule: Schedule,
     /// The metric side of the sync in flight.
@@ -164,6 +175,7 @@ impl LoadBalancer {
             published: None,
             settle: None,
             settle_reads: 0,
+            watched: false,
             schedule: Schedule::default(),
             in_flight: None,
             retry: None,
@@ -345,6 +357,7 @@ impl LoadBalancer {
             error: error.clone(),
             rejected,
             status,
+            settling: self.settling(),
         });
         self.release_drain();
         let outcome = match &error {
@@ -398,7 +411,9 @@ impl LoadBalancer {
                         state: None,
                     })
                     .collect();
-                (members, sets.first().map(|s| s.ttl), in_flight.revision)
+                // Once the last value is gone, clients may still hold it for the TTL it had.
+                let ttl = sets.first().map(|s| s.ttl).or(previous.and_then(|p| p.ttl));
+                (members, ttl, in_flight.revision)
             }
             Seen::Nothing => (
                 previous.map(|p| p.members.clone()).unwrap_or_default(),
@@ -478,22 +493,29 @@ impl LoadBalancer {
             .collect()
     }
 
-    /// While AWS is still moving members (a registration not yet read back, health checks
-    /// pending, draining), reads the load balancer again in a little while, waiting longer each
-    /// time: whoever waits in `lbmanager member … --wait --healthy/--drain` learns of it from the
-    /// status. A settled load balancer costs nothing.
+    /// Whether someone waits (see [`Watched`]) while AWS is still moving members, as last
+    /// published: a registration not read back yet, health checks under way (`initial`,
+    /// `Unknown`, a Classic `OutOfService` for a while), a target draining.
+    fn settling(&self) -> bool {
+        self.watched
+            && self.published.as_ref().is_some_and(|p| {
+                p.last_sync.ok
+                    && p.members.iter().any(|m| match m.state.as_deref() {
+                        None => !matches!(self.id, LbId::Route53 { .. }) && self.settle_reads == 0,
+                        Some(s) => {
+                            matches!(s, "initial" | "draining" | "Unknown")
+                                || (s == "OutOfService" && self.settle_reads < 8)
+                        }
+                    })
+            })
+    }
+
+    /// While someone waits and AWS is still moving members (see [`Self::settling`]), reads the
+    /// load balancer again in a little while, waiting longer each time: whoever waits in
+    /// `lbmanager member … --healthy/--drain` learns of it from the status. Nobody waiting, or
+    /// a settled load balancer, costs nothing.
     fn settle_later(&mut self, ctx: &mut Context<Self>) {
-        let settling = self.published.as_ref().is_some_and(|p| {
-            p.last_sync.ok
-                && p.members.iter().any(|m| match m.state.as_deref() {
-                    None => !matches!(self.id, LbId::Route53 { .. }) && self.settle_reads == 0,
-                    Some(s) => {
-                        matches!(s, "initial" | "draining" | "Unknown")
-                            || (s == "OutOfService" && self.settle_reads < 8)
-                    }
-                })
-        });
-        if !settling {
+        if !self.settling() {
             self.settle_reads = 0;
             return;
         }
@@ -568,6 +590,7 @@ impl Handler<Desire> for LoadBalancer {
                 error: None,
                 rejected: None,
                 status,
+                settling: self.settling(),
             });
             return;
         }
@@ -585,6 +608,20 @@ impl Handler<ZoneSynced> for LoadBalancer {
             None => Seen::Nothing,
         };
         self.finished(msg.generation, msg.error, None, msg.stale, seen, ctx);
+    }
+}
+
+impl Handler<Watched> for LoadBalancer {
+    type Result = ();
+
+    fn handle(&mut self, Watched(watched): Watched, ctx: &mut Self::Context) {
+        self.watched = watched;
+        if watched {
+            self.settle_reads = 0;
+            self.settle_later(ctx);
+        } else if let Some(handle) = self.settle.take() {
+            ctx.cancel_future(handle);
+        }
     }
 }
 

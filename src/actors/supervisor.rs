@@ -16,7 +16,9 @@ use slog::{debug, error, info, warn, Logger};
 
 use super::etcd_watcher::{EtcdChanges, EtcdWatcher, KeyChange, WatchEvent};
 use super::hosted_zone::HostedZone;
-use super::load_balancer::{Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced};
+use super::load_balancer::{
+    Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced, Watched,
+};
 use super::state_writer::{
     Beat, DeleteKeys, DeleteSuperseded, Flush, ManagedRecord, PublishStatus, StateWriter,
 };
@@ -110,6 +112,9 @@ pub struct Supervisor {
     /// AWS) until it has landed, or a `kill -9` right after their first Register would leave a
     /// load balancer nobody knows to empty.
     awaiting_record: HashSet<LbId>,
+    /// The waiting keys of `lbmanager member … --healthy/--drain`, by load balancer (see
+    /// [`crate::key::waiting_key`]).
+    waiting: HashMap<LbId, HashSet<String>>,
     /// Records of earlier versions to delete at start (see [`crate::etcd::Records::obsolete`]).
     obsolete: Vec<String>,
     /// The StateWriter, started with the Supervisor.
@@ -149,6 +154,7 @@ impl Supervisor {
             recorded: HashSet::new(),
             awaiting_record: HashSet::new(),
             obsolete: Vec::new(),
+            waiting: HashMap::new(),
             state: None,
             watcher: None,
             stopping: false,
@@ -366,14 +372,35 @@ impl Supervisor {
             LbId::TargetGroup { .. } => Backend::Elb(self.aws.elbv2.clone()),
             LbId::Route53 { zone, .. } => Backend::Route53(self.zone(zone)),
         };
-        LoadBalancer::new(
+        let addr = LoadBalancer::new(
             lb.clone(),
             &self.log,
             backend,
             self.settings.clone(),
             ctx.address().recipient(),
         )
-        .start()
+        .start();
+        if self.waiting.contains_key(lb) {
+            addr.do_send(Watched(true));
+        }
+        addr
+    }
+
+    /// A waiting key came (`put`) or went: tells the load balancer whether anyone waits on it.
+    fn waiter(&mut self, lb: LbId, key: &str, put: bool) {
+        let keys = self.waiting.entry(lb.clone()).or_default();
+        if put {
+            keys.insert(key.to_string());
+        } else {
+            keys.remove(key);
+        }
+        let watched = !keys.is_empty();
+        if !watched {
+            self.waiting.remove(&lb);
+        }
+        if let Some(child) = self.lbs.get(&lb) {
+            child.addr.do_send(Watched(watched));
+        }
     }
 
     fn zone(&mut self, zone: &str) -> Addr<HostedZone> {
@@ -610,6 +637,11 @@ impl Supervisor {
         // Each touched load balancer with its cause: a leased key's delete is a lease expiry.
         let mut touched: HashMap<LbId, (Cause, Revision)> = HashMap::new();
         for change in msg.changes {
+            if let Some(lb) = crate::key::parse_waiting(&self.settings.prefix, change.key()) {
+                let put = matches!(change, KeyChange::Put { .. });
+                self.waiter(lb, change.key(), put);
+                continue;
+            }
             match change {
                 KeyChange::Put { key, revision } => match self.desired.put(&key, revision) {
                     Ok(Some(lb)) => {
@@ -667,6 +699,7 @@ impl Handler<Synced> for Supervisor {
         }
         // A load balancer whose keys are all gone, once emptied, is no longer ours to touch.
         let retire = msg.error.is_none()
+            && !msg.settling
             && self
                 .lbs
                 .get(&msg.lb)

@@ -206,3 +206,26 @@ pub fn lbmanager(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// [`lbmanager`] off the test's runtime (a command that waits must not hold up the proxies and
+/// servers the test runs on it).
+pub async fn lbmanager_async(args: &[&str]) -> (Option<i32>, String, String) {
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lbmanager(&args)
+    })
+    .await
+    .expect("the lbmanager run")
+}
+
+/// Starts `lbmanager ARGS…` in the background (for a command that stays in the foreground), its
+/// output captured; stop it with `kill -TERM` and read it with `wait_with_output`.
+pub fn lbmanager_spawn(args: &[&str]) -> Child {
+    lbmanager_command()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the lbmanager binary")
+}

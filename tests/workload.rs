@@ -1,0 +1,237 @@
+//! Telling the workload: `lbmanager member add|remove --wait` and `lbmanager status`, run as a
+//! container host runs them (etcd access only), against real etcd and moto with the daemon
+//! running. "AWS already shows it" is checked with one read right after the command exits, never
+//! by polling.
+
+use std::time::{Duration, Instant};
+
+use lbmanager_testkit::proxy::FaultProxy;
+use lbmanager_testkit::*;
+
+const P: &str = "/lbManager";
+const I1: &str = "i-00000000000000b01";
+const I2: &str = "i-00000000000000b02";
+const DEAD: &str = "i-0000000000000dead";
+
+/// `lbmanager member ACTION KEY FLAGS… --etcd-endpoints URL`.
+async fn member(action: &str, key: &str, etcd: &Etcd, flags: &[&str]) -> (Option<i32>, String) {
+    let mut args = vec!["member", action, key, "--etcd-endpoints", &etcd.url];
+    args.extend(flags);
+    let (code, _, stderr) = lbmanager_async(&args).await;
+    (code, stderr)
+}
+
+async fn status(etcd: &Etcd, flags: &[&str]) -> (Option<i32>, String, String) {
+    let mut args = vec!["status", "--etcd-endpoints", &etcd.url];
+    args.extend(flags);
+    lbmanager_async(&args).await
+}
+
+#[tokio::test]
+async fn the_instant_add_and_remove_wait_return_aws_has_followed() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    let tg = aws
+        .create_target_group("web-tg", "instance", 80, &moto.default_vpc())
+        .await;
+    let zone = aws.create_zone("example.com").await;
+    etcd.put(&format!("{P}/elb/us-east-1/web/multiple/{I2}"))
+        .await;
+    let daemon = Daemon::start(&etcd, &moto, &["--route53-ttl", "1"]);
+    daemon.wait_log("initial sync complete").await;
+
+    // Classic ELB.
+    let key = format!("{P}/elb/us-east-1/web/multiple/{I1}");
+    let (code, err) = member("add", &key, &etcd, &["--wait"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(aws.instances("us-east-1", "web").await, strings(&[I1, I2]));
+    let (code, err) = member("remove", &key, &etcd, &["--wait"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(aws.instances("us-east-1", "web").await, strings(&[I2]));
+
+    // A target group: registered, then healthy (moto reports every target healthy, read back by
+    // the settling read); removed and drained (moto does not drain: gone at the next read).
+    let key = format!("{P}/elbv2/us-east-1/web-tg/multiple/{I1}");
+    let (code, err) = member("add", &key, &etcd, &["--wait", "--healthy"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("healthy"), "{err}");
+    assert_eq!(aws.targets(&tg).await, strings(&[&format!("{I1}:80")]));
+    let (code, err) = member("remove", &key, &etcd, &["--drain"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(aws.targets(&tg).await.is_empty());
+
+    // A Route53 name; --drain waits out the record's TTL (1 s here) after the value is gone.
+    let key = format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.7");
+    let (code, err) = member("add", &key, &etcd, &["--wait"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        aws.records(&zone, "www.example.com").await["A"].1,
+        strings(&["192.0.2.7"])
+    );
+    let (code, err) = member("remove", &key, &etcd, &["--wait", "--drain"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("TTL (1s)"), "{err}");
+    assert!(aws.records(&zone, "www.example.com").await.is_empty());
+
+    // Adding a key that is there already returns as soon as lbmanager has seen it again, without
+    // a call to AWS (the members did not change).
+    let key = format!("{P}/elb/us-east-1/web/multiple/{I2}");
+    let (code, err) = member("add", &key, &etcd, &["--wait", "--timeout", "10s"]).await;
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[tokio::test]
+async fn with_no_daemon_add_wait_times_out_saying_why_and_the_key_is_written() {
+    let etcd = Etcd::start().await;
+    let key = format!("{P}/elb/us-east-1/web/multiple/{I1}");
+    let started = Instant::now();
+    let (code, err) = member("add", &key, &etcd, &["--wait", "--timeout", "3s"]).await;
+    let took = started.elapsed();
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("timed out after 3s"), "{err}");
+    assert!(
+        err.contains("no lbmanager has ever reported for the prefix /lbManager"),
+        "{err}"
+    );
+    assert!(took >= Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    assert!(etcd.keys(&format!("{P}/")).await.contains(&key));
+
+    // A key that is not a member key is refused before anything is written.
+    let bad = format!("{P}/elb/us-east-1/web/sometimes/{I1}");
+    let (code, err) = member("add", &bad, &etcd, &["--wait"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("not a valid member key"), "{err}");
+    assert!(!etcd.keys(&format!("{P}/")).await.contains(&bad));
+}
+
+#[tokio::test]
+async fn a_member_aws_rejects_fails_add_wait_at_once_with_aws_reason() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let proxy = FaultProxy::aws_rules(moto.port);
+    proxy.set_invalid(&[DEAD]);
+    aws.create_elb("us-east-1", "web").await;
+    etcd.put(&format!("{P}/elb/us-east-1/web/multiple/{I1}"))
+        .await;
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &[]);
+    daemon.wait_log("initial sync complete").await;
+    let key = format!("{P}/elb/us-east-1/web/multiple/{DEAD}");
+    let started = Instant::now();
+    let (code, err) = member("add", &key, &etcd, &["--wait", "--timeout", "60s"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("AWS rejected {DEAD}")), "{err}");
+    assert!(err.contains("InvalidInstance"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "failed at once, not at the timeout"
+    );
+    // Written again, it is refused again at once (lbmanager knows the refusal).
+    let (code, err) = member("add", &key, &etcd, &["--wait", "--timeout", "60s"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("InvalidInstance"), "{err}");
+}
+
+#[tokio::test]
+async fn lease_backed_presence_holds_the_key_until_sigterm() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    daemon.wait_log("initial sync complete").await;
+    let key = format!("{P}/elb/us-east-1/web/multiple/{I1}");
+    let child = lbmanager_spawn(&[
+        "member",
+        "add",
+        &key,
+        "--wait",
+        "--lease-ttl",
+        "3s",
+        "--etcd-endpoints",
+        &etcd.url,
+    ]);
+    eventually("registered", DEADLINE, || async {
+        aws.instances("us-east-1", "web").await == strings(&[I1])
+    })
+    .await;
+    // Longer than the lease: kept alive.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(etcd.keys(&format!("{P}/")).await.contains(&key));
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(|| child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("SIGTERM received, deleting"), "{err}");
+    assert!(!etcd.keys(&format!("{P}/")).await.contains(&key));
+    eventually("deregistered", DEADLINE, || async {
+        aws.instances("us-east-1", "web").await.is_empty()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn status_on_never_synced_converged_and_drifted_trees() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    etcd.put(&format!("{P}/elb/us-east-1/web/multiple/{I1}"))
+        .await;
+
+    // Never synced: no lbmanager has run.
+    let (code, out, err) = status(&etcd, &[]).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(
+        out.contains("elb/us-east-1/web") && out.contains("never synced"),
+        "{out}"
+    );
+    assert!(err.contains("no lbmanager has ever reported"), "{err}");
+
+    // Converged.
+    let proxy = FaultProxy::aws_rules(moto.port);
+    proxy.set_invalid(&[DEAD]);
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &[]);
+    daemon.wait_log("initial sync complete").await;
+    let (code, out, err) = status(&etcd, &[]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("yes"), "{out}");
+    let (code, json, _) = status(&etcd, &["--output", "json"]).await;
+    assert_eq!(code, Some(0));
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(rows[0]["load_balancer"], "elb/us-east-1/web");
+    assert_eq!(rows[0]["in_step"], true);
+    assert_eq!(rows[0]["in_aws"][0]["member"], I1);
+
+    // Drifted: a load balancer that does not exist in AWS, and a member AWS rejects.
+    etcd.put(&format!("{P}/elb/us-east-1/gone/multiple/{I1}"))
+        .await;
+    etcd.put(&format!("{P}/elb/us-east-1/web/multiple/{DEAD}"))
+        .await;
+    daemon.wait_log("AWS rejected a member").await;
+    daemon.wait_log("sync failed").await;
+    let (code, out, err) = status(&etcd, &[]).await;
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.contains("LoadBalancerNotFound"), "{out}");
+    assert!(out.contains(&format!("rejected {DEAD}")), "{out}");
+    let (code, json, _) = status(&etcd, &["--output", "json"]).await;
+    assert_eq!(code, Some(2));
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let web = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["load_balancer"] == "elb/us-east-1/web")
+        .unwrap();
+    assert_eq!(web["in_step"], false);
+    assert!(web["rejected"][DEAD]
+        .as_str()
+        .unwrap()
+        .contains("InvalidInstance"));
+}
