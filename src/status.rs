@@ -25,7 +25,8 @@ pub struct MemberState {
     pub state: Option<String>,
 }
 
-/// The last sync of a load balancer.
+/// The last sync of a load balancer that changed its status (a resync that finds everything as
+/// it was rewrites nothing; the [`Heartbeat`] says that lbmanager is still at work).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastSync {
     /// Seconds since the Unix epoch.
@@ -60,11 +61,12 @@ pub struct LbStatus {
 }
 
 impl LbStatus {
-    /// The same in everything but the time of the last sync: a resync that changed nothing is
-    /// not worth an etcd write.
+    /// The same in everything but the time and cause of the sync: a resync that changed nothing
+    /// is not worth an etcd write (so `last_sync` is the last sync that changed the record).
     pub fn same_as(&self, other: &LbStatus) -> bool {
         let mut a = self.clone();
         a.last_sync.at = other.last_sync.at;
+        a.last_sync.cause.clone_from(&other.last_sync.cause);
         &a == other
     }
 
@@ -454,6 +456,7 @@ mod tests {
         let a = status(10, &[("i-0abc1234:80", Some("healthy"))]);
         let mut b = a.clone();
         b.last_sync.at = 500;
+        b.last_sync.cause = "resync (drift)".into();
         assert!(a.same_as(&b));
         b.members[0].state = Some("unhealthy".into());
         assert!(!a.same_as(&b));

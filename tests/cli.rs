@@ -94,18 +94,25 @@ fn help_explains_every_flag() {
 fn systemd_units_verify_clean() {
     let dir = tempfile::tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
-    for unit in [
+    let units = [
         "systemd/lbmanager-binary.service",
         "examples/webserver.service",
-    ] {
+        "examples/webserver-alb.service",
+        "examples/webserver-route53.service",
+        "examples/webserver-presence.service",
+    ];
+    // All in one directory first: the presence unit binds to the web server's.
+    for unit in units {
         let text = std::fs::read_to_string(format!("{root}/{unit}")).unwrap();
         let text = text
             .replace("/usr/local/bin/lbmanager", env!("CARGO_BIN_EXE_lbmanager"))
-            .replace("/usr/bin/docker", "/bin/true")
-            .replace("/usr/bin/etcdctl", "/bin/true");
+            .replace("/usr/bin/docker", "/bin/true");
+        let name = std::path::Path::new(unit).file_name().unwrap();
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    for unit in units {
         let name = std::path::Path::new(unit).file_name().unwrap();
         let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .arg(&path)
@@ -121,4 +128,50 @@ fn systemd_units_verify_clean() {
             "{unit}: {said}"
         );
     }
+}
+
+/// The `lbmanager member …` lines of the example units parse with the real flags, and their keys
+/// are member keys (with the variables as the units fill them in).
+#[test]
+fn the_examples_member_commands_parse() {
+    use clap::Parser;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut seen = 0;
+    for unit in [
+        "webserver.service",
+        "webserver-alb.service",
+        "webserver-route53.service",
+        "webserver-presence.service",
+    ] {
+        let text = std::fs::read_to_string(format!("{root}/examples/{unit}")).unwrap();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("Exec") && l.contains("lbmanager member"))
+        {
+            let command = line.split_once('=').unwrap().1.trim_start_matches('-');
+            let command = command
+                .replace("${INSTANCE_ID}", "i-0123456789abcdef0")
+                .replace("${HOST_PORT}", "8080")
+                .replace("${PUBLIC_IPV4}", "192.0.2.10");
+            let words: Vec<&str> = command.split_whitespace().collect();
+            let cli = lbmanager::cli::Cli::try_parse_from(&words)
+                .unwrap_or_else(|e| panic!("{unit}: {command}: {e}"));
+            let (lbmanager::cli::Command::Member(
+                lbmanager::cli::MemberCommand::Add(lbmanager::cli::AddArgs { key, .. })
+                | lbmanager::cli::MemberCommand::Remove(lbmanager::cli::RemoveArgs { key, .. }),
+            )) = cli.command
+            else {
+                panic!("{unit}: not a member command: {command}");
+            };
+            assert!(
+                matches!(lbmanager::key::parse("/lbManager", &key), Ok(Some(_))),
+                "{unit}: {key}"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(
+        seen, 7,
+        "every example announces and withdraws through lbmanager"
+    );
 }

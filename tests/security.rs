@@ -83,6 +83,59 @@ async fn etcd_auth_with_a_prefix_role_and_no_secret_in_the_logs() {
     ])
     .contains("webLB"));
 
+    // A container host, with the role the README gives it: its load balancer's member keys, its
+    // waiting keys, read access to the status (and to the tree, for `lbmanager status`).
+    root(&["role", "add", "lbmanager-host"]);
+    for (perm, prefix) in [
+        ("readwrite", "/lbManager/elb/us-east-1/webLB/"),
+        ("readwrite", "/lbManager/_waiting/elb/us-east-1/webLB/"),
+        ("read", "/lbmanager-state/lbManager/"),
+        ("read", "/lbManager/"),
+    ] {
+        root(&[
+            "role",
+            "grant-permission",
+            "lbmanager-host",
+            "--prefix=true",
+            perm,
+            prefix,
+        ]);
+    }
+    root(&["user", "add", "host:HostPassw0rd"]);
+    root(&["user", "grant-role", "host", "lbmanager-host"]);
+    let host_pw = daemon.log_path.with_file_name("host-password");
+    std::fs::write(&host_pw, "HostPassw0rd\n").unwrap();
+    let as_host = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        for flag in [
+            "--etcd-endpoints",
+            &etcd.url,
+            "--etcd-user",
+            "host",
+            "--etcd-password-file",
+            host_pw.to_str().unwrap(),
+        ] {
+            all.push(flag.to_string());
+        }
+        async move {
+            let all: Vec<&str> = all.iter().map(String::as_str).collect();
+            lbmanager_async(&all).await
+        }
+    };
+    let (code, _, err) = as_host(&["member", "add", &key("single", I1), "--wait"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(aws.instances("us-east-1", "webLB").await, strings(&[I1]));
+    let (code, out, err) = as_host(&["status"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (code, _, err) = as_host(&["member", "remove", &key("single", I1), "--drain"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(aws.instances("us-east-1", "webLB").await.is_empty());
+    // Another load balancer's keys are out of its reach.
+    let other = "/lbManager/elb/us-east-1/otherLB/multiple/i-0123456789abcdef0";
+    let (code, _, err) = as_host(&["member", "add", other]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+
     assert_eq!(daemon.stop(), Some(0));
     let log = daemon.log();
     assert!(log.contains("registered instances"), "the log has content");
