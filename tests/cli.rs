@@ -156,10 +156,11 @@ fn the_examples_member_commands_parse() {
             let words: Vec<&str> = command.split_whitespace().collect();
             let cli = lbmanager::cli::Cli::try_parse_from(&words)
                 .unwrap_or_else(|e| panic!("{unit}: {command}: {e}"));
-            let (lbmanager::cli::Command::Member(
-                lbmanager::cli::MemberCommand::Add(lbmanager::cli::AddArgs { key, .. })
-                | lbmanager::cli::MemberCommand::Remove(lbmanager::cli::RemoveArgs { key, .. }),
-            )) = cli.command
+            use lbmanager::cli::{AddArgs, Command, MemberCommand, RemoveArgs};
+            let Command::Member(
+                MemberCommand::Add(AddArgs { key, .. })
+                | MemberCommand::Remove(RemoveArgs { key, .. }),
+            ) = cli.command
             else {
                 panic!("{unit}: not a member command: {command}");
             };
