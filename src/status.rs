@@ -230,8 +230,8 @@ pub struct StatusRow {
     /// What AWS has, as lbmanager last published it (none: never synced).
     pub in_aws: Option<Vec<MemberState>>,
     pub in_step: bool,
-    /// Seconds since the last sync.
-    pub last_sync_age: Option<u64>,
+    /// Seconds since the last sync that changed the status (see [`LastSync`]).
+    pub last_change_age: Option<u64>,
     pub last_error: Option<String>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub rejected: BTreeMap<String, String>,
@@ -270,7 +270,7 @@ pub fn rows(
                 desired: want.iter().map(Member::to_string).collect(),
                 in_aws: status.map(|s| s.members.clone()),
                 in_step,
-                last_sync_age: status.map(|s| now.saturating_sub(s.last_sync.at)),
+                last_change_age: status.map(|s| now.saturating_sub(s.last_sync.at)),
                 last_error: status.and_then(|s| s.last_sync.error.clone()),
                 rejected: status.map(|s| s.rejected.clone()).unwrap_or_default(),
             }
@@ -296,9 +296,55 @@ fn age(secs: u64) -> String {
     }
 }
 
-/// A table for a terminal.
-pub fn render_table(rows: &[StatusRow]) -> String {
+/// The running lbmanager, as its heartbeat shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaemonSeen {
+    pub version: String,
+    pub reported_secs_ago: u64,
+    pub resync_interval_secs: u64,
+    /// No heartbeat for more than [`STALE_AFTER_INTERVALS`] resync intervals.
+    pub stale: bool,
+}
+
+impl DaemonSeen {
+    pub fn new(beat: &Heartbeat, now: u64) -> Self {
+        DaemonSeen {
+            version: beat.version.clone(),
+            reported_secs_ago: now.saturating_sub(beat.at),
+            resync_interval_secs: beat.resync_interval_secs,
+            stale: beat.stale(now).is_some(),
+        }
+    }
+}
+
+/// `lbmanager status --output json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    /// None: no lbmanager ever reported for this prefix.
+    pub daemon: Option<DaemonSeen>,
+    pub load_balancers: Vec<StatusRow>,
+}
+
+/// A table for a terminal, under a line about the running lbmanager.
+pub fn render_table(report: &StatusReport) -> String {
     let mut out = String::new();
+    let _ = match &report.daemon {
+        None => writeln!(out, "no lbmanager has reported for this prefix"),
+        Some(d) => writeln!(
+            out,
+            "lbmanager {} reported {}{}; it reads every load balancer back every {}s, and \
+             LAST CHANGE is the last sync that changed anything",
+            d.version,
+            age(d.reported_secs_ago),
+            if d.stale {
+                " (too long: is it running?)"
+            } else {
+                ""
+            },
+            d.resync_interval_secs
+        ),
+    };
+    let rows = &report.load_balancers;
     let width = rows
         .iter()
         .map(|r| r.load_balancer.len())
@@ -307,10 +353,10 @@ pub fn render_table(rows: &[StatusRow]) -> String {
         .max("LOAD BALANCER".len());
     let _ = writeln!(
         out,
-        "{:width$}  {:>7}  {:>6}  {:7}  {:>10}  NOTES",
-        "LOAD BALANCER", "DESIRED", "IN AWS", "IN STEP", "LAST SYNC"
+        "{:width$}  {:>7}  {:>6}  {:7}  {:>11}  NOTES",
+        "LOAD BALANCER", "DESIRED", "IN AWS", "IN STEP", "LAST CHANGE"
     );
-    for r in rows {
+    for r in rows.iter() {
         let mut notes = Vec::new();
         if r.in_aws.is_none() {
             notes.push("never synced".to_string());
@@ -323,14 +369,14 @@ pub fn render_table(rows: &[StatusRow]) -> String {
         }
         let _ = writeln!(
             out,
-            "{:width$}  {:>7}  {:>6}  {:7}  {:>10}  {}",
+            "{:width$}  {:>7}  {:>6}  {:7}  {:>11}  {}",
             r.load_balancer,
             r.desired.len(),
             r.in_aws
                 .as_ref()
                 .map_or("-".to_string(), |m| m.len().to_string()),
             if r.in_step { "yes" } else { "NO" },
-            r.last_sync_age.map_or("never".to_string(), age),
+            r.last_change_age.map_or("never".to_string(), age),
             notes.join("; ")
         );
     }
@@ -495,7 +541,11 @@ mod tests {
         assert!(!by(&api).in_step);
         assert!(!by(&new).in_step && by(&new).in_aws.is_none());
         assert_eq!(exit_code(&rows), 2);
-        let table = render_table(&rows);
+        let report = StatusReport {
+            daemon: None,
+            load_balancers: rows,
+        };
+        let table = render_table(&report);
         assert!(table.contains("never synced"), "{table}");
         assert!(table.contains("60s ago"), "{table}");
     }

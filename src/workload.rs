@@ -376,14 +376,21 @@ fn decide(verdict: Verdict, why: &mut Option<String>) -> Result<bool, CommandErr
     }
 }
 
-/// What the heartbeat says when lbmanager is not (or no longer) reporting; `None` when it is.
-async fn liveness(client: &mut Client, prefix: &str) -> Option<String> {
-    let got = client.get(heartbeat_key(prefix), None).await.ok()?;
-    let beat = got
+/// The running lbmanager's heartbeat, if one ever reported.
+async fn heartbeat(client: &mut Client, prefix: &str) -> Result<Option<Heartbeat>, CommandError> {
+    let got = client
+        .get(heartbeat_key(prefix), None)
+        .await
+        .map_err(etcd_error)?;
+    Ok(got
         .kvs()
         .first()
-        .and_then(|kv| serde_json::from_slice::<Heartbeat>(kv.value()).ok());
-    match beat {
+        .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+}
+
+/// What the heartbeat says when lbmanager is not (or no longer) reporting; `None` when it is.
+async fn liveness(client: &mut Client, prefix: &str) -> Option<String> {
+    match heartbeat(client, prefix).await.ok()? {
         None => Some(format!(
             "no lbmanager has ever reported for the prefix {prefix}: is one running?"
         )),
@@ -435,17 +442,33 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
             ))
         })
         .collect();
-    let rows = status::rows(&desired, &published, status::now());
+    let now = status::now();
+    let report = status::StatusReport {
+        daemon: heartbeat(&mut client, prefix)
+            .await?
+            .map(|beat| status::DaemonSeen::new(&beat, now)),
+        load_balancers: status::rows(&desired, &published, now),
+    };
     match args.output {
-        PlanOutput::Table => print!("{}", status::render_table(&rows)),
+        PlanOutput::Table => print!("{}", status::render_table(&report)),
         PlanOutput::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&rows).map_err(|e| CommandError::Failed(e.to_string()))?
+            serde_json::to_string_pretty(&report)
+                .map_err(|e| CommandError::Failed(e.to_string()))?
         ),
     }
-    if let Some(note) = liveness(&mut client, prefix).await {
-        eprintln!("lbmanager: {note}");
-        return Ok(1);
+    match &report.daemon {
+        None => {
+            eprintln!("lbmanager: no lbmanager has ever reported for the prefix {prefix}: is one running?");
+            Ok(1)
+        }
+        Some(d) if d.stale => {
+            eprintln!(
+                "lbmanager: lbmanager last reported {}s ago (every {}s when running): is it running?",
+                d.reported_secs_ago, d.resync_interval_secs
+            );
+            Ok(1)
+        }
+        Some(_) => Ok(status::exit_code(&report.load_balancers)),
     }
-    Ok(status::exit_code(&rows))
 }

@@ -204,7 +204,9 @@ async fn status_on_never_synced_converged_and_drifted_trees() {
     assert!(out.contains("yes"), "{out}");
     let (code, json, _) = status(&etcd, &["--output", "json"]).await;
     assert_eq!(code, Some(0));
-    let rows: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(report["daemon"]["stale"], false);
+    let rows = &report["load_balancers"];
     assert_eq!(rows[0]["load_balancer"], "elb/us-east-1/web");
     assert_eq!(rows[0]["in_step"], true);
     assert_eq!(rows[0]["in_aws"][0]["member"], I1);
@@ -222,8 +224,8 @@ async fn status_on_never_synced_converged_and_drifted_trees() {
     assert!(out.contains(&format!("rejected {DEAD}")), "{out}");
     let (code, json, _) = status(&etcd, &["--output", "json"]).await;
     assert_eq!(code, Some(2));
-    let rows: serde_json::Value = serde_json::from_str(&json).expect("JSON");
-    let web = rows
+    let report: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let web = report["load_balancers"]
         .as_array()
         .unwrap()
         .iter()
@@ -234,4 +236,14 @@ async fn status_on_never_synced_converged_and_drifted_trees() {
         .as_str()
         .unwrap()
         .contains("InvalidInstance"));
+
+    // lbmanager gone for longer than three resync intervals (its heartbeat made old): exit 1.
+    assert_eq!(daemon.stop(), Some(0));
+    let beat = "/lbmanager-state/lbManager/daemon";
+    let old = r#"{"at":1000,"resync_interval_secs":300,"version":"0"}"#;
+    etcd.ctl(&["put", beat, old]);
+    let (code, out, err) = status(&etcd, &[]).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("is it running?"), "{err}");
+    assert!(out.contains("too long"), "{out}");
 }
