@@ -341,12 +341,6 @@ pub fn managed_key(prefix: &str, lb: &LbId) -> String {
     format!("{}/managed/{}", state_prefix(prefix), record_path(lb))
 }
 
-/// Where versions before the published status ([`status_key`]) recorded the members AWS refuses
-/// (`STATE/rejected/elb/REGION/NAME` and the like): deleted at start-up.
-pub fn rejected_key(prefix: &str, lb: &LbId) -> String {
-    format!("{}/rejected/{}", state_prefix(prefix), record_path(lb))
-}
-
 /// Where the running lbmanager publishes what it knows of a load balancer (a JSON
 /// [`crate::status::LbStatus`]: the etcd revision AWS is in step with, the members as AWS reports
 /// them, the last sync, the members AWS refuses): `STATE/status/elb/REGION/NAME` and the like.
@@ -400,7 +394,8 @@ pub fn parse_managed(prefix: &str, key: &str) -> Option<LbId> {
     )
 }
 
-/// The load balancer a [`rejected_key`] names, if `key` is one (and valid).
+/// The load balancer a record of rejections of versions before the published status
+/// ([`status_key`]) names: `STATE/rejected/elb/REGION/NAME` and the like, deleted at start-up.
 pub fn parse_rejected(prefix: &str, key: &str) -> Option<LbId> {
     parse_record_path(
         key.strip_prefix(&state_prefix(prefix))?
@@ -798,12 +793,22 @@ mod tests {
             );
             assert!(!key.starts_with(P));
             assert_eq!(parse_managed(P, &key), Some(lb.clone()));
-            let key = rejected_key(P, &lb);
+            let key = status_key(P, &lb);
             assert!(
-                key.starts_with("/lbmanager-state/lbManager/rejected/"),
+                key.starts_with("/lbmanager-state/lbManager/status/"),
                 "{key}"
             );
-            assert_eq!(parse_rejected(P, &key), Some(lb.clone()));
+            assert_eq!(parse_status(P, &key), Some(lb.clone()));
+            let old = key.replace("/status/", "/rejected/");
+            assert_eq!(parse_rejected(P, &old), Some(lb.clone()));
+            let member = Member::Ip("2001:db8::1".parse().unwrap());
+            let waiting = waiting_key(P, &lb, &member);
+            assert_eq!(
+                parse(P, &waiting),
+                Ok(None),
+                "a waiting key is not a member"
+            );
+            assert_eq!(parse_waiting(P, &waiting), Some(lb.clone()));
             let legacy = legacy_managed_key(P, &lb);
             assert_eq!(
                 parse(P, &legacy),

@@ -4,7 +4,9 @@
 //! Pure modules hold the rules ([`key`], [`desired`], [`plan`], [`filter`]); [`sync`] reads, plans
 //! and applies one load balancer or zone (and schedules its retries) over the [`aws`] traits;
 //! [`aws`] and [`etcd`] are the only code that talks to the outside; [`actors`] decide when each
-//! load balancer syncs; [`daemon`] is `run` and `plan` from flags to an exit code.
+//! load balancer syncs; [`daemon`] is `run` and `plan` from flags to an exit code; [`status`] is
+//! what the daemon publishes for the workload, and [`workload`] the commands that read it
+//! (`member add|remove --wait`, `status`) with etcd access only.
 
 pub mod actors;
 pub mod aws;

@@ -62,6 +62,9 @@ async fn records_an_earlier_version_kept_in_the_member_tree_are_moved_and_honour
     etcd.put(&format!("{P}/_managed/elb/us-east-1/web")).await;
     etcd.put(&format!("{P}/_managed/elb/us-east-1/api")).await;
     etcd.put(&format!("{P}/_rejected/elb/us-east-1/api")).await;
+    // The record of rejections of the version before the published status.
+    etcd.put("/lbmanager-state/lbManager/rejected/elb/us-east-1/api")
+        .await;
     etcd.put(&format!("{P}/elb/us-east-1/api/multiple/{I2}"))
         .await;
     let mut daemon = Daemon::start(&etcd, &moto, &[]);
@@ -72,6 +75,10 @@ async fn records_an_earlier_version_kept_in_the_member_tree_are_moved_and_honour
     .await;
     eventually("the old records left the member tree", DEADLINE, || async {
         etcd.keys(&format!("{P}/_")).await.is_empty()
+            && etcd
+                .keys("/lbmanager-state/lbManager/rejected/")
+                .await
+                .is_empty()
             && etcd.keys("/lbmanager-state/lbManager/managed/").await
                 == ["/lbmanager-state/lbManager/managed/elb/us-east-1/api".to_string()].into()
     })
