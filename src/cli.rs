@@ -74,7 +74,8 @@ pub struct AddArgs {
     #[arg(long, env = "LBMANAGER_MEMBER_HEALTHY", requires = "wait")]
     pub healthy: bool,
 
-    /// How long --wait waits before giving up (exit 1; the key stays written).
+    /// How long --wait waits before giving up (exit 1; the key stays written, unless it is under
+    /// --lease-ttl).
     #[arg(long, env = "LBMANAGER_MEMBER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 
@@ -105,7 +106,9 @@ pub struct RemoveArgs {
     #[arg(long, env = "LBMANAGER_MEMBER_DRAIN")]
     pub drain: bool,
 
-    /// How long --wait waits before giving up (exit 1; the key stays deleted).
+    /// How long --wait (or --drain) waits before giving up (exit 1; the key stays deleted). With
+    /// --drain, make it longer than the target group's deregistration delay (300s unless set
+    /// otherwise) or the record's TTL.
     #[arg(long, env = "LBMANAGER_MEMBER_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
 }

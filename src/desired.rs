@@ -91,6 +91,9 @@ pub struct Loaded {
     pub legacy_keys: Vec<String>,
     /// Keys that count for nothing, with the reason.
     pub ignored: Vec<(String, Ignored)>,
+    /// The waiting keys of `lbmanager member … --healthy/--drain` (see
+    /// [`key::waiting_key`]), with their load balancer.
+    pub waiting: Vec<(LbId, String)>,
     /// Where earlier versions kept their records: `PREFIX/_managed/`, `PREFIX/_rejected/`.
     legacy: [String; 2],
 }
@@ -104,6 +107,7 @@ impl Loaded {
             legacy_recorded: HashSet::new(),
             legacy_keys: Vec::new(),
             ignored: Vec::new(),
+            waiting: Vec::new(),
             legacy: [
                 format!("{prefix}/_managed/"),
                 format!("{prefix}/_rejected/"),
@@ -129,6 +133,8 @@ impl Loaded {
             if desired.allows(&lb) {
                 self.legacy_recorded.insert(lb);
             }
+        } else if let Some(lb) = key::parse_waiting(&desired.prefix, key) {
+            self.waiting.push((lb, key.to_string()));
         } else if let Err(e) = desired.put(key, revision) {
             self.ignored.push((key.to_string(), e));
         }

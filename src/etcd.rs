@@ -318,7 +318,8 @@ pub struct Records {
     /// Members AWS refuses, as the running lbmanager last published them.
     pub rejected:
         std::collections::BTreeMap<crate::key::LbId, std::collections::BTreeMap<String, String>>,
-    /// Records of earlier versions that the status replaced (`STATE/rejected/…`): to delete.
+    /// Records to delete: those of earlier versions that the status replaced
+    /// (`STATE/rejected/…`), and the status of load balancers no longer managed.
     pub obsolete: Vec<String>,
 }
 
@@ -333,16 +334,25 @@ pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, Et
             timeout: READ_REQUEST_TIMEOUT,
         })??;
     let mut out = Records::default();
+    let mut published = Vec::new();
     for (key, value) in records {
         if let Some(lb) = crate::key::parse_managed(prefix, &key) {
             out.managed.insert(lb);
         } else if let Some(lb) = crate::key::parse_status(prefix, &key) {
             if let Ok(status) = serde_json::from_str::<crate::status::LbStatus>(&value) {
                 if !status.rejected.is_empty() {
-                    out.rejected.insert(lb, status.rejected);
+                    out.rejected.insert(lb.clone(), status.rejected);
                 }
             }
+            published.push((lb, key));
         } else if crate::key::parse_rejected(prefix, &key).is_some() {
+            out.obsolete.push(key);
+        }
+    }
+    // The status of a load balancer no longer managed (its removal was lost): not to be shown.
+    for (lb, key) in published {
+        if !out.managed.contains(&lb) {
+            out.rejected.remove(&lb);
             out.obsolete.push(key);
         }
     }

@@ -19,7 +19,7 @@ fn main() -> ExitCode {
             system.block_on(async { workload::member_add(args, daemon::on_signals()).await })
         }
         Command::Member(MemberCommand::Remove(args)) => {
-            system.block_on(workload::member_remove(args))
+            system.block_on(async { workload::member_remove(args, daemon::on_signals()).await })
         }
         Command::Status(args) => system.block_on(workload::status(args)),
     }

@@ -140,7 +140,8 @@ pub enum Verdict {
 /// Judges a wait for `member` of `lb` to reach `goal`, after the key change at etcd revision
 /// `revision`, from the load balancer's published status (`None`: no status record).
 /// `deleted_after`: the record was deleted after the change (lbmanager stopped managing the load
-/// balancer, having emptied it).
+/// balancer, having emptied it). `revision` 0: the change changed nothing (a key deleted that
+/// was not there).
 pub fn judge(
     lb: &LbId,
     member: &Member,
@@ -150,14 +151,11 @@ pub fn judge(
     deleted_after: bool,
 ) -> Verdict {
     let Some(status) = status else {
-        return match (goal, deleted_after) {
-            (Goal::Absent { .. }, true) => Verdict::Done,
-            (Goal::Present { .. }, true) => Verdict::Failed(
-                "lbmanager emptied the load balancer and stopped managing it: its keys were \
-                 deleted"
-                    .into(),
-            ),
-            (_, false) => Verdict::Wait(Some(
+        return match goal {
+            // Not managed (any more): lbmanager routes nothing to it.
+            Goal::Absent { .. } if deleted_after || revision == 0 => Verdict::Done,
+            // A load balancer retired just before the add was seen comes back with it.
+            _ => Verdict::Wait(Some(
                 "lbmanager has published no status for this load balancer yet".into(),
             )),
         };
@@ -177,14 +175,17 @@ pub fn judge(
     let found = status.find(lb, member);
     match goal {
         Goal::Present { healthy } => {
-            if let Some(reason) = status.rejected.get(&key_member) {
-                return Verdict::Failed(format!("AWS rejected {key_member}: {reason}"));
+            // A target is refused as AWS names it (with the group's port).
+            let refused = status.rejected.iter().find(|(m, _)| names(lb, member, m));
+            if let Some((refused, reason)) = refused {
+                return Verdict::Failed(format!("AWS rejected {refused}: {reason}"));
             }
             let Some(found) = found else {
                 return Verdict::Failed(format!(
-                    "lbmanager has applied the change, and etcd does not want {key_member} in \
-                     {lb} (a newer key of the `single` class overrides it, or it was deleted \
-                     meanwhile)"
+                    "lbmanager has applied the change, and {key_member} is not to be in {lb}: \
+                     a newer key of the `single` class overrides it, it was deleted meanwhile, \
+                     or it is of a kind the target group does not take (lbmanager's log says \
+                     which)"
                 ));
             };
             let state = found.state.as_deref();
@@ -207,7 +208,11 @@ pub fn judge(
             None => Verdict::Done,
             Some(found) if found.state.as_deref() == Some("draining") => {
                 if drained {
-                    Verdict::Wait(Some(format!("{} is draining", found.member)))
+                    Verdict::Wait(Some(format!(
+                        "{} is draining (for the target group's deregistration delay, 300 s \
+                         unless set otherwise: --timeout must be longer)",
+                        found.member
+                    )))
                 } else {
                     Verdict::Done
                 }
@@ -455,8 +460,9 @@ mod tests {
     #[test]
     fn a_rejected_member_fails_the_add_with_aws_reason() {
         let mut s = status(10, &[]);
+        // As AWS names it: with the group's port.
         s.rejected
-            .insert("i-0abc1234".into(), "InvalidTarget: not running".into());
+            .insert("i-0abc1234:80".into(), "InvalidTarget: not running".into());
         let v = judge(
             &tg(),
             &target("i-0abc1234"),
@@ -489,6 +495,14 @@ mod tests {
         );
         // Retired (status deleted after the change): gone too.
         assert_eq!(judge(&tg(), &m, drain, 10, None, true), Verdict::Done);
+        // A key that was not there, and no status: nothing to wait for.
+        assert_eq!(judge(&tg(), &m, drain, 0, None, false), Verdict::Done);
+        // An add never gives up on a missing record: a retired load balancer comes back.
+        let add = Goal::Present { healthy: false };
+        assert!(matches!(
+            judge(&tg(), &m, add, 10, None, true),
+            Verdict::Wait(_)
+        ));
         assert_eq!(
             judge(&tg(), &m, drain, 10, None, false),
             Verdict::Wait(Some(

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use etcd_client::{Client, EventType, PutOptions, WatchOptions};
 use futures::StreamExt;
@@ -29,6 +29,8 @@ pub enum CommandError {
     Etcd(String),
     #[error("timed out after {waited:?}: {why}")]
     Timeout { waited: Duration, why: String },
+    #[error("{0} received while waiting: stopped waiting")]
+    Interrupted(&'static str),
     /// lbmanager reported that the wait cannot end well (a member AWS rejects, …).
     #[error("{0}")]
     Failed(String),
@@ -99,6 +101,15 @@ async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     let prefix = &args.etcd.prefix;
     let target = member_key(prefix, &args.key)?;
     let (mut client, _) = connect(&args.etcd).await?;
+    let deadline = Instant::now() + args.timeout;
+    let goal = Goal::Present {
+        healthy: args.healthy,
+    };
+    // Said before the write, so that the very first sync already reads the health back.
+    let waiting = match args.wait {
+        true => announce_waiting(&mut client, prefix, &target, goal, args.timeout).await?,
+        false => None,
+    };
     let lease = match args.lease_ttl {
         Some(ttl) => Some(
             client
@@ -120,22 +131,25 @@ async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     if let (Some(id), Some(ttl)) = (lease, args.lease_ttl) {
         keeping = Some(tokio::spawn(keep_alive(client.clone(), id, ttl)));
     }
-    let waited = async {
-        if args.wait {
-            let goal = Goal::Present {
-                healthy: args.healthy,
+    let waited = match args.wait {
+        true => {
+            let waited = tokio::select! {
+                done = wait(&mut client, prefix, &target, goal, revision, deadline, args.timeout) => done.map(|_| ()),
+                what = stop.clone() => Err(CommandError::Interrupted(what)),
             };
-            wait(&mut client, prefix, &target, goal, revision, args.timeout).await?;
-            eprintln!(
-                "lbmanager: AWS has {} in {}{}",
-                target.member,
-                target.lb,
-                if args.healthy { ", healthy" } else { "" }
-            );
+            withdraw(&mut client, waiting).await;
+            waited
         }
-        Ok::<_, CommandError>(())
+        false => Ok(()),
+    };
+    if waited.is_ok() && args.wait {
+        eprintln!(
+            "lbmanager: AWS has {} in {}{}",
+            target.member,
+            target.lb,
+            if args.healthy { ", healthy" } else { "" }
+        );
     }
-    .await;
     let Some(id) = lease else {
         return waited;
     };
@@ -190,14 +204,23 @@ async fn keep_alive(mut client: Client, id: i64, ttl: Duration) -> String {
 }
 
 /// `lbmanager member remove`.
-pub async fn member_remove(args: RemoveArgs) -> ExitCode {
-    exit(remove(args).await)
+pub async fn member_remove(args: RemoveArgs, stop: StopSignal) -> ExitCode {
+    exit(remove(args, stop).await)
 }
 
-async fn remove(args: RemoveArgs) -> Result<(), CommandError> {
+async fn remove(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError> {
     let prefix = &args.etcd.prefix;
     let target = member_key(prefix, &args.key)?;
     let (mut client, _) = connect(&args.etcd).await?;
+    let deadline = Instant::now() + args.timeout;
+    let goal = Goal::Absent {
+        drained: args.drain,
+    };
+    // Said before the delete: the draining is read back from the deregistration on.
+    let waiting = match args.wait || args.drain {
+        true => announce_waiting(&mut client, prefix, &target, goal, args.timeout).await?,
+        false => None,
+    };
     let deleted = client
         .delete(args.key.as_str(), None)
         .await
@@ -213,43 +236,63 @@ async fn remove(args: RemoveArgs) -> Result<(), CommandError> {
     if !(args.wait || args.drain) {
         return Ok(());
     }
-    let goal = Goal::Absent {
-        drained: args.drain,
-    };
-    let status = wait(&mut client, prefix, &target, goal, revision, args.timeout).await?;
-    eprintln!(
-        "lbmanager: AWS no longer routes to {} in {}",
-        target.member, target.lb
-    );
-    if let (true, Some(ttl)) = (args.drain, status.and_then(|s| s.ttl)) {
+    let waited = async {
+        let status = wait(
+            &mut client.clone(),
+            prefix,
+            &target,
+            goal,
+            revision,
+            deadline,
+            args.timeout,
+        )
+        .await?;
         eprintln!(
-            "lbmanager: waiting out the record's TTL ({ttl}s) for clients holding the old answer"
+            "lbmanager: AWS no longer routes to {} in {}",
+            target.member, target.lb
         );
-        tokio::time::sleep(Duration::from_secs(ttl.max(0) as u64)).await;
-    }
-    Ok(())
+        let Some(ttl) = status.and_then(|s| s.ttl).filter(|_| args.drain) else {
+            return Ok(());
+        };
+        let ttl = Duration::from_secs(ttl.max(0) as u64);
+        let left = deadline.saturating_duration_since(Instant::now());
+        eprintln!(
+            "lbmanager: waiting out the record's TTL ({}s) for clients holding the old answer",
+            ttl.as_secs()
+        );
+        tokio::time::sleep(ttl.min(left)).await;
+        if ttl > left {
+            return Err(CommandError::Timeout {
+                waited: args.timeout,
+                why: format!(
+                    "the value is out of the record set, but its TTL ({}s) is longer than what \
+                     --timeout left",
+                    ttl.as_secs()
+                ),
+            });
+        }
+        Ok(())
+    };
+    let waited = tokio::select! {
+        done = waited => done,
+        what = stop => Err(CommandError::Interrupted(what)),
+    };
+    withdraw(&mut client, waiting).await;
+    waited
 }
 
 /// Waits until the published status of `target`'s load balancer says `goal` is reached for the
-/// change at `revision`; returns the status that said so (none: the record was removed).
+/// change at `revision`, or `deadline` (`timeout` after the start) passes; returns the status
+/// that said so (none: the record was removed).
 async fn wait(
     client: &mut Client,
     prefix: &str,
     target: &MemberKey,
     goal: Goal,
     revision: i64,
+    deadline: Instant,
     timeout: Duration,
 ) -> Result<Option<LbStatus>, CommandError> {
-    // Health and draining are read again only while someone waits on them: say so.
-    let settle = matches!(
-        goal,
-        Goal::Present { healthy: true } | Goal::Absent { drained: true }
-    );
-    let waiting = if settle {
-        Some(announce_waiting(client, prefix, target, timeout).await?)
-    } else {
-        None
-    };
     let mut why = None;
     let mut watcher = client.clone();
     let watched = watch_status(
@@ -261,12 +304,7 @@ async fn wait(
         revision,
         &mut why,
     );
-    let result = tokio::time::timeout(timeout, watched).await;
-    if let Some(lease) = waiting {
-        // Deletes the waiting key (and if this fails, the lease runs out by itself).
-        let _ = client.lease_revoke(lease).await;
-    }
-    match result {
+    match tokio::time::timeout_at(deadline.into(), watched).await {
         Ok(result) => result,
         Err(_) => {
             let mut why = why.unwrap_or_else(|| "no word from lbmanager".into());
@@ -281,14 +319,24 @@ async fn wait(
     }
 }
 
-/// Writes the [`waiting_key`] of `target` under a lease that outlives the wait a little; returns
-/// the lease.
+/// Health and draining are read back only while someone waits on them (see
+/// [`crate::key::waiting_key`]): for a `goal` that needs them, writes the waiting key under a
+/// lease that outlives the wait a little, and returns the lease.
 async fn announce_waiting(
     client: &mut Client,
     prefix: &str,
     target: &MemberKey,
+    goal: Goal,
     timeout: Duration,
-) -> Result<i64, CommandError> {
+) -> Result<Option<i64>, CommandError> {
+    let needed = match goal {
+        Goal::Present { healthy } => healthy,
+        Goal::Absent { drained } => drained,
+    };
+    // Route53 has no health, and its "drain" is the TTL, waited here.
+    if !needed || matches!(target.lb, LbId::Route53 { .. }) {
+        return Ok(None);
+    }
     let ttl = timeout.as_secs() as i64 + 10;
     let lease = client
         .lease_grant(ttl, None)
@@ -300,7 +348,14 @@ async fn announce_waiting(
         .put(key, "", Some(PutOptions::new().with_lease(lease)))
         .await
         .map_err(etcd_error)?;
-    Ok(lease)
+    Ok(Some(lease))
+}
+
+/// Deletes the waiting key (revoking its lease; if that fails, the lease runs out by itself).
+async fn withdraw(client: &mut Client, waiting: Option<i64>) {
+    if let Some(lease) = waiting {
+        let _ = client.lease_revoke(lease).await;
+    }
 }
 
 /// Follows the status key until a verdict; `why` keeps the latest reason to wait.
@@ -316,15 +371,30 @@ async fn watch_status(
     let key = status_key(prefix, lb);
     // The last status seen: what a wait that ends with the record's removal returns.
     let mut last: Option<LbStatus> = None;
+    // No record now: replay the record's history since the change (it may have come and gone).
+    let mut replay = true;
     loop {
         let got = client.get(key.as_str(), None).await.map_err(etcd_error)?;
-        let current = got.kvs().first().and_then(|kv| parse(kv.value()));
+        let current = match got.kvs().first() {
+            Some(kv) => match parse(kv.value(), why) {
+                Some(status) => Some(status),
+                None => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            None => None,
+        };
         let verdict = judge(lb, member, goal, revision, current.as_ref(), false);
+        let absent = current.is_none();
         last = current.or(last);
         if decide(verdict, why)? {
             return Ok(last);
         }
-        let from = got.header().map_or(0, |h| h.revision()) + 1;
+        let from = match replay && absent && revision > 0 {
+            true => revision + 1,
+            false => got.header().map_or(0, |h| h.revision()) + 1,
+        };
         let mut stream = client
             .watch(
                 key.as_str(),
@@ -339,12 +409,17 @@ async fn watch_status(
                 None | Some(Err(_)) => break,
             };
             if resp.canceled() {
+                // Compacted past `from`: read again and watch from now.
+                replay = false;
                 break;
             }
             for event in resp.events() {
                 let Some(kv) = event.kv() else { continue };
                 let (status, deleted) = match event.event_type() {
-                    EventType::Put => (parse(kv.value()), false),
+                    EventType::Put => match parse(kv.value(), why) {
+                        Some(status) => (Some(status), false),
+                        None => continue,
+                    },
                     EventType::Delete => (None, kv.mod_revision() > revision),
                 };
                 let verdict = judge(lb, member, goal, revision, status.as_ref(), deleted);
@@ -358,8 +433,17 @@ async fn watch_status(
     }
 }
 
-fn parse(value: &[u8]) -> Option<LbStatus> {
-    serde_json::from_slice(value).ok()
+/// A status record; one that cannot be read is a reason to wait (in `why`), not a verdict.
+fn parse(value: &[u8], why: &mut Option<String>) -> Option<LbStatus> {
+    match serde_json::from_slice(value) {
+        Ok(status) => Some(status),
+        Err(e) => {
+            *why = Some(format!(
+                "the status record cannot be read ({e}): is lbmanager of another version?"
+            ));
+            None
+        }
+    }
 }
 
 /// Whether the wait is over (an error: over, and failed); keeps the reason to wait in `why`.
@@ -403,11 +487,14 @@ async fn liveness(client: &mut Client, prefix: &str) -> Option<String> {
     }
 }
 
-/// `lbmanager status`.
+/// `lbmanager status`: any error is exit 1 (2 means "not in step").
 pub async fn status(args: StatusArgs) -> ExitCode {
     match show_status(&args).await {
         Ok(code) => ExitCode::from(code),
-        Err(e) => exit(Err(e)),
+        Err(e) => {
+            eprintln!("lbmanager: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

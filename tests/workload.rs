@@ -128,10 +128,63 @@ async fn a_member_aws_rejects_fails_add_wait_at_once_with_aws_reason() {
         started.elapsed() < Duration::from_secs(30),
         "failed at once, not at the timeout"
     );
-    // Written again, it is refused again at once (lbmanager knows the refusal).
+    // Written again, it is tried again (the instance might run again) and refused again.
     let (code, err) = member("add", &key, &etcd, &["--wait", "--timeout", "60s"]).await;
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("InvalidInstance"), "{err}");
+    // Running again: the next add succeeds.
+    proxy.set_invalid(&[]);
+    let (code, err) = member("add", &key, &etcd, &["--wait", "--timeout", "60s"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        aws.instances("us-east-1", "web").await,
+        strings(&[I1, DEAD])
+    );
+
+    // A target group names the refused target with its port: still AWS's reason.
+    let tg = aws
+        .create_target_group("web-tg", "instance", 80, &moto.default_vpc())
+        .await;
+    proxy.set_invalid(&[DEAD]);
+    let key = format!("{P}/elbv2/us-east-1/web-tg/multiple/{DEAD}");
+    let (code, err) = member("add", &key, &etcd, &["--wait", "--timeout", "60s"]).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains(&format!("AWS rejected {DEAD}:80")), "{err}");
+    assert!(err.contains("InvalidTarget"), "{err}");
+    assert!(aws.targets(&tg).await.is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_while_waiting_stops_the_wait() {
+    let etcd = Etcd::start().await;
+    let key = format!("{P}/elb/us-east-1/web/multiple/{I1}");
+    let child = lbmanager_spawn(&[
+        "member",
+        "add",
+        &key,
+        "--wait",
+        "--etcd-endpoints",
+        &etcd.url,
+    ]);
+    eventually("the key written", DEADLINE, || async {
+        etcd.keys(&format!("{P}/")).await.contains(&key)
+    })
+    .await;
+    let started = Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(|| child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("SIGTERM received while waiting"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not at the 60 s timeout"
+    );
 }
 
 #[tokio::test]

@@ -713,3 +713,27 @@ async fn a_key_written_again_moves_the_published_revision_without_a_call() {
     .await;
     assert_eq!(elb.calls().len(), calls, "{:?}", elb.calls());
 }
+
+#[actix_rt::test]
+async fn a_waiter_found_at_start_up_gets_its_settling_reads() {
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
+    elb.set_instances("us-east-1", "tg", &["i-00000001:80"]);
+    elb.set_health("i-00000001:80", "initial", true);
+    let key = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
+    let waiting = "/lbManager/_waiting/elbv2/us-east-1/tg/i-00000001:80";
+    let etcd = Arc::new(FakeEtcd::default());
+    let _sup = start_on(
+        etcd.clone(),
+        settings(),
+        elb.clone(),
+        Arc::default(),
+        &[(key, 1), (waiting, 2)],
+    );
+    eventually("read again while it settles", || describes(&elb) >= 2).await;
+    elb.set_health("i-00000001:80", "healthy", false);
+    eventually("healthy, published", || {
+        published(&etcd, "elbv2/us-east-1/tg")
+            .is_some_and(|s| s.members[0].state.as_deref() == Some("healthy"))
+    })
+    .await;
+}

@@ -140,6 +140,9 @@ pub struct LoadBalancer {
     settle_reads: u32,
     /// Someone waits on AWS's progress (see [`Watched`]).
     watched: bool,
+    /// A key was written again while AWS refuses members: the next sync tries them again (the
+    /// instance may be running again), so `member add --wait` gets today's answer.
+    retry_rejected: bool,
     /// When to sync: the rules, without the actor.
     schedule: Schedule,
     /// The metric side of the sync in flight.
@@ -176,6 +179,7 @@ impl LoadBalancer {
             settle: None,
             settle_reads: 0,
             watched: false,
+            retry_rejected: false,
             schedule: Schedule::default(),
             in_flight: None,
             retry: None,
@@ -230,7 +234,7 @@ impl LoadBalancer {
                 let retry_rejected = !matches!(
                     desire.cause,
                     Cause::EtcdEvent | Cause::LeaseExpiry | Cause::Settle
-                );
+                ) || std::mem::take(&mut self.retry_rejected);
                 let read_health = desire.cause == Cause::Settle;
                 let wanted: Wanted = self.wanted.subscribe();
                 let cause = desire.cause;
@@ -493,20 +497,19 @@ impl LoadBalancer {
             .collect()
     }
 
-    /// Whether someone waits (see [`Watched`]) while AWS is still moving members, as last
-    /// published: a registration not read back yet, health checks under way (`initial`,
-    /// `Unknown`, a Classic `OutOfService` for a while), a target draining.
+    /// Whether someone waits (see [`Watched`]) while a member is not (yet) healthy as last
+    /// published: a registration not read back yet, health checks under way or failing while the
+    /// application starts (`initial`, `unhealthy`, `OutOfService`, …), a target draining. The
+    /// waiter's lease bounds how long that lasts.
     fn settling(&self) -> bool {
+        // Route53 has no health to read and no draining.
         self.watched
+            && !matches!(self.id, LbId::Route53 { .. })
             && self.published.as_ref().is_some_and(|p| {
                 p.last_sync.ok
-                    && p.members.iter().any(|m| match m.state.as_deref() {
-                        None => !matches!(self.id, LbId::Route53 { .. }) && self.settle_reads == 0,
-                        Some(s) => {
-                            matches!(s, "initial" | "draining" | "Unknown")
-                                || (s == "OutOfService" && self.settle_reads < 8)
-                        }
-                    })
+                    && p.members
+                        .iter()
+                        .any(|m| !matches!(m.state.as_deref(), Some("healthy" | "InService")))
             })
     }
 
@@ -571,13 +574,12 @@ impl Handler<Desire> for LoadBalancer {
             revision: msg.revision,
         });
         let (generation, revision) = (msg.generation, msg.revision);
+        let event = matches!(msg.cause, Cause::EtcdEvent | Cause::LeaseExpiry);
         self.desired = Some(msg);
-        if unchanged
-            && matches!(
-                self.desired.as_ref().map(|d| d.cause),
-                Some(Cause::EtcdEvent | Cause::LeaseExpiry)
-            )
-        {
+        if unchanged && event && !self.rejected.is_empty() {
+            // Refused members: the next sync tries them again instead.
+            self.retry_rejected = true;
+        } else if unchanged && event {
             self.synced = Some(generation);
             let status = self.published.clone().map(|mut p| {
                 p.revision = p.revision.max(revision);

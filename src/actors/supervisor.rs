@@ -232,6 +232,18 @@ impl Supervisor {
                 state.do_send(DeleteKeys(loaded.legacy_keys));
             }
         }
+        // Who waits on AWS's progress, as the read saw it (deletes missed meanwhile included).
+        let mut waiting: HashMap<LbId, HashSet<String>> = HashMap::new();
+        for (lb, key) in loaded.waiting {
+            waiting.entry(lb).or_default().insert(key);
+        }
+        for (lb, child) in &self.lbs {
+            let (was, is) = (self.waiting.contains_key(lb), waiting.contains_key(lb));
+            if was != is {
+                child.addr.do_send(Watched(is));
+            }
+        }
+        self.waiting = waiting;
         let mut warned = HashSet::new();
         for (key, e) in &loaded.ignored {
             warned.insert(key.clone());

@@ -96,8 +96,12 @@ pub async fn sync_elb(
     let wants_nothing = wanted.borrow().members.is_empty();
     let mut actual = read_elb(api, region, name, wants_nothing).await?;
     if read_health && !actual.members.is_empty() {
-        let health = api.health(region, name).await?;
-        actual.health.extend(health);
+        // Only for whoever waits on health: a failure here must not hold up the members.
+        match api.health(region, name).await {
+            Ok(health) => actual.health.extend(health),
+            Err(e) => warn!(log, "could not read the members' health; \
+                `lbmanager member add --healthy` waits until it can be read"; "error" => %e),
+        }
     }
     let (mut changes, mut rejected, mut want) =
         plan_latest(wanted, &actual, options, known, retry_rejected);
