@@ -179,5 +179,22 @@ ctl del --prefix "$R53_DIR/"
 EXP_RECORDS=""
 converge "remove Route53 members"
 
+# What a container host runs (etcd access only): the command returns once AWS has followed.
+member() { "$BIN" member "$@" --etcd-endpoints "$ETCD_URL" --prefix "$PREFIX" --timeout 30s; }
+
+say "7. as a container's unit does: lbmanager member add --wait (returns once the ELB has it)"
+member add "$ELB_DIR/multiple/$I2" --wait
+EXP_INSTANCES=$(printf '%s\n' "$I1" "$I2" | sort)
+# No waiting here: the ELB has it already.
+STEP_TIMEOUT=0 converge "member add --wait"
+
+say "8. lbmanager status (what lbmanager published; exit 0: all in step)"
+"$BIN" status --etcd-endpoints "$ETCD_URL" --prefix "$PREFIX"
+
+say "9. lbmanager member remove --wait (returns once the ELB no longer routes to it)"
+member remove "$ELB_DIR/multiple/$I2" --wait
+EXP_INSTANCES=$I1
+STEP_TIMEOUT=0 converge "member remove --wait"
+
 say "demo finished: every step converged"
 DEMO_OK=yes

@@ -11,7 +11,8 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::key::{parse_target, LbId, Member};
+use crate::key::{parse_target, LbId, Member, Target};
+use crate::plan::{RecordSet, Registered};
 
 /// A member as AWS last reported it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,6 +87,89 @@ pub fn names(lb: &LbId, member: &Member, reported: &str) -> bool {
         },
         _ => member.to_string() == reported,
     }
+}
+
+/// An ELB's or target group's members after a sync: what AWS reported (`actual`), with the
+/// changes the sync made. A target deregistered from a target group drains (AWS's deregistration
+/// delay, until a read says otherwise); a member whose health was not read this time keeps what
+/// was published (`previous`); one just registered has no state yet.
+pub fn elb_members(
+    lb: &LbId,
+    actual: &Registered,
+    registered: &[Target],
+    deregistered: &[Target],
+    previous: Option<&LbStatus>,
+) -> Vec<MemberState> {
+    let before: std::collections::HashMap<&str, &str> = previous
+        .map(|p| {
+            p.members
+                .iter()
+                .filter_map(|m| Some((m.member.as_str(), m.state.as_deref()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut out: BTreeMap<Target, Option<String>> = actual
+        .members
+        .iter()
+        .chain(&actual.draining)
+        .map(|t| {
+            let state = match actual.health.get(t) {
+                Some(h) => Some(h.state.clone()),
+                None => before.get(t.to_string().as_str()).map(|s| s.to_string()),
+            };
+            (t.clone(), state)
+        })
+        .collect();
+    for t in deregistered {
+        match lb {
+            LbId::TargetGroup { .. } => {
+                out.insert(t.clone(), Some("draining".into()));
+            }
+            _ => {
+                out.remove(t);
+            }
+        }
+    }
+    for t in registered {
+        out.insert(t.or_port(actual.default_port), None);
+    }
+    out.into_iter()
+        .map(|(t, state)| MemberState {
+            member: t.to_string(),
+            state,
+        })
+        .collect()
+}
+
+/// A Route53 name's members: the values of its record sets, as the key grammar spells IPs.
+pub fn zone_members(sets: &[RecordSet]) -> Vec<MemberState> {
+    let ips: BTreeSet<String> = sets
+        .iter()
+        .flat_map(|s| s.values.iter())
+        .map(|v| {
+            v.parse::<std::net::IpAddr>()
+                .map_or(v.clone(), |ip| ip.to_string())
+        })
+        .collect();
+    ips.into_iter()
+        .map(|member| MemberState {
+            member,
+            state: None,
+        })
+        .collect()
+}
+
+/// Whether a member of `status` is not (yet) healthy: a registration not read back, health
+/// checks under way or failing while the application starts (`initial`, `unhealthy`,
+/// `OutOfService`, …), a target draining. Worth reading again while someone waits (Route53 has
+/// no health and no draining: never).
+pub fn settling(lb: &LbId, status: &LbStatus) -> bool {
+    !matches!(lb, LbId::Route53 { .. })
+        && status.last_sync.ok
+        && status
+            .members
+            .iter()
+            .any(|m| !matches!(m.state.as_deref(), Some("healthy" | "InService")))
 }
 
 /// The running lbmanager's sign of life.
@@ -372,8 +456,7 @@ pub fn render_table(report: &StatusReport) -> String {
         for (member, reason) in &r.rejected {
             notes.push(format!("rejected {member}: {reason}"));
         }
-        let _ = writeln!(
-            out,
+        let line = format!(
             "{:width$}  {:>7}  {:>6}  {:7}  {:>11}  {}",
             r.load_balancer,
             r.desired.len(),
@@ -384,6 +467,7 @@ pub fn render_table(report: &StatusReport) -> String {
             r.last_change_age.map_or("never".to_string(), age),
             notes.join("; ")
         );
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     out
 }
@@ -562,6 +646,56 @@ mod tests {
         let table = render_table(&report);
         assert!(table.contains("never synced"), "{table}");
         assert!(table.contains("60s ago"), "{table}");
+    }
+
+    #[test]
+    fn members_after_a_sync_keep_health_mark_draining_and_settle() {
+        let t = |s: &str| parse_target(s).unwrap();
+        let actual = Registered {
+            members: [t("i-00000001:80"), t("i-00000002:80")].into(),
+            default_port: Some(80),
+            health: [(
+                t("i-00000001:80"),
+                crate::plan::Health {
+                    state: "healthy".into(),
+                    settling: false,
+                },
+            )]
+            .into(),
+            ..Registered::default()
+        };
+        let previous = status(9, &[("i-00000002:80", Some("unhealthy"))]);
+        let members = elb_members(
+            &tg(),
+            &actual,
+            &[t("i-00000003")],
+            &[t("i-00000002:80")],
+            Some(&previous),
+        );
+        let got: Vec<(&str, Option<&str>)> = members
+            .iter()
+            .map(|m| (m.member.as_str(), m.state.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("i-00000001:80", Some("healthy")),
+                ("i-00000002:80", Some("draining")),
+                ("i-00000003:80", None),
+            ]
+        );
+        let mut s = status(10, &[]);
+        s.members = members;
+        assert!(settling(&tg(), &s));
+        s.members.retain(|m| m.state.as_deref() == Some("healthy"));
+        assert!(!settling(&tg(), &s));
+        let elb = LbId::Elb {
+            region: "us-east-1".into(),
+            name: "web".into(),
+        };
+        assert!(elb_members(&elb, &actual, &[], &[t("i-00000002:80")], None)
+            .iter()
+            .all(|m| m.member != "i-00000002:80"));
     }
 
     #[test]

@@ -15,9 +15,9 @@ use slog::{warn, Logger};
 use super::hosted_zone::{HostedZone, ZoneDesire, ZoneSynced};
 use super::{Cause, Settings};
 use crate::aws::{AwsError, ElbApi};
-use crate::key::{LbId, Member, Target};
-use crate::plan::{Health, RecordSet, Registered, Rejected};
-use crate::status::{LastSync, LbStatus, MemberState};
+use crate::key::{LbId, Member};
+use crate::plan::{RecordSet, Rejected};
+use crate::status::{self, LastSync, LbStatus};
 use crate::sync::elb::{sync_elb, ElbSync, Want, Wanted};
 use crate::sync::ips_of;
 use crate::sync::schedule::{Next, Outcome, Schedule};
@@ -396,28 +396,20 @@ impl LoadBalancer {
         let latest = self.desired.as_ref();
         let previous = self.published.as_ref();
         let (members, ttl, revision) = match seen {
-            Seen::Elb(sync) => (self.elb_members(&sync), None, sync.revision),
+            Seen::Elb(sync) => {
+                let members = status::elb_members(
+                    &self.id,
+                    &sync.actual,
+                    &sync.changes.register,
+                    &sync.changes.deregister,
+                    previous,
+                );
+                (members, None, sync.revision)
+            }
             Seen::Zone(sets) => {
-                let mut ips: Vec<String> = sets
-                    .iter()
-                    .flat_map(|s| s.values.iter())
-                    .map(|v| {
-                        v.parse::<std::net::IpAddr>()
-                            .map_or(v.clone(), |ip| ip.to_string())
-                    })
-                    .collect();
-                ips.sort();
-                ips.dedup();
-                let members = ips
-                    .into_iter()
-                    .map(|member| MemberState {
-                        member,
-                        state: None,
-                    })
-                    .collect();
                 // Once the last value is gone, clients may still hold it for the TTL it had.
                 let ttl = sets.first().map(|s| s.ttl).or(previous.and_then(|p| p.ttl));
-                (members, ttl, in_flight.revision)
+                (status::zone_members(&sets), ttl, in_flight.revision)
             }
             Seen::Nothing => (
                 previous.map(|p| p.members.clone()).unwrap_or_default(),
@@ -433,7 +425,7 @@ impl LoadBalancer {
             members,
             ttl,
             last_sync: LastSync {
-                at: crate::status::now(),
+                at: status::now(),
                 ok: error.is_none(),
                 cause: in_flight.cause.to_string(),
                 error: error.map(|e| e.to_string()),
@@ -452,65 +444,16 @@ impl LoadBalancer {
         Some(Arc::new(status))
     }
 
-    /// An ELB's or target group's members after a sync: what AWS reported, with the changes
-    /// made. A target deregistered from a target group drains (AWS's deregistration delay); a
-    /// member whose health was not read this time keeps what was published.
-    fn elb_members(&self, sync: &ElbSync) -> Vec<MemberState> {
-        let Registered {
-            members,
-            draining,
-            health,
-            ..
-        } = &sync.actual;
-        let drains = matches!(self.id, LbId::TargetGroup { .. });
-        let before = |t: &Target| {
-            self.published.as_ref().and_then(|p| {
-                p.members
-                    .iter()
-                    .find(|m| m.member == t.to_string())
-                    .and_then(|m| m.state.clone())
-            })
-        };
-        let mut out: std::collections::BTreeMap<Target, Option<String>> = members
-            .iter()
-            .chain(draining)
-            .map(|t| {
-                let state = health.get(t).map(|h: &Health| h.state.clone());
-                (t.clone(), state.or_else(|| before(t)))
-            })
-            .collect();
-        for t in &sync.changes.deregister {
-            if drains {
-                out.insert(t.clone(), Some("draining".into()));
-            } else {
-                out.remove(t);
-            }
-        }
-        for t in &sync.changes.register {
-            out.insert(t.or_port(sync.actual.default_port), None);
-        }
-        out.into_iter()
-            .map(|(t, state)| MemberState {
-                member: t.to_string(),
-                state,
-            })
-            .collect()
-    }
-
     /// Whether someone waits (see [`Watched`]) while a member is not (yet) healthy as last
     /// published: a registration not read back yet, health checks under way or failing while the
     /// application starts (`initial`, `unhealthy`, `OutOfService`, …), a target draining. The
     /// waiter's lease bounds how long that lasts.
     fn settling(&self) -> bool {
-        // Route53 has no health to read and no draining.
         self.watched
-            && !matches!(self.id, LbId::Route53 { .. })
-            && self.published.as_ref().is_some_and(|p| {
-                p.last_sync.ok
-                    && p.members
-                        .iter()
-                        .any(|m| !matches!(m.state.as_deref(), Some("healthy" | "InService")))
-            })
+            && self
+                .published
+                .as_ref()
+                .is_some_and(|p| status::settling(&self.id, p))
     }
 
     /// While someone waits and AWS is still moving members (see [`Self::settling`]), reads the
