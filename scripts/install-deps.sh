@@ -4,6 +4,7 @@
 #   etcd + etcdctl (Debian etcd-server / etcd-client, 3.4.x)
 #   protoc         (protobuf-compiler; the etcd-client crate's build needs it)
 #   moto[server]   (fake AWS ELB + Route53 used by demo.sh and the tests; brings boto3)
+#   for the package test: promtool (Debian prometheus), man (man-db), cargo-deb (crates.io)
 # Run as root, or as a user with sudo. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -32,6 +33,41 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # We leave it alone: the demo and the tests run their own etcd on free loopback ports.
 else
     log "etcd, etcdctl, protoc already installed"
+fi
+
+# The package test's tools: promtool checks the alert rules, man renders the man pages.
+# (prometheus is installed for its promtool; its own service is not started here.)
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v man >/dev/null 2>&1 || missing+=(man-db)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+if [ "${#missing[@]}" -gt 0 ]; then
+    log "missing: ${missing[*]} -> apt-get install --no-install-recommends"
+    "${SUDO[@]}" apt-get update
+    # Install, don't start: a policy-rc.d that says "no" keeps the prometheus package's own
+    # server from starting where systemd runs (removed again unless it was there before).
+    policy=/usr/sbin/policy-rc.d
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
+        "${SUDO[@]}" chmod 0755 "$policy"
+        trap '"${SUDO[@]}" rm -f "$policy"' EXIT
+    fi
+    "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y --no-install-recommends "${missing[@]}"
+    if [ "$(trap -p EXIT)" ]; then
+        "${SUDO[@]}" rm -f "$policy"
+        trap - EXIT
+    fi
+else
+    log "promtool, man, systemd-analyze already installed"
+fi
+
+# --- cargo-deb (builds the Debian package: scripts/package.sh) ----------------
+if command -v cargo-deb >/dev/null 2>&1; then
+    log "cargo-deb already installed"
+else
+    log "installing cargo-deb with cargo install"
+    cargo install cargo-deb --locked --version '^3'
 fi
 
 # --- moto (fake AWS) ---------------------------------------------------------

@@ -30,28 +30,87 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: read the key tree, sync every load balancer, then follow every change.
     Run(RunArgs),
-    /// Read etcd and AWS once and print, per load balancer, the desired and actual members and the
-    /// changes `run` would make. Exit 0: AWS matches etcd; 2: drift; 1: error.
+    /// Show what `run` would change: read etcd and AWS once.
+    ///
+    /// Prints, per load balancer, the desired and actual members and the changes `run` would
+    /// make. Exit 0: AWS matches etcd; 2: drift; 1: error.
     Plan(PlanArgs),
-    /// Announce or withdraw a member from the host that runs it, and wait until AWS has followed.
-    /// Needs etcd access only (no AWS credentials): it reads what the running lbmanager publishes.
+    /// Announce or withdraw a member, and wait until AWS has followed.
+    ///
+    /// For the host that runs the member. Needs etcd access only (no AWS credentials): it reads
+    /// what the running lbmanager publishes.
     #[command(subcommand)]
     Member(MemberCommand),
-    /// Print, per load balancer, what the running lbmanager published: desired members (from etcd
-    /// now), members in AWS, in step or not, the last sync, its error, members AWS rejects. Needs
-    /// etcd access only. Exit 0: all in step; 2: some not (or never synced); 1: error, or no
-    /// lbmanager has reported for more than three of its resync intervals.
+    /// Show, per load balancer, whether AWS is in step, as the running lbmanager published it.
+    ///
+    /// Desired members (from etcd now), members in AWS, in step or not, the last change, its
+    /// error, members AWS rejects. Needs etcd access only. Exit 0: all in step; 2: some not (or
+    /// never synced); 1: error, or no lbmanager has reported for more than three of its resync
+    /// intervals.
     Status(StatusArgs),
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// E.g. `lbmanager completions bash > /etc/bash_completion.d/lbmanager` (the Debian package
+    /// installs all three).
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Write the man pages into DIR.
+    ///
+    /// lbmanager.1 and one per subcommand (lbmanager-member-add.1, …), generated from the same
+    /// definitions as --help (the Debian package installs them).
+    Manpages {
+        /// Where to write them (created if missing).
+        dir: std::path::PathBuf,
+    },
+}
+
+/// The shells `lbmanager completions` writes for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
+}
+
+impl From<CompletionShell> for clap_complete::Shell {
+    fn from(shell: CompletionShell) -> Self {
+        match shell {
+            CompletionShell::Bash => clap_complete::Shell::Bash,
+            CompletionShell::Zsh => clap_complete::Shell::Zsh,
+            CompletionShell::Fish => clap_complete::Shell::Fish,
+        }
+    }
+}
+
+/// Prints the completion script for `shell` to `out`.
+pub fn completions(shell: CompletionShell, out: &mut dyn std::io::Write) {
+    use clap::CommandFactory;
+    let shell: clap_complete::Shell = shell.into();
+    clap_complete::generate(shell, &mut Cli::command(), "lbmanager", out);
+}
+
+/// Writes a man page per command and subcommand into `dir`.
+pub fn manpages(dir: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(dir)?;
+    // No `build()` before: generate_to builds with the help subcommand off (else it would
+    // write pages for `help` too).
+    clap_mangen::generate_to(Cli::command(), dir)
 }
 
 #[derive(Debug, Subcommand)]
 pub enum MemberCommand {
-    /// Write a member key (as `etcdctl put KEY ""` does) and, with --wait, return once AWS has
-    /// the member. Exit 0: done; 1: timed out, or AWS rejected the member (AWS's reason is
-    /// printed); 2: bad flags or a key that is not a member key.
+    /// Write a member key and, with --wait, return once AWS has the member.
+    ///
+    /// Writes it as `etcdctl put KEY ""` does. Exit 0: done; 1: timed out, or AWS rejected the
+    /// member (AWS's reason is printed); 2: bad flags or a key that is not a member key.
     Add(AddArgs),
-    /// Delete a member key (as `etcdctl del KEY` does) and, with --wait, return once AWS no
-    /// longer routes to the member. Exit 0: done; 1: timed out or failed; 2: bad flags or key.
+    /// Delete a member key and, with --wait, return once AWS no longer routes to the member.
+    ///
+    /// Deletes it as `etcdctl del KEY` does. Exit 0: done; 1: timed out or failed; 2: bad flags
+    /// or key.
     Remove(RemoveArgs),
 }
 

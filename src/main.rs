@@ -22,5 +22,19 @@ fn main() -> ExitCode {
             system.block_on(async { workload::member_remove(args, daemon::on_signals()).await })
         }
         Command::Status(args) => system.block_on(workload::status(args)),
+        Command::Completions { shell } => {
+            lbmanager::cli::completions(shell, &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Manpages { dir } => match lbmanager::cli::manpages(&dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!(
+                    "lbmanager: cannot write the man pages to {}: {e}",
+                    dir.display()
+                );
+                ExitCode::FAILURE
+            }
+        },
     }
 }

@@ -35,6 +35,16 @@ pub struct Metrics {
     pub members: Family<Labels, Gauge>,
     /// Wanted members AWS refuses to register, per load balancer.
     pub rejected_members: Family<Labels, Gauge>,
+    /// Syncs by load balancer and result.
+    pub lb_syncs: Family<Labels, Counter>,
+    /// Failed syncs in a row, per load balancer (0 after a sync that succeeded).
+    pub lb_failures: Family<Labels, Gauge>,
+    /// Unix time of each load balancer's last sync that succeeded (resyncs included).
+    pub lb_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// 1 while ready (as `/readyz`), else 0.
+    pub ready: Gauge,
+    /// 1 while the etcd watch is live, else 0.
+    pub watch_up: Gauge,
     /// Syncs running or waiting for a retry.
     pub syncs_pending: Gauge,
     /// The last etcd revision the watch delivered.
@@ -61,6 +71,11 @@ impl Metrics {
             sync_duration: Family::new_with_constructor(sync_histogram),
             members: Family::default(),
             rejected_members: Family::default(),
+            lb_syncs: Family::default(),
+            lb_failures: Family::default(),
+            lb_last_success: Family::default(),
+            ready: Gauge::default(),
+            watch_up: Gauge::default(),
             syncs_pending: Gauge::default(),
             watch_revision: Gauge::default(),
             watch_reconnects: Counter::default(),
@@ -95,6 +110,31 @@ impl Metrics {
             m.rejected_members.clone(),
         );
         registry.register(
+            "load_balancer_syncs",
+            "Syncs by load balancer and result",
+            m.lb_syncs.clone(),
+        );
+        registry.register(
+            "load_balancer_failures",
+            "Failed syncs in a row, per load balancer (0 after a sync that succeeded)",
+            m.lb_failures.clone(),
+        );
+        registry.register(
+            "load_balancer_last_success_timestamp_seconds",
+            "Unix time of the load balancer's last sync that succeeded (resyncs included)",
+            m.lb_last_success.clone(),
+        );
+        registry.register(
+            "ready",
+            "1 while ready (the start-up sync is done and the etcd watch is live), as /readyz",
+            m.ready.clone(),
+        );
+        registry.register(
+            "etcd_watch_up",
+            "1 while the etcd watch is live",
+            m.watch_up.clone(),
+        );
+        registry.register(
             "syncs_pending",
             "Syncs running or waiting for a retry",
             m.syncs_pending.clone(),
@@ -126,10 +166,45 @@ impl Metrics {
 
     pub fn set_initial_sync_done(&self) {
         self.initial_sync_done.store(true, Ordering::SeqCst);
+        self.ready.set(i64::from(self.ready()));
     }
 
     pub fn set_watch_live(&self, live: bool) {
         self.watch_live.store(live, Ordering::SeqCst);
+        self.watch_up.set(i64::from(live));
+        self.ready.set(i64::from(self.ready()));
+    }
+
+    /// Counts a load balancer's sync; `failures`: its failed syncs in a row since.
+    pub fn lb_synced(&self, lb: &str, ok: bool, failures: u32) {
+        let label = vec![("load_balancer", lb.to_string())];
+        let mut labels = label.clone();
+        labels.push(("result", if ok { "ok" } else { "error" }.to_string()));
+        self.lb_syncs.get_or_create(&labels).inc();
+        self.lb_failures
+            .get_or_create(&label)
+            .set(i64::from(failures));
+        if ok {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            self.lb_last_success
+                .get_or_create(&label)
+                .set(now.as_secs_f64());
+        }
+    }
+
+    /// Forgets a load balancer lbmanager no longer manages.
+    pub fn lb_retired(&self, lb: &str) {
+        let label = vec![("load_balancer", lb.to_string())];
+        self.members.remove(&label);
+        self.lb_failures.remove(&label);
+        self.lb_last_success.remove(&label);
+        for result in ["ok", "error"] {
+            let mut labels = label.clone();
+            labels.push(("result", result.to_string()));
+            self.lb_syncs.remove(&labels);
+        }
     }
 
     /// Ready: the start-up sync is done and the etcd watch is live.

@@ -95,7 +95,8 @@ fn systemd_units_verify_clean() {
     let dir = tempfile::tempdir().unwrap();
     let root = env!("CARGO_MANIFEST_DIR");
     let units = [
-        "systemd/lbmanager-binary.service",
+        "systemd/lbmanager.service",
+        "systemd/lbmanager-container.service",
         "examples/webserver.service",
         "examples/webserver-alb.service",
         "examples/webserver-route53.service",
@@ -105,17 +106,22 @@ fn systemd_units_verify_clean() {
     for unit in units {
         let text = std::fs::read_to_string(format!("{root}/{unit}")).unwrap();
         let text = text
-            .replace("/usr/local/bin/lbmanager", env!("CARGO_BIN_EXE_lbmanager"))
+            .replace("/usr/bin/lbmanager", env!("CARGO_BIN_EXE_lbmanager"))
             .replace("/usr/bin/docker", "/bin/true");
         let name = std::path::Path::new(unit).file_name().unwrap();
         std::fs::write(dir.path().join(name), text).unwrap();
     }
+    // verify runs `man` for each Documentation=man: page: give it the generated ones.
+    let man = dir.path().join("man");
+    let out = lbmanager(&["manpages", man.join("man1").to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
     for unit in units {
         let name = std::path::Path::new(unit).file_name().unwrap();
         let path = dir.path().join(name);
         let out = Command::new("systemd-analyze")
             .arg("verify")
             .arg(&path)
+            .env("MANPATH", &man)
             .output()
             .expect("systemd-analyze (Debian systemd) is needed for this test");
         let said = format!(

@@ -370,6 +370,11 @@ impl LoadBalancer {
             Some(_) => Outcome::Final { stale },
         };
         let next = self.schedule.finished(outcome, &self.settings.delays());
+        self.settings.metrics.lb_synced(
+            &self.id.to_string(),
+            error.is_none(),
+            self.schedule.failures(),
+        );
         if let Some(err) = &error {
             let failures = self.schedule.failures();
             match next {

@@ -722,10 +722,7 @@ impl Handler<Synced> for Supervisor {
                 debug!(self.log, "load balancer has no keys left, no longer managed";
                     "lb" => msg.lb.to_string());
                 managed.addr.do_send(Retire);
-                self.settings
-                    .metrics
-                    .members
-                    .remove(&vec![("load_balancer", msg.lb.to_string())]);
+                self.settings.metrics.lb_retired(&msg.lb.to_string());
                 if self.recorded.remove(&msg.lb) {
                     self.record(&msg.lb, false);
                 }
