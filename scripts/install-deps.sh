@@ -47,14 +47,16 @@ if [ "${#missing[@]}" -gt 0 ]; then
     # Install, don't start: a policy-rc.d that says "no" keeps the prometheus package's own
     # server from starting where systemd runs (removed again unless it was there before).
     policy=/usr/sbin/policy-rc.d
+    ours=no
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$policy" >/dev/null
         "${SUDO[@]}" chmod 0755 "$policy"
+        ours=yes
         trap '"${SUDO[@]}" rm -f "$policy"' EXIT
     fi
     "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y --no-install-recommends "${missing[@]}"
-    if [ "$(trap -p EXIT)" ]; then
+    if [ "$ours" = yes ]; then
         "${SUDO[@]}" rm -f "$policy"
         trap - EXIT
     fi
