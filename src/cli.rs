@@ -322,6 +322,13 @@ pub struct RunArgs {
     #[arg(long, env = "LBMANAGER_POLICY", value_enum, default_value_t = PolicyArg::Sync)]
     pub policy: PolicyArg,
 
+    /// exclusive: etcd lists every member of a load balancer lbmanager touches; anything else is
+    /// removed. shared: other tools (an Auto Scaling group, a hand-registered canary) feed the same
+    /// load balancers: lbmanager removes only members it added itself, recorded in etcd before
+    /// each add (one write per added member), and keeps a record set's other values.
+    #[arg(long, env = "LBMANAGER_OWNERSHIP", value_enum, default_value_t = OwnershipArg::Exclusive)]
+    pub ownership: OwnershipArg,
+
     /// Log level.
     #[arg(long, env = "LBMANAGER_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -430,6 +437,24 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("must be at least 1s".into());
     }
     Ok(d)
+}
+
+/// `--ownership`: the flag's spelling of [`crate::ownership::Ownership`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OwnershipArg {
+    /// etcd lists every member: anything else is removed (the original's semantics).
+    Exclusive,
+    /// Remove only members lbmanager added; keep the others'.
+    Shared,
+}
+
+impl From<OwnershipArg> for crate::ownership::Ownership {
+    fn from(o: OwnershipArg) -> Self {
+        match o {
+            OwnershipArg::Exclusive => crate::ownership::Ownership::Exclusive,
+            OwnershipArg::Shared => crate::ownership::Ownership::Shared,
+        }
+    }
 }
 
 /// `--policy`: the flag's spelling of [`crate::plan::Policy`] (the planner knows nothing of clap).

@@ -80,6 +80,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         route53_ttl: args.route53_ttl,
         resync_interval: args.resync_interval,
         policy: args.policy.into(),
+        ownership: args.ownership.into(),
         dry_run: args.dry_run,
         metrics: metrics.clone(),
         filters,
@@ -104,6 +105,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     )
     .with_records(recorded.collect())
     .with_obsolete(records.obsolete)
+    .with_owned(records.owned)
     .watching(client)
     .once_if(args.once, once_tx)
     .start();

@@ -318,6 +318,8 @@ pub struct Records {
     /// Members AWS refuses, as the running lbmanager last published them.
     pub rejected:
         std::collections::BTreeMap<crate::key::LbId, std::collections::BTreeMap<String, String>>,
+    /// Members lbmanager added to each load balancer (`--ownership shared`), as AWS names them.
+    pub owned: std::collections::HashMap<crate::key::LbId, std::collections::BTreeSet<String>>,
     /// Records to delete: those of earlier versions that the status replaced
     /// (`STATE/rejected/…`), and the status of load balancers no longer managed.
     pub obsolete: Vec<String>,
@@ -345,6 +347,8 @@ pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, Et
                 }
             }
             published.push((lb, key));
+        } else if let Some((lb, member)) = crate::key::parse_owned(prefix, &key) {
+            out.owned.entry(lb).or_default().insert(member);
         } else if crate::key::parse_rejected(prefix, &key).is_some() {
             out.obsolete.push(key);
         }
@@ -447,6 +451,17 @@ pub trait EtcdWrites: Send + Sync + 'static {
     async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError>;
     /// Deletes `key`.
     async fn delete(&self, key: &str) -> Result<(), EtcdError>;
+    /// Puts an empty value at each of `put` and deletes each of `delete` (the ownership records of
+    /// `--ownership shared`): all landed when it returns Ok.
+    async fn record_many(&self, put: &[String], delete: &[String]) -> Result<(), EtcdError> {
+        for key in put {
+            self.put(key, "").await?;
+        }
+        for key in delete {
+            self.delete(key).await?;
+        }
+        Ok(())
+    }
 }
 
 /// The real writes, through an etcd client. With `--ha`, every write is a transaction that also
@@ -505,6 +520,36 @@ impl EtcdWrites for ClientWrites {
 
     async fn delete(&self, key: &str) -> Result<(), EtcdError> {
         self.write(key, None).await
+    }
+
+    /// In transactions of up to [`DELETES_PER_TXN`] operations, each guarded by the leadership.
+    async fn record_many(&self, put: &[String], delete: &[String]) -> Result<(), EtcdError> {
+        let ops: Vec<TxnOp> = put
+            .iter()
+            .map(|k| TxnOp::put(k.as_str(), "", None))
+            .chain(delete.iter().map(|k| TxnOp::delete(k.as_str(), None)))
+            .collect();
+        let first = put.first().or(delete.first()).cloned().unwrap_or_default();
+        let guard: Vec<Compare> = self
+            .leader
+            .iter()
+            .map(|(k, rev)| Compare::create_revision(k.as_str(), CompareOp::Equal, *rev))
+            .collect();
+        for chunk in ops.chunks(DELETES_PER_TXN) {
+            let resp = self
+                .client
+                .clone()
+                .txn(Txn::new().when(guard.clone()).and_then(chunk.to_vec()))
+                .await
+                .map_err(|source| EtcdError::Write {
+                    key: first.clone(),
+                    source,
+                })?;
+            if !resp.succeeded() {
+                return Err(EtcdError::NotLeader { key: first });
+            }
+        }
+        Ok(())
     }
 }
 

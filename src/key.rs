@@ -358,6 +358,23 @@ pub fn parse_status(prefix: &str, key: &str) -> Option<LbId> {
     )
 }
 
+/// Where lbmanager records, with `--ownership shared`, a member it added to a load balancer (before
+/// the call that adds it): `STATE/owned/elb/REGION/NAME/MEMBER` and the like, MEMBER as AWS names
+/// it (a target with its port). It removes only members recorded so; the record goes once the
+/// member is out of AWS.
+pub fn owned_key(prefix: &str, lb: &LbId, member: &str) -> String {
+    format!("{}/owned/{}/{member}", state_prefix(prefix), record_path(lb))
+}
+
+/// The load balancer and member an [`owned_key`] names, if `key` is one.
+pub fn parse_owned(prefix: &str, key: &str) -> Option<(LbId, String)> {
+    let rest = key
+        .strip_prefix(&state_prefix(prefix))?
+        .strip_prefix("/owned/")?;
+    let (path, member) = rest.rsplit_once('/')?;
+    Some((parse_record_path(path)?, member.to_string()))
+}
+
 /// Where `lbmanager member … --wait --healthy|--drain` says that it waits on AWS's progress with
 /// `member` (under a lease, gone when the waiter is): `PREFIX/_waiting/elb/REGION/NAME/MEMBER` and
 /// the like. In the member tree (reserved `_` part) because that is what lbmanager watches; while

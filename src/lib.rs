@@ -20,6 +20,7 @@ pub mod http;
 pub mod key;
 pub mod logging;
 pub mod metrics;
+pub mod ownership;
 pub mod plan;
 pub mod report;
 pub mod status;

@@ -19,7 +19,7 @@ use slog::Logger;
 
 use super::{Cause, Settings};
 use crate::aws::{AwsError, Route53Api};
-use crate::sync::zone::{sync_zone, FqdnWant, ZoneCache};
+use crate::sync::zone::{sync_zone, FqdnWant, Recorder, ZoneCache};
 
 /// What one FQDN's A and AAAA record sets should hold.
 #[derive(Message, Clone)]
@@ -41,6 +41,8 @@ pub struct ZoneSynced {
     pub stale: bool,
     /// The FQDN's record sets after a sync that succeeded.
     pub sets: Option<Vec<crate::plan::RecordSet>>,
+    /// `--ownership shared`: the values lbmanager owns after the sync.
+    pub owned: Option<std::collections::BTreeSet<std::net::IpAddr>>,
 }
 
 /// How long the zone gathers the desires of a full sync (start-up, relist, restart) before its
@@ -63,6 +65,8 @@ pub struct HostedZone {
     gathering: bool,
     /// What the zone last read or wrote, so a stream of changes costs no read per change.
     cache: ZoneCache,
+    /// `--ownership shared`: where the values lbmanager adds are recorded.
+    writes: Option<Arc<dyn crate::etcd::EtcdWrites>>,
 }
 
 impl HostedZone {
@@ -81,7 +85,14 @@ impl HostedZone {
             busy: false,
             gathering: false,
             cache: ZoneCache::new(),
+            writes: None,
         }
+    }
+
+    /// `--ownership shared`: records the values it adds with `writes`.
+    pub fn recording(mut self, writes: Option<Arc<dyn crate::etcd::EtcdWrites>>) -> Self {
+        self.writes = writes;
+        self
     }
 
     fn run(&mut self, ctx: &mut Context<Self>) {
@@ -97,9 +108,15 @@ impl HostedZone {
             self.settings.sync_options(),
         );
         let mut cache = std::mem::take(&mut self.cache);
+        let (writes, prefix) = (self.writes.clone(), self.settings.prefix.clone());
         let fut = async move {
             let wants: Vec<FqdnWant> = batch.iter().map(|d| d.want.clone()).collect();
-            let results = sync_zone(&*api, &zone, &wants, &options, &mut cache, &log).await;
+            let recorder = writes.as_deref().map(|writes| Recorder {
+                writes,
+                prefix: &prefix,
+            });
+            let results =
+                sync_zone(&*api, &zone, &wants, &options, &mut cache, &log, recorder).await;
             (batch, results, cache)
         };
         ctx.spawn(
@@ -112,6 +129,7 @@ impl HostedZone {
                             error: result.result.err(),
                             stale: result.from_cache,
                             sets: result.sets,
+                            owned: result.owned,
                         });
                     }
                     act.busy = false;

@@ -18,7 +18,7 @@ use crate::aws::{AwsError, ElbApi};
 use crate::key::{LbId, Member};
 use crate::plan::{RecordSet, Rejected};
 use crate::status::{self, LastSync, LbStatus};
-use crate::sync::elb::{sync_elb, ElbSync, Want, Wanted};
+use crate::sync::elb::{sync_elb, ElbSync, Owned, Want, Wanted};
 use crate::sync::ips_of;
 use crate::sync::schedule::{Next, Outcome, Schedule};
 use crate::sync::zone::FqdnWant;
@@ -78,6 +78,8 @@ pub struct Synced {
     /// AWS is still moving members (a target draining, …): a load balancer without keys is not
     /// done with until it has settled, so that whoever waits for the drain is told.
     pub settling: bool,
+    /// `--ownership shared`: the members lbmanager added, as they stand after the sync.
+    pub owned: Option<BTreeSet<String>>,
 }
 
 /// A sync in flight. Dropping it (the sync ended, or the actor stopped or panicked mid-sync)
@@ -140,6 +142,8 @@ pub struct LoadBalancer {
     settle_reads: u32,
     /// Someone waits on AWS's progress (see [`Watched`]).
     watched: bool,
+    /// `--ownership shared`: the members lbmanager added (none: `exclusive`).
+    owned: Option<Owned>,
     /// A key was written again while AWS refuses members: the next sync tries them again (the
     /// instance may be running again), so `member add --wait` gets today's answer.
     retry_rejected: bool,
@@ -179,6 +183,7 @@ impl LoadBalancer {
             settle: None,
             settle_reads: 0,
             watched: false,
+            owned: None,
             retry_rejected: false,
             schedule: Schedule::default(),
             in_flight: None,
@@ -238,8 +243,10 @@ impl LoadBalancer {
                 let read_health = desire.cause == Cause::Settle;
                 let wanted: Wanted = self.wanted.subscribe();
                 let cause = desire.cause;
+                // Lent to the sync, and given back whatever happens (claims may have landed).
+                let mut owned = self.owned.take();
                 let fut = async move {
-                    sync_elb(
+                    let res = sync_elb(
                         &*api,
                         &region,
                         &name,
@@ -251,10 +258,13 @@ impl LoadBalancer {
                         &known,
                         retry_rejected,
                         read_health,
+                        owned.as_mut(),
                     )
-                    .await
+                    .await;
+                    (res, owned)
                 };
-                ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+                ctx.spawn(fut.into_actor(self).map(move |(res, owned), act, ctx| {
+                    act.owned = owned;
                     let (generation, error, rejected, seen) = match res {
                         Ok(mut sync) => {
                             act.warn_mismatched(std::mem::take(&mut sync.changes.mismatched));
@@ -281,12 +291,22 @@ impl LoadBalancer {
                         fqdn: fqdn.clone(),
                         ips,
                         cause: desire.cause,
+                        owned: self
+                            .owned
+                            .as_ref()
+                            .map(|o| o.members.iter().filter_map(|m| m.parse().ok()).collect()),
                     },
                     generation: desire.generation,
                     reply: ctx.address().recipient(),
                 });
             }
         }
+    }
+
+    /// `--ownership shared`: what lbmanager added to this load balancer, and where to record it.
+    pub fn owning(mut self, owned: Option<Owned>) -> Self {
+        self.owned = owned;
+        self
     }
 
     /// Shutting down and nothing in flight any more: answer whoever waits in [`Drain`].
@@ -362,6 +382,7 @@ impl LoadBalancer {
             rejected,
             status,
             settling: self.settling(),
+            owned: self.owned.as_ref().map(|o| o.members.clone()),
         });
         self.release_drain();
         let outcome = match &error {
@@ -541,6 +562,7 @@ impl Handler<Desire> for LoadBalancer {
                 rejected: None,
                 status,
                 settling: self.settling(),
+                owned: None,
             });
             return;
         }
@@ -553,6 +575,9 @@ impl Handler<ZoneSynced> for LoadBalancer {
     type Result = ();
 
     fn handle(&mut self, msg: ZoneSynced, ctx: &mut Self::Context) {
+        if let (Some(owned), Some(ips)) = (self.owned.as_mut(), &msg.owned) {
+            owned.members = ips.iter().map(|ip| ip.to_string()).collect();
+        }
         let seen = match msg.sets {
             Some(sets) => Seen::Zone(sets),
             None => Seen::Nothing,

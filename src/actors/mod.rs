@@ -37,6 +37,8 @@ pub struct Settings {
     pub retry_max: Duration,
     /// What lbmanager may do to AWS (`sync`, or `upsert-only`).
     pub policy: Policy,
+    /// Whether etcd lists every member (`exclusive`) or only lbmanager's (`shared`).
+    pub ownership: crate::ownership::Ownership,
     /// Which load balancers lbmanager may touch at all.
     pub filters: Filters,
     /// Log the changes instead of making them.
@@ -74,6 +76,7 @@ impl Default for Settings {
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(20),
             policy: Policy::Sync,
+            ownership: Default::default(),
             filters: Filters::default(),
             dry_run: false,
             metrics: Arc::default(),

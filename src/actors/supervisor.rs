@@ -27,7 +27,9 @@ use crate::aws::Backends;
 use crate::desired::{log_ignored, DesiredState, Ignored, Loaded, Revision};
 use crate::etcd::{EtcdWrites, Snapshot};
 use crate::key::{LbId, Member};
+use crate::ownership::Ownership;
 use crate::plan::Rejected;
+use crate::sync::elb::Owned;
 
 /// A load balancer actor the Supervisor started, and what it last sent it.
 struct Child {
@@ -115,6 +117,9 @@ pub struct Supervisor {
     /// The waiting keys of `lbmanager member … --healthy/--drain`, by load balancer (see
     /// [`crate::key::waiting_key`]).
     waiting: HashMap<LbId, HashSet<String>>,
+    /// `--ownership shared`: the members lbmanager added, per load balancer (read at start-up,
+    /// kept up to date by the load balancers' reports, handed to a restarted actor).
+    owned: HashMap<LbId, BTreeSet<String>>,
     /// Records of earlier versions to delete at start (see [`crate::etcd::Records::obsolete`]).
     obsolete: Vec<String>,
     /// The StateWriter, started with the Supervisor.
@@ -154,6 +159,7 @@ impl Supervisor {
             recorded: HashSet::new(),
             awaiting_record: HashSet::new(),
             obsolete: Vec::new(),
+            owned: HashMap::new(),
             waiting: HashMap::new(),
             state: None,
             watcher: None,
@@ -173,6 +179,12 @@ impl Supervisor {
     /// The load balancers recorded as managed (read from the state prefix at start-up).
     pub fn with_records(mut self, recorded: HashSet<LbId>) -> Self {
         self.recorded = recorded;
+        self
+    }
+
+    /// The ownership records read at start-up (`--ownership shared`).
+    pub fn with_owned(mut self, owned: HashMap<LbId, BTreeSet<String>>) -> Self {
+        self.owned = owned;
         self
     }
 
@@ -384,6 +396,12 @@ impl Supervisor {
             LbId::TargetGroup { .. } => Backend::Elb(self.aws.elbv2.clone()),
             LbId::Route53 { zone, .. } => Backend::Route53(self.zone(zone)),
         };
+        let owned = (self.settings.ownership == Ownership::Shared).then(|| Owned {
+            writes: self.etcd_writes.clone(),
+            prefix: self.settings.prefix.clone(),
+            lb: lb.clone(),
+            members: self.owned.get(lb).cloned().unwrap_or_default(),
+        });
         let addr = LoadBalancer::new(
             lb.clone(),
             &self.log,
@@ -391,6 +409,7 @@ impl Supervisor {
             self.settings.clone(),
             ctx.address().recipient(),
         )
+        .owning(owned)
         .start();
         if self.waiting.contains_key(lb) {
             addr.do_send(Watched(true));
@@ -419,12 +438,15 @@ impl Supervisor {
         if let Some(addr) = self.zones.get(zone) {
             return addr.clone();
         }
+        let writes = (self.settings.ownership == Ownership::Shared && !self.settings.dry_run)
+            .then(|| self.etcd_writes.clone());
         let addr = HostedZone::new(
             zone,
             self.aws.route53.clone(),
             &self.log,
             self.settings.clone(),
         )
+        .recording(writes)
         .start();
         self.zones.insert(zone.to_string(), addr.clone());
         addr
@@ -700,6 +722,9 @@ impl Handler<Synced> for Supervisor {
         self.check_round();
         if let Some(rejected) = msg.rejected {
             self.rejections(&msg.lb, rejected);
+        }
+        if let Some(owned) = msg.owned {
+            self.owned.insert(msg.lb.clone(), owned);
         }
         if let Some(status) = msg.status {
             self.write_state(PublishStatus(msg.lb.clone(), Some(status)));

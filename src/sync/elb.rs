@@ -3,11 +3,13 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use slog::{info, warn, Logger};
+use slog::{debug, info, warn, Logger};
 
 use super::{read_elb, Cause, SyncOptions};
 use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind, Permit};
-use crate::key::{Member, Target};
+use crate::etcd::EtcdWrites;
+use crate::key::{owned_key, LbId, Member, Target};
+use crate::ownership::keep_foreign;
 use crate::plan::{plan_elb, spell, ElbChanges, Registered, Rejected};
 
 /// The members a load balancer's actor wants now, and that desire's generation. A sync reads it
@@ -25,6 +27,53 @@ pub struct Want {
     pub revision: i64,
 }
 
+/// `--ownership shared`: the members lbmanager added to this load balancer (as AWS names them),
+/// and where it records them.
+pub struct Owned {
+    pub writes: Arc<dyn EtcdWrites>,
+    pub prefix: String,
+    pub lb: LbId,
+    pub members: BTreeSet<String>,
+}
+
+impl Owned {
+    /// Records `add` as lbmanager's and forgets `remove`, durably, before it returns.
+    pub async fn record(&mut self, add: Vec<String>, remove: Vec<String>) -> Result<(), AwsError> {
+        let add: Vec<String> = add
+            .into_iter()
+            .filter(|m| !self.members.contains(m))
+            .collect();
+        let remove: Vec<String> = remove
+            .into_iter()
+            .filter(|m| self.members.contains(m))
+            .collect();
+        if add.is_empty() && remove.is_empty() {
+            return Ok(());
+        }
+        let key = |m: &String| owned_key(&self.prefix, &self.lb, m);
+        let puts: Vec<String> = add.iter().map(key).collect();
+        let deletes: Vec<String> = remove.iter().map(key).collect();
+        self.writes
+            .record_many(&puts, &deletes)
+            .await
+            .map_err(|e| {
+                // Nothing is added to AWS before its record is durable: retried like AWS's own
+                // transient errors.
+                AwsError::new(
+                    ErrorKind::Transient,
+                    "recording ownership in etcd",
+                    &self.lb,
+                    e.to_string(),
+                )
+            })?;
+        self.members.extend(add);
+        for m in &remove {
+            self.members.remove(m);
+        }
+        Ok(())
+    }
+}
+
 /// What one ELB sync did.
 #[derive(Clone, Debug, Default)]
 pub struct ElbSync {
@@ -38,6 +87,8 @@ pub struct ElbSync {
     pub revision: i64,
     /// What AWS reported before the changes (with the members' health when it was read).
     pub actual: Registered,
+    /// Members lbmanager did not add, left alone although etcd does not list them (shared).
+    pub foreign: Vec<Target>,
 }
 
 /// Plans `wanted`'s latest desire against `actual`, leaving out the members AWS refused before
@@ -48,10 +99,14 @@ fn plan_latest(
     options: &SyncOptions,
     known: &Rejected,
     retry_rejected: bool,
-) -> (ElbChanges, Rejected, Want) {
+    owned: Option<&Owned>,
+) -> (ElbChanges, Rejected, Want, Vec<Target>) {
     let want = wanted.borrow().clone();
     let members = want.members.clone();
     let mut changes = plan_elb(&members, actual, options.policy);
+    let foreign = owned
+        .map(|o| keep_foreign(&mut changes, &o.members))
+        .unwrap_or_default();
     let mut rejected = Rejected::new();
     if !retry_rejected {
         changes
@@ -64,7 +119,7 @@ fn plan_latest(
                 None => true,
             });
     }
-    (changes, rejected, want)
+    (changes, rejected, want, foreign)
 }
 
 /// One ELB or target-group sync: a Describe, then the Register calls and at most one Deregister
@@ -92,6 +147,7 @@ pub async fn sync_elb(
     known: &Rejected,
     retry_rejected: bool,
     read_health: bool,
+    mut owned: Option<&mut Owned>,
 ) -> Result<ElbSync, AwsError> {
     let wants_nothing = wanted.borrow().members.is_empty();
     let mut actual = read_elb(api, region, name, wants_nothing).await?;
@@ -103,8 +159,8 @@ pub async fn sync_elb(
                 `lbmanager member add --healthy` waits until it can be read"; "error" => %e),
         }
     }
-    let (mut changes, mut rejected, mut want) =
-        plan_latest(wanted, &actual, options, known, retry_rejected);
+    let (mut changes, mut rejected, mut want, mut foreign) =
+        plan_latest(wanted, &actual, options, known, retry_rejected, owned.as_deref());
     if options.dry_run {
         if !changes.register.is_empty() {
             info!(log, "would register {}", what;
@@ -120,12 +176,20 @@ pub async fn sync_elb(
             generation: want.generation,
             revision: want.revision,
             actual,
+            foreign,
         });
     }
     let mut permit = None;
     if !changes.register.is_empty() || !changes.deregister.is_empty() {
         permit = Some(api.permit(region).await);
-        (changes, rejected, want) = plan_latest(wanted, &actual, options, known, retry_rejected);
+        (changes, rejected, want, foreign) =
+            plan_latest(wanted, &actual, options, known, retry_rejected, owned.as_deref());
+    }
+    let name_of = |t: &Target| t.or_port(actual.default_port).to_string();
+    if let Some(owned) = owned.as_mut() {
+        // Durable before AWS hears of them: no restart can forget what lbmanager added.
+        let claim = changes.register.iter().map(name_of).collect();
+        owned.record(claim, Vec::new()).await?;
     }
     if !changes.register.is_empty() {
         let (accepted, refused) =
@@ -152,12 +216,47 @@ pub async fn sync_elb(
         info!(log, "deregistered {}", what;
             "removed" => spell(&changes.deregister), "cause" => %cause);
     }
+    if let Some(owned) = owned.as_mut() {
+        // Forget what is out of AWS and not wanted any more (deregistered now, or gone
+        // meanwhile, or refused and since deleted from etcd).
+        let in_aws: BTreeSet<String> = actual
+            .members
+            .iter()
+            .chain(&actual.draining)
+            .chain(&changes.register)
+            .map(name_of)
+            .filter(|m| !changes.deregister.iter().any(|d| name_of(d) == *m))
+            .collect();
+        let wanted: BTreeSet<String> = want
+            .members
+            .iter()
+            .filter_map(|m| match m {
+                Member::Instance(id) => Some(id.clone()),
+                Member::Target(t) => Some(name_of(t)),
+                Member::Ip(_) => None,
+            })
+            .collect();
+        let gone: Vec<String> = owned
+            .members
+            .iter()
+            .filter(|m| !in_aws.contains(*m) && !wanted.contains(*m))
+            .cloned()
+            .collect();
+        owned.record(Vec::new(), gone).await?;
+        if !foreign.is_empty() {
+            debug!(log, "leaving {} lbmanager did not add", what;
+                "kept" => spell(&foreign), "cause" => %cause);
+        }
+    } else {
+        foreign.clear();
+    }
     Ok(ElbSync {
         changes,
         rejected,
         generation: want.generation,
         revision: want.revision,
         actual,
+        foreign,
     })
 }
 

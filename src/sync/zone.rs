@@ -8,7 +8,9 @@ use slog::{info, Logger};
 
 use super::{gone_is_in_step, Cause, SyncOptions};
 use crate::aws::{AwsError, Route53Api};
-use crate::key::LbId;
+use crate::etcd::EtcdWrites;
+use crate::key::{owned_key, LbId};
+use crate::ownership::with_foreign;
 use crate::plan::{pack_batches, plan_fqdn, Action, Policy, RecordChange, RecordSet};
 
 /// What the zone knows of its record sets, by FQDN (an empty list: known to have none).
@@ -26,6 +28,8 @@ pub struct FqdnWant {
     pub fqdn: String,
     pub ips: BTreeSet<IpAddr>,
     pub cause: Cause,
+    /// `--ownership shared`: the values lbmanager added (the others' are kept).
+    pub owned: Option<BTreeSet<IpAddr>>,
 }
 
 /// How one FQDN's sync in a zone batch ended.
@@ -36,6 +40,14 @@ pub struct FqdnResult {
     pub from_cache: bool,
     /// The FQDN's record sets after the sync, as far as the zone knows them.
     pub sets: Option<Vec<RecordSet>>,
+    /// `--ownership shared`: the values lbmanager owns after the sync.
+    pub owned: Option<BTreeSet<IpAddr>>,
+}
+
+/// Where `--ownership shared` records the values lbmanager adds.
+pub struct Recorder<'a> {
+    pub writes: &'a dyn EtcdWrites,
+    pub prefix: &'a str,
 }
 
 /// Syncs a batch of FQDNs of one zone: reads each FQDN's record sets, plans, and applies all
@@ -49,7 +61,9 @@ pub async fn sync_zone(
     options: &SyncOptions,
     cache: &mut ZoneCache,
     log: &Logger,
+    recorder: Option<Recorder<'_>>,
 ) -> Vec<FqdnResult> {
+    let mut owned: Vec<Option<BTreeSet<IpAddr>>> = batch.iter().map(|d| d.owned.clone()).collect();
     let (ttl, policy) = (options.route53_ttl, options.policy);
     let mut results: Vec<Result<(), AwsError>> = vec![Ok(()); batch.len()];
     // What must be read: FQDNs not known, and all of them on a resync.
@@ -97,7 +111,12 @@ pub async fn sync_zone(
             .get(&desire.fqdn)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let changes = plan_fqdn(&desire.fqdn, &desire.ips, current, ttl, policy);
+        // Shared: the others' values stay in the record set.
+        let ips = match &desire.owned {
+            Some(owned) => with_foreign(&desire.ips, current, owned),
+            None => desire.ips.clone(),
+        };
+        let changes = plan_fqdn(&desire.fqdn, &ips, current, ttl, policy);
         if !changes.is_empty() {
             groups.push((i, changes));
         }
@@ -108,12 +127,54 @@ pub async fn sync_zone(
         }
         return results
             .into_iter()
-            .map(|result| FqdnResult {
+            .zip(owned)
+            .map(|(result, owned)| FqdnResult {
                 result,
                 from_cache: false,
                 sets: None,
+                owned,
             })
             .collect();
+    }
+    // Shared: the values about to be added are recorded first, durably.
+    if let Some(recorder) = &recorder {
+        let mut claims = Vec::new();
+        for (i, _) in &groups {
+            if let Some(ours) = &owned[*i] {
+                for ip in batch[*i].ips.difference(ours) {
+                    claims.push((*i, *ip));
+                }
+            }
+        }
+        if !claims.is_empty() {
+            let keys: Vec<String> = claims
+                .iter()
+                .map(|(i, ip)| owned_key(recorder.prefix, &batch[*i].lb, &ip.to_string()))
+                .collect();
+            if let Err(e) = recorder.writes.record_many(&keys, &[]).await {
+                let e = AwsError::new(
+                    crate::aws::ErrorKind::Transient,
+                    "recording ownership in etcd",
+                    zone,
+                    e.to_string(),
+                );
+                return results
+                    .into_iter()
+                    .zip(owned)
+                    .map(|(_, owned)| FqdnResult {
+                        result: Err(e.clone()),
+                        from_cache: false,
+                        sets: None,
+                        owned,
+                    })
+                    .collect();
+            }
+            for (i, ip) in claims {
+                if let Some(ours) = owned[i].as_mut() {
+                    ours.insert(ip);
+                }
+            }
+        }
     }
     for chunk in pack_batches(groups) {
         let all: Vec<RecordChange> = chunk.iter().flat_map(|(_, c)| c.clone()).collect();
@@ -143,10 +204,35 @@ pub async fn sync_zone(
             }
         }
     }
+    // Shared: forget the values that are out (once the record set no longer has them).
+    if let Some(recorder) = &recorder {
+        let mut released = Vec::new();
+        for (i, result) in results.iter().enumerate() {
+            if let (Ok(()), Some(ours)) = (result, owned[i].as_ref()) {
+                for ip in ours.difference(&batch[i].ips) {
+                    released.push((i, *ip));
+                }
+            }
+        }
+        let keys: Vec<String> = released
+            .iter()
+            .map(|(i, ip)| owned_key(recorder.prefix, &batch[*i].lb, &ip.to_string()))
+            .collect();
+        // A failure leaves records of values no longer ours: forgotten at the next sync.
+        if !keys.is_empty() && recorder.writes.record_many(&[], &keys).await.is_ok() {
+            for (i, ip) in released {
+                if let Some(ours) = owned[i].as_mut() {
+                    ours.remove(&ip);
+                }
+            }
+        }
+    }
     results
         .into_iter()
+        .zip(owned)
         .enumerate()
-        .map(|(i, result)| FqdnResult {
+        .map(|(i, (result, owned))| FqdnResult {
+            owned,
             sets: result
                 .is_ok()
                 .then(|| cache.get(&batch[i].fqdn).cloned())
