@@ -60,6 +60,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
         "${SUDO[@]}" rm -f "$policy"
         trap - EXIT
     fi
+    # Nor at the next boot: only promtool is wanted.
+    if [[ " ${missing[*]} " == *" prometheus "* ]] && command -v deb-systemd-helper >/dev/null; then
+        "${SUDO[@]}" deb-systemd-helper disable prometheus.service >/dev/null 2>&1 || true
+    fi
 else
     log "promtool, man, systemd-analyze already installed"
 fi

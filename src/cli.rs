@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "lbmanager",
     version,
+    propagate_version = true,
     about = "Keeps AWS Classic ELBs, ALB/NLB target groups and Route53 A/AAAA record sets in step \
         with an etcd key tree",
     long_about = "Keeps AWS Classic ELBs, ALB/NLB target groups and Route53 A/AAAA record sets in \

@@ -363,7 +363,11 @@ pub fn parse_status(prefix: &str, key: &str) -> Option<LbId> {
 /// it (a target with its port). It removes only members recorded so; the record goes once the
 /// member is out of AWS.
 pub fn owned_key(prefix: &str, lb: &LbId, member: &str) -> String {
-    format!("{}/owned/{}/{member}", state_prefix(prefix), record_path(lb))
+    format!(
+        "{}/owned/{}/{member}",
+        state_prefix(prefix),
+        record_path(lb)
+    )
 }
 
 /// The load balancer and member an [`owned_key`] names, if `key` is one.

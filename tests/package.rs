@@ -28,13 +28,26 @@ fn run(cmd: &mut Command) -> String {
 /// are where the shells look, and the unit verifies.
 #[test]
 fn the_debian_package_unpacks_into_a_working_install() {
+    // The profile this test run was built with (`target/debug/…`: dev).
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_lbmanager"));
+    let profile = match built
+        .parent()
+        .and_then(|d| d.file_name())
+        .and_then(|d| d.to_str())
+    {
+        Some("debug") => "dev".to_string(),
+        Some(other) => other.to_string(),
+        None => panic!("{}", built.display()),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("debian");
     run(Command::new("bash")
         .arg(format!("{ROOT}/scripts/package.sh"))
-        .args(["--profile", "dev", "--no-build"]));
+        .args(["--profile", &profile, "--no-build", "--output"])
+        .arg(&out));
     let version = env!("CARGO_PKG_VERSION");
-    let deb = PathBuf::from(ROOT).join(format!("target/debian/lbmanager_{version}_amd64.deb"));
+    let deb = out.join(format!("lbmanager_{version}_amd64.deb"));
     assert!(deb.exists(), "{} missing", deb.display());
-    let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("root");
     run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
 
@@ -107,6 +120,17 @@ fn the_debian_package_unpacks_into_a_working_install() {
     let copyright =
         std::fs::read_to_string(root.join("usr/share/doc/lbmanager/copyright")).unwrap();
     assert!(copyright.contains("MIT"), "{copyright}");
+    assert!(
+        copyright.contains("Permission is hereby granted"),
+        "the licence's full text: {copyright}"
+    );
+    let fields = run(Command::new("dpkg-deb").arg("-f").arg(&deb));
+    assert!(fields.contains("ca-certificates"), "{fields}");
+    let summary = fields
+        .lines()
+        .find_map(|l| l.strip_prefix("Description: "))
+        .unwrap();
+    assert!(summary.len() < 80, "Debian's synopsis line: {summary}");
 
     // The unit: names its manual, runs as a dynamic user, and systemd-analyze has nothing to say
     // (pointed at the unpacked binary: verify checks that ExecStart= exists).
@@ -193,8 +217,7 @@ fn example(name: &str) -> String {
 /// `promtool check rules` accepts the rules.
 #[tokio::test]
 async fn the_dashboard_and_the_alert_rules_query_what_metrics_exposes() {
-    // Every family has a sample once a load balancer has synced and AWS has refused a member
-    // (a family without any is not in the text at all).
+    // A load balancer that has synced and a member AWS refused: every family has a sample.
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "web").await;
@@ -253,5 +276,5 @@ async fn the_dashboard_and_the_alert_rules_query_what_metrics_exposes() {
     let said = run(Command::new("promtool")
         .args(["check", "rules"])
         .arg(Path::new(ROOT).join("examples/prometheus-rules.yml")));
-    assert!(said.contains("SUCCESS: 6 rules found"), "{said}");
+    assert!(said.contains("SUCCESS: 7 rules found"), "{said}");
 }

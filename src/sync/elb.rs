@@ -159,8 +159,14 @@ pub async fn sync_elb(
                 `lbmanager member add --healthy` waits until it can be read"; "error" => %e),
         }
     }
-    let (mut changes, mut rejected, mut want, mut foreign) =
-        plan_latest(wanted, &actual, options, known, retry_rejected, owned.as_deref());
+    let (mut changes, mut rejected, mut want, mut foreign) = plan_latest(
+        wanted,
+        &actual,
+        options,
+        known,
+        retry_rejected,
+        owned.as_deref(),
+    );
     if options.dry_run {
         if !changes.register.is_empty() {
             info!(log, "would register {}", what;
@@ -182,8 +188,14 @@ pub async fn sync_elb(
     let mut permit = None;
     if !changes.register.is_empty() || !changes.deregister.is_empty() {
         permit = Some(api.permit(region).await);
-        (changes, rejected, want, foreign) =
-            plan_latest(wanted, &actual, options, known, retry_rejected, owned.as_deref());
+        (changes, rejected, want, foreign) = plan_latest(
+            wanted,
+            &actual,
+            options,
+            known,
+            retry_rejected,
+            owned.as_deref(),
+        );
     }
     let name_of = |t: &Target| t.or_port(actual.default_port).to_string();
     if let Some(owned) = owned.as_mut() {
