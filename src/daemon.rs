@@ -201,6 +201,8 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         &Backends::sdk(&sdk, &quotas(run), None),
         run.route53_ttl,
         run.policy.into(),
+        (crate::ownership::Ownership::from(run.ownership) == crate::ownership::Ownership::Shared)
+            .then_some(&records.owned),
     )
     .await;
     match args.output {

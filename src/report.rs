@@ -3,14 +3,16 @@
 //! The comparison is the same pure planning `run` uses ([`crate::plan`]); this module only reads,
 //! collects and renders. Rendering is pure (tested without AWS).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
+use std::net::IpAddr;
 
 use serde::Serialize;
 
 use crate::aws::{AwsError, Backends};
 use crate::desired::DesiredState;
 use crate::key::{LbId, Member};
+use crate::ownership::keep_foreign;
 use crate::plan::{spell, Policy};
 use crate::sync::{ips_of, read_and_plan_elb, read_and_plan_fqdn};
 
@@ -28,10 +30,15 @@ pub struct LbPlan {
     /// key stayed), as `member: reason`; they appear in `changes` too, as `run` keeps trying them.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rejected: Vec<String>,
+    /// `--ownership shared`: members in AWS that lbmanager did not add, which `run` leaves alone.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub foreign: Vec<String>,
 }
 
 /// Plans every load balancer that has keys (and those recorded as managed, which `run` would
-/// empty). `rejected`: the refusals the running lbmanager recorded, by load balancer.
+/// empty). `rejected`: the refusals the running lbmanager recorded, by load balancer. `owned`:
+/// with `--ownership shared`, the members lbmanager added, by load balancer (only those are
+/// removed).
 #[allow(clippy::too_many_arguments)]
 pub async fn plan_all(
     desired: &DesiredState,
@@ -40,7 +47,9 @@ pub async fn plan_all(
     aws: &Backends,
     ttl: i64,
     policy: Policy,
+    owned: Option<&HashMap<LbId, BTreeSet<String>>>,
 ) -> Vec<LbPlan> {
+    let none = BTreeSet::new();
     let mut lbs: BTreeSet<LbId> = desired.load_balancers().cloned().collect();
     lbs.extend(managed.iter().cloned());
     let mut plans = Vec::new();
@@ -65,9 +74,13 @@ pub async fn plan_all(
                     } else {
                         &*aws.elbv2
                     };
-                    let (actual, changes) =
+                    let (actual, mut changes) =
                         read_and_plan_elb(api, region, name, &members, policy).await?;
                     plan.actual = actual.members.iter().map(|m| m.to_string()).collect();
+                    if let Some(owned) = owned {
+                        let foreign = keep_foreign(&mut changes, owned.get(&lb).unwrap_or(&none));
+                        plan.foreign = foreign.iter().map(|t| t.to_string()).collect();
+                    }
                     if !changes.register.is_empty() {
                         plan.changes
                             .push(format!("register {}", spell(&changes.register)));
@@ -79,9 +92,30 @@ pub async fn plan_all(
                 }
                 LbId::Route53 { zone, fqdn } => {
                     let ips = ips_of(&members);
-                    let (current, changes) =
-                        read_and_plan_fqdn(&*aws.route53, zone, fqdn, &ips, ttl, policy).await?;
+                    let ours: Option<BTreeSet<IpAddr>> = owned.map(|o| {
+                        let mine = o.get(&lb).unwrap_or(&none);
+                        mine.iter().filter_map(|m| m.parse().ok()).collect()
+                    });
+                    let (current, changes) = read_and_plan_fqdn(
+                        &*aws.route53,
+                        zone,
+                        fqdn,
+                        &ips,
+                        ttl,
+                        policy,
+                        ours.as_ref(),
+                    )
+                    .await?;
                     plan.actual = current.iter().flat_map(|s| s.values.clone()).collect();
+                    if let Some(ours) = &ours {
+                        plan.foreign = plan
+                            .actual
+                            .iter()
+                            .filter(|v| v.parse().is_ok_and(|ip: IpAddr| !ours.contains(&ip)))
+                            .filter(|v| v.parse().is_ok_and(|ip: IpAddr| !ips.contains(&ip)))
+                            .cloned()
+                            .collect();
+                    }
                     for c in changes {
                         plan.changes.push(format!(
                             "{} {} {}",
@@ -137,6 +171,14 @@ pub fn render_table(plans: &[LbPlan]) -> String {
         } else {
             format!("{changes} (rejected by AWS: {})", p.rejected.join("; "))
         };
+        let changes = if p.foreign.is_empty() {
+            changes
+        } else {
+            format!(
+                "{changes} (not lbmanager's, left alone: {})",
+                p.foreign.join(",")
+            )
+        };
         let _ = writeln!(
             out,
             "{:width$}  {:>7}  {:>6}  {changes}",
@@ -167,6 +209,7 @@ mod tests {
             changes: changes.iter().map(|s| s.to_string()).collect(),
             error: error.map(str::to_string),
             rejected: vec![],
+            foreign: vec![],
         }
     }
 
@@ -193,7 +236,16 @@ mod tests {
             elbv2: elb,
             route53: std::sync::Arc::new(FakeRoute53::default()),
         };
-        let plans = plan_all(&desired, &lbs, &BTreeMap::new(), &aws, 60, Policy::Sync).await;
+        let plans = plan_all(
+            &desired,
+            &lbs,
+            &BTreeMap::new(),
+            &aws,
+            60,
+            Policy::Sync,
+            None,
+        )
+        .await;
         assert_eq!(plans.len(), 2);
         assert!(plans.iter().all(|p| p.error.is_none()), "{plans:?}");
         assert_eq!(exit_code(&plans), 0);

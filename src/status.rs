@@ -24,6 +24,9 @@ pub struct MemberState {
     /// `OutOfService`, `Unknown`. None: registered, health not read (yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<String>,
+    /// `--ownership shared`: lbmanager did not add it (and will not remove it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub foreign: bool,
 }
 
 /// The last sync of a load balancer that changed its status (a resync that finds everything as
@@ -99,6 +102,7 @@ pub fn elb_members(
     registered: &[Target],
     deregistered: &[Target],
     previous: Option<&LbStatus>,
+    owned: Option<&BTreeSet<String>>,
 ) -> Vec<MemberState> {
     let before: std::collections::HashMap<&str, &str> = previous
         .map(|p| {
@@ -134,15 +138,19 @@ pub fn elb_members(
         out.insert(t.or_port(actual.default_port), None);
     }
     out.into_iter()
-        .map(|(t, state)| MemberState {
-            member: t.to_string(),
-            state,
+        .map(|(t, state)| {
+            let member = t.to_string();
+            MemberState {
+                foreign: owned.is_some_and(|o| !o.contains(&member)),
+                member,
+                state,
+            }
         })
         .collect()
 }
 
 /// A Route53 name's members: the values of its record sets, as the key grammar spells IPs.
-pub fn zone_members(sets: &[RecordSet]) -> Vec<MemberState> {
+pub fn zone_members(sets: &[RecordSet], owned: Option<&BTreeSet<String>>) -> Vec<MemberState> {
     let ips: BTreeSet<String> = sets
         .iter()
         .flat_map(|s| s.values.iter())
@@ -153,6 +161,7 @@ pub fn zone_members(sets: &[RecordSet]) -> Vec<MemberState> {
         .collect();
     ips.into_iter()
         .map(|member| MemberState {
+            foreign: owned.is_some_and(|o| !o.contains(&member)),
             member,
             state: None,
         })
@@ -346,12 +355,14 @@ pub fn rows(
                     .iter()
                     .filter(|m| m.state.as_deref() != Some("draining"))
                     .collect();
+                // Members lbmanager did not add (shared) are not its to match.
                 s.last_sync.ok
                     && want
                         .iter()
                         .all(|w| routed.iter().any(|m| names(lb, w, &m.member)))
                     && routed
                         .iter()
+                        .filter(|m| !m.foreign)
                         .all(|m| want.iter().any(|w| names(lb, w, &m.member)))
             });
             StatusRow {
@@ -456,6 +467,16 @@ pub fn render_table(report: &StatusReport) -> String {
         for (member, reason) in &r.rejected {
             notes.push(format!("rejected {member}: {reason}"));
         }
+        let foreign: Vec<&str> = r
+            .in_aws
+            .iter()
+            .flatten()
+            .filter(|m| m.foreign)
+            .map(|m| m.member.as_str())
+            .collect();
+        if !foreign.is_empty() {
+            notes.push(format!("not lbmanager's: {}", foreign.join(",")));
+        }
         let line = format!(
             "{:width$}  {:>7}  {:>6}  {:7}  {:>11}  {}",
             r.load_balancer,
@@ -495,6 +516,7 @@ mod tests {
                 .map(|(m, s)| MemberState {
                     member: m.to_string(),
                     state: s.map(str::to_string),
+                    foreign: false,
                 })
                 .collect(),
             ttl: None,
@@ -671,6 +693,7 @@ mod tests {
             &[t("i-00000003")],
             &[t("i-00000002:80")],
             Some(&previous),
+            None,
         );
         let got: Vec<(&str, Option<&str>)> = members
             .iter()
@@ -693,9 +716,11 @@ mod tests {
             region: "us-east-1".into(),
             name: "web".into(),
         };
-        assert!(elb_members(&elb, &actual, &[], &[t("i-00000002:80")], None)
-            .iter()
-            .all(|m| m.member != "i-00000002:80"));
+        assert!(
+            elb_members(&elb, &actual, &[], &[t("i-00000002:80")], None, None)
+                .iter()
+                .all(|m| m.member != "i-00000002:80")
+        );
     }
 
     #[test]

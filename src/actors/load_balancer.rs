@@ -144,6 +144,8 @@ pub struct LoadBalancer {
     watched: bool,
     /// `--ownership shared`: the members lbmanager added (none: `exclusive`).
     owned: Option<Owned>,
+    /// The members last found in AWS that lbmanager did not add, and leaves alone.
+    foreign: Vec<String>,
     /// A key was written again while AWS refuses members: the next sync tries them again (the
     /// instance may be running again), so `member add --wait` gets today's answer.
     retry_rejected: bool,
@@ -184,6 +186,7 @@ impl LoadBalancer {
             settle_reads: 0,
             watched: false,
             owned: None,
+            foreign: Vec::new(),
             retry_rejected: false,
             schedule: Schedule::default(),
             in_flight: None,
@@ -268,6 +271,7 @@ impl LoadBalancer {
                     let (generation, error, rejected, seen) = match res {
                         Ok(mut sync) => {
                             act.warn_mismatched(std::mem::take(&mut sync.changes.mismatched));
+                            act.note_foreign(&sync.foreign);
                             let latest = act.desired.as_ref().map(|d| d.generation);
                             if latest == Some(sync.generation) {
                                 act.schedule.covered();
@@ -325,6 +329,18 @@ impl LoadBalancer {
         }
         self.rejected = rejected;
         Some(Arc::new(self.rejected.clone()))
+    }
+
+    /// Says (once per change) which members lbmanager leaves alone because it did not add them.
+    fn note_foreign(&mut self, foreign: &[crate::key::Target]) {
+        let foreign: Vec<String> = foreign.iter().map(|t| t.to_string()).collect();
+        if foreign != self.foreign {
+            if !foreign.is_empty() {
+                slog::info!(self.log, "leaving members lbmanager did not add (--ownership shared)";
+                    "kept" => foreign.join(","));
+            }
+            self.foreign = foreign;
+        }
     }
 
     /// Warns once about each target of a kind its target group does not take.
@@ -429,13 +445,15 @@ impl LoadBalancer {
                     &sync.changes.register,
                     &sync.changes.deregister,
                     previous,
+                    self.owned.as_ref().map(|o| &o.members),
                 );
                 (members, None, sync.revision)
             }
             Seen::Zone(sets) => {
                 // Once the last value is gone, clients may still hold it for the TTL it had.
                 let ttl = sets.first().map(|s| s.ttl).or(previous.and_then(|p| p.ttl));
-                (status::zone_members(&sets), ttl, in_flight.revision)
+                let owned = self.owned.as_ref().map(|o| &o.members);
+                (status::zone_members(&sets, owned), ttl, in_flight.revision)
             }
             Seen::Nothing => (
                 previous.map(|p| p.members.clone()).unwrap_or_default(),

@@ -76,7 +76,8 @@ pub fn ips_of(members: &BTreeSet<Member>) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-/// Reads one FQDN's record sets and plans them: what `plan` shows. (The zone actor reads in
+/// Reads one FQDN's record sets and plans them: what `plan` shows (`owned`: with `--ownership
+/// shared`, the values lbmanager added). (The zone actor reads in
 /// batches and from what it remembers, then plans the same way, with the same rule for a zone
 /// that is gone.)
 pub async fn read_and_plan_fqdn(
@@ -86,12 +87,18 @@ pub async fn read_and_plan_fqdn(
     ips: &BTreeSet<IpAddr>,
     ttl: i64,
     policy: Policy,
+    owned: Option<&BTreeSet<IpAddr>>,
 ) -> Result<(Vec<RecordSet>, Vec<RecordChange>), AwsError> {
     let current = match api.record_sets(zone, fqdn).await {
         Err(e) if gone_is_in_step(&e, ips.is_empty()) => Vec::new(),
         other => other?,
     };
-    let changes = plan_fqdn(fqdn, ips, &current, ttl, policy);
+    // `--ownership shared`: the others' values stay.
+    let ips = match owned {
+        Some(owned) => crate::ownership::with_foreign(ips, &current, owned),
+        None => ips.clone(),
+    };
+    let changes = plan_fqdn(fqdn, &ips, &current, ttl, policy);
     Ok((current, changes))
 }
 
