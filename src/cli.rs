@@ -298,6 +298,16 @@ pub struct RunArgs {
     #[arg(long, env = "LBMANAGER_ELBV2_BURST", hide = true, value_parser = removed_rate)]
     pub elbv2_burst: Option<f64>,
 
+    /// SCOPE=ROLE_ARN[#EXTERNAL_ID]: reach the load balancers or zones of SCOPE (elb/REGION/NAME,
+    /// elbv2/REGION/NAME or route53/ZONE_ID; `*` for a whole part) with STS AssumeRole
+    /// credentials of ROLE_ARN (cached and refreshed before they expire), e.g.
+    /// 'elb/us-east-1/acctLB=arn:aws:iam::111111111111:role/lbmanager'. Repeatable, the first
+    /// matching rule wins; everything else uses the default credentials. Each role's account has
+    /// its own quota buckets. In the environment variable, separate rules with spaces.
+    #[arg(long = "assume-role", env = "LBMANAGER_ASSUME_ROLE", value_delimiter = ' ',
+          value_parser = crate::aws::roles::parse_rule)]
+    pub assume_role: Vec<crate::aws::roles::RoleRule>,
+
     /// TTL in seconds of the A/AAAA record sets lbmanager writes.
     #[arg(long, env = "LBMANAGER_ROUTE53_TTL", default_value_t = 60,
           value_parser = clap::value_parser!(i64).range(0..=2_147_483_647))]

@@ -90,7 +90,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         info!(log, "dry run: nothing will be changed in AWS or etcd");
     }
     let (once_tx, once_rx) = tokio::sync::oneshot::channel();
-    let backends = Backends::sdk(&sdk, &quotas(&args), Some(metrics.clone()));
+    let backends = backends(&sdk, &args, Some(metrics.clone()), &log).await;
     let filters = settings.filters.clone();
     let recorded = records.managed.into_iter().filter(|lb| filters.allows(lb));
     let supervisor = Supervisor::new(
@@ -198,7 +198,7 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         &loaded.desired,
         &recorded,
         &records.rejected,
-        &Backends::sdk(&sdk, &quotas(run), None),
+        &backends(&sdk, run, None, &log).await,
         run.route53_ttl,
         run.policy.into(),
         (crate::ownership::Ownership::from(run.ownership) == crate::ownership::Ownership::Shared)
@@ -327,6 +327,28 @@ async fn wait_for_stop(log: &Logger, alive: impl Fn() -> bool, stop: StopSignal)
             },
         }
     }
+}
+
+/// The AWS clients: the default credentials', and those of each `--assume-role` rule for the
+/// load balancers and zones it covers.
+async fn backends(
+    sdk: &aws_config::SdkConfig,
+    args: &RunArgs,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    log: &Logger,
+) -> Backends {
+    let default = Backends::sdk(sdk, &quotas(args), metrics.clone());
+    if args.assume_role.is_empty() {
+        return default;
+    }
+    for rule in &args.assume_role {
+        info!(log, "assuming a role for some load balancers";
+            "scope" => %rule.scope, "role" => &rule.role_arn,
+            "external_id" => rule.external_id.is_some());
+    }
+    aws::roles::Routed::assume(sdk, default, &args.assume_role, &quotas(args), metrics)
+        .await
+        .backends()
 }
 
 /// The share of AWS's quotas the flags allow.

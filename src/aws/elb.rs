@@ -113,7 +113,7 @@ impl ElbApi for SdkElb {
             .collect())
     }
 
-    async fn permit(&self, region: &str) -> Permit {
+    async fn permit(&self, region: &str, _name: &str) -> Permit {
         self.clients.client(region, Call::Registration).await;
         Permit::granted()
     }

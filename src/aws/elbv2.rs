@@ -222,7 +222,7 @@ impl ElbApi for SdkElbV2 {
         })
     }
 
-    async fn permit(&self, region: &str) -> Permit {
+    async fn permit(&self, region: &str, _name: &str) -> Permit {
         self.clients.client(region, Call::Registration).await;
         Permit::granted()
     }

@@ -194,7 +194,7 @@ impl ElbApi for FakeElb {
         })
     }
 
-    async fn permit(&self, _region: &str) -> Permit {
+    async fn permit(&self, _region: &str, _name: &str) -> Permit {
         let delay = *lock(&self.permit_delay);
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;

@@ -49,8 +49,8 @@ impl ElbApi for MeteredElb {
         r
     }
 
-    async fn permit(&self, region: &str) -> Permit {
-        self.inner.permit(region).await
+    async fn permit(&self, region: &str, name: &str) -> Permit {
+        self.inner.permit(region, name).await
     }
 
     async fn register(

@@ -23,6 +23,7 @@ pub mod fake;
 pub mod metered;
 pub mod quota;
 pub mod regional;
+pub mod roles;
 pub mod route53;
 
 /// The members of an ELB-like load balancer: a Classic ELB (members are instances, [`Target`]s
@@ -41,10 +42,11 @@ pub trait ElbApi: Send + Sync + 'static {
     ) -> Result<std::collections::BTreeMap<Target, crate::plan::Health>, AwsError> {
         Ok(Default::default())
     }
-    /// Waits until one more Register or Deregister call may go out in `region` within AWS's
-    /// quotas, and takes its share of them. A sync waits for its permit *before* it settles what
-    /// to register, so that what arrived while it waited goes out in the same call.
-    async fn permit(&self, region: &str) -> Permit;
+    /// Waits until one more Register or Deregister call on `name` may go out in `region` within
+    /// AWS's quotas (those of the account that owns it), and takes its share of them. A sync waits
+    /// for its permit *before* it settles what to register, so that what arrived while it waited
+    /// goes out in the same call.
+    async fn permit(&self, region: &str, name: &str) -> Permit;
     /// Registers all of `members` in one call, paid for by `permit`.
     async fn register(
         &self,

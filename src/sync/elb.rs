@@ -187,7 +187,7 @@ pub async fn sync_elb(
     }
     let mut permit = None;
     if !changes.register.is_empty() || !changes.deregister.is_empty() {
-        permit = Some(api.permit(region).await);
+        permit = Some(api.permit(region, name).await);
         (changes, rejected, want, foreign) = plan_latest(
             wanted,
             &actual,
@@ -222,7 +222,7 @@ pub async fn sync_elb(
         changes.deregister.clear();
     }
     if !changes.deregister.is_empty() {
-        let paid = paid(api, region, &mut permit).await;
+        let paid = paid(api, region, name, &mut permit).await;
         api.deregister(region, name, &changes.deregister, paid)
             .await?;
         info!(log, "deregistered {}", what;
@@ -273,10 +273,10 @@ pub async fn sync_elb(
 }
 
 /// The permit taken ahead, or a new one.
-async fn paid(api: &dyn ElbApi, region: &str, ahead: &mut Option<Permit>) -> Permit {
+async fn paid(api: &dyn ElbApi, region: &str, name: &str, ahead: &mut Option<Permit>) -> Permit {
     match ahead.take() {
         Some(permit) => permit,
-        None => api.permit(region).await,
+        None => api.permit(region, name).await,
     }
 }
 
@@ -293,7 +293,7 @@ async fn register_accepted(
     let (mut accepted, mut refused) = (Vec::new(), Rejected::new());
     let mut todo = vec![members.to_vec()];
     while let Some(mut chunk) = todo.pop() {
-        let paid = paid(api, region, permit).await;
+        let paid = paid(api, region, name, permit).await;
         match api.register(region, name, &chunk, paid).await {
             Ok(()) => accepted.extend(chunk),
             Err(e) if e.kind == ErrorKind::InvalidMember => {

@@ -27,6 +27,25 @@ impl Aws {
         Aws::with_retries(url, aws_config::retry::RetryConfig::disabled()).await
     }
 
+    /// Clients of another account: STS AssumeRole of `role_arn` (moto keeps the resources of
+    /// each account apart; the test's own keys are account 123456789012's).
+    pub async fn assuming(moto: &Moto, role_arn: &str) -> Aws {
+        let base = Aws::new(moto).await.config;
+        let provider = aws_config::sts::AssumeRoleProvider::builder(role_arn)
+            .session_name("lbmanager-test")
+            .configure(&base)
+            .build()
+            .await;
+        let config = base
+            .to_builder()
+            .credentials_provider(r53::config::SharedCredentialsProvider::new(provider))
+            .build();
+        Aws {
+            route53: r53::Client::new(&config),
+            config,
+        }
+    }
+
     async fn with_retries(url: &str, retries: aws_config::retry::RetryConfig) -> Aws {
         let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .retry_config(retries)
