@@ -181,6 +181,14 @@ async fn a_shared_record_set_keeps_the_values_of_others() {
         values().await == strings(&["192.0.2.2", "192.0.2.99"])
     })
     .await;
+    daemon
+        .wait_log("leaving members lbmanager did not add")
+        .await;
+    assert!(
+        daemon.log().contains("kept: 192.0.2.99"),
+        "{}",
+        daemon.log()
+    );
     // kill -9, our last value deleted meanwhile: the record set keeps theirs, not deleted.
     daemon.kill9();
     etcd.del(&r53("192.0.2.2")).await;

@@ -271,7 +271,6 @@ impl LoadBalancer {
                     let (generation, error, rejected, seen) = match res {
                         Ok(mut sync) => {
                             act.warn_mismatched(std::mem::take(&mut sync.changes.mismatched));
-                            act.note_foreign(&sync.foreign);
                             let latest = act.desired.as_ref().map(|d| d.generation);
                             if latest == Some(sync.generation) {
                                 act.schedule.covered();
@@ -332,8 +331,17 @@ impl LoadBalancer {
     }
 
     /// Says (once per change) which members lbmanager leaves alone because it did not add them.
-    fn note_foreign(&mut self, foreign: &[crate::key::Target]) {
-        let foreign: Vec<String> = foreign.iter().map(|t| t.to_string()).collect();
+    fn note_foreign(&mut self, members: &[status::MemberState]) {
+        let wanted = self
+            .desired
+            .as_ref()
+            .map(|d| d.members.clone())
+            .unwrap_or_default();
+        let foreign: Vec<String> = members
+            .iter()
+            .filter(|m| m.foreign && !wanted.iter().any(|w| status::names(&self.id, w, &m.member)))
+            .map(|m| m.member.clone())
+            .collect();
         if foreign != self.foreign {
             if !foreign.is_empty() {
                 slog::info!(self.log, "leaving members lbmanager did not add (--ownership shared)";
@@ -461,6 +469,7 @@ impl LoadBalancer {
                 previous.map_or(0, |p| p.revision),
             ),
         };
+        let noted = members.clone();
         let status = LbStatus {
             load_balancer: self.id.to_string(),
             revision,
@@ -476,6 +485,7 @@ impl LoadBalancer {
             },
             rejected: self.rejected.clone(),
         };
+        self.note_foreign(&noted);
         self.publish(status)
     }
 

@@ -86,9 +86,11 @@ pub fn parse_rule(s: &str) -> Result<RoleRule, String> {
             name: name.into(),
         },
         ["route53", zone] => Scope::Route53 { zone: zone.into() },
-        _ => return Err(format!(
+        _ => {
+            return Err(format!(
             "bad scope {scope:?}: expected elb/REGION/NAME, elbv2/REGION/NAME or route53/ZONE_ID"
-        )),
+        ))
+        }
     };
     let (role_arn, external_id) = match role.split_once('#') {
         Some((arn, id)) if !id.is_empty() => (arn, Some(id.to_string())),
