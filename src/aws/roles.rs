@@ -269,6 +269,44 @@ impl Route53Api for RoutedRoute53 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aws::fake::{FakeElb, FakeRoute53};
+
+    fn fakes(elb: &Arc<FakeElb>) -> Backends {
+        Backends {
+            elb: elb.clone(),
+            elbv2: elb.clone(),
+            route53: Arc::new(FakeRoute53::default()),
+        }
+    }
+
+    /// Each call goes to the backends (the account, its quota) of the first matching rule,
+    /// permit and all; the rest to the default's.
+    #[tokio::test]
+    async fn calls_go_to_the_account_whose_rule_matches() {
+        let home = Arc::new(FakeElb::with_lbs(&[("us-east-1", "web")]));
+        let other = Arc::new(FakeElb::with_lbs(&[("us-east-1", "acctLB")]));
+        let rule = parse_rule("elb/*/acctLB=arn:aws:iam::111111111111:role/x").unwrap();
+        let routed = Routed {
+            default: fakes(&home),
+            rules: vec![(rule.scope, fakes(&other))],
+        }
+        .backends();
+        let t = crate::key::Target::instance("i-00000001");
+        let permit = routed.elb.permit("us-east-1", "acctLB").await;
+        routed
+            .elb
+            .register("us-east-1", "acctLB", std::slice::from_ref(&t), permit)
+            .await
+            .unwrap();
+        routed.elb.members("us-east-1", "web").await.unwrap();
+        assert_eq!(other.instances("us-east-1", "acctLB").unwrap().len(), 1);
+        assert!(other.calls().iter().all(|c| c.contains("acctLB")));
+        assert!(home.calls().iter().all(|c| c.contains("web")));
+        assert_eq!(home.calls().len(), 1);
+        // A target group of the same name is not an ELB: the default's.
+        assert!(routed.elbv2.members("us-east-1", "acctLB").await.is_err());
+        assert_eq!(home.calls().len(), 2);
+    }
 
     #[test]
     fn rules_parse_and_scopes_match() {
