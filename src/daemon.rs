@@ -93,6 +93,24 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     let backends = backends(&sdk, &args, Some(metrics.clone()), &log).await;
     let filters = settings.filters.clone();
     let recorded = records.managed.into_iter().filter(|lb| filters.allows(lb));
+    let mut obsolete = records.obsolete;
+    let mut owned = records.owned;
+    if settings.ownership == crate::ownership::Ownership::Exclusive && !owned.is_empty() {
+        // Records of an earlier `--ownership shared`: stale by now (members came and went
+        // unrecorded meanwhile), so a later switch back must not find them.
+        let keys: Vec<String> = owned
+            .drain()
+            .flat_map(|(lb, members)| {
+                let prefix = args.etcd.prefix.clone();
+                members
+                    .into_iter()
+                    .map(move |m| crate::key::owned_key(&prefix, &lb, &m))
+            })
+            .collect();
+        info!(log, "forgetting the ownership records of --ownership shared";
+            "records" => keys.len());
+        obsolete.extend(keys);
+    }
     let supervisor = Supervisor::new(
         settings,
         &log,
@@ -104,8 +122,8 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         snapshot,
     )
     .with_records(recorded.collect())
-    .with_obsolete(records.obsolete)
-    .with_owned(records.owned)
+    .with_obsolete(obsolete)
+    .with_owned(owned)
     .watching(client)
     .once_if(args.once, once_tx)
     .start();

@@ -450,7 +450,7 @@ fn parse_record_path(rest: &str) -> Option<LbId> {
 
 /// `us-east-1`, `ap-southeast-2`, `us-gov-west-1`, `cn-north-1`: lower-case words joined by
 /// hyphens, the first two letters long, the last a number.
-fn region_of(s: &str) -> Result<String, KeyError> {
+pub(crate) fn region_of(s: &str) -> Result<String, KeyError> {
     let bad = || KeyError::Region(s.to_string());
     let parts: Vec<&str> = s.split('-').collect();
     if parts.len() < 3 || s.len() > 32 {
@@ -469,7 +469,7 @@ fn region_of(s: &str) -> Result<String, KeyError> {
 }
 
 /// Classic ELB names: 1-32 alphanumerics and hyphens, not starting or ending with a hyphen.
-fn elb_name(s: &str) -> Result<String, KeyError> {
+pub(crate) fn elb_name(s: &str) -> Result<String, KeyError> {
     let ok = !s.is_empty()
         && s.len() <= 32
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -500,7 +500,7 @@ fn instance_id(s: &str) -> Result<String, KeyError> {
 }
 
 /// Route53 hosted zone ids are up to 32 upper-case letters and digits (`Z1RWWTK7Y8UDDQ`).
-fn hosted_zone(s: &str) -> Result<String, KeyError> {
+pub(crate) fn hosted_zone(s: &str) -> Result<String, KeyError> {
     let ok = !s.is_empty()
         && s.len() <= 32
         && s.bytes()

@@ -49,6 +49,20 @@ pub fn with_foreign(
     all
 }
 
+/// A shared record set's TTL: as it is while it holds the others' values (theirs to choose),
+/// lbmanager's (`ttl`) otherwise.
+pub fn shared_ttl(current: &[RecordSet], owned: &BTreeSet<IpAddr>, ttl: i64) -> i64 {
+    current
+        .iter()
+        .find(|s| {
+            s.values
+                .iter()
+                .filter_map(|v| v.parse::<IpAddr>().ok())
+                .any(|ip| !owned.contains(&ip))
+        })
+        .map_or(ttl, |s| s.ttl)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -141,7 +141,10 @@ pub fn elb_members(
         .map(|(t, state)| {
             let member = t.to_string();
             MemberState {
-                foreign: owned.is_some_and(|o| !o.contains(&member)),
+                // A target draining was lbmanager's until it deregistered it (or someone
+                // else's on its way out): neither is left alone.
+                foreign: owned.is_some_and(|o| !o.contains(&member))
+                    && state.as_deref() != Some("draining"),
                 member,
                 state,
             }

@@ -171,11 +171,27 @@ async fn a_shared_record_set_keeps_the_values_of_others() {
         values().await == strings(&["192.0.2.1", "192.0.2.99"])
     })
     .await;
+    // The other tool adds a value between two changes of ours (lbmanager reads afresh).
+    put_record(&aws, &zone, &["192.0.2.1", "192.0.2.77", "192.0.2.99"]).await;
     etcd.put(&r53("192.0.2.2")).await;
     eventually("another of ours", DEADLINE, || async {
-        values().await == strings(&["192.0.2.1", "192.0.2.2", "192.0.2.99"])
+        values().await == strings(&["192.0.2.1", "192.0.2.2", "192.0.2.77", "192.0.2.99"])
     })
     .await;
+    // A value of theirs that etcd wants too stays theirs: its key going removes nothing.
+    etcd.put(&r53("192.0.2.99")).await;
+    etcd.put(&r53("192.0.2.3")).await;
+    eventually("a third of ours", DEADLINE, || async {
+        values().await.contains(&"192.0.2.3".to_string())
+    })
+    .await;
+    etcd.del(&r53("192.0.2.99")).await;
+    etcd.del(&r53("192.0.2.3")).await;
+    eventually("ours gone, theirs kept", DEADLINE, || async {
+        values().await == strings(&["192.0.2.1", "192.0.2.2", "192.0.2.77", "192.0.2.99"])
+    })
+    .await;
+    put_record(&aws, &zone, &["192.0.2.1", "192.0.2.2", "192.0.2.99"]).await;
     etcd.del(&r53("192.0.2.1")).await;
     eventually("ours removed, theirs kept", DEADLINE, || async {
         values().await == strings(&["192.0.2.2", "192.0.2.99"])

@@ -78,8 +78,6 @@ pub struct Synced {
     /// AWS is still moving members (a target draining, …): a load balancer without keys is not
     /// done with until it has settled, so that whoever waits for the drain is told.
     pub settling: bool,
-    /// `--ownership shared`: the members lbmanager added, as they stand after the sync.
-    pub owned: Option<BTreeSet<String>>,
 }
 
 /// A sync in flight. Dropping it (the sync ended, or the actor stopped or panicked mid-sync)
@@ -406,7 +404,6 @@ impl LoadBalancer {
             rejected,
             status,
             settling: self.settling(),
-            owned: self.owned.as_ref().map(|o| o.members.clone()),
         });
         self.release_drain();
         let outcome = match &error {
@@ -590,7 +587,6 @@ impl Handler<Desire> for LoadBalancer {
                 rejected: None,
                 status,
                 settling: self.settling(),
-                owned: None,
             });
             return;
         }
@@ -604,7 +600,7 @@ impl Handler<ZoneSynced> for LoadBalancer {
 
     fn handle(&mut self, msg: ZoneSynced, ctx: &mut Self::Context) {
         if let (Some(owned), Some(ips)) = (self.owned.as_mut(), &msg.owned) {
-            owned.members = ips.iter().map(|ip| ip.to_string()).collect();
+            owned.set(ips.iter().map(|ip| ip.to_string()).collect());
         }
         let seen = match msg.sets {
             Some(sets) => Seen::Zone(sets),

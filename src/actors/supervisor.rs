@@ -119,7 +119,7 @@ pub struct Supervisor {
     waiting: HashMap<LbId, HashSet<String>>,
     /// `--ownership shared`: the members lbmanager added, per load balancer (read at start-up,
     /// kept up to date by the load balancers' reports, handed to a restarted actor).
-    owned: HashMap<LbId, BTreeSet<String>>,
+    owned: HashMap<LbId, Arc<std::sync::Mutex<BTreeSet<String>>>>,
     /// Records of earlier versions to delete at start (see [`crate::etcd::Records::obsolete`]).
     obsolete: Vec<String>,
     /// The StateWriter, started with the Supervisor.
@@ -184,7 +184,10 @@ impl Supervisor {
 
     /// The ownership records read at start-up (`--ownership shared`).
     pub fn with_owned(mut self, owned: HashMap<LbId, BTreeSet<String>>) -> Self {
-        self.owned = owned;
+        self.owned = owned
+            .into_iter()
+            .map(|(lb, members)| (lb, Arc::new(std::sync::Mutex::new(members))))
+            .collect();
         self
     }
 
@@ -396,11 +399,16 @@ impl Supervisor {
             LbId::TargetGroup { .. } => Backend::Elb(self.aws.elbv2.clone()),
             LbId::Route53 { zone, .. } => Backend::Route53(self.zone(zone)),
         };
-        let owned = (self.settings.ownership == Ownership::Shared).then(|| Owned {
-            writes: self.etcd_writes.clone(),
-            prefix: self.settings.prefix.clone(),
-            lb: lb.clone(),
-            members: self.owned.get(lb).cloned().unwrap_or_default(),
+        let owned = (self.settings.ownership == Ownership::Shared).then(|| {
+            let mirror = self.owned.entry(lb.clone()).or_default().clone();
+            let members = mirror.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            Owned {
+                writes: self.etcd_writes.clone(),
+                prefix: self.settings.prefix.clone(),
+                lb: lb.clone(),
+                members,
+                mirror,
+            }
         });
         let addr = LoadBalancer::new(
             lb.clone(),
@@ -722,9 +730,6 @@ impl Handler<Synced> for Supervisor {
         self.check_round();
         if let Some(rejected) = msg.rejected {
             self.rejections(&msg.lb, rejected);
-        }
-        if let Some(owned) = msg.owned {
-            self.owned.insert(msg.lb.clone(), owned);
         }
         if let Some(status) = msg.status {
             self.write_state(PublishStatus(msg.lb.clone(), Some(status)));

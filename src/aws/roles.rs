@@ -66,6 +66,9 @@ pub struct RoleRule {
 
 /// Parses `SCOPE=ROLE_ARN` or `SCOPE=ROLE_ARN#EXTERNAL_ID` (`#` is in no role ARN).
 pub fn parse_rule(s: &str) -> Result<RoleRule, String> {
+    if s.trim().is_empty() {
+        return Err("an empty rule (separate rules with one space)".into());
+    }
     let (scope, role) = s.split_once('=').ok_or(
         "expected SCOPE=ROLE_ARN, like elb/us-east-1/web=arn:aws:iam::111111111111:role/lbmanager",
     )?;
@@ -92,6 +95,22 @@ pub fn parse_rule(s: &str) -> Result<RoleRule, String> {
         ))
         }
     };
+    // Parts as the key grammar has them: a typo would match nothing, silently.
+    let check = |part: &String, valid: fn(&str) -> Result<String, crate::key::KeyError>| {
+        if part == "*" {
+            return Ok(());
+        }
+        valid(part)
+            .map(|_| ())
+            .map_err(|e| format!("bad scope: {e}"))
+    };
+    match &scope {
+        Scope::Elb { region, name } | Scope::ElbV2 { region, name } => {
+            check(region, crate::key::region_of)?;
+            check(name, crate::key::elb_name)?;
+        }
+        Scope::Route53 { zone } => check(zone, crate::key::hosted_zone)?,
+    }
     let (role_arn, external_id) = match role.split_once('#') {
         Some((arn, id)) if !id.is_empty() => (arn, Some(id.to_string())),
         Some(_) => return Err("empty external id after #".into()),
@@ -337,6 +356,9 @@ mod tests {
             "route53/Z1=not-an-arn",
             "route53/Z1=arn:aws:iam::1:role/x#",
             "s3/bucket=arn:aws:iam::1:role/x",
+            "elb/us-east1/web=arn:aws:iam::1:role/x",
+            "route53//hostedzone/Z1=arn:aws:iam::1:role/x",
+            "",
         ] {
             assert!(parse_rule(bad).is_err(), "{bad}");
         }

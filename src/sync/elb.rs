@@ -34,9 +34,18 @@ pub struct Owned {
     pub prefix: String,
     pub lb: LbId,
     pub members: BTreeSet<String>,
+    /// The same members, shared with the Supervisor and updated as soon as a record has landed:
+    /// an actor restarted after a panic mid-sync starts from what is really recorded.
+    pub mirror: Arc<std::sync::Mutex<BTreeSet<String>>>,
 }
 
 impl Owned {
+    /// Sets the members (after a zone's sync, which records them itself).
+    pub fn set(&mut self, members: BTreeSet<String>) {
+        *self.mirror.lock().unwrap_or_else(|e| e.into_inner()) = members.clone();
+        self.members = members;
+    }
+
     /// Records `add` as lbmanager's and forgets `remove`, durably, before it returns.
     pub async fn record(&mut self, add: Vec<String>, remove: Vec<String>) -> Result<(), AwsError> {
         let add: Vec<String> = add
@@ -70,6 +79,7 @@ impl Owned {
         for m in &remove {
             self.members.remove(m);
         }
+        *self.mirror.lock().unwrap_or_else(|e| e.into_inner()) = self.members.clone();
         Ok(())
     }
 }
@@ -229,32 +239,50 @@ pub async fn sync_elb(
             "removed" => spell(&changes.deregister), "cause" => %cause);
     }
     if let Some(owned) = owned.as_mut() {
-        // Forget what is out of AWS and not wanted any more (deregistered now, or gone
-        // meanwhile, or refused and since deleted from etcd).
-        let in_aws: BTreeSet<String> = actual
-            .members
-            .iter()
-            .chain(&actual.draining)
-            .chain(&changes.register)
-            .map(name_of)
-            .filter(|m| !changes.deregister.iter().any(|d| name_of(d) == *m))
-            .collect();
-        let wanted: BTreeSet<String> = want
-            .members
-            .iter()
-            .filter_map(|m| match m {
-                Member::Instance(id) => Some(id.clone()),
-                Member::Target(t) => Some(name_of(t)),
-                Member::Ip(_) => None,
-            })
-            .collect();
-        let gone: Vec<String> = owned
-            .members
-            .iter()
-            .filter(|m| !in_aws.contains(*m) && !wanted.contains(*m))
-            .cloned()
-            .collect();
-        owned.record(Vec::new(), gone).await?;
+        // Forget what is out of AWS: what this sync deregistered; and, on a read that is not
+        // the first after a change (AWS's Describe is eventually consistent), what is gone and
+        // not wanted any more, or was refused (an Auto Scaling group that later registers a
+        // refused instance must not find it recorded as lbmanager's).
+        let mut gone: Vec<String> = changes.deregister.iter().map(name_of).collect();
+        if matches!(
+            cause,
+            Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
+        ) {
+            let in_aws: BTreeSet<String> = actual
+                .members
+                .iter()
+                .chain(&actual.draining)
+                .chain(&changes.register)
+                .map(name_of)
+                .collect();
+            let refused: BTreeSet<String> = rejected
+                .keys()
+                .filter_map(|k| crate::key::parse_target(k).ok())
+                .map(|t| name_of(&t))
+                .collect();
+            let wanted: BTreeSet<String> = want
+                .members
+                .iter()
+                .filter_map(|m| match m {
+                    Member::Instance(id) => Some(id.clone()),
+                    Member::Target(t) => Some(name_of(t)),
+                    Member::Ip(_) => None,
+                })
+                .filter(|m| !refused.contains(m))
+                .collect();
+            gone.extend(
+                owned
+                    .members
+                    .iter()
+                    .filter(|m| !in_aws.contains(*m) && !wanted.contains(*m))
+                    .cloned(),
+            );
+        }
+        // Best effort: a record left behind is forgotten at a later sync.
+        if let Err(e) = owned.record(Vec::new(), gone).await {
+            warn!(log, "could not forget members lbmanager removed; retried at a later sync";
+                "error" => %e);
+        }
         if !foreign.is_empty() {
             debug!(log, "leaving {} lbmanager did not add", what;
                 "kept" => spell(&foreign), "cause" => %cause);

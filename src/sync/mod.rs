@@ -94,9 +94,12 @@ pub async fn read_and_plan_fqdn(
         other => other?,
     };
     // `--ownership shared`: the others' values stay.
-    let ips = match owned {
-        Some(owned) => crate::ownership::with_foreign(ips, &current, owned),
-        None => ips.clone(),
+    let (ips, ttl) = match owned {
+        Some(owned) => (
+            crate::ownership::with_foreign(ips, &current, owned),
+            crate::ownership::shared_ttl(&current, owned, ttl),
+        ),
+        None => (ips.clone(), ttl),
     };
     let changes = plan_fqdn(fqdn, &ips, &current, ttl, policy);
     Ok((current, changes))

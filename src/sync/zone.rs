@@ -10,7 +10,7 @@ use super::{gone_is_in_step, Cause, SyncOptions};
 use crate::aws::{AwsError, Route53Api};
 use crate::etcd::EtcdWrites;
 use crate::key::{owned_key, LbId};
-use crate::ownership::with_foreign;
+use crate::ownership::{shared_ttl, with_foreign};
 use crate::plan::{pack_batches, plan_fqdn, Action, Policy, RecordChange, RecordSet};
 
 /// What the zone knows of its record sets, by FQDN (an empty list: known to have none).
@@ -69,9 +69,12 @@ pub async fn sync_zone(
     // What must be read: FQDNs not known, and all of them on a resync.
     let due: Vec<usize> = (0..batch.len())
         .filter(|&i| {
-            // Upsert-only keeps the current values, so it must know them exactly: read afresh.
+            // Upsert-only and shared ownership keep values that are not lbmanager's, so they
+            // must know the current ones exactly (another tool may have changed them): read
+            // afresh.
             matches!(batch[i].cause, Cause::Resync | Cause::Relist)
                 || options.policy == Policy::UpsertOnly
+                || batch[i].owned.is_some()
                 || !cache.contains_key(&batch[i].fqdn)
         })
         .collect();
@@ -112,9 +115,12 @@ pub async fn sync_zone(
             .map(Vec::as_slice)
             .unwrap_or_default();
         // Shared: the others' values stay in the record set.
-        let ips = match &desire.owned {
-            Some(owned) => with_foreign(&desire.ips, current, owned),
-            None => desire.ips.clone(),
+        let (ips, ttl) = match &desire.owned {
+            Some(owned) => (
+                with_foreign(&desire.ips, current, owned),
+                shared_ttl(current, owned, ttl),
+            ),
+            None => (desire.ips.clone(), ttl),
         };
         let changes = plan_fqdn(&desire.fqdn, &ips, current, ttl, policy);
         if !changes.is_empty() {
@@ -139,9 +145,11 @@ pub async fn sync_zone(
     // Shared: the values about to be added are recorded first, durably.
     if let Some(recorder) = &recorder {
         let mut claims = Vec::new();
-        for (i, _) in &groups {
+        for (i, changes) in &groups {
             if let Some(ours) = &owned[*i] {
-                for ip in batch[*i].ips.difference(ours) {
+                // Only what this sync adds: a wanted value already there is someone else's.
+                let added = changes.iter().flat_map(|c| c.added.iter());
+                for ip in added.filter(|ip| batch[*i].ips.contains(*ip) && !ours.contains(*ip)) {
                     claims.push((*i, *ip));
                 }
             }
@@ -209,8 +217,18 @@ pub async fn sync_zone(
         let mut released = Vec::new();
         for (i, result) in results.iter().enumerate() {
             if let (Ok(()), Some(ours)) = (result, owned[i].as_ref()) {
-                for ip in ours.difference(&batch[i].ips) {
-                    released.push((i, *ip));
+                // Out of the record set as it now stands (upsert-only keeps them: still ours).
+                let present: BTreeSet<IpAddr> = cache
+                    .get(&batch[i].fqdn)
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|s| s.values.iter())
+                    .filter_map(|v| v.parse().ok())
+                    .collect();
+                for ip in ours.iter().filter(|ip| !present.contains(*ip)) {
+                    if !batch[i].ips.contains(ip) {
+                        released.push((i, *ip));
+                    }
                 }
             }
         }
