@@ -171,15 +171,8 @@ async fn sigterm_while_waiting_stops_the_wait() {
     })
     .await;
     let started = Instant::now();
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = tokio::task::spawn_blocking(|| child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, err) = sigterm(child).await;
+    assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("SIGTERM received while waiting"), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(30),
@@ -212,15 +205,8 @@ async fn lease_backed_presence_holds_the_key_until_sigterm() {
     // Longer than the lease: kept alive.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(etcd.keys(&format!("{P}/")).await.contains(&key));
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let out = tokio::task::spawn_blocking(|| child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{err}");
+    let (code, err) = sigterm(child).await;
+    assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("SIGTERM received, deleting"), "{err}");
     assert!(!etcd.keys(&format!("{P}/")).await.contains(&key));
     eventually("deregistered", DEADLINE, || async {

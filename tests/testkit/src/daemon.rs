@@ -229,3 +229,19 @@ pub fn lbmanager_spawn(args: &[&str]) -> Child {
         .spawn()
         .expect("the lbmanager binary")
 }
+
+/// Sends SIGTERM to a process of [`lbmanager_spawn`] and waits (off the test's runtime) for it to
+/// exit: its exit code and its stderr.
+pub async fn sigterm(child: Child) -> (Option<i32>, String) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(|| child.wait_with_output())
+        .await
+        .expect("the wait")
+        .expect("the process's output");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -19,7 +19,9 @@ use std::process::Child;
 use std::time::{Duration, Instant};
 
 pub use aws::Aws;
-pub use daemon::{lbmanager, lbmanager_async, lbmanager_spawn, Daemon, AWS_KEY_ID, AWS_SECRET};
+pub use daemon::{
+    lbmanager, lbmanager_async, lbmanager_spawn, sigterm, Daemon, AWS_KEY_ID, AWS_SECRET,
+};
 pub use etcd::{Etcd, EtcdCluster};
 pub use moto::{Moto, RecordedCall};
 
