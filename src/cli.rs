@@ -302,8 +302,9 @@ pub struct RunArgs {
     /// elbv2/REGION/NAME or route53/ZONE_ID; `*` for a whole part) with STS AssumeRole
     /// credentials of ROLE_ARN (cached and refreshed before they expire), e.g.
     /// 'elb/us-east-1/acctLB=arn:aws:iam::111111111111:role/lbmanager'. Repeatable, the first
-    /// matching rule wins; everything else uses the default credentials. Each role's account has
-    /// its own quota buckets. In the environment variable, separate rules with spaces.
+    /// matching rule wins; everything else uses the default credentials. Each account has its own
+    /// quota buckets, shared by the roles into it. In the environment variable, separate rules
+    /// with spaces.
     #[arg(long = "assume-role", env = "LBMANAGER_ASSUME_ROLE", value_delimiter = ' ',
           value_parser = crate::aws::roles::parse_rule)]
     pub assume_role: Vec<crate::aws::roles::RoleRule>,

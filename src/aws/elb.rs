@@ -7,7 +7,7 @@ use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
 use super::quota::elb::Call;
-use super::regional::PerRegion;
+use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
 use crate::key::Target;
 use crate::plan::{Health, Registered};
@@ -17,6 +17,12 @@ pub struct SdkElb {
 }
 
 impl SdkElb {
+    /// Takes its quotas from its account's `quotas` (see [`RegionQuotas`]).
+    pub fn sharing(mut self, quotas: RegionQuotas) -> Self {
+        self.clients = self.clients.sharing(quotas);
+        self
+    }
+
     /// `share`: the part of AWS's quotas to use (ELB throttles per account and region).
     pub fn new(config: aws_config::SdkConfig, share: f64) -> Self {
         SdkElb {

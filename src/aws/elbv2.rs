@@ -16,7 +16,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_sdk_elasticloadbalancingv2::Client;
 
 use super::quota::elb::Call;
-use super::regional::PerRegion;
+use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
 use crate::key::{Target, TargetId};
 use crate::plan::{Health, Registered, TargetKind};
@@ -39,6 +39,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SdkElbV2 {
+    /// Takes its quotas from its account's `quotas` (see [`RegionQuotas`]).
+    pub fn sharing(mut self, quotas: RegionQuotas) -> Self {
+        self.clients = self.clients.sharing(quotas);
+        self
+    }
+
     /// `share`: the part of AWS's quotas to use, per region.
     pub fn new(config: aws_config::SdkConfig, share: f64) -> Self {
         SdkElbV2 {

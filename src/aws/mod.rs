@@ -119,6 +119,25 @@ impl Default for Quotas {
     }
 }
 
+/// One account's quota buckets (AWS throttles per account): ELB's and ELBv2's by region, and
+/// Route53's.
+#[derive(Clone)]
+pub struct AccountQuotas {
+    pub elb: regional::RegionQuotas,
+    pub elbv2: regional::RegionQuotas,
+    pub route53: Arc<quota::Quota>,
+}
+
+impl AccountQuotas {
+    pub fn new(quotas: &Quotas) -> Self {
+        AccountQuotas {
+            elb: Default::default(),
+            elbv2: Default::default(),
+            route53: Arc::new(quota::route53::quota(quotas.share, quotas.route53_changes)),
+        }
+    }
+}
+
 impl Backends {
     /// The SDK clients, each call counted in `metrics` when there are metrics.
     pub fn sdk(
@@ -126,9 +145,23 @@ impl Backends {
         quotas: &Quotas,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
-        let elb: Arc<dyn ElbApi> = Arc::new(elb::SdkElb::new(sdk.clone(), quotas.share));
-        let elbv2: Arc<dyn ElbApi> = Arc::new(elbv2::SdkElbV2::new(sdk.clone(), quotas.share));
-        let route53: Arc<dyn Route53Api> = Arc::new(route53::SdkRoute53::new(sdk, quotas));
+        Backends::sdk_in(sdk, &AccountQuotas::new(quotas), quotas, metrics)
+    }
+
+    /// The SDK clients of credentials of the account whose buckets are `account`.
+    pub fn sdk_in(
+        sdk: &aws_config::SdkConfig,
+        account: &AccountQuotas,
+        quotas: &Quotas,
+        metrics: Option<Arc<crate::metrics::Metrics>>,
+    ) -> Self {
+        let elb: Arc<dyn ElbApi> =
+            Arc::new(elb::SdkElb::new(sdk.clone(), quotas.share).sharing(account.elb.clone()));
+        let elbv2: Arc<dyn ElbApi> = Arc::new(
+            elbv2::SdkElbV2::new(sdk.clone(), quotas.share).sharing(account.elbv2.clone()),
+        );
+        let route53: Arc<dyn Route53Api> =
+            Arc::new(route53::SdkRoute53::new(sdk, quotas).sharing(account.route53.clone()));
         let Some(metrics) = metrics else {
             return Backends {
                 elb,

@@ -10,10 +10,15 @@ use super::{AwsError, ErrorKind};
 
 type Make<C> = Box<dyn Fn(&str) -> C + Send + Sync>;
 
+/// One account's quota buckets of one API, by region: shared by every client that calls with
+/// that account's credentials (two `--assume-role` roles into one account).
+pub type RegionQuotas = Arc<Mutex<HashMap<String, Arc<Quota>>>>;
+
 pub struct PerRegion<C> {
     share: f64,
     make: Make<C>,
-    clients: Mutex<HashMap<String, (C, Arc<Quota>)>>,
+    clients: Mutex<HashMap<String, C>>,
+    quotas: RegionQuotas,
 }
 
 impl<C: Clone> PerRegion<C> {
@@ -23,15 +28,30 @@ impl<C: Clone> PerRegion<C> {
             share,
             make: Box::new(make),
             clients: Mutex::new(HashMap::new()),
+            quotas: RegionQuotas::default(),
         }
     }
 
+    /// Takes its quota from `quotas` (its account's), shared with other clients of the account.
+    pub fn sharing(mut self, quotas: RegionQuotas) -> Self {
+        self.quotas = quotas;
+        self
+    }
+
     fn entry(&self, region: &str) -> (C, Arc<Quota>) {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        clients
+        let client = {
+            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            clients
+                .entry(region.to_string())
+                .or_insert_with(|| (self.make)(region))
+                .clone()
+        };
+        let mut quotas = self.quotas.lock().unwrap_or_else(|e| e.into_inner());
+        let quota = quotas
             .entry(region.to_string())
-            .or_insert_with(|| ((self.make)(region), Arc::new(elb::quota(self.share))))
-            .clone()
+            .or_insert_with(|| Arc::new(elb::quota(self.share)))
+            .clone();
+        (client, quota)
     }
 
     /// The region's client, once its quota allows one more `call`.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{AwsError, Backends, ElbApi, Permit, Quotas, Route53Api};
+use super::{AccountQuotas, AwsError, Backends, ElbApi, Permit, Quotas, Route53Api};
 use crate::key::Target;
 use crate::plan::{Health, RecordChange, RecordSet, Registered};
 
@@ -133,6 +133,13 @@ pub struct Routed {
     pub default: Backends,
     /// In the order given: the first match wins.
     pub rules: Vec<(Scope, Backends)>,
+    /// How many accounts the roles reach (each with its own buckets).
+    pub accounts: usize,
+}
+
+/// The account id of a role ARN (`arn:aws:iam::ACCOUNT:role/NAME`).
+fn account_of(role_arn: &str) -> &str {
+    role_arn.split(':').nth(4).unwrap_or(role_arn)
 }
 
 impl Routed {
@@ -146,10 +153,16 @@ impl Routed {
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Routed {
         let mut by_role: BTreeMap<(String, Option<String>), Backends> = BTreeMap::new();
+        let mut accounts: BTreeMap<String, AccountQuotas> = BTreeMap::new();
         let mut routed = Vec::new();
         for rule in rules {
             let role = (rule.role_arn.clone(), rule.external_id.clone());
             if !by_role.contains_key(&role) {
+                // Roles into one account share its buckets.
+                let account = accounts
+                    .entry(account_of(&rule.role_arn).to_string())
+                    .or_insert_with(|| AccountQuotas::new(quotas))
+                    .clone();
                 let mut provider = aws_config::sts::AssumeRoleProvider::builder(&rule.role_arn)
                     .session_name("lbmanager")
                     .configure(base);
@@ -165,7 +178,7 @@ impl Routed {
                     .build();
                 by_role.insert(
                     role.clone(),
-                    Backends::sdk(&config, quotas, metrics.clone()),
+                    Backends::sdk_in(&config, &account, quotas, metrics.clone()),
                 );
             }
             routed.push((rule.scope.clone(), by_role[&role].clone()));
@@ -173,6 +186,7 @@ impl Routed {
         Routed {
             default,
             rules: routed,
+            accounts: accounts.len(),
         }
     }
 
@@ -308,6 +322,7 @@ mod tests {
         let routed = Routed {
             default: fakes(&home),
             rules: vec![(rule.scope, fakes(&other))],
+            accounts: 1,
         }
         .backends();
         let t = crate::key::Target::instance("i-00000001");
@@ -325,6 +340,38 @@ mod tests {
         // A target group of the same name is not an ELB: the default's.
         assert!(routed.elbv2.members("us-east-1", "acctLB").await.is_err());
         assert_eq!(home.calls().len(), 2);
+    }
+
+    /// Two roles into one account share its buckets; another account has its own.
+    #[tokio::test]
+    async fn roles_into_one_account_share_its_buckets() {
+        let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_route53::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .load()
+            .await;
+        let rules: Vec<RoleRule> = [
+            "elb/us-east-1/a=arn:aws:iam::111111111111:role/one",
+            "elb/us-east-1/b=arn:aws:iam::111111111111:role/two",
+            "route53/Z1=arn:aws:iam::222222222222:role/dns",
+        ]
+        .iter()
+        .map(|r| parse_rule(r).unwrap())
+        .collect();
+        let default = Backends {
+            elb: Arc::new(FakeElb::default()),
+            elbv2: Arc::new(FakeElb::default()),
+            route53: Arc::new(FakeRoute53::default()),
+        };
+        let routed = Routed::assume(&base, default, &rules, &Quotas::default(), None).await;
+        assert_eq!(routed.rules.len(), 3);
+        assert_eq!(routed.accounts, 2);
+        assert_eq!(
+            account_of("arn:aws:iam::111111111111:role/x"),
+            "111111111111"
+        );
     }
 
     #[test]

@@ -13,15 +13,21 @@ use crate::plan::{Action, RecordChange, RecordSet, RecordType};
 pub struct SdkRoute53 {
     client: Client,
     /// Route53 throttles per account, every zone and tool of the account together.
-    quota: Quota,
+    quota: std::sync::Arc<Quota>,
 }
 
 impl SdkRoute53 {
     pub fn new(config: &aws_config::SdkConfig, quotas: &Quotas) -> Self {
         SdkRoute53 {
             client: Client::new(config),
-            quota: quota::route53::quota(quotas.share, quotas.route53_changes),
+            quota: std::sync::Arc::new(quota::route53::quota(quotas.share, quotas.route53_changes)),
         }
+    }
+
+    /// Takes its quota from its account's (shared with the account's other clients).
+    pub fn sharing(mut self, quota: std::sync::Arc<Quota>) -> Self {
+        self.quota = quota;
+        self
     }
 
     /// A throttle AWS answered paces the account's calls more slowly for a while.
