@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use lbmanager_testkit::proxy::FaultProxy;
 use lbmanager_testkit::*;
 
@@ -202,8 +203,23 @@ async fn lease_backed_presence_holds_the_key_until_sigterm() {
         aws.instances("us-east-1", "web").await == strings(&[I1])
     })
     .await;
-    // Longer than the lease: kept alive.
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Kept alive: no change to the key (its expiry would be a delete) for longer than the lease.
+    let mut watch = etcd
+        .client()
+        .await
+        .watch(key.as_str(), None)
+        .await
+        .expect("a watch");
+    let change = async {
+        while let Some(Ok(resp)) = watch.next().await {
+            if !resp.events().is_empty() {
+                return Some(resp);
+            }
+        }
+        None
+    };
+    let changed = tokio::time::timeout(Duration::from_secs(5), change).await;
+    assert!(changed.is_err(), "the key changed: {changed:?}");
     assert!(etcd.keys(&format!("{P}/")).await.contains(&key));
     let (code, err) = sigterm(child).await;
     assert_eq!(code, Some(0), "{err}");

@@ -440,7 +440,6 @@ impl LoadBalancer {
         error: Option<&AwsError>,
         seen: Seen,
     ) -> Option<Arc<LbStatus>> {
-        let latest = self.desired.as_ref();
         let previous = self.published.as_ref();
         let (members, ttl, revision) = match seen {
             Seen::Elb(sync) => {
@@ -466,7 +465,8 @@ impl LoadBalancer {
                 previous.map_or(0, |p| p.revision),
             ),
         };
-        let noted = members.clone();
+        self.note_foreign(&members);
+        let latest = self.desired.as_ref();
         let status = LbStatus {
             load_balancer: self.id.to_string(),
             revision,
@@ -482,7 +482,6 @@ impl LoadBalancer {
             },
             rejected: self.rejected.clone(),
         };
-        self.note_foreign(&noted);
         self.publish(status)
     }
 

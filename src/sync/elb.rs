@@ -97,8 +97,6 @@ pub struct ElbSync {
     pub revision: i64,
     /// What AWS reported before the changes (with the members' health when it was read).
     pub actual: Registered,
-    /// Members lbmanager did not add, left alone although etcd does not list them (shared).
-    pub foreign: Vec<Target>,
 }
 
 /// Plans `wanted`'s latest desire against `actual`, leaving out the members AWS refused before
@@ -169,14 +167,10 @@ pub async fn sync_elb(
                 `lbmanager member add --healthy` waits until it can be read"; "error" => %e),
         }
     }
-    let (mut changes, mut rejected, mut want, mut foreign) = plan_latest(
-        wanted,
-        &actual,
-        options,
-        known,
-        retry_rejected,
-        owned.as_deref(),
-    );
+    // Planned again once the quota is taken (see [`Wanted`]).
+    let plan =
+        |owned: Option<&Owned>| plan_latest(wanted, &actual, options, known, retry_rejected, owned);
+    let (mut changes, mut rejected, mut want, mut foreign) = plan(owned.as_deref());
     if options.dry_run {
         if !changes.register.is_empty() {
             info!(log, "would register {}", what;
@@ -192,20 +186,12 @@ pub async fn sync_elb(
             generation: want.generation,
             revision: want.revision,
             actual,
-            foreign,
         });
     }
     let mut permit = None;
     if !changes.register.is_empty() || !changes.deregister.is_empty() {
         permit = Some(api.permit(region, name).await);
-        (changes, rejected, want, foreign) = plan_latest(
-            wanted,
-            &actual,
-            options,
-            known,
-            retry_rejected,
-            owned.as_deref(),
-        );
+        (changes, rejected, want, foreign) = plan(owned.as_deref());
     }
     let name_of = |t: &Target| t.or_port(actual.default_port).to_string();
     if let Some(owned) = owned.as_mut() {
@@ -287,8 +273,6 @@ pub async fn sync_elb(
             debug!(log, "leaving {} lbmanager did not add", what;
                 "kept" => spell(&foreign), "cause" => %cause);
         }
-    } else {
-        foreign.clear();
     }
     Ok(ElbSync {
         changes,
@@ -296,7 +280,6 @@ pub async fn sync_elb(
         generation: want.generation,
         revision: want.revision,
         actual,
-        foreign,
     })
 }
 
