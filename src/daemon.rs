@@ -200,6 +200,10 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
     for (key, e) in &loaded.ignored {
         crate::desired::log_ignored(&log, key, e);
     }
+    if loaded.ignored_more > 0 {
+        slog::warn!(log, "more keys count for nothing than are listed";
+            "not_listed" => loaded.ignored_more);
+    }
     let sdk = aws::load_sdk_config(&ClientOptions {
         endpoint_url: run.aws_endpoint_url.clone(),
         timeout: run.aws_timeout,

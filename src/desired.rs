@@ -67,15 +67,94 @@ impl Resolution {
     }
 }
 
-/// Warns that `key` counts for nothing, and why.
+/// How many ignored keys are remembered (as warned about, and in a [`Loaded`]): each is warned
+/// about once; past this many, they are counted and not warned about one by one.
+pub const MAX_WARNED: usize = 100_000;
+
+/// Warns that `key` counts for nothing, and why (a key past [`key::MAX_KEY_BYTES`] by its
+/// beginning only).
 pub fn log_ignored(log: &slog::Logger, key: &str, why: &Ignored) {
     match why {
+        Ignored::Malformed(KeyError::TooLong(_)) => {
+            slog::warn!(log, "ignoring a key too long to read";
+                "key" => crate::escape::clip(key, 120), "reason" => %why)
+        }
         Ignored::Malformed(e) => {
             slog::warn!(log, "ignoring malformed key"; "key" => key, "reason" => %e)
         }
         Ignored::Filtered(_) => {
             slog::warn!(log, "ignoring a key outside the filters"; "key" => key, "reason" => %why)
         }
+    }
+}
+
+/// The ignored keys already warned about, so that each is warned about once: remembered by a
+/// 64-bit hash (a key may be a KiB; a collision only costs a warning), at most [`MAX_WARNED`].
+#[derive(Debug, Default)]
+pub struct Warned {
+    seen: HashSet<u64>,
+    /// Keys past the bound were met (said once).
+    full: bool,
+}
+
+fn hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    kept(key).hash(&mut h);
+    h.finish()
+}
+
+/// What is kept of an ignored key: all of it up to [`key::MAX_KEY_BYTES`], the beginning of a
+/// longer one (which is warned about by its beginning and length).
+pub fn kept(key: &str) -> &str {
+    if key.len() <= key::MAX_KEY_BYTES {
+        return key;
+    }
+    let mut end = key::MAX_KEY_BYTES;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    &key[..end]
+}
+
+impl Warned {
+    /// Whether to warn about `key` now: the first time it is seen, while fewer than
+    /// [`MAX_WARNED`] are remembered. Past that, `on_full` is called (once until some are
+    /// forgotten) and nothing more is warned about.
+    pub fn first_time(&mut self, key: &str, on_full: impl FnOnce()) -> bool {
+        let h = hash(key);
+        if self.seen.contains(&h) {
+            return false;
+        }
+        if self.seen.len() >= MAX_WARNED {
+            if !std::mem::replace(&mut self.full, true) {
+                on_full();
+            }
+            return false;
+        }
+        self.seen.insert(h)
+    }
+
+    /// `key` is gone (or counts now): warn again if it comes back malformed.
+    pub fn forget(&mut self, key: &str) {
+        if self.seen.remove(&hash(key)) {
+            self.full = false;
+        }
+    }
+
+    /// Keeps only `keys` (those a new read of the prefix still finds ignored).
+    pub fn keep_only<'a>(&mut self, keys: impl Iterator<Item = &'a str>) {
+        let keep: HashSet<u64> = keys.map(hash).collect();
+        self.seen.retain(|h| keep.contains(h));
+        self.full = false;
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
     }
 }
 
@@ -89,8 +168,10 @@ pub struct Loaded {
     /// Every record key earlier versions kept in the member tree (`PREFIX/_managed/...`,
     /// `PREFIX/_rejected/...`): deleted once moved.
     pub legacy_keys: Vec<String>,
-    /// Keys that count for nothing, with the reason.
+    /// Keys that count for nothing, with the reason: the first [`MAX_WARNED`] of them.
     pub ignored: Vec<(String, Ignored)>,
+    /// How many more keys count for nothing than `ignored` lists.
+    pub ignored_more: usize,
     /// The waiting keys of `lbmanager member … --healthy/--drain` (see
     /// [`key::waiting_key`]), with their load balancer.
     pub waiting: Vec<(LbId, String)>,
@@ -107,6 +188,7 @@ impl Loaded {
             legacy_recorded: HashSet::new(),
             legacy_keys: Vec::new(),
             ignored: Vec::new(),
+            ignored_more: 0,
             waiting: Vec::new(),
             legacy: [
                 format!("{prefix}/_managed/"),
@@ -136,7 +218,11 @@ impl Loaded {
         } else if let Some(lb) = key::parse_waiting(&desired.prefix, key) {
             self.waiting.push((lb, key.to_string()));
         } else if let Err(e) = desired.put(key, revision) {
-            self.ignored.push((key.to_string(), e));
+            if self.ignored.len() < MAX_WARNED {
+                self.ignored.push((kept(key).to_string(), e));
+            } else {
+                self.ignored_more += 1;
+            }
         }
     }
 }

@@ -206,9 +206,17 @@ pub struct MemberKey {
     pub member: Member,
 }
 
+/// The longest key lbmanager reads as a member key, in bytes. The longest valid one is a Route53
+/// key of a 253-character FQDN and an IPv6 address, about 360 bytes past the prefix; a longer key
+/// is refused before its parts are looked at (and shown only by its beginning), so that what a
+/// warning and the memory of warned keys hold stays small.
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// Why a key under the prefix is not a valid member key.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
+    #[error("the key is {0} bytes long, longer than lbmanager reads (1024)")]
+    TooLong(usize),
     #[error("unknown kind {0:?} (expected elb, elbv2 or route53)")]
     UnknownKind(String),
     #[error("wrong number of parts for {kind}: expected {expected}")]
@@ -249,6 +257,9 @@ pub fn parse(prefix: &str, key: &str) -> Result<Option<MemberKey>, KeyError> {
     else {
         return Ok(None);
     };
+    if key.len() > MAX_KEY_BYTES {
+        return Err(KeyError::TooLong(key.len()));
+    }
     let parts: Vec<&str> = rest.split('/').collect();
     match parts[0] {
         reserved if reserved.starts_with('_') => Ok(None),
@@ -544,6 +555,20 @@ mod tests {
     use super::*;
 
     const P: &str = "/lbManager";
+
+    #[test]
+    fn a_key_past_the_bound_is_refused_by_its_length() {
+        let long = format!("{P}/elb/us-east-1/web/multiple/i-{}", "0".repeat(2000));
+        assert_eq!(parse(P, &long), Err(KeyError::TooLong(long.len())));
+        let fqdn = format!("{}.example.com", vec!["a".repeat(60); 3].join("."));
+        let ok_key = format!("{P}/route53/us-east-1/Z123/{fqdn}/multiple/2001:db8::1");
+        assert!(ok_key.len() < MAX_KEY_BYTES);
+        assert!(parse(P, &ok_key).is_ok());
+        assert_eq!(
+            KeyError::TooLong(5000).to_string(),
+            format!("the key is 5000 bytes long, longer than lbmanager reads ({MAX_KEY_BYTES})")
+        );
+    }
 
     fn ok(key: &str) -> MemberKey {
         parse(P, key).unwrap().unwrap()

@@ -13,6 +13,7 @@ pub mod aws;
 pub mod cli;
 pub mod daemon;
 pub mod desired;
+pub mod escape;
 pub mod etcd;
 pub mod filter;
 pub mod ha;

@@ -1,5 +1,7 @@
 //! The root logger, to stderr: slog-term for people (colourful on a terminal, plain otherwise), or
-//! one JSON object a line for log shippers (`--log-format json`).
+//! one JSON object a line for log shippers (`--log-format json`). Text lines go through
+//! [`Escaping`], so a value from etcd or AWS never starts a line of its own or reaches a terminal
+//! as a control sequence; JSON escapes its strings itself.
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -7,6 +9,7 @@ use std::sync::Mutex;
 use slog::{Drain, Level, Logger};
 
 use crate::cli::LogFormat;
+use crate::escape::Escaping;
 
 pub fn logger(level: Level, format: LogFormat) -> Logger {
     match format {
@@ -19,12 +22,12 @@ pub fn logger(level: Level, format: LogFormat) -> Logger {
         }
         LogFormat::Text if std::io::stderr().is_terminal() => {
             let decorator = slog_term::TermDecorator::new().stderr().build();
-            let drain = Mutex::new(slog_term::FullFormat::new(decorator).build()).fuse();
+            let drain = Mutex::new(Escaping(slog_term::FullFormat::new(decorator).build())).fuse();
             Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
         }
         LogFormat::Text => {
             let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-            let drain = slog_term::FullFormat::new(decorator).build().fuse();
+            let drain = Escaping(slog_term::FullFormat::new(decorator).build()).fuse();
             Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
         }
     }

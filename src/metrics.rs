@@ -13,6 +13,38 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::escape::escape;
+
+/// The bounds of the README's "Limits" that lbmanager counts when met.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// A key longer than [`crate::key::MAX_KEY_BYTES`], refused.
+    KeyLength,
+    /// Malformed keys past those remembered (warned about once each), not warned one by one.
+    WarnedKeys,
+    /// Wanted members past AWS's maximum per load balancer, not registered.
+    MembersPerLoadBalancer,
+    /// Values past Route53's maximum per record set, not written.
+    ValuesPerRecordSet,
+    /// A record cut down to fit its bound (rejected members or reasons left out).
+    RecordSize,
+    /// A record etcd refused for its size.
+    RecordRefused,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::KeyLength => "key_length",
+            Limit::WarnedKeys => "warned_keys",
+            Limit::MembersPerLoadBalancer => "members_per_load_balancer",
+            Limit::ValuesPerRecordSet => "values_per_record_set",
+            Limit::RecordSize => "record_size",
+            Limit::RecordRefused => "record_refused",
+        }
+    }
+}
+
 /// Label sets: (name, value) pairs.
 pub type Labels = Vec<(&'static str, String)>;
 
@@ -52,6 +84,11 @@ pub struct Metrics {
     pub watch_reconnects: Counter,
     /// Unix time of the last start-up or relist after which every load balancer was in step.
     pub last_full_sync: Gauge<f64, AtomicU64>,
+    /// Times a bound of the README's "Limits" was met, by limit (see [`Limit`]).
+    pub limits: Family<Labels, Counter>,
+    /// lbmanager's own records that cannot be written as they are now (etcd refuses them or is
+    /// away): 0 when every record is current.
+    pub records_unwritten: Gauge,
     initial_sync_done: AtomicBool,
     watch_live: AtomicBool,
 }
@@ -80,6 +117,8 @@ impl Metrics {
             watch_revision: Gauge::default(),
             watch_reconnects: Counter::default(),
             last_full_sync: Gauge::default(),
+            limits: Family::default(),
+            records_unwritten: Gauge::default(),
             initial_sync_done: AtomicBool::new(false),
             watch_live: AtomicBool::new(false),
             registry: Registry::default(),
@@ -154,6 +193,16 @@ impl Metrics {
             "Unix time of the last full sync after which every load balancer was in step",
             m.last_full_sync.clone(),
         );
+        registry.register(
+            "limit_exceeded",
+            "Times a documented limit was met (README, Limits), by limit",
+            m.limits.clone(),
+        );
+        registry.register(
+            "records_unwritten",
+            "lbmanager's own etcd records that cannot be written as they are now",
+            m.records_unwritten.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -175,9 +224,16 @@ impl Metrics {
         self.ready.set(i64::from(self.ready()));
     }
 
+    /// Counts one time a limit was met.
+    pub fn limit(&self, limit: Limit) {
+        self.limits
+            .get_or_create(&vec![("limit", limit.as_str().to_string())])
+            .inc();
+    }
+
     /// Counts a load balancer's sync; `failures`: its failed syncs in a row since.
     pub fn lb_synced(&self, lb: &str, ok: bool, failures: u32) {
-        let label = vec![("load_balancer", lb.to_string())];
+        let label = vec![("load_balancer", escape(lb).into_owned())];
         let mut labels = label.clone();
         labels.push(("result", if ok { "ok" } else { "error" }.to_string()));
         self.lb_syncs.get_or_create(&labels).inc();
@@ -196,7 +252,7 @@ impl Metrics {
 
     /// Forgets a load balancer lbmanager no longer manages.
     pub fn lb_retired(&self, lb: &str) {
-        let label = vec![("load_balancer", lb.to_string())];
+        let label = vec![("load_balancer", escape(lb).into_owned())];
         self.members.remove(&label);
         self.lb_failures.remove(&label);
         self.lb_last_success.remove(&label);

@@ -179,13 +179,13 @@ pub fn render_table(plans: &[LbPlan]) -> String {
                 p.foreign.join(",")
             )
         };
-        let _ = writeln!(
-            out,
+        let line = format!(
             "{:width$}  {:>7}  {:>6}  {changes}",
             p.load_balancer,
             p.desired.len(),
             p.actual.len()
         );
+        let _ = writeln!(out, "{}", crate::escape::escape(&line));
     }
     let drift = plans.iter().filter(|p| !p.changes.is_empty()).count();
     let _ = writeln!(

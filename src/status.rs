@@ -435,16 +435,19 @@ pub fn render_table(report: &StatusReport) -> String {
         None => writeln!(out, "no lbmanager has reported for this prefix"),
         Some(d) => writeln!(
             out,
-            "lbmanager {} reported {}{}; it reads every load balancer back every {}s, and \
+            "{}",
+            crate::escape::escape(&format!(
+                "lbmanager {} reported {}{}; it reads every load balancer back every {}s, and \
              LAST CHANGE is the last sync that changed anything",
-            d.version,
-            age(d.reported_secs_ago),
-            if d.stale {
-                " (too long: is it running?)"
-            } else {
-                ""
-            },
-            d.resync_interval_secs
+                d.version,
+                age(d.reported_secs_ago),
+                if d.stale {
+                    " (too long: is it running?)"
+                } else {
+                    ""
+                },
+                d.resync_interval_secs
+            ))
         ),
     };
     let rows = &report.load_balancers;
@@ -491,7 +494,7 @@ pub fn render_table(report: &StatusReport) -> String {
             r.last_change_age.map_or("never".to_string(), age),
             notes.join("; ")
         );
-        let _ = writeln!(out, "{}", line.trim_end());
+        let _ = writeln!(out, "{}", crate::escape::escape(line.trim_end()));
     }
     out
 }

@@ -194,3 +194,94 @@ async fn etcd_over_tls_with_a_client_certificate() {
     );
     assert!(refused.log().contains("cannot read from etcd, giving up"));
 }
+
+/// Keys are written by every container host: one with a newline that would start a line that
+/// reads like lbmanager's own, one with an ANSI escape sequence, one far past the key bound. Each
+/// is warned about in exactly one line, with its control characters shown, never interpreted
+/// (in the daemon's log and in `lbmanager plan`'s); the long one by its beginning only. The good
+/// key next to them is applied.
+#[tokio::test]
+async fn keys_cannot_forge_log_lines_or_reach_a_terminal() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let forged = format!(
+        "{}\nDec 03 21:00:00.000 INFO registered instances, added: i-0evil",
+        key("multiple", "i-0bad")
+    );
+    let ansi = "/lbManager/elb/us-east-1/web\u{1b}[2J\u{1b}[31mLB/multiple/i-0123456789abcdef0";
+    let long = format!(
+        "/lbManager/elb/us-east-1/webLB/multiple/i-{}",
+        "0".repeat(4000)
+    );
+    let mut client = etcd.client().await;
+    for k in [forged.as_str(), ansi, long.as_str()] {
+        client.put(k, "", None).await.unwrap();
+    }
+    etcd.put(&key("multiple", I1)).await;
+    let mut daemon = Daemon::start(&etcd, &moto, &[]);
+    eventually("the good key applied", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1])
+    })
+    .await;
+    // The same keys written again while running: seen through the watch, not warned again.
+    client.put(ansi, "", None).await.unwrap();
+    etcd.put(&key("multiple", I2)).await;
+    eventually("the watch goes on", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+    })
+    .await;
+    let (code, out, err) = lbmanager_async(&[
+        "plan",
+        "--etcd-endpoints",
+        &etcd.url,
+        "--aws-endpoint-url",
+        &moto.url,
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(daemon.stop(), Some(0));
+
+    for (what, text) in [
+        ("the daemon's log", daemon.log()),
+        ("plan's output", out + &err),
+    ] {
+        assert!(
+            !text.contains('\u{1b}'),
+            "an escape sequence in {what}: {text}"
+        );
+        // Every line is one of lbmanager's: a timestamp and a level first.
+        for line in text.lines().filter(|l| l.contains(':') && l.len() > 20) {
+            if line.starts_with("LOAD BALANCER") || line.starts_with("us-east-1") {
+                continue;
+            }
+            let level = line.split_whitespace().nth(3).unwrap_or("");
+            assert!(
+                ["TRCE", "DEBG", "INFO", "WARN", "ERRO", "CRIT"].contains(&level)
+                    || line.starts_with("elb/"),
+                "a line that is not lbmanager's in {what}: {line:?}"
+            );
+        }
+        assert!(
+            !text.lines().any(|l| l.starts_with("Dec 03 21:00:00.000")),
+            "a forged line in {what}: {text}"
+        );
+        let forged_warnings = text
+            .lines()
+            .filter(|l| l.contains("i-0bad\\nDec 03 21:00:00.000 INFO registered instances"))
+            .count();
+        let ansi_warnings = text
+            .lines()
+            .filter(|l| l.contains("web\\u{1b}[2J\\u{1b}[31mLB"))
+            .count();
+        let long_warnings: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("ignoring a key too long to read"))
+            .collect();
+        assert_eq!(forged_warnings, 1, "{what}: {text}");
+        assert_eq!(ansi_warnings, 1, "{what}: {text}");
+        assert_eq!(long_warnings.len(), 1, "{what}: {text}");
+        assert!(long_warnings[0].len() < 400, "{}", long_warnings[0]);
+        assert!(long_warnings[0].contains(&format!("the key is {} bytes long", long.len())));
+    }
+}

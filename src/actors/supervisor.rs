@@ -91,7 +91,7 @@ pub struct Supervisor {
     /// What etcd wants: the source of truth every actor is (re)started from.
     desired: DesiredState,
     /// Malformed keys already warned about (forgotten when the key is deleted).
-    warned: HashSet<String>,
+    warned: crate::desired::Warned,
     /// The load balancers with an actor, and what the Supervisor last sent each.
     lbs: HashMap<LbId, Child>,
     /// One actor per hosted zone that has managed names.
@@ -147,7 +147,7 @@ impl Supervisor {
             etcd_writes,
             etcd_watch: None,
             aws,
-            warned: HashSet::new(),
+            warned: Default::default(),
             lbs: HashMap::new(),
             zones: HashMap::new(),
             zone_restarts: HashMap::new(),
@@ -205,7 +205,19 @@ impl Supervisor {
     }
 
     fn warn_once(&mut self, key: &str, why: &Ignored) {
-        if self.warned.insert(key.to_string()) {
+        if let Ignored::Malformed(crate::key::KeyError::TooLong(_)) = why {
+            self.settings
+                .metrics
+                .limit(crate::metrics::Limit::KeyLength);
+        }
+        let (log, metrics) = (&self.log, &self.settings.metrics);
+        let on_full = || {
+            metrics.limit(crate::metrics::Limit::WarnedKeys);
+            warn!(log, "more keys count for nothing than lbmanager remembers; those past it are \
+                not warned about one by one";
+                "remembered" => crate::desired::MAX_WARNED);
+        };
+        if self.warned.first_time(key, on_full) {
             log_ignored(&self.log, key, why);
         }
     }
@@ -259,12 +271,19 @@ impl Supervisor {
             }
         }
         self.waiting = waiting;
-        let mut warned = HashSet::new();
+        self.warned
+            .keep_only(loaded.ignored.iter().map(|(k, _)| k.as_str()));
         for (key, e) in &loaded.ignored {
-            warned.insert(key.clone());
             self.warn_once(key, e);
         }
-        self.warned.retain(|k| warned.contains(k));
+        if loaded.ignored_more > 0 {
+            self.settings
+                .metrics
+                .limit(crate::metrics::Limit::WarnedKeys);
+            warn!(self.log, "more keys count for nothing than lbmanager remembers; those past it \
+                are not warned about one by one";
+                "remembered" => crate::desired::MAX_WARNED, "not_listed" => loaded.ignored_more);
+        }
         let mut touched: HashSet<LbId> = self.desired.load_balancers().cloned().collect();
         touched.extend(self.lbs.keys().cloned());
         // Recorded as managed but without keys: their keys were deleted while lbmanager was away.
@@ -340,7 +359,10 @@ impl Supervisor {
         self.settings
             .metrics
             .members
-            .get_or_create(&vec![("load_balancer", lb.to_string())])
+            .get_or_create(&vec![(
+                "load_balancer",
+                crate::escape::escape(&lb.to_string()).into_owned(),
+            )])
             .set(members.len() as i64);
         let managed = self.lbs.get_mut(lb).expect("inserted above");
         managed.members = members.clone();
@@ -687,7 +709,7 @@ impl Supervisor {
             match change {
                 KeyChange::Put { key, revision } => match self.desired.put(&key, revision) {
                     Ok(Some(lb)) => {
-                        self.warned.remove(&key);
+                        self.warned.forget(&key);
                         let entry = touched.entry(lb).or_insert((Cause::EtcdEvent, revision));
                         entry.1 = entry.1.max(revision);
                     }
@@ -699,7 +721,7 @@ impl Supervisor {
                     leased,
                     revision,
                 } => {
-                    self.warned.remove(&key);
+                    self.warned.forget(&key);
                     if let Some(lb) = self.desired.delete(&key) {
                         let cause = if leased {
                             Cause::LeaseExpiry
@@ -807,7 +829,10 @@ impl Supervisor {
         for member in before.keys().filter(|m| !rejected.contains_key(*m)) {
             info!(self.log, "member no longer rejected"; "lb" => lb.to_string(), "member" => member);
         }
-        let labels = vec![("load_balancer", lb.to_string())];
+        let labels = vec![(
+            "load_balancer",
+            crate::escape::escape(&lb.to_string()).into_owned(),
+        )];
         if rejected.is_empty() {
             self.settings.metrics.rejected_members.remove(&labels);
         } else {
