@@ -316,8 +316,7 @@ pub struct Records {
     /// Load balancers recorded as managed.
     pub managed: std::collections::HashSet<crate::key::LbId>,
     /// Members AWS refuses, as the running lbmanager last published them.
-    pub rejected:
-        std::collections::BTreeMap<crate::key::LbId, std::collections::BTreeMap<String, String>>,
+    pub rejected: std::collections::BTreeMap<crate::key::LbId, crate::status::Rejections>,
     /// Members lbmanager added to each load balancer (`--ownership shared`), as AWS names them.
     pub owned: std::collections::HashMap<crate::key::LbId, std::collections::BTreeSet<String>>,
     /// Records to delete: those of earlier versions that the status replaced
@@ -566,6 +565,13 @@ pub mod fake {
         revision: std::sync::atomic::AtomicI64,
         /// How long each put takes (a slow etcd).
         pub put_delay: std::sync::Mutex<std::time::Duration>,
+        /// Puts of values longer than this are refused as etcd refuses them
+        /// (`--max-request-bytes`).
+        pub max_value: std::sync::Mutex<Option<usize>>,
+        /// Keys whose writes fail (no permission, say).
+        pub failing: std::sync::Mutex<std::collections::HashSet<String>>,
+        /// Every put, in order, with the length of its value.
+        pub puts: std::sync::Mutex<Vec<(String, usize)>>,
     }
 
     impl FakeEtcd {
@@ -618,6 +624,25 @@ pub mod fake {
         async fn put(&self, key: &str, value: &str) -> Result<(), EtcdError> {
             let delay = *self.put_delay.lock().unwrap_or_else(|e| e.into_inner());
             tokio::time::sleep(delay).await;
+            self.puts
+                .lock()
+                .unwrap()
+                .push((key.to_string(), value.len()));
+            let fail = |why: &str| EtcdError::Write {
+                key: key.to_string(),
+                source: etcd_client::Error::InvalidArgs(why.to_string()),
+            };
+            if self.failing.lock().unwrap().contains(key) {
+                return Err(fail("etcdserver: permission denied"));
+            }
+            if self
+                .max_value
+                .lock()
+                .unwrap()
+                .is_some_and(|m| value.len() > m)
+            {
+                return Err(fail("etcdserver: request is too large"));
+            }
             self.put_key(key, value);
             Ok(())
         }

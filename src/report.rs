@@ -43,7 +43,7 @@ pub struct LbPlan {
 pub async fn plan_all(
     desired: &DesiredState,
     managed: &BTreeSet<LbId>,
-    rejected: &BTreeMap<LbId, BTreeMap<String, String>>,
+    rejected: &BTreeMap<LbId, crate::status::Rejections>,
     aws: &Backends,
     ttl: i64,
     policy: Policy,
@@ -65,6 +65,9 @@ pub async fn plan_all(
                 .iter()
                 .map(|(member, reason)| format!("{member}: {reason}"))
                 .collect();
+            if refused.more > 0 {
+                plan.rejected.push(format!("{} more", refused.more));
+            }
         }
         let result: Result<(), AwsError> = async {
             match &lb {

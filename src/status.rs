@@ -58,13 +58,135 @@ pub struct LbStatus {
     /// Route53: the TTL of the record sets, which a client may keep an old answer for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<i64>,
+    /// Members past [`MEMBERS_LISTED`], not listed in `members`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub members_more: usize,
     pub last_sync: LastSync,
-    /// Wanted members AWS refuses, with AWS's reason.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub rejected: BTreeMap<String, String>,
+    /// Wanted members AWS refuses, with AWS's reasons.
+    #[serde(default, skip_serializing_if = "Rejections::is_empty")]
+    pub rejected: Rejections,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The most members a status lists: AWS's maximum per Classic ELB and per target group (1,000),
+/// and Route53's per record set (400), with room for targets still draining.
+pub const MEMBERS_LISTED: usize = 1_200;
+/// The most refused members a status lists (the rest are counted).
+pub const REJECTED_LISTED: usize = 100;
+/// The most distinct reasons a status keeps (a refused member whose reason is past them is
+/// listed with the last one kept).
+pub const REASONS_KEPT: usize = 10;
+/// The longest reason or error kept, in characters (AWS's messages name every refused target:
+/// 300 of them make a message of 8 KB).
+pub const REASON_CHARS: usize = 300;
+/// The largest status record, in bytes, that the bounds above allow (members of 60 bytes or less
+/// with their state, every bound met): what etcd is asked to store for one load balancer.
+pub const STATUS_MAX_BYTES: usize = 192 * 1024;
+
+/// `s` cut to [`REASON_CHARS`] characters (with `…` where it was cut).
+pub fn cut(s: &str) -> String {
+    match s.char_indices().nth(REASON_CHARS) {
+        None => s.to_string(),
+        Some((end, _)) => format!("{}…", &s[..end]),
+    }
+}
+
+/// The members AWS refuses, bounded by construction: each distinct reason once (cut to
+/// [`REASON_CHARS`], at most [`REASONS_KEPT`]), at most [`REJECTED_LISTED`] members listed with
+/// their reason, and the count of the others. AWS's own message names every refused target, so
+/// a reason kept per member would grow with the square of their number.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejections {
+    pub reasons: Vec<String>,
+    /// Member (as AWS names it) → index of its reason in `reasons`.
+    pub members: BTreeMap<String, usize>,
+    /// Refused members not listed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub more: usize,
+}
+
+impl Rejections {
+    /// The bounded form of `rejected` (member → AWS's reason).
+    pub fn of(rejected: &BTreeMap<String, String>) -> Self {
+        let mut out = Rejections::default();
+        for (member, reason) in rejected {
+            if out.members.len() >= REJECTED_LISTED {
+                out.more += 1;
+                continue;
+            }
+            let reason = cut(reason);
+            let index = match out.reasons.iter().position(|r| *r == reason) {
+                Some(i) => i,
+                None if out.reasons.len() < REASONS_KEPT => {
+                    out.reasons.push(reason);
+                    out.reasons.len() - 1
+                }
+                None => REASONS_KEPT - 1,
+            };
+            out.members.insert(member.clone(), index);
+        }
+        out
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.more == 0
+    }
+
+    /// Refused members, listed or not.
+    pub fn len(&self) -> usize {
+        self.members.len() + self.more
+    }
+
+    /// The listed members with their reason.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.members.iter().map(|(m, &i)| {
+            (
+                m.as_str(),
+                self.reasons
+                    .get(i)
+                    .map_or("(reason not kept)", String::as_str),
+            )
+        })
+    }
 }
 
 impl LbStatus {
+    /// Within the bounds of the README's "Limits" (members past [`MEMBERS_LISTED`] counted, the
+    /// error cut to [`REASON_CHARS`]); whether anything was cut.
+    pub fn bounded(mut self) -> (Self, bool) {
+        let mut cut_any = false;
+        if self.members.len() > MEMBERS_LISTED {
+            self.members_more += self.members.len() - MEMBERS_LISTED;
+            self.members.truncate(MEMBERS_LISTED);
+            cut_any = true;
+        }
+        if let Some(e) = &mut self.last_sync.error {
+            let short = cut(e);
+            cut_any |= short.len() < e.len();
+            *e = short;
+        }
+        cut_any |= self.rejected.more > 0;
+        (self, cut_any)
+    }
+
+    /// The smallest record that still says what matters (revision, in step, counts, the last
+    /// sync): written instead when etcd refuses the whole one for its size (an etcd run with a
+    /// `--max-request-bytes` below [`STATUS_MAX_BYTES`]).
+    pub fn minimal(&self) -> LbStatus {
+        LbStatus {
+            members: Vec::new(),
+            members_more: self.members.len() + self.members_more,
+            rejected: Rejections {
+                more: self.rejected.len(),
+                ..Rejections::default()
+            },
+            ..self.clone()
+        }
+    }
+
     /// The same in everything but the time and cause of the sync: a resync that changed nothing
     /// is not worth an etcd write (so `last_sync` is the last sync that changed the record).
     pub fn same_as(&self, other: &LbStatus) -> bool {
@@ -273,10 +395,18 @@ pub fn judge(
         Goal::Present { healthy } => {
             // A target is refused as AWS names it (with the group's port).
             let refused = status.rejected.iter().find(|(m, _)| names(lb, member, m));
+            let unlisted = status.rejected.more;
             if let Some((refused, reason)) = refused {
                 return Verdict::Failed(format!("AWS rejected {refused}: {reason}"));
             }
             let Some(found) = found else {
+                if unlisted > 0 || status.members_more > 0 {
+                    return Verdict::Failed(format!(
+                        "lbmanager has applied the change, and {key_member} is not among the \
+                         members its status lists; AWS refused {unlisted} member(s) that it does \
+                         not list one by one (lbmanager's log names them)"
+                    ));
+                }
                 return Verdict::Failed(format!(
                     "lbmanager has applied the change, and {key_member} is not to be in {lb}: \
                      a newer key of the `single` class overrides it, it was deleted meanwhile, \
@@ -334,8 +464,8 @@ pub struct StatusRow {
     /// Seconds since the last sync that changed the status (see [`LastSync`]).
     pub last_change_age: Option<u64>,
     pub last_error: Option<String>,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub rejected: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Rejections::is_empty")]
+    pub rejected: Rejections,
 }
 
 /// The rows of `lbmanager status`: every load balancer etcd wants members for or lbmanager
@@ -470,8 +600,11 @@ pub fn render_table(report: &StatusReport) -> String {
         if let Some(e) = &r.last_error {
             notes.push(format!("error: {e}"));
         }
-        for (member, reason) in &r.rejected {
+        for (member, reason) in r.rejected.iter() {
             notes.push(format!("rejected {member}: {reason}"));
+        }
+        if r.rejected.more > 0 {
+            notes.push(format!("{} more rejected", r.rejected.more));
         }
         let foreign: Vec<&str> = r
             .in_aws
@@ -526,13 +659,14 @@ mod tests {
                 })
                 .collect(),
             ttl: None,
+            members_more: 0,
             last_sync: LastSync {
                 at: 100,
                 ok: true,
                 cause: "etcd event".into(),
                 error: None,
             },
-            rejected: BTreeMap::new(),
+            rejected: Rejections::default(),
         }
     }
 
@@ -569,12 +703,76 @@ mod tests {
         ));
     }
 
+    /// AWS's refusal of 300 targets names all of them in one message: the record keeps that
+    /// message once, cut, lists 100 members and counts the rest.
+    #[test]
+    fn refusals_are_kept_once_per_reason_cut_and_capped() {
+        let targets: Vec<String> = (0..300).map(|n| format!("i-{n:017x}:80")).collect();
+        let message = format!(
+            "InvalidTarget: The following targets are not in a running state and cannot be \
+             registered: {}",
+            targets
+                .iter()
+                .map(|t| format!("'{t}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let all: BTreeMap<String, String> = targets
+            .iter()
+            .map(|t| (t.clone(), message.clone()))
+            .collect();
+        let r = Rejections::of(&all);
+        assert_eq!(r.reasons.len(), 1);
+        assert_eq!(r.reasons[0].chars().count(), REASON_CHARS + 1);
+        assert_eq!(r.members.len(), REJECTED_LISTED);
+        assert_eq!(r.more, 200);
+        assert_eq!(r.len(), 300);
+        assert!(serde_json::to_string(&r).unwrap().len() < 5_000);
+        // Many distinct reasons: the first ones are kept, the rest share the last.
+        let varied: BTreeMap<String, String> = (0..50)
+            .map(|n| (format!("i-{n:08x}"), format!("reason {n}")))
+            .collect();
+        let r = Rejections::of(&varied);
+        assert_eq!(r.reasons.len(), REASONS_KEPT);
+        assert!(r.members.values().all(|&i| i < REASONS_KEPT));
+    }
+
+    /// The largest status the bounds allow fits [`STATUS_MAX_BYTES`], far below etcd's request
+    /// limit (1.5 MiB); `minimal` is small whatever the status held.
+    #[test]
+    fn the_largest_status_fits_its_bound() {
+        let mut s = status(10, &[]);
+        s.members = (0..5_000)
+            .map(|n| MemberState {
+                member: format!("[2001:db8:ffff:ffff:ffff:ffff:ffff:{n:x}]:65535"),
+                state: Some("unhealthy.FailedHealthChecks".into()),
+                foreign: true,
+            })
+            .collect();
+        s.last_sync.error = Some("x".repeat(100_000));
+        s.last_sync.cause = "resync (drift)".into();
+        let long = "r".repeat(10_000);
+        s.rejected = Rejections::of(
+            &(0..5_000)
+                .map(|n| (format!("i-{n:017x}:65535"), format!("{long}{n}")))
+                .collect(),
+        );
+        let (s, cut_any) = s.bounded();
+        assert!(cut_any);
+        assert_eq!(s.members.len(), MEMBERS_LISTED);
+        assert_eq!(s.members_more, 5_000 - MEMBERS_LISTED);
+        let bytes = serde_json::to_string(&s).unwrap().len();
+        assert!(bytes <= STATUS_MAX_BYTES, "{bytes}");
+        let small = serde_json::to_string(&s.minimal()).unwrap().len();
+        assert!(small < 1_000, "{small}");
+    }
+
     #[test]
     fn a_rejected_member_fails_the_add_with_aws_reason() {
         let mut s = status(10, &[]);
         // As AWS names it: with the group's port.
-        s.rejected
-            .insert("i-0abc1234:80".into(), "InvalidTarget: not running".into());
+        s.rejected =
+            Rejections::of(&[("i-0abc1234:80".into(), "InvalidTarget: not running".into())].into());
         let v = judge(
             &tg(),
             &target("i-0abc1234"),

@@ -161,6 +161,92 @@ async fn a_rejected_target_does_not_freeze_its_target_group() {
     daemon.stop();
 }
 
+/// 300 keys of instances AWS refuses, in one target group: AWS's `InvalidTarget` names all 300
+/// in one message. lbmanager's records stay within their documented bound (the status keeps the
+/// message once, cut, and lists 100 of the refused), etcd refuses no write, the warnings are
+/// bounded too, and another target group is unaffected.
+#[tokio::test]
+async fn three_hundred_refused_targets_make_no_record_etcd_refuses() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let proxy = FaultProxy::aws_rules(moto.port);
+    let dead: Vec<String> = (0..300)
+        .map(|n| format!("i-{:017x}", 0xdead0000u64 + n))
+        .collect();
+    proxy.set_invalid(&dead.iter().map(String::as_str).collect::<Vec<_>>());
+    let vpc = moto.default_vpc();
+    let flood = aws
+        .create_target_group("floodTG", "instance", 80, &vpc)
+        .await;
+    let calm = aws
+        .create_target_group("calmTG", "instance", 80, &vpc)
+        .await;
+    etcd.put(&tg_key("floodTG", GOOD1)).await;
+    etcd.put(&tg_key("calmTG", GOOD1)).await;
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &[]);
+    daemon.wait_log("initial sync complete").await;
+    etcd.put_many(dead.iter().map(|id| tg_key("floodTG", id)))
+        .await;
+    etcd.put(&tg_key("floodTG", GOOD2)).await;
+    let t = |id: &str| format!("{id}:80");
+    eventually("floodTG has every target AWS accepts", DEADLINE, || async {
+        aws.targets(&flood).await == vec![t(GOOD1), t(GOOD2)]
+    })
+    .await;
+    let status_key = "/lbmanager-state/lbManager/status/elbv2/us-east-1/floodTG";
+    let status = || async {
+        let mut client = etcd.client().await;
+        let resp = client.get(status_key, None).await.unwrap();
+        resp.kvs()
+            .first()
+            .map(|kv| serde_json::from_slice::<serde_json::Value>(kv.value()).unwrap())
+    };
+    eventually("the status lists the refusals", DEADLINE, || async {
+        status().await.is_some_and(|s| {
+            s["rejected"]["members"].as_object().map(|m| m.len()) == Some(100)
+                && s["rejected"]["more"] == 200
+        })
+    })
+    .await;
+    let s = status().await.unwrap();
+    assert_eq!(s["rejected"]["reasons"].as_array().unwrap().len(), 1, "{s}");
+    // Another target group goes on as before.
+    etcd.put(&tg_key("calmTG", GOOD3)).await;
+    eventually("calmTG converged", DEADLINE, || async {
+        aws.targets(&calm).await == vec![t(GOOD1), t(GOOD3)]
+    })
+    .await;
+    // Every record is within the README's bound.
+    let mut client = etcd.client().await;
+    let records = client
+        .get(
+            "/lbmanager-state/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    for kv in records.kvs() {
+        assert!(
+            kv.value().len() <= 192 * 1024,
+            "{} is {} bytes",
+            kv.key_str().unwrap(),
+            kv.value().len()
+        );
+    }
+    assert_eq!(daemon.stop(), Some(0));
+    let log = daemon.log();
+    assert!(
+        !log.contains("request is too large"),
+        "etcd refused a write"
+    );
+    assert!(!log.contains("writing a record failed"), "a write failed");
+    let longest = log.lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a log line of {longest} bytes");
+    let warned = log.matches("AWS rejected a member").count();
+    assert!((100..=101).contains(&warned), "{warned} warnings");
+}
+
 /// One revision that deletes 40,000 keys is one watch response over gRPC's default 4 MiB. It is
 /// delivered (and, were it not, the watch would relist rather than loop), so a later change still
 /// reaches AWS.

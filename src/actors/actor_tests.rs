@@ -737,3 +737,71 @@ async fn a_waiter_found_at_start_up_gets_its_settling_reads() {
     })
     .await;
 }
+
+/// A record etcd refuses for its size is written again cut down to its counts, not retried as
+/// it is; a record whose writes keep failing delays neither the other records nor a new load
+/// balancer's first sync; `lbmanager_records_unwritten` counts it.
+#[actix_rt::test]
+async fn a_record_etcd_refuses_delays_no_other_and_is_not_retried_as_it_is() {
+    use crate::status::LbStatus;
+    let elb = Arc::new(FakeElb::with_lbs(&[
+        ("us-east-1", "big"),
+        ("us-east-1", "other"),
+    ]));
+    let etcd = Arc::new(FakeEtcd::default());
+    *etcd.max_value.lock().unwrap() = Some(600);
+    let status = "/lbmanager-state/lbManager/status/elb/us-east-1/big";
+    let blocked = "/lbmanager-state/lbManager/status/elb/us-east-1/other";
+    etcd.failing.lock().unwrap().insert(blocked.to_string());
+    let members: Vec<String> = (0..40).map(|n| format!("i-{n:08x}")).collect();
+    let keys: Vec<(String, i64)> = members
+        .iter()
+        .map(|m| (format!("/lbManager/elb/us-east-1/big/multiple/{m}"), 1))
+        .chain([(
+            "/lbManager/elb/us-east-1/other/multiple/i-0000000f".to_string(),
+            1,
+        )])
+        .collect();
+    let keys: Vec<(&str, i64)> = keys.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+    let settings = settings();
+    let sup = start_on(
+        etcd.clone(),
+        settings.clone(),
+        elb.clone(),
+        Arc::default(),
+        &keys,
+    );
+    eventually("the smaller status written", || etcd.get(status).is_some()).await;
+    let written: LbStatus = serde_json::from_str(&etcd.get(status).unwrap()).unwrap();
+    assert!(written.members.is_empty() && written.members_more == 40);
+    assert_eq!(written.desired, 40);
+    // The first (whole) record was tried once, not again.
+    let tries = |key: &str| {
+        etcd.puts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k == key)
+            .count()
+    };
+    assert_eq!(tries(status), 2, "{:?}", etcd.puts.lock().unwrap());
+    // The other load balancer synced although its status cannot be written, and a new one
+    // starts (its record written, its members registered) while that write keeps failing.
+    assert_eq!(elb.instances("us-east-1", "other"), ids(&["i-0000000f"]));
+    eventually("the failing record is counted", || {
+        settings.metrics.records_unwritten.get() == 1
+    })
+    .await;
+    elb.create("us-east-1", "late");
+    let late = "/lbManager/elb/us-east-1/late/multiple/i-0000000e";
+    sup.send(put(late, etcd.put_key(late, ""))).await.unwrap();
+    eventually("the new load balancer synced", || {
+        elb.instances("us-east-1", "late") == ids(&["i-0000000e"])
+    })
+    .await;
+    eventually("the failing write is retried", || tries(blocked) >= 2).await;
+    assert!(settings
+        .metrics
+        .encode()
+        .contains("limit_exceeded_total{limit=\"record_refused\"} 1"));
+}

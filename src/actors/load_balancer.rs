@@ -473,6 +473,7 @@ impl LoadBalancer {
             in_step: error.is_none() && latest.map(|d| d.generation) == Some(generation),
             desired: latest.map_or(0, |d| d.members.len()),
             members,
+            members_more: 0,
             ttl,
             last_sync: LastSync {
                 at: status::now(),
@@ -480,8 +481,14 @@ impl LoadBalancer {
                 cause: in_flight.cause.to_string(),
                 error: error.map(|e| e.to_string()),
             },
-            rejected: self.rejected.clone(),
+            rejected: status::Rejections::of(&self.rejected),
         };
+        let (status, cut) = status.bounded();
+        if cut {
+            self.settings
+                .metrics
+                .limit(crate::metrics::Limit::RecordSize);
+        }
         self.publish(status)
     }
 

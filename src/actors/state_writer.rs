@@ -5,21 +5,29 @@
 //!
 //! The record is what lets a start-up empty a load balancer whose keys were all deleted while
 //! lbmanager was stopped: without it, such a load balancer would look like one lbmanager never
-//! touched. Writes go through this actor's mailbox one at a time, in the Supervisor's order, and a
-//! failed write is retried (with backoff) before the next one, so a record and its removal can
-//! never pass each other.
+//! touched. Writes go out one at a time, each key's in the Supervisor's order (only a key's
+//! latest value is kept, so a record and its removal can never pass each other). A failed write
+//! is retried with backoff while the other keys' writes go on: one record etcd will not take
+//! delays no other, nor a load balancer's first sync (which waits only for its own record,
+//! [`Landed`]). A record etcd refuses for its size is not retried as it is: a status is written
+//! again cut down to its counts ([`LbStatus::minimal`]), with a warning and
+//! `lbmanager_limit_exceeded_total{limit="record_refused"}`; `lbmanager_records_unwritten` counts
+//! the records not current.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use slog::{debug, warn, Logger};
+use slog::{debug, error, warn, Logger};
+use tokio::sync::oneshot;
 
 use super::{backoff, Settings};
 use crate::desired::Revision;
 use crate::etcd::{EtcdError, EtcdWrites};
 use crate::key::{heartbeat_key, managed_key, status_key, LbId};
-use crate::status::{Heartbeat, LbStatus};
+use crate::metrics::Limit;
+use crate::status::{Heartbeat, LbStatus, STATUS_MAX_BYTES};
 
 /// Record that lbmanager manages a load balancer, or remove that record.
 #[derive(Message, Debug)]
@@ -43,6 +51,85 @@ pub struct StateWriter {
     etcd: Arc<dyn EtcdWrites>,
     settings: Arc<Settings>,
     log: Logger,
+    /// The latest value to write at each key (`None`: delete it), in the order keys were first
+    /// queued; a key written again before its write went out is written once, with its latest.
+    queue: Queue,
+    /// A write is out (one at a time).
+    busy: bool,
+    /// Who waits for a key's write to land ([`Landed`]).
+    landed: Vec<(String, oneshot::Sender<()>)>,
+    /// Who waits for every write sent so far to have landed or failed ([`Flush`]).
+    flushed: Vec<oneshot::Sender<()>>,
+}
+
+/// A write waiting its turn.
+struct Pending {
+    value: Option<String>,
+    /// What to write instead should etcd refuse `value` for its size (a status cut down to its
+    /// counts, see [`LbStatus::minimal`]); none: nothing smaller means the same.
+    smaller: Option<String>,
+    /// Failed attempts so far.
+    failures: u32,
+    /// Not to be tried again before this (after a failure).
+    not_before: Option<Instant>,
+}
+
+#[derive(Default)]
+struct Queue {
+    order: VecDeque<String>,
+    pending: HashMap<String, Pending>,
+}
+
+impl Queue {
+    fn push(&mut self, key: String, value: Option<String>, smaller: Option<String>) {
+        match self.pending.get_mut(&key) {
+            // A newer value replaces one not written yet; a failing key is tried again at once.
+            Some(p) => {
+                p.value = value;
+                p.smaller = smaller;
+                p.not_before = None;
+            }
+            None => {
+                self.order.push_back(key.clone());
+                self.pending.insert(
+                    key,
+                    Pending {
+                        value,
+                        smaller,
+                        failures: 0,
+                        not_before: None,
+                    },
+                );
+            }
+        }
+    }
+
+    /// The first key due now, taken out of the order (it goes back if its write fails), or when
+    /// the next one is due.
+    fn next_due(&mut self, now: Instant) -> Result<String, Option<Instant>> {
+        let due = self
+            .order
+            .iter()
+            .position(|k| self.pending[k].not_before.is_none_or(|t| t <= now));
+        match due {
+            Some(i) => Ok(self.order.remove(i).expect("position found")),
+            None => Err(self
+                .order
+                .iter()
+                .filter_map(|k| self.pending[k].not_before)
+                .min()),
+        }
+    }
+
+    /// Keys whose write has failed and is not done yet.
+    fn failing(&self) -> usize {
+        self.pending.values().filter(|p| p.failures > 0).count()
+    }
+
+    /// Every key has been tried at least once since it was queued (for [`Flush`]).
+    fn all_tried(&self) -> bool {
+        self.pending.values().all(|p| p.failures > 0)
+    }
 }
 
 impl StateWriter {
@@ -51,6 +138,10 @@ impl StateWriter {
             etcd,
             settings,
             log: log.new(slog::o!("actor" => "state-writer")),
+            queue: Queue::default(),
+            busy: false,
+            landed: Vec::new(),
+            flushed: Vec::new(),
         }
     }
 }
@@ -69,21 +160,51 @@ impl Handler<DeleteKeys> for StateWriter {
 
     fn handle(&mut self, DeleteKeys(keys): DeleteKeys, ctx: &mut Self::Context) {
         for key in keys {
-            self.write(key, None, ctx);
+            self.write(key, None, None, ctx);
         }
     }
 }
 
-/// Answered once every write sent before it has landed (writes go one at a time, holding the
-/// mailbox): the Supervisor's way to know a record is durable, and the shutdown's way to drain.
+/// Answered once every write sent before it has landed or failed at least once: the shutdown's
+/// way to drain without waiting forever on a record etcd refuses.
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct Flush;
 
 impl Handler<Flush> for StateWriter {
-    type Result = ();
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Flush, _: &mut Self::Context) {}
+    fn handle(&mut self, _: Flush, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        self.flushed.push(tx);
+        self.answer();
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+/// Answered once nothing is left to write at this key: the Supervisor's way to know that a load
+/// balancer's record is durable before its first change in AWS. Only that key's write is waited
+/// for: another record that cannot be written delays nothing else.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Landed(pub String);
+
+impl Handler<Landed> for StateWriter {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, Landed(key): Landed, _: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if self.queue.pending.contains_key(&key) {
+            self.landed.push((key, tx));
+        } else {
+            let _ = tx.send(());
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
 }
 
 impl Handler<ManagedRecord> for StateWriter {
@@ -97,7 +218,7 @@ impl Handler<ManagedRecord> for StateWriter {
             ),
             ManagedRecord::Delete(lb) => (managed_key(&self.settings.prefix, &lb), None),
         };
-        self.write(key, value, ctx);
+        self.write(key, value, None, ctx);
     }
 }
 
@@ -106,8 +227,10 @@ impl Handler<PublishStatus> for StateWriter {
 
     fn handle(&mut self, PublishStatus(lb, status): PublishStatus, ctx: &mut Self::Context) {
         let key = status_key(&self.settings.prefix, &lb);
-        let value = status.map(|s| serde_json::to_string(&*s).unwrap_or_default());
-        self.write(key, value, ctx);
+        let json = |s: &LbStatus| serde_json::to_string(s).unwrap_or_default();
+        let value = status.as_deref().map(json);
+        let smaller = status.as_deref().map(|s| json(&s.minimal()));
+        self.write(key, value, smaller, ctx);
     }
 }
 
@@ -121,7 +244,7 @@ impl Handler<Beat> for StateWriter {
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let value = serde_json::to_string(&beat).unwrap_or_default();
-        self.write(heartbeat_key(&self.settings.prefix), Some(value), ctx);
+        self.write(heartbeat_key(&self.settings.prefix), Some(value), None, ctx);
     }
 }
 
@@ -148,41 +271,143 @@ impl Handler<DeleteSuperseded> for StateWriter {
     }
 }
 
+/// Whether etcd refused a write for its size (`--max-request-bytes`, 1.5 MiB by default): the
+/// same write would be refused again, so it is not retried as it is.
+fn too_large(e: &EtcdError) -> bool {
+    e.to_string().contains("request is too large")
+}
+
 impl StateWriter {
-    /// Puts `value` at `key` (`None`: deletes it), retrying until it lands.
-    fn write(&mut self, key: String, value: Option<String>, ctx: &mut Context<Self>) {
+    /// Queues `value` for `key` (`None`: delete it); `smaller` is what to write instead should
+    /// etcd refuse `value` for its size.
+    fn write(
+        &mut self,
+        key: String,
+        value: Option<String>,
+        smaller: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        // A record past its bound is not even tried (etcd's own limit may be lower still).
+        let (value, smaller) = match (value, smaller) {
+            (Some(v), Some(s)) if v.len() > STATUS_MAX_BYTES => {
+                self.settings.metrics.limit(Limit::RecordSize);
+                warn!(self.log, "a record is past its bound; writing a smaller one";
+                    "key" => &key, "bytes" => v.len(), "bound" => STATUS_MAX_BYTES);
+                (Some(s), None)
+            }
+            other => other,
+        };
+        self.queue.push(key, value, smaller);
+        self.pump(ctx);
+    }
+
+    /// Sends the next due write, if none is out. One write at a time keeps etcd's load small and
+    /// the order of a key's writes; a failing key waits out its backoff behind the others.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            return;
+        }
+        let key = match self.queue.next_due(Instant::now()) {
+            Ok(key) => key,
+            Err(next) => {
+                if let Some(at) = next {
+                    ctx.run_later(at.saturating_duration_since(Instant::now()), |act, ctx| {
+                        act.pump(ctx)
+                    });
+                }
+                return;
+            }
+        };
+        let value = self.queue.pending[&key].value.clone();
+        self.busy = true;
         let etcd = self.etcd.clone();
-        let log = self.log.clone();
-        // `wait` holds the mailbox until this write has landed: the next one waits its turn.
-        ctx.wait(
-            async move {
-                let mut attempt = 0;
-                let record = value.is_some();
-                loop {
-                    let res = match &value {
-                        Some(v) => etcd.put(&key, v).await,
-                        None => etcd.delete(&key).await,
-                    };
-                    match res {
-                        Ok(()) => {
-                            debug!(log, "record updated"; "key" => &key, "present" => record);
-                            return;
-                        }
-                        Err(e) => {
-                            let delay = backoff(
-                                attempt,
-                                Duration::from_millis(200),
-                                Duration::from_secs(10),
-                            );
-                            attempt += 1;
-                            warn!(log, "writing a record failed, will retry";
-                                "key" => &key, "error" => %e, "retry_in" => ?delay);
-                            tokio::time::sleep(delay).await;
-                        }
+        let write = async move {
+            let res = match &value {
+                Some(v) => etcd.put(&key, v).await,
+                None => etcd.delete(&key).await,
+            };
+            (key, value, res)
+        };
+        ctx.spawn(write.into_actor(self).map(|(key, value, res), act, ctx| {
+            act.busy = false;
+            act.done(key, value, res);
+            act.settings
+                .metrics
+                .records_unwritten
+                .set(act.queue.failing() as i64);
+            act.answer();
+            act.pump(ctx);
+        }));
+    }
+
+    /// A write of `key` ended.
+    fn done(&mut self, key: String, value: Option<String>, res: Result<(), EtcdError>) {
+        let Some(p) = self.queue.pending.get_mut(&key) else {
+            return;
+        };
+        let newer = p.value != value;
+        match res {
+            Ok(()) if newer => {
+                // A newer value came in meanwhile: it goes next.
+                p.failures = 0;
+                self.queue.order.push_front(key);
+            }
+            Ok(()) => {
+                debug!(self.log, "record updated"; "key" => &key, "present" => value.is_some());
+                self.queue.pending.remove(&key);
+            }
+            Err(e) if too_large(&e) && !newer => {
+                self.settings.metrics.limit(Limit::RecordRefused);
+                match p.smaller.take() {
+                    Some(smaller) => {
+                        warn!(self.log, "etcd refused a record for its size; writing a smaller \
+                            one (counts only)";
+                            "key" => &key, "bytes" => value.as_ref().map_or(0, String::len),
+                            "error" => %e);
+                        p.value = Some(smaller);
+                        self.queue.order.push_front(key);
+                    }
+                    None => {
+                        error!(self.log, "etcd refused a record for its size, and there is \
+                            none smaller; it is not written (raise etcd's --max-request-bytes)";
+                            "key" => &key, "bytes" => value.as_ref().map_or(0, String::len),
+                            "error" => %e);
+                        self.queue.pending.remove(&key);
                     }
                 }
             }
-            .into_actor(self),
-        );
+            Err(e) => {
+                let delay = backoff(
+                    p.failures,
+                    Duration::from_millis(200),
+                    Duration::from_secs(10),
+                );
+                p.failures += 1;
+                if !newer {
+                    p.not_before = Some(Instant::now() + delay);
+                }
+                warn!(self.log, "writing a record failed, will retry (other records go on)";
+                    "key" => &key, "error" => %e, "retry_in" => ?delay,
+                    "attempt" => p.failures);
+                self.queue.order.push_back(key);
+            }
+        }
+    }
+
+    /// Answers whoever waits on what has landed.
+    fn answer(&mut self) {
+        let pending = &self.queue.pending;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.landed)
+            .into_iter()
+            .partition(|(k, _)| !pending.contains_key(k));
+        self.landed = waiting;
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
+        if !self.busy && self.queue.all_tried() {
+            for tx in self.flushed.drain(..) {
+                let _ = tx.send(());
+            }
+        }
     }
 }

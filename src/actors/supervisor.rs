@@ -20,7 +20,7 @@ use super::load_balancer::{
     Backend, Desire, Drain, LoadBalancer, Retire, SetZone, Synced, Watched,
 };
 use super::state_writer::{
-    Beat, DeleteKeys, DeleteSuperseded, Flush, ManagedRecord, PublishStatus, StateWriter,
+    Beat, DeleteKeys, DeleteSuperseded, Flush, Landed, ManagedRecord, PublishStatus, StateWriter,
 };
 use super::{Cause, Settings};
 use crate::aws::Backends;
@@ -402,17 +402,23 @@ impl Supervisor {
         };
         self.awaiting_record.insert(lb.clone());
         let lb = lb.clone();
-        ctx.spawn(state.send(Flush).into_actor(self).map(move |_, act, _| {
-            act.awaiting_record.remove(&lb);
-            if let Some(child) = act.lbs.get(&lb) {
-                child.addr.do_send(Desire {
-                    members: child.members.clone(),
-                    generation: child.generation,
-                    revision: child.revision,
-                    cause: child.cause,
-                });
-            }
-        }));
+        let key = crate::key::managed_key(&self.settings.prefix, &lb);
+        ctx.spawn(
+            state
+                .send(Landed(key))
+                .into_actor(self)
+                .map(move |_, act, _| {
+                    act.awaiting_record.remove(&lb);
+                    if let Some(child) = act.lbs.get(&lb) {
+                        child.addr.do_send(Desire {
+                            members: child.members.clone(),
+                            generation: child.generation,
+                            revision: child.revision,
+                            cause: child.cause,
+                        });
+                    }
+                }),
+        );
     }
 
     fn spawn_lb(&mut self, lb: &LbId, ctx: &mut Context<Self>) -> Addr<LoadBalancer> {
@@ -817,14 +823,23 @@ impl Supervisor {
             .get(lb)
             .map(|m| m.rejected.clone())
             .unwrap_or_default();
-        for (member, reason) in rejected.iter() {
-            if before.get(member) != Some(reason) {
-                warn!(self.log, "AWS rejected a member; the others are in step, and it is \
-                    tried again at each resync until its key is deleted";
-                    "lb" => lb.to_string(), "member" => member,
-                    "key" => self.desired.key_of(lb, member).unwrap_or_else(|| "-".into()),
-                    "reason" => reason);
-            }
+        // One line per new refusal, up to a bound: AWS names every refused target in each
+        // one's reason, so the lines (cut) and their number are kept small.
+        let fresh: Vec<(&String, &String)> = rejected
+            .iter()
+            .filter(|(member, reason)| before.get(*member) != Some(*reason))
+            .collect();
+        for (member, reason) in fresh.iter().take(crate::status::REJECTED_LISTED) {
+            warn!(self.log, "AWS rejected a member; the others are in step, and it is \
+                tried again at each resync until its key is deleted";
+                "lb" => lb.to_string(), "member" => member,
+                "key" => self.desired.key_of(lb, member).unwrap_or_else(|| "-".into()),
+                "reason" => crate::status::cut(reason));
+        }
+        if fresh.len() > crate::status::REJECTED_LISTED {
+            warn!(self.log, "AWS rejected more members than are named one by one";
+                "lb" => lb.to_string(),
+                "not_named" => fresh.len() - crate::status::REJECTED_LISTED);
         }
         for member in before.keys().filter(|m| !rejected.contains_key(*m)) {
             info!(self.log, "member no longer rejected"; "lb" => lb.to_string(), "member" => member);
