@@ -15,6 +15,7 @@ use crate::actors::{backoff, Settings};
 use crate::aws::{self, Backends, ClientOptions, Quotas};
 use crate::cli::{EtcdArgs, PlanArgs, PlanOutput, RunArgs};
 use crate::etcd::{self, EtcdOptions, Snapshot};
+use crate::fence::Fence;
 use crate::filter::Filters;
 
 /// `lbmanager run`: reach etcd (and, with `--ha`, the leadership), build the AWS backends, start the
@@ -35,7 +36,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     };
     let leadership = if args.ha {
         tokio::select! {
-            led = crate::ha::lead(&etcd_opts, &args.etcd.prefix, args.ha_lease_ttl, &log) => match led {
+            led = crate::ha::lead(&etcd_opts, &args.etcd.prefix, args.ha_lease_ttl, args.aws_timeout, &log) => match led {
                 Ok(l) => Some(l),
                 Err(e) => {
                     error!(log, "cannot take part in the leader election"; "error" => %e);
@@ -90,7 +91,10 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         info!(log, "dry run: nothing will be changed in AWS or etcd");
     }
     let (once_tx, once_rx) = tokio::sync::oneshot::channel();
-    let backends = backends(&sdk, &args, Some(metrics.clone()), &log).await;
+    let fence = leadership
+        .as_ref()
+        .map_or_else(Fence::open, |l| l.fence.clone());
+    let backends = backends(&sdk, &args, &fence, Some(metrics.clone()), &log).await;
     let filters = settings.filters.clone();
     let recorded = records.managed.into_iter().filter(|lb| filters.allows(lb));
     let mut obsolete = records.obsolete;
@@ -220,7 +224,7 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         &loaded.desired,
         &recorded,
         &records.rejected,
-        &backends(&sdk, run, None, &log).await,
+        &backends(&sdk, run, &Fence::open(), None, &log).await,
         run.route53_ttl,
         run.policy.into(),
         (crate::ownership::Ownership::from(run.ownership) == crate::ownership::Ownership::Shared)
@@ -356,10 +360,11 @@ async fn wait_for_stop(log: &Logger, alive: impl Fn() -> bool, stop: StopSignal)
 async fn backends(
     sdk: &aws_config::SdkConfig,
     args: &RunArgs,
+    fence: &Fence,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     log: &Logger,
 ) -> Backends {
-    let default = Backends::sdk(sdk, &quotas(args), metrics.clone());
+    let default = Backends::sdk(sdk, &quotas(args), fence, metrics.clone());
     if args.assume_role.is_empty() {
         return default;
     }
@@ -368,9 +373,16 @@ async fn backends(
             "scope" => %rule.scope, "role" => &rule.role_arn,
             "external_id" => rule.external_id.is_some());
     }
-    aws::roles::Routed::assume(sdk, default, &args.assume_role, &quotas(args), metrics)
-        .await
-        .backends()
+    aws::roles::Routed::assume(
+        sdk,
+        default,
+        &args.assume_role,
+        &quotas(args),
+        fence,
+        metrics,
+    )
+    .await
+    .backends()
 }
 
 /// The share of AWS's quotas the flags allow.

@@ -12,13 +12,13 @@
 //! etcd write it makes compares that key. So two instances never act at once. A new leader
 //! starts like any lbmanager: a full read and a full sync first.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::Client;
 use slog::{error, info, warn, Logger};
 
 use crate::etcd::{self, EtcdError, EtcdOptions};
+use crate::fence::{boottime, Fence};
 
 /// The election's key prefix under lbmanager's prefix (reserved: not a member key).
 pub fn election_key(prefix: &str) -> String {
@@ -32,6 +32,8 @@ pub struct Leadership {
     /// The leader's own key in the election, and its create revision: etcd writes compare on it,
     /// as etcd's election recipe does, so a leader that lost its key can write nothing.
     pub key: (String, i64),
+    /// What every change to AWS passes (see [`crate::fence`]).
+    pub fence: Fence,
 }
 
 impl Leadership {
@@ -47,11 +49,13 @@ fn lease_error(source: etcd_client::Error) -> EtcdError {
     }
 }
 
-/// Takes a lease, keeps it alive, and waits until this instance is the leader.
+/// Takes a lease, keeps it alive, and waits until this instance is the leader. `call_limit`
+/// bounds a change to AWS (with a quarter of `ttl`, see [`Fence`]).
 pub async fn lead(
     opts: &EtcdOptions,
     prefix: &str,
     ttl: Duration,
+    call_limit: Duration,
     log: &Logger,
 ) -> Result<Leadership, EtcdError> {
     let mut client = etcd::connect(opts).await?;
@@ -62,9 +66,9 @@ pub async fn lead(
         .map_err(lease_error)?
         .id();
     let ttl = Duration::from_secs(ttl_secs as u64);
-    let confirmed = Arc::new(Mutex::new(Instant::now()));
-    keep_alive(client.clone(), lease, ttl, confirmed.clone(), log.clone());
-    fence(client.clone(), lease, ttl, confirmed, log.clone());
+    let fence = Fence::lease(ttl, call_limit);
+    keep_alive(client.clone(), lease, ttl, fence.clone(), log.clone());
+    stop_when_fenced(client.clone(), lease, ttl, fence.clone(), log.clone());
     let name = election_key(prefix);
     let me = format!("pid {} lease {lease:x}", std::process::id());
     info!(log, "campaigning for leadership (standby until elected)"; "election" => &name, "lease_ttl_s" => ttl_secs);
@@ -106,21 +110,26 @@ pub async fn lead(
             campaigning again"; "key" => &key.0);
     };
     info!(log, "elected leader"; "election" => &name, "key" => &key.0);
-    watch_own_key(client.clone(), key.clone(), lease, log.clone());
-    Ok(Leadership { client, lease, key })
+    watch_own_key(
+        client.clone(),
+        key.clone(),
+        lease,
+        fence.clone(),
+        log.clone(),
+    );
+    Ok(Leadership {
+        client,
+        lease,
+        key,
+        fence,
+    })
 }
 
 /// Keeps the lease alive: a keep-alive every TTL/6, and a new keep-alive stream (after a short
 /// backoff) whenever one breaks, as it does when the etcd member restarts or the etcd leader
-/// changes. `confirmed` is when the last acknowledged keep-alive was sent: the lease lives at least
-/// TTL past it.
-fn keep_alive(
-    mut client: Client,
-    lease: i64,
-    ttl: Duration,
-    confirmed: Arc<Mutex<Instant>>,
-    log: Logger,
-) {
+/// changes. Each acknowledged keep-alive confirms the fence from when it was sent: the lease
+/// lives at least TTL past it.
+fn keep_alive(mut client: Client, lease: i64, ttl: Duration, fence: Fence, log: Logger) {
     let every = ttl / 6;
     actix_rt::spawn(async move {
         let mut attempt = 0;
@@ -137,7 +146,7 @@ fn keep_alive(
                 }
             };
             loop {
-                let sent = Instant::now();
+                let sent = boottime();
                 let answered = match keeper.keep_alive().await {
                     Ok(()) => tokio::time::timeout(every, stream.message()).await,
                     Err(_) => break,
@@ -145,7 +154,7 @@ fn keep_alive(
                 match answered {
                     Ok(Ok(Some(resp))) if resp.ttl() > 0 => {
                         attempt = 0;
-                        *confirmed.lock().unwrap_or_else(|e| e.into_inner()) = sent;
+                        fence.confirm(sent);
                     }
                     Ok(Ok(Some(_))) => {
                         // TTL 0: the lease is gone; the fence will stop this process.
@@ -153,30 +162,29 @@ fn keep_alive(
                     // The stream broke or went quiet: open a new one.
                     Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
                 }
-                tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
+                tokio::time::sleep(every.saturating_sub(boottime().saturating_sub(sent))).await;
             }
         }
     });
 }
 
 /// Stops the process before its lease can expire: when the lease has gone unconfirmed for two
-/// thirds of its TTL (the lease lives at least a full TTL past its last confirmation, so the
-/// third left is the margin for the stop itself). etcd leader elections (1–3 s) and member
-/// restarts fit well within that at the default TTL. On the way out it revokes the lease where
-/// etcd still answers, so a standby takes over at once.
-fn fence(client: Client, lease: i64, ttl: Duration, confirmed: Arc<Mutex<Instant>>, log: Logger) {
+/// thirds of its TTL, or as soon as a change was refused by the fence (which lets changes through
+/// only within half the TTL, see [`crate::fence`]). The fence is shut first, so that nothing more
+/// is sent while the process stops; then it revokes the lease where etcd still answers, so a
+/// standby takes over at once. etcd leader elections (1–3 s) and member restarts fit well within
+/// half the TTL at the default.
+fn stop_when_fenced(client: Client, lease: i64, ttl: Duration, fence: Fence, log: Logger) {
     let limit = ttl * 2 / 3;
     actix_rt::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
-            let since = confirmed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .elapsed();
-            if since > limit {
+            let since = fence.since_confirmed();
+            if since > limit || fence.is_tripped() {
+                fence.trip();
                 error!(log, "the leadership lease was not confirmed in time; stopping \
-                    before another instance can take over";
+                    before another instance can take over (no change is sent any more)";
                     "unconfirmed_for" => ?since, "lease_ttl_s" => ttl.as_secs());
                 let mut client = client.clone();
                 let revoke = client.lease_revoke(lease);
@@ -191,7 +199,7 @@ fn fence(client: Client, lease: i64, ttl: Duration, confirmed: Arc<Mutex<Instant
 /// standby's campaign then returns), this process stops at once, before it can make another call,
 /// so two instances never act together. The watch starts at the key's creation, so a delete that
 /// came before the watch is seen too.
-fn watch_own_key(mut client: Client, key: (String, i64), lease: i64, log: Logger) {
+fn watch_own_key(mut client: Client, key: (String, i64), lease: i64, fence: Fence, log: Logger) {
     actix_rt::spawn(async move {
         let options = etcd_client::WatchOptions::new().with_start_revision(key.1);
         let mut attempt = 0;
@@ -219,6 +227,7 @@ fn watch_own_key(mut client: Client, key: (String, i64), lease: i64, log: Logger
                 Err(_) => false,
             };
             if lost {
+                fence.trip();
                 error!(log, "this instance's leadership key was deleted (a purge of the prefix?); \
                     stopping at once, another instance may be leading";
                     "key" => &key.0);

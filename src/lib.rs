@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod desired;
 pub mod escape;
 pub mod etcd;
+pub mod fence;
 pub mod filter;
 pub mod ha;
 pub mod http;

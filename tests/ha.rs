@@ -189,3 +189,71 @@ async fn the_leader_survives_etcd_leader_elections() {
         "changes by the leader {ma}, by the standby {mb}"
     );
 }
+
+/// A leader paused (SIGSTOP: a frozen VM, a live migration) while its etcd path is stalled too:
+/// the standby is elected and applies two changes. When the old leader resumes, its overdue
+/// resync must not undo them: it sends no change at all (counted by a proxy of its own in front of
+/// moto), and stops.
+#[tokio::test]
+async fn a_paused_leader_sends_no_change_after_it_resumes() {
+    const I3: &str = "i-0aaaaaaaaaaaaaaa3";
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    etcd.put(&key(I1)).await;
+    etcd.put(&key(I2)).await;
+    let ha = ["--ha", "--ha-lease-ttl", "4s", "--resync-interval", "2s"];
+    let relay = TcpCut::start(etcd.port());
+    let (to_aws_a, to_aws_b) = (
+        proxy::FaultProxy::start(moto.port, 0, 1),
+        proxy::FaultProxy::start(moto.port, 0, 2),
+    );
+    let mut a = Daemon::unstarted();
+    a.spawn(&relay.url, &to_aws_a.url, &ha);
+    a.wait_log("initial sync complete").await;
+    let mut b = Daemon::unstarted();
+    b.spawn(&etcd.url, &to_aws_b.url, &ha);
+    b.wait_log("campaigning for leadership").await;
+    eventually("the leader converged", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
+    })
+    .await;
+
+    relay.stall();
+    a.signal("STOP");
+    let paused = Instant::now();
+    b.wait_log("elected leader").await;
+    b.wait_log("initial sync complete").await;
+    etcd.del(&key(I1)).await;
+    etcd.put(&key(I3)).await;
+    eventually("the new leader applied both changes", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I3, I2])
+    })
+    .await;
+    // Past two of the old leader's resync intervals: its resync is overdue when it resumes.
+    eventually("the old leader's resync is overdue", DEADLINE, || async {
+        paused.elapsed() > Duration::from_secs(4)
+    })
+    .await;
+    let sent_before = to_aws_a.mutating.load(std::sync::atomic::Ordering::SeqCst);
+    // It resumes with its etcd path still stalled (the revoke of its lease hangs), its AWS path
+    // open.
+    a.signal("CONT");
+    assert_eq!(a.exit_code(DEADLINE).await, Some(1), "the old leader stops");
+    relay.resume();
+    let sent_after = to_aws_a.mutating.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        sent_after,
+        sent_before,
+        "the old leader sent changes after it resumed:\n{}",
+        a.log()
+    );
+    assert_eq!(
+        aws.instances("us-east-1", "webLB").await,
+        strings(&[I3, I2]),
+        "the new leader's changes stand"
+    );
+    assert!(a
+        .log()
+        .contains("the leadership lease was not confirmed in time"));
+}

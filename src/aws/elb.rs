@@ -9,17 +9,40 @@ use aws_sdk_elasticloadbalancing::Client;
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
+use crate::fence::{Fence, FenceCheck};
 use crate::key::Target;
 use crate::plan::{Health, Registered};
 
 pub struct SdkElb {
     clients: PerRegion<Client>,
+    /// Every Register and Deregister passes it as it is sent.
+    fence: Fence,
+}
+
+/// A change's fence check and timeouts (see [`crate::fence`]).
+fn fenced<O, E, B>(
+    op: aws_sdk_elasticloadbalancing::client::customize::CustomizableOperation<O, E, B>,
+    fence: &Fence,
+) -> aws_sdk_elasticloadbalancing::client::customize::CustomizableOperation<O, E, B> {
+    let op = op.interceptor(FenceCheck(fence.clone()));
+    match fence.timeouts() {
+        Some(t) => op.config_override(
+            aws_sdk_elasticloadbalancing::config::Builder::default().timeout_config(t),
+        ),
+        None => op,
+    }
 }
 
 impl SdkElb {
     /// Takes its quotas from its account's `quotas` (see [`RegionQuotas`]).
     pub fn sharing(mut self, quotas: RegionQuotas) -> Self {
         self.clients = self.clients.sharing(quotas);
+        self
+    }
+
+    /// Sends changes only through `fence`.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = fence;
         self
     }
 
@@ -32,6 +55,7 @@ impl SdkElb {
                     .build();
                 Client::from_conf(conf)
             }),
+            fence: Fence::open(),
         }
     }
 }
@@ -137,6 +161,8 @@ impl ElbApi for SdkElb {
             .register_instances_with_load_balancer()
             .load_balancer_name(name)
             .set_instances(Some(instances(ids)))
+            .customize();
+        let res = fenced(res, &self.fence)
             .send()
             .await
             .map(|_| ())
@@ -164,6 +190,8 @@ impl ElbApi for SdkElb {
             .deregister_instances_from_load_balancer()
             .load_balancer_name(name)
             .set_instances(Some(instances(ids)))
+            .customize();
+        let res = fenced(res, &self.fence)
             .send()
             .await
             .map(|_| ())

@@ -18,6 +18,7 @@ use aws_sdk_elasticloadbalancingv2::Client;
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
+use crate::fence::{Fence, FenceCheck};
 use crate::key::{Target, TargetId};
 use crate::plan::{Health, Registered, TargetKind};
 
@@ -32,6 +33,22 @@ struct Group {
 pub struct SdkElbV2 {
     clients: PerRegion<Client>,
     groups: Mutex<HashMap<(String, String), Group>>,
+    /// Every RegisterTargets and DeregisterTargets passes it as it is sent.
+    fence: Fence,
+}
+
+/// A change's fence check and timeouts (see [`crate::fence`]).
+fn fenced<O, E, B>(
+    op: aws_sdk_elasticloadbalancingv2::client::customize::CustomizableOperation<O, E, B>,
+    fence: &Fence,
+) -> aws_sdk_elasticloadbalancingv2::client::customize::CustomizableOperation<O, E, B> {
+    let op = op.interceptor(FenceCheck(fence.clone()));
+    match fence.timeouts() {
+        Some(t) => op.config_override(
+            aws_sdk_elasticloadbalancingv2::config::Builder::default().timeout_config(t),
+        ),
+        None => op,
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -45,6 +62,12 @@ impl SdkElbV2 {
         self
     }
 
+    /// Sends changes only through `fence`.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
+    }
+
     /// `share`: the part of AWS's quotas to use, per region.
     pub fn new(config: aws_config::SdkConfig, share: f64) -> Self {
         SdkElbV2 {
@@ -55,6 +78,7 @@ impl SdkElbV2 {
                 Client::from_conf(conf)
             }),
             groups: Mutex::new(HashMap::new()),
+            fence: Fence::open(),
         }
     }
 
@@ -131,19 +155,23 @@ impl SdkElbV2 {
         let list = Self::descriptions(targets);
         let client = self.clients.paid(region);
         let res = if register {
-            client
+            let op = client
                 .register_targets()
                 .target_group_arn(&group.arn)
                 .set_targets(Some(list))
+                .customize();
+            fenced(op, &self.fence)
                 .send()
                 .await
                 .map(|_| ())
                 .map_err(|e| classify("RegisterTargets", &target, e))
         } else {
-            client
+            let op = client
                 .deregister_targets()
                 .target_group_arn(&group.arn)
                 .set_targets(Some(list))
+                .customize();
+            fenced(op, &self.fence)
                 .send()
                 .await
                 .map(|_| ())

@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use crate::fence::Fence;
 use crate::key::Target;
 use crate::plan::{RecordChange, RecordSet, Registered};
 
@@ -140,12 +141,14 @@ impl AccountQuotas {
 
 impl Backends {
     /// The SDK clients, each call counted in `metrics` when there are metrics.
+    /// Every change passes `fence` (see [`crate::fence`]).
     pub fn sdk(
         sdk: &aws_config::SdkConfig,
         quotas: &Quotas,
+        fence: &Fence,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
-        Backends::sdk_in(sdk, &AccountQuotas::new(quotas), quotas, metrics)
+        Backends::sdk_in(sdk, &AccountQuotas::new(quotas), quotas, fence, metrics)
     }
 
     /// The SDK clients of credentials of the account whose buckets are `account`.
@@ -153,15 +156,24 @@ impl Backends {
         sdk: &aws_config::SdkConfig,
         account: &AccountQuotas,
         quotas: &Quotas,
+        fence: &Fence,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
-        let elb: Arc<dyn ElbApi> =
-            Arc::new(elb::SdkElb::new(sdk.clone(), quotas.share).sharing(account.elb.clone()));
-        let elbv2: Arc<dyn ElbApi> = Arc::new(
-            elbv2::SdkElbV2::new(sdk.clone(), quotas.share).sharing(account.elbv2.clone()),
+        let elb: Arc<dyn ElbApi> = Arc::new(
+            elb::SdkElb::new(sdk.clone(), quotas.share)
+                .sharing(account.elb.clone())
+                .fenced(fence.clone()),
         );
-        let route53: Arc<dyn Route53Api> =
-            Arc::new(route53::SdkRoute53::new(sdk, quotas).sharing(account.route53.clone()));
+        let elbv2: Arc<dyn ElbApi> = Arc::new(
+            elbv2::SdkElbV2::new(sdk.clone(), quotas.share)
+                .sharing(account.elbv2.clone())
+                .fenced(fence.clone()),
+        );
+        let route53: Arc<dyn Route53Api> = Arc::new(
+            route53::SdkRoute53::new(sdk, quotas)
+                .sharing(account.route53.clone())
+                .fenced(fence.clone()),
+        );
         let Some(metrics) = metrics else {
             return Backends {
                 elb,

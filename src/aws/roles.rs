@@ -150,6 +150,7 @@ impl Routed {
         default: Backends,
         rules: &[RoleRule],
         quotas: &Quotas,
+        fence: &crate::fence::Fence,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Routed {
         let mut by_role: BTreeMap<(String, Option<String>), Backends> = BTreeMap::new();
@@ -178,7 +179,7 @@ impl Routed {
                     .build();
                 by_role.insert(
                     role.clone(),
-                    Backends::sdk_in(&config, &account, quotas, metrics.clone()),
+                    Backends::sdk_in(&config, &account, quotas, fence, metrics.clone()),
                 );
             }
             routed.push((rule.scope.clone(), by_role[&role].clone()));
@@ -365,7 +366,15 @@ mod tests {
             elbv2: Arc::new(FakeElb::default()),
             route53: Arc::new(FakeRoute53::default()),
         };
-        let routed = Routed::assume(&base, default, &rules, &Quotas::default(), None).await;
+        let routed = Routed::assume(
+            &base,
+            default,
+            &rules,
+            &Quotas::default(),
+            &crate::fence::Fence::open(),
+            None,
+        )
+        .await;
         assert_eq!(routed.rules.len(), 3);
         assert_eq!(routed.accounts, 2);
         assert_eq!(

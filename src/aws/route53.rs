@@ -8,12 +8,15 @@ use aws_sdk_route53::Client;
 
 use super::quota::{self, route53::Call, Quota};
 use super::{classify, AwsError, ErrorKind, Quotas, Route53Api};
+use crate::fence::{Fence, FenceCheck};
 use crate::plan::{Action, RecordChange, RecordSet, RecordType};
 
 pub struct SdkRoute53 {
     client: Client,
     /// Route53 throttles per account, every zone and tool of the account together.
     quota: std::sync::Arc<Quota>,
+    /// Every ChangeResourceRecordSets passes it as it is sent.
+    fence: Fence,
 }
 
 impl SdkRoute53 {
@@ -21,7 +24,14 @@ impl SdkRoute53 {
         SdkRoute53 {
             client: Client::new(config),
             quota: std::sync::Arc::new(quota::route53::quota(quotas.share, quotas.route53_changes)),
+            fence: Fence::open(),
         }
+    }
+
+    /// Sends changes only through `fence`.
+    pub fn fenced(mut self, fence: Fence) -> Self {
+        self.fence = fence;
+        self
     }
 
     /// Takes its quota from its account's (shared with the account's other clients).
@@ -200,11 +210,20 @@ impl Route53Api for SdkRoute53 {
             .map_err(|e| rejected(&target, e))?;
         let n = change_tokens(changes);
         quota::route53::take(&self.quota, Call::Change(n)).await;
-        self.client
+        let op = self
+            .client
             .change_resource_record_sets()
             .hosted_zone_id(zone)
             .change_batch(batch)
-            .send()
+            .customize()
+            .interceptor(FenceCheck(self.fence.clone()));
+        let op = match self.fence.timeouts() {
+            Some(t) => {
+                op.config_override(aws_sdk_route53::config::Builder::default().timeout_config(t))
+            }
+            None => op,
+        };
+        op.send()
             .await
             .map_err(|e| classify("ChangeResourceRecordSets", &target, e))
             .inspect_err(|e| self.note(e, Call::Change(n)))?;

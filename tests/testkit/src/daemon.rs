@@ -150,6 +150,16 @@ impl Daemon {
     pub fn kill9(&mut self) {
         kill(&mut self.child);
     }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to the running process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("a running daemon");
+        let ok = Command::new("kill")
+            .args([format!("-{signal}"), pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} {pid}");
+    }
 }
 
 impl Drop for Daemon {

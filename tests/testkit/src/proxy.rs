@@ -357,10 +357,12 @@ pub(crate) fn forward(port: u16, request: &[u8]) -> Option<Vec<u8>> {
     read_message(&mut BufReader::new(upstream))
 }
 
-/// A TCP forwarder that can be cut off.
+/// A TCP forwarder that can be cut off, or stalled (as a relay process under SIGSTOP: its
+/// connections stay open and carry nothing until it resumes).
 pub struct TcpCut {
     pub url: String,
     cut: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -369,11 +371,13 @@ impl TcpCut {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let cut = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (cut2, conns2) = (cut.clone(), conns.clone());
+        let (cut2, conns2, stalled2) = (cut.clone(), conns.clone(), stalled.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                wait_while(&stalled2);
                 if cut2.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
                     continue;
@@ -385,11 +389,29 @@ impl TcpCut {
                 let mut list = conns2.lock().unwrap();
                 list.push(client.try_clone().unwrap());
                 list.push(upstream.try_clone().unwrap());
-                pipe(client.try_clone().unwrap(), upstream.try_clone().unwrap());
-                pipe(upstream, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    upstream.try_clone().unwrap(),
+                    stalled2.clone(),
+                );
+                pipe(upstream, client, stalled2.clone());
             }
         });
-        TcpCut { url, cut, conns }
+        TcpCut {
+            url,
+            cut,
+            stalled,
+            conns,
+        }
+    }
+
+    /// Carries nothing (connections stay open, bytes wait) until `resume`.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn resume(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
     }
 
     /// Cuts every connection and refuses new ones until `restore`.
@@ -405,9 +427,27 @@ impl TcpCut {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn wait_while(stalled: &AtomicBool) {
+    while stalled.load(Ordering::SeqCst) {
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, stalled: Arc<AtomicBool>) {
     thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            wait_while(&stalled);
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            // Read while running, held while stalled.
+            wait_while(&stalled);
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = to.shutdown(Shutdown::Both);
     });
 }
