@@ -285,29 +285,65 @@ pub async fn read_prefix(
     }
 }
 
-/// Every key under `prefix` with its value (for lbmanager's own small records, not the member
-/// tree).
+/// Records per page when reading lbmanager's own records: a status is at most
+/// [`crate::status::STATUS_MAX_BYTES`] (192 KiB), so a page is at most ~19 MiB and, for the
+/// 150 load balancers of 1,000 members the README's limits allow (30 KiB each), ~3 MiB; 150,000
+/// ownership records (empty values) take 2 pages.
+pub const RECORD_PAGE: i64 = 100;
+
+/// Every key under `prefix` with its value (lbmanager's own records), read in pages of
+/// [`RECORD_PAGE`] at one revision, each page by one request with its own deadline: the records
+/// of the largest installation are many MiB in all, over what one answer may carry.
 pub async fn read_records(
     client: &mut Client,
     prefix: &str,
 ) -> Result<Vec<(String, String)>, EtcdError> {
-    let resp = client
-        .get(prefix, Some(GetOptions::new().with_prefix()))
-        .await
-        .map_err(|source| EtcdError::Read {
-            prefix: prefix.to_string(),
-            source,
-        })?;
-    Ok(resp
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
+    read_records_paged(client, prefix, RECORD_PAGE).await
+}
+
+/// [`read_records`] with pages of `page` records.
+pub async fn read_records_paged(
+    client: &mut Client,
+    prefix: &str,
+    page: i64,
+) -> Result<Vec<(String, String)>, EtcdError> {
+    let end = range_end(prefix);
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    let mut out = Vec::new();
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from.clone(), Some(options)))
+            .await
+            .map_err(|_| EtcdError::Timeout {
+                prefix: prefix.to_string(),
+                timeout: READ_REQUEST_TIMEOUT,
+            })?
+            .map_err(|source| EtcdError::Read {
+                prefix: prefix.to_string(),
+                source,
+            })?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        out.extend(resp.kvs().iter().filter_map(|kv| {
             Some((
                 kv.key_str().ok()?.to_string(),
                 kv.value_str().ok()?.to_string(),
             ))
-        })
-        .collect())
+        }));
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(out),
+        }
+    }
 }
 
 /// lbmanager's records (under [`crate::key::state_prefix`]).
@@ -324,16 +360,10 @@ pub struct Records {
     pub obsolete: Vec<String>,
 }
 
-/// Reads lbmanager's records for the tree under `prefix` (a small read: one key per load balancer).
+/// Reads lbmanager's records for the tree under `prefix` (paged, see [`read_records`]).
 pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, EtcdError> {
     let state = format!("{}/", crate::key::state_prefix(prefix));
-    let read = read_records(client, &state);
-    let records = tokio::time::timeout(READ_REQUEST_TIMEOUT, read)
-        .await
-        .map_err(|_| EtcdError::Timeout {
-            prefix: state.clone(),
-            timeout: READ_REQUEST_TIMEOUT,
-        })??;
+    let records = read_records(client, &state).await?;
     let mut out = Records::default();
     let mut published = Vec::new();
     for (key, value) in records {

@@ -141,3 +141,84 @@ async fn a_dead_endpoint_among_several_is_failed_over() {
     })
     .await;
 }
+
+/// The largest installation the README's limits name: 150 Classic ELBs of 1,000 instances (AWS's
+/// maximum per ELB), synced for real, so that lbmanager's own records (a status of ~30 KiB per
+/// load balancer, ~4.7 MiB in all) are over what one etcd answer may carry to the client (4 MiB).
+/// A restart reads them back (in pages) and completes; `status` and `plan` exit 0.
+#[tokio::test]
+async fn one_hundred_fifty_thousand_members_restart() {
+    const LBS: usize = 150;
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let name = |n: usize| format!("big{n:03}");
+    for chunk in (0..LBS).collect::<Vec<_>>().chunks(10) {
+        futures::future::join_all(chunk.iter().map(|&n| {
+            let aws = &aws;
+            let name = name(n);
+            async move { aws.create_elb("us-east-1", &name).await }
+        }))
+        .await;
+    }
+    etcd.put_many((0..LBS * 1000).map(|n| {
+        format!(
+            "/lbManager/elb/us-east-1/{}/multiple/i-{n:017x}",
+            name(n / 1000)
+        )
+    }))
+    .await;
+    let flags = ["--aws-quota-share", "100"];
+    let mut daemon = Daemon::start(&etcd, &moto, &flags);
+    daemon.wait_log("initial sync complete").await;
+    assert!(daemon.log().contains("failed: 0"), "{}", daemon.log());
+    assert_eq!(aws.instances("us-east-1", &name(LBS - 1)).await.len(), 1000);
+    let statuses = || async { etcd.keys("/lbmanager-state/lbManager/status/").await.len() };
+    eventually("every status written", DEADLINE, || async {
+        statuses().await == LBS
+    })
+    .await;
+    let mut client = etcd.client().await;
+    let records = client
+        .get(
+            "/lbmanager-state/",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap();
+    assert!(records.count() as usize > LBS);
+    assert_eq!(daemon.stop(), Some(0));
+
+    let restarted = std::time::Instant::now();
+    daemon.spawn(&etcd.url, &moto.url, &flags);
+    daemon.wait_log_count("initial sync complete", 2).await;
+    let took = restarted.elapsed();
+    let peak = daemon.peak_rss_kib().unwrap_or(0);
+    let log = daemon.log();
+    assert!(!log.contains("too large"), "{log}");
+    assert!(!log.contains("giving up"), "{log}");
+    let endpoints = [
+        "--etcd-endpoints",
+        &etcd.url,
+        "--aws-endpoint-url",
+        &moto.url,
+    ];
+    let (code, out, err) = lbmanager_async(&[&["status"][..], &endpoints[..2]].concat()).await;
+    assert_eq!(code, Some(0), "status: {err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("elb/")).count(),
+        LBS,
+        "{out}"
+    );
+    let (code, out, err) = lbmanager_async(&[&["plan"][..], &endpoints[..]].concat()).await;
+    assert_eq!(code, Some(0), "plan: {out}{err}");
+    assert_eq!(daemon.stop(), Some(0));
+    eprintln!(
+        "FIGURES restart-150k: 150 ELBs x 1,000 instances, restart to initial sync {took:?}, \
+         peak RSS {} MiB",
+        peak / 1024
+    );
+}
