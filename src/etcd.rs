@@ -45,13 +45,29 @@ pub enum EtcdError {
 }
 
 /// How to reach etcd.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EtcdOptions {
     pub endpoints: Vec<String>,
+    /// User and password.
     pub user: Option<(String, String)>,
     /// PEM files: CA to trust, and a client certificate and key.
     pub ca_file: Option<std::path::PathBuf>,
     pub cert_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+/// Written by hand so that the password never reaches a log line or a panic message.
+impl std::fmt::Debug for EtcdOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdOptions")
+            .field("endpoints", &self.endpoints)
+            .field(
+                "user",
+                &self.user.as_ref().map(|(user, _)| (user, "<redacted>")),
+            )
+            .field("ca_file", &self.ca_file)
+            .field("cert_key", &self.cert_key)
+            .finish()
+    }
 }
 
 fn read(path: &std::path::Path) -> Result<Vec<u8>, EtcdError> {
@@ -687,6 +703,19 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_password_is_not_in_debug_output() {
+        let opts = EtcdOptions {
+            endpoints: vec!["http://127.0.0.1:2379".into()],
+            user: Some(("lbm".into(), "S3cret-Pa55".into())),
+            ca_file: None,
+            cert_key: None,
+        };
+        let shown = format!("{opts:?} {opts:#?}");
+        assert!(!shown.contains("S3cret-Pa55"), "{shown}");
+        assert!(shown.contains("lbm") && shown.contains("<redacted>"), "{shown}");
+    }
 
     #[test]
     fn every_superseded_delete_is_guarded_by_the_whole_decision() {
