@@ -714,7 +714,10 @@ mod tests {
         };
         let shown = format!("{opts:?} {opts:#?}");
         assert!(!shown.contains("S3cret-Pa55"), "{shown}");
-        assert!(shown.contains("lbm") && shown.contains("<redacted>"), "{shown}");
+        assert!(
+            shown.contains("lbm") && shown.contains("<redacted>"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -27,6 +27,47 @@ pub struct ElbChanges {
     pub deregister: Vec<Target>,
     /// Targets of a kind the target group does not take (an IP in an `instance` group): left out.
     pub mismatched: Vec<Target>,
+    /// Wanted members past [`MAX_ELB_MEMBERS`]: left out (see [`within`]).
+    pub over_limit: Vec<Target>,
+}
+
+/// AWS's maximum of registered instances per Classic ELB and of targets per target group (ALB).
+pub const MAX_ELB_MEMBERS: usize = 1_000;
+/// Route53's maximum of values in one record set.
+pub const MAX_RECORD_VALUES: usize = 400;
+
+/// The reason given for a member left out by a limit.
+pub fn over_limit_reason(max: usize, what: &str) -> String {
+    format!(
+        "over the limit of {max} {what} (AWS's): not added while {max} others are wanted; \
+         lbmanager's README, Limits"
+    )
+}
+
+/// `want` within `max`: the members `kept` says AWS has already stay first (a newcomer never
+/// displaces one), then the others in order; returns what fits and what is left out.
+pub fn within<T: Ord + Clone>(
+    want: BTreeSet<T>,
+    kept: impl Fn(&T) -> bool,
+    max: usize,
+) -> (BTreeSet<T>, Vec<T>) {
+    if want.len() <= max {
+        return (want, Vec::new());
+    }
+    let (mut fit, others): (BTreeSet<T>, BTreeSet<T>) = want.into_iter().partition(|m| kept(m));
+    let mut over = Vec::new();
+    if fit.len() > max {
+        over.extend(fit.iter().skip(max).cloned());
+        fit = fit.into_iter().take(max).collect();
+    }
+    for m in others {
+        if fit.len() < max {
+            fit.insert(m);
+        } else {
+            over.push(m);
+        }
+    }
+    (fit, over)
 }
 
 /// Members as a log line spells them: `i-1,i-2` or `i-1:80,10.0.0.5:8080`.
@@ -106,6 +147,7 @@ pub fn plan_elb(desired: &BTreeSet<Member>, actual: &Registered, policy: Policy)
             Member::Ip(_) => None,
         })
         .collect();
+    let (want, over_limit) = within(want, |t| actual.members.contains(t), MAX_ELB_MEMBERS);
     ElbChanges {
         register: want
             .iter()
@@ -119,7 +161,27 @@ pub fn plan_elb(desired: &BTreeSet<Member>, actual: &Registered, policy: Policy)
             .cloned()
             .collect(),
         mismatched,
+        over_limit,
     }
+}
+
+/// The values of `desired` that [`plan_fqdn`] leaves out for [`MAX_RECORD_VALUES`] (per record
+/// type), those `kept` says Route53 has staying first, as it does.
+pub fn values_over_limit(
+    desired: &BTreeSet<IpAddr>,
+    kept: impl Fn(&IpAddr) -> bool,
+) -> Vec<IpAddr> {
+    [RecordType::A, RecordType::Aaaa]
+        .into_iter()
+        .flat_map(|rtype| {
+            let want: BTreeSet<IpAddr> = desired
+                .iter()
+                .filter(|ip| RecordType::of(ip) == rtype)
+                .copied()
+                .collect();
+            within(want, &kept, MAX_RECORD_VALUES).1
+        })
+        .collect()
 }
 
 /// The two record types lbmanager manages.
@@ -213,13 +275,15 @@ pub fn plan_fqdn(
     [RecordType::A, RecordType::Aaaa]
         .into_iter()
         .filter_map(|rtype| {
-            let mut want: BTreeSet<IpAddr> = desired
+            let want: BTreeSet<IpAddr> = desired
                 .iter()
                 .filter(|ip| RecordType::of(ip) == rtype)
                 .copied()
                 .collect();
             let have = current.iter().find(|s| s.rtype == rtype);
             let have_ips = have.map(RecordSet::ips).unwrap_or_default();
+            // Route53 refuses a larger set, and with it the whole batch (other names' changes).
+            let (mut want, _) = within(want, |ip| have_ips.contains(ip), MAX_RECORD_VALUES);
             if policy == Policy::UpsertOnly {
                 want.extend(&have_ips);
             }
@@ -303,6 +367,47 @@ mod tests {
             ttl,
             values: values.iter().map(|v| v.to_string()).collect(),
         }
+    }
+
+    /// Past AWS's 1,000 members per load balancer, the members AWS has stay and newcomers fill
+    /// what is left; the rest are left out and reported.
+    #[test]
+    fn members_past_the_limit_are_left_out_never_displacing_registered_ones() {
+        let ids: Vec<String> = (0..1_005).map(|n| format!("i-{n:08x}")).collect();
+        let all: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // AWS has the last 10 (in key order) already.
+        let actual = registered(&all[995..]);
+        let plan = plan_elb(&inst(&all), &actual, Policy::Sync);
+        assert_eq!(plan.register.len(), MAX_ELB_MEMBERS - 10);
+        assert_eq!(plan.over_limit.len(), 5);
+        assert!(plan.deregister.is_empty());
+        assert!(plan.over_limit.iter().all(|t| !actual.members.contains(t)));
+        // Within the limit: nothing left out.
+        let plan = plan_elb(&inst(&all[..1_000]), &registered(&[]), Policy::Sync);
+        assert!(plan.over_limit.is_empty() && plan.register.len() == 1_000);
+        let (fit, over) = within((0..10).collect(), |n| *n >= 8, 3);
+        assert_eq!(fit, BTreeSet::from([0, 8, 9]));
+        assert_eq!(over, (1..8).collect::<Vec<_>>());
+    }
+
+    /// Route53 refuses a record set of more than 400 values (and with it the whole batch): the
+    /// plan never asks for one.
+    #[test]
+    fn record_sets_stay_within_route53s_limit() {
+        let ips: BTreeSet<IpAddr> = (0..450u32)
+            .map(|n| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n)))
+            .collect();
+        let changes = plan_fqdn("www.example.com", &ips, &[], 60, Policy::Sync);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].set.values.len(), MAX_RECORD_VALUES);
+        assert_eq!(values_over_limit(&ips, |_| false).len(), 50);
+        let v6: BTreeSet<IpAddr> = ips
+            .iter()
+            .take(10)
+            .map(|_| "2001:db8::1".parse().unwrap())
+            .chain(ips.iter().take(400).copied())
+            .collect();
+        assert!(values_over_limit(&v6, |_| false).is_empty());
     }
 
     fn inst(ids: &[&str]) -> BTreeSet<Member> {

@@ -135,6 +135,8 @@ pub struct LoadBalancer {
     synced: Option<u64>,
     /// The status as last published (see [`crate::status`]).
     published: Option<LbStatus>,
+    /// Route53: a change of the values left out for Route53's limit, to report with the sync.
+    zone_rejected: Option<Arc<Rejected>>,
     /// The read scheduled while members settle (health checks, draining), and how many were made.
     settle: Option<SpawnHandle>,
     settle_reads: u32,
@@ -180,6 +182,7 @@ impl LoadBalancer {
             wanted: tokio::sync::watch::channel(Want::default()).0,
             synced: None,
             published: None,
+            zone_rejected: None,
             settle: None,
             settle_reads: 0,
             watched: false,
@@ -285,11 +288,31 @@ impl LoadBalancer {
                 let LbId::Route53 { fqdn, .. } = &self.id else {
                     unreachable!("a Route53 backend serves Route53 load balancers only");
                 };
+                let (zone, fqdn) = (zone.clone(), fqdn.clone());
                 let ips = ips_of(&desire.members);
+                // Values past Route53's limit are left out by the plan; said as refusals.
+                let published: std::collections::HashSet<&str> = self
+                    .published
+                    .iter()
+                    .flat_map(|p| p.members.iter().map(|m| m.member.as_str()))
+                    .collect();
+                let over: Rejected = crate::plan::values_over_limit(&ips, |ip| {
+                    published.contains(ip.to_string().as_str())
+                })
+                .into_iter()
+                .map(|ip| {
+                    let why = crate::plan::over_limit_reason(
+                        crate::plan::MAX_RECORD_VALUES,
+                        "values per record set",
+                    );
+                    (ip.to_string(), why)
+                })
+                .collect();
+                self.zone_rejected = self.update_rejected(over);
                 zone.do_send(ZoneDesire {
                     want: FqdnWant {
                         lb: self.id.clone(),
-                        fqdn: fqdn.clone(),
+                        fqdn,
                         ips,
                         cause: desire.cause,
                         owned: self
@@ -612,7 +635,8 @@ impl Handler<ZoneSynced> for LoadBalancer {
             Some(sets) => Seen::Zone(sets),
             None => Seen::Nothing,
         };
-        self.finished(msg.generation, msg.error, None, msg.stale, seen, ctx);
+        let rejected = self.zone_rejected.take();
+        self.finished(msg.generation, msg.error, rejected, msg.stale, seen, ctx);
     }
 }
 

@@ -836,6 +836,16 @@ impl Supervisor {
                 "key" => self.desired.key_of(lb, member).unwrap_or_else(|| "-".into()),
                 "reason" => crate::status::cut(reason));
         }
+        let limit = match lb {
+            LbId::Route53 { .. } => crate::metrics::Limit::ValuesPerRecordSet,
+            _ => crate::metrics::Limit::MembersPerLoadBalancer,
+        };
+        for _ in fresh
+            .iter()
+            .filter(|(_, r)| r.starts_with("over the limit"))
+        {
+            self.settings.metrics.limit(limit);
+        }
         if fresh.len() > crate::status::REJECTED_LISTED {
             warn!(self.log, "AWS rejected more members than are named one by one";
                 "lb" => lb.to_string(),

@@ -115,7 +115,19 @@ fn plan_latest(
     let foreign = owned
         .map(|o| keep_foreign(&mut changes, &o.members))
         .unwrap_or_default();
-    let mut rejected = Rejected::new();
+    let mut rejected: Rejected = changes
+        .over_limit
+        .iter()
+        .map(|m| {
+            (
+                m.to_string(),
+                crate::plan::over_limit_reason(
+                    crate::plan::MAX_ELB_MEMBERS,
+                    "members per load balancer",
+                ),
+            )
+        })
+        .collect();
     if !retry_rejected {
         changes
             .register
