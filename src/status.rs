@@ -464,8 +464,12 @@ pub struct StatusRow {
     /// Seconds since the last sync that changed the status (see [`LastSync`]).
     pub last_change_age: Option<u64>,
     pub last_error: Option<String>,
-    #[serde(skip_serializing_if = "Rejections::is_empty")]
-    pub rejected: Rejections,
+    /// Refused members (as far as the status lists them) with AWS's reason.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, String>,
+    /// Refused members the status does not list one by one.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rejected_unlisted: usize,
 }
 
 /// The rows of `lbmanager status`: every load balancer etcd wants members for or lbmanager
@@ -505,7 +509,15 @@ pub fn rows(
                 in_step,
                 last_change_age: status.map(|s| now.saturating_sub(s.last_sync.at)),
                 last_error: status.and_then(|s| s.last_sync.error.clone()),
-                rejected: status.map(|s| s.rejected.clone()).unwrap_or_default(),
+                rejected: status
+                    .map(|s| {
+                        s.rejected
+                            .iter()
+                            .map(|(m, r)| (m.to_string(), r.to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                rejected_unlisted: status.map_or(0, |s| s.rejected.more),
             }
         })
         .collect()
@@ -600,11 +612,11 @@ pub fn render_table(report: &StatusReport) -> String {
         if let Some(e) = &r.last_error {
             notes.push(format!("error: {e}"));
         }
-        for (member, reason) in r.rejected.iter() {
+        for (member, reason) in &r.rejected {
             notes.push(format!("rejected {member}: {reason}"));
         }
-        if r.rejected.more > 0 {
-            notes.push(format!("{} more rejected", r.rejected.more));
+        if r.rejected_unlisted > 0 {
+            notes.push(format!("{} more rejected", r.rejected_unlisted));
         }
         let foreign: Vec<&str> = r
             .in_aws
