@@ -244,92 +244,50 @@ pub async fn read_prefix(
     log: &slog::Logger,
     on_page: &mut dyn FnMut(&Page),
 ) -> Result<PrefixRead, EtcdError> {
-    let start = watch_key(prefix);
-    let end = range_end(&start);
     let mut read = PrefixRead::default();
-    // A page of 50,000 keys is ~3.5 MiB: close to gRPC's default limit of 4 MiB, which longer
-    // keys would pass.
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-    let mut from: Vec<u8> = start.into_bytes();
     let began = std::time::Instant::now();
     let mut next_report = began + PROGRESS_EVERY;
-    loop {
+    read.revision = read_pages(client, &watch_key(prefix), page, true, &mut |kvs| {
         if std::time::Instant::now() >= next_report {
             next_report += PROGRESS_EVERY;
             slog::info!(log, "still reading etcd";
-                "keys_so_far" => read.keys, "revision" => read.revision,
-                "elapsed" => ?began.elapsed());
+                "keys_so_far" => read.keys, "elapsed" => ?began.elapsed());
         }
-        let mut options = GetOptions::new()
-            .with_range(end.clone())
-            .with_keys_only()
-            .with_limit(page);
-        if read.revision > 0 {
-            options = options.with_revision(read.revision);
-        }
-        let resp = tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from.clone(), Some(options)))
-            .await
-            .map_err(|_| EtcdError::Timeout {
-                prefix: prefix.to_string(),
-                timeout: READ_REQUEST_TIMEOUT,
-            })?
-            .map_err(|source| EtcdError::Read {
-                prefix: prefix.to_string(),
-                source,
-            })?;
-        if read.revision == 0 {
-            read.revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        }
-        let keys: Vec<(&str, Revision, bool)> = resp
-            .kvs()
+        let keys: Vec<(&str, Revision, bool)> = kvs
             .iter()
             .filter_map(|kv| match kv.key_str() {
                 Ok(key) => Some((key, kv.mod_revision(), kv.lease() != 0)),
                 Err(_) => None,
             })
             .collect();
-        read.skipped += resp.kvs().len() - keys.len();
+        read.skipped += kvs.len() - keys.len();
         read.keys += keys.len();
         on_page(&keys);
-        match resp.kvs().last() {
-            Some(last) if resp.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => return Ok(read),
-        }
-    }
+    })
+    .await?;
+    Ok(read)
 }
 
-/// Records per page when reading lbmanager's own records: a status is at most
-/// [`crate::status::STATUS_MAX_BYTES`] (192 KiB), so a page is at most ~19 MiB and, for the
-/// 150 load balancers of 1,000 members the README's limits allow (30 KiB each), ~3 MiB; 150,000
-/// ownership records (empty values) take 2 pages.
-pub const RECORD_PAGE: i64 = 100;
-
-/// Every key under `prefix` with its value (lbmanager's own records), read in pages of
-/// [`RECORD_PAGE`] at one revision, each page by one request with its own deadline: the records
-/// of the largest installation are many MiB in all, over what one answer may carry.
-pub async fn read_records(
-    client: &mut Client,
-    prefix: &str,
-) -> Result<Vec<(String, String)>, EtcdError> {
-    read_records_paged(client, prefix, RECORD_PAGE).await
-}
-
-/// [`read_records`] with pages of `page` records.
-pub async fn read_records_paged(
+/// Reads every key that starts with `prefix` at one revision, `page` keys a request (each
+/// request with its own deadline, [`READ_REQUEST_TIMEOUT`], and answers up to [`MAX_MESSAGE`]),
+/// handing each page to `on_page`; returns the revision it read at. A page of 50,000 keys is
+/// ~3.5 MiB, close to gRPC's default limit of 4 MiB, which longer keys (or values) would pass.
+async fn read_pages(
     client: &mut Client,
     prefix: &str,
     page: i64,
-) -> Result<Vec<(String, String)>, EtcdError> {
+    keys_only: bool,
+    on_page: &mut dyn FnMut(&[etcd_client::KeyValue]),
+) -> Result<Revision, EtcdError> {
     let end = range_end(prefix);
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
-    let mut out = Vec::new();
     loop {
         let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+        if keys_only {
+            options = options.with_keys_only();
+        }
         if revision > 0 {
             options = options.with_revision(revision);
         }
@@ -346,20 +304,41 @@ pub async fn read_records_paged(
         if revision == 0 {
             revision = resp.header().map(|h| h.revision()).unwrap_or_default();
         }
-        out.extend(resp.kvs().iter().filter_map(|kv| {
-            Some((
-                kv.key_str().ok()?.to_string(),
-                kv.value_str().ok()?.to_string(),
-            ))
-        }));
+        on_page(resp.kvs());
         match resp.kvs().last() {
             Some(last) if resp.more() => {
                 from = last.key().to_vec();
                 from.push(0);
             }
-            _ => return Ok(out),
+            _ => return Ok(revision),
         }
     }
+}
+
+/// Records per page when reading lbmanager's own records: a status is at most
+/// [`crate::status::STATUS_MAX_BYTES`] (192 KiB), so a page is at most ~19 MiB and, for the
+/// 150 load balancers of 1,000 members the README's limits allow (30 KiB each), ~3 MiB; 150,000
+/// ownership records (empty values) take 2 pages.
+pub const RECORD_PAGE: i64 = 100;
+
+/// Every key under `prefix` with its value (lbmanager's own records), read in pages of
+/// [`RECORD_PAGE`] at one revision (see [`read_pages`]): the records of the largest installation
+/// are many MiB in all, over what one answer may carry.
+pub async fn read_records(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<Vec<(String, String)>, EtcdError> {
+    let mut out = Vec::new();
+    read_pages(client, prefix, RECORD_PAGE, false, &mut |kvs| {
+        out.extend(kvs.iter().filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?.to_string(),
+                kv.value_str().ok()?.to_string(),
+            ))
+        }));
+    })
+    .await?;
+    Ok(out)
 }
 
 /// lbmanager's records (under [`crate::key::state_prefix`]).

@@ -154,9 +154,18 @@ impl Fence {
     }
 }
 
+/// Whether an AWS operation only reads (`Describe…`, `List…`, `Get…`): every other operation
+/// changes something and passes the fence.
+pub fn only_reads(operation: &str) -> bool {
+    ["Describe", "List", "Get"]
+        .iter()
+        .any(|verb| operation.starts_with(verb))
+}
+
 /// The SDK interceptor that checks the fence as the last step before a request is sent (after
-/// signing, credentials and any wait inside the SDK): a mutating call made with it cannot leave
-/// unless the leadership is valid at that moment.
+/// signing, credentials and any wait inside the SDK). It is part of every SDK client lbmanager
+/// builds, so every operation that is not a read passes it, those added later included: none can
+/// leave unless the leadership is valid at that moment.
 #[derive(Debug, Clone)]
 pub struct FenceCheck(pub Fence);
 
@@ -169,8 +178,13 @@ impl aws_sdk_route53::config::Intercept for FenceCheck {
         &self,
         _context: &aws_sdk_route53::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
         _runtime_components: &aws_sdk_route53::config::RuntimeComponents,
-        _cfg: &mut aws_sdk_route53::config::ConfigBag,
+        cfg: &mut aws_sdk_route53::config::ConfigBag,
     ) -> Result<(), aws_sdk_route53::error::BoxError> {
+        use aws_smithy_runtime_api::client::orchestrator::Metadata;
+        // An operation the SDK did not name is taken for a change.
+        if cfg.load::<Metadata>().is_some_and(|m| only_reads(m.name())) {
+            return Ok(());
+        }
         self.0.check().map_err(Into::into)
     }
 }
@@ -215,6 +229,29 @@ mod tests {
         assert!(f.since_confirmed() < Duration::from_secs(1));
         // --aws-timeout bounds a change too.
         assert_eq!(f.call_timeout(), Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn every_operation_but_reads_is_a_change() {
+        for read in [
+            "DescribeLoadBalancers",
+            "DescribeTargetHealth",
+            "ListResourceRecordSets",
+            "GetChange",
+            "GetHostedZone",
+        ] {
+            assert!(only_reads(read), "{read}");
+        }
+        for change in [
+            "RegisterInstancesWithLoadBalancer",
+            "DeregisterTargets",
+            "ChangeResourceRecordSets",
+            "CreateHealthCheck",
+            "DeleteHealthCheck",
+            "ChangeTagsForResource",
+        ] {
+            assert!(!only_reads(change), "{change}");
+        }
     }
 
     #[test]

@@ -33,16 +33,16 @@ struct Group {
 pub struct SdkElbV2 {
     clients: PerRegion<Client>,
     groups: Mutex<HashMap<(String, String), Group>>,
-    /// Every RegisterTargets and DeregisterTargets passes it as it is sent.
+    /// Every change passes it as it is sent (an interceptor of the client), and is bounded by its
+    /// timeouts.
     fence: Fence,
 }
 
-/// A change's fence check and timeouts (see [`crate::fence`]).
+/// A change's timeouts under the fence (see [`crate::fence`]; the client checks the fence).
 fn fenced<O, E, B>(
     op: aws_sdk_elasticloadbalancingv2::client::customize::CustomizableOperation<O, E, B>,
     fence: &Fence,
 ) -> aws_sdk_elasticloadbalancingv2::client::customize::CustomizableOperation<O, E, B> {
-    let op = op.interceptor(FenceCheck(fence.clone()));
     match fence.timeouts() {
         Some(t) => op.config_override(
             aws_sdk_elasticloadbalancingv2::config::Builder::default().timeout_config(t),
@@ -62,23 +62,19 @@ impl SdkElbV2 {
         self
     }
 
-    /// Sends changes only through `fence`.
-    pub fn fenced(mut self, fence: Fence) -> Self {
-        self.fence = fence;
-        self
-    }
-
-    /// `share`: the part of AWS's quotas to use, per region.
-    pub fn new(config: aws_config::SdkConfig, share: f64) -> Self {
+    /// `share`: the part of AWS's quotas to use, per region; every change passes `fence`.
+    pub fn new(config: aws_config::SdkConfig, share: f64, fence: Fence) -> Self {
+        let check = FenceCheck(fence.clone());
         SdkElbV2 {
             clients: PerRegion::new(share, move |region| {
                 let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
+                    .interceptor(check.clone())
                     .build();
                 Client::from_conf(conf)
             }),
             groups: Mutex::new(HashMap::new()),
-            fence: Fence::open(),
+            fence,
         }
     }
 

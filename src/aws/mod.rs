@@ -160,19 +160,14 @@ impl Backends {
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
         let elb: Arc<dyn ElbApi> = Arc::new(
-            elb::SdkElb::new(sdk.clone(), quotas.share)
-                .sharing(account.elb.clone())
-                .fenced(fence.clone()),
+            elb::SdkElb::new(sdk.clone(), quotas.share, fence.clone()).sharing(account.elb.clone()),
         );
         let elbv2: Arc<dyn ElbApi> = Arc::new(
-            elbv2::SdkElbV2::new(sdk.clone(), quotas.share)
-                .sharing(account.elbv2.clone())
-                .fenced(fence.clone()),
+            elbv2::SdkElbV2::new(sdk.clone(), quotas.share, fence.clone())
+                .sharing(account.elbv2.clone()),
         );
         let route53: Arc<dyn Route53Api> = Arc::new(
-            route53::SdkRoute53::new(sdk, quotas)
-                .sharing(account.route53.clone())
-                .fenced(fence.clone()),
+            route53::SdkRoute53::new(sdk, quotas, fence.clone()).sharing(account.route53.clone()),
         );
         let Some(metrics) = metrics else {
             return Backends {

@@ -15,23 +15,22 @@ pub struct SdkRoute53 {
     client: Client,
     /// Route53 throttles per account, every zone and tool of the account together.
     quota: std::sync::Arc<Quota>,
-    /// Every ChangeResourceRecordSets passes it as it is sent.
+    /// Every change passes it as it is sent (an interceptor of the client), and is bounded by its
+    /// timeouts.
     fence: Fence,
 }
 
 impl SdkRoute53 {
-    pub fn new(config: &aws_config::SdkConfig, quotas: &Quotas) -> Self {
+    /// Every change passes `fence`.
+    pub fn new(config: &aws_config::SdkConfig, quotas: &Quotas, fence: Fence) -> Self {
+        let conf = aws_sdk_route53::config::Builder::from(config)
+            .interceptor(FenceCheck(fence.clone()))
+            .build();
         SdkRoute53 {
-            client: Client::new(config),
+            client: Client::from_conf(conf),
             quota: std::sync::Arc::new(quota::route53::quota(quotas.share, quotas.route53_changes)),
-            fence: Fence::open(),
+            fence,
         }
-    }
-
-    /// Sends changes only through `fence`.
-    pub fn fenced(mut self, fence: Fence) -> Self {
-        self.fence = fence;
-        self
     }
 
     /// Takes its quota from its account's (shared with the account's other clients).
@@ -215,8 +214,7 @@ impl Route53Api for SdkRoute53 {
             .change_resource_record_sets()
             .hosted_zone_id(zone)
             .change_batch(batch)
-            .customize()
-            .interceptor(FenceCheck(self.fence.clone()));
+            .customize();
         let op = match self.fence.timeouts() {
             Some(t) => {
                 op.config_override(aws_sdk_route53::config::Builder::default().timeout_config(t))
