@@ -133,8 +133,9 @@ pub struct LoadBalancer {
     wanted: tokio::sync::watch::Sender<Want>,
     /// The generation AWS was last brought to (a sync that succeeded).
     synced: Option<u64>,
-    /// The status as last published (see [`crate::status`]).
-    published: Option<LbStatus>,
+    /// The status as last published (see [`crate::status`]), shared with the StateWriter until
+    /// it is written (one copy of a status of 1,000 members, not three).
+    published: Option<Arc<LbStatus>>,
     /// Route53: a change of the values left out for Route53's limit, to report with the sync.
     zone_rejected: Option<Arc<Rejected>>,
     /// The read scheduled while members settle (health checks, draining), and how many were made.
@@ -463,7 +464,7 @@ impl LoadBalancer {
         error: Option<&AwsError>,
         seen: Seen,
     ) -> Option<Arc<LbStatus>> {
-        let previous = self.published.as_ref();
+        let previous = self.published.as_deref();
         let (members, ttl, revision) = match seen {
             Seen::Elb(sync) => {
                 let members = status::elb_members(
@@ -520,8 +521,9 @@ impl LoadBalancer {
         if self.published.as_ref().is_some_and(|p| status.same_as(p)) {
             return None;
         }
+        let status = Arc::new(status);
         self.published = Some(status.clone());
-        Some(Arc::new(status))
+        Some(status)
     }
 
     /// Whether someone waits (see [`Watched`]) while a member is not (yet) healthy as last
@@ -604,7 +606,7 @@ impl Handler<Desire> for LoadBalancer {
             self.retry_rejected = true;
         } else if unchanged && event {
             self.synced = Some(generation);
-            let status = self.published.clone().map(|mut p| {
+            let status = self.published.as_deref().cloned().map(|mut p| {
                 p.revision = p.revision.max(revision);
                 p
             });

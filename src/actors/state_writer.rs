@@ -62,12 +62,31 @@ pub struct StateWriter {
     flushed: Vec<oneshot::Sender<()>>,
 }
 
+/// What to write at a key: text, or a status serialized only when its write goes out (a status
+/// of 1,000 members is ~30 KiB of JSON: a thousand of them queued at start-up would be 30 MiB).
+#[derive(Clone, Debug)]
+enum Value {
+    Text(String),
+    Status(Arc<LbStatus>),
+}
+
+impl Value {
+    fn same(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Text(a), Value::Text(b)) => a == b,
+            (Value::Status(a), Value::Status(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
 /// A write waiting its turn.
 struct Pending {
-    value: Option<String>,
-    /// What to write instead should etcd refuse `value` for its size (a status cut down to its
-    /// counts, see [`LbStatus::minimal`]); none: nothing smaller means the same.
-    smaller: Option<String>,
+    /// None: delete the key.
+    value: Option<Value>,
+    /// Write the smaller form of a status (its counts, see [`LbStatus::minimal`]): etcd refused
+    /// the whole one for its size.
+    smaller: bool,
     /// Failed attempts so far.
     failures: u32,
     /// Not to be tried again before this (after a failure).
@@ -81,12 +100,12 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&mut self, key: String, value: Option<String>, smaller: Option<String>) {
+    fn push(&mut self, key: String, value: Option<Value>) {
         match self.pending.get_mut(&key) {
             // A newer value replaces one not written yet; a failing key is tried again at once.
             Some(p) => {
                 p.value = value;
-                p.smaller = smaller;
+                p.smaller = false;
                 p.not_before = None;
             }
             None => {
@@ -95,7 +114,7 @@ impl Queue {
                     key,
                     Pending {
                         value,
-                        smaller,
+                        smaller: false,
                         failures: 0,
                         not_before: None,
                     },
@@ -160,7 +179,7 @@ impl Handler<DeleteKeys> for StateWriter {
 
     fn handle(&mut self, DeleteKeys(keys): DeleteKeys, ctx: &mut Self::Context) {
         for key in keys {
-            self.write(key, None, None, ctx);
+            self.write(key, None, ctx);
         }
     }
 }
@@ -214,11 +233,11 @@ impl Handler<ManagedRecord> for StateWriter {
         let (key, value) = match msg {
             ManagedRecord::Put(lb) => (
                 managed_key(&self.settings.prefix, &lb),
-                Some(lb.to_string()),
+                Some(Value::Text(lb.to_string())),
             ),
             ManagedRecord::Delete(lb) => (managed_key(&self.settings.prefix, &lb), None),
         };
-        self.write(key, value, None, ctx);
+        self.write(key, value, ctx);
     }
 }
 
@@ -227,10 +246,7 @@ impl Handler<PublishStatus> for StateWriter {
 
     fn handle(&mut self, PublishStatus(lb, status): PublishStatus, ctx: &mut Self::Context) {
         let key = status_key(&self.settings.prefix, &lb);
-        let json = |s: &LbStatus| serde_json::to_string(s).unwrap_or_default();
-        let value = status.as_deref().map(json);
-        let smaller = status.as_deref().map(|s| json(&s.minimal()));
-        self.write(key, value, smaller, ctx);
+        self.write(key, status.map(Value::Status), ctx);
     }
 }
 
@@ -244,7 +260,11 @@ impl Handler<Beat> for StateWriter {
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let value = serde_json::to_string(&beat).unwrap_or_default();
-        self.write(heartbeat_key(&self.settings.prefix), Some(value), None, ctx);
+        self.write(
+            heartbeat_key(&self.settings.prefix),
+            Some(Value::Text(value)),
+            ctx,
+        );
     }
 }
 
@@ -278,27 +298,31 @@ fn too_large(e: &EtcdError) -> bool {
 }
 
 impl StateWriter {
-    /// Queues `value` for `key` (`None`: delete it); `smaller` is what to write instead should
-    /// etcd refuse `value` for its size.
-    fn write(
-        &mut self,
-        key: String,
-        value: Option<String>,
-        smaller: Option<String>,
-        ctx: &mut Context<Self>,
-    ) {
-        // A record past its bound is not even tried (etcd's own limit may be lower still).
-        let (value, smaller) = match (value, smaller) {
-            (Some(v), Some(s)) if v.len() > STATUS_MAX_BYTES => {
+    /// Queues `value` for `key` (`None`: delete it).
+    fn write(&mut self, key: String, value: Option<Value>, ctx: &mut Context<Self>) {
+        self.queue.push(key, value);
+        self.pump(ctx);
+    }
+
+    /// The text to write for `p` now: a status serialized, and cut down to its counts when it
+    /// is past its bound (never, by construction; etcd's own limit may be lower still) or etcd
+    /// refused it for its size.
+    fn text(&self, key: &str, p: &Pending) -> Option<String> {
+        let json = |s: &LbStatus| serde_json::to_string(s).unwrap_or_default();
+        match p.value.as_ref()? {
+            Value::Text(t) => Some(t.clone()),
+            Value::Status(s) if p.smaller => Some(json(&s.minimal())),
+            Value::Status(s) => {
+                let whole = json(s);
+                if whole.len() <= STATUS_MAX_BYTES {
+                    return Some(whole);
+                }
                 self.settings.metrics.limit(Limit::RecordSize);
                 warn!(self.log, "a record is past its bound; writing a smaller one";
-                    "key" => &key, "bytes" => v.len(), "bound" => STATUS_MAX_BYTES);
-                (Some(s), None)
+                    "key" => key, "bytes" => whole.len(), "bound" => STATUS_MAX_BYTES);
+                Some(json(&s.minimal()))
             }
-            other => other,
-        };
-        self.queue.push(key, value, smaller);
-        self.pump(ctx);
+        }
     }
 
     /// Sends the next due write, if none is out. One write at a time keeps etcd's load small and
@@ -318,34 +342,49 @@ impl StateWriter {
                 return;
             }
         };
-        let value = self.queue.pending[&key].value.clone();
+        let pending = &self.queue.pending[&key];
+        let (value, text) = (pending.value.clone(), self.text(&key, pending));
         self.busy = true;
         let etcd = self.etcd.clone();
         let write = async move {
-            let res = match &value {
+            let res = match &text {
                 Some(v) => etcd.put(&key, v).await,
                 None => etcd.delete(&key).await,
             };
-            (key, value, res)
+            (key, value, text.map_or(0, |t| t.len()), res)
         };
-        ctx.spawn(write.into_actor(self).map(|(key, value, res), act, ctx| {
-            act.busy = false;
-            act.done(key, value, res);
-            act.settings
-                .metrics
-                .records_unwritten
-                .set(act.queue.failing() as i64);
-            act.answer();
-            act.pump(ctx);
-        }));
+        ctx.spawn(
+            write
+                .into_actor(self)
+                .map(|(key, value, bytes, res), act, ctx| {
+                    act.busy = false;
+                    act.done(key, value, bytes, res);
+                    act.settings
+                        .metrics
+                        .records_unwritten
+                        .set(act.queue.failing() as i64);
+                    act.answer();
+                    act.pump(ctx);
+                }),
+        );
     }
 
-    /// A write of `key` ended.
-    fn done(&mut self, key: String, value: Option<String>, res: Result<(), EtcdError>) {
+    /// A write of `key` (`bytes` long) ended.
+    fn done(
+        &mut self,
+        key: String,
+        value: Option<Value>,
+        bytes: usize,
+        res: Result<(), EtcdError>,
+    ) {
         let Some(p) = self.queue.pending.get_mut(&key) else {
             return;
         };
-        let newer = p.value != value;
+        let newer = match (&p.value, &value) {
+            (Some(a), Some(b)) => !a.same(b),
+            (None, None) => false,
+            _ => true,
+        };
         match res {
             Ok(()) if newer => {
                 // A newer value came in meanwhile: it goes next.
@@ -358,22 +397,17 @@ impl StateWriter {
             }
             Err(e) if too_large(&e) && !newer => {
                 self.settings.metrics.limit(Limit::RecordRefused);
-                match p.smaller.take() {
-                    Some(smaller) => {
-                        warn!(self.log, "etcd refused a record for its size; writing a smaller \
-                            one (counts only)";
-                            "key" => &key, "bytes" => value.as_ref().map_or(0, String::len),
-                            "error" => %e);
-                        p.value = Some(smaller);
-                        self.queue.order.push_front(key);
-                    }
-                    None => {
-                        error!(self.log, "etcd refused a record for its size, and there is \
-                            none smaller; it is not written (raise etcd's --max-request-bytes)";
-                            "key" => &key, "bytes" => value.as_ref().map_or(0, String::len),
-                            "error" => %e);
-                        self.queue.pending.remove(&key);
-                    }
+                if matches!(p.value, Some(Value::Status(_))) && !p.smaller {
+                    warn!(self.log, "etcd refused a record for its size; writing a smaller \
+                        one (counts only)";
+                        "key" => &key, "bytes" => bytes, "error" => %e);
+                    p.smaller = true;
+                    self.queue.order.push_front(key);
+                } else {
+                    error!(self.log, "etcd refused a record for its size, and there is \
+                        none smaller; it is not written (raise etcd's --max-request-bytes)";
+                        "key" => &key, "bytes" => bytes, "error" => %e);
+                    self.queue.pending.remove(&key);
                 }
             }
             Err(e) => {
