@@ -554,6 +554,28 @@ mod tests {
     }
 
     #[test]
+    fn warned_keys_are_remembered_once_and_bounded() {
+        let mut w = Warned::default();
+        let mut full = 0;
+        assert!(w.first_time("/p/elb/bad", || full += 1));
+        assert!(!w.first_time("/p/elb/bad", || full += 1));
+        w.forget("/p/elb/bad");
+        assert!(w.first_time("/p/elb/bad", || full += 1));
+        for n in 0..MAX_WARNED + 10 {
+            w.first_time(&format!("/p/elb/bad{n}"), || full += 1);
+        }
+        assert_eq!(w.len(), MAX_WARNED);
+        assert_eq!(full, 1, "said once");
+        // A key far past the bound is remembered by its beginning.
+        let long = format!("/p/{}", "x".repeat(10 * key::MAX_KEY_BYTES));
+        assert_eq!(kept(&long).len(), key::MAX_KEY_BYTES);
+        w.keep_only(["/p/elb/bad"].into_iter());
+        assert_eq!(w.len(), 1);
+        assert!(w.first_time(&long, || full += 1));
+        assert!(!w.first_time(&long, || full += 1));
+    }
+
+    #[test]
     fn malformed_and_reserved_keys_change_nothing() {
         let mut s = DesiredState::new("/lbManager");
         assert!(s
