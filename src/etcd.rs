@@ -114,6 +114,56 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, EtcdError> {
         })
 }
 
+/// Connects to the first endpoint that answers (a `status` request within `probe`), trying
+/// them in turn from one picked at random (so that hosts spread over the members). For the
+/// host's short commands: a client of all endpoints balances each request over them, and one to a
+/// member that is down fails at once (`tcp connect error`) however many others answer.
+pub async fn connect_alive(opts: &EtcdOptions, probe: Duration) -> Result<Client, EtcdError> {
+    let n = opts.endpoints.len().max(1);
+    let first = fastrand::usize(..n);
+    let mut last = None;
+    for i in 0..opts.endpoints.len() {
+        let one = EtcdOptions {
+            endpoints: vec![opts.endpoints[(first + i) % n].clone()],
+            ..opts.clone()
+        };
+        // With a user, connecting authenticates: a member that is down fails here.
+        let mut client = match tokio::time::timeout(probe, connect(&one)).await {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                last = Some(e);
+                continue;
+            }
+            Err(_) => {
+                last = Some(EtcdError::Timeout {
+                    prefix: one.endpoints.join(","),
+                    timeout: probe,
+                });
+                continue;
+            }
+        };
+        match tokio::time::timeout(probe, client.status()).await {
+            Ok(Ok(_)) => return Ok(client),
+            Ok(Err(source)) => {
+                last = Some(EtcdError::Connect {
+                    endpoints: one.endpoints.join(","),
+                    source,
+                })
+            }
+            Err(_) => {
+                last = Some(EtcdError::Timeout {
+                    prefix: one.endpoints.join(","),
+                    timeout: probe,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| EtcdError::Connect {
+        endpoints: String::new(),
+        source: etcd_client::Error::InvalidArgs("no etcd endpoint".into()),
+    }))
+}
+
 /// Every key under a prefix at one revision, loaded into the desired state as it was read (values
 /// are not needed: only keys and revisions mean anything to lbmanager).
 #[derive(Debug)]
@@ -365,7 +415,14 @@ pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, Et
         if let Some(lb) = crate::key::parse_managed(prefix, &key) {
             out.managed.insert(lb);
         } else if let Some(lb) = crate::key::parse_status(prefix, &key) {
-            if let Ok(status) = serde_json::from_str::<crate::status::LbStatus>(&value) {
+            /// Only what start-up needs of a status: its members are not built (a million of
+            /// them in the largest installation).
+            #[derive(serde::Deserialize)]
+            struct Refused {
+                #[serde(default)]
+                rejected: crate::status::Rejections,
+            }
+            if let Ok(status) = serde_json::from_str::<Refused>(&value) {
                 if !status.rejected.is_empty() {
                     out.rejected.insert(lb.clone(), status.rejected);
                 }

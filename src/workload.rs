@@ -74,13 +74,25 @@ fn member_key(prefix: &str, key: &str) -> Result<MemberKey, CommandError> {
     }
 }
 
-/// Connects and makes sure etcd answers, within `--etcd-connect-timeout`.
+/// How long one etcd member may take to answer before the next is tried.
+const PROBE: Duration = Duration::from_secs(2);
+
+/// Connects to an etcd member that answers (see [`etcd::connect_alive`]), trying again within
+/// `--etcd-connect-timeout`.
 async fn connect(args: &EtcdArgs) -> Result<(Client, EtcdOptions), CommandError> {
     let opts = etcd_options(args).map_err(CommandError::Usage)?;
     let reach = async {
-        let mut client = etcd::connect(&opts).await.map_err(etcd_error)?;
-        client.status().await.map_err(etcd_error)?;
-        Ok::<_, CommandError>(client)
+        let mut attempt = 0;
+        loop {
+            match etcd::connect_alive(&opts, PROBE).await {
+                Ok(client) => return Ok::<_, CommandError>(client),
+                Err(e) if attempt >= 2 => return Err(etcd_error(e)),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
     };
     match tokio::time::timeout(args.etcd_connect_timeout, reach).await {
         Ok(client) => Ok((client?, opts)),
@@ -100,7 +112,7 @@ pub async fn member_add(args: AddArgs, stop: StopSignal) -> ExitCode {
 async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     let prefix = &args.etcd.prefix;
     let target = member_key(prefix, &args.key)?;
-    let (mut client, _) = connect(&args.etcd).await?;
+    let (mut client, opts) = connect(&args.etcd).await?;
     let deadline = Instant::now() + args.timeout;
     let goal = Goal::Present {
         healthy: args.healthy,
@@ -129,7 +141,12 @@ async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     eprintln!("lbmanager: wrote {} (etcd revision {revision})", args.key);
     let mut keeping = None;
     if let (Some(id), Some(ttl)) = (lease, args.lease_ttl) {
-        keeping = Some(tokio::spawn(keep_alive(client.clone(), id, ttl)));
+        keeping = Some(tokio::spawn(keep_alive(
+            client.clone(),
+            opts.clone(),
+            id,
+            ttl,
+        )));
     }
     let waited = match args.wait {
         true => {
@@ -164,13 +181,20 @@ async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
             }
         }
     }
-    // Revoking the lease deletes the key; lbmanager then removes the member.
-    client.lease_revoke(id).await.map_err(etcd_error)?;
+    // Revoking the lease deletes the key; lbmanager then removes the member. The member this
+    // client reaches may have gone meanwhile: then through another.
+    if client.lease_revoke(id).await.is_err() {
+        let mut other = etcd::connect_alive(&opts, PROBE)
+            .await
+            .map_err(etcd_error)?;
+        other.lease_revoke(id).await.map_err(etcd_error)?;
+    }
     waited
 }
 
-/// Keeps lease `id` alive (every third of its TTL) until it is lost; returns why.
-async fn keep_alive(mut client: Client, id: i64, ttl: Duration) -> String {
+/// Keeps lease `id` alive (every third of its TTL) until it is lost; returns why. When the
+/// member it reaches fails, it goes on through another that answers.
+async fn keep_alive(mut client: Client, opts: EtcdOptions, id: i64, ttl: Duration) -> String {
     let every = ttl / 3;
     loop {
         let (mut keeper, mut answers) = match client.lease_keep_alive(id).await {
@@ -178,6 +202,9 @@ async fn keep_alive(mut client: Client, id: i64, ttl: Duration) -> String {
             Err(e) => {
                 eprintln!("lbmanager: keeping the lease alive failed, retrying: {e}");
                 tokio::time::sleep(every.min(Duration::from_secs(1))).await;
+                if let Ok(other) = etcd::connect_alive(&opts, PROBE).await {
+                    client = other;
+                }
                 continue;
             }
         };
@@ -200,6 +227,9 @@ async fn keep_alive(mut client: Client, id: i64, ttl: Duration) -> String {
             }
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Ok(other) = etcd::connect_alive(&opts, PROBE).await {
+            client = other;
+        }
     }
 }
 
