@@ -1,0 +1,1 @@
+"""lbmanager's chaos soak (issue 23): scripts/soak.sh --minutes N [--seed S]."""
