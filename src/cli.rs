@@ -487,6 +487,38 @@ impl From<PolicyArg> for crate::plan::Policy {
     }
 }
 
+impl EtcdArgs {
+    /// How to reach etcd, from the flags (the password read from its file or `ETCD_PASSWORD`).
+    pub fn options(&self) -> Result<crate::etcd::EtcdOptions, String> {
+        let args = self;
+        let password = match (&args.etcd_password_file, std::env::var("ETCD_PASSWORD")) {
+            (Some(path), _) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            ),
+            (None, Ok(p)) => Some(p),
+            (None, Err(_)) => None,
+        };
+        let user = match (&args.etcd_user, password) {
+            (Some(u), Some(p)) => Some((u.clone(), p)),
+            (Some(_), None) => {
+                return Err("--etcd-user needs ETCD_PASSWORD or --etcd-password-file".into())
+            }
+            (None, _) => None,
+        };
+        Ok(crate::etcd::EtcdOptions {
+            endpoints: args.etcd_endpoints.clone(),
+            user,
+            ca_file: args.etcd_ca_file.clone(),
+            cert_key: args.etcd_cert_file.clone().zip(args.etcd_key_file.clone()),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

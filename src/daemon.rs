@@ -7,16 +7,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::Actor;
-use futures::future::{BoxFuture, FutureExt, Shared};
 use slog::{error, info, warn, Logger};
 
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::{backoff, Settings};
 use crate::aws::{self, Backends, ClientOptions, Quotas};
-use crate::cli::{EtcdArgs, PlanArgs, PlanOutput, RunArgs};
+use crate::cli::{PlanArgs, PlanOutput, RunArgs};
 use crate::etcd::{self, EtcdOptions, Snapshot};
 use crate::fence::Fence;
 use crate::filter::Filters;
+use crate::signal::StopSignal;
 
 /// `lbmanager run`: reach etcd (and, with `--ha`, the leadership), build the AWS backends, start the
 /// actor system, and wait for `stop` (exit 0) or for the Supervisor to die (exit 1).
@@ -27,7 +27,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         "etcd" => args.etcd.etcd_endpoints.join(","),
         "prefix" => &args.etcd.prefix,
         "aws_endpoint" => args.aws_endpoint_url.as_deref().unwrap_or("default"));
-    let etcd_opts = match etcd_options(&args.etcd) {
+    let etcd_opts = match args.etcd.options() {
         Ok(opts) => opts,
         Err(e) => {
             error!(log, "bad etcd settings"; "error" => e);
@@ -178,7 +178,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
 pub async fn plan(args: PlanArgs) -> ExitCode {
     let run = &args.run;
     let log = crate::logging::logger(run.log_level.to_slog(), run.log_format);
-    let etcd_opts = match etcd_options(&run.etcd) {
+    let etcd_opts = match run.etcd.options() {
         Ok(opts) => opts,
         Err(e) => {
             error!(log, "bad etcd settings"; "error" => e);
@@ -244,34 +244,6 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
     ExitCode::from(crate::report::exit_code(&plans))
 }
 
-pub fn etcd_options(args: &EtcdArgs) -> Result<EtcdOptions, String> {
-    let password = match (&args.etcd_password_file, std::env::var("ETCD_PASSWORD")) {
-        (Some(path), _) => Some(
-            std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .lines()
-                .next()
-                .unwrap_or_default()
-                .to_string(),
-        ),
-        (None, Ok(p)) => Some(p),
-        (None, Err(_)) => None,
-    };
-    let user = match (&args.etcd_user, password) {
-        (Some(u), Some(p)) => Some((u.clone(), p)),
-        (Some(_), None) => {
-            return Err("--etcd-user needs ETCD_PASSWORD or --etcd-password-file".into())
-        }
-        (None, _) => None,
-    };
-    Ok(EtcdOptions {
-        endpoints: args.etcd_endpoints.clone(),
-        user,
-        ca_file: args.etcd_ca_file.clone(),
-        cert_key: args.etcd_cert_file.clone().zip(args.etcd_key_file.clone()),
-    })
-}
-
 /// Connects and reads the whole prefix and lbmanager's records, retrying with backoff until
 /// `timeout`: etcd may start a little after lbmanager, but one that stays away is an error for
 /// the operator (and systemd).
@@ -315,25 +287,6 @@ async fn initial_read(
         warn!(log, "etcd not reachable yet, will retry"; "error" => err, "retry_in" => ?delay);
         tokio::time::sleep(delay).await;
     }
-}
-
-/// What stops `run`: resolves with the name of what asked (`SIGTERM`), and can be awaited more
-/// than once (while waiting for the leadership, then while running).
-pub type StopSignal = Shared<BoxFuture<'static, &'static str>>;
-
-/// SIGTERM or SIGINT. Installs the handlers at once, so a signal that comes early is not lost.
-pub fn on_signals() -> StopSignal {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    async move {
-        tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        }
-    }
-    .boxed()
-    .shared()
 }
 
 /// Waits for `stop` (exit 0), or for the Supervisor to die (exit 1, so that systemd restarts

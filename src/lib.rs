@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod ownership;
 pub mod plan;
 pub mod report;
+pub mod signal;
 pub mod status;
 pub mod sync;
 pub mod workload;

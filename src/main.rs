@@ -12,15 +12,14 @@ fn main() -> ExitCode {
     let system = actix_rt::System::new();
     match cli.command {
         Command::Run(args) => {
-            system.block_on(async { daemon::run(args, daemon::on_signals()).await })
+            system.block_on(async { daemon::run(args, lbmanager::signal::on_signals()).await })
         }
         Command::Plan(args) => system.block_on(daemon::plan(args)),
-        Command::Member(MemberCommand::Add(args)) => {
-            system.block_on(async { workload::member_add(args, daemon::on_signals()).await })
-        }
-        Command::Member(MemberCommand::Remove(args)) => {
-            system.block_on(async { workload::member_remove(args, daemon::on_signals()).await })
-        }
+        Command::Member(MemberCommand::Add(args)) => system
+            .block_on(async { workload::member_add(args, lbmanager::signal::on_signals()).await }),
+        Command::Member(MemberCommand::Remove(args)) => system.block_on(async {
+            workload::member_remove(args, lbmanager::signal::on_signals()).await
+        }),
         Command::Status(args) => system.block_on(workload::status(args)),
         Command::Completions { shell } => {
             lbmanager::cli::completions(shell, &mut std::io::stdout());

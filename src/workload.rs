@@ -13,10 +13,10 @@ use etcd_client::{Client, EventType, PutOptions, WatchOptions};
 use futures::StreamExt;
 
 use crate::cli::{AddArgs, EtcdArgs, PlanOutput, RemoveArgs, StatusArgs};
-use crate::daemon::{etcd_options, StopSignal};
 use crate::etcd::{self, EtcdOptions};
 use crate::filter::Filters;
 use crate::key::{self, heartbeat_key, status_key, waiting_key, LbId, Member, MemberKey};
+use crate::signal::StopSignal;
 use crate::status::{self, judge, Goal, Heartbeat, LbStatus, Verdict};
 
 /// Why a command failed: what it prints, and its exit code.
@@ -80,7 +80,7 @@ const PROBE: Duration = Duration::from_secs(2);
 /// Connects to an etcd member that answers (see [`etcd::connect_alive`]), trying again within
 /// `--etcd-connect-timeout`.
 async fn connect(args: &EtcdArgs) -> Result<(Client, EtcdOptions), CommandError> {
-    let opts = etcd_options(args).map_err(CommandError::Usage)?;
+    let opts = args.options().map_err(CommandError::Usage)?;
     let reach = async {
         let mut attempt = 0;
         loop {
