@@ -39,7 +39,6 @@ pub struct LbPlan {
 /// empty). `rejected`: the refusals the running lbmanager recorded, by load balancer. `owned`:
 /// with `--ownership shared`, the members lbmanager added, by load balancer (only those are
 /// removed).
-#[allow(clippy::too_many_arguments)]
 pub async fn plan_all(
     desired: &DesiredState,
     managed: &BTreeSet<LbId>,

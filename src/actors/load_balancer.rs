@@ -18,7 +18,7 @@ use crate::aws::{AwsError, ElbApi};
 use crate::key::{LbId, Member};
 use crate::plan::{RecordSet, Rejected};
 use crate::status::{self, LastSync, LbStatus};
-use crate::sync::elb::{sync_elb, ElbSync, Owned, Want, Wanted};
+use crate::sync::elb::{sync_elb, ElbSync, ElbSyncContext, Owned, Want, Wanted};
 use crate::sync::ips_of;
 use crate::sync::schedule::{Next, Outcome, Schedule};
 use crate::sync::zone::FqdnWant;
@@ -251,21 +251,20 @@ impl LoadBalancer {
                 // Lent to the sync, and given back whatever happens (claims may have landed).
                 let mut owned = self.owned.take();
                 let fut = async move {
-                    let res = sync_elb(
-                        &*api,
-                        &region,
-                        &name,
-                        &wanted,
+                    let ctx = ElbSyncContext {
+                        api: &*api,
+                        region: &region,
+                        name: &name,
+                        wanted: &wanted,
                         cause,
-                        &options,
+                        options: &options,
                         what,
-                        &log,
-                        &known,
+                        log: &log,
+                        known: &known,
                         retry_rejected,
                         read_health,
-                        owned.as_mut(),
-                    )
-                    .await;
+                    };
+                    let res = sync_elb(&ctx, owned.as_mut()).await;
                     (res, owned)
                 };
                 ctx.spawn(fut.into_actor(self).map(move |(res, owned), act, ctx| {
@@ -392,7 +391,6 @@ impl LoadBalancer {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn finished(
         &mut self,
         generation: u64,

@@ -899,11 +899,13 @@ impl Handler<Shutdown> for Supervisor {
     }
 }
 
-/// Asks the Supervisor how many hosted zone actors it keeps (for tests).
+/// Asks the Supervisor how many hosted zone actors it keeps (tests only).
+#[cfg(test)]
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct ZoneCount;
 
+#[cfg(test)]
 impl Handler<ZoneCount> for Supervisor {
     type Result = usize;
 
@@ -912,11 +914,13 @@ impl Handler<ZoneCount> for Supervisor {
     }
 }
 
-/// Asks the Supervisor how many load balancers it manages (for tests and, later, metrics).
+/// Asks the Supervisor how many load balancers it manages (tests only).
+#[cfg(test)]
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct ManagedCount;
 
+#[cfg(test)]
 impl Handler<ManagedCount> for Supervisor {
     type Result = usize;
 

@@ -142,6 +142,28 @@ fn plan_latest(
     (changes, rejected, want, foreign)
 }
 
+/// What one ELB or target-group sync works on and knows: the load balancer and its API, the
+/// desire to bring AWS to, and what earlier syncs learnt.
+#[derive(Clone, Copy)]
+pub struct ElbSyncContext<'a> {
+    pub api: &'a dyn ElbApi,
+    pub region: &'a str,
+    pub name: &'a str,
+    /// The latest desire (read again once the quota for a change is taken).
+    pub wanted: &'a Wanted,
+    pub cause: Cause,
+    pub options: &'a SyncOptions,
+    /// How the log names the members: "instances", "targets".
+    pub what: &'a str,
+    pub log: &'a Logger,
+    /// Members AWS refused before, with its reason.
+    pub known: &'a Rejected,
+    /// Try the known refusals again (a resync).
+    pub retry_rejected: bool,
+    /// Also read the members' health where the Describe does not report it.
+    pub read_health: bool,
+}
+
 /// One ELB or target-group sync: a Describe, then the Register calls and at most one Deregister
 /// (register first, so a `single` switch never leaves it empty). Logs each change with its cause;
 /// `what` names the members in the log ("instances", "targets"). The plan is made again from the
@@ -154,21 +176,23 @@ fn plan_latest(
 /// every wanted member was refused: one bad key must not take a service down. `read_health`: also
 /// read the members' health where the Describe does not report it (Classic ELB), for whoever
 /// waits on it (see [`crate::status`]).
-#[allow(clippy::too_many_arguments)]
 pub async fn sync_elb(
-    api: &dyn ElbApi,
-    region: &str,
-    name: &str,
-    wanted: &Wanted,
-    cause: Cause,
-    options: &SyncOptions,
-    what: &str,
-    log: &Logger,
-    known: &Rejected,
-    retry_rejected: bool,
-    read_health: bool,
+    ctx: &ElbSyncContext<'_>,
     mut owned: Option<&mut Owned>,
 ) -> Result<ElbSync, AwsError> {
+    let ElbSyncContext {
+        api,
+        region,
+        name,
+        wanted,
+        cause,
+        options,
+        what,
+        log,
+        known,
+        retry_rejected,
+        read_health,
+    } = *ctx;
     let wants_nothing = wanted.borrow().members.is_empty();
     let mut actual = read_elb(api, region, name, wants_nothing).await?;
     if read_health && !actual.members.is_empty() {
