@@ -12,7 +12,6 @@ use serde::Serialize;
 use crate::aws::{AwsError, Backends};
 use crate::desired::DesiredState;
 use crate::key::{LbId, Member};
-use crate::ownership::keep_foreign;
 use crate::plan::{spell, Policy};
 use crate::sync::{ips_of, read_and_plan_elb, read_and_plan_fqdn};
 
@@ -76,13 +75,11 @@ pub async fn plan_all(
                     } else {
                         &*aws.elbv2
                     };
-                    let (actual, mut changes) =
-                        read_and_plan_elb(api, region, name, &members, policy).await?;
+                    let mine = owned.map(|o| o.get(&lb).unwrap_or(&none));
+                    let (actual, changes, foreign) =
+                        read_and_plan_elb(api, region, name, &members, policy, mine).await?;
                     plan.actual = actual.members.iter().map(|m| m.to_string()).collect();
-                    if let Some(owned) = owned {
-                        let foreign = keep_foreign(&mut changes, owned.get(&lb).unwrap_or(&none));
-                        plan.foreign = foreign.iter().map(|t| t.to_string()).collect();
-                    }
+                    plan.foreign = foreign.iter().map(|t| t.to_string()).collect();
                     if !changes.register.is_empty() {
                         plan.changes
                             .push(format!("register {}", spell(&changes.register)));

@@ -9,8 +9,7 @@ use super::{read_elb, Cause, SyncOptions};
 use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind, Permit};
 use crate::etcd::EtcdWrites;
 use crate::key::{owned_key, LbId, Member, Target};
-use crate::ownership::keep_foreign;
-use crate::plan::{plan_elb, spell, ElbChanges, Registered, Rejected};
+use crate::plan::{spell, ElbChanges, Registered, Rejected};
 
 /// The members a load balancer's actor wants now, and that desire's generation. A sync reads it
 /// again after each wait for AWS's quota, so that what arrived meanwhile goes out in the same
@@ -110,11 +109,12 @@ fn plan_latest(
     owned: Option<&Owned>,
 ) -> (ElbChanges, Rejected, Want, Vec<Target>) {
     let want = wanted.borrow().clone();
-    let members = want.members.clone();
-    let mut changes = plan_elb(&members, actual, options.policy);
-    let foreign = owned
-        .map(|o| keep_foreign(&mut changes, &o.members))
-        .unwrap_or_default();
+    let (mut changes, foreign) = super::plan_elb_members(
+        &want.members,
+        actual,
+        options.policy,
+        owned.map(|o| &o.members),
+    );
     let mut rejected: Rejected = changes
         .over_limit
         .iter()

@@ -105,17 +105,35 @@ pub async fn read_and_plan_fqdn(
     Ok((current, changes))
 }
 
-/// Reads an ELB or target group and plans it: what `run` would change, and what `plan` shows.
+/// The changes `run` makes and `plan` shows for an ELB or target group: what etcd wants
+/// (`desired`) against what AWS has, with `--ownership shared`'s members of others (those not in
+/// `owned`) left alone and returned. Both commands plan through this one function, so that they
+/// never disagree (`run` then sets aside the members AWS refused before, which `plan` lists).
+pub fn plan_elb_members(
+    desired: &BTreeSet<Member>,
+    actual: &Registered,
+    policy: Policy,
+    owned: Option<&BTreeSet<String>>,
+) -> (ElbChanges, Vec<crate::key::Target>) {
+    let mut changes = plan_elb(desired, actual, policy);
+    let foreign = owned
+        .map(|o| crate::ownership::keep_foreign(&mut changes, o))
+        .unwrap_or_default();
+    (changes, foreign)
+}
+
+/// Reads one ELB or target group and plans it (see [`plan_elb_members`]): what `plan` shows.
 pub async fn read_and_plan_elb(
     api: &dyn ElbApi,
     region: &str,
     name: &str,
     desired: &BTreeSet<Member>,
     policy: Policy,
-) -> Result<(Registered, ElbChanges), AwsError> {
+    owned: Option<&BTreeSet<String>>,
+) -> Result<(Registered, ElbChanges, Vec<crate::key::Target>), AwsError> {
     let actual = read_elb(api, region, name, desired.is_empty()).await?;
-    let changes = plan_elb(desired, &actual, policy);
-    Ok((actual, changes))
+    let (changes, foreign) = plan_elb_members(desired, &actual, policy, owned);
+    Ok((actual, changes, foreign))
 }
 
 /// What an ELB or target group has registered. One that does not exist has nothing, which is in
