@@ -1,12 +1,15 @@
 //! lbmanager: keeps AWS Classic ELBs, ALB/NLB target groups and Route53 A/AAAA record sets in step
 //! with an etcd key tree.
 //!
-//! Pure modules hold the rules ([`key`], [`desired`], [`plan`], [`filter`]); [`sync`] reads, plans
-//! and applies one load balancer or zone (and schedules its retries) over the [`aws`] traits;
-//! [`aws`] and [`etcd`] are the only code that talks to the outside; [`actors`] decide when each
-//! load balancer syncs; [`daemon`] is `run` and `plan` from flags to an exit code; [`status`] is
-//! what the daemon publishes for the workload, and [`workload`] the commands that read it
-//! (`member add|remove --wait`, `status`) with etcd access only.
+//! Pure modules hold the rules ([`key`], [`desired`], [`plan`], [`filter`], [`escape`]); [`sync`]
+//! reads, plans and applies one load balancer or zone (and schedules its retries) over the [`aws`]
+//! traits; the [`aws`] clients are the only code that talks to AWS, through [`fence`] under
+//! `--ha`; etcd is reached through [`etcd`]'s functions, by the actors that hold its clients (the
+//! StateWriter writes lbmanager's records; with `--ownership shared` the syncs write ownership
+//! records through the same [`etcd::EtcdWrites`]); [`actors`] decide when each load balancer
+//! syncs; [`daemon`] is `run` and `plan` from flags to an exit code; [`status`] is what the daemon
+//! publishes for the workload, and [`workload`] the commands that read it (`member add|remove
+//! --wait`, `status`) with etcd access only.
 
 pub mod actors;
 pub mod aws;

@@ -5,7 +5,8 @@
 //! It resumes from the last revision it delivered + 1 after any break (etcd restart, network,
 //! cancelled watch, a member that lost its leader), with capped exponential backoff that only real
 //! progress resets, so no event is lost and etcd is not hammered while it is away. It reads the
-//! whole prefix again and hands the Supervisor a [`Snapshot`] (a relist, as kube-runtime's watcher
+//! whole prefix again and hands it on page by page ([`WatchEvent::RelistStarted`],
+//! [`WatchEvent::RelistPage`]s, [`WatchEvent::Relisted`]: a relist, as kube-runtime's watcher
 //! does) whenever the history it would resume from is unusable:
 //! - compacted away, so even a delete made during the gap reaches AWS;
 //! - gone backwards: etcd was restored from a snapshot, and the revision it would resume from now
