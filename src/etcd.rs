@@ -372,7 +372,7 @@ async fn read_pages(
 pub const RECORD_PAGE: i64 = 100;
 
 /// Every key under `prefix` with its value (lbmanager's own records), read in pages of
-/// [`RECORD_PAGE`] at one revision (see [`read_pages`]): the records of the largest installation
+/// [`RECORD_PAGE`] at one revision, each request with its own deadline: the records of the largest installation
 /// are many MiB in all, over what one answer may carry.
 pub async fn read_records(
     client: &mut Client,
