@@ -36,7 +36,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     };
     let leadership = if args.ha {
         tokio::select! {
-            led = crate::ha::lead(&etcd_opts, &args.etcd.prefix, args.ha_lease_ttl, args.aws_timeout, &log) => match led {
+            led = crate::ha::lead(&etcd_opts, &args.etcd.prefix, args.ha_lease_ttl, args.aws_timeout, args.etcd.etcd_connect_timeout, &log) => match led {
                 Ok(l) => Some(l),
                 Err(e) => {
                     error!(log, "cannot take part in the leader election"; "error" => %e);

@@ -78,11 +78,12 @@ impl Fence {
         Fence(None)
     }
 
-    /// The fence of a leadership lease of `ttl`, confirmed now (the lease was just granted);
-    /// changes take at most a quarter of `ttl`, and no more than `call_limit` (`--aws-timeout`).
-    pub fn lease(ttl: Duration, call_limit: Duration) -> Self {
+    /// The fence of a leadership lease of `ttl` whose grant was sent at `granted` (a
+    /// [`boottime`]); changes take at most a quarter of `ttl`, and no more than `call_limit`
+    /// (`--aws-timeout`).
+    pub fn lease(ttl: Duration, call_limit: Duration, granted: Duration) -> Self {
         Fence(Some(Arc::new(Lease {
-            confirmed_ns: AtomicU64::new(boottime().as_nanos() as u64),
+            confirmed_ns: AtomicU64::new(granted.as_nanos() as u64),
             valid_for: ttl / 2,
             call_timeout: (ttl / 4).min(call_limit),
             tripped: AtomicBool::new(false),
@@ -207,7 +208,11 @@ mod tests {
 
     #[test]
     fn a_lease_lets_changes_through_for_half_its_ttl_then_trips_for_good() {
-        let f = Fence::lease(Duration::from_millis(400), Duration::from_secs(30));
+        let f = Fence::lease(
+            Duration::from_millis(400),
+            Duration::from_secs(30),
+            boottime(),
+        );
         assert_eq!(f.call_timeout(), Some(Duration::from_millis(100)));
         assert!(f.check().is_ok());
         std::thread::sleep(Duration::from_millis(120));
@@ -225,7 +230,7 @@ mod tests {
 
     #[test]
     fn an_older_confirmation_never_moves_it_back() {
-        let f = Fence::lease(Duration::from_secs(10), Duration::from_secs(1));
+        let f = Fence::lease(Duration::from_secs(10), Duration::from_secs(1), boottime());
         let now = boottime();
         f.confirm(now);
         f.confirm(now.saturating_sub(Duration::from_secs(9)));

@@ -56,17 +56,51 @@ pub async fn lead(
     prefix: &str,
     ttl: Duration,
     call_limit: Duration,
+    connect_timeout: Duration,
     log: &Logger,
 ) -> Result<Leadership, EtcdError> {
-    let mut client = etcd::connect(opts).await?;
     let ttl_secs = ttl.as_secs().max(2) as i64;
-    let lease = client
-        .lease_grant(ttl_secs, None)
-        .await
-        .map_err(lease_error)?
-        .id();
+    // etcd may start a little after lbmanager (as for the first read without --ha): retry with
+    // backoff within --etcd-connect-timeout.
+    let deadline = std::time::Instant::now() + connect_timeout;
+    let mut attempt = 0;
+    let (client, lease, granted) = loop {
+        let sent = boottime();
+        let tried = async {
+            let mut client = etcd::connect(opts).await?;
+            let grant = client.lease_grant(ttl_secs, None);
+            let lease = tokio::time::timeout(Duration::from_secs(5), grant)
+                .await
+                .map_err(|_| EtcdError::Timeout {
+                    prefix: "the leadership lease".into(),
+                    timeout: Duration::from_secs(5),
+                })?
+                .map_err(lease_error)?
+                .id();
+            Ok::<_, EtcdError>((client, lease))
+        };
+        match tried.await {
+            Ok((client, lease)) => break (client, lease, sent),
+            Err(e) => {
+                let delay = crate::actors::backoff(
+                    attempt,
+                    Duration::from_millis(250),
+                    Duration::from_secs(5),
+                );
+                attempt += 1;
+                if std::time::Instant::now() + delay > deadline {
+                    return Err(e);
+                }
+                warn!(log, "etcd not reachable yet for the leader election, will retry";
+                    "error" => %e, "retry_in" => ?delay);
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    let mut client = client;
     let ttl = Duration::from_secs(ttl_secs as u64);
-    let fence = Fence::lease(ttl, call_limit);
+    // The lease lives at least its TTL from when its grant was sent.
+    let fence = Fence::lease(ttl, call_limit, granted);
     keep_alive(client.clone(), lease, ttl, fence.clone(), log.clone());
     stop_when_fenced(client.clone(), lease, ttl, fence.clone(), log.clone());
     let name = election_key(prefix);

@@ -443,6 +443,13 @@ pub fn judge(
                     Verdict::Done
                 }
             }
+            // The key was not there: some other change removed it (a purge, say), which lbmanager
+            // may not have applied yet. Wait for it rather than judge from an older status.
+            Some(found) if revision == 0 => Verdict::Wait(Some(format!(
+                "the key was not there, and AWS still has {} in {lb}: waiting for lbmanager to \
+                 apply the change that removed it",
+                found.member
+            ))),
             Some(found) => Verdict::Failed(format!(
                 "lbmanager has applied the change, and {} stays in {lb}: another key still \
                  names it, or lbmanager runs with --policy upsert-only",
@@ -794,6 +801,28 @@ mod tests {
             false,
         );
         assert!(matches!(v, Verdict::Failed(r) if r.contains("not running")));
+    }
+
+    /// Found by the soak: the key was deleted by someone else (a purge) before `member remove`
+    /// ran, and lbmanager had not applied that yet. A status that still lists the member is not
+    /// a verdict then: the command waits for lbmanager to catch up.
+    #[test]
+    fn a_remove_of_a_key_already_gone_waits_for_lbmanager_to_catch_up() {
+        let m = target("i-0abc1234");
+        let stale = status(10, &[("i-0abc1234:80", Some("healthy"))]);
+        for goal in [
+            Goal::Absent { drained: false },
+            Goal::Absent { drained: true },
+        ] {
+            assert!(matches!(
+                judge(&tg(), &m, goal, 0, Some(&stale), false),
+                Verdict::Wait(Some(w)) if w.contains("was not there")
+            ));
+            assert_eq!(
+                judge(&tg(), &m, goal, 0, Some(&status(11, &[])), false),
+                Verdict::Done
+            );
+        }
     }
 
     #[test]

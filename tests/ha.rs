@@ -257,3 +257,37 @@ async fn a_paused_leader_sends_no_change_after_it_resumes() {
         .log()
         .contains("the leadership lease was not confirmed in time"));
 }
+
+/// Found by the soak: with `--ha`, an etcd that is not up yet ended `run` at once ("cannot take
+/// part in the leader election", exit 1) where without `--ha` lbmanager waits for it within
+/// `--etcd-connect-timeout`. It waits with `--ha` too, and leads once etcd is there.
+#[tokio::test]
+async fn a_leader_to_be_waits_for_etcd_within_the_connect_timeout() {
+    let moto = Moto::start().await;
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    let mut etcd = Etcd::unstarted();
+    let mut a = Daemon::unstarted();
+    a.spawn(
+        &etcd.url,
+        &moto.url,
+        &[
+            "--ha",
+            "--ha-lease-ttl",
+            "4s",
+            "--etcd-connect-timeout",
+            "30s",
+        ],
+    );
+    a.wait_log("etcd not reachable yet for the leader election")
+        .await;
+    assert!(a.is_running(), "{}", a.log());
+    etcd.launch();
+    etcd.wait_ready().await;
+    a.wait_log("elected leader").await;
+    etcd.put(&key(I1)).await;
+    eventually("the leader acts", DEADLINE, || async {
+        aws.instances("us-east-1", "webLB").await == strings(&[I1])
+    })
+    .await;
+}

@@ -36,7 +36,8 @@ impl Etcd {
         etcd
     }
 
-    fn unstarted() -> Etcd {
+    /// An etcd with its ports and data dir chosen, not started yet (`launch` starts it).
+    pub fn unstarted() -> Etcd {
         Etcd {
             child: None,
             url: format!("http://127.0.0.1:{}", free_port()),
