@@ -367,8 +367,8 @@ async fn read_pages(
 
 /// Records per page when reading lbmanager's own records: a status is at most
 /// [`crate::status::STATUS_MAX_BYTES`] (192 KiB), so a page is at most ~19 MiB and, for the
-/// 150 load balancers of 1,000 members the README's limits allow (30 KiB each), ~3 MiB; 150,000
-/// ownership records (empty values) take 2 pages.
+/// 150 load balancers of 1,000 members the README's limits allow (30 KiB each), ~3 MiB. (150,000
+/// ownership records, empty values, take 1,500 pages: a few seconds at start-up.)
 pub const RECORD_PAGE: i64 = 100;
 
 /// Every key under `prefix` with its value (lbmanager's own records), read in pages of

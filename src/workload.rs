@@ -213,7 +213,13 @@ async fn keep_alive(mut client: Client, opts: EtcdOptions, id: i64, ttl: Duratio
                 eprintln!("lbmanager: keeping the lease alive failed, retrying: {e}");
                 break;
             }
-            match answers.message().await {
+            // A member that stalls answers nothing: give up on it after a third of the TTL.
+            let answered = tokio::time::timeout(every, answers.message()).await;
+            let Ok(answered) = answered else {
+                eprintln!("lbmanager: keeping the lease alive: no answer, retrying");
+                break;
+            };
+            match answered {
                 Ok(Some(answer)) if answer.ttl() <= 0 => {
                     return "etcd says it expired (was etcd out of reach for longer than the TTL?)"
                         .into()

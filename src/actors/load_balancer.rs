@@ -308,7 +308,10 @@ impl LoadBalancer {
                     (ip.to_string(), why)
                 })
                 .collect();
-                self.zone_rejected = self.update_rejected(over);
+                // A change not handed over yet (its sync was given up) stays to be handed over.
+                if let Some(changed) = self.update_rejected(over) {
+                    self.zone_rejected = Some(changed);
+                }
                 zone.do_send(ZoneDesire {
                     want: FqdnWant {
                         lb: self.id.clone(),

@@ -89,6 +89,8 @@ struct Pending {
     smaller: bool,
     /// Failed attempts so far.
     failures: u32,
+    /// Its latest value has been tried (landed or failed): for [`Flush`].
+    tried: bool,
     /// Not to be tried again before this (after a failure).
     not_before: Option<Instant>,
 }
@@ -107,6 +109,7 @@ impl Queue {
                 p.value = value;
                 p.smaller = false;
                 p.not_before = None;
+                p.tried = false;
             }
             None => {
                 self.order.push_back(key.clone());
@@ -116,6 +119,7 @@ impl Queue {
                         value,
                         smaller: false,
                         failures: 0,
+                        tried: false,
                         not_before: None,
                     },
                 );
@@ -145,9 +149,9 @@ impl Queue {
         self.pending.values().filter(|p| p.failures > 0).count()
     }
 
-    /// Every key has been tried at least once since it was queued (for [`Flush`]).
+    /// Every key's latest value has been tried at least once (for [`Flush`]).
     fn all_tried(&self) -> bool {
-        self.pending.values().all(|p| p.failures > 0)
+        self.pending.values().all(|p| p.tried)
     }
 }
 
@@ -387,9 +391,10 @@ impl StateWriter {
         };
         match res {
             Ok(()) if newer => {
-                // A newer value came in meanwhile: it goes next.
+                // A newer value came in meanwhile: it goes in its turn, behind the others (a
+                // status that changes faster than etcd takes it must not hold them up).
                 p.failures = 0;
-                self.queue.order.push_front(key);
+                self.queue.order.push_back(key);
             }
             Ok(()) => {
                 debug!(self.log, "record updated"; "key" => &key, "present" => value.is_some());
@@ -411,6 +416,7 @@ impl StateWriter {
                 }
             }
             Err(e) => {
+                p.tried |= !newer;
                 let delay = backoff(
                     p.failures,
                     Duration::from_millis(200),

@@ -131,15 +131,24 @@ fn plan_latest(
     if !retry_rejected {
         changes
             .register
-            .retain(|m| match known.get(&m.to_string()) {
-                Some(reason) => {
-                    rejected.insert(m.to_string(), reason.clone());
-                    false
-                }
-                None => true,
-            });
+            // A member left out for the limit is not AWS's refusal: it goes in when there is
+            // room (the plan above decides that afresh).
+            .retain(
+                |m| match known.get(&m.to_string()).filter(|r| !is_over_limit(r)) {
+                    Some(reason) => {
+                        rejected.insert(m.to_string(), reason.clone());
+                        false
+                    }
+                    None => true,
+                },
+            );
     }
     (changes, rejected, want, foreign)
+}
+
+/// Whether `reason` is the limit's, not AWS's (see [`crate::plan::over_limit_reason`]).
+pub fn is_over_limit(reason: &str) -> bool {
+    reason.starts_with("over the limit")
 }
 
 /// What one ELB or target-group sync works on and knows: the load balancer and its API, the
@@ -235,6 +244,13 @@ pub async fn sync_elb(
         let claim = changes.register.iter().map(name_of).collect();
         owned.record(claim, Vec::new()).await?;
     }
+    // Register first, so that a `single` switch never leaves the load balancer empty; but at
+    // AWS's limit the members that go must go first, or the Register is refused as a whole.
+    let make_room = !changes.deregister.is_empty()
+        && actual.members.len() + changes.register.len() > crate::plan::MAX_ELB_MEMBERS;
+    if make_room {
+        deregister(ctx, &changes.deregister, &mut permit).await?;
+    }
     if !changes.register.is_empty() {
         let (accepted, refused) =
             register_accepted(api, region, name, &changes.register, &mut permit).await?;
@@ -246,19 +262,15 @@ pub async fn sync_elb(
         changes.register = accepted;
     }
     let left = actual.members.len() + changes.register.len() - changes.deregister.len();
-    if left == 0 && !changes.deregister.is_empty() && !rejected.is_empty() {
+    if !make_room && left == 0 && !changes.deregister.is_empty() && !rejected.is_empty() {
         warn!(log, "not deregistering the last {}: every wanted member was rejected by AWS", what;
             "kept" => spell(&changes.deregister),
             "rejected" => rejected.keys().cloned().collect::<Vec<_>>().join(","),
             "cause" => %cause);
         changes.deregister.clear();
     }
-    if !changes.deregister.is_empty() {
-        let paid = paid(api, region, name, &mut permit).await;
-        api.deregister(region, name, &changes.deregister, paid)
-            .await?;
-        info!(log, "deregistered {}", what;
-            "removed" => spell(&changes.deregister), "cause" => %cause);
+    if !make_room && !changes.deregister.is_empty() {
+        deregister(ctx, &changes.deregister, &mut permit).await?;
     }
     if let Some(owned) = owned.as_mut() {
         // Forget what is out of AWS: what this sync deregistered; and, on a read that is not
@@ -325,6 +337,21 @@ async fn paid(api: &dyn ElbApi, region: &str, name: &str, ahead: &mut Option<Per
         Some(permit) => permit,
         None => api.permit(region, name).await,
     }
+}
+
+/// Deregisters `members` in one call (with the permit already taken, if any) and says so.
+async fn deregister(
+    ctx: &ElbSyncContext<'_>,
+    members: &[Target],
+    permit: &mut Option<Permit>,
+) -> Result<(), AwsError> {
+    let paid = paid(ctx.api, ctx.region, ctx.name, permit).await;
+    ctx.api
+        .deregister(ctx.region, ctx.name, members, paid)
+        .await?;
+    info!(ctx.log, "deregistered {}", ctx.what;
+        "removed" => spell(members), "cause" => %ctx.cause);
+    Ok(())
 }
 
 /// Registers `members`, setting aside those AWS refuses (see [`sync_elb`]). Returns what was

@@ -119,6 +119,14 @@ pub fn plan_elb_members(
     let foreign = owned
         .map(|o| crate::ownership::keep_foreign(&mut changes, o))
         .unwrap_or_default();
+    // What stays in AWS counts against its limit too (others' members, and under upsert-only
+    // the unwanted ones): newcomers past it wait.
+    let stays = actual.members.len() - changes.deregister.len();
+    let room = crate::plan::MAX_ELB_MEMBERS.saturating_sub(stays);
+    if changes.register.len() > room {
+        let over = changes.register.split_off(room);
+        changes.over_limit.extend(over);
+    }
     (changes, foreign)
 }
 
@@ -147,5 +155,41 @@ pub async fn read_elb(
     match api.members(region, name).await {
         Err(e) if gone_is_in_step(&e, wants_nothing) => Ok(Registered::default()),
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::Target;
+
+    fn ids(range: std::ops::Range<u32>) -> BTreeSet<Member> {
+        range
+            .map(|n| Member::Instance(format!("i-{n:08x}")))
+            .collect()
+    }
+
+    /// What stays in AWS without being wanted (another tool's members, under shared ownership)
+    /// counts against the 1,000 too: the newcomers past it wait, listed as over the limit.
+    #[test]
+    fn members_that_stay_count_against_the_limit() {
+        let actual = Registered {
+            members: (0..1_000u32)
+                .map(|n| Target::instance(format!("i-{n:08x}")))
+                .collect(),
+            ..Registered::default()
+        };
+        // lbmanager owns the first 990; 10 are another tool's. etcd now wants 995 of its own
+        // and 10 new ones: 5 of lbmanager's go, so 5 newcomers fit.
+        let owned: BTreeSet<String> = (0..990u32).map(|n| format!("i-{n:08x}")).collect();
+        let mut want = ids(0..985);
+        want.extend(ids(2_000..2_010));
+        let (changes, foreign) = plan_elb_members(&want, &actual, Policy::Sync, Some(&owned));
+        assert_eq!(foreign.len(), 10);
+        assert_eq!(changes.deregister.len(), 5);
+        assert_eq!(changes.register.len(), 5);
+        assert_eq!(changes.over_limit.len(), 5);
+        let after = actual.members.len() - changes.deregister.len() + changes.register.len();
+        assert_eq!(after, crate::plan::MAX_ELB_MEMBERS);
     }
 }
