@@ -1,7 +1,8 @@
 //! The root logger, to stderr: slog-term for people (colourful on a terminal, plain otherwise), or
-//! one JSON object a line for log shippers (`--log-format json`). Text lines go through
-//! [`Escaping`], so a value from etcd or AWS never starts a line of its own or reaches a terminal
-//! as a control sequence; JSON escapes its strings itself.
+//! one JSON object a line for log shippers (`--log-format json`). Both go through [`Escaping`], so
+//! a value from etcd or AWS never starts a line of its own, reaches a terminal as a control
+//! sequence or reorders what a reader sees (JSON would escape control characters, not the
+//! characters that reorder text).
 
 use std::io::IsTerminal;
 use std::sync::Mutex;
@@ -17,7 +18,7 @@ pub fn logger(level: Level, format: LogFormat) -> Logger {
             let drain = slog_json::Json::new(std::io::stderr())
                 .add_default_keys()
                 .build();
-            let drain = Mutex::new(drain).fuse();
+            let drain = Mutex::new(Escaping(drain)).fuse();
             Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
         }
         LogFormat::Text if std::io::stderr().is_terminal() => {
