@@ -501,7 +501,7 @@ pub async fn delete_superseded(
             .iter()
             .map(|(k, rev)| Compare::mod_revision(k.as_str(), CompareOp::Equal, *rev))
             .collect();
-        guards.extend(leader.map(|(k, rev)| Compare::create_revision(k, CompareOp::Equal, rev)));
+        guards.extend(leader_guard(leader));
         let deletes: Vec<TxnOp> = txn
             .delete
             .iter()
@@ -516,6 +516,15 @@ pub async fn delete_superseded(
         }
     }
     Ok(deleted)
+}
+
+/// The compare that makes a transaction the leader's only (`leader`: its election key and that
+/// key's create revision), as etcd's election recipe does: none without `--ha`.
+fn leader_guard(leader: Option<(&str, Revision)>) -> Vec<Compare> {
+    leader
+        .map(|(k, rev)| Compare::create_revision(k, CompareOp::Equal, rev))
+        .into_iter()
+        .collect()
 }
 
 /// Every write lbmanager makes to etcd. Reads and the watch stay on the client: they are not
@@ -564,11 +573,7 @@ impl ClientWrites {
             Some(v) => TxnOp::put(key, v, None),
             None => TxnOp::delete(key, None),
         };
-        let guard: Vec<Compare> = self
-            .leader
-            .iter()
-            .map(|(k, rev)| Compare::create_revision(k.as_str(), CompareOp::Equal, *rev))
-            .collect();
+        let guard = leader_guard(self.leader.as_ref().map(|(k, rev)| (k.as_str(), *rev)));
         let resp = self
             .client
             .clone()
@@ -611,11 +616,7 @@ impl EtcdWrites for ClientWrites {
             .chain(delete.iter().map(|k| TxnOp::delete(k.as_str(), None)))
             .collect();
         let first = put.first().or(delete.first()).cloned().unwrap_or_default();
-        let guard: Vec<Compare> = self
-            .leader
-            .iter()
-            .map(|(k, rev)| Compare::create_revision(k.as_str(), CompareOp::Equal, *rev))
-            .collect();
+        let guard = leader_guard(self.leader.as_ref().map(|(k, rev)| (k.as_str(), *rev)));
         for chunk in ops.chunks(DELETES_PER_TXN) {
             let resp = self
                 .client
