@@ -108,7 +108,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
                 let prefix = args.etcd.prefix.clone();
                 members
                     .into_iter()
-                    .map(move |m| crate::key::owned_key(&prefix, &lb, &m))
+                    .map(move |m| crate::layout::Layout::new(&prefix).owned(&lb, &m))
             })
             .collect();
         info!(log, "forgetting the ownership records of --ownership shared";

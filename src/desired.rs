@@ -173,7 +173,7 @@ pub struct Loaded {
     /// How many more keys count for nothing than `ignored` lists.
     pub ignored_more: usize,
     /// The waiting keys of `lbmanager member … --healthy/--drain` (see
-    /// [`key::waiting_key`]), with their load balancer.
+    /// [`crate::layout::Layout::waiting`]), with their load balancer.
     pub waiting: Vec<(LbId, String)>,
     /// Where earlier versions kept their records: `PREFIX/_managed/`, `PREFIX/_rejected/`.
     legacy: [String; 2],
@@ -211,11 +211,12 @@ impl Loaded {
         if self.legacy.iter().any(|l| key.starts_with(l.as_str())) {
             self.legacy_keys.push(key.to_string());
         }
-        if let Some(lb) = key::parse_legacy_managed(&desired.prefix, key) {
+        let layout = crate::layout::Layout::new(&desired.prefix);
+        if let Some(lb) = layout.parse_legacy_managed(key) {
             if desired.allows(&lb) {
                 self.legacy_recorded.insert(lb);
             }
-        } else if let Some(lb) = key::parse_waiting(&desired.prefix, key) {
+        } else if let Some(lb) = layout.parse_waiting(key) {
             self.waiting.push((lb, key.to_string()));
         } else if let Err(e) = desired.put(key, revision) {
             if self.ignored.len() < MAX_WARNED {

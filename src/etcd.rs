@@ -391,7 +391,7 @@ pub async fn read_records(
     Ok(out)
 }
 
-/// lbmanager's records (under [`crate::key::state_prefix`]).
+/// lbmanager's records (under [`crate::layout::Layout::state_prefix`]).
 #[derive(Debug, Default)]
 pub struct Records {
     /// Load balancers recorded as managed.
@@ -407,14 +407,15 @@ pub struct Records {
 
 /// Reads lbmanager's records for the tree under `prefix` (paged, see [`read_records`]).
 pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, EtcdError> {
-    let state = format!("{}/", crate::key::state_prefix(prefix));
+    let layout = crate::layout::Layout::new(prefix);
+    let state = format!("{}/", layout.state_prefix());
     let records = read_records(client, &state).await?;
     let mut out = Records::default();
     let mut published = Vec::new();
     for (key, value) in records {
-        if let Some(lb) = crate::key::parse_managed(prefix, &key) {
+        if let Some(lb) = layout.parse_managed(&key) {
             out.managed.insert(lb);
-        } else if let Some(lb) = crate::key::parse_status(prefix, &key) {
+        } else if let Some(lb) = layout.parse_status(&key) {
             /// Only what start-up needs of a status: its members are not built (a million of
             /// them in the largest installation).
             #[derive(serde::Deserialize)]
@@ -428,9 +429,9 @@ pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, Et
                 }
             }
             published.push((lb, key));
-        } else if let Some((lb, member)) = crate::key::parse_owned(prefix, &key) {
+        } else if let Some((lb, member)) = layout.parse_owned(&key) {
             out.owned.entry(lb).or_default().insert(member);
-        } else if crate::key::parse_rejected(prefix, &key).is_some() {
+        } else if layout.parse_rejected(&key).is_some() {
             out.obsolete.push(key);
         }
     }

@@ -20,11 +20,6 @@ use slog::{error, info, warn, Logger};
 use crate::etcd::{self, EtcdError, EtcdOptions};
 use crate::fence::{boottime, Fence};
 
-/// The election's key prefix under lbmanager's prefix (reserved: not a member key).
-pub fn election_key(prefix: &str) -> String {
-    format!("{prefix}/_election")
-}
-
 /// Leadership held: release it (revoke the lease) on a clean stop so a standby takes over at once.
 pub struct Leadership {
     client: Client,
@@ -103,7 +98,7 @@ pub async fn lead(
     let fence = Fence::lease(ttl, call_limit, granted);
     keep_alive(client.clone(), lease, ttl, fence.clone(), log.clone());
     stop_when_fenced(client.clone(), lease, ttl, fence.clone(), log.clone());
-    let name = election_key(prefix);
+    let name = crate::layout::Layout::new(prefix).election();
     let me = format!("pid {} lease {lease:x}", std::process::id());
     info!(log, "campaigning for leadership (standby until elected)"; "election" => &name, "lease_ttl_s" => ttl_secs);
     let mut attempt = 0;

@@ -23,6 +23,7 @@ pub mod filter;
 pub mod ha;
 pub mod http;
 pub mod key;
+pub mod layout;
 pub mod logging;
 pub mod metrics;
 pub mod ownership;

@@ -1,7 +1,7 @@
 //! `--ownership`: whether etcd lists every member of a load balancer (`exclusive`, the original's
 //! semantics) or only those lbmanager added (`shared`: an Auto Scaling group, a hand-registered
 //! canary or another tool feeds the same load balancer). Pure: which changes a shared load
-//! balancer may see, and what to record. The records themselves ([`crate::key::owned_key`]) are
+//! balancer may see, and what to record. The records themselves ([`crate::layout::Layout::owned`]) are
 //! written by the syncs, before the call that adds a member, so that no restart, `kill -9` or
 //! failover forgets what lbmanager added.
 

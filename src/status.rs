@@ -1,6 +1,6 @@
 //! What the running lbmanager publishes in etcd, and what the workload's commands make of it.
 //!
-//! The daemon writes one [`LbStatus`] per load balancer (at [`crate::key::status_key`]) when
+//! The daemon writes one [`LbStatus`] per load balancer (at [`crate::layout::Layout::status`]) when
 //! something in it changes, and a [`Heartbeat`] every resync interval. `lbmanager member … --wait`
 //! and `lbmanager status` read them with etcd access only: the hosts that run containers need no
 //! AWS credentials to know whether AWS has their member. Everything here is pure: the verdicts

@@ -15,7 +15,8 @@ use futures::StreamExt;
 use crate::cli::{AddArgs, EtcdArgs, PlanOutput, RemoveArgs, StatusArgs};
 use crate::etcd::{self, EtcdOptions};
 use crate::filter::Filters;
-use crate::key::{self, heartbeat_key, status_key, waiting_key, LbId, Member, MemberKey};
+use crate::key::{self, LbId, Member, MemberKey};
+use crate::layout::Layout;
 use crate::signal::StopSignal;
 use crate::status::{self, judge, Goal, Heartbeat, LbStatus, Verdict};
 
@@ -356,7 +357,7 @@ async fn wait(
 }
 
 /// Health and draining are read back only while someone waits on them (see
-/// [`crate::key::waiting_key`]): for a `goal` that needs them, writes the waiting key under a
+/// [`Layout::waiting`]): for a `goal` that needs them, writes the waiting key under a
 /// lease that outlives the wait a little, and returns the lease.
 async fn announce_waiting(
     client: &mut Client,
@@ -379,7 +380,7 @@ async fn announce_waiting(
         .await
         .map_err(etcd_error)?
         .id();
-    let key = waiting_key(prefix, &target.lb, &target.member);
+    let key = Layout::new(prefix).waiting(&target.lb, &target.member);
     client
         .put(key, "", Some(PutOptions::new().with_lease(lease)))
         .await
@@ -404,7 +405,7 @@ async fn watch_status(
     revision: i64,
     why: &mut Option<String>,
 ) -> Result<Option<LbStatus>, CommandError> {
-    let key = status_key(prefix, lb);
+    let key = Layout::new(prefix).status(lb);
     // The last status seen: what a wait that ends with the record's removal returns.
     let mut last: Option<LbStatus> = None;
     // No record now: replay the record's history since the change (it may have come and gone).
@@ -499,7 +500,7 @@ fn decide(verdict: Verdict, why: &mut Option<String>) -> Result<bool, CommandErr
 /// The running lbmanager's heartbeat, if one ever reported.
 async fn heartbeat(client: &mut Client, prefix: &str) -> Result<Option<Heartbeat>, CommandError> {
     let got = client
-        .get(heartbeat_key(prefix), None)
+        .get(Layout::new(prefix).heartbeat(), None)
         .await
         .map_err(etcd_error)?;
     Ok(got
@@ -553,17 +554,13 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
         .map(|lb| (lb.clone(), desired_state.resolve(lb).members))
         .filter(|(_, members)| !members.is_empty())
         .collect();
-    let state = format!("{}/status/", key::state_prefix(prefix));
+    let layout = Layout::new(prefix);
+    let state = layout.statuses();
     let published: BTreeMap<LbId, LbStatus> = etcd::read_records(&mut client, &state)
         .await
         .map_err(etcd_error)?
         .into_iter()
-        .filter_map(|(k, v)| {
-            Some((
-                key::parse_status(prefix, &k)?,
-                serde_json::from_str(&v).ok()?,
-            ))
-        })
+        .filter_map(|(k, v)| Some((layout.parse_status(&k)?, serde_json::from_str(&v).ok()?)))
         .collect();
     let now = status::now();
     let report = status::StatusReport {

@@ -170,8 +170,16 @@ async fn one_hundred_fifty_thousand_members_restart() {
     let flags = ["--aws-quota-share", "100"];
     let mut daemon = Daemon::start(&etcd, &moto, &flags);
     daemon.wait_log("initial sync complete").await;
-    assert!(daemon.log().contains("failed: 0"), "{}", daemon.log());
-    assert_eq!(aws.instances("us-east-1", &name(LBS - 1)).await.len(), 1000);
+    // (A Register of 1,000 instances can time out on a loaded machine: retried, it lands.)
+    eventually("every ELB full", DEADLINE, || async {
+        for n in [0, LBS / 2, LBS - 1] {
+            if aws.instances("us-east-1", &name(n)).await.len() != 1000 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
     let statuses = || async { etcd.keys("/lbmanager-state/lbManager/status/").await.len() };
     eventually("every status written", DEADLINE, || async {
         statuses().await == LBS
@@ -206,7 +214,12 @@ async fn one_hundred_fifty_thousand_members_restart() {
         "--aws-endpoint-url",
         &moto.url,
     ];
-    let (code, out, err) = lbmanager_async(&[&["status"][..], &endpoints[..2]].concat()).await;
+    let status = || lbmanager_async(&[&["status"][..], &endpoints[..2]].concat());
+    eventually("status: all in step", DEADLINE, || async {
+        status().await.0 == Some(0)
+    })
+    .await;
+    let (code, out, err) = status().await;
     assert_eq!(code, Some(0), "status: {err}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("elb/")).count(),

@@ -631,12 +631,11 @@ async fn the_managed_record_is_in_etcd_before_the_first_change_in_aws() {
 
 /// The status the Supervisor published for a load balancer (through the StateWriter).
 fn published(etcd: &FakeEtcd, lb: &str) -> Option<crate::status::LbStatus> {
-    let lb = crate::key::parse_status(
-        "/lbManager",
-        &format!("/lbmanager-state/lbManager/status/{lb}"),
-    )
-    .expect("a load balancer path");
-    let key = crate::key::status_key("/lbManager", &lb);
+    let layout = crate::layout::Layout::new("/lbManager");
+    let lb = layout
+        .parse_status(&format!("/lbmanager-state/lbManager/status/{lb}"))
+        .expect("a load balancer path");
+    let key = layout.status(&lb);
     serde_json::from_str(&etcd.get(&key)?).ok()
 }
 

@@ -49,7 +49,7 @@ pub struct Desire {
 pub struct SetZone(pub Addr<HostedZone>);
 
 /// Whether someone waits on AWS's progress with this load balancer's members (see
-/// [`crate::key::waiting_key`]): only then is it read again while they settle.
+/// [`crate::layout::Layout::waiting`]): only then is it read again while they settle.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Watched(pub bool);

@@ -1,6 +1,6 @@
 //! The StateWriter owns every write lbmanager makes to etcd (through [`EtcdWrites`]). It keeps
 //! lbmanager's durable record of the load balancers it manages (`STATE/managed/...`, see
-//! [`crate::key::managed_key`]) in etcd, each load balancer's published status (`STATE/status/...`,
+//! [`crate::layout::Layout::managed`]) in etcd, each load balancer's published status (`STATE/status/...`,
 //! see [`crate::status`]: the members AWS refuses among it) and the daemon's heartbeat.
 //!
 //! The record is what lets a start-up empty a load balancer whose keys were all deleted while
@@ -25,7 +25,8 @@ use tokio::sync::oneshot;
 use super::{backoff, Settings};
 use crate::desired::Revision;
 use crate::etcd::{EtcdError, EtcdWrites};
-use crate::key::{heartbeat_key, managed_key, status_key, LbId};
+use crate::key::LbId;
+use crate::layout::Layout;
 use crate::metrics::Limit;
 use crate::status::{Heartbeat, LbStatus, STATUS_MAX_BYTES};
 
@@ -50,6 +51,8 @@ pub struct Beat;
 pub struct StateWriter {
     etcd: Arc<dyn EtcdWrites>,
     settings: Arc<Settings>,
+    /// Where the records go.
+    layout: Layout,
     log: Logger,
     /// The latest value to write at each key (`None`: delete it), in the order keys were first
     /// queued; a key written again before its write went out is written once, with its latest.
@@ -159,6 +162,7 @@ impl StateWriter {
     pub fn new(etcd: Arc<dyn EtcdWrites>, settings: Arc<Settings>, log: &Logger) -> Self {
         StateWriter {
             etcd,
+            layout: Layout::new(&settings.prefix),
             settings,
             log: log.new(slog::o!("actor" => "state-writer")),
             queue: Queue::default(),
@@ -235,11 +239,8 @@ impl Handler<ManagedRecord> for StateWriter {
 
     fn handle(&mut self, msg: ManagedRecord, ctx: &mut Self::Context) {
         let (key, value) = match msg {
-            ManagedRecord::Put(lb) => (
-                managed_key(&self.settings.prefix, &lb),
-                Some(Value::Text(lb.to_string())),
-            ),
-            ManagedRecord::Delete(lb) => (managed_key(&self.settings.prefix, &lb), None),
+            ManagedRecord::Put(lb) => (self.layout.managed(&lb), Some(Value::Text(lb.to_string()))),
+            ManagedRecord::Delete(lb) => (self.layout.managed(&lb), None),
         };
         self.write(key, value, ctx);
     }
@@ -249,7 +250,7 @@ impl Handler<PublishStatus> for StateWriter {
     type Result = ();
 
     fn handle(&mut self, PublishStatus(lb, status): PublishStatus, ctx: &mut Self::Context) {
-        let key = status_key(&self.settings.prefix, &lb);
+        let key = self.layout.status(&lb);
         self.write(key, status.map(Value::Status), ctx);
     }
 }
@@ -264,11 +265,7 @@ impl Handler<Beat> for StateWriter {
             version: env!("CARGO_PKG_VERSION").to_string(),
         };
         let value = serde_json::to_string(&beat).unwrap_or_default();
-        self.write(
-            heartbeat_key(&self.settings.prefix),
-            Some(Value::Text(value)),
-            ctx,
-        );
+        self.write(self.layout.heartbeat(), Some(Value::Text(value)), ctx);
     }
 }
 

@@ -81,6 +81,8 @@ struct Round {
 
 pub struct Supervisor {
     settings: Arc<Settings>,
+    /// Where lbmanager's own keys live.
+    layout: crate::layout::Layout,
     log: Logger,
     /// Every etcd write goes through the StateWriter, which owns these.
     etcd_writes: Arc<dyn EtcdWrites>,
@@ -115,7 +117,7 @@ pub struct Supervisor {
     /// load balancer nobody knows to empty.
     awaiting_record: HashSet<LbId>,
     /// The waiting keys of `lbmanager member … --healthy/--drain`, by load balancer (see
-    /// [`crate::key::waiting_key`]).
+    /// [`crate::layout::Layout::waiting`]).
     waiting: HashMap<LbId, HashSet<String>>,
     /// `--ownership shared`: the members lbmanager added, per load balancer (read at start-up,
     /// kept up to date by the load balancers' reports, handed to a restarted actor).
@@ -141,6 +143,7 @@ impl Supervisor {
         initial: Snapshot,
     ) -> Self {
         Supervisor {
+            layout: crate::layout::Layout::new(&settings.prefix),
             desired: DesiredState::with_filters(&settings.prefix, settings.filters.clone()),
             settings,
             log: log.clone(),
@@ -254,7 +257,7 @@ impl Supervisor {
         if !loaded.legacy_keys.is_empty() && !self.settings.dry_run {
             info!(self.log, "moving lbmanager's records out of the member tree";
                 "keys" => loaded.legacy_keys.len(),
-                "to" => crate::key::state_prefix(&self.settings.prefix));
+                "to" => self.layout.state_prefix().to_string());
             if let Some(state) = &self.state {
                 state.do_send(DeleteKeys(loaded.legacy_keys));
             }
@@ -402,7 +405,7 @@ impl Supervisor {
         };
         self.awaiting_record.insert(lb.clone());
         let lb = lb.clone();
-        let key = crate::key::managed_key(&self.settings.prefix, &lb);
+        let key = self.layout.managed(&lb);
         ctx.spawn(
             state
                 .send(Landed(key))
@@ -707,7 +710,7 @@ impl Supervisor {
         // Each touched load balancer with its cause: a leased key's delete is a lease expiry.
         let mut touched: HashMap<LbId, (Cause, Revision)> = HashMap::new();
         for change in msg.changes {
-            if let Some(lb) = crate::key::parse_waiting(&self.settings.prefix, change.key()) {
+            if let Some(lb) = self.layout.parse_waiting(change.key()) {
                 let put = matches!(change, KeyChange::Put { .. });
                 self.waiter(lb, change.key(), put);
                 continue;

@@ -8,7 +8,7 @@ use slog::{debug, info, warn, Logger};
 use super::{read_elb, Cause, SyncOptions};
 use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind, Permit};
 use crate::etcd::EtcdWrites;
-use crate::key::{owned_key, LbId, Member, Target};
+use crate::key::{LbId, Member, Target};
 use crate::plan::{spell, ElbChanges, Registered, Rejected};
 
 /// The members a load balancer's actor wants now, and that desire's generation. A sync reads it
@@ -58,7 +58,8 @@ impl Owned {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let key = |m: &String| owned_key(&self.prefix, &self.lb, m);
+        let layout = crate::layout::Layout::new(&self.prefix);
+        let key = |m: &String| layout.owned(&self.lb, m);
         let puts: Vec<String> = add.iter().map(key).collect();
         let deletes: Vec<String> = remove.iter().map(key).collect();
         self.writes

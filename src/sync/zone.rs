@@ -9,7 +9,8 @@ use slog::{info, Logger};
 use super::{gone_is_in_step, Cause, SyncOptions};
 use crate::aws::{AwsError, Route53Api};
 use crate::etcd::EtcdWrites;
-use crate::key::{owned_key, LbId};
+use crate::key::LbId;
+use crate::layout::Layout;
 use crate::ownership::{shared_ttl, with_foreign};
 use crate::plan::{pack_batches, plan_fqdn, Action, Policy, RecordChange, RecordSet};
 
@@ -157,7 +158,7 @@ pub async fn sync_zone(
         if !claims.is_empty() {
             let keys: Vec<String> = claims
                 .iter()
-                .map(|(i, ip)| owned_key(recorder.prefix, &batch[*i].lb, &ip.to_string()))
+                .map(|(i, ip)| Layout::new(recorder.prefix).owned(&batch[*i].lb, &ip.to_string()))
                 .collect();
             if let Err(e) = recorder.writes.record_many(&keys, &[]).await {
                 let e = AwsError::new(
@@ -234,7 +235,7 @@ pub async fn sync_zone(
         }
         let keys: Vec<String> = released
             .iter()
-            .map(|(i, ip)| owned_key(recorder.prefix, &batch[*i].lb, &ip.to_string()))
+            .map(|(i, ip)| Layout::new(recorder.prefix).owned(&batch[*i].lb, &ip.to_string()))
             .collect();
         // A failure leaves records of values no longer ours: forgotten at the next sync.
         if !keys.is_empty() && recorder.writes.record_many(&[], &keys).await.is_ok() {

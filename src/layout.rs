@@ -1,0 +1,223 @@
+//! Where lbmanager's own keys live, named in one place: its records (outside the member tree, under
+//! `/lbmanager-state` + the prefix) and the reserved keys inside the tree (`PREFIX/_election`,
+//! `PREFIX/_waiting/…`). [`crate::key`] keeps the grammar of the member keys; a [`Layout`] is built
+//! once from the prefix by whoever reads or writes these keys.
+
+use crate::key::{elb_name, hosted_zone, normalise_fqdn, region_of, LbId, Member};
+
+/// The keys of lbmanager's own for the member tree under one prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// The member tree (`/lbManager`), without its trailing slash.
+    prefix: String,
+    /// Where lbmanager keeps its bookkeeping: `/lbmanager-state` + the prefix
+    /// (`/lbmanager-state/lbManager`). Outside the member tree on purpose: the purge of the
+    /// original (`etcdctl del --prefix /lbManager/`, or without the slash) does not reach it, so a
+    /// load balancer lbmanager managed is still emptied after a purge made while it was stopped.
+    state: String,
+}
+
+/// The `KIND/…` path of a load balancer in lbmanager's keys.
+fn record_path(lb: &LbId) -> String {
+    match lb {
+        LbId::Elb { region, name } => format!("elb/{region}/{name}"),
+        LbId::Route53 { zone, fqdn } => format!("route53/{zone}/{fqdn}"),
+        LbId::TargetGroup { region, name } => format!("elbv2/{region}/{name}"),
+    }
+}
+
+fn parse_record_path(rest: &str) -> Option<LbId> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    match parts[..] {
+        ["elb", region, name] => Some(LbId::Elb {
+            region: region_of(region).ok()?,
+            name: elb_name(name).ok()?,
+        }),
+        ["elbv2", region, name] => Some(LbId::TargetGroup {
+            region: region_of(region).ok()?,
+            name: elb_name(name).ok()?,
+        }),
+        ["route53", zone, fqdn] => Some(LbId::Route53 {
+            zone: hosted_zone(zone).ok()?,
+            fqdn: normalise_fqdn(fqdn).ok()?,
+        }),
+        _ => None,
+    }
+}
+
+impl Layout {
+    pub fn new(prefix: &str) -> Self {
+        Layout {
+            prefix: prefix.to_string(),
+            state: format!("/lbmanager-state{prefix}"),
+        }
+    }
+
+    /// Everything lbmanager records for this tree is under it (see [`Layout`]).
+    pub fn state_prefix(&self) -> &str {
+        &self.state
+    }
+
+    /// Where lbmanager records that it manages a load balancer: `STATE/managed/elb/REGION/NAME`,
+    /// `STATE/managed/elbv2/REGION/NAME`, `STATE/managed/route53/ZONE/FQDN`. The record outlives
+    /// lbmanager, so a load balancer whose keys were all deleted while lbmanager was stopped is
+    /// still emptied at the next start.
+    pub fn managed(&self, lb: &LbId) -> String {
+        format!("{}/managed/{}", self.state, record_path(lb))
+    }
+
+    /// The load balancer a [`Layout::managed`] key names, if `key` is one (and valid).
+    pub fn parse_managed(&self, key: &str) -> Option<LbId> {
+        parse_record_path(key.strip_prefix(&self.state)?.strip_prefix("/managed/")?)
+    }
+
+    /// Where the running lbmanager publishes what it knows of a load balancer (a JSON
+    /// [`crate::status::LbStatus`]: the etcd revision AWS is in step with, the members as AWS
+    /// reports them, the last sync, the members AWS refuses): `STATE/status/elb/REGION/NAME` and
+    /// the like. Read by `lbmanager member … --wait`, `lbmanager status` and `lbmanager plan`;
+    /// written only when something in it changed, deleted when lbmanager stops managing the load
+    /// balancer.
+    pub fn status(&self, lb: &LbId) -> String {
+        format!("{}/status/{}", self.state, record_path(lb))
+    }
+
+    /// Every status is under this.
+    pub fn statuses(&self) -> String {
+        format!("{}/status/", self.state)
+    }
+
+    /// The load balancer a [`Layout::status`] key names, if `key` is one (and valid).
+    pub fn parse_status(&self, key: &str) -> Option<LbId> {
+        parse_record_path(key.strip_prefix(&self.state)?.strip_prefix("/status/")?)
+    }
+
+    /// Where lbmanager records, with `--ownership shared`, a member it added to a load balancer
+    /// (before the call that adds it): `STATE/owned/elb/REGION/NAME/MEMBER` and the like, MEMBER
+    /// as AWS names it (a target with its port). It removes only members recorded so; the record
+    /// goes once the member is out of AWS.
+    pub fn owned(&self, lb: &LbId, member: &str) -> String {
+        format!("{}/owned/{}/{member}", self.state, record_path(lb))
+    }
+
+    /// The load balancer and member a [`Layout::owned`] key names, if `key` is one.
+    pub fn parse_owned(&self, key: &str) -> Option<(LbId, String)> {
+        let rest = key.strip_prefix(&self.state)?.strip_prefix("/owned/")?;
+        let (path, member) = rest.rsplit_once('/')?;
+        Some((parse_record_path(path)?, member.to_string()))
+    }
+
+    /// Where the running lbmanager (the leader, with `--ha`) says it is alive: a JSON
+    /// [`crate::status::Heartbeat`], written at start and every resync interval.
+    pub fn heartbeat(&self) -> String {
+        format!("{}/daemon", self.state)
+    }
+
+    /// The election's key prefix (`--ha`), reserved in the member tree.
+    pub fn election(&self) -> String {
+        format!("{}/_election", self.prefix)
+    }
+
+    /// Where `lbmanager member … --wait --healthy|--drain` says that it waits on AWS's progress
+    /// with `member` (under a lease, gone when the waiter is): `PREFIX/_waiting/elb/REGION/NAME/
+    /// MEMBER` and the like. In the member tree (reserved `_` part) because that is what lbmanager
+    /// watches; while such a key exists, lbmanager reads the load balancer again as its members
+    /// settle (health checks, draining), and only then: those reads cost AWS calls.
+    pub fn waiting(&self, lb: &LbId, member: &Member) -> String {
+        format!("{}/_waiting/{}/{member}", self.prefix, record_path(lb))
+    }
+
+    /// The load balancer a [`Layout::waiting`] key names, if `key` is one.
+    pub fn parse_waiting(&self, key: &str) -> Option<LbId> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/_waiting/")?;
+        let (path, _member) = rest.rsplit_once('/')?;
+        parse_record_path(path)
+    }
+
+    /// Where versions before the move kept the managed records (`PREFIX/_managed/…`, inside the
+    /// member tree): read at start-up and moved.
+    pub fn legacy_managed(&self, lb: &LbId) -> String {
+        format!("{}/_managed/{}", self.prefix, record_path(lb))
+    }
+
+    /// The load balancer a [`Layout::legacy_managed`] key names, if `key` is one (and valid).
+    pub fn parse_legacy_managed(&self, key: &str) -> Option<LbId> {
+        parse_record_path(key.strip_prefix(&self.prefix)?.strip_prefix("/_managed/")?)
+    }
+
+    /// The load balancer a record of rejections of versions before the published status names:
+    /// `STATE/rejected/elb/REGION/NAME` and the like, deleted at start-up.
+    pub fn parse_rejected(&self, key: &str) -> Option<LbId> {
+        parse_record_path(key.strip_prefix(&self.state)?.strip_prefix("/rejected/")?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::key::parse;
+
+    const P: &str = "/lbManager";
+
+    #[test]
+    fn records_round_trip_and_are_not_members() {
+        let layout = Layout::new(P);
+        for lb in [
+            LbId::Elb {
+                region: "us-east-1".into(),
+                name: "web".into(),
+            },
+            LbId::Route53 {
+                zone: "Z1".into(),
+                fqdn: "www.example.com".into(),
+            },
+            LbId::TargetGroup {
+                region: "eu-west-1".into(),
+                name: "tg".into(),
+            },
+        ] {
+            let key = layout.managed(&lb);
+            // Out of reach of `etcdctl del --prefix /lbManager` (with or without the slash).
+            assert!(
+                key.starts_with("/lbmanager-state/lbManager/managed/"),
+                "{key}"
+            );
+            assert!(!key.starts_with(P));
+            assert_eq!(layout.parse_managed(&key), Some(lb.clone()));
+            let key = layout.status(&lb);
+            assert!(key.starts_with(&layout.statuses()), "{key}");
+            assert_eq!(layout.parse_status(&key), Some(lb.clone()));
+            let old = key.replace("/status/", "/rejected/");
+            assert_eq!(layout.parse_rejected(&old), Some(lb.clone()));
+            let owned = layout.owned(&lb, "i-0abc:80");
+            assert_eq!(
+                layout.parse_owned(&owned),
+                Some((lb.clone(), "i-0abc:80".to_string()))
+            );
+            let member = Member::Ip("2001:db8::1".parse().unwrap());
+            let waiting = layout.waiting(&lb, &member);
+            assert_eq!(
+                parse(P, &waiting),
+                Ok(None),
+                "a waiting key is not a member"
+            );
+            assert_eq!(layout.parse_waiting(&waiting), Some(lb.clone()));
+            let legacy = layout.legacy_managed(&lb);
+            assert_eq!(
+                parse(P, &legacy),
+                Ok(None),
+                "a legacy record is not a member"
+            );
+            assert_eq!(layout.parse_legacy_managed(&legacy), Some(lb));
+        }
+        assert_eq!(parse(P, &layout.election()), Ok(None));
+        assert_eq!(
+            layout.parse_legacy_managed("/lbManager/_managed/elb/bad"),
+            None
+        );
+        assert_eq!(layout.parse_managed("/lbManager/elb/us-east-1/web"), None);
+        assert_eq!(
+            layout.heartbeat(),
+            "/lbmanager-state/lbManager/daemon".to_string()
+        );
+    }
+}
