@@ -214,12 +214,12 @@ async fn one_hundred_fifty_thousand_members_restart() {
         "--aws-endpoint-url",
         &moto.url,
     ];
-    let status = || lbmanager_async(&[&["status"][..], &endpoints[..2]].concat());
+    let status_args = [&["status"][..], &endpoints[..2]].concat();
     eventually("status: all in step", DEADLINE, || async {
-        status().await.0 == Some(0)
+        lbmanager_async(&status_args).await.0 == Some(0)
     })
     .await;
-    let (code, out, err) = status().await;
+    let (code, out, err) = lbmanager_async(&status_args).await;
     assert_eq!(code, Some(0), "status: {err}");
     assert_eq!(
         out.lines().filter(|l| l.starts_with("elb/")).count(),
