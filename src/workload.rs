@@ -563,14 +563,14 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
         .filter_map(|(k, v)| Some((layout.parse_status(&k)?, serde_json::from_str(&v).ok()?)))
         .collect();
     let now = status::now();
-    let report = status::StatusReport {
+    let report = status::table::StatusReport {
         daemon: heartbeat(&mut client, prefix)
             .await?
-            .map(|beat| status::DaemonSeen::new(&beat, now)),
-        load_balancers: status::rows(&desired, &published, now),
+            .map(|beat| status::table::DaemonSeen::new(&beat, now)),
+        load_balancers: status::table::rows(&desired, &published, now),
     };
     match args.output {
-        PlanOutput::Table => print!("{}", status::render_table(&report)),
+        PlanOutput::Table => print!("{}", status::table::render_table(&report)),
         PlanOutput::Json => println!(
             "{}",
             serde_json::to_string_pretty(&report)
@@ -589,6 +589,6 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
             );
             Ok(1)
         }
-        Some(_) => Ok(status::exit_code(&report.load_balancers)),
+        Some(_) => Ok(status::table::exit_code(&report.load_balancers)),
     }
 }

@@ -1,0 +1,202 @@
+//! What `lbmanager status` prints: the rows (what etcd wants now against what the daemon
+//! published) and the table or JSON, from the records of [`super`]. Pure, like its schema.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use super::{is_zero, names, Heartbeat, LbStatus, MemberState};
+use crate::key::{LbId, Member};
+
+/// One line of `lbmanager status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusRow {
+    pub load_balancer: String,
+    /// What etcd wants now.
+    pub desired: Vec<String>,
+    /// What AWS has, as lbmanager last published it (none: never synced).
+    pub in_aws: Option<Vec<MemberState>>,
+    pub in_step: bool,
+    /// Seconds since the last sync that changed the status (see [`super::LastSync`]).
+    pub last_change_age: Option<u64>,
+    pub last_error: Option<String>,
+    /// Refused members (as far as the status lists them) with AWS's reason.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub rejected: BTreeMap<String, String>,
+    /// Refused members the status does not list one by one.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub rejected_unlisted: usize,
+}
+
+/// The rows of `lbmanager status`: every load balancer etcd wants members for or lbmanager
+/// published a status of. A load balancer is in step when its last sync succeeded and AWS (as
+/// published, draining members aside) has exactly what etcd wants now.
+pub fn rows(
+    desired: &BTreeMap<LbId, BTreeSet<Member>>,
+    published: &BTreeMap<LbId, LbStatus>,
+    now: u64,
+) -> Vec<StatusRow> {
+    let mut lbs: BTreeSet<&LbId> = desired.keys().collect();
+    lbs.extend(published.keys());
+    lbs.into_iter()
+        .map(|lb| {
+            let want = desired.get(lb).cloned().unwrap_or_default();
+            let status = published.get(lb);
+            let in_step = status.is_some_and(|s| {
+                let routed: Vec<&MemberState> = s
+                    .members
+                    .iter()
+                    .filter(|m| m.state.as_deref() != Some("draining"))
+                    .collect();
+                // Members lbmanager did not add (shared) are not its to match.
+                s.last_sync.ok
+                    && want
+                        .iter()
+                        .all(|w| routed.iter().any(|m| names(lb, w, &m.member)))
+                    && routed
+                        .iter()
+                        .filter(|m| !m.foreign)
+                        .all(|m| want.iter().any(|w| names(lb, w, &m.member)))
+            });
+            StatusRow {
+                load_balancer: lb.to_string(),
+                desired: want.iter().map(Member::to_string).collect(),
+                in_aws: status.map(|s| s.members.clone()),
+                in_step,
+                last_change_age: status.map(|s| now.saturating_sub(s.last_sync.at)),
+                last_error: status.and_then(|s| s.last_sync.error.clone()),
+                rejected: status
+                    .map(|s| {
+                        s.rejected
+                            .iter()
+                            .map(|(m, r)| (m.to_string(), r.to_string()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                rejected_unlisted: status.map_or(0, |s| s.rejected.more),
+            }
+        })
+        .collect()
+}
+
+/// The exit code of `status` once lbmanager is known to be alive: 0 all in step, 2 otherwise.
+pub fn exit_code(rows: &[StatusRow]) -> u8 {
+    if rows.iter().all(|r| r.in_step) {
+        0
+    } else {
+        2
+    }
+}
+
+/// Seconds as people say them: `42s`, `5m`, `3h`.
+fn age(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s}s ago"),
+        s if s < 7200 => format!("{}m ago", s / 60),
+        s => format!("{}h ago", s / 3600),
+    }
+}
+
+/// The running lbmanager, as its heartbeat shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaemonSeen {
+    pub version: String,
+    pub reported_secs_ago: u64,
+    pub resync_interval_secs: u64,
+    /// No heartbeat for more than [`super::STALE_AFTER_INTERVALS`] resync intervals.
+    pub stale: bool,
+}
+
+impl DaemonSeen {
+    pub fn new(beat: &Heartbeat, now: u64) -> Self {
+        DaemonSeen {
+            version: beat.version.clone(),
+            reported_secs_ago: now.saturating_sub(beat.at),
+            resync_interval_secs: beat.resync_interval_secs,
+            stale: beat.stale(now).is_some(),
+        }
+    }
+}
+
+/// `lbmanager status --output json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusReport {
+    /// None: no lbmanager ever reported for this prefix.
+    pub daemon: Option<DaemonSeen>,
+    pub load_balancers: Vec<StatusRow>,
+}
+
+/// A table for a terminal, under a line about the running lbmanager.
+pub fn render_table(report: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = match &report.daemon {
+        None => writeln!(out, "no lbmanager has reported for this prefix"),
+        Some(d) => writeln!(
+            out,
+            "{}",
+            crate::escape::escape(&format!(
+                "lbmanager {} reported {}{}; it reads every load balancer back every {}s, and \
+             LAST CHANGE is the last sync that changed anything",
+                d.version,
+                age(d.reported_secs_ago),
+                if d.stale {
+                    " (too long: is it running?)"
+                } else {
+                    ""
+                },
+                d.resync_interval_secs
+            ))
+        ),
+    };
+    let rows = &report.load_balancers;
+    let width = rows
+        .iter()
+        .map(|r| r.load_balancer.len())
+        .max()
+        .unwrap_or(0)
+        .max("LOAD BALANCER".len());
+    let _ = writeln!(
+        out,
+        "{:width$}  {:>7}  {:>6}  {:7}  {:>11}  NOTES",
+        "LOAD BALANCER", "DESIRED", "IN AWS", "IN STEP", "LAST CHANGE"
+    );
+    for r in rows.iter() {
+        let mut notes = Vec::new();
+        if r.in_aws.is_none() {
+            notes.push("never synced".to_string());
+        }
+        if let Some(e) = &r.last_error {
+            notes.push(format!("error: {e}"));
+        }
+        for (member, reason) in &r.rejected {
+            notes.push(format!("rejected {member}: {reason}"));
+        }
+        if r.rejected_unlisted > 0 {
+            notes.push(format!("{} more rejected", r.rejected_unlisted));
+        }
+        let foreign: Vec<&str> = r
+            .in_aws
+            .iter()
+            .flatten()
+            .filter(|m| m.foreign)
+            .map(|m| m.member.as_str())
+            .collect();
+        if !foreign.is_empty() {
+            notes.push(format!("not lbmanager's: {}", foreign.join(",")));
+        }
+        let line = format!(
+            "{:width$}  {:>7}  {:>6}  {:7}  {:>11}  {}",
+            r.load_balancer,
+            r.desired.len(),
+            r.in_aws
+                .as_ref()
+                .map_or("-".to_string(), |m| m.len().to_string()),
+            if r.in_step { "yes" } else { "NO" },
+            r.last_change_age.map_or("never".to_string(), age),
+            notes.join("; ")
+        );
+        let _ = writeln!(out, "{}", crate::escape::escape(line.trim_end()));
+    }
+    out
+}
