@@ -164,6 +164,86 @@ pub async fn connect_alive(opts: &EtcdOptions, probe: Duration) -> Result<Client
     }))
 }
 
+/// A host command's way to etcd, for commands that outlive one etcd member: a request that
+/// fails at the transport (its member went down mid-command, or lost its quorum) is sent again
+/// through another member that answers, until `patience` has passed since the first failure.
+/// What the request does must be safe to do twice (a put of the same value, a delete, a read):
+/// an answer lost on the way back may hide a request that was carried out.
+#[derive(Clone)]
+pub struct Failover {
+    client: Client,
+    opts: EtcdOptions,
+    probe: Duration,
+    patience: Duration,
+}
+
+impl Failover {
+    /// `client` reaches one member (see [`connect_alive`]).
+    pub fn new(client: Client, opts: EtcdOptions, probe: Duration, patience: Duration) -> Self {
+        Failover {
+            client,
+            opts,
+            probe,
+            patience,
+        }
+    }
+
+    /// A client of the member reached last.
+    pub fn client(&self) -> Client {
+        self.client.clone()
+    }
+
+    pub fn options(&self) -> &EtcdOptions {
+        &self.opts
+    }
+
+    /// Sends `request` (given a client to send it with) and sends it again through another
+    /// member while it fails at the transport, for `patience` at most. Each try is bounded by
+    /// `patience` too: a member that accepts and never answers is given up on.
+    pub async fn run<T, F, Fut>(&mut self, mut request: F) -> Result<T, etcd_client::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut failing_since = None;
+        loop {
+            let failed =
+                match tokio::time::timeout(self.patience, request(self.client.clone())).await {
+                    Ok(Ok(answer)) => return Ok(answer),
+                    Ok(Err(e)) if !unreachable(&e) => return Err(e),
+                    Ok(Err(e)) => e,
+                    Err(_) => etcd_client::Error::GRpcStatus(tonic::Status::deadline_exceeded(
+                        format!("no answer within {:?}", self.patience),
+                    )),
+                };
+            let since = *failing_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= self.patience {
+                return Err(failed);
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Ok(other) = connect_alive(&self.opts, self.probe).await {
+                self.client = other;
+            }
+        }
+    }
+}
+
+/// Whether `e` says the member could not be reached or could not serve (rather than that the
+/// request itself was refused): worth sending again through another member.
+fn unreachable(e: &etcd_client::Error) -> bool {
+    use tonic::Code;
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        // "transport error" (a connection reset mid-request) comes as Unknown; "no leader" and
+        // refused connections as Unavailable.
+        etcd_client::Error::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+        ),
+        _ => false,
+    }
+}
+
 /// Every key under a prefix at one revision, loaded into the desired state as it was read (values
 /// are not needed: only keys and revisions mean anything to lbmanager).
 #[derive(Debug)]

@@ -9,11 +9,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use etcd_client::{Client, EventType, PutOptions, WatchOptions};
+use etcd_client::{EventType, PutOptions, WatchOptions};
 use futures::StreamExt;
 
 use crate::cli::{AddArgs, EtcdArgs, PlanOutput, RemoveArgs, StatusArgs};
-use crate::etcd::{self, EtcdOptions};
+use crate::etcd::{self, Failover};
 use crate::filter::Filters;
 use crate::key::{self, LbId, Member, MemberKey};
 use crate::layout::Layout;
@@ -79,8 +79,9 @@ fn member_key(prefix: &str, key: &str) -> Result<MemberKey, CommandError> {
 const PROBE: Duration = Duration::from_secs(2);
 
 /// Connects to an etcd member that answers (see [`etcd::connect_alive`]), trying again within
-/// `--etcd-connect-timeout`.
-async fn connect(args: &EtcdArgs) -> Result<(Client, EtcdOptions), CommandError> {
+/// `--etcd-connect-timeout`; the requests that follow go on through another member when theirs
+/// goes away, within the same timeout ([`Failover`]).
+async fn connect(args: &EtcdArgs) -> Result<Failover, CommandError> {
     let opts = args.options().map_err(CommandError::Usage)?;
     let reach = async {
         let mut attempt = 0;
@@ -96,7 +97,12 @@ async fn connect(args: &EtcdArgs) -> Result<(Client, EtcdOptions), CommandError>
         }
     };
     match tokio::time::timeout(args.etcd_connect_timeout, reach).await {
-        Ok(client) => Ok((client?, opts)),
+        Ok(client) => Ok(Failover::new(
+            client?,
+            opts,
+            PROBE,
+            args.etcd_connect_timeout,
+        )),
         Err(_) => Err(CommandError::Etcd(format!(
             "no answer from {} within {:?}",
             opts.endpoints.join(","),
@@ -113,20 +119,20 @@ pub async fn member_add(args: AddArgs, stop: StopSignal) -> ExitCode {
 async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     let prefix = &args.etcd.prefix;
     let target = member_key(prefix, &args.key)?;
-    let (mut client, opts) = connect(&args.etcd).await?;
+    let mut etcd = connect(&args.etcd).await?;
     let deadline = Instant::now() + args.timeout;
     let goal = Goal::Present {
         healthy: args.healthy,
     };
     // Said before the write, so that the very first sync already reads the health back.
     let waiting = match args.wait {
-        true => announce_waiting(&mut client, prefix, &target, goal, args.timeout).await?,
+        true => announce_waiting(&mut etcd, prefix, &target, goal, args.timeout).await?,
         false => None,
     };
     let lease = match args.lease_ttl {
+        // Granted twice if an answer is lost: the lease not used runs out by itself.
         Some(ttl) => Some(
-            client
-                .lease_grant(ttl.as_secs() as i64, None)
+            etcd.run(|mut c| async move { c.lease_grant(ttl.as_secs() as i64, None).await })
                 .await
                 .map_err(etcd_error)?
                 .id(),
@@ -134,28 +140,26 @@ async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
         None => None,
     };
     let options = lease.map(|id| PutOptions::new().with_lease(id));
-    let put = client
-        .put(args.key.as_str(), "", options)
+    let put = etcd
+        .run(|mut c| {
+            let (key, options) = (args.key.clone(), options.clone());
+            async move { c.put(key, "", options).await }
+        })
         .await
         .map_err(etcd_error)?;
     let revision = put.header().map_or(0, |h| h.revision());
     eprintln!("lbmanager: wrote {} (etcd revision {revision})", args.key);
     let mut keeping = None;
     if let (Some(id), Some(ttl)) = (lease, args.lease_ttl) {
-        keeping = Some(tokio::spawn(keep_alive(
-            client.clone(),
-            opts.clone(),
-            id,
-            ttl,
-        )));
+        keeping = Some(tokio::spawn(keep_alive(etcd.clone(), id, ttl)));
     }
     let waited = match args.wait {
         true => {
             let waited = tokio::select! {
-                done = wait(&mut client, prefix, &target, goal, revision, deadline, args.timeout) => done.map(|_| ()),
+                done = wait(&mut etcd, prefix, &target, goal, revision, deadline, args.timeout) => done.map(|_| ()),
                 what = stop.clone() => Err(CommandError::Interrupted(what)),
             };
-            withdraw(&mut client, waiting).await;
+            withdraw(&mut etcd, waiting).await;
             waited
         }
         false => Ok(()),
@@ -182,20 +186,28 @@ async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
             }
         }
     }
-    // Revoking the lease deletes the key; lbmanager then removes the member. The member this
-    // client reaches may have gone meanwhile: then through another.
-    if client.lease_revoke(id).await.is_err() {
-        let mut other = etcd::connect_alive(&opts, PROBE)
-            .await
-            .map_err(etcd_error)?;
-        other.lease_revoke(id).await.map_err(etcd_error)?;
-    }
+    // Revoking the lease deletes the key; lbmanager then removes the member.
+    revoke(&mut etcd, id).await?;
     waited
+}
+
+/// Revokes lease `id` (through another member if its own has gone). A lease etcd no longer
+/// knows is gone already, with its keys: a revoke sent twice, or a lease that ran out.
+async fn revoke(etcd: &mut Failover, id: i64) -> Result<(), CommandError> {
+    match etcd
+        .run(|mut c| async move { c.lease_revoke(id).await })
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("requested lease not found") => Ok(()),
+        Err(e) => Err(etcd_error(e)),
+    }
 }
 
 /// Keeps lease `id` alive (every third of its TTL) until it is lost; returns why. When the
 /// member it reaches fails, it goes on through another that answers.
-async fn keep_alive(mut client: Client, opts: EtcdOptions, id: i64, ttl: Duration) -> String {
+async fn keep_alive(etcd: Failover, id: i64, ttl: Duration) -> String {
+    let (mut client, opts) = (etcd.client(), etcd.options().clone());
     let every = ttl / 3;
     loop {
         let (mut keeper, mut answers) = match client.lease_keep_alive(id).await {
@@ -248,21 +260,25 @@ pub async fn member_remove(args: RemoveArgs, stop: StopSignal) -> ExitCode {
 async fn remove(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError> {
     let prefix = &args.etcd.prefix;
     let target = member_key(prefix, &args.key)?;
-    let (mut client, _) = connect(&args.etcd).await?;
+    let mut etcd = connect(&args.etcd).await?;
     let deadline = Instant::now() + args.timeout;
     let goal = Goal::Absent {
         drained: args.drain,
     };
     // Said before the delete: the draining is read back from the deregistration on.
     let waiting = match args.wait || args.drain {
-        true => announce_waiting(&mut client, prefix, &target, goal, args.timeout).await?,
+        true => announce_waiting(&mut etcd, prefix, &target, goal, args.timeout).await?,
         false => None,
     };
-    let deleted = client
-        .delete(args.key.as_str(), None)
+    let deleted = etcd
+        .run(|mut c| {
+            let key = args.key.clone();
+            async move { c.delete(key, None).await }
+        })
         .await
         .map_err(etcd_error)?;
-    // A key that was not there changes nothing: any status will do.
+    // A key that was not there (or whose delete, sent again, found it gone) changes nothing:
+    // the wait is for lbmanager to have applied the change that removed it.
     let revision = if deleted.deleted() > 0 {
         eprintln!("lbmanager: deleted {}", args.key);
         deleted.header().map_or(0, |h| h.revision())
@@ -275,7 +291,7 @@ async fn remove(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError> 
     }
     let waited = async {
         let status = wait(
-            &mut client.clone(),
+            &mut etcd.clone(),
             prefix,
             &target,
             goal,
@@ -314,7 +330,7 @@ async fn remove(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError> 
         done = waited => done,
         what = stop => Err(CommandError::Interrupted(what)),
     };
-    withdraw(&mut client, waiting).await;
+    withdraw(&mut etcd, waiting).await;
     waited
 }
 
@@ -322,7 +338,7 @@ async fn remove(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError> 
 /// change at `revision`, or `deadline` (`timeout` after the start) passes; returns the status
 /// that said so (none: the record was removed).
 async fn wait(
-    client: &mut Client,
+    etcd: &mut Failover,
     prefix: &str,
     target: &MemberKey,
     goal: Goal,
@@ -331,7 +347,7 @@ async fn wait(
     timeout: Duration,
 ) -> Result<Option<LbStatus>, CommandError> {
     let mut why = None;
-    let mut watcher = client.clone();
+    let mut watcher = etcd.clone();
     let watched = watch_status(
         &mut watcher,
         prefix,
@@ -345,7 +361,7 @@ async fn wait(
         Ok(result) => result,
         Err(_) => {
             let mut why = why.unwrap_or_else(|| "no word from lbmanager".into());
-            if let Some(note) = liveness(client, prefix).await {
+            if let Some(note) = liveness(etcd, prefix).await {
                 why = format!("{why}; {note}");
             }
             Err(CommandError::Timeout {
@@ -360,7 +376,7 @@ async fn wait(
 /// [`Layout::waiting`]): for a `goal` that needs them, writes the waiting key under a
 /// lease that outlives the wait a little, and returns the lease.
 async fn announce_waiting(
-    client: &mut Client,
+    etcd: &mut Failover,
     prefix: &str,
     target: &MemberKey,
     goal: Goal,
@@ -375,29 +391,34 @@ async fn announce_waiting(
         return Ok(None);
     }
     let ttl = timeout.as_secs() as i64 + 10;
-    let lease = client
-        .lease_grant(ttl, None)
+    let lease = etcd
+        .run(|mut c| async move { c.lease_grant(ttl, None).await })
         .await
         .map_err(etcd_error)?
         .id();
     let key = Layout::new(prefix).waiting(&target.lb, &target.member);
-    client
-        .put(key, "", Some(PutOptions::new().with_lease(lease)))
-        .await
-        .map_err(etcd_error)?;
+    etcd.run(|mut c| {
+        let key = key.clone();
+        async move {
+            c.put(key, "", Some(PutOptions::new().with_lease(lease)))
+                .await
+        }
+    })
+    .await
+    .map_err(etcd_error)?;
     Ok(Some(lease))
 }
 
 /// Deletes the waiting key (revoking its lease; if that fails, the lease runs out by itself).
-async fn withdraw(client: &mut Client, waiting: Option<i64>) {
+async fn withdraw(etcd: &mut Failover, waiting: Option<i64>) {
     if let Some(lease) = waiting {
-        let _ = client.lease_revoke(lease).await;
+        let _ = revoke(etcd, lease).await;
     }
 }
 
 /// Follows the status key until a verdict; `why` keeps the latest reason to wait.
 async fn watch_status(
-    client: &mut Client,
+    etcd: &mut Failover,
     prefix: &str,
     lb: &LbId,
     member: &Member,
@@ -411,7 +432,13 @@ async fn watch_status(
     // No record now: replay the record's history since the change (it may have come and gone).
     let mut replay = true;
     loop {
-        let got = client.get(key.as_str(), None).await.map_err(etcd_error)?;
+        let got = etcd
+            .run(|mut c| {
+                let key = key.clone();
+                async move { c.get(key, None).await }
+            })
+            .await
+            .map_err(etcd_error)?;
         let current = match got.kvs().first() {
             Some(kv) => match parse(kv.value(), why) {
                 Some(status) => Some(status),
@@ -432,11 +459,14 @@ async fn watch_status(
             true => revision + 1,
             false => got.header().map_or(0, |h| h.revision()) + 1,
         };
-        let mut stream = client
-            .watch(
-                key.as_str(),
-                Some(WatchOptions::new().with_start_revision(from)),
-            )
+        let mut stream = etcd
+            .run(|mut c| {
+                let key = key.clone();
+                async move {
+                    c.watch(key, Some(WatchOptions::new().with_start_revision(from)))
+                        .await
+                }
+            })
             .await
             .map_err(etcd_error)?;
         loop {
@@ -498,9 +528,13 @@ fn decide(verdict: Verdict, why: &mut Option<String>) -> Result<bool, CommandErr
 }
 
 /// The running lbmanager's heartbeat, if one ever reported.
-async fn heartbeat(client: &mut Client, prefix: &str) -> Result<Option<Heartbeat>, CommandError> {
-    let got = client
-        .get(Layout::new(prefix).heartbeat(), None)
+async fn heartbeat(etcd: &mut Failover, prefix: &str) -> Result<Option<Heartbeat>, CommandError> {
+    let key = Layout::new(prefix).heartbeat();
+    let got = etcd
+        .run(|mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
         .await
         .map_err(etcd_error)?;
     Ok(got
@@ -510,8 +544,8 @@ async fn heartbeat(client: &mut Client, prefix: &str) -> Result<Option<Heartbeat
 }
 
 /// What the heartbeat says when lbmanager is not (or no longer) reporting; `None` when it is.
-async fn liveness(client: &mut Client, prefix: &str) -> Option<String> {
-    match heartbeat(client, prefix).await.ok()? {
+async fn liveness(etcd: &mut Failover, prefix: &str) -> Option<String> {
+    match heartbeat(etcd, prefix).await.ok()? {
         None => Some(format!(
             "no lbmanager has ever reported for the prefix {prefix}: is one running?"
         )),
@@ -537,7 +571,8 @@ pub async fn status(args: StatusArgs) -> ExitCode {
 
 async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
     let prefix = &args.etcd.prefix;
-    let (mut client, _) = connect(&args.etcd).await?;
+    let mut etcd = connect(&args.etcd).await?;
+    let mut client = etcd.client();
     let quiet = slog::Logger::root(slog::Discard, slog::o!());
     let snapshot = etcd::read_snapshot(
         &mut client,
@@ -564,7 +599,7 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
         .collect();
     let now = status::now();
     let report = status::table::StatusReport {
-        daemon: heartbeat(&mut client, prefix)
+        daemon: heartbeat(&mut etcd, prefix)
             .await?
             .map(|beat| status::table::DaemonSeen::new(&beat, now)),
         load_balancers: status::table::rows(&desired, &published, now),

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lbmanager_testkit::proxy::FaultProxy;
+use lbmanager_testkit::proxy::{FaultProxy, TcpCut};
 use lbmanager_testkit::*;
 
 const P: &str = "/lbManager";
@@ -301,4 +301,60 @@ async fn status_on_never_synced_converged_and_drifted_trees() {
     assert_eq!(code, Some(1), "{out}{err}");
     assert!(err.contains("is it running?"), "{err}");
     assert!(out.contains("too long"), "{out}");
+}
+
+/// The etcd member a host's command talks to goes away while the command waits (the soak found
+/// it: `tcp connect error`, exit 1, with two members up): the command goes on through a member
+/// that answers and ends as it would have. Three relays to one etcd stand for three members;
+/// the one the command connected to is cut (its connections reset, new ones refused).
+#[tokio::test]
+async fn a_wait_goes_on_through_another_member_when_its_own_goes_away() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    let relays: Vec<TcpCut> = (0..3).map(|_| TcpCut::start(etcd.port())).collect();
+    let endpoints = relays
+        .iter()
+        .map(|r| r.url.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let key = format!("{P}/elb/us-east-1/web/multiple/{I1}");
+    for (action, written) in [("add", true), ("remove", false)] {
+        // No daemon yet: the command waits, connected to one member.
+        let before: Vec<usize> = relays.iter().map(TcpCut::accepted).collect();
+        let args = [
+            "member",
+            action,
+            &key,
+            "--wait",
+            "--timeout",
+            "60s",
+            "--etcd-endpoints",
+            &endpoints,
+        ];
+        let command = lbmanager_async(&args);
+        let meanwhile = async {
+            eventually("the command changed the key", DEADLINE, || async {
+                etcd.keys(&key).await.contains(&key) == written
+            })
+            .await;
+            let used: Vec<usize> = (0..3)
+                .filter(|&i| relays[i].accepted() > before[i])
+                .collect();
+            assert_eq!(used.len(), 1, "one member: {used:?}");
+            relays[used[0]].cut();
+            let daemon = Daemon::start(&etcd, &moto, &[]);
+            daemon.wait_log("initial sync complete").await;
+            (used[0], daemon)
+        };
+        let ((code, _, err), (used, mut daemon)) = tokio::join!(command, meanwhile);
+        assert_eq!(code, Some(0), "{action}: {err}");
+        let want: Vec<String> = match written {
+            true => strings(&[I1]),
+            false => vec![],
+        };
+        assert_eq!(aws.instances("us-east-1", "web").await, want);
+        daemon.stop();
+        relays[used].restore();
+    }
 }

@@ -364,6 +364,7 @@ pub struct TcpCut {
     cut: Arc<AtomicBool>,
     stalled: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
+    accepted: Arc<AtomicUsize>,
 }
 
 impl TcpCut {
@@ -373,10 +374,13 @@ impl TcpCut {
         let cut = Arc::new(AtomicBool::new(false));
         let stalled = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let accepted: Arc<AtomicUsize> = Arc::default();
         let (cut2, conns2, stalled2) = (cut.clone(), conns.clone(), stalled.clone());
+        let accepted2 = accepted.clone();
         thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
+                accepted2.fetch_add(1, Ordering::SeqCst);
                 wait_while(&stalled2);
                 if cut2.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
@@ -402,7 +406,13 @@ impl TcpCut {
             cut,
             stalled,
             conns,
+            accepted,
         }
+    }
+
+    /// How many connections were made to the relay so far (carried or refused).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Carries nothing (connections stay open, bytes wait) until `resume`.
