@@ -30,9 +30,12 @@ remove_wait `member remove --wait/--drain` that succeeded: AWS, read right after
 removal     No call removes a member (a deregistration, or a record set written without it) that
             etcd wanted during the whole `stale_window` (15 s) before the call: no plan is older
             than that (a sync reads AWS and plans again on every retry; slow answers are capped at
-            3 s and reads retried 3 times).
+            3 s and reads retried 3 times). Nor in the `watch_lag` (1 s) after it: the driver's
+            watch sees a change after lbmanager may have acted on it (seen: 0.25 s late on a
+            loaded machine), so a key the watch saw go less than a second after the call may
+            have gone before it.
 addition    No call adds a member (a registration, or a record set value) that etcd did not want
-            at any moment of the `stale_window` before the call.
+            at any moment of the `stale_window` before the call (or the `watch_lag` after it).
 foreign     No call deregisters or registers a member lbmanager did not add (the foreign ones
             created by hand), writes a record set without the foreign values it had, or changes a
             record set of a name lbmanager does not manage.
@@ -65,6 +68,7 @@ DEFAULTS = {
     "leader_tolerance": 0.25,
     "convergence_bound": 30.0,
     "stale_window": 15.0,
+    "watch_lag": 1.0,
     "route53_ttl": 2,
     "drain_tolerance": 0.05,
     "lbs": [],
@@ -401,7 +405,7 @@ def _brief(ev):
 
 def check_calls(hist, out):
     """The removal, addition and foreign rules."""
-    w = hist.params["stale_window"]
+    w, lag = hist.params["stale_window"], hist.params["watch_lag"]
     for ev in hist.events:
         if ev["kind"] != "aws_call" or not ev.get("mutating"):
             continue
@@ -431,11 +435,11 @@ def check_calls(hist, out):
                 added = added - set(foreign)
                 removed = (removed or set()) - set(foreign)
             for m in sorted(removed):
-                if hist.desired_throughout(lb, m, t - w, t):
+                if hist.desired_throughout(lb, m, t - w, t + lag):
                     out.append(_v("removal", t, "%s removed %s from %s, which etcd wanted for the "
                                   "whole %.0f s before" % (_call_name(ev), m, lb, w), call=_brief(ev)))
             for m in sorted(added):
-                if not hist.desired_ever(lb, m, t - w, t):
+                if not hist.desired_ever(lb, m, t - w, t + lag):
                     out.append(_v("addition", t, "%s added %s to %s, which etcd did not want at any "
                                   "moment of the %.0f s before" % (_call_name(ev), m, lb, w),
                                   call=_brief(ev)))

@@ -209,6 +209,23 @@ class EachViolation(unittest.TestCase):
         ev = healthy() + [call(19.0, 0, "DeregisterInstancesFromLoadBalancer", ELB, [I1])]
         self.assertIn("removal", kinds(ev))
 
+    def test_a_removal_the_driver_saw_etcd_ask_for_just_after(self):
+        # lbmanager acted on the delete before the driver's watch reported it: not a violation.
+        ev = healthy() + [call(19.0, 0, "DeregisterInstancesFromLoadBalancer", ELB, [I1]),
+                          etcd(19.3, "delete", K1, 16)]
+        self.assertNotIn("removal", kinds(ev))
+        # A delete seen seconds after the call did not cause it.
+        ev[-1]["t"] = 21.0
+        self.assertIn("removal", kinds(ev))
+
+    def test_an_addition_the_driver_saw_etcd_ask_for_just_after(self):
+        member = "i-0a0000000000000ff"
+        ev = healthy() + [call(19.0, 0, "RegisterInstancesWithLoadBalancer", ELB, [member]),
+                          etcd(19.3, "put", "/lbManager/elb/us-east-1/webA/multiple/" + member, 16)]
+        self.assertNotIn("addition", kinds(ev))
+        ev[-1]["t"] = 21.0
+        self.assertIn("addition", kinds(ev))
+
     def test_a_record_set_written_without_a_wanted_value(self):
         ev = healthy() + [call(19.0, 0, "ChangeResourceRecordSets", changes=[
             {"lb": WWW, "action": "UPSERT", "type": "A", "ttl": 2, "values": ["198.51.100.7"]}])]
