@@ -812,6 +812,12 @@ pub mod fake {
         }
 
         async fn delete(&self, key: &str) -> Result<(), EtcdError> {
+            if self.failing.lock().unwrap().contains(key) {
+                return Err(EtcdError::Write {
+                    key: key.to_string(),
+                    source: etcd_client::Error::InvalidArgs("etcdserver: no leader".into()),
+                });
+            }
             self.keys().remove(key);
             Ok(())
         }

@@ -804,3 +804,51 @@ async fn a_record_etcd_refuses_delays_no_other_and_is_not_retried_as_it_is() {
         .encode()
         .contains("limit_exceeded_total{limit=\"record_refused\"} 1"));
 }
+
+/// `--ownership shared`: an ownership record etcd does not delete when its member leaves AWS
+/// (etcd out of reach for a moment) is deleted once etcd takes writes again, also when that was
+/// the load balancer's last member. The soak found records left for good: the delete was
+/// best effort, "forgotten at a later sync", and a load balancer with no keys left is retired
+/// after that sync, so none came.
+#[actix_rt::test]
+async fn an_ownership_record_etcd_did_not_delete_is_deleted_when_it_can_be() {
+    let settings = Arc::new(Settings {
+        ownership: crate::ownership::Ownership::Shared,
+        ..(*settings()).clone()
+    });
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    let etcd = Arc::new(FakeEtcd::default());
+    let sup = start_on(etcd.clone(), settings, elb.clone(), r53.clone(), &[]);
+    let www = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let records = [
+        "/lbmanager-state/lbManager/owned/elb/us-east-1/a/i-0000000a",
+        "/lbmanager-state/lbManager/owned/route53/Z1/www.example.com/192.0.2.1",
+    ];
+    for key in [A, www] {
+        sup.send(put(key, etcd.put_key(key, ""))).await.unwrap();
+    }
+    eventually("both members in AWS, recorded as lbmanager's", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
+            && r53.record("Z1", "www.example.com", RecordType::A).is_some()
+            && records.iter().all(|r| etcd.get(r).is_some())
+    })
+    .await;
+    etcd.failing
+        .lock()
+        .unwrap()
+        .extend(records.iter().map(|r| r.to_string()));
+    for (n, key) in [A, www].into_iter().enumerate() {
+        sup.send(del(key, 200 + n as i64)).await.unwrap();
+    }
+    eventually("both members out of AWS", || {
+        elb.instances("us-east-1", "a") == ids(&[])
+            && r53.record("Z1", "www.example.com", RecordType::A).is_none()
+    })
+    .await;
+    actix_rt::time::sleep(Duration::from_millis(300)).await;
+    etcd.failing.lock().unwrap().clear();
+    for record in records {
+        eventually(record, || etcd.get(record).is_none()).await;
+    }
+}

@@ -439,6 +439,7 @@ impl Supervisor {
                 lb: lb.clone(),
                 members,
                 mirror,
+                releasing: BTreeSet::new(),
             }
         });
         let addr = LoadBalancer::new(

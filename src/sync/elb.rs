@@ -36,6 +36,9 @@ pub struct Owned {
     /// The same members, shared with the Supervisor and updated as soon as a record has landed:
     /// an actor restarted after a panic mid-sync starts from what is really recorded.
     pub mirror: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// Members a sync took out of AWS but could not forget (etcd refused the write): forgotten
+    /// at the next sync, whatever its cause.
+    pub releasing: BTreeSet<String>,
 }
 
 impl Owned {
@@ -43,6 +46,19 @@ impl Owned {
     pub fn set(&mut self, members: BTreeSet<String>) {
         *self.mirror.lock().unwrap_or_else(|e| e.into_inner()) = members.clone();
         self.members = members;
+    }
+
+    /// Forgets `gone` (out of AWS now) and what an earlier sync could not forget, except what
+    /// is in AWS again (`back`); what fails is tried again at the next sync.
+    async fn forget(&mut self, gone: Vec<String>, back: &BTreeSet<String>) -> Result<(), AwsError> {
+        let mut all = std::mem::take(&mut self.releasing);
+        all.retain(|m| !back.contains(m));
+        all.extend(gone);
+        let result = self.record(Vec::new(), all.iter().cloned().collect()).await;
+        if result.is_err() {
+            self.releasing = all;
+        }
+        result
     }
 
     /// Records `add` as lbmanager's and forgets `remove`, durably, before it returns.
@@ -313,11 +329,11 @@ pub async fn sync_elb(
                     .cloned(),
             );
         }
-        // Best effort: a record left behind is forgotten at a later sync.
-        if let Err(e) = owned.record(Vec::new(), gone).await {
-            warn!(log, "could not forget members lbmanager removed; retried at a later sync";
-                "error" => %e);
-        }
+        // Not done until they are forgotten: a failure fails the sync, which is retried (AWS,
+        // read again, is in step by then, and what is gone is forgotten again). Left to a later
+        // sync, a load balancer with no keys left would have none: it is retired after this one.
+        let back: BTreeSet<String> = changes.register.iter().map(name_of).collect();
+        owned.forget(gone, &back).await?;
         if !foreign.is_empty() {
             debug!(log, "leaving {} lbmanager did not add", what;
                 "kept" => spell(&foreign), "cause" => %cause);

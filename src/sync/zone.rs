@@ -237,11 +237,28 @@ pub async fn sync_zone(
             .iter()
             .map(|(i, ip)| Layout::new(recorder.prefix).owned(&batch[*i].lb, &ip.to_string()))
             .collect();
-        // A failure leaves records of values no longer ours: forgotten at the next sync.
-        if !keys.is_empty() && recorder.writes.record_many(&[], &keys).await.is_ok() {
-            for (i, ip) in released {
-                if let Some(ours) = owned[i].as_mut() {
-                    ours.remove(&ip);
+        // Not done until they are forgotten: a failure fails the FQDN's sync, which is retried
+        // (AWS, read again, is in step by then, and the values are released again). Left to a
+        // later sync, a name with no keys left would have none: it is retired after this one.
+        if !keys.is_empty() {
+            match recorder.writes.record_many(&[], &keys).await {
+                Ok(()) => {
+                    for (i, ip) in released {
+                        if let Some(ours) = owned[i].as_mut() {
+                            ours.remove(&ip);
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = AwsError::new(
+                        crate::aws::ErrorKind::Transient,
+                        "forgetting ownership in etcd",
+                        zone,
+                        e.to_string(),
+                    );
+                    for (i, _) in released {
+                        results[i] = Err(e.clone());
+                    }
                 }
             }
         }
