@@ -26,7 +26,10 @@ add_wait    `member add --wait` (and a `--lease-ttl --wait` presence's "AWS has"
             absence (whether that removal was legal is the removal rules' business).
 remove_wait `member remove --wait/--drain` that succeeded: AWS, read right after, no longer has the
             member (unless something sent an add of it since); `--drain` of a record set value
-            exited at least the record's TTL after the change that removed it was sent.
+            exited at least the record's TTL after the change that removed it was sent. Not
+            judged when a hand edit during the operation wrote the value back (the driver's edit
+            reads the record set and writes it changed: it can restore a value lbmanager had
+            just removed, and the removal that follows is not the one the command waited for).
 removal     No call removes a member (a deregistration, or a record set written without it) that
             etcd wanted during the whole `stale_window` (15 s) before the call: no plan is older
             than that (a sync reads AWS and plans again on every retry; slow answers are capped at
@@ -283,6 +286,15 @@ def removal_time(mutations, lb, member, before):
     return removed_at
 
 
+def oob_put_back(events, lb, member, t0, t1):
+    """Whether a change by hand between t0 and t1 left `member` in `lb`'s record set: the
+    driver's hand edit reads the record set and writes it back changed, so it can write back a
+    value lbmanager removed in between (as a person's edit can)."""
+    return any(e["kind"] == "oob" and e.get("lb") == lb and t0 <= e["t"] <= t1
+               and e.get("action") == "rrset" and member in set(e.get("values", []))
+               for e in events)
+
+
 def oob_removed(events, lb, member, t0, t1):
     return any(e["kind"] == "oob" and e.get("lb") == lb and t0 <= e["t"] <= t1
                and (member in set(e.get("removed", [])) or (
@@ -494,6 +506,8 @@ def check_ops(hist, out):
             if end is None or end.get("exit") != 0 or probe is None:
                 continue
             checked["remove_wait"] += 1
+            if oob_put_back(mutations, lb, member, st["t"], probe["t"]):
+                continue  # put back by hand: not lbmanager's doing
             if probe["present"] and not hist.desired_ever(lb, member, end["t"], probe["t"]):
                 out.append(_v("remove_wait", end["t"], "%s %s exited 0 but AWS, read %.3f s later, "
                               "still has %s" % (kind, st["key"], probe["t"] - end["t"], member),

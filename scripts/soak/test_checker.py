@@ -205,6 +205,36 @@ class EachViolation(unittest.TestCase):
         ev[-1]["t"] = 10.41
         self.assertNotIn("remove_wait", kinds(ev))
 
+    def test_a_value_put_back_by_hand_during_a_drain_is_not_judged(self):
+        # The drain's removal at 7.0; a hand edit (read before it) writes the value back at
+        # 7.5; lbmanager removes it again at 8.9; the command exits at 9.05, a TTL after its own.
+        kd = "/lbManager/route53/us-east-1/%s/www.example.com/multiple/192.0.2.11" % ZONE
+        ev = healthy() + [
+            etcd(6.5, "put", kd, 20),
+            call(6.6, 0, "ChangeResourceRecordSets", changes=[
+                {"lb": WWW, "action": "UPSERT", "type": "A", "ttl": 2,
+                 "values": ["192.0.2.10", "192.0.2.11", "198.51.100.7"]}]),
+            {"kind": "op_start", "t": 6.9, "op_id": 9, "op": "remove_drain", "key": kd, "lb": WWW,
+             "member": "192.0.2.11"},
+            etcd(6.95, "delete", kd, 21),
+            call(7.0, 0, "ChangeResourceRecordSets", changes=[
+                {"lb": WWW, "action": "UPSERT", "type": "A", "ttl": 2,
+                 "values": ["192.0.2.10", "198.51.100.7"]}]),
+            {"kind": "oob", "t": 7.5, "action": "rrset", "lb": WWW, "type": "A", "ttl": 300,
+             "values": ["192.0.2.10", "192.0.2.11", "198.51.100.7"], "removed": []},
+            call(8.9, 0, "ChangeResourceRecordSets", changes=[
+                {"lb": WWW, "action": "UPSERT", "type": "A", "ttl": 2,
+                 "values": ["192.0.2.10", "198.51.100.7"]}]),
+            {"kind": "op_end", "t": 9.05, "op_id": 9, "exit": 0, "stderr": ""},
+            {"kind": "aws_probe", "t": 9.06, "op_id": 9, "lb": WWW, "member": "192.0.2.11",
+             "present": False},
+        ]
+        self.assertNotIn("remove_wait", kinds(ev))
+        # Without the hand edit, an exit before the TTL of the removal at 7.0 is caught.
+        ev = [e for e in ev if e["kind"] != "oob" and e.get("t") != 8.9]
+        ev[-2]["t"], ev[-1]["t"] = 8.5, 8.51
+        self.assertIn("remove_wait", kinds(ev))
+
     def test_a_member_deregistered_while_its_key_stood(self):
         ev = healthy() + [call(19.0, 0, "DeregisterInstancesFromLoadBalancer", ELB, [I1])]
         self.assertIn("removal", kinds(ev))
