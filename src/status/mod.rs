@@ -381,9 +381,12 @@ pub fn judge(
             )),
         };
     };
-    if status.revision < revision {
+    // Revision 0: in step with no change at all (a leader just elected whose first read of AWS
+    // failed publishes what it knows, which is nothing): no verdict on any member.
+    if status.revision < revision || status.revision == 0 {
         let why = match &status.last_sync.error {
             Some(e) if !status.last_sync.ok => format!("the last sync failed: {e}"),
+            _ if status.revision == 0 => "lbmanager has not read AWS yet".to_string(),
             _ => format!(
                 "lbmanager has not applied the change yet (AWS in step up to revision {}, the \
                  change is at {revision})",
@@ -647,6 +650,33 @@ mod tests {
                 judge(&tg(), &m, goal, 0, Some(&status(11, &[])), false),
                 Verdict::Done
             );
+        }
+    }
+
+    /// Found by the soak: a leader newly elected whose first read of AWS failed publishes a
+    /// status that knows nothing (revision 0, no members); a `remove --wait` of a key already
+    /// gone took it for "AWS no longer routes to it" while AWS still did.
+    #[test]
+    fn a_status_that_never_saw_aws_is_no_verdict() {
+        let m = target("i-0abc1234");
+        let mut blind = status(0, &[]);
+        blind.in_step = false;
+        blind.last_sync.ok = false;
+        blind.last_sync.error = Some("DescribeTargetHealth failed: connection reset".into());
+        for goal in [
+            Goal::Absent { drained: false },
+            Goal::Absent { drained: true },
+            Goal::Present { healthy: false },
+        ] {
+            for revision in [0, 10] {
+                assert!(
+                    matches!(
+                        judge(&tg(), &m, goal, revision, Some(&blind), false),
+                        Verdict::Wait(Some(ref w)) if w.contains("connection reset")
+                    ),
+                    "{goal:?} at {revision}"
+                );
+            }
         }
     }
 
