@@ -456,6 +456,7 @@ class Driver:
         self.ops_lock = threading.Lock()
         self.host_queues = {}
         self.presence = {}
+        self.commands = set()  # host commands running (see run_command)
         self.fault_state = {}
         self.foreign = {}
         self.moto = None
@@ -619,6 +620,23 @@ class Driver:
         return [self.bin, "member", action, key, "--etcd-endpoints", self.etcd.endpoints,
                 "--timeout", "%ds" % MEMBER_TIMEOUT] + list(flags)
 
+    def run_command(self, argv, timeout):
+        """Runs a host's command to its end, as subprocess.run does; the teardown kills any still
+        running (a stopped soak leaves nothing behind)."""
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.cli_env)
+        with self.procs_lock:
+            self.commands.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        finally:
+            with self.procs_lock:
+                self.commands.discard(proc)
+        return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
     def probe(self, op_id, host, t_ref):
         try:
             present_set, raw = self.aws.members_of(host["lb"])
@@ -642,8 +660,7 @@ class Driver:
             argv = self.member_cmd("add" if op.startswith("add") else "remove", key, *flags)
             start["argv"] = argv[1:]
             self.record(start)
-            p = subprocess.run(argv, capture_output=True, text=True, env=self.cli_env,
-                               timeout=MEMBER_TIMEOUT + 20)
+            p = self.run_command(argv, MEMBER_TIMEOUT + 20)
             t_end = time.time()
             self.record({"kind": "op_end", "op_id": op_id, "exit": p.returncode, "t": t_end,
                          "stderr": p.stderr[-600:]})
@@ -1124,7 +1141,9 @@ class Driver:
             inst.proxy.close()
             for relay in inst.relays:
                 relay.close()
-        for proc, _ in list(self.presence.values()):
+        with self.procs_lock:
+            running = list(self.commands)
+        for proc in [p for p, _ in list(self.presence.values())] + running:
             if proc.poll() is None:
                 proc.kill()
         if self.watcher:
