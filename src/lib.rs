@@ -6,8 +6,9 @@
 //! traits; the [`aws`] clients are the only code that talks to AWS, through [`fence`] under
 //! `--ha`; etcd is reached through [`etcd`]'s functions, by the actors that hold its clients (the
 //! StateWriter writes lbmanager's records; with `--ownership shared` the syncs write ownership
-//! records through the same [`etcd::EtcdWrites`]); [`actors`] decide when each load balancer
-//! syncs; [`daemon`] is `run` and `plan` from flags to an exit code; [`status`] is what the daemon
+//! records through the same [`etcd::EtcdWrites`]); [`fleet`] holds the fleet's rules (which
+//! load balancers have an actor, restarts, retirement, rounds) and [`actors`] carry them out and
+//! decide when each load balancer syncs; [`daemon`] is `run` and `plan` from flags to an exit code; [`status`] is what the daemon
 //! publishes for the workload, and [`workload`] the commands that read it (`member add|remove
 //! --wait`, `status`) with etcd access only.
 
@@ -20,6 +21,7 @@ pub mod escape;
 pub mod etcd;
 pub mod fence;
 pub mod filter;
+pub mod fleet;
 pub mod ha;
 pub mod http;
 pub mod key;

@@ -35,36 +35,7 @@ const RELIST_AFTER_FAILURES: u32 = 3;
 use crate::desired::Revision;
 use crate::etcd;
 
-/// One change of a key under the prefix.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyChange {
-    Put {
-        key: String,
-        revision: Revision,
-    },
-    /// `leased`: the key had a lease (its delete is, in practice, the lease's expiry).
-    Delete {
-        key: String,
-        leased: bool,
-        /// The revision of the delete.
-        revision: Revision,
-    },
-}
-
-impl KeyChange {
-    pub fn key(&self) -> &str {
-        match self {
-            KeyChange::Put { key, .. } | KeyChange::Delete { key, .. } => key,
-        }
-    }
-}
-
-/// Changes from the watch, in etcd's order.
-#[derive(Debug)]
-pub struct EtcdChanges {
-    pub changes: Vec<KeyChange>,
-    pub revision: Revision,
-}
+pub use crate::fleet::{EtcdChanges, KeyChange};
 
 /// What the watcher reports.
 #[derive(Message)]

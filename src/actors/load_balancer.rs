@@ -6,7 +6,6 @@
 //! its desired record sets to its zone's [`HostedZone`], which serialises all changes of the zone.
 //! The actor only routes messages between them and keeps the metrics.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -15,7 +14,7 @@ use slog::{warn, Logger};
 use super::hosted_zone::{HostedZone, ZoneDesire, ZoneSynced};
 use super::{Cause, Settings};
 use crate::aws::{AwsError, ElbApi};
-use crate::key::{LbId, Member};
+use crate::key::LbId;
 use crate::plan::{RecordSet, Rejected};
 use crate::status::{self, LastSync, LbStatus};
 use crate::sync::elb::{sync_elb, ElbSync, ElbSyncContext, Owned, Want, Wanted};
@@ -30,17 +29,11 @@ pub enum Backend {
     Route53(Addr<HostedZone>),
 }
 
-/// The members a load balancer should have now.
-#[derive(Message, Clone)]
-#[rtype(result = "()")]
-pub struct Desire {
-    pub members: Arc<BTreeSet<Member>>,
-    /// Increases with every new desire the Supervisor sends; echoed in [`Synced`].
-    pub generation: u64,
-    /// The etcd revision of the latest change of this load balancer's keys the members reflect:
-    /// once they are in AWS, the published status says AWS is in step up to it.
-    pub revision: i64,
-    pub cause: Cause,
+pub use crate::fleet::Desire;
+
+/// The members a load balancer should have now, as the fleet decided.
+impl Message for Desire {
+    type Result = ();
 }
 
 /// A Route53 load balancer's zone actor was replaced (after a restart).

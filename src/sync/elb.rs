@@ -26,6 +26,9 @@ pub struct Want {
     pub revision: i64,
 }
 
+/// Told a load balancer's owned members each time a change of them lands in etcd.
+pub type OnRecorded = Arc<dyn Fn(&BTreeSet<String>) + Send + Sync>;
+
 /// `--ownership shared`: the members lbmanager added to this load balancer (as AWS names them),
 /// and where it records them.
 pub struct Owned {
@@ -33,9 +36,9 @@ pub struct Owned {
     pub prefix: String,
     pub lb: LbId,
     pub members: BTreeSet<String>,
-    /// The same members, shared with the Supervisor and updated as soon as a record has landed:
-    /// an actor restarted after a panic mid-sync starts from what is really recorded.
-    pub mirror: Arc<std::sync::Mutex<BTreeSet<String>>>,
+    /// Told the members as soon as a change of them has landed in etcd (the actor sends them to
+    /// the Supervisor): an actor restarted after a panic mid-sync starts from what is recorded.
+    pub recorded: OnRecorded,
     /// Members a sync took out of AWS but could not forget (etcd refused the write): forgotten
     /// at the next sync, whatever its cause.
     pub releasing: BTreeSet<String>,
@@ -44,7 +47,7 @@ pub struct Owned {
 impl Owned {
     /// Sets the members (after a zone's sync, which records them itself).
     pub fn set(&mut self, members: BTreeSet<String>) {
-        *self.mirror.lock().unwrap_or_else(|e| e.into_inner()) = members.clone();
+        (self.recorded)(&members);
         self.members = members;
     }
 
@@ -95,7 +98,7 @@ impl Owned {
         for m in &remove {
             self.members.remove(m);
         }
-        *self.mirror.lock().unwrap_or_else(|e| e.into_inner()) = self.members.clone();
+        (self.recorded)(&self.members);
         Ok(())
     }
 }
