@@ -635,6 +635,23 @@ pub trait EtcdWrites: Send + Sync + 'static {
     }
 }
 
+/// The ownership records of `--ownership shared`, as the syncs write them: each claim durable
+/// before AWS hears of the member, each release after it left. The daemon's go through the
+/// StateWriter, which owns every write lbmanager makes.
+#[async_trait::async_trait]
+pub trait OwnershipWrites: Send + Sync + 'static {
+    /// Puts an empty value at each of `put` and deletes each of `delete`: all landed when it
+    /// returns Ok.
+    async fn record_many(&self, put: &[String], delete: &[String]) -> Result<(), EtcdError>;
+}
+
+#[async_trait::async_trait]
+impl<T: EtcdWrites> OwnershipWrites for T {
+    async fn record_many(&self, put: &[String], delete: &[String]) -> Result<(), EtcdError> {
+        EtcdWrites::record_many(self, put, delete).await
+    }
+}
+
 /// The real writes, through an etcd client. With `--ha`, every write is a transaction that also
 /// compares the leader's own election key (`leader`: key and create revision), as etcd's election
 /// recipe does: an instance that lost its leadership can write nothing.

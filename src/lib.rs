@@ -5,8 +5,8 @@
 //! reads, plans and applies one load balancer or zone (and schedules its retries) over the [`aws`]
 //! traits; the [`aws`] clients are the only code that talks to AWS, through [`fence`] under
 //! `--ha`; etcd is reached through [`etcd`]'s functions, by the actors that hold its clients (the
-//! StateWriter writes lbmanager's records; with `--ownership shared` the syncs write ownership
-//! records through the same [`etcd::EtcdWrites`]); [`fleet`] holds the fleet's rules (which
+//! StateWriter makes every write of lbmanager's: its records, and with `--ownership shared`
+//! the ownership records the syncs ask for through [`etcd::OwnershipWrites`]); [`fleet`] holds the fleet's rules (which
 //! load balancers have an actor, restarts, retirement, rounds) and [`actors`] carry them out and
 //! decide when each load balancer syncs; [`daemon`] is `run` and `plan` from flags to an exit code; [`status`] is what the daemon
 //! publishes for the workload, and [`workload`] the commands that read it (`member add|remove

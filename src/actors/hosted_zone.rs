@@ -66,7 +66,7 @@ pub struct HostedZone {
     /// What the zone last read or wrote, so a stream of changes costs no read per change.
     cache: ZoneCache,
     /// `--ownership shared`: where the values lbmanager adds are recorded.
-    writes: Option<Arc<dyn crate::etcd::EtcdWrites>>,
+    writes: Option<Arc<dyn crate::etcd::OwnershipWrites>>,
 }
 
 impl HostedZone {
@@ -90,7 +90,7 @@ impl HostedZone {
     }
 
     /// `--ownership shared`: records the values it adds with `writes`.
-    pub fn recording(mut self, writes: Option<Arc<dyn crate::etcd::EtcdWrites>>) -> Self {
+    pub fn recording(mut self, writes: Option<Arc<dyn crate::etcd::OwnershipWrites>>) -> Self {
         self.writes = writes;
         self
     }

@@ -280,6 +280,44 @@ pub struct DeleteSuperseded {
     pub superseded: Vec<(String, Revision)>,
 }
 
+/// Record members as lbmanager's and forget others (`--ownership shared`), for a sync that
+/// waits for the answer (see [`Ownership`]).
+#[derive(Message, Debug)]
+#[rtype(result = "Result<(), EtcdError>")]
+pub struct RecordOwnership {
+    pub put: Vec<String>,
+    pub delete: Vec<String>,
+}
+
+impl Handler<RecordOwnership> for StateWriter {
+    type Result = ResponseFuture<Result<(), EtcdError>>;
+
+    fn handle(&mut self, msg: RecordOwnership, _: &mut Self::Context) -> Self::Result {
+        let etcd = self.etcd.clone();
+        // Not queued behind the records: the sync that asks is waiting, and retries itself.
+        Box::pin(async move { etcd.record_many(&msg.put, &msg.delete).await })
+    }
+}
+
+/// The ownership writes of the syncs, carried by the StateWriter.
+pub struct Ownership(pub Addr<StateWriter>);
+
+#[async_trait::async_trait]
+impl crate::etcd::OwnershipWrites for Ownership {
+    async fn record_many(&self, put: &[String], delete: &[String]) -> Result<(), EtcdError> {
+        let msg = RecordOwnership {
+            put: put.to_vec(),
+            delete: delete.to_vec(),
+        };
+        self.0.send(msg).await.unwrap_or_else(|e| {
+            Err(EtcdError::Write {
+                key: put.first().or(delete.first()).cloned().unwrap_or_default(),
+                source: etcd_client::Error::Internal(format!("the StateWriter is gone: {e}")),
+            })
+        })
+    }
+}
+
 impl Handler<DeleteSuperseded> for StateWriter {
     type Result = ResponseFuture<Result<usize, EtcdError>>;
 

@@ -37,7 +37,7 @@ pub struct Supervisor {
     log: Logger,
     /// The fleet's rules and state.
     fleet: Fleet,
-    /// Given to the load balancers that record ownership (`--ownership shared`).
+    /// The StateWriter's, which owns every write lbmanager makes.
     etcd_writes: Arc<dyn EtcdWrites>,
     /// The client the EtcdWatcher watches with (none: no watcher, changes are sent directly).
     etcd_watch: Option<etcd_client::Client>,
@@ -264,7 +264,7 @@ impl Supervisor {
         let owned = owned.map(|members| {
             let (me, id) = (ctx.address(), lb.clone());
             Owned {
-                writes: self.etcd_writes.clone(),
+                writes: self.ownership_writes(),
                 prefix: self.settings.prefix.clone(),
                 lb: lb.clone(),
                 members,
@@ -285,12 +285,21 @@ impl Supervisor {
         .start()
     }
 
+    /// The ownership records' writes: through the StateWriter.
+    fn ownership_writes(&self) -> Arc<dyn crate::etcd::OwnershipWrites> {
+        let state = self
+            .state
+            .clone()
+            .expect("the StateWriter starts with the Supervisor");
+        Arc::new(super::state_writer::Ownership(state))
+    }
+
     fn zone(&mut self, zone: &str) -> Addr<HostedZone> {
         if let Some(addr) = self.zones.get(zone) {
             return addr.clone();
         }
         let writes = (self.settings.ownership == Ownership::Shared && !self.settings.dry_run)
-            .then(|| self.etcd_writes.clone());
+            .then(|| self.ownership_writes());
         let addr = HostedZone::new(
             zone,
             self.aws.route53.clone(),

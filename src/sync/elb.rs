@@ -7,7 +7,7 @@ use slog::{debug, info, warn, Logger};
 
 use super::{read_elb, Cause, SyncOptions};
 use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind, Permit};
-use crate::etcd::EtcdWrites;
+use crate::etcd::OwnershipWrites;
 use crate::key::{LbId, Member, Target};
 use crate::plan::{spell, ElbChanges, Registered, Rejected};
 
@@ -32,7 +32,7 @@ pub type OnRecorded = Arc<dyn Fn(&BTreeSet<String>) + Send + Sync>;
 /// `--ownership shared`: the members lbmanager added to this load balancer (as AWS names them),
 /// and where it records them.
 pub struct Owned {
-    pub writes: Arc<dyn EtcdWrites>,
+    pub writes: Arc<dyn OwnershipWrites>,
     pub prefix: String,
     pub lb: LbId,
     pub members: BTreeSet<String>,

@@ -8,7 +8,7 @@ use slog::{info, Logger};
 
 use super::{gone_is_in_step, Cause, SyncOptions};
 use crate::aws::{AwsError, Route53Api};
-use crate::etcd::EtcdWrites;
+use crate::etcd::OwnershipWrites;
 use crate::key::LbId;
 use crate::layout::Layout;
 use crate::ownership::{shared_ttl, with_foreign};
@@ -47,7 +47,7 @@ pub struct FqdnResult {
 
 /// Where `--ownership shared` records the values lbmanager adds.
 pub struct Recorder<'a> {
-    pub writes: &'a dyn EtcdWrites,
+    pub writes: &'a dyn OwnershipWrites,
     pub prefix: &'a str,
 }
 
