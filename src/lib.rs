@@ -1,16 +1,17 @@
 //! lbmanager: keeps AWS Classic ELBs, ALB/NLB target groups and Route53 A/AAAA record sets in step
 //! with an etcd key tree.
 //!
-//! Pure modules hold the rules ([`key`], [`desired`], [`plan`], [`filter`], [`escape`]); [`sync`]
-//! reads, plans and applies one load balancer or zone (and schedules its retries) over the [`aws`]
+//! Pure modules hold the rules ([`key`], [`desired`], [`plan`], [`filter`], [`escape`], and
+//! [`fleet`]: which load balancers have an actor, restarts, retirement, rounds); [`sync`] reads,
+//! plans and applies one load balancer or zone (and schedules its retries) over the [`aws`]
 //! traits; the [`aws`] clients are the only code that talks to AWS, through [`fence`] under
 //! `--ha`; etcd is reached through [`etcd`]'s functions, by the actors that hold its clients (the
-//! StateWriter makes every write of lbmanager's: its records, and with `--ownership shared`
-//! the ownership records the syncs ask for through [`etcd::OwnershipWrites`]); [`fleet`] holds the fleet's rules (which
-//! load balancers have an actor, restarts, retirement, rounds) and [`actors`] carry them out and
-//! decide when each load balancer syncs; [`daemon`] is `run` and `plan` from flags to an exit code; [`status`] is what the daemon
-//! publishes for the workload, and [`workload`] the commands that read it (`member add|remove
-//! --wait`, `status`) with etcd access only.
+//! StateWriter makes every write of lbmanager's: its records, and with `--ownership shared` the
+//! ownership records the syncs ask for through [`etcd::OwnershipWrites`]); [`actors`] carry out
+//! the fleet's rules and decide when each load balancer syncs; [`daemon`] is `run` and `plan`
+//! from flags to an exit code; [`status`] is what the daemon publishes for the workload, and
+//! [`workload`] the commands that read it (`member add|remove --wait`, `status`) with etcd
+//! access only.
 
 pub mod actors;
 pub mod aws;

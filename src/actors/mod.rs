@@ -1,6 +1,6 @@
 //! The actor system over the pure modules: each actor receives typed messages and calls plain
-//! functions (the rules of one load balancer's syncs are `sync::schedule`'s; the Supervisor still
-//! holds the fleet's rules itself). Mailbox order serialises the work of one load balancer
+//! functions (the rules of one load balancer's syncs are `sync::schedule`'s, the fleet's are
+//! [`crate::fleet`]'s, which the Supervisor carries out). Mailbox order serialises the work of one load balancer
 //! (a [`load_balancer::LoadBalancer`]) and of one hosted zone (a [`hosted_zone::HostedZone`]);
 //! different load balancers sync concurrently on the same runtime.
 
