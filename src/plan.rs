@@ -117,9 +117,6 @@ pub struct Health {
     /// AWS's own word: `initial`, `healthy`, `draining`, … (target groups), `InService`,
     /// `OutOfService`, `Unknown` (Classic ELB).
     pub state: String,
-    /// AWS is still moving it (registering, health checks not done, draining): worth reading
-    /// again soon, for whoever waits on it.
-    pub settling: bool,
 }
 
 /// Plans an ELB or a target group from its desired members and what AWS reports.

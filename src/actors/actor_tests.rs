@@ -664,7 +664,7 @@ async fn health_is_read_again_only_while_someone_waits_and_published_as_it_settl
             .is_some_and(|s| s.revision == 100 && s.members.len() == 1)
     })
     .await;
-    elb.set_health("i-00000001:80", "initial", true);
+    elb.set_health("i-00000001:80", "initial");
     // Nobody waits: no read but the sync's own.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(describes(&elb), 1, "{:?}", elb.calls());
@@ -677,7 +677,7 @@ async fn health_is_read_again_only_while_someone_waits_and_published_as_it_settl
             .is_some_and(|s| s.members[0].state.as_deref() == Some("initial"))
     })
     .await;
-    elb.set_health("i-00000001:80", "healthy", false);
+    elb.set_health("i-00000001:80", "healthy");
     eventually("healthy, published", || {
         published(&etcd, "elbv2/us-east-1/tg")
             .is_some_and(|s| s.members[0].state.as_deref() == Some("healthy"))
@@ -717,7 +717,7 @@ async fn a_key_written_again_moves_the_published_revision_without_a_call() {
 async fn a_waiter_found_at_start_up_gets_its_settling_reads() {
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
     elb.set_instances("us-east-1", "tg", &["i-00000001:80"]);
-    elb.set_health("i-00000001:80", "initial", true);
+    elb.set_health("i-00000001:80", "initial");
     let key = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
     let waiting = "/lbManager/_waiting/elbv2/us-east-1/tg/i-00000001:80";
     let etcd = Arc::new(FakeEtcd::default());
@@ -729,7 +729,7 @@ async fn a_waiter_found_at_start_up_gets_its_settling_reads() {
         &[(key, 1), (waiting, 2)],
     );
     eventually("read again while it settles", || describes(&elb) >= 2).await;
-    elb.set_health("i-00000001:80", "healthy", false);
+    elb.set_health("i-00000001:80", "healthy");
     eventually("healthy, published", || {
         published(&etcd, "elbv2/us-east-1/tg")
             .is_some_and(|s| s.members[0].state.as_deref() == Some("healthy"))

@@ -128,14 +128,7 @@ impl ElbApi for SdkElb {
             .iter()
             .filter_map(|i| {
                 let state = i.state()?.to_string();
-                // `OutOfService` for a reason of the ELB's own (registration in progress) is
-                // on its way; for the instance's (a failing health check) it is where it is.
-                let settling = state == "Unknown"
-                    || (state == "OutOfService" && i.reason_code() == Some("ELB"));
-                Some((
-                    Target::instance(i.instance_id()?),
-                    Health { state, settling },
-                ))
+                Some((Target::instance(i.instance_id()?), Health { state }))
             })
             .collect())
     }

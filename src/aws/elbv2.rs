@@ -225,15 +225,10 @@ impl ElbApi for SdkElbV2 {
             let s = reported(id, t.port().or(group.port.map(i32::from)));
             let state = d.target_health().and_then(|h| h.state());
             if let Some(state) = state {
-                let settling = matches!(
-                    state,
-                    TargetHealthStateEnum::Initial | TargetHealthStateEnum::Draining
-                );
                 health.insert(
                     s.clone(),
                     Health {
                         state: state.as_str().to_string(),
-                        settling,
                     },
                 );
             }

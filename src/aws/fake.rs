@@ -88,13 +88,12 @@ impl FakeElb {
         );
     }
 
-    /// Reports `member` in `state` from now on (`settling`: AWS is still moving it).
-    pub fn set_health(&self, member: &str, state: &str, settling: bool) {
+    /// Reports `member` in `state` from now on.
+    pub fn set_health(&self, member: &str, state: &str) {
         lock(&self.health).insert(
             member.to_string(),
             crate::plan::Health {
                 state: state.to_string(),
-                settling,
             },
         );
     }
@@ -181,8 +180,7 @@ impl ElbApi for FakeElb {
             health.insert(
                 t,
                 crate::plan::Health {
-                    state: "draining".into(),
-                    settling: true,
+                    state: crate::status::DRAINING.into(),
                 },
             );
         }

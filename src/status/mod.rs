@@ -16,6 +16,34 @@ use crate::plan::{RecordSet, Registered};
 
 pub mod table;
 
+/// AWS's word for a target on its way out of a target group.
+pub const DRAINING: &str = "draining";
+
+/// What AWS's word for a member's health (see [`MemberState::state`]) means to lbmanager.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Registered; its health is not read (yet).
+    NotRead,
+    /// `healthy` (target group), `InService` (Classic ELB): receives traffic.
+    Healthy,
+    /// On its way out of a target group: serves the connections it has until they end.
+    Draining,
+    /// Any other word (`initial`, `unhealthy`, `OutOfService`, …): health checks under way
+    /// or failing.
+    Other,
+}
+
+impl Health {
+    pub fn of(state: Option<&str>) -> Health {
+        match state {
+            None => Health::NotRead,
+            Some("healthy" | "InService") => Health::Healthy,
+            Some(DRAINING) => Health::Draining,
+            Some(_) => Health::Other,
+        }
+    }
+}
+
 /// A member as AWS last reported it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemberState {
@@ -156,6 +184,12 @@ impl Rejections {
     }
 }
 
+impl MemberState {
+    pub fn health(&self) -> Health {
+        Health::of(self.state.as_deref())
+    }
+}
+
 impl LbStatus {
     /// Within the bounds of the README's "Limits" (members past [`MEMBERS_LISTED`] counted, the
     /// error cut to [`REASON_CHARS`]); whether anything was cut.
@@ -252,7 +286,7 @@ pub fn elb_members(
     for t in deregistered {
         match lb {
             LbId::TargetGroup { .. } => {
-                out.insert(t.clone(), Some("draining".into()));
+                out.insert(t.clone(), Some(DRAINING.into()));
             }
             _ => {
                 out.remove(t);
@@ -269,7 +303,7 @@ pub fn elb_members(
                 // A target draining was lbmanager's until it deregistered it (or someone
                 // else's on its way out): neither is left alone.
                 foreign: owned.is_some_and(|o| !o.contains(&member))
-                    && state.as_deref() != Some("draining"),
+                    && Health::of(state.as_deref()) != Health::Draining,
                 member,
                 state,
             }
@@ -303,10 +337,7 @@ pub fn zone_members(sets: &[RecordSet], owned: Option<&BTreeSet<String>>) -> Vec
 pub fn settling(lb: &LbId, status: &LbStatus) -> bool {
     !matches!(lb, LbId::Route53 { .. })
         && status.last_sync.ok
-        && status
-            .members
-            .iter()
-            .any(|m| !matches!(m.state.as_deref(), Some("healthy" | "InService")))
+        && status.members.iter().any(|m| m.health() != Health::Healthy)
 }
 
 /// The running lbmanager's sign of life.
@@ -429,25 +460,29 @@ pub fn judge(
                      which)"
                 ));
             };
-            let state = found.state.as_deref();
-            if state == Some("draining") {
+            let health = found.health();
+            if health == Health::Draining {
                 return Verdict::Wait(Some(format!("{} is draining", found.member)));
             }
             if !healthy || matches!(lb, LbId::Route53 { .. }) {
                 return Verdict::Done;
             }
-            match state {
-                Some("healthy") | Some("InService") => Verdict::Done,
-                Some(s) => Verdict::Wait(Some(format!("AWS reports {} {s}", found.member))),
-                None => Verdict::Wait(Some(format!(
+            match health {
+                Health::Healthy => Verdict::Done,
+                Health::NotRead => Verdict::Wait(Some(format!(
                     "{} is registered; its health is not read yet",
                     found.member
+                ))),
+                Health::Draining | Health::Other => Verdict::Wait(Some(format!(
+                    "AWS reports {} {}",
+                    found.member,
+                    found.state.as_deref().unwrap_or_default()
                 ))),
             }
         }
         Goal::Absent { drained } => match found {
             None => Verdict::Done,
-            Some(found) if found.state.as_deref() == Some("draining") => {
+            Some(found) if found.health() == Health::Draining => {
                 if drained {
                     Verdict::Wait(Some(format!(
                         "{} is draining (for the target group's deregistration delay, 300 s \
@@ -780,7 +815,6 @@ mod tests {
                 t("i-00000001:80"),
                 crate::plan::Health {
                     state: "healthy".into(),
-                    settling: false,
                 },
             )]
             .into(),

@@ -47,7 +47,7 @@ pub fn rows(
                 let routed: Vec<&MemberState> = s
                     .members
                     .iter()
-                    .filter(|m| m.state.as_deref() != Some("draining"))
+                    .filter(|m| m.health() != super::Health::Draining)
                     .collect();
                 // Members lbmanager did not add (shared) are not its to match.
                 s.last_sync.ok
