@@ -16,7 +16,7 @@
 pub mod actors;
 pub mod aws;
 pub mod cli;
-pub mod daemon;
+pub mod commands;
 pub mod desired;
 pub mod escape;
 pub mod etcd;
@@ -31,8 +31,6 @@ pub mod logging;
 pub mod metrics;
 pub mod ownership;
 pub mod plan;
-pub mod report;
 pub mod signal;
 pub mod status;
 pub mod sync;
-pub mod workload;

@@ -6,11 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::process::ExitCode;
 
 use serde::Serialize;
+use slog::error;
 
-use crate::aws::{AwsError, Backends};
+use crate::aws::{self, AwsError, Backends, ClientOptions};
+use crate::cli::{PlanArgs, PlanOutput};
 use crate::desired::DesiredState;
+use crate::fence::Fence;
+use crate::filter::Filters;
 use crate::key::{LbId, Member};
 use crate::plan::{spell, Policy};
 use crate::sync::{ips_of, read_and_plan_elb, read_and_plan_fqdn};
@@ -194,6 +199,76 @@ pub fn render_table(plans: &[LbPlan]) -> String {
         plans.iter().filter(|p| p.error.is_some()).count()
     );
     out
+}
+
+/// `lbmanager plan`: read etcd and AWS once, print what `run` would change.
+pub async fn plan(args: PlanArgs) -> ExitCode {
+    let run = &args.run;
+    let log = crate::logging::logger(run.log_level.to_slog(), run.log_format);
+    let etcd_opts = match run.etcd.options() {
+        Ok(opts) => opts,
+        Err(e) => {
+            error!(log, "bad etcd settings"; "error" => e);
+            return ExitCode::from(2);
+        }
+    };
+    let filters = Filters {
+        elb: run.elb_filter.clone(),
+        zones: run.zone_filter.clone(),
+    };
+    let Some((_, snapshot, records)) = super::reach::initial_read(
+        &log,
+        &etcd_opts,
+        &run.etcd.prefix,
+        &filters,
+        run.etcd.etcd_connect_timeout,
+    )
+    .await
+    else {
+        return ExitCode::FAILURE;
+    };
+    let loaded = snapshot.loaded;
+    for (key, e) in &loaded.ignored {
+        crate::desired::log_ignored(&log, key, e);
+    }
+    if loaded.ignored_more > 0 {
+        slog::warn!(log, "more keys count for nothing than are listed";
+            "not_listed" => loaded.ignored_more);
+    }
+    let sdk = aws::load_sdk_config(&ClientOptions {
+        endpoint_url: run.aws_endpoint_url.clone(),
+        timeout: run.aws_timeout,
+    })
+    .await;
+    let mut recorded: std::collections::BTreeSet<_> = loaded.legacy_recorded.into_iter().collect();
+    recorded.extend(
+        records
+            .managed
+            .into_iter()
+            .filter(|lb| loaded.desired.allows(lb)),
+    );
+    let plans = plan_all(
+        &loaded.desired,
+        &recorded,
+        &records.rejected,
+        &super::reach::backends(&sdk, run, &Fence::open(), None, &log).await,
+        run.route53_ttl,
+        run.policy.into(),
+        (crate::ownership::Ownership::from(run.ownership) == crate::ownership::Ownership::Shared)
+            .then_some(&records.owned),
+    )
+    .await;
+    match args.output {
+        PlanOutput::Table => print!("{}", render_table(&plans)),
+        PlanOutput::Json => match serde_json::to_string_pretty(&plans) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                error!(log, "cannot render the plan as JSON"; "error" => %e);
+                return ExitCode::FAILURE;
+            }
+        },
+    }
+    ExitCode::from(exit_code(&plans))
 }
 
 #[cfg(test)]

@@ -1,19 +1,19 @@
-//! The daemon as a library: `lbmanager run` and `lbmanager plan`, from parsed flags to an exit
-//! code. `main` only parses the flags and calls these (as mini-redis's `server::run` is called), so
-//! everything here can be driven from a test with its own stop signal.
+//! `lbmanager run`, from parsed flags to an exit code. `main` only parses the flags and calls it
+//! (as mini-redis's `server::run` is called), so it can be driven from a test with its own stop
+//! signal.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::Actor;
 use slog::{error, info, warn, Logger};
 
 use crate::actors::supervisor::{Shutdown, Supervisor};
-use crate::actors::{backoff, Settings};
-use crate::aws::{self, Backends, ClientOptions, Quotas};
-use crate::cli::{PlanArgs, PlanOutput, RunArgs};
-use crate::etcd::{self, EtcdOptions, Snapshot};
+use crate::actors::Settings;
+use crate::aws::{self, ClientOptions};
+use crate::cli::RunArgs;
+use crate::etcd;
 use crate::fence::Fence;
 use crate::filter::Filters;
 use crate::signal::StopSignal;
@@ -52,7 +52,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         elb: args.elb_filter.clone(),
         zones: args.zone_filter.clone(),
     };
-    let Some((client, snapshot, records)) = initial_read(
+    let Some((client, snapshot, records)) = super::reach::initial_read(
         &log,
         &etcd_opts,
         &args.etcd.prefix,
@@ -94,7 +94,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     let fence = leadership
         .as_ref()
         .map_or_else(Fence::open, |l| l.fence.clone());
-    let backends = backends(&sdk, &args, &fence, Some(metrics.clone()), &log).await;
+    let backends = super::reach::backends(&sdk, &args, &fence, Some(metrics.clone()), &log).await;
     let filters = settings.filters.clone();
     let recorded = records.managed.into_iter().filter(|lb| filters.allows(lb));
     let mut obsolete = records.obsolete;
@@ -174,121 +174,6 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     code
 }
 
-/// `lbmanager plan`: read etcd and AWS once, print what `run` would change.
-pub async fn plan(args: PlanArgs) -> ExitCode {
-    let run = &args.run;
-    let log = crate::logging::logger(run.log_level.to_slog(), run.log_format);
-    let etcd_opts = match run.etcd.options() {
-        Ok(opts) => opts,
-        Err(e) => {
-            error!(log, "bad etcd settings"; "error" => e);
-            return ExitCode::from(2);
-        }
-    };
-    let filters = Filters {
-        elb: run.elb_filter.clone(),
-        zones: run.zone_filter.clone(),
-    };
-    let Some((_, snapshot, records)) = initial_read(
-        &log,
-        &etcd_opts,
-        &run.etcd.prefix,
-        &filters,
-        run.etcd.etcd_connect_timeout,
-    )
-    .await
-    else {
-        return ExitCode::FAILURE;
-    };
-    let loaded = snapshot.loaded;
-    for (key, e) in &loaded.ignored {
-        crate::desired::log_ignored(&log, key, e);
-    }
-    if loaded.ignored_more > 0 {
-        slog::warn!(log, "more keys count for nothing than are listed";
-            "not_listed" => loaded.ignored_more);
-    }
-    let sdk = aws::load_sdk_config(&ClientOptions {
-        endpoint_url: run.aws_endpoint_url.clone(),
-        timeout: run.aws_timeout,
-    })
-    .await;
-    let mut recorded: std::collections::BTreeSet<_> = loaded.legacy_recorded.into_iter().collect();
-    recorded.extend(
-        records
-            .managed
-            .into_iter()
-            .filter(|lb| loaded.desired.allows(lb)),
-    );
-    let plans = crate::report::plan_all(
-        &loaded.desired,
-        &recorded,
-        &records.rejected,
-        &backends(&sdk, run, &Fence::open(), None, &log).await,
-        run.route53_ttl,
-        run.policy.into(),
-        (crate::ownership::Ownership::from(run.ownership) == crate::ownership::Ownership::Shared)
-            .then_some(&records.owned),
-    )
-    .await;
-    match args.output {
-        PlanOutput::Table => print!("{}", crate::report::render_table(&plans)),
-        PlanOutput::Json => match serde_json::to_string_pretty(&plans) {
-            Ok(json) => println!("{json}"),
-            Err(e) => {
-                error!(log, "cannot render the plan as JSON"; "error" => %e);
-                return ExitCode::FAILURE;
-            }
-        },
-    }
-    ExitCode::from(crate::report::exit_code(&plans))
-}
-
-/// Connects and reads the whole prefix and lbmanager's records, retrying with backoff until
-/// `timeout`: etcd may start a little after lbmanager, but one that stays away is an error for
-/// the operator (and systemd).
-async fn initial_read(
-    log: &Logger,
-    opts: &EtcdOptions,
-    prefix: &str,
-    filters: &Filters,
-    timeout: Duration,
-) -> Option<(etcd_client::Client, Snapshot, etcd::Records)> {
-    let deadline = Instant::now() + timeout;
-    let mut attempt = 0;
-    loop {
-        // Each request has its own deadline (connecting, then every page of the read): a big
-        // tree is slow to read, not unreachable.
-        let result = async {
-            let mut client = tokio::time::timeout(Duration::from_secs(5), etcd::connect(opts))
-                .await
-                .map_err(|_| "no answer to connecting within 5s".to_string())?
-                .map_err(|e| e.to_string())?;
-            let snapshot =
-                etcd::read_snapshot(&mut client, prefix, filters, etcd::SNAPSHOT_PAGE, log)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            let records = etcd::read_state(&mut client, prefix)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok::<_, String>((client, snapshot, records))
-        };
-        let err = match result.await {
-            Ok(done) => return Some(done),
-            Err(e) => e,
-        };
-        let delay = backoff(attempt, Duration::from_millis(250), Duration::from_secs(5));
-        attempt += 1;
-        if Instant::now() + delay > deadline {
-            error!(log, "cannot read from etcd, giving up";
-                "endpoints" => opts.endpoints.join(","), "error" => err, "waited" => ?timeout);
-            return None;
-        }
-        warn!(log, "etcd not reachable yet, will retry"; "error" => err, "retry_in" => ?delay);
-        tokio::time::sleep(delay).await;
-    }
-}
-
 /// Waits for `stop` (exit 0), or for the Supervisor to die (exit 1, so that systemd restarts
 /// lbmanager from etcd's state).
 async fn wait_for_stop(log: &Logger, alive: impl Fn() -> bool, stop: StopSignal) -> ExitCode {
@@ -305,46 +190,5 @@ async fn wait_for_stop(log: &Logger, alive: impl Fn() -> bool, stop: StopSignal)
                 return ExitCode::FAILURE;
             },
         }
-    }
-}
-
-/// The AWS clients: the default credentials', and those of each `--assume-role` rule for the
-/// load balancers and zones it covers.
-async fn backends(
-    sdk: &aws_config::SdkConfig,
-    args: &RunArgs,
-    fence: &Fence,
-    metrics: Option<Arc<crate::metrics::Metrics>>,
-    log: &Logger,
-) -> Backends {
-    let default = Backends::sdk(sdk, &quotas(args), fence, metrics.clone());
-    if args.assume_role.is_empty() {
-        return default;
-    }
-    for rule in &args.assume_role {
-        info!(log, "assuming a role for some load balancers";
-            "scope" => %rule.scope, "role" => &rule.role_arn,
-            "external_id" => rule.external_id.is_some());
-    }
-    aws::roles::Routed::assume(
-        sdk,
-        default,
-        &args.assume_role,
-        &quotas(args),
-        fence,
-        metrics,
-    )
-    .await
-    .backends()
-}
-
-/// The share of AWS's quotas the flags allow.
-fn quotas(args: &RunArgs) -> Quotas {
-    Quotas {
-        share: args.aws_quota_share,
-        route53_changes: aws::quota::Bucket::new(
-            args.route53_change_burst,
-            args.route53_change_rate,
-        ),
     }
 }

@@ -1,54 +1,23 @@
-//! The commands a workload's host runs: `lbmanager member add|remove` and `lbmanager status`.
+//! `lbmanager member add|remove`, as a workload's host runs them.
 //!
 //! They need etcd access only: they write or delete a member key, then read what the running
 //! lbmanager publishes ([`crate::status`]) to learn when AWS has followed. The waiting watches the
 //! load balancer's status key from the revision of the change, so no update is missed, and judges
 //! each version with [`crate::status::judge`].
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use etcd_client::{EventType, PutOptions, WatchOptions};
 use futures::StreamExt;
 
-use crate::cli::{AddArgs, EtcdArgs, PlanOutput, RemoveArgs, StatusArgs};
+use super::host::{connect, etcd_error, heartbeat, CommandError, PROBE};
+use crate::cli::{AddArgs, RemoveArgs};
 use crate::etcd::{self, Failover};
-use crate::filter::Filters;
 use crate::key::{self, LbId, Member, MemberKey};
 use crate::layout::Layout;
 use crate::signal::StopSignal;
-use crate::status::{self, judge, Goal, Heartbeat, LbStatus, Verdict};
-
-/// Why a command failed: what it prints, and its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CommandError {
-    /// Bad flags or a key that is not a member key: exit 2.
-    #[error("{0}")]
-    Usage(String),
-    #[error("etcd: {0}")]
-    Etcd(String),
-    #[error("timed out after {waited:?}: {why}")]
-    Timeout { waited: Duration, why: String },
-    #[error("{0} received while waiting: stopped waiting")]
-    Interrupted(&'static str),
-    /// lbmanager reported that the wait cannot end well (a member AWS rejects, …).
-    #[error("{0}")]
-    Failed(String),
-}
-
-impl CommandError {
-    fn exit_code(&self) -> ExitCode {
-        match self {
-            CommandError::Usage(_) => ExitCode::from(2),
-            _ => ExitCode::FAILURE,
-        }
-    }
-}
-
-fn etcd_error(e: impl std::fmt::Display) -> CommandError {
-    CommandError::Etcd(e.to_string())
-}
+use crate::status::{self, judge, Goal, LbStatus, Verdict};
 
 /// Prints `result`'s error and turns it into the exit code.
 fn exit(result: Result<(), CommandError>) -> ExitCode {
@@ -75,48 +44,12 @@ fn member_key(prefix: &str, key: &str) -> Result<MemberKey, CommandError> {
     }
 }
 
-/// How long one etcd member may take to answer before the next is tried.
-const PROBE: Duration = Duration::from_secs(2);
-
-/// Connects to an etcd member that answers (see [`etcd::connect_alive`]), trying again within
-/// `--etcd-connect-timeout`; the requests that follow go on through another member when theirs
-/// goes away, within the same timeout ([`Failover`]).
-async fn connect(args: &EtcdArgs) -> Result<Failover, CommandError> {
-    let opts = args.options().map_err(CommandError::Usage)?;
-    let reach = async {
-        let mut attempt = 0;
-        loop {
-            match etcd::connect_alive(&opts, PROBE).await {
-                Ok(client) => return Ok::<_, CommandError>(client),
-                Err(e) if attempt >= 2 => return Err(etcd_error(e)),
-                Err(_) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-            }
-        }
-    };
-    match tokio::time::timeout(args.etcd_connect_timeout, reach).await {
-        Ok(client) => Ok(Failover::new(
-            client?,
-            opts,
-            PROBE,
-            args.etcd_connect_timeout,
-        )),
-        Err(_) => Err(CommandError::Etcd(format!(
-            "no answer from {} within {:?}",
-            opts.endpoints.join(","),
-            args.etcd_connect_timeout
-        ))),
-    }
-}
-
 /// `lbmanager member add`.
-pub async fn member_add(args: AddArgs, stop: StopSignal) -> ExitCode {
-    exit(add(args, stop).await)
+pub async fn add(args: AddArgs, stop: StopSignal) -> ExitCode {
+    exit(adding(args, stop).await)
 }
 
-async fn add(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
+async fn adding(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     let prefix = &args.etcd.prefix;
     let target = member_key(prefix, &args.key)?;
     let mut etcd = connect(&args.etcd).await?;
@@ -253,11 +186,11 @@ async fn keep_alive(etcd: Failover, id: i64, ttl: Duration) -> String {
 }
 
 /// `lbmanager member remove`.
-pub async fn member_remove(args: RemoveArgs, stop: StopSignal) -> ExitCode {
-    exit(remove(args, stop).await)
+pub async fn remove(args: RemoveArgs, stop: StopSignal) -> ExitCode {
+    exit(removing(args, stop).await)
 }
 
-async fn remove(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError> {
+async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError> {
     let prefix = &args.etcd.prefix;
     let target = member_key(prefix, &args.key)?;
     let mut etcd = connect(&args.etcd).await?;
@@ -527,22 +460,6 @@ fn decide(verdict: Verdict, why: &mut Option<String>) -> Result<bool, CommandErr
     }
 }
 
-/// The running lbmanager's heartbeat, if one ever reported.
-async fn heartbeat(etcd: &mut Failover, prefix: &str) -> Result<Option<Heartbeat>, CommandError> {
-    let key = Layout::new(prefix).heartbeat();
-    let got = etcd
-        .run(|mut c| {
-            let key = key.clone();
-            async move { c.get(key, None).await }
-        })
-        .await
-        .map_err(etcd_error)?;
-    Ok(got
-        .kvs()
-        .first()
-        .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
-}
-
 /// What the heartbeat says when lbmanager is not (or no longer) reporting; `None` when it is.
 async fn liveness(etcd: &mut Failover, prefix: &str) -> Option<String> {
     match heartbeat(etcd, prefix).await.ok()? {
@@ -555,75 +472,5 @@ async fn liveness(etcd: &mut Failover, prefix: &str) -> Option<String> {
                 beat.resync_interval_secs
             )
         }),
-    }
-}
-
-/// `lbmanager status`: any error is exit 1 (2 means "not in step").
-pub async fn status(args: StatusArgs) -> ExitCode {
-    match show_status(&args).await {
-        Ok(code) => ExitCode::from(code),
-        Err(e) => {
-            eprintln!("lbmanager: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
-    let prefix = &args.etcd.prefix;
-    let mut etcd = connect(&args.etcd).await?;
-    let mut client = etcd.client();
-    let quiet = slog::Logger::root(slog::Discard, slog::o!());
-    let snapshot = etcd::read_snapshot(
-        &mut client,
-        prefix,
-        &Filters::default(),
-        etcd::SNAPSHOT_PAGE,
-        &quiet,
-    )
-    .await
-    .map_err(etcd_error)?;
-    let desired_state = &snapshot.loaded.desired;
-    let desired: BTreeMap<LbId, BTreeSet<Member>> = desired_state
-        .load_balancers()
-        .map(|lb| (lb.clone(), desired_state.resolve(lb).members))
-        .filter(|(_, members)| !members.is_empty())
-        .collect();
-    let layout = Layout::new(prefix);
-    let state = layout.statuses();
-    let published: BTreeMap<LbId, LbStatus> = etcd::read_records(&mut client, &state)
-        .await
-        .map_err(etcd_error)?
-        .into_iter()
-        .filter_map(|(k, v)| Some((layout.parse_status(&k)?, serde_json::from_str(&v).ok()?)))
-        .collect();
-    let now = status::now();
-    let report = status::table::StatusReport {
-        daemon: heartbeat(&mut etcd, prefix)
-            .await?
-            .map(|beat| status::table::DaemonSeen::new(&beat, now)),
-        load_balancers: status::table::rows(&desired, &published, now),
-    };
-    match args.output {
-        PlanOutput::Table => print!("{}", status::table::render_table(&report)),
-        PlanOutput::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&report)
-                .map_err(|e| CommandError::Failed(e.to_string()))?
-        ),
-    }
-    match &report.daemon {
-        None => {
-            eprintln!("lbmanager: no lbmanager has ever reported for the prefix {prefix}: is one running?");
-            Ok(1)
-        }
-        Some(d) if d.stale => {
-            eprintln!(
-                "lbmanager: lbmanager last reported {}s ago (every {}s when running): is it running?",
-                d.reported_secs_ago, d.resync_interval_secs
-            );
-            Ok(1)
-        }
-        Some(_) => Ok(status::table::exit_code(&report.load_balancers)),
     }
 }

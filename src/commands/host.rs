@@ -1,0 +1,95 @@
+//! What the host's commands (`member`, `status`) share: reaching etcd through the members that
+//! answer, their errors, and the daemon's heartbeat.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use crate::cli::EtcdArgs;
+use crate::etcd::{self, Failover};
+use crate::layout::Layout;
+use crate::status::Heartbeat;
+
+/// Why a command failed: what it prints, and its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Bad flags or a key that is not a member key: exit 2.
+    #[error("{0}")]
+    Usage(String),
+    #[error("etcd: {0}")]
+    Etcd(String),
+    #[error("timed out after {waited:?}: {why}")]
+    Timeout { waited: Duration, why: String },
+    #[error("{0} received while waiting: stopped waiting")]
+    Interrupted(&'static str),
+    /// lbmanager reported that the wait cannot end well (a member AWS rejects, …).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl CommandError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CommandError::Usage(_) => ExitCode::from(2),
+            _ => ExitCode::FAILURE,
+        }
+    }
+}
+
+pub fn etcd_error(e: impl std::fmt::Display) -> CommandError {
+    CommandError::Etcd(e.to_string())
+}
+
+/// How long one etcd member may take to answer before the next is tried.
+pub const PROBE: Duration = Duration::from_secs(2);
+
+/// Connects to an etcd member that answers (see [`etcd::connect_alive`]), trying again within
+/// `--etcd-connect-timeout`; the requests that follow go on through another member when theirs
+/// goes away, within the same timeout ([`Failover`]).
+pub async fn connect(args: &EtcdArgs) -> Result<Failover, CommandError> {
+    let opts = args.options().map_err(CommandError::Usage)?;
+    let reach = async {
+        let mut attempt = 0;
+        loop {
+            match etcd::connect_alive(&opts, PROBE).await {
+                Ok(client) => return Ok::<_, CommandError>(client),
+                Err(e) if attempt >= 2 => return Err(etcd_error(e)),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(args.etcd_connect_timeout, reach).await {
+        Ok(client) => Ok(Failover::new(
+            client?,
+            opts,
+            PROBE,
+            args.etcd_connect_timeout,
+        )),
+        Err(_) => Err(CommandError::Etcd(format!(
+            "no answer from {} within {:?}",
+            opts.endpoints.join(","),
+            args.etcd_connect_timeout
+        ))),
+    }
+}
+
+/// The running lbmanager's heartbeat, if one ever reported.
+pub async fn heartbeat(
+    etcd: &mut Failover,
+    prefix: &str,
+) -> Result<Option<Heartbeat>, CommandError> {
+    let key = Layout::new(prefix).heartbeat();
+    let got = etcd
+        .run(|mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })
+        .await
+        .map_err(etcd_error)?;
+    Ok(got
+        .kvs()
+        .first()
+        .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
+}

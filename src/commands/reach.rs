@@ -1,0 +1,99 @@
+//! What `run` and `plan` share: the first read of etcd, and the AWS clients the flags ask for.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slog::{error, info, warn, Logger};
+
+use crate::actors::backoff;
+use crate::aws::{self, Backends, Quotas};
+use crate::cli::RunArgs;
+use crate::etcd::{self, EtcdOptions, Snapshot};
+use crate::fence::Fence;
+use crate::filter::Filters;
+
+/// Connects and reads the whole prefix and lbmanager's records, retrying with backoff until
+/// `timeout`: etcd may start a little after lbmanager, but one that stays away is an error for
+/// the operator (and systemd).
+pub async fn initial_read(
+    log: &Logger,
+    opts: &EtcdOptions,
+    prefix: &str,
+    filters: &Filters,
+    timeout: Duration,
+) -> Option<(etcd_client::Client, Snapshot, etcd::Records)> {
+    let deadline = Instant::now() + timeout;
+    let mut attempt = 0;
+    loop {
+        // Each request has its own deadline (connecting, then every page of the read): a big
+        // tree is slow to read, not unreachable.
+        let result = async {
+            let mut client = tokio::time::timeout(Duration::from_secs(5), etcd::connect(opts))
+                .await
+                .map_err(|_| "no answer to connecting within 5s".to_string())?
+                .map_err(|e| e.to_string())?;
+            let snapshot =
+                etcd::read_snapshot(&mut client, prefix, filters, etcd::SNAPSHOT_PAGE, log)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let records = etcd::read_state(&mut client, prefix)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>((client, snapshot, records))
+        };
+        let err = match result.await {
+            Ok(done) => return Some(done),
+            Err(e) => e,
+        };
+        let delay = backoff(attempt, Duration::from_millis(250), Duration::from_secs(5));
+        attempt += 1;
+        if Instant::now() + delay > deadline {
+            error!(log, "cannot read from etcd, giving up";
+                "endpoints" => opts.endpoints.join(","), "error" => err, "waited" => ?timeout);
+            return None;
+        }
+        warn!(log, "etcd not reachable yet, will retry"; "error" => err, "retry_in" => ?delay);
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The AWS clients: the default credentials', and those of each `--assume-role` rule for the
+/// load balancers and zones it covers.
+pub async fn backends(
+    sdk: &aws_config::SdkConfig,
+    args: &RunArgs,
+    fence: &Fence,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
+    log: &Logger,
+) -> Backends {
+    let default = Backends::sdk(sdk, &quotas(args), fence, metrics.clone());
+    if args.assume_role.is_empty() {
+        return default;
+    }
+    for rule in &args.assume_role {
+        info!(log, "assuming a role for some load balancers";
+            "scope" => %rule.scope, "role" => &rule.role_arn,
+            "external_id" => rule.external_id.is_some());
+    }
+    aws::roles::Routed::assume(
+        sdk,
+        default,
+        &args.assume_role,
+        &quotas(args),
+        fence,
+        metrics,
+    )
+    .await
+    .backends()
+}
+
+/// The share of AWS's quotas the flags allow.
+fn quotas(args: &RunArgs) -> Quotas {
+    Quotas {
+        share: args.aws_quota_share,
+        route53_changes: aws::quota::Bucket::new(
+            args.route53_change_burst,
+            args.route53_change_rate,
+        ),
+    }
+}
