@@ -162,12 +162,6 @@ impl Warned {
 #[derive(Debug)]
 pub struct Loaded {
     pub desired: DesiredState,
-    /// Load balancers recorded as managed in the member tree by earlier versions
-    /// (`PREFIX/_managed/...`): to be moved to the state prefix.
-    pub legacy_recorded: HashSet<LbId>,
-    /// Every record key earlier versions kept in the member tree (`PREFIX/_managed/...`,
-    /// `PREFIX/_rejected/...`): deleted once moved.
-    pub legacy_keys: Vec<String>,
     /// Keys that count for nothing, with the reason: the first [`MAX_WARNED`] of them.
     pub ignored: Vec<(String, Ignored)>,
     /// How many more keys count for nothing than `ignored` lists.
@@ -175,8 +169,6 @@ pub struct Loaded {
     /// The waiting keys of `lbmanager member … --healthy/--drain` (see
     /// [`crate::layout::Layout::waiting`]), with their load balancer.
     pub waiting: Vec<(LbId, String)>,
-    /// Where earlier versions kept their records: `PREFIX/_managed/`, `PREFIX/_rejected/`.
-    legacy: [String; 2],
 }
 
 impl Loaded {
@@ -185,15 +177,9 @@ impl Loaded {
     pub fn new(prefix: &str, filters: Filters) -> Self {
         Loaded {
             desired: DesiredState::with_filters(prefix, filters),
-            legacy_recorded: HashSet::new(),
-            legacy_keys: Vec::new(),
             ignored: Vec::new(),
             ignored_more: 0,
             waiting: Vec::new(),
-            legacy: [
-                format!("{prefix}/_managed/"),
-                format!("{prefix}/_rejected/"),
-            ],
         }
     }
 
@@ -208,15 +194,8 @@ impl Loaded {
     /// loads into the state in use, see [`DesiredState::begin_relist`]), keeping what else the
     /// key says here.
     pub fn add_into(&mut self, desired: &mut DesiredState, key: &str, revision: Revision) {
-        if self.legacy.iter().any(|l| key.starts_with(l.as_str())) {
-            self.legacy_keys.push(key.to_string());
-        }
         let layout = crate::layout::Layout::new(&desired.prefix);
-        if let Some(lb) = layout.parse_legacy_managed(key) {
-            if desired.allows(&lb) {
-                self.legacy_recorded.insert(lb);
-            }
-        } else if let Some(lb) = layout.parse_waiting(key) {
+        if let Some(lb) = layout.parse_waiting(key) {
             self.waiting.push((lb, key.to_string()));
         } else if let Err(e) = desired.put(key, revision) {
             if self.ignored.len() < MAX_WARNED {

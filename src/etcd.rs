@@ -480,8 +480,7 @@ pub struct Records {
     pub rejected: std::collections::BTreeMap<crate::key::LbId, crate::status::Rejections>,
     /// Members lbmanager added to each load balancer (`--ownership shared`), as AWS names them.
     pub owned: std::collections::HashMap<crate::key::LbId, std::collections::BTreeSet<String>>,
-    /// Records to delete: those of earlier versions that the status replaced
-    /// (`STATE/rejected/…`), and the status of load balancers no longer managed.
+    /// Records to delete: the status of load balancers no longer managed.
     pub obsolete: Vec<String>,
 }
 
@@ -511,8 +510,6 @@ pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, Et
             published.push((lb, key));
         } else if let Some((lb, member)) = layout.parse_owned(&key) {
             out.owned.entry(lb).or_default().insert(member);
-        } else if layout.parse_rejected(&key).is_some() {
-            out.obsolete.push(key);
         }
     }
     // The status of a load balancer no longer managed (its removal was lost): not to be shown.

@@ -115,8 +115,6 @@ pub enum Command {
     Record { lb: LbId, managed: bool },
     /// Report [`Fleet::record_landed`] once `lb`'s managed record is in etcd.
     AwaitRecord { lb: LbId },
-    /// Delete these keys (lbmanager's records of another layout).
-    DeleteKeys(Vec<String>),
     /// Delete keys that no longer count, each guarded by the keys the decision rests on
     /// (`winner` names the one that decided, for the log); report
     /// [`Fleet::superseded_done`] after.
@@ -539,19 +537,6 @@ impl Fleet {
     /// changed or not: after a relist nothing that was believed before is trusted), as one
     /// [`Round`].
     fn apply_loaded(&mut self, loaded: Loaded, keys: usize, revision: Revision, cause: Cause) {
-        // Records an earlier version kept in the member tree move to the state prefix (where a
-        // purge of the tree does not reach them), then go.
-        for lb in loaded.legacy_recorded {
-            if self.recorded.insert(lb.clone()) {
-                self.record(&lb, true);
-            }
-        }
-        if !loaded.legacy_keys.is_empty() && !self.config.dry_run {
-            info!(self.log, "moving lbmanager's records out of the member tree";
-                "keys" => loaded.legacy_keys.len(),
-                "to" => self.layout.state_prefix().to_string());
-            self.out.push(Command::DeleteKeys(loaded.legacy_keys));
-        }
         // Who waits on AWS's progress, as the read saw it (deletes missed meanwhile included).
         let mut waiting: HashMap<LbId, HashSet<String>> = HashMap::new();
         for (lb, key) in loaded.waiting {

@@ -132,23 +132,6 @@ impl Layout {
         let (path, _member) = rest.rsplit_once('/')?;
         parse_record_path(path)
     }
-
-    /// Where versions before the move kept the managed records (`PREFIX/_managed/…`, inside the
-    /// member tree): read at start-up and moved.
-    pub fn legacy_managed(&self, lb: &LbId) -> String {
-        format!("{}/_managed/{}", self.prefix, record_path(lb))
-    }
-
-    /// The load balancer a [`Layout::legacy_managed`] key names, if `key` is one (and valid).
-    pub fn parse_legacy_managed(&self, key: &str) -> Option<LbId> {
-        parse_record_path(key.strip_prefix(&self.prefix)?.strip_prefix("/_managed/")?)
-    }
-
-    /// The load balancer a record of rejections of versions before the published status names:
-    /// `STATE/rejected/elb/REGION/NAME` and the like, deleted at start-up.
-    pub fn parse_rejected(&self, key: &str) -> Option<LbId> {
-        parse_record_path(key.strip_prefix(&self.state)?.strip_prefix("/rejected/")?)
-    }
 }
 
 #[cfg(test)]
@@ -186,8 +169,6 @@ mod tests {
             let key = layout.status(&lb);
             assert!(key.starts_with(&layout.statuses()), "{key}");
             assert_eq!(layout.parse_status(&key), Some(lb.clone()));
-            let old = key.replace("/status/", "/rejected/");
-            assert_eq!(layout.parse_rejected(&old), Some(lb.clone()));
             let owned = layout.owned(&lb, "i-0abc:80");
             assert_eq!(
                 layout.parse_owned(&owned),
@@ -200,20 +181,9 @@ mod tests {
                 Ok(None),
                 "a waiting key is not a member"
             );
-            assert_eq!(layout.parse_waiting(&waiting), Some(lb.clone()));
-            let legacy = layout.legacy_managed(&lb);
-            assert_eq!(
-                parse(P, &legacy),
-                Ok(None),
-                "a legacy record is not a member"
-            );
-            assert_eq!(layout.parse_legacy_managed(&legacy), Some(lb));
+            assert_eq!(layout.parse_waiting(&waiting), Some(lb));
         }
         assert_eq!(parse(P, &layout.election()), Ok(None));
-        assert_eq!(
-            layout.parse_legacy_managed("/lbManager/_managed/elb/bad"),
-            None
-        );
         assert_eq!(layout.parse_managed("/lbManager/elb/us-east-1/web"), None);
         assert_eq!(
             layout.heartbeat(),

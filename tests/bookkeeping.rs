@@ -1,6 +1,6 @@
 //! lbmanager's own records live outside the member tree (`/lbmanager-state/PREFIX/…`), so the
 //! original's purge (`etcdctl del --prefix /lbManager/`) made while lbmanager is stopped still
-//! empties the load balancers it managed; records an earlier version kept inside the tree are moved.
+//! empties the load balancers it managed.
 
 use lbmanager_testkit::proxy;
 use lbmanager_testkit::*;
@@ -48,44 +48,6 @@ async fn a_purge_while_stopped_empties_the_load_balancers_at_the_next_start() {
         },
     )
     .await;
-    assert_eq!(daemon.stop(), Some(0));
-}
-
-#[tokio::test]
-async fn records_an_earlier_version_kept_in_the_member_tree_are_moved_and_honoured() {
-    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
-    let aws = Aws::new(&moto).await;
-    aws.create_elb("us-east-1", "web").await;
-    aws.create_elb("us-east-1", "api").await;
-    // An earlier version managed `web` (its keys were deleted while it was stopped) and `api`.
-    aws.register("us-east-1", "web", I1).await;
-    etcd.put(&format!("{P}/_managed/elb/us-east-1/web")).await;
-    etcd.put(&format!("{P}/_managed/elb/us-east-1/api")).await;
-    etcd.put(&format!("{P}/_rejected/elb/us-east-1/api")).await;
-    // The record of rejections of the version before the published status.
-    etcd.put("/lbmanager-state/lbManager/rejected/elb/us-east-1/api")
-        .await;
-    etcd.put(&format!("{P}/elb/us-east-1/api/multiple/{I2}"))
-        .await;
-    let mut daemon = Daemon::start(&etcd, &moto, &[]);
-    eventually("web emptied, api in step", DEADLINE, || async {
-        aws.instances("us-east-1", "web").await.is_empty()
-            && aws.instances("us-east-1", "api").await == strings(&[I2])
-    })
-    .await;
-    eventually("the old records left the member tree", DEADLINE, || async {
-        etcd.keys(&format!("{P}/_")).await.is_empty()
-            && etcd
-                .keys("/lbmanager-state/lbManager/rejected/")
-                .await
-                .is_empty()
-            && etcd.keys("/lbmanager-state/lbManager/managed/").await
-                == ["/lbmanager-state/lbManager/managed/elb/us-east-1/api".to_string()].into()
-    })
-    .await;
-    daemon
-        .wait_log("moving lbmanager's records out of the member tree")
-        .await;
     assert_eq!(daemon.stop(), Some(0));
 }
 

@@ -177,7 +177,8 @@ impl Actor for StateWriter {
     type Context = Context<Self>;
 }
 
-/// Delete keys (the records earlier versions kept in the member tree, once moved).
+/// Delete keys (records found stale at start: the status of a load balancer no longer managed,
+/// ownership records when ownership is not shared).
 #[derive(Message, Debug)]
 #[rtype(result = "()")]
 pub struct DeleteKeys(pub Vec<String>);

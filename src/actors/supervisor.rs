@@ -49,7 +49,7 @@ pub struct Supervisor {
     zones: HashMap<String, Addr<HostedZone>>,
     /// The start-up snapshot, until `started` applies it.
     initial: Option<Snapshot>,
-    /// Records of earlier versions to delete at start (see [`crate::etcd::Records::obsolete`]).
+    /// Stale records to delete at start (see [`crate::etcd::Records::obsolete`]).
     obsolete: Vec<String>,
     /// The StateWriter, started with the Supervisor.
     state: Option<Addr<StateWriter>>,
@@ -116,7 +116,7 @@ impl Supervisor {
         }
     }
 
-    /// Records of earlier versions, to delete at start.
+    /// Stale records, to delete at start.
     pub fn with_obsolete(mut self, keys: Vec<String>) -> Self {
         self.obsolete = keys;
         self
@@ -172,7 +172,6 @@ impl Supervisor {
                     false => ManagedRecord::Delete(lb),
                 }),
                 Command::AwaitRecord { lb } => self.await_record(lb, ctx),
-                Command::DeleteKeys(keys) => self.write_state(DeleteKeys(keys)),
                 Command::DeleteSuperseded {
                     decided_by,
                     superseded,

@@ -240,13 +240,11 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         timeout: run.aws_timeout,
     })
     .await;
-    let mut recorded: std::collections::BTreeSet<_> = loaded.legacy_recorded.into_iter().collect();
-    recorded.extend(
-        records
-            .managed
-            .into_iter()
-            .filter(|lb| loaded.desired.allows(lb)),
-    );
+    let recorded: std::collections::BTreeSet<_> = records
+        .managed
+        .into_iter()
+        .filter(|lb| loaded.desired.allows(lb))
+        .collect();
     let plans = plan_all(
         &loaded.desired,
         &recorded,
