@@ -750,6 +750,8 @@ pub mod fake {
         pub failing: std::sync::Mutex<std::collections::HashSet<String>>,
         /// Every put, in order, with the length of its value.
         pub puts: std::sync::Mutex<Vec<(String, usize)>>,
+        /// Every put that landed, in order, with its value.
+        pub landed: std::sync::Mutex<Vec<(String, String)>>,
     }
 
     impl FakeEtcd {
@@ -822,6 +824,10 @@ pub mod fake {
                 return Err(fail("etcdserver: request is too large"));
             }
             self.put_key(key, value);
+            self.landed
+                .lock()
+                .unwrap()
+                .push((key.to_string(), value.to_string()));
             Ok(())
         }
 

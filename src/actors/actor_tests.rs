@@ -852,3 +852,47 @@ async fn an_ownership_record_etcd_did_not_delete_is_deleted_when_it_can_be() {
         eventually(record, || etcd.get(record).is_none()).await;
     }
 }
+
+/// The status of an FQDN whose last value a sync removed says how long resolvers may still
+/// hand it out (the TTL it had), also from an actor that published nothing before (a leader
+/// just elected). The soak found `member remove --drain` exiting at once after a new leader
+/// removed the last value: its status had no TTL, so there was none to wait out.
+#[actix_rt::test]
+async fn the_status_after_the_last_value_went_keeps_the_ttl_it_had() {
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    set_a_by_hand(&r53, &["192.0.2.1"]);
+    let etcd = Arc::new(FakeEtcd::default());
+    let settings = settings();
+    let snapshot = Snapshot::from_keys(&settings.prefix, settings.filters.clone(), &[], 100);
+    let aws = crate::aws::Backends {
+        elb: Arc::new(FakeElb::default()),
+        elbv2: Arc::new(FakeElb::default()),
+        route53: r53.clone(),
+    };
+    let www = crate::key::LbId::Route53 {
+        zone: "Z1".into(),
+        fqdn: "www.example.com".into(),
+    };
+    // Managed before (its keys were deleted while lbmanager was away): emptied at start.
+    let _sup = Supervisor::new(settings, &log(), etcd.clone(), aws, snapshot)
+        .with_records([www].into())
+        .start();
+    eventually("the record set deleted", || {
+        r53.record("Z1", "www.example.com", RecordType::A).is_none()
+    })
+    .await;
+    let status_key = "/lbmanager-state/lbManager/status/route53/Z1/www.example.com";
+    eventually("its status written", || {
+        etcd.landed
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(k, _)| k == status_key)
+    })
+    .await;
+    let landed = etcd.landed.lock().unwrap().clone();
+    let (_, last) = landed.iter().rev().find(|(k, _)| k == status_key).unwrap();
+    let status: crate::status::LbStatus = serde_json::from_str(last).unwrap();
+    assert!(status.members.is_empty(), "{last}");
+    assert_eq!(status.ttl, Some(60), "{last}");
+}

@@ -43,6 +43,9 @@ pub struct ZoneSynced {
     pub sets: Option<Vec<crate::plan::RecordSet>>,
     /// `--ownership shared`: the values lbmanager owns after the sync.
     pub owned: Option<std::collections::BTreeSet<std::net::IpAddr>>,
+    /// The longest TTL the FQDN's record sets had before the sync (see
+    /// [`crate::sync::zone::FqdnResult::ttl_before`]).
+    pub ttl_before: Option<i64>,
 }
 
 /// How long the zone gathers the desires of a full sync (start-up, relist, restart) before its
@@ -130,6 +133,7 @@ impl HostedZone {
                             stale: result.from_cache,
                             sets: result.sets,
                             owned: result.owned,
+                            ttl_before: result.ttl_before,
                         });
                     }
                     act.busy = false;

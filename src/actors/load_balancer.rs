@@ -99,7 +99,8 @@ impl InFlight {
 /// What a sync saw of AWS, for the status.
 enum Seen {
     Elb(Box<ElbSync>),
-    Zone(Vec<RecordSet>),
+    /// A zone's record sets after the sync, and the longest TTL they had before it.
+    Zone(Vec<RecordSet>, Option<i64>),
     /// The sync failed: what was published before still stands.
     Nothing,
 }
@@ -471,9 +472,16 @@ impl LoadBalancer {
                 );
                 (members, None, sync.revision)
             }
-            Seen::Zone(sets) => {
-                // Once the last value is gone, clients may still hold it for the TTL it had.
-                let ttl = sets.first().map(|s| s.ttl).or(previous.and_then(|p| p.ttl));
+            Seen::Zone(sets, ttl_before) => {
+                // Clients may still hold a value this sync removed for the TTL it had (also
+                // once the last value is gone; and an actor just started has no status of its
+                // own to remember it by, as a new leader's does not).
+                let ttl = sets
+                    .iter()
+                    .map(|s| s.ttl)
+                    .chain(ttl_before)
+                    .max()
+                    .or(previous.and_then(|p| p.ttl));
                 let owned = self.owned.as_ref().map(|o| &o.members);
                 (status::zone_members(&sets, owned), ttl, in_flight.revision)
             }
@@ -628,7 +636,7 @@ impl Handler<ZoneSynced> for LoadBalancer {
             owned.set(ips.iter().map(|ip| ip.to_string()).collect());
         }
         let seen = match msg.sets {
-            Some(sets) => Seen::Zone(sets),
+            Some(sets) => Seen::Zone(sets, msg.ttl_before),
             None => Seen::Nothing,
         };
         let rejected = self.zone_rejected.take();

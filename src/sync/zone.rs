@@ -43,6 +43,9 @@ pub struct FqdnResult {
     pub sets: Option<Vec<RecordSet>>,
     /// `--ownership shared`: the values lbmanager owns after the sync.
     pub owned: Option<BTreeSet<IpAddr>>,
+    /// The longest TTL of the FQDN's record sets before this sync changed them: how long
+    /// resolvers may still hand out a value it removed (also once no record set is left).
+    pub ttl_before: Option<i64>,
 }
 
 /// Where `--ownership shared` records the values lbmanager adds.
@@ -107,6 +110,7 @@ pub async fn sync_zone(
         }
     }
     let mut groups: Vec<(usize, Vec<RecordChange>)> = Vec::new();
+    let mut ttl_before: Vec<Option<i64>> = vec![None; batch.len()];
     for (i, desire) in batch.iter().enumerate() {
         if results[i].is_err() {
             continue;
@@ -115,6 +119,7 @@ pub async fn sync_zone(
             .get(&desire.fqdn)
             .map(Vec::as_slice)
             .unwrap_or_default();
+        ttl_before[i] = current.iter().map(|s| s.ttl).max();
         // Shared: the others' values stay in the record set.
         let (ips, ttl) = match &desire.owned {
             Some(owned) => (
@@ -140,6 +145,7 @@ pub async fn sync_zone(
                 from_cache: false,
                 sets: None,
                 owned,
+                ttl_before: None,
             })
             .collect();
     }
@@ -175,6 +181,7 @@ pub async fn sync_zone(
                         from_cache: false,
                         sets: None,
                         owned,
+                        ttl_before: None,
                     })
                     .collect();
             }
@@ -275,6 +282,7 @@ pub async fn sync_zone(
                 .flatten(),
             result,
             from_cache: !due.contains(&i),
+            ttl_before: ttl_before[i],
         })
         .collect()
 }
