@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
-    TxnOp,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity,
+    TlsOptions, Txn, TxnOp,
 };
 
 use crate::desired::{Loaded, Revision};
@@ -225,6 +225,15 @@ impl Failover {
                 self.client = other;
             }
         }
+    }
+
+    /// Reads one key (a read is always safe to send twice).
+    pub async fn get(&mut self, key: &str) -> Result<GetResponse, etcd_client::Error> {
+        self.run(|mut c| {
+            let key = key.to_string();
+            async move { c.get(key, None).await }
+        })
+        .await
     }
 }
 

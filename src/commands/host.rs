@@ -81,13 +81,7 @@ pub async fn heartbeat(
     prefix: &str,
 ) -> Result<Option<Heartbeat>, CommandError> {
     let key = Layout::new(prefix).heartbeat();
-    let got = etcd
-        .run(|mut c| {
-            let key = key.clone();
-            async move { c.get(key, None).await }
-        })
-        .await
-        .map_err(etcd_error)?;
+    let got = etcd.get(&key).await.map_err(etcd_error)?;
     Ok(got
         .kvs()
         .first()

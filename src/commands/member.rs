@@ -365,13 +365,7 @@ async fn watch_status(
     // No record now: replay the record's history since the change (it may have come and gone).
     let mut replay = true;
     loop {
-        let got = etcd
-            .run(|mut c| {
-                let key = key.clone();
-                async move { c.get(key, None).await }
-            })
-            .await
-            .map_err(etcd_error)?;
+        let got = etcd.get(&key).await.map_err(etcd_error)?;
         let current = match got.kvs().first() {
             Some(kv) => match parse(kv.value(), why) {
                 Some(status) => Some(status),

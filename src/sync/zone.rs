@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use slog::{info, Logger};
 
 use super::{gone_is_in_step, Cause, SyncOptions};
-use crate::aws::{AwsError, Route53Api};
+use crate::aws::{AwsError, ErrorKind, Route53Api};
 use crate::etcd::OwnershipWrites;
 use crate::key::LbId;
 use crate::layout::Layout;
@@ -67,224 +67,297 @@ pub async fn sync_zone(
     log: &Logger,
     recorder: Option<Recorder<'_>>,
 ) -> Vec<FqdnResult> {
-    let mut owned: Vec<Option<BTreeSet<IpAddr>>> = batch.iter().map(|d| d.owned.clone()).collect();
-    let (ttl, policy) = (options.route53_ttl, options.policy);
-    let mut results: Vec<Result<(), AwsError>> = vec![Ok(()); batch.len()];
-    // What must be read: FQDNs not known, and all of them on a resync.
-    let due: Vec<usize> = (0..batch.len())
-        .filter(|&i| {
-            // Upsert-only and shared ownership keep values that are not lbmanager's, so they
-            // must know the current ones exactly (another tool may have changed them): read
-            // afresh.
-            matches!(batch[i].cause, Cause::Resync | Cause::Relist)
-                || options.policy == Policy::UpsertOnly
-                || batch[i].owned.is_some()
-                || !cache.contains_key(&batch[i].fqdn)
-        })
-        .collect();
-    if due.len() >= FULL_READ_AT {
-        match api.zone_record_sets(zone).await {
-            Ok(sets) => {
-                cache.clear();
-                for set in sets {
-                    cache.entry(set.name.clone()).or_default().push(set);
-                }
-                for &i in &due {
-                    cache.entry(batch[i].fqdn.clone()).or_default();
-                }
-            }
-            Err(e) => {
-                for &i in &due {
-                    results[i] = gone_is_empty(&batch[i], e.clone());
-                }
-            }
-        }
-    } else {
-        for &i in &due {
-            match api.record_sets(zone, &batch[i].fqdn).await {
-                Ok(sets) => {
-                    cache.insert(batch[i].fqdn.clone(), sets);
-                }
-                Err(e) => results[i] = gone_is_empty(&batch[i], e),
-            }
-        }
-    }
-    let mut groups: Vec<(usize, Vec<RecordChange>)> = Vec::new();
-    let mut ttl_before: Vec<Option<i64>> = vec![None; batch.len()];
-    for (i, desire) in batch.iter().enumerate() {
-        if results[i].is_err() {
-            continue;
-        }
-        let current = cache
-            .get(&desire.fqdn)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        ttl_before[i] = current.iter().map(|s| s.ttl).max();
-        // Shared: the others' values stay in the record set.
-        let (ips, ttl) = match &desire.owned {
-            Some(owned) => (
-                with_foreign(&desire.ips, current, owned),
-                shared_ttl(current, owned, ttl),
-            ),
-            None => (desire.ips.clone(), ttl),
-        };
-        let changes = plan_fqdn(&desire.fqdn, &ips, current, ttl, policy);
-        if !changes.is_empty() {
-            groups.push((i, changes));
-        }
-    }
+    let mut run = ZoneRun::new(zone, batch);
+    run.read(api, options, cache).await;
+    let groups = run.plan(options, cache);
     if options.dry_run {
         for (i, changes) in &groups {
             log_changes(log, &batch[*i], changes, true);
         }
-        return results
-            .into_iter()
-            .zip(owned)
-            .map(|(result, owned)| FqdnResult {
-                result,
-                from_cache: false,
-                sets: None,
-                owned,
-                ttl_before: None,
+        return run.unapplied(|result| result);
+    }
+    if let Some(recorder) = &recorder {
+        // Shared: the values about to be added are recorded first, durably.
+        if let Err(e) = run.claim(recorder, &groups).await {
+            return run.unapplied(|_| Err(e.clone()));
+        }
+    }
+    run.apply(api, groups, cache, log).await;
+    if let Some(recorder) = &recorder {
+        run.release(recorder, cache).await;
+    }
+    run.finish(cache)
+}
+
+/// One batch's sync as it goes, a step per method: read, plan, claim (shared), apply, release
+/// (shared), finish. Each FQDN of the batch has its slot in every vector.
+struct ZoneRun<'a> {
+    zone: &'a str,
+    batch: &'a [FqdnWant],
+    results: Vec<Result<(), AwsError>>,
+    /// `--ownership shared`: the values lbmanager owns, as the sync claims and releases them.
+    owned: Vec<Option<BTreeSet<IpAddr>>>,
+    /// The FQDNs read for this sync (the others were planned from the cache).
+    due: Vec<usize>,
+    ttl_before: Vec<Option<i64>>,
+}
+
+impl<'a> ZoneRun<'a> {
+    fn new(zone: &'a str, batch: &'a [FqdnWant]) -> Self {
+        ZoneRun {
+            zone,
+            batch,
+            results: vec![Ok(()); batch.len()],
+            owned: batch.iter().map(|d| d.owned.clone()).collect(),
+            due: Vec::new(),
+            ttl_before: vec![None; batch.len()],
+        }
+    }
+
+    /// Reads what must be read: FQDNs not known, and all of them on a resync; per FQDN, or the
+    /// whole zone when that is cheaper.
+    async fn read(&mut self, api: &dyn Route53Api, options: &SyncOptions, cache: &mut ZoneCache) {
+        let batch = self.batch;
+        self.due = (0..batch.len())
+            .filter(|&i| {
+                // Upsert-only and shared ownership keep values that are not lbmanager's, so they
+                // must know the current ones exactly (another tool may have changed them): read
+                // afresh.
+                matches!(batch[i].cause, Cause::Resync | Cause::Relist)
+                    || options.policy == Policy::UpsertOnly
+                    || batch[i].owned.is_some()
+                    || !cache.contains_key(&batch[i].fqdn)
             })
             .collect();
+        if self.due.len() >= FULL_READ_AT {
+            match api.zone_record_sets(self.zone).await {
+                Ok(sets) => {
+                    cache.clear();
+                    for set in sets {
+                        cache.entry(set.name.clone()).or_default().push(set);
+                    }
+                    for &i in &self.due {
+                        cache.entry(batch[i].fqdn.clone()).or_default();
+                    }
+                }
+                Err(e) => {
+                    for &i in &self.due {
+                        self.results[i] = gone_is_empty(&batch[i], e.clone());
+                    }
+                }
+            }
+        } else {
+            for &i in &self.due {
+                match api.record_sets(self.zone, &batch[i].fqdn).await {
+                    Ok(sets) => {
+                        cache.insert(batch[i].fqdn.clone(), sets);
+                    }
+                    Err(e) => self.results[i] = gone_is_empty(&batch[i], e),
+                }
+            }
+        }
     }
-    // Shared: the values about to be added are recorded first, durably.
-    if let Some(recorder) = &recorder {
+
+    /// Plans each FQDN read (or known) against what it should hold: the changes, by FQDN.
+    fn plan(
+        &mut self,
+        options: &SyncOptions,
+        cache: &ZoneCache,
+    ) -> Vec<(usize, Vec<RecordChange>)> {
+        let mut groups = Vec::new();
+        for (i, desire) in self.batch.iter().enumerate() {
+            if self.results[i].is_err() {
+                continue;
+            }
+            let current = cache
+                .get(&desire.fqdn)
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            self.ttl_before[i] = current.iter().map(|s| s.ttl).max();
+            // Shared: the others' values stay in the record set.
+            let (ips, ttl) = match &desire.owned {
+                Some(owned) => (
+                    with_foreign(&desire.ips, current, owned),
+                    shared_ttl(current, owned, options.route53_ttl),
+                ),
+                None => (desire.ips.clone(), options.route53_ttl),
+            };
+            let changes = plan_fqdn(&desire.fqdn, &ips, current, ttl, options.policy);
+            if !changes.is_empty() {
+                groups.push((i, changes));
+            }
+        }
+        groups
+    }
+
+    /// Shared: records in etcd the values this sync is about to add, before it adds them.
+    async fn claim(
+        &mut self,
+        recorder: &Recorder<'_>,
+        groups: &[(usize, Vec<RecordChange>)],
+    ) -> Result<(), AwsError> {
         let mut claims = Vec::new();
-        for (i, changes) in &groups {
-            if let Some(ours) = &owned[*i] {
+        for (i, changes) in groups {
+            if let Some(ours) = &self.owned[*i] {
                 // Only what this sync adds: a wanted value already there is someone else's.
                 let added = changes.iter().flat_map(|c| c.added.iter());
-                for ip in added.filter(|ip| batch[*i].ips.contains(*ip) && !ours.contains(*ip)) {
+                for ip in added.filter(|ip| self.batch[*i].ips.contains(*ip) && !ours.contains(*ip))
+                {
                     claims.push((*i, *ip));
                 }
             }
         }
-        if !claims.is_empty() {
-            let keys: Vec<String> = claims
-                .iter()
-                .map(|(i, ip)| Layout::new(recorder.prefix).owned(&batch[*i].lb, &ip.to_string()))
-                .collect();
-            if let Err(e) = recorder.writes.record_many(&keys, &[]).await {
-                let e = AwsError::new(
-                    crate::aws::ErrorKind::Transient,
-                    "recording ownership in etcd",
-                    zone,
-                    e.to_string(),
-                );
-                return results
-                    .into_iter()
-                    .zip(owned)
-                    .map(|(_, owned)| FqdnResult {
-                        result: Err(e.clone()),
-                        from_cache: false,
-                        sets: None,
-                        owned,
-                        ttl_before: None,
-                    })
-                    .collect();
-            }
-            for (i, ip) in claims {
-                if let Some(ours) = owned[i].as_mut() {
-                    ours.insert(ip);
-                }
+        if claims.is_empty() {
+            return Ok(());
+        }
+        let keys = self.owned_keys(recorder, &claims);
+        if let Err(e) = recorder.writes.record_many(&keys, &[]).await {
+            return Err(self.etcd_error("recording ownership in etcd", e));
+        }
+        for (i, ip) in claims {
+            if let Some(ours) = self.owned[i].as_mut() {
+                ours.insert(ip);
             }
         }
+        Ok(())
     }
-    for chunk in pack_batches(groups) {
-        let all: Vec<RecordChange> = chunk.iter().flat_map(|(_, c)| c.clone()).collect();
-        match api.change(zone, &all).await {
-            Ok(()) => {
-                for (i, changes) in &chunk {
-                    applied(cache, &batch[*i].fqdn, changes);
-                    log_changes(log, &batch[*i], changes, false);
-                }
-            }
-            Err(e) if chunk.len() > 1 && !e.is_retryable() => {
-                for (i, changes) in &chunk {
-                    results[*i] = api.change(zone, changes).await;
-                    if results[*i].is_ok() {
+
+    /// Applies the changes in as few calls as the limits allow; a batch refused for a reason
+    /// retrying can't fix goes again one FQDN at a time.
+    async fn apply(
+        &mut self,
+        api: &dyn Route53Api,
+        groups: Vec<(usize, Vec<RecordChange>)>,
+        cache: &mut ZoneCache,
+        log: &Logger,
+    ) {
+        let batch = self.batch;
+        for chunk in pack_batches(groups) {
+            let all: Vec<RecordChange> = chunk.iter().flat_map(|(_, c)| c.clone()).collect();
+            match api.change(self.zone, &all).await {
+                Ok(()) => {
+                    for (i, changes) in &chunk {
                         applied(cache, &batch[*i].fqdn, changes);
                         log_changes(log, &batch[*i], changes, false);
-                    } else {
+                    }
+                }
+                Err(e) if chunk.len() > 1 && !e.is_retryable() => {
+                    for (i, changes) in &chunk {
+                        self.results[*i] = api.change(self.zone, changes).await;
+                        if self.results[*i].is_ok() {
+                            applied(cache, &batch[*i].fqdn, changes);
+                            log_changes(log, &batch[*i], changes, false);
+                        } else {
+                            cache.remove(&batch[*i].fqdn);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (i, _) in &chunk {
                         cache.remove(&batch[*i].fqdn);
+                        self.results[*i] = Err(e.clone());
                     }
                 }
             }
-            Err(e) => {
-                for (i, _) in &chunk {
-                    cache.remove(&batch[*i].fqdn);
-                    results[*i] = Err(e.clone());
-                }
-            }
         }
     }
-    // Shared: forget the values that are out (once the record set no longer has them).
-    if let Some(recorder) = &recorder {
+
+    /// Shared: forgets the values that are out (once the record set no longer has them). Not done
+    /// until they are forgotten: a failure fails the FQDN's sync, which is retried (AWS, read
+    /// again, is in step by then, and the values are released again). Left to a later sync, a name
+    /// with no keys left would have none: it is retired after this one.
+    async fn release(&mut self, recorder: &Recorder<'_>, cache: &ZoneCache) {
         let mut released = Vec::new();
-        for (i, result) in results.iter().enumerate() {
-            if let (Ok(()), Some(ours)) = (result, owned[i].as_ref()) {
+        for (i, result) in self.results.iter().enumerate() {
+            if let (Ok(()), Some(ours)) = (result, self.owned[i].as_ref()) {
                 // Out of the record set as it now stands (upsert-only keeps them: still ours).
                 let present: BTreeSet<IpAddr> = cache
-                    .get(&batch[i].fqdn)
+                    .get(&self.batch[i].fqdn)
                     .into_iter()
                     .flatten()
                     .flat_map(|s| s.values.iter())
                     .filter_map(|v| v.parse().ok())
                     .collect();
                 for ip in ours.iter().filter(|ip| !present.contains(*ip)) {
-                    if !batch[i].ips.contains(ip) {
+                    if !self.batch[i].ips.contains(ip) {
                         released.push((i, *ip));
                     }
                 }
             }
         }
-        let keys: Vec<String> = released
-            .iter()
-            .map(|(i, ip)| Layout::new(recorder.prefix).owned(&batch[*i].lb, &ip.to_string()))
-            .collect();
-        // Not done until they are forgotten: a failure fails the FQDN's sync, which is retried
-        // (AWS, read again, is in step by then, and the values are released again). Left to a
-        // later sync, a name with no keys left would have none: it is retired after this one.
-        if !keys.is_empty() {
-            match recorder.writes.record_many(&[], &keys).await {
-                Ok(()) => {
-                    for (i, ip) in released {
-                        if let Some(ours) = owned[i].as_mut() {
-                            ours.remove(&ip);
-                        }
+        if released.is_empty() {
+            return;
+        }
+        let keys = self.owned_keys(recorder, &released);
+        match recorder.writes.record_many(&[], &keys).await {
+            Ok(()) => {
+                for (i, ip) in released {
+                    if let Some(ours) = self.owned[i].as_mut() {
+                        ours.remove(&ip);
                     }
                 }
-                Err(e) => {
-                    let e = AwsError::new(
-                        crate::aws::ErrorKind::Transient,
-                        "forgetting ownership in etcd",
-                        zone,
-                        e.to_string(),
-                    );
-                    for (i, _) in released {
-                        results[i] = Err(e.clone());
-                    }
+            }
+            Err(e) => {
+                let e = self.etcd_error("forgetting ownership in etcd", e);
+                for (i, _) in released {
+                    self.results[i] = Err(e.clone());
                 }
             }
         }
     }
-    results
-        .into_iter()
-        .zip(owned)
-        .enumerate()
-        .map(|(i, (result, owned))| FqdnResult {
-            owned,
-            sets: result
-                .is_ok()
-                .then(|| cache.get(&batch[i].fqdn).cloned())
-                .flatten(),
-            result,
-            from_cache: !due.contains(&i),
-            ttl_before: ttl_before[i],
-        })
-        .collect()
+
+    /// The ownership records of values of the batch's FQDNs.
+    fn owned_keys(&self, recorder: &Recorder<'_>, values: &[(usize, IpAddr)]) -> Vec<String> {
+        let layout = Layout::new(recorder.prefix);
+        values
+            .iter()
+            .map(|(i, ip)| layout.owned(&self.batch[*i].lb, &ip.to_string()))
+            .collect()
+    }
+
+    /// An etcd write the sync depends on failed: the sync is retried like one AWS refused.
+    fn etcd_error(&self, doing: &'static str, e: impl std::fmt::Display) -> AwsError {
+        AwsError::new(ErrorKind::Transient, doing, self.zone, e.to_string())
+    }
+
+    /// The results of a sync that applied nothing (a dry run, or one stopped before it changed
+    /// AWS): no record sets to report, no TTL waited out.
+    fn unapplied(
+        self,
+        result: impl Fn(Result<(), AwsError>) -> Result<(), AwsError>,
+    ) -> Vec<FqdnResult> {
+        self.results
+            .into_iter()
+            .zip(self.owned)
+            .map(|(r, owned)| FqdnResult {
+                result: result(r),
+                from_cache: false,
+                sets: None,
+                owned,
+                ttl_before: None,
+            })
+            .collect()
+    }
+
+    /// One result per desire, in order, with the record sets as the zone now knows them.
+    fn finish(self, cache: &ZoneCache) -> Vec<FqdnResult> {
+        let (batch, due, ttl_before) = (self.batch, self.due, self.ttl_before);
+        self.results
+            .into_iter()
+            .zip(self.owned)
+            .enumerate()
+            .map(|(i, (result, owned))| FqdnResult {
+                owned,
+                sets: result
+                    .is_ok()
+                    .then(|| cache.get(&batch[i].fqdn).cloned())
+                    .flatten(),
+                result,
+                from_cache: !due.contains(&i),
+                ttl_before: ttl_before[i],
+            })
+            .collect()
+    }
 }
 
 /// A zone that no longer exists holds none of an FQDN that should have no records: in step.
