@@ -58,6 +58,7 @@ impl FaultCounts {
     }
 }
 
+#[derive(Clone)]
 pub struct FaultProxy {
     pub url: String,
     pub counts: Arc<FaultCounts>,
@@ -179,51 +180,27 @@ fn error_response(status: &str, code: &str) -> Vec<u8> {
 impl FaultProxy {
     pub fn start(upstream_port: u16, fail_percent: u64, seed: u64) -> FaultProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let counts = Arc::new(FaultCounts::default());
-        let percent = Arc::new(AtomicU64::new(fail_percent));
-        let delay = Arc::new(AtomicU64::new(0));
-        let invalid: Arc<Mutex<std::collections::BTreeSet<String>>> = Arc::default();
-        let refused = Arc::new(AtomicUsize::new(0));
-        let mutating = Arc::new(AtomicUsize::new(0));
-        let kill_after_register: Arc<Mutex<Option<u32>>> = Arc::default();
-        let k = kill_after_register.clone();
-        let (c, p, d) = (counts.clone(), percent.clone(), delay.clone());
-        let (inv, r) = (invalid.clone(), refused.clone());
-        let m = mutating.clone();
+        let proxy = FaultProxy {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            counts: Arc::default(),
+            fail_percent: Arc::new(AtomicU64::new(fail_percent)),
+            delay_ms: Arc::default(),
+            invalid: Arc::default(),
+            refused: Arc::default(),
+            mutating: Arc::default(),
+            kill_after_register: Arc::default(),
+        };
+        let shared = proxy.clone();
         thread::spawn(move || {
             for (n, client) in listener.incoming().enumerate() {
                 let Ok(client) = client else { continue };
-                let (c, p, d) = (c.clone(), p.clone(), d.clone());
-                let (inv, r, m, k) = (inv.clone(), r.clone(), m.clone(), k.clone());
+                let shared = shared.clone();
                 let mut rng =
                     Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((n as u64 + 1) * 7919));
-                thread::spawn(move || {
-                    serve(
-                        client,
-                        upstream_port,
-                        &c,
-                        &p,
-                        &d,
-                        &inv,
-                        &r,
-                        &m,
-                        &k,
-                        &mut rng,
-                    )
-                });
+                thread::spawn(move || serve(client, upstream_port, &shared, &mut rng));
             }
         });
-        FaultProxy {
-            url,
-            counts,
-            fail_percent: percent,
-            delay_ms: delay,
-            invalid,
-            refused,
-            mutating,
-            kill_after_register,
-        }
+        proxy
     }
 
     /// A proxy that injects no faults: it only answers as real AWS does (see `invalid`).
@@ -237,19 +214,19 @@ impl FaultProxy {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn serve(
-    client: TcpStream,
-    upstream: u16,
-    counts: &FaultCounts,
-    percent: &AtomicU64,
-    delay: &AtomicU64,
-    invalid: &Mutex<std::collections::BTreeSet<String>>,
-    refused: &AtomicUsize,
-    mutating: &AtomicUsize,
-    kill_after_register: &Mutex<Option<u32>>,
-    rng: &mut Rng,
-) {
+/// Serves one connection: each request is refused as AWS would, failed, delayed or forwarded, as
+/// the proxy's settings say at the time.
+fn serve(client: TcpStream, upstream: u16, proxy: &FaultProxy, rng: &mut Rng) {
+    let FaultProxy {
+        counts,
+        fail_percent: percent,
+        delay_ms: delay,
+        invalid,
+        refused,
+        mutating,
+        kill_after_register,
+        ..
+    } = proxy;
     let mut reader = BufReader::new(client.try_clone().unwrap());
     let mut writer = client;
     while let Some(request) = read_message(&mut reader) {
