@@ -77,9 +77,9 @@ pub fn ips_of(members: &BTreeSet<Member>) -> BTreeSet<IpAddr> {
 }
 
 /// Reads one FQDN's record sets and plans them: what `plan` shows (`owned`: with `--ownership
-/// shared`, the values lbmanager added). (The zone actor reads in
-/// batches and from what it remembers, then plans the same way, with the same rule for a zone
-/// that is gone.)
+/// shared`, the values lbmanager added). The zone actor reads in batches and from what it
+/// remembers, then plans through [`plan_fqdn_values`] too, with the same rule for a zone that is
+/// gone.
 pub async fn read_and_plan_fqdn(
     api: &dyn Route53Api,
     zone: &str,
@@ -93,16 +93,30 @@ pub async fn read_and_plan_fqdn(
         Err(e) if gone_is_in_step(&e, ips.is_empty()) => Vec::new(),
         other => other?,
     };
-    // `--ownership shared`: the others' values stay.
+    let changes = plan_fqdn_values(fqdn, ips, &current, ttl, policy, owned);
+    Ok((current, changes))
+}
+
+/// The changes `run` makes and `plan` shows for an FQDN: the values etcd wants (`ips`) against
+/// its record sets (`current`), with `--ownership shared`'s values of others (those not in
+/// `owned`) kept, and their TTL. Both commands plan through this one function, so that they never
+/// disagree.
+pub fn plan_fqdn_values(
+    fqdn: &str,
+    ips: &BTreeSet<IpAddr>,
+    current: &[RecordSet],
+    ttl: i64,
+    policy: Policy,
+    owned: Option<&BTreeSet<IpAddr>>,
+) -> Vec<RecordChange> {
     let (ips, ttl) = match owned {
         Some(owned) => (
-            crate::ownership::with_foreign(ips, &current, owned),
-            crate::ownership::shared_ttl(&current, owned, ttl),
+            crate::ownership::with_foreign(ips, current, owned),
+            crate::ownership::shared_ttl(current, owned, ttl),
         ),
         None => (ips.clone(), ttl),
     };
-    let changes = plan_fqdn(fqdn, &ips, &current, ttl, policy);
-    Ok((current, changes))
+    plan_fqdn(fqdn, &ips, current, ttl, policy)
 }
 
 /// The changes `run` makes and `plan` shows for an ELB or target group: what etcd wants

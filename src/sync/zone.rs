@@ -6,13 +6,12 @@ use std::net::IpAddr;
 
 use slog::{info, Logger};
 
-use super::{gone_is_in_step, Cause, SyncOptions};
+use super::{gone_is_in_step, plan_fqdn_values, Cause, SyncOptions};
 use crate::aws::{AwsError, ErrorKind, Route53Api};
 use crate::etcd::OwnershipWrites;
 use crate::key::LbId;
 use crate::layout::Layout;
-use crate::ownership::{shared_ttl, with_foreign};
-use crate::plan::{pack_batches, plan_fqdn, Action, Policy, RecordChange, RecordSet};
+use crate::plan::{pack_batches, Action, Policy, RecordChange, RecordSet};
 
 /// What the zone knows of its record sets, by FQDN (an empty list: known to have none).
 pub type ZoneCache = HashMap<String, Vec<RecordSet>>;
@@ -174,15 +173,14 @@ impl<'a> ZoneRun<'a> {
                 .map(Vec::as_slice)
                 .unwrap_or_default();
             self.ttl_before[i] = current.iter().map(|s| s.ttl).max();
-            // Shared: the others' values stay in the record set.
-            let (ips, ttl) = match &desire.owned {
-                Some(owned) => (
-                    with_foreign(&desire.ips, current, owned),
-                    shared_ttl(current, owned, options.route53_ttl),
-                ),
-                None => (desire.ips.clone(), options.route53_ttl),
-            };
-            let changes = plan_fqdn(&desire.fqdn, &ips, current, ttl, options.policy);
+            let changes = plan_fqdn_values(
+                &desire.fqdn,
+                &desire.ips,
+                current,
+                options.route53_ttl,
+                options.policy,
+                desire.owned.as_ref(),
+            );
             if !changes.is_empty() {
                 groups.push((i, changes));
             }
