@@ -79,6 +79,9 @@ pub struct Desire {
 #[derive(Debug)]
 pub struct Report {
     pub lb: LbId,
+    /// A sync ended (false: only the status changed between syncs, a Route53 change now
+    /// `INSYNC`, say: no round counts it).
+    pub sync: bool,
     /// The generation of the desire the sync set out with.
     pub generation: u64,
     pub failed: bool,
@@ -394,7 +397,7 @@ impl Fleet {
     /// A load balancer's report after a sync attempt.
     pub fn synced(&mut self, report: Report) -> Vec<Command> {
         let lb = &report.lb;
-        if let Some(round) = self.round.as_mut() {
+        if let Some(round) = self.round.as_mut().filter(|_| report.sync) {
             if round.pending.remove(lb) && report.failed {
                 round.failed += 1;
             }
@@ -406,7 +409,7 @@ impl Fleet {
         if let Some(status) = report.status {
             self.publish(lb, Some(status));
         }
-        if !report.failed {
+        if report.sync && !report.failed {
             if let Some(child) = self.lbs.get_mut(lb) {
                 child.restarts = Restarts::default();
             }
@@ -890,6 +893,7 @@ mod tests {
     fn ok(lb: &LbId, generation: u64) -> Report {
         Report {
             lb: lb.clone(),
+            sync: true,
             generation,
             failed: false,
             settling: false,

@@ -89,6 +89,10 @@ pub struct Metrics {
     /// lbmanager's own records that cannot be written as they are now (etcd refuses them or is
     /// away): 0 when every record is current.
     pub records_unwritten: Gauge,
+    /// Route53 changes accepted and not yet `INSYNC`.
+    pub route53_changes_pending: Gauge,
+    /// Route53 changes still `PENDING` after [`crate::actors::hosted_zone::SLOW_CHANGE`].
+    pub route53_changes_slow: Counter,
     initial_sync_done: AtomicBool,
     watch_live: AtomicBool,
 }
@@ -119,6 +123,8 @@ impl Metrics {
             last_full_sync: Gauge::default(),
             limits: Family::default(),
             records_unwritten: Gauge::default(),
+            route53_changes_pending: Gauge::default(),
+            route53_changes_slow: Counter::default(),
             initial_sync_done: AtomicBool::new(false),
             watch_live: AtomicBool::new(false),
             registry: Registry::default(),
@@ -202,6 +208,16 @@ impl Metrics {
             "records_unwritten",
             "lbmanager's own etcd records that cannot be written as they are now",
             m.records_unwritten.clone(),
+        );
+        registry.register(
+            "route53_changes_pending",
+            "Route53 changes accepted and not yet on every Route53 name server (INSYNC)",
+            m.route53_changes_pending.clone(),
+        );
+        registry.register(
+            "route53_changes_slow",
+            "Route53 changes still PENDING after the time Route53 usually takes (README, Limits)",
+            m.route53_changes_slow.clone(),
         );
         Metrics { registry, ..m }
     }

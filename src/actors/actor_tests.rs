@@ -896,3 +896,69 @@ async fn the_status_after_the_last_value_went_keeps_the_ttl_it_had() {
     assert!(status.members.is_empty(), "{last}");
     assert_eq!(status.ttl, Some(60), "{last}");
 }
+
+/// The status of `key` as it last landed in etcd.
+fn landed_status(etcd: &FakeEtcd, key: &str) -> Option<crate::status::LbStatus> {
+    let landed = etcd.landed.lock().unwrap();
+    let (_, last) = landed.iter().rev().find(|(k, _)| k == key)?;
+    serde_json::from_str(last).ok()
+}
+
+/// Route53 has accepted a change long before every one of its name servers has it: until
+/// GetChange says INSYNC, the names' statuses list the change as pending (so `--wait` and
+/// `--drain` wait), and once it is, they say so without another sync. One GetChange per change,
+/// not per name.
+#[actix_rt::test]
+async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    r53.hold.store(true, SeqCst);
+    let etcd = Arc::new(FakeEtcd::default());
+    let www = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let api = "/lbManager/route53/us-east-1/Z1/api.example.com/multiple/192.0.2.2";
+    let _sup = start_on(
+        etcd.clone(),
+        settings(),
+        Arc::default(),
+        r53.clone(),
+        &[(www, 1), (api, 2)],
+    );
+    let statuses = [
+        "/lbmanager-state/lbManager/status/route53/Z1/www.example.com",
+        "/lbmanager-state/lbManager/status/route53/Z1/api.example.com",
+    ];
+    let pending = |key: &str| landed_status(&etcd, key).map(|s| s.dns_pending);
+    eventually("both statuses list the change as pending", || {
+        statuses
+            .iter()
+            .all(|k| pending(k).is_some_and(|p| p.len() == 1))
+    })
+    .await;
+    let made = r53.changes();
+    assert_eq!(made.len(), 1, "both names in one change: {made:?}");
+    assert_eq!(pending(statuses[0]).unwrap()[0].id, made[0].0);
+    let polls = || {
+        r53.calls()
+            .into_iter()
+            .filter(|c| c.starts_with("GetChange"))
+            .collect::<Vec<_>>()
+    };
+    eventually("Route53 asked while the change is pending", || {
+        !polls().is_empty()
+    })
+    .await;
+    r53.hold.store(false, SeqCst);
+    eventually("both statuses say the change is INSYNC", || {
+        statuses
+            .iter()
+            .all(|k| pending(k).is_some_and(|p| p.is_empty()))
+    })
+    .await;
+    let polls = polls();
+    assert!(
+        polls.iter().all(|c| c == &format!("GetChange Z1 {}", made[0].0)),
+        "one change, asked about as one: {polls:?}"
+    );
+    // A status that changed only in that is not a sync: no second change was made.
+    assert_eq!(r53.changes().len(), 1);
+}

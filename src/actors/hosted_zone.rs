@@ -10,15 +10,21 @@
 //! The zone attempts each desire once and answers the FQDN's load balancer (through the desire's
 //! `reply` recipient) with the result; retrying is the load balancer's business (one place for
 //! backoff).
+//!
+//! Route53 accepts a change long before resolvers can get it: the change is `PENDING` until every
+//! Route53 name server has it (`INSYNC`). The zone polls each of its changes (one GetChange per
+//! change, not per name, with growing pauses, through the account's quota) and tells the names it
+//! carried when it is `INSYNC` ([`ChangeInSync`]); a change still `PENDING` after
+//! [`SLOW_CHANGE`] is said at warn level and counted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use actix::prelude::*;
-use slog::Logger;
+use slog::{info, warn, Logger};
 
 use super::{Cause, Settings};
-use crate::aws::{AwsError, Route53Api};
+use crate::aws::{AwsError, ChangeId, ChangeState, ErrorKind, Route53Api};
 use crate::sync::zone::{sync_zone, FqdnWant, Recorder, ZoneCache};
 
 /// What one FQDN's A and AAAA record sets should hold.
@@ -28,7 +34,18 @@ pub struct ZoneDesire {
     pub want: FqdnWant,
     pub generation: u64,
     pub reply: Recipient<ZoneSynced>,
+    /// Told when a change that carried this name's changes is `INSYNC`.
+    pub in_sync: Recipient<ChangeInSync>,
+    /// Changes of this name still `PENDING` as far as its load balancer knows (made by this
+    /// zone's actor before it was replaced, say): watched too, if they are not already.
+    pub pending: Vec<ChangeId>,
 }
+
+/// A change that carried a name's changes is on every Route53 name server (or Route53 no longer
+/// knows it: nothing left to wait for).
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct ChangeInSync(pub ChangeId);
 
 /// A zone's answer to a [`ZoneDesire`].
 #[derive(Message, Debug)]
@@ -46,6 +63,45 @@ pub struct ZoneSynced {
     /// The longest TTL the FQDN's record sets had before the sync (see
     /// [`crate::sync::zone::FqdnResult::ttl_before`]).
     pub ttl_before: Option<i64>,
+    /// The change that carried the FQDN's changes, `PENDING` until [`ChangeInSync`] says.
+    pub change: Option<ChangeId>,
+}
+
+/// The first pause before asking Route53 whether a change is `INSYNC`, doubled after each
+/// `PENDING` up to [`POLL_MAX`]. Route53 usually takes seconds to a minute.
+const POLL_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+const POLL_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// A change still `PENDING` this long after Route53 accepted it is said at warn level and counted
+/// (`lbmanager_route53_changes_slow_total`); it is still waited for. Route53's own figure: "within
+/// 60 seconds" as a rule.
+pub const SLOW_CHANGE: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// A change of the zone not yet `INSYNC`, and who waits for it.
+struct Watch {
+    since: std::time::Instant,
+    /// The names it carried.
+    names: Vec<Recipient<ChangeInSync>>,
+    /// Polls answered so far (the pause before the next grows with them).
+    polls: u32,
+    slow: bool,
+    /// The gauge of pending changes counts it until it is dropped.
+    _pending: PendingGauge,
+}
+
+/// One change on the `route53_changes_pending` gauge, for as long as it lives.
+struct PendingGauge(prometheus_client::metrics::gauge::Gauge);
+
+impl PendingGauge {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        PendingGauge(gauge.clone())
+    }
+}
+
+impl Drop for PendingGauge {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// How long the zone gathers the desires of a full sync (start-up, relist, restart) before its
@@ -70,6 +126,8 @@ pub struct HostedZone {
     cache: ZoneCache,
     /// `--ownership shared`: where the values lbmanager adds are recorded.
     writes: Option<Arc<dyn crate::etcd::OwnershipWrites>>,
+    /// The zone's changes not yet `INSYNC`.
+    watches: BTreeMap<ChangeId, Watch>,
 }
 
 impl HostedZone {
@@ -89,6 +147,7 @@ impl HostedZone {
             gathering: false,
             cache: ZoneCache::new(),
             writes: None,
+            watches: BTreeMap::new(),
         }
     }
 
@@ -127,6 +186,9 @@ impl HostedZone {
                 .map(|(batch, results, cache), act, ctx| {
                     act.cache = cache;
                     for (desire, result) in batch.into_iter().zip(results) {
+                        if let Some(change) = &result.change {
+                            act.watch(change, &desire.in_sync, ctx);
+                        }
                         desire.reply.do_send(ZoneSynced {
                             generation: desire.generation,
                             error: result.result.err(),
@@ -134,12 +196,98 @@ impl HostedZone {
                             sets: result.sets,
                             owned: result.owned,
                             ttl_before: result.ttl_before,
+                            change: result.change,
                         });
                     }
                     act.busy = false;
                     act.run(ctx);
                 }),
         );
+    }
+}
+
+impl HostedZone {
+    /// Watches `change` until it is `INSYNC`, and then tells `name`.
+    fn watch(&mut self, change: &str, name: &Recipient<ChangeInSync>, ctx: &mut Context<Self>) {
+        if change.is_empty() {
+            return;
+        }
+        if let Some(watch) = self.watches.get_mut(change) {
+            if !watch.names.contains(name) {
+                watch.names.push(name.clone());
+            }
+            return;
+        }
+        self.watches.insert(
+            change.to_string(),
+            Watch {
+                since: std::time::Instant::now(),
+                names: vec![name.clone()],
+                polls: 0,
+                slow: false,
+                _pending: PendingGauge::new(&self.settings.metrics.route53_changes_pending),
+            },
+        );
+        self.poll_later(change.to_string(), ctx);
+    }
+
+    fn poll_later(&mut self, change: ChangeId, ctx: &mut Context<Self>) {
+        let Some(watch) = self.watches.get(&change) else {
+            return;
+        };
+        let pause = POLL_FIRST
+            .saturating_mul(2u32.saturating_pow(watch.polls.min(8)))
+            .min(POLL_MAX);
+        ctx.run_later(pause, move |act, ctx| act.poll(change, ctx));
+    }
+
+    /// Asks Route53 once where `change` is.
+    fn poll(&mut self, change: ChangeId, ctx: &mut Context<Self>) {
+        let (api, zone) = (self.api.clone(), self.zone.clone());
+        let id = change.clone();
+        let fut = async move { api.change_state(&zone, &id).await };
+        ctx.spawn(fut.into_actor(self).map(move |state, act, ctx| {
+            let Some(watch) = act.watches.get_mut(&change) else {
+                return;
+            };
+            watch.polls = watch.polls.saturating_add(1);
+            let age = watch.since.elapsed();
+            match state {
+                Ok(ChangeState::InSync) => {
+                    info!(act.log, "Route53 change is on every Route53 name server (INSYNC)";
+                        "change" => &change, "after" => ?age, "names" => watch.names.len());
+                    act.in_sync(&change);
+                    return;
+                }
+                // Route53 forgets changes after a while (and knows none made elsewhere): nothing
+                // is left to wait for.
+                Err(e) if e.kind == ErrorKind::NotFound => {
+                    warn!(act.log, "Route53 does not know the change; taking it as INSYNC";
+                        "change" => &change, "error" => %e);
+                    act.in_sync(&change);
+                    return;
+                }
+                Ok(ChangeState::Pending) => {}
+                Err(e) => {
+                    warn!(act.log, "could not ask Route53 whether a change is INSYNC; will ask                         again"; "change" => &change, "error" => %e, "pending_for" => ?age);
+                }
+            }
+            if age >= SLOW_CHANGE && !watch.slow {
+                watch.slow = true;
+                act.settings.metrics.route53_changes_slow.inc();
+                warn!(act.log, "Route53 change still PENDING: resolvers may not get it yet, and                     whoever waits for it (member --wait, --drain) waits on";
+                    "change" => &change, "pending_for" => ?age, "names" => watch.names.len());
+            }
+            act.poll_later(change, ctx);
+        }));
+    }
+
+    fn in_sync(&mut self, change: &str) {
+        if let Some(watch) = self.watches.remove(change) {
+            for name in watch.names {
+                name.do_send(ChangeInSync(change.to_string()));
+            }
+        }
     }
 }
 
@@ -151,6 +299,9 @@ impl Handler<ZoneDesire> for HostedZone {
     type Result = ();
 
     fn handle(&mut self, msg: ZoneDesire, ctx: &mut Self::Context) {
+        for change in &msg.pending {
+            self.watch(change, &msg.in_sync, ctx);
+        }
         let full_sync = matches!(
             msg.want.cause,
             Cause::Startup | Cause::Relist | Cause::Restart

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use actix::prelude::*;
 use slog::{warn, Logger};
 
-use super::hosted_zone::{HostedZone, ZoneDesire, ZoneSynced};
+use super::hosted_zone::{ChangeInSync, HostedZone, ZoneDesire, ZoneSynced};
 use super::{Cause, Settings};
 use crate::aws::{AwsError, ElbApi};
 use crate::key::LbId;
 use crate::plan::{RecordSet, Rejected};
-use crate::status::{self, LastSync, LbStatus};
+use crate::status::{self, LastSync, LbStatus, PendingChange};
 use crate::sync::elb::{sync_elb, ElbSync, ElbSyncContext, Owned, Want, Wanted};
 use crate::sync::ips_of;
 use crate::sync::schedule::{Next, Outcome, Schedule};
@@ -62,6 +62,8 @@ pub struct Drain;
 #[rtype(result = "()")]
 pub struct Synced {
     pub lb: LbId,
+    /// A sync ended (false: the status changed between syncs).
+    pub sync: bool,
     pub generation: u64,
     pub error: Option<AwsError>,
     /// The members AWS refuses, when that set (or a reason) changed with this sync.
@@ -156,6 +158,9 @@ pub struct LoadBalancer {
     mismatched: std::collections::HashSet<String>,
     /// Set by [`Drain`]: who waits for the sync in flight to end.
     draining: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
+    /// Route53: the changes of this name not yet `INSYNC`, oldest first (see
+    /// [`LbStatus::dns_pending`]).
+    dns_pending: Vec<PendingChange>,
 }
 
 impl LoadBalancer {
@@ -190,6 +195,7 @@ impl LoadBalancer {
             rejected: Rejected::new(),
             mismatched: Default::default(),
             draining: None,
+            dns_pending: Vec::new(),
         }
     }
 
@@ -319,6 +325,8 @@ impl LoadBalancer {
                     },
                     generation: desire.generation,
                     reply: ctx.address().recipient(),
+                    in_sync: ctx.address().recipient(),
+                    pending: self.dns_pending.iter().map(|p| p.id.clone()).collect(),
                 });
             }
         }
@@ -418,11 +426,12 @@ impl LoadBalancer {
         drop(in_flight);
         self.supervisor.do_send(Synced {
             lb: self.id.clone(),
+            sync: true,
             generation,
             error: error.clone(),
             rejected,
             status,
-            settling: self.settling(),
+            settling: self.holding(),
         });
         self.release_drain();
         let outcome = match &error {
@@ -508,6 +517,7 @@ impl LoadBalancer {
                 error: error.map(|e| e.to_string()),
             },
             rejected: status::Rejections::of(&self.rejected),
+            dns_pending: self.carried(revision),
         };
         let (status, cut) = status.bounded();
         if cut {
@@ -526,6 +536,23 @@ impl LoadBalancer {
         let status = Arc::new(status);
         self.published = Some(status.clone());
         Some(status)
+    }
+
+    /// The Route53 changes not yet `INSYNC`, for a status at `revision`: the newest of them
+    /// carries the name's record sets as of that revision (a sync that changed nothing found
+    /// Route53 as that change left it), so a wait for it waits for that change.
+    fn carried(&mut self, revision: i64) -> Vec<PendingChange> {
+        if let Some(newest) = self.dns_pending.last_mut() {
+            newest.revision = newest.revision.max(revision);
+        }
+        self.dns_pending.clone()
+    }
+
+    /// Not to be retired yet: AWS is still moving members while someone waits (see
+    /// [`Self::settling`]), or a Route53 change of the name is not `INSYNC` yet (so that a
+    /// `--drain` waiting for it is told, from the status, when it is).
+    fn holding(&self) -> bool {
+        self.settling() || !self.dns_pending.is_empty()
     }
 
     /// Whether someone waits (see [`Watched`]) while a member is not (yet) healthy as last
@@ -610,16 +637,18 @@ impl Handler<Desire> for LoadBalancer {
             self.synced = Some(generation);
             let status = self.published.as_deref().cloned().map(|mut p| {
                 p.revision = p.revision.max(revision);
+                p.dns_pending = self.carried(p.revision);
                 p
             });
             let status = status.and_then(|s| self.publish(s));
             self.supervisor.do_send(Synced {
                 lb: self.id.clone(),
+                sync: true,
                 generation,
                 error: None,
                 rejected: None,
                 status,
-                settling: self.settling(),
+                settling: self.holding(),
             });
             return;
         }
@@ -632,6 +661,16 @@ impl Handler<ZoneSynced> for LoadBalancer {
     type Result = ();
 
     fn handle(&mut self, msg: ZoneSynced, ctx: &mut Self::Context) {
+        if let (Some(change), Some(in_flight)) = (&msg.change, &self.in_flight) {
+            self.dns_pending.push(PendingChange {
+                id: change.clone(),
+                since: status::now(),
+                revision: in_flight.revision,
+            });
+            if self.dns_pending.len() > status::PENDING_LISTED {
+                self.dns_pending.remove(0);
+            }
+        }
         if let (Some(owned), Some(ips)) = (self.owned.as_mut(), &msg.owned) {
             owned.set(ips.iter().map(|ip| ip.to_string()).collect());
         }
@@ -641,6 +680,35 @@ impl Handler<ZoneSynced> for LoadBalancer {
         };
         let rejected = self.zone_rejected.take();
         self.finished(msg.generation, msg.error, rejected, msg.stale, seen, ctx);
+    }
+}
+
+impl Handler<ChangeInSync> for LoadBalancer {
+    type Result = ();
+
+    /// A change of the name is on every Route53 name server: the status says so at once (a
+    /// `--wait` or `--drain` may be waiting for just that).
+    fn handle(&mut self, ChangeInSync(change): ChangeInSync, _: &mut Self::Context) {
+        let before = self.dns_pending.len();
+        self.dns_pending.retain(|p| p.id != change);
+        if self.dns_pending.len() == before {
+            return;
+        }
+        let status = self.published.as_deref().cloned().and_then(|mut p| {
+            p.dns_pending = self.dns_pending.clone();
+            self.publish(p)
+        });
+        self.supervisor.do_send(Synced {
+            lb: self.id.clone(),
+            sync: false,
+            // The generation AWS was last brought to: one older than the latest desire keeps
+            // the load balancer from being retired.
+            generation: self.synced.unwrap_or_default(),
+            error: None,
+            rejected: None,
+            status,
+            settling: self.holding(),
+        });
     }
 }
 

@@ -403,6 +403,7 @@ impl Handler<Synced> for Supervisor {
     fn handle(&mut self, msg: Synced, ctx: &mut Self::Context) {
         let commands = self.fleet.synced(Report {
             lb: msg.lb,
+            sync: msg.sync,
             generation: msg.generation,
             failed: msg.error.is_some(),
             settling: msg.settling,

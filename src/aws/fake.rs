@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{AwsError, ElbApi, ErrorKind, Permit, Route53Api};
+use super::{AwsError, ChangeId, ChangeState, ElbApi, ErrorKind, Permit, Route53Api};
 use crate::key::Target;
 use crate::plan::{Action, RecordChange, RecordSet, RecordType, Registered};
 
@@ -275,9 +275,32 @@ pub struct FakeRoute53 {
     pub delay: Mutex<Duration>,
     /// Panic on the next call (after its delay), once.
     pub panic_next: Mutex<bool>,
+    /// How many GetChange polls answer `PENDING` for each change made from now on (as Route53,
+    /// which takes seconds to put a change on every name server; 0: `INSYNC` at the first poll).
+    pub pending_polls: Mutex<u32>,
+    /// Faults for the next GetChange polls (apart from `fail_next`, which the zone's reads and
+    /// changes take).
+    pub fail_polls: Mutex<Vec<ErrorKind>>,
+    /// While set, every change stays `PENDING` (a Route53 slow to propagate).
+    pub hold: std::sync::atomic::AtomicBool,
+    /// The changes made (each its own id, as Route53 gives): how many polls each still answers
+    /// `PENDING`.
+    changes: Mutex<BTreeMap<String, u32>>,
 }
 
 impl FakeRoute53 {
+    /// The ids of the changes made, in order, and whether each is `INSYNC` by now.
+    pub fn changes(&self) -> Vec<(String, bool)> {
+        lock(&self.changes)
+            .iter()
+            .map(|(id, left)| (id.clone(), *left == 0 && !self.held()))
+            .collect()
+    }
+
+    fn held(&self) -> bool {
+        self.hold.load(Ordering::SeqCst)
+    }
+
     pub fn with_zones(zones: &[&str]) -> Self {
         let fake = FakeRoute53::default();
         for z in zones {
@@ -362,7 +385,33 @@ impl Route53Api for FakeRoute53 {
         self.zone_sets(zone)
     }
 
-    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
+    async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {
+        lock(&self.calls).push(format!("GetChange {zone} {id}"));
+        let mut fails = lock(&self.fail_polls);
+        if !fails.is_empty() {
+            let kind = fails.remove(0);
+            return Err(AwsError::new(kind, "GetChange", zone, "injected fault"));
+        }
+        let mut changes = lock(&self.changes);
+        let Some(left) = changes.get_mut(id) else {
+            return Err(AwsError::new(
+                ErrorKind::NotFound,
+                "GetChange",
+                zone,
+                format!("NoSuchChange: {id}"),
+            ));
+        };
+        if self.held() {
+            return Ok(ChangeState::Pending);
+        }
+        if *left > 0 {
+            *left -= 1;
+            return Ok(ChangeState::Pending);
+        }
+        Ok(ChangeState::InSync)
+    }
+
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<ChangeId, AwsError> {
         let detail = changes
             .iter()
             .map(|c| format!("{}:{}:{}", c.action.as_str(), c.set.name, c.set.rtype))
@@ -404,6 +453,10 @@ impl Route53Api for FakeRoute53 {
                 }
             }
         }
-        Ok(())
+        let mut made = lock(&self.changes);
+        // Zero-padded: the ids sort in the order the changes were made.
+        let id = format!("/change/CFAKE{:08}", made.len() + 1);
+        made.insert(id.clone(), *lock(&self.pending_polls));
+        Ok(id)
     }
 }

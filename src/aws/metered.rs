@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{AwsError, ElbApi, ErrorKind, Permit, Route53Api};
+use super::{AwsError, ChangeId, ChangeState, ElbApi, ErrorKind, Permit, Route53Api};
 use crate::key::Target;
 use crate::metrics::Metrics;
 use crate::plan::{RecordChange, RecordSet, Registered};
@@ -99,9 +99,15 @@ impl Route53Api for MeteredRoute53 {
         r
     }
 
-    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<ChangeId, AwsError> {
         let r = self.inner.change(zone, changes).await;
         self.metrics.aws_call("route53", "change", result(&r));
+        r
+    }
+
+    async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {
+        let r = self.inner.change_state(zone, id).await;
+        self.metrics.aws_call("route53", "get_change", result(&r));
         r
     }
 }

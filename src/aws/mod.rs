@@ -88,8 +88,25 @@ pub trait Route53Api: Send + Sync + 'static {
     /// Every simple A and AAAA record set of `zone`, in as few pages as Route53 allows (300 a
     /// page): cheaper than one read per FQDN when many FQDNs are due at once.
     async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError>;
-    /// Applies `changes` in one ChangeResourceRecordSets call (all or nothing).
-    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError>;
+    /// Applies `changes` in one ChangeResourceRecordSets call (all or nothing). Route53 has
+    /// accepted them: the answer is the change's id, which is `INSYNC` (every Route53 name server
+    /// answers with it) only later (see [`Route53Api::change_state`]).
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<ChangeId, AwsError>;
+    /// Whether the change `id` (made in `zone`) has reached every Route53 name server
+    /// (GetChange).
+    async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError>;
+}
+
+/// A Route53 change's id, as ChangeResourceRecordSets answers it (`/change/C2682N5HXP0BZ4`).
+pub type ChangeId = String;
+
+/// Where a Route53 change is (GetChange's `Status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeState {
+    /// Accepted, not yet on every Route53 name server: resolvers may not get it yet.
+    Pending,
+    /// On every Route53 name server.
+    InSync,
 }
 
 /// The three AWS backends every part of lbmanager uses, built once: Classic ELB, ELBv2 target

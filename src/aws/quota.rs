@@ -125,6 +125,8 @@ pub mod route53 {
         List,
         /// ChangeResourceRecordSets drawing this many change tokens.
         Change(f64),
+        /// GetChange.
+        Get,
     }
 
     /// The account's buckets, `share` of them; `changes` is AWS's change-throughput bucket.
@@ -135,8 +137,9 @@ pub mod route53 {
                 OPERATION.scaled(share),
                 OPERATION.scaled(share),
                 changes.scaled(share),
+                OPERATION.scaled(share),
             ],
-            2,
+            3,
         )
     }
 
@@ -145,6 +148,7 @@ pub mod route53 {
         match call {
             Call::List => (0, vec![(0, 1.0), (1, 1.0)]),
             Call::Change(n) => (1, vec![(0, 1.0), (2, 1.0), (3, n)]),
+            Call::Get => (2, vec![(0, 1.0), (4, 1.0)]),
         }
     }
 

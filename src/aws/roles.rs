@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{AccountQuotas, AwsError, Backends, ElbApi, Permit, Quotas, Route53Api};
+use super::{
+    AccountQuotas, AwsError, Backends, ChangeId, ChangeState, ElbApi, Permit, Quotas, Route53Api,
+};
 use crate::key::Target;
 use crate::plan::{Health, RecordChange, RecordSet, Registered};
 
@@ -295,8 +297,12 @@ impl Route53Api for RoutedRoute53 {
         self.routes.route53(zone).zone_record_sets(zone).await
     }
 
-    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<ChangeId, AwsError> {
         self.routes.route53(zone).change(zone, changes).await
+    }
+
+    async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {
+        self.routes.route53(zone).change_state(zone, id).await
     }
 }
 

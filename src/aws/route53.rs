@@ -2,12 +2,12 @@
 
 use async_trait::async_trait;
 use aws_sdk_route53::types::{
-    Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet, RrType,
+    Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
 };
 use aws_sdk_route53::Client;
 
 use super::quota::{self, route53::Call, Quota};
-use super::{classify, AwsError, ErrorKind, Quotas, Route53Api};
+use super::{classify, AwsError, ChangeId, ChangeState, ErrorKind, Quotas, Route53Api};
 use crate::fence::{Fence, FenceCheck};
 use crate::plan::{Action, RecordChange, RecordSet, RecordType};
 
@@ -196,7 +196,7 @@ impl Route53Api for SdkRoute53 {
             .await
     }
 
-    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<(), AwsError> {
+    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<ChangeId, AwsError> {
         let target = format!("route53/{zone}");
         let sdk_changes = changes
             .iter()
@@ -221,11 +221,36 @@ impl Route53Api for SdkRoute53 {
             }
             None => op,
         };
-        op.send()
+        let out = op
+            .send()
             .await
             .map_err(|e| classify("ChangeResourceRecordSets", &target, e))
             .inspect_err(|e| self.note(e, Call::Change(n)))?;
-        Ok(())
+        Ok(out
+            .change_info()
+            .map(|info| info.id().to_string())
+            .unwrap_or_default())
+    }
+
+    async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {
+        let target = format!("route53/{zone}");
+        quota::route53::take(&self.quota, Call::Get).await;
+        let out = self
+            .client
+            .get_change()
+            .id(id)
+            .customize()
+            .config_override(
+                aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("GetChange", &target, e))
+            .inspect_err(|e| self.note(e, Call::Get))?;
+        Ok(match out.change_info().map(|info| info.status()) {
+            Some(ChangeStatus::Insync) => ChangeState::InSync,
+            _ => ChangeState::Pending,
+        })
     }
 }
 

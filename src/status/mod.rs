@@ -95,6 +95,22 @@ pub struct LbStatus {
     /// Wanted members AWS refuses, with AWS's reasons.
     #[serde(default, skip_serializing_if = "Rejections::is_empty")]
     pub rejected: Rejections,
+    /// Route53: the changes of this name that Route53 accepted and has not yet put on every one
+    /// of its name servers (`PENDING`), oldest first, at most [`PENDING_LISTED`]. Until they are
+    /// `INSYNC`, resolvers may still get the record sets as they were.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dns_pending: Vec<PendingChange>,
+}
+
+/// A Route53 change accepted and not yet `INSYNC` (see [`LbStatus::dns_pending`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingChange {
+    /// Route53's id of the change (`/change/C2682N5HXP0BZ4`), cut to [`CHANGE_ID_CHARS`].
+    pub id: String,
+    /// When Route53 accepted it, in seconds since the Unix epoch.
+    pub since: u64,
+    /// The etcd revision whose changes it carries (and every earlier one's).
+    pub revision: i64,
 }
 
 pub(crate) fn is_zero(n: &usize) -> bool {
@@ -112,6 +128,11 @@ pub const REASONS_KEPT: usize = 10;
 /// The longest reason or error kept, in characters (AWS's messages name every refused target:
 /// 300 of them make a message of 8 KB).
 pub const REASON_CHARS: usize = 300;
+/// The most pending Route53 changes a status lists: the newest are kept (a wait judged against
+/// a newer change than its own waits a little longer, never less).
+pub const PENDING_LISTED: usize = 10;
+/// The longest change id kept, in characters (Route53's are about 20).
+pub const CHANGE_ID_CHARS: usize = 64;
 /// The largest status record, in bytes, that the bounds above allow (members of 60 bytes or less
 /// with their state, every bound met): what etcd is asked to store for one load balancer.
 pub const STATUS_MAX_BYTES: usize = 192 * 1024;
@@ -206,6 +227,17 @@ impl LbStatus {
             *e = short;
         }
         cut_any |= self.rejected.more > 0;
+        if self.dns_pending.len() > PENDING_LISTED {
+            let drop = self.dns_pending.len() - PENDING_LISTED;
+            self.dns_pending.drain(..drop);
+            cut_any = true;
+        }
+        for p in &mut self.dns_pending {
+            if let Some((end, _)) = p.id.char_indices().nth(CHANGE_ID_CHARS) {
+                p.id.truncate(end);
+                cut_any = true;
+            }
+        }
         (self, cut_any)
     }
 
@@ -426,6 +458,15 @@ pub fn judge(
         };
         return Verdict::Wait(Some(why));
     }
+    // Route53 has the change, and some of its name servers may not: resolvers may still be
+    // handed the record sets as they were.
+    if let Some(pending) = status.dns_pending.iter().find(|p| p.revision >= revision) {
+        return Verdict::Wait(Some(format!(
+            "Route53 has accepted change {} and has not yet put it on all its name servers \
+             (PENDING)",
+            pending.id
+        )));
+    }
     let key_member = member.to_string();
     if status.members_more > 0 {
         // Cut to its counts (more members than a status lists, or etcd refused the whole one):
@@ -544,11 +585,78 @@ mod tests {
                 error: None,
             },
             rejected: Rejections::default(),
+            dns_pending: Vec::new(),
         }
     }
 
     fn target(s: &str) -> Member {
         Member::Target(Box::new(parse_target(s).unwrap()))
+    }
+
+    fn name() -> LbId {
+        LbId::Route53 {
+            zone: "Z1".into(),
+            fqdn: "www.example.com".into(),
+        }
+    }
+
+    fn pending(id: &str, revision: i64) -> PendingChange {
+        PendingChange {
+            id: id.into(),
+            since: 100,
+            revision,
+        }
+    }
+
+    /// Route53 has accepted the change that carried the member, and resolvers may not get it
+    /// yet: an add waits for INSYNC, and so does a removal (`--drain` counts the TTL from then).
+    #[test]
+    fn a_route53_wait_is_done_only_once_the_change_that_carried_it_is_insync() {
+        let ip = Member::Ip("192.0.2.1".parse().unwrap());
+        let add = Goal::Present { healthy: false };
+        let mut s = status(10, &[("192.0.2.1", None)]);
+        s.dns_pending = vec![pending("/change/C1", 10)];
+        assert!(matches!(
+            judge(&name(), &ip, add, 10, Some(&s), false),
+            Verdict::Wait(Some(w)) if w.contains("/change/C1") && w.contains("PENDING")
+        ));
+        // A change pending from before the waiter's own does not hold it up.
+        s.dns_pending = vec![pending("/change/C0", 9)];
+        assert_eq!(judge(&name(), &ip, add, 10, Some(&s), false), Verdict::Done);
+        s.dns_pending.clear();
+        assert_eq!(judge(&name(), &ip, add, 10, Some(&s), false), Verdict::Done);
+        let remove = Goal::Absent { drained: true };
+        let mut gone = status(12, &[]);
+        gone.dns_pending = vec![pending("/change/C2", 12)];
+        assert!(matches!(
+            judge(&name(), &ip, remove, 12, Some(&gone), false),
+            Verdict::Wait(Some(w)) if w.contains("/change/C2")
+        ));
+        // A key deleted that was not there: any change still pending may be the one.
+        assert!(matches!(
+            judge(&name(), &ip, remove, 0, Some(&gone), false),
+            Verdict::Wait(_)
+        ));
+        gone.dns_pending.clear();
+        assert_eq!(
+            judge(&name(), &ip, remove, 12, Some(&gone), false),
+            Verdict::Done
+        );
+    }
+
+    /// A status lists the newest pending changes, ids cut to their bound.
+    #[test]
+    fn pending_changes_are_bounded_keeping_the_newest() {
+        let mut s = status(30, &[]);
+        s.dns_pending = (0..25)
+            .map(|n| pending(&format!("/change/C{n}"), n))
+            .collect();
+        s.dns_pending[24].id = "x".repeat(500);
+        let (s, cut) = s.bounded();
+        assert!(cut);
+        assert_eq!(s.dns_pending.len(), PENDING_LISTED);
+        assert_eq!(s.dns_pending[0].id, "/change/C15");
+        assert_eq!(s.dns_pending[9].id.chars().count(), CHANGE_ID_CHARS);
     }
 
     #[test]

@@ -27,6 +27,17 @@ pub struct StatusRow {
     /// Refused members the status does not list one by one.
     #[serde(skip_serializing_if = "is_zero")]
     pub rejected_unlisted: usize,
+    /// Route53: changes accepted and not yet on every Route53 name server.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub dns_pending: Vec<PendingRow>,
+}
+
+/// A Route53 change not yet `INSYNC`, as `lbmanager status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PendingRow {
+    pub change: String,
+    /// Seconds since Route53 accepted it.
+    pub age_secs: u64,
 }
 
 /// The rows of `lbmanager status`: every load balancer etcd wants members for or lbmanager
@@ -75,6 +86,17 @@ pub fn rows(
                     })
                     .unwrap_or_default(),
                 rejected_unlisted: status.map_or(0, |s| s.rejected.more),
+                dns_pending: status
+                    .map(|s| {
+                        s.dns_pending
+                            .iter()
+                            .map(|p| PendingRow {
+                                change: p.id.clone(),
+                                age_secs: now.saturating_sub(p.since),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             }
         })
         .collect()
@@ -174,6 +196,13 @@ pub fn render_table(report: &StatusReport) -> String {
         }
         if r.rejected_unlisted > 0 {
             notes.push(format!("{} more rejected", r.rejected_unlisted));
+        }
+        for p in &r.dns_pending {
+            notes.push(format!(
+                "Route53 change {} PENDING since {}",
+                p.change,
+                age(p.age_secs)
+            ));
         }
         let foreign: Vec<&str> = r
             .in_aws

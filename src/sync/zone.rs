@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use slog::{info, Logger};
 
 use super::{gone_is_in_step, plan_fqdn_values, Cause, SyncOptions};
-use crate::aws::{AwsError, ErrorKind, Route53Api};
+use crate::aws::{AwsError, ChangeId, ErrorKind, Route53Api};
 use crate::etcd::OwnershipWrites;
 use crate::key::LbId;
 use crate::layout::Layout;
@@ -45,6 +45,9 @@ pub struct FqdnResult {
     /// The longest TTL of the FQDN's record sets before this sync changed them: how long
     /// resolvers may still hand out a value it removed (also once no record set is left).
     pub ttl_before: Option<i64>,
+    /// The Route53 change that carried this FQDN's changes (none: nothing to change), `PENDING`
+    /// until every Route53 name server has it.
+    pub change: Option<ChangeId>,
 }
 
 /// Where `--ownership shared` records the values lbmanager adds.
@@ -71,7 +74,7 @@ pub async fn sync_zone(
     let groups = run.plan(options, cache);
     if options.dry_run {
         for (i, changes) in &groups {
-            log_changes(log, &batch[*i], changes, true);
+            log_changes(log, &batch[*i], changes, "");
         }
         return run.unapplied(|result| result);
     }
@@ -99,6 +102,8 @@ struct ZoneRun<'a> {
     /// The FQDNs read for this sync (the others were planned from the cache).
     due: Vec<usize>,
     ttl_before: Vec<Option<i64>>,
+    /// The change that carried each FQDN's changes.
+    changes: Vec<Option<ChangeId>>,
 }
 
 impl<'a> ZoneRun<'a> {
@@ -110,6 +115,7 @@ impl<'a> ZoneRun<'a> {
             owned: batch.iter().map(|d| d.owned.clone()).collect(),
             due: Vec::new(),
             ttl_before: vec![None; batch.len()],
+            changes: vec![None; batch.len()],
         }
     }
 
@@ -233,20 +239,25 @@ impl<'a> ZoneRun<'a> {
         for chunk in pack_batches(groups) {
             let all: Vec<RecordChange> = chunk.iter().flat_map(|(_, c)| c.clone()).collect();
             match api.change(self.zone, &all).await {
-                Ok(()) => {
+                Ok(id) => {
                     for (i, changes) in &chunk {
                         applied(cache, &batch[*i].fqdn, changes);
-                        log_changes(log, &batch[*i], changes, false);
+                        log_changes(log, &batch[*i], changes, &id);
+                        self.changes[*i] = Some(id.clone());
                     }
                 }
                 Err(e) if chunk.len() > 1 && !e.is_retryable() => {
                     for (i, changes) in &chunk {
-                        self.results[*i] = api.change(self.zone, changes).await;
-                        if self.results[*i].is_ok() {
-                            applied(cache, &batch[*i].fqdn, changes);
-                            log_changes(log, &batch[*i], changes, false);
-                        } else {
-                            cache.remove(&batch[*i].fqdn);
+                        match api.change(self.zone, changes).await {
+                            Ok(id) => {
+                                applied(cache, &batch[*i].fqdn, changes);
+                                log_changes(log, &batch[*i], changes, &id);
+                                self.changes[*i] = Some(id);
+                            }
+                            Err(e) => {
+                                cache.remove(&batch[*i].fqdn);
+                                self.results[*i] = Err(e);
+                            }
                         }
                     }
                 }
@@ -333,6 +344,7 @@ impl<'a> ZoneRun<'a> {
                 sets: None,
                 owned,
                 ttl_before: None,
+                change: None,
             })
             .collect()
     }
@@ -340,11 +352,13 @@ impl<'a> ZoneRun<'a> {
     /// One result per desire, in order, with the record sets as the zone now knows them.
     fn finish(self, cache: &ZoneCache) -> Vec<FqdnResult> {
         let (batch, due, ttl_before) = (self.batch, self.due, self.ttl_before);
+        let mut changes = self.changes;
         self.results
             .into_iter()
             .zip(self.owned)
             .enumerate()
             .map(|(i, (result, owned))| FqdnResult {
+                change: changes[i].take(),
                 owned,
                 sets: result
                     .is_ok()
@@ -378,14 +392,16 @@ fn applied(cache: &mut ZoneCache, fqdn: &str, changes: &[RecordChange]) {
     }
 }
 
-fn log_changes(log: &Logger, desire: &FqdnWant, changes: &[RecordChange], dry_run: bool) {
+/// Says what changed (or, in a dry run, `change` empty, what would): `change` is Route53's id of
+/// the change that carried it.
+fn log_changes(log: &Logger, desire: &FqdnWant, changes: &[RecordChange], change: &str) {
     let list = |ips: &[IpAddr]| {
         ips.iter()
             .map(IpAddr::to_string)
             .collect::<Vec<_>>()
             .join(",")
     };
-    let msg = if dry_run {
+    let msg = if change.is_empty() {
         "would change record set"
     } else {
         "changed record set"
@@ -398,6 +414,7 @@ fn log_changes(log: &Logger, desire: &FqdnWant, changes: &[RecordChange], dry_ru
             "added" => list(&c.added),
             "removed" => list(&c.removed),
             "ttl" => c.set.ttl,
+            "change" => change,
             "cause" => %desire.cause);
     }
 }
