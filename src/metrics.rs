@@ -91,7 +91,7 @@ pub struct Metrics {
     pub records_unwritten: Gauge,
     /// Route53 changes accepted and not yet `INSYNC`.
     pub route53_changes_pending: Gauge,
-    /// Route53 changes still `PENDING` after [`crate::actors::hosted_zone::SLOW_CHANGE`].
+    /// Route53 changes still `PENDING` after [`crate::actors::Settings::route53_slow_change`].
     pub route53_changes_slow: Counter,
     initial_sync_done: AtomicBool,
     watch_live: AtomicBool,

@@ -358,3 +358,56 @@ async fn a_wait_goes_on_through_another_member_when_its_own_goes_away() {
         relays[used].restore();
     }
 }
+
+/// Route53 accepts a change long before resolvers can get it (moto does not: the proxy keeps
+/// each change `PENDING` for 4 s, with an id of its own, as Route53 does): `member add --wait`
+/// exits only once GetChange has said `INSYNC`; `member remove --drain` waits for the removal's
+/// `INSYNC`, then the TTL; `lbmanager status` shows a change still pending.
+#[tokio::test]
+async fn route53_waits_are_for_insync_and_drain_counts_the_ttl_from_it() {
+    use lbmanager_testkit::route53::Route53Proxy;
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let zone = aws.create_zone("example.com").await;
+    let proxy = Route53Proxy::start(moto.port, Duration::from_secs(4));
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &["--route53-ttl", "1"]);
+    daemon.wait_log("initial sync complete").await;
+
+    let key = format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.7");
+    let (code, err) = member("add", &key, &etcd, &["--wait"]).await;
+    let exited = Instant::now();
+    assert_eq!(code, Some(0), "{err}");
+    let changes = proxy.changes();
+    assert_eq!(changes.len(), 1, "{changes:?}");
+    let insync = changes[0]
+        .insync_told
+        .expect("--wait exited before Route53 said INSYNC");
+    assert!(insync <= exited);
+
+    // A change made meanwhile shows in `status` while it is pending.
+    etcd.put(&format!(
+        "{P}/route53/us-east-1/{zone}/api.example.com/multiple/192.0.2.8"
+    ))
+    .await;
+    eventually("status shows the pending change", DEADLINE, || async {
+        let (_, out, _) = status(&etcd, &[]).await;
+        out.contains("Route53 change /change/CPROXY000002 PENDING since")
+    })
+    .await;
+
+    let (code, err) = member("remove", &key, &etcd, &["--wait", "--drain"]).await;
+    let exited = Instant::now();
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("TTL (1s)"), "{err}");
+    let removal = proxy.changes().pop().unwrap();
+    assert_eq!(removal.id, "/change/CPROXY000003", "{removal:?}");
+    let insync = removal
+        .insync_told
+        .expect("--drain exited before the removal was INSYNC");
+    assert!(
+        exited >= insync + Duration::from_secs(1),
+        "the TTL is waited out from INSYNC on"
+    );
+    drop(daemon);
+}

@@ -914,11 +914,15 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     r53.hold.store(true, SeqCst);
     let etcd = Arc::new(FakeEtcd::default());
+    let settings = Arc::new(Settings {
+        route53_slow_change: Duration::from_millis(500),
+        ..(*settings()).clone()
+    });
     let www = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
     let api = "/lbManager/route53/us-east-1/Z1/api.example.com/multiple/192.0.2.2";
     let _sup = start_on(
         etcd.clone(),
-        settings(),
+        settings.clone(),
         Arc::default(),
         r53.clone(),
         &[(www, 1), (api, 2)],
@@ -947,6 +951,12 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
         !polls().is_empty()
     })
     .await;
+    // Pending past the slow-change bound (0.5 s here): said and counted, once.
+    eventually("the slow change counted", || {
+        settings.metrics.route53_changes_slow.get() == 1
+    })
+    .await;
+    assert_eq!(settings.metrics.route53_changes_pending.get(), 1);
     r53.hold.store(false, SeqCst);
     eventually("both statuses say the change is INSYNC", || {
         statuses
@@ -961,4 +971,6 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
     );
     // A status that changed only in that is not a sync: no second change was made.
     assert_eq!(r53.changes().len(), 1);
+    assert_eq!(settings.metrics.route53_changes_slow.get(), 1);
+    assert_eq!(settings.metrics.route53_changes_pending.get(), 0);
 }

@@ -72,7 +72,8 @@ pub struct ZoneSynced {
 const POLL_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
 const POLL_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 /// A change still `PENDING` this long after Route53 accepted it is said at warn level and counted
-/// (`lbmanager_route53_changes_slow_total`); it is still waited for. Route53's own figure: "within
+/// (`lbmanager_route53_changes_slow_total`); it is still waited for (the default of
+/// [`super::Settings::route53_slow_change`]). Route53's own figure: "within
 /// 60 seconds" as a rule.
 pub const SLOW_CHANGE: std::time::Duration = std::time::Duration::from_secs(120);
 
@@ -272,7 +273,7 @@ impl HostedZone {
                     warn!(act.log, "could not ask Route53 whether a change is INSYNC; will ask                         again"; "change" => &change, "error" => %e, "pending_for" => ?age);
                 }
             }
-            if age >= SLOW_CHANGE && !watch.slow {
+            if age >= act.settings.route53_slow_change && !watch.slow {
                 watch.slow = true;
                 act.settings.metrics.route53_changes_slow.inc();
                 warn!(act.log, "Route53 change still PENDING: resolvers may not get it yet, and                     whoever waits for it (member --wait, --drain) waits on";

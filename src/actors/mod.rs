@@ -46,6 +46,9 @@ pub struct Settings {
     pub dry_run: bool,
     /// Shared by every actor; updating it is a few atomic operations.
     pub metrics: Arc<Metrics>,
+    /// A Route53 change still `PENDING` this long is warned about and counted (see
+    /// [`hosted_zone::SLOW_CHANGE`]).
+    pub route53_slow_change: Duration,
 }
 
 impl Settings {
@@ -81,6 +84,7 @@ impl Default for Settings {
             filters: Filters::default(),
             dry_run: false,
             metrics: Arc::default(),
+            route53_slow_change: hosted_zone::SLOW_CHANGE,
         }
     }
 }

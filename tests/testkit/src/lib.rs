@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod etcd;
 pub mod moto;
 pub mod proxy;
+pub mod route53;
 pub mod throttle;
 
 use std::future::Future;
