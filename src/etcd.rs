@@ -491,6 +491,9 @@ pub struct Records {
     pub owned: std::collections::HashMap<crate::key::LbId, std::collections::BTreeSet<String>>,
     /// Records to delete: the status of load balancers no longer managed.
     pub obsolete: Vec<String>,
+    /// Route53 changes that the last leader saw accepted and not yet `INSYNC`, by name: followed
+    /// on, so that a wait is not told "done" by a new leader that does not know of them.
+    pub dns_pending: std::collections::HashMap<crate::key::LbId, Vec<crate::status::PendingChange>>,
 }
 
 /// Reads lbmanager's records for the tree under `prefix` (paged, see [`read_records`]).
@@ -510,10 +513,15 @@ pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, Et
             struct Refused {
                 #[serde(default)]
                 rejected: crate::status::Rejections,
+                #[serde(default)]
+                dns_pending: Vec<crate::status::PendingChange>,
             }
             if let Ok(status) = serde_json::from_str::<Refused>(&value) {
                 if !status.rejected.is_empty() {
                     out.rejected.insert(lb.clone(), status.rejected);
+                }
+                if !status.dns_pending.is_empty() {
+                    out.dns_pending.insert(lb.clone(), status.dns_pending);
                 }
             }
             published.push((lb, key));
@@ -525,6 +533,7 @@ pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, Et
     for (lb, key) in published {
         if !out.managed.contains(&lb) {
             out.rejected.remove(&lb);
+            out.dns_pending.remove(&lb);
             out.obsolete.push(key);
         }
     }

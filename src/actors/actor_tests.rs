@@ -974,3 +974,52 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
     assert_eq!(settings.metrics.route53_changes_slow.get(), 1);
     assert_eq!(settings.metrics.route53_changes_pending.get(), 0);
 }
+
+/// A new leader follows on the Route53 changes its predecessor saw PENDING (read from the
+/// statuses it left): its first status of the name still lists them, so a wait is not told
+/// "done" before they are INSYNC, and drops them once Route53 says so.
+#[actix_rt::test]
+async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    r53.hold.store(true, SeqCst);
+    r53.made_elsewhere("/change/CEARLIER", 0);
+    set_a_by_hand(&r53, &["192.0.2.1"]);
+    let etcd = Arc::new(FakeEtcd::default());
+    let settings = settings();
+    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let keys = vec![(key.to_string(), 40)];
+    let snapshot = Snapshot::from_keys(&settings.prefix, settings.filters.clone(), &keys, 100);
+    let aws = crate::aws::Backends {
+        elb: Arc::new(FakeElb::default()),
+        elbv2: Arc::new(FakeElb::default()),
+        route53: r53.clone(),
+    };
+    let www = crate::key::LbId::Route53 {
+        zone: "Z1".into(),
+        fqdn: "www.example.com".into(),
+    };
+    let earlier = crate::status::PendingChange {
+        id: "/change/CEARLIER".into(),
+        since: 1,
+        revision: 40,
+    };
+    let _sup = Supervisor::new(settings, &log(), etcd.clone(), aws, snapshot)
+        .with_records([www.clone()].into())
+        .with_dns_pending([(www, vec![earlier])].into())
+        .start();
+    let status_key = "/lbmanager-state/lbManager/status/route53/Z1/www.example.com";
+    eventually("its first status lists the earlier change", || {
+        landed_status(&etcd, status_key).is_some_and(|s| {
+            s.revision >= 40 && s.dns_pending.iter().any(|p| p.id == "/change/CEARLIER")
+        })
+    })
+    .await;
+    // Nothing was to change: the name is as the earlier change left it.
+    assert!(r53.changes().len() == 1, "{:?}", r53.changes());
+    r53.hold.store(false, SeqCst);
+    eventually("the change dropped once INSYNC", || {
+        landed_status(&etcd, status_key).is_some_and(|s| s.dns_pending.is_empty())
+    })
+    .await;
+}

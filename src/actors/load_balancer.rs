@@ -332,6 +332,13 @@ impl LoadBalancer {
         }
     }
 
+    /// Route53: changes of the name still `PENDING` when the previous leader last said, followed
+    /// on (and published) until they are `INSYNC`.
+    pub fn following(mut self, pending: Vec<PendingChange>) -> Self {
+        self.dns_pending = pending;
+        self
+    }
+
     /// `--ownership shared`: what lbmanager added to this load balancer, and where to record it.
     pub fn owning(mut self, owned: Option<Owned>) -> Self {
         self.owned = owned;

@@ -24,6 +24,7 @@ use crate::etcd::{EtcdWrites, Snapshot};
 use crate::fleet::{Command, Config, Fleet, Report};
 use crate::key::LbId;
 use crate::ownership::Ownership;
+use crate::status::PendingChange;
 use crate::sync::elb::Owned;
 
 /// A load balancer's actor recorded its members as these (`--ownership shared`): what a
@@ -51,6 +52,8 @@ pub struct Supervisor {
     initial: Option<Snapshot>,
     /// Stale records to delete at start (see [`crate::etcd::Records::obsolete`]).
     obsolete: Vec<String>,
+    /// Route53 changes the last leader saw `PENDING`, handed to each name's actor at its start.
+    dns_pending: HashMap<LbId, Vec<PendingChange>>,
     /// The StateWriter, started with the Supervisor.
     state: Option<Addr<StateWriter>>,
     watcher: Option<Addr<EtcdWatcher>>,
@@ -85,6 +88,7 @@ impl Supervisor {
             zones: HashMap::new(),
             initial: Some(initial),
             obsolete: Vec::new(),
+            dns_pending: HashMap::new(),
             state: None,
             watcher: None,
             once: None,
@@ -117,6 +121,13 @@ impl Supervisor {
     }
 
     /// Stale records, to delete at start.
+    /// Route53 changes the last leader saw `PENDING` (see [`crate::etcd::Records::dns_pending`]):
+    /// each name's actor follows them on from its start.
+    pub fn with_dns_pending(mut self, pending: HashMap<LbId, Vec<PendingChange>>) -> Self {
+        self.dns_pending = pending;
+        self
+    }
+
     pub fn with_obsolete(mut self, keys: Vec<String>) -> Self {
         self.obsolete = keys;
         self
@@ -281,6 +292,7 @@ impl Supervisor {
             ctx.address().recipient(),
         )
         .owning(owned)
+        .following(self.dns_pending.remove(lb).unwrap_or_default())
         .start()
     }
 

@@ -297,6 +297,11 @@ impl FakeRoute53 {
             .collect()
     }
 
+    /// A change made by someone else (an earlier leader), `PENDING` for `polls` polls.
+    pub fn made_elsewhere(&self, id: &str, polls: u32) {
+        lock(&self.changes).insert(id.to_string(), polls);
+    }
+
     fn held(&self) -> bool {
         self.hold.load(Ordering::SeqCst)
     }

@@ -128,6 +128,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     .with_records(recorded.collect())
     .with_obsolete(obsolete)
     .with_owned(owned)
+    .with_dns_pending(records.dns_pending)
     .watching(client)
     .once_if(args.once, once_tx)
     .start();
