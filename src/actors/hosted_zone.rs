@@ -146,7 +146,7 @@ impl HostedZone {
             pending: BTreeMap::new(),
             busy: false,
             gathering: false,
-            cache: ZoneCache::new(),
+            cache: ZoneCache::default(),
             writes: None,
             watches: BTreeMap::new(),
         }

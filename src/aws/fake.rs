@@ -278,6 +278,10 @@ pub struct FakeRoute53 {
     /// How many GetChange polls answer `PENDING` for each change made from now on (as Route53,
     /// which takes seconds to put a change on every name server; 0: `INSYNC` at the first poll).
     pub pending_polls: Mutex<u32>,
+    /// Record sets of other types and owners the zones hold besides those the fake keeps (a
+    /// zone of 12,000 record sets without keeping them): counted by GetHostedZone and in the
+    /// pages of a whole-zone read.
+    pub foreign_sets: std::sync::atomic::AtomicU64,
     /// Faults for the next GetChange polls (apart from `fail_next`, which the zone's reads and
     /// changes take).
     pub fail_polls: Mutex<Vec<ErrorKind>>,
@@ -385,9 +389,20 @@ impl Route53Api for FakeRoute53 {
     }
 
     async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
-        self.enter("ListResourceRecordSets", zone, "(zone)".into())
-            .await?;
+        // One call per page of 300, as Route53 answers.
+        let sets = self.zone_sets(zone)?.len() as u64;
+        let pages = (sets + self.foreign_sets.load(Ordering::SeqCst)).div_ceil(300).max(1);
+        for page in 1..=pages {
+            self.enter("ListResourceRecordSets", zone, format!("(zone, page {page})"))
+                .await?;
+        }
         self.zone_sets(zone)
+    }
+
+    async fn zone_size(&self, zone: &str) -> Result<u64, AwsError> {
+        lock(&self.calls).push(format!("GetHostedZone {zone}"));
+        let sets = self.zone_sets(zone)?.len() as u64;
+        Ok(sets + self.foreign_sets.load(Ordering::SeqCst))
     }
 
     async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {

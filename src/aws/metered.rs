@@ -110,4 +110,10 @@ impl Route53Api for MeteredRoute53 {
         self.metrics.aws_call("route53", "get_change", result(&r));
         r
     }
+
+    async fn zone_size(&self, zone: &str) -> Result<u64, AwsError> {
+        let r = self.inner.zone_size(zone).await;
+        self.metrics.aws_call("route53", "get_zone", result(&r));
+        r
+    }
 }

@@ -95,6 +95,9 @@ pub trait Route53Api: Send + Sync + 'static {
     /// Whether the change `id` (made in `zone`) has reached every Route53 name server
     /// (GetChange).
     async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError>;
+    /// How many record sets `zone` holds, of every type and owner (GetHostedZone's
+    /// `ResourceRecordSetCount`): what a read of the whole zone costs.
+    async fn zone_size(&self, zone: &str) -> Result<u64, AwsError>;
 }
 
 /// A Route53 change's id, as ChangeResourceRecordSets answers it (`/change/C2682N5HXP0BZ4`).

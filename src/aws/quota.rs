@@ -109,8 +109,8 @@ pub mod route53 {
     use super::{Bucket, Quota};
     /// Drawn by every request.
     pub const ACCOUNT: Bucket = Bucket::new(50.0, 10.0);
-    /// The bucket of each operation not listed otherwise (ListResourceRecordSets and
-    /// ChangeResourceRecordSets among them).
+    /// The bucket of each operation not listed otherwise (ListResourceRecordSets,
+    /// ChangeResourceRecordSets, GetChange and GetHostedZone among them): one each.
     pub const OPERATION: Bucket = Bucket::new(50.0, 10.0);
     /// Change throughput, per account: 1,500 changes at once, 100 a second after that, where a
     /// CREATE or a DELETE counts 1 and an UPSERT 2 (the Route53 developer guide's throttling
@@ -127,6 +127,8 @@ pub mod route53 {
         Change(f64),
         /// GetChange.
         Get,
+        /// GetHostedZone.
+        GetZone,
     }
 
     /// The account's buckets, `share` of them; `changes` is AWS's change-throughput bucket.
@@ -137,6 +139,7 @@ pub mod route53 {
                 OPERATION.scaled(share),
                 OPERATION.scaled(share),
                 changes.scaled(share),
+                OPERATION.scaled(share),
                 OPERATION.scaled(share),
             ],
             3,
@@ -149,6 +152,7 @@ pub mod route53 {
             Call::List => (0, vec![(0, 1.0), (1, 1.0)]),
             Call::Change(n) => (1, vec![(0, 1.0), (2, 1.0), (3, n)]),
             Call::Get => (2, vec![(0, 1.0), (4, 1.0)]),
+            Call::GetZone => (2, vec![(0, 1.0), (5, 1.0)]),
         }
     }
 

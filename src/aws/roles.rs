@@ -304,6 +304,10 @@ impl Route53Api for RoutedRoute53 {
     async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {
         self.routes.route53(zone).change_state(zone, id).await
     }
+
+    async fn zone_size(&self, zone: &str) -> Result<u64, AwsError> {
+        self.routes.route53(zone).zone_size(zone).await
+    }
 }
 
 #[cfg(test)]

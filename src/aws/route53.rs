@@ -232,6 +232,28 @@ impl Route53Api for SdkRoute53 {
             .unwrap_or_default())
     }
 
+    async fn zone_size(&self, zone: &str) -> Result<u64, AwsError> {
+        let target = format!("route53/{zone}");
+        quota::route53::take(&self.quota, Call::GetZone).await;
+        let out = self
+            .client
+            .get_hosted_zone()
+            .id(zone)
+            .customize()
+            .config_override(
+                aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("GetHostedZone", &target, e))
+            .inspect_err(|e| self.note(e, Call::GetZone))?;
+        Ok(out
+            .hosted_zone()
+            .and_then(|z| z.resource_record_set_count())
+            .unwrap_or_default()
+            .max(0) as u64)
+    }
+
     async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {
         let target = format!("route53/{zone}");
         quota::route53::take(&self.quota, Call::Get).await;
