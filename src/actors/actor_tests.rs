@@ -966,7 +966,9 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
     .await;
     let polls = polls();
     assert!(
-        polls.iter().all(|c| c == &format!("GetChange Z1 {}", made[0].0)),
+        polls
+            .iter()
+            .all(|c| c == &format!("GetChange Z1 {}", made[0].0)),
         "one change, asked about as one: {polls:?}"
     );
     // A status that changed only in that is not a sync: no second change was made.

@@ -391,10 +391,16 @@ impl Route53Api for FakeRoute53 {
     async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
         // One call per page of 300, as Route53 answers.
         let sets = self.zone_sets(zone)?.len() as u64;
-        let pages = (sets + self.foreign_sets.load(Ordering::SeqCst)).div_ceil(300).max(1);
+        let pages = (sets + self.foreign_sets.load(Ordering::SeqCst))
+            .div_ceil(300)
+            .max(1);
         for page in 1..=pages {
-            self.enter("ListResourceRecordSets", zone, format!("(zone, page {page})"))
-                .await?;
+            self.enter(
+                "ListResourceRecordSets",
+                zone,
+                format!("(zone, page {page})"),
+            )
+            .await?;
         }
         self.zone_sets(zone)
     }

@@ -523,6 +523,11 @@ mod tests {
         cache.size = None;
         let before = r53.calls().len();
         sync_zone(&r53, "Z1", &resync, &options, &mut cache, &log, None).await;
-        assert_eq!(counted(&r53, before), (1, 1), "{:?}", &r53.calls()[before..]);
+        assert_eq!(
+            counted(&r53, before),
+            (1, 1),
+            "{:?}",
+            &r53.calls()[before..]
+        );
     }
 }

@@ -136,7 +136,11 @@ impl Route53Proxy {
 /// The change id of a GetChange request line (`GET /2013-04-01/change/C123 HTTP/1.1`).
 fn get_change(line: &str) -> Option<String> {
     let path = line.strip_prefix("GET ")?.split(' ').next()?;
-    let path = path.split('?').next()?.replace("%2F", "/").replace("%2f", "/");
+    let path = path
+        .split('?')
+        .next()?
+        .replace("%2F", "/")
+        .replace("%2f", "/");
     path.contains("/change/")
         .then(|| path.rsplit('/').next().map(str::to_string))
         .flatten()
@@ -183,6 +187,8 @@ mod tests {
             Some("CPROXY000001")
         );
         let r = with_body("HTTP/1.1 200 OK\r\nContent-Length: 3", "abcd");
-        assert!(String::from_utf8(r).unwrap().ends_with("Content-Length: 4\r\n\r\nabcd"));
+        assert!(String::from_utf8(r)
+            .unwrap()
+            .ends_with("Content-Length: 4\r\n\r\nabcd"));
     }
 }
