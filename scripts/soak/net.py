@@ -117,6 +117,10 @@ def parse_call(method, path, body, tg_arns, tg_ports):
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
                 name = (query.get("name") or [""])[0]
                 info["lb"] = "route53/%s/%s" % (zone, model.norm_fqdn(name)) if name else "route53/%s" % zone
+        elif method == "GET" and len(parts) == 3 and parts[1] == "change":
+            info["action"] = "GetChange"
+        elif method == "GET" and len(parts) == 3 and parts[1] == "hostedzone":
+            info["action"] = "GetHostedZone"
         else:
             info["action"] = "%s %s" % (method, "/".join(parts[1:]) or "/")
         return info
