@@ -139,3 +139,43 @@ async fn route53_calls_never_exceed_the_configured_share_of_the_quotas() {
         assert!(in_window <= 6, "{in_window} calls within one second");
     }
 }
+
+/// A zone of 12,000 record sets (other tools'): lbmanager reads its 10 names one by one (at most
+/// two ListResourceRecordSets each at start-up), never the whole zone (40 pages), at start-up
+/// and at the resyncs after it; GetHostedZone's count tells it the zone's size.
+#[tokio::test]
+async fn names_of_a_large_zone_are_read_by_name_not_the_whole_zone() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let zone = aws.create_zone("example.com").await;
+    aws.fill_zone(&zone, "example.com", 12_000).await;
+    let keys: Vec<String> = (0..10)
+        .map(|f| format!("{P}/route53/us-east-1/{zone}/h{f}.example.com/multiple/192.0.2.{f}"))
+        .collect();
+    put_all(&etcd, &keys).await;
+    moto.start_recording();
+    let daemon = Daemon::start(&etcd, &moto, &["--resync-interval", "2s"]);
+    daemon.wait_log("initial sync complete").await;
+    let whole = |c: &RecordedCall| {
+        c.method == "GET" && c.url.contains("/rrset") && !c.url.contains("name=")
+    };
+    let by_name =
+        |c: &RecordedCall| c.method == "GET" && c.url.contains("/rrset") && c.url.contains("name=");
+    assert_eq!(calls(&moto, whole), 0, "a whole-zone read at start-up");
+    let at_start = calls(&moto, by_name);
+    assert!(
+        at_start <= 20,
+        "{at_start} name-targeted reads for 10 names"
+    );
+    // Two resyncs or so.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        calls(&moto, by_name) > at_start,
+        "the resyncs read the names again"
+    );
+    assert_eq!(calls(&moto, whole), 0, "a whole-zone read at a resync");
+    for f in 0..10 {
+        let records = aws.records(&zone, &format!("h{f}.example.com")).await;
+        assert_eq!(records["A"].1, [format!("192.0.2.{f}")]);
+    }
+}

@@ -192,12 +192,55 @@ impl Aws {
             .to_string()
     }
 
+    /// Fills `zone` with `n` TXT record sets of another tool (`other-N.DOMAIN`), 1,000 a call
+    /// (moto slows down as a zone grows: build a big zone once per test).
+    pub async fn fill_zone(&self, zone: &str, domain: &str, n: usize) {
+        use r53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, ResourceRecordSet};
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1_000) {
+            let changes = chunk
+                .iter()
+                .map(|i| {
+                    let set = ResourceRecordSet::builder()
+                        .name(format!("other-{i}.{domain}."))
+                        .r#type(r53::types::RrType::Txt)
+                        .ttl(300)
+                        .resource_records(
+                            ResourceRecord::builder()
+                                .value("\"not lbmanager's\"")
+                                .build()
+                                .unwrap(),
+                        )
+                        .build()
+                        .unwrap();
+                    Change::builder()
+                        .action(ChangeAction::Create)
+                        .resource_record_set(set)
+                        .build()
+                        .unwrap()
+                })
+                .collect();
+            self.route53
+                .change_resource_record_sets()
+                .hosted_zone_id(zone)
+                .change_batch(
+                    ChangeBatch::builder()
+                        .set_changes(Some(changes))
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .expect("fill the zone");
+        }
+    }
+
     /// The A/AAAA record sets of `fqdn`: type → (ttl, sorted values).
     pub async fn records(&self, zone: &str, fqdn: &str) -> BTreeMap<String, (i64, Vec<String>)> {
         let out = self
             .route53
             .list_resource_record_sets()
             .hosted_zone_id(zone)
+            .start_record_name(format!("{fqdn}."))
             .send()
             .await
             .expect("list record sets");
