@@ -864,15 +864,7 @@ async fn the_status_after_the_last_value_went_keeps_the_ttl_it_had() {
     let etcd = Arc::new(FakeEtcd::default());
     let settings = settings();
     let snapshot = Snapshot::from_keys(&settings.prefix, settings.filters.clone(), &[], 100);
-    let aws = crate::aws::Backends {
-        elb: Arc::new(FakeElb::default()),
-        elbv2: Arc::new(FakeElb::default()),
-        route53: r53.clone(),
-    };
-    let www = crate::key::LbId::Route53 {
-        zone: "Z1".into(),
-        fqdn: "www.example.com".into(),
-    };
+    let (aws, www) = route53_only(&r53);
     // Managed before (its keys were deleted while lbmanager was away): emptied at start.
     let _sup = Supervisor::new(settings, &log(), etcd.clone(), aws, snapshot)
         .with_records([www].into())
@@ -895,6 +887,20 @@ async fn the_status_after_the_last_value_went_keeps_the_ttl_it_had() {
     let status: crate::status::LbStatus = serde_json::from_str(last).unwrap();
     assert!(status.members.is_empty(), "{last}");
     assert_eq!(status.ttl, Some(60), "{last}");
+}
+
+/// Backends with `r53` as Route53 (and ELBs that have nothing), and www.example.com of Z1.
+fn route53_only(r53: &Arc<FakeRoute53>) -> (crate::aws::Backends, crate::key::LbId) {
+    let aws = crate::aws::Backends {
+        elb: Arc::new(FakeElb::default()),
+        elbv2: Arc::new(FakeElb::default()),
+        route53: r53.clone(),
+    };
+    let www = crate::key::LbId::Route53 {
+        zone: "Z1".into(),
+        fqdn: "www.example.com".into(),
+    };
+    (aws, www)
 }
 
 /// The status of `key` as it last landed in etcd.
@@ -992,15 +998,7 @@ async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
     let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
     let keys = vec![(key.to_string(), 40)];
     let snapshot = Snapshot::from_keys(&settings.prefix, settings.filters.clone(), &keys, 100);
-    let aws = crate::aws::Backends {
-        elb: Arc::new(FakeElb::default()),
-        elbv2: Arc::new(FakeElb::default()),
-        route53: r53.clone(),
-    };
-    let www = crate::key::LbId::Route53 {
-        zone: "Z1".into(),
-        fqdn: "www.example.com".into(),
-    };
+    let (aws, www) = route53_only(&r53);
     let earlier = crate::status::PendingChange {
         id: "/change/CEARLIER".into(),
         since: 1,
