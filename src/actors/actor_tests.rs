@@ -1023,3 +1023,35 @@ async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
     })
     .await;
 }
+
+/// A change Route53 will not say anything about (GetChange refused: the role lacks the action)
+/// is not waited for to the end of every wait: the names are told, with a warning.
+#[actix_rt::test]
+async fn a_change_route53_refuses_to_report_on_is_not_waited_for_forever() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
+    r53.hold.store(true, SeqCst);
+    r53.fail_polls.lock().unwrap().push(ErrorKind::Rejected);
+    let etcd = Arc::new(FakeEtcd::default());
+    let www = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let _sup = start_on(
+        etcd.clone(),
+        settings(),
+        Arc::default(),
+        r53.clone(),
+        &[(www, 1)],
+    );
+    let status_key = "/lbmanager-state/lbManager/status/route53/Z1/www.example.com";
+    eventually("the change listed as pending", || {
+        landed_status(&etcd, status_key).is_some_and(|s| !s.dns_pending.is_empty())
+    })
+    .await;
+    eventually("no longer waited for once refused", || {
+        landed_status(&etcd, status_key).is_some_and(|s| s.dns_pending.is_empty())
+    })
+    .await;
+    assert!(
+        r53.changes().iter().all(|(_, insync)| !insync),
+        "still PENDING in Route53"
+    );
+}

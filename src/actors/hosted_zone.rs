@@ -12,10 +12,10 @@
 //! backoff).
 //!
 //! Route53 accepts a change long before resolvers can get it: the change is `PENDING` until every
-//! Route53 name server has it (`INSYNC`). The zone polls each of its changes (one GetChange per
-//! change, not per name, with growing pauses, through the account's quota) and tells the names it
-//! carried when it is `INSYNC` ([`ChangeInSync`]); a change still `PENDING` after
-//! [`SLOW_CHANGE`] is said at warn level and counted.
+//! Route53 name server has it (`INSYNC`). The zone follows its changes with one poll loop (one
+//! GetChange at a time, about the oldest change, not per name, with growing pauses, through the
+//! account's quota) and tells the names a change carried when it is `INSYNC` ([`ChangeInSync`]);
+//! a change still `PENDING` after [`SLOW_CHANGE`] is said at warn level and counted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -71,6 +71,9 @@ pub struct ZoneSynced {
 /// `PENDING` up to [`POLL_MAX`]. Route53 usually takes seconds to a minute.
 const POLL_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
 const POLL_MAX: std::time::Duration = std::time::Duration::from_secs(30);
+/// A change still `PENDING` this long is no longer waited for (said at warn level): its names are
+/// told as if it were `INSYNC`, so that no wait and no retirement hangs on it for good.
+const GIVE_UP: std::time::Duration = std::time::Duration::from_secs(30 * 60);
 /// A change still `PENDING` this long after Route53 accepted it is said at warn level and counted
 /// (`lbmanager_route53_changes_slow_total`); it is still waited for (the default of
 /// [`super::Settings::route53_slow_change`]). Route53's own figure: "within
@@ -127,8 +130,11 @@ pub struct HostedZone {
     cache: ZoneCache,
     /// `--ownership shared`: where the values lbmanager adds are recorded.
     writes: Option<Arc<dyn crate::etcd::OwnershipWrites>>,
-    /// The zone's changes not yet `INSYNC`.
+    /// The zone's changes not yet `INSYNC`, and the order Route53 accepted them in.
     watches: BTreeMap<ChangeId, Watch>,
+    order: std::collections::VecDeque<ChangeId>,
+    /// The poll loop is running (see [`HostedZone::poll_later`]).
+    polling: bool,
 }
 
 impl HostedZone {
@@ -149,6 +155,8 @@ impl HostedZone {
             cache: ZoneCache::default(),
             writes: None,
             watches: BTreeMap::new(),
+            order: Default::default(),
+            polling: false,
         }
     }
 
@@ -229,61 +237,97 @@ impl HostedZone {
                 _pending: PendingGauge::new(&self.settings.metrics.route53_changes_pending),
             },
         );
-        self.poll_later(change.to_string(), ctx);
+        self.order.push_back(change.to_string());
+        if !self.polling {
+            self.polling = true;
+            self.poll_later(ctx);
+        }
     }
 
-    fn poll_later(&mut self, change: ChangeId, ctx: &mut Context<Self>) {
-        let Some(watch) = self.watches.get(&change) else {
+    /// The zone's one poll loop: it asks about the oldest change not yet `INSYNC` (Route53 puts a
+    /// zone's changes on its name servers in the order it accepted them), after a pause that grows
+    /// with the polls that change has had; once it is `INSYNC`, the next oldest is asked about at
+    /// once. However many changes are pending, a zone makes one GetChange at a time.
+    fn poll_later(&mut self, ctx: &mut Context<Self>) {
+        let Some(oldest) = self.order.front() else {
+            self.polling = false;
             return;
         };
+        let polls = self.watches.get(oldest).map_or(0, |w| w.polls);
         let pause = POLL_FIRST
-            .saturating_mul(2u32.saturating_pow(watch.polls.min(8)))
+            .saturating_mul(2u32.saturating_pow(polls.min(8)))
             .min(POLL_MAX);
-        ctx.run_later(pause, move |act, ctx| act.poll(change, ctx));
+        ctx.run_later(pause, |act, ctx| act.poll(ctx));
     }
 
-    /// Asks Route53 once where `change` is.
-    fn poll(&mut self, change: ChangeId, ctx: &mut Context<Self>) {
-        let (api, zone) = (self.api.clone(), self.zone.clone());
-        let id = change.clone();
+    /// Asks Route53 once where the oldest pending change is.
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        let Some(change) = self.order.front().cloned() else {
+            self.polling = false;
+            return;
+        };
+        let (api, zone, id) = (self.api.clone(), self.zone.clone(), change.clone());
         let fut = async move { api.change_state(&zone, &id).await };
         ctx.spawn(fut.into_actor(self).map(move |state, act, ctx| {
             let Some(watch) = act.watches.get_mut(&change) else {
+                act.poll_later(ctx);
                 return;
             };
             watch.polls = watch.polls.saturating_add(1);
             let age = watch.since.elapsed();
-            match state {
+            let names = watch.names.len();
+            let done = match state {
                 Ok(ChangeState::InSync) => {
                     info!(act.log, "Route53 change is on every Route53 name server (INSYNC)";
-                        "change" => &change, "after" => ?age, "names" => watch.names.len());
-                    act.in_sync(&change);
-                    return;
+                        "change" => &change, "after" => ?age, "names" => names);
+                    true
                 }
+                Ok(ChangeState::Pending) => false,
                 // Route53 forgets changes after a while (and knows none made elsewhere): nothing
                 // is left to wait for.
                 Err(e) if e.kind == ErrorKind::NotFound => {
                     warn!(act.log, "Route53 does not know the change; taking it as INSYNC";
                         "change" => &change, "error" => %e);
-                    act.in_sync(&change);
-                    return;
+                    true
                 }
-                Ok(ChangeState::Pending) => {}
+                // Refused (the role lacks route53:GetChange, say): asking again will not help, and
+                // waiting on would hold every wait on the name up to its timeout.
+                Err(e) if !e.is_retryable() => {
+                    warn!(act.log, "Route53 refuses to say whether a change is INSYNC; no longer \
+                        waiting for it (grant route53:GetChange)";
+                        "change" => &change, "error" => %e, "pending_for" => ?age);
+                    true
+                }
                 Err(e) => {
-                    warn!(act.log, "could not ask Route53 whether a change is INSYNC; will ask                         again"; "change" => &change, "error" => %e, "pending_for" => ?age);
+                    warn!(act.log, "could not ask Route53 whether a change is INSYNC; will ask \
+                        again"; "change" => &change, "error" => %e, "pending_for" => ?age);
+                    false
                 }
+            };
+            if done {
+                act.in_sync(&change);
+                act.poll_later(ctx);
+                return;
             }
             if age >= act.settings.route53_slow_change && !watch.slow {
                 watch.slow = true;
                 act.settings.metrics.route53_changes_slow.inc();
-                warn!(act.log, "Route53 change still PENDING: resolvers may not get it yet, and                     whoever waits for it (member --wait, --drain) waits on";
-                    "change" => &change, "pending_for" => ?age, "names" => watch.names.len());
+                warn!(act.log, "Route53 change still PENDING: resolvers may not get it yet, and \
+                    whoever waits for it (member --wait, --drain) waits on";
+                    "change" => &change, "pending_for" => ?age, "names" => names);
             }
-            act.poll_later(change, ctx);
+            if age >= GIVE_UP {
+                warn!(act.log, "Route53 change PENDING for too long; no longer waiting for it";
+                    "change" => &change, "pending_for" => ?age, "names" => names);
+                act.in_sync(&change);
+            }
+            act.poll_later(ctx);
         }));
     }
 
+    /// `change` is `INSYNC` (or no longer waited for): its names are told, and the loop moves on.
     fn in_sync(&mut self, change: &str) {
+        self.order.retain(|c| c != change);
         if let Some(watch) = self.watches.remove(change) {
             for name in watch.names {
                 name.do_send(ChangeInSync(change.to_string()));

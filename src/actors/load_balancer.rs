@@ -714,7 +714,8 @@ impl Handler<ChangeInSync> for LoadBalancer {
             error: None,
             rejected: None,
             status,
-            settling: self.holding(),
+            // A sync in flight may still change AWS: not retired under it.
+            settling: self.holding() || self.in_flight.is_some(),
         });
     }
 }

@@ -52,7 +52,8 @@ pub struct Supervisor {
     initial: Option<Snapshot>,
     /// Stale records to delete at start (see [`crate::etcd::Records::obsolete`]).
     obsolete: Vec<String>,
-    /// Route53 changes the last leader saw `PENDING`, handed to each name's actor at its start.
+    /// Route53 changes not yet `INSYNC` by name, as last published (at start: as the last leader
+    /// published them), handed to a name's actor whenever it starts.
     dns_pending: HashMap<LbId, Vec<PendingChange>>,
     /// The StateWriter, started with the Supervisor.
     state: Option<Addr<StateWriter>>,
@@ -292,7 +293,7 @@ impl Supervisor {
             ctx.address().recipient(),
         )
         .owning(owned)
-        .following(self.dns_pending.remove(lb).unwrap_or_default())
+        .following(self.dns_pending.get(lb).cloned().unwrap_or_default())
         .start()
     }
 
@@ -413,6 +414,15 @@ impl Handler<Synced> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Synced, ctx: &mut Self::Context) {
+        // What a name's actor, restarted after a panic, follows on from.
+        if let (LbId::Route53 { .. }, Some(status)) = (&msg.lb, &msg.status) {
+            if status.dns_pending.is_empty() {
+                self.dns_pending.remove(&msg.lb);
+            } else {
+                self.dns_pending
+                    .insert(msg.lb.clone(), status.dns_pending.clone());
+            }
+        }
         let commands = self.fleet.synced(Report {
             lb: msg.lb,
             sync: msg.sync,

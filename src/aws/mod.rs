@@ -318,6 +318,7 @@ const NOT_FOUND_CODES: &[&str] = &[
     "AccessPointNotFound",
     "NoSuchHostedZone",
     "TargetGroupNotFound",
+    "NoSuchChange",
 ];
 
 /// Sorts an SDK error into an [`AwsError`]. A 5xx without a code (moto answers some errors with an

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use slog::{info, Logger};
+use slog::{info, warn, Logger};
 
 use super::{gone_is_in_step, plan_fqdn_values, Cause, SyncOptions};
 use crate::aws::{AwsError, ChangeId, ErrorKind, Route53Api};
@@ -20,8 +20,9 @@ use crate::plan::{pack_batches, Action, Policy, RecordChange, RecordSet};
 pub struct ZoneCache {
     /// Its record sets, by FQDN (an empty list: known to have none).
     pub sets: HashMap<String, Vec<RecordSet>>,
-    /// How many record sets it holds, of every type and owner, and when Route53 said so.
-    pub size: Option<(u64, Instant)>,
+    /// How many record sets it holds, of every type and owner (None: Route53 would not say), and
+    /// when it was asked.
+    pub size: Option<(Option<u64>, Instant)>,
 }
 
 /// The record sets one page of ListResourceRecordSets holds at most.
@@ -92,11 +93,11 @@ pub async fn sync_zone(
     recorder: Option<Recorder<'_>>,
 ) -> Vec<FqdnResult> {
     let mut run = ZoneRun::new(zone, batch);
-    run.read(api, options, cache).await;
+    run.read(api, options, cache, log).await;
     let groups = run.plan(options, cache);
     if options.dry_run {
         for (i, changes) in &groups {
-            log_changes(log, &batch[*i], changes, "");
+            log_changes(log, &batch[*i], changes, None);
         }
         return run.unapplied(|result| result);
     }
@@ -143,7 +144,13 @@ impl<'a> ZoneRun<'a> {
 
     /// Reads what must be read: FQDNs not known, and all of them on a resync; per FQDN, or the
     /// whole zone when that is cheaper.
-    async fn read(&mut self, api: &dyn Route53Api, options: &SyncOptions, cache: &mut ZoneCache) {
+    async fn read(
+        &mut self,
+        api: &dyn Route53Api,
+        options: &SyncOptions,
+        cache: &mut ZoneCache,
+        log: &Logger,
+    ) {
         let batch = self.batch;
         self.due = (0..batch.len())
             .filter(|&i| {
@@ -158,14 +165,18 @@ impl<'a> ZoneRun<'a> {
             .collect();
         // One name costs one call whatever the zone's size: its size only matters for more.
         if self.due.len() > 1 && cache.size.is_none_or(|(_, at)| at.elapsed() >= SIZE_FRESH) {
-            // Unknown (failed): the rule of thumb decides, and the next batch asks again.
-            cache.size = api
-                .zone_size(self.zone)
-                .await
-                .ok()
-                .map(|n| (n, Instant::now()));
+            // Unknown (refused, failed): a rule of thumb decides until it is asked again.
+            let size = match api.zone_size(self.zone).await {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    warn!(log, "could not read the zone's size; choosing how to read it by a \
+                        rule of thumb for a while (grant route53:GetHostedZone)"; "error" => %e);
+                    None
+                }
+            };
+            cache.size = Some((size, Instant::now()));
         }
-        if read_whole_zone(self.due.len(), cache.size.map(|(n, _)| n)) {
+        if read_whole_zone(self.due.len(), cache.size.and_then(|(n, _)| n)) {
             match api.zone_record_sets(self.zone).await {
                 Ok(sets) => {
                     cache.sets.clear();
@@ -274,8 +285,8 @@ impl<'a> ZoneRun<'a> {
                 Ok(id) => {
                     for (i, changes) in &chunk {
                         applied(cache, &batch[*i].fqdn, changes);
-                        log_changes(log, &batch[*i], changes, &id);
-                        self.changes[*i] = Some(id.clone());
+                        log_changes(log, &batch[*i], changes, Some(&id));
+                        self.changes[*i] = (!id.is_empty()).then(|| id.clone());
                     }
                 }
                 Err(e) if chunk.len() > 1 && !e.is_retryable() => {
@@ -283,8 +294,8 @@ impl<'a> ZoneRun<'a> {
                         match api.change(self.zone, changes).await {
                             Ok(id) => {
                                 applied(cache, &batch[*i].fqdn, changes);
-                                log_changes(log, &batch[*i], changes, &id);
-                                self.changes[*i] = Some(id);
+                                log_changes(log, &batch[*i], changes, Some(&id));
+                                self.changes[*i] = (!id.is_empty()).then_some(id);
                             }
                             Err(e) => {
                                 cache.sets.remove(&batch[*i].fqdn);
@@ -425,16 +436,16 @@ fn applied(cache: &mut ZoneCache, fqdn: &str, changes: &[RecordChange]) {
     }
 }
 
-/// Says what changed (or, in a dry run, `change` empty, what would): `change` is Route53's id of
+/// Says what changed (or, in a dry run, `change` None, what would): `change` is Route53's id of
 /// the change that carried it.
-fn log_changes(log: &Logger, desire: &FqdnWant, changes: &[RecordChange], change: &str) {
+fn log_changes(log: &Logger, desire: &FqdnWant, changes: &[RecordChange], change: Option<&str>) {
     let list = |ips: &[IpAddr]| {
         ips.iter()
             .map(IpAddr::to_string)
             .collect::<Vec<_>>()
             .join(",")
     };
-    let msg = if change.is_empty() {
+    let msg = if change.is_none() {
         "would change record set"
     } else {
         "changed record set"
@@ -447,7 +458,7 @@ fn log_changes(log: &Logger, desire: &FqdnWant, changes: &[RecordChange], change
             "added" => list(&c.added),
             "removed" => list(&c.removed),
             "ttl" => c.set.ttl,
-            "change" => change,
+            "change" => change.unwrap_or_default(),
             "cause" => %desire.cause);
     }
 }
