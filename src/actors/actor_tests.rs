@@ -1055,3 +1055,34 @@ async fn a_change_route53_refuses_to_report_on_is_not_waited_for_forever() {
         "still PENDING in Route53"
     );
 }
+
+/// A status queued behind other writes and then removed (its load balancer retired at once) is
+/// written before its removal: a `--drain` on it reads the TTL the record sets had, not just
+/// that the status is gone (the 60-minute soak's Route53 drain that exited before the TTL).
+#[actix_rt::test]
+async fn a_last_status_is_written_before_its_removal() {
+    use super::state_writer::{Flush, PublishStatus, StateWriter};
+    let etcd = Arc::new(FakeEtcd::default());
+    *etcd.put_delay.lock().unwrap() = Duration::from_millis(50);
+    let writer = StateWriter::new(etcd.clone(), settings(), &log()).start();
+    let status: Arc<crate::status::LbStatus> = Arc::new(
+        serde_json::from_str(
+            r#"{"load_balancer":"x","revision":5,"in_step":true,"desired":0,"members":[],
+                "ttl":60,"last_sync":{"at":1,"ok":true,"cause":"etcd event"}}"#,
+        )
+        .unwrap(),
+    );
+    let lb = |fqdn: &str| crate::key::LbId::Route53 {
+        zone: "Z1".into(),
+        fqdn: fqdn.into(),
+    };
+    // www's write goes out first; api's waits behind it, and is then removed.
+    writer.do_send(PublishStatus(lb("www.example.com"), Some(status.clone())));
+    writer.do_send(PublishStatus(lb("api.example.com"), Some(status)));
+    writer.do_send(PublishStatus(lb("api.example.com"), None));
+    writer.send(Flush).await.unwrap();
+    let api = "/lbmanager-state/lbManager/status/route53/Z1/api.example.com";
+    let puts = etcd.puts.lock().unwrap().clone();
+    assert!(puts.iter().any(|(k, _)| k == api), "{puts:?}");
+    assert_eq!(etcd.get(api), None, "removed after it was written");
+}

@@ -96,6 +96,10 @@ struct Pending {
     tried: bool,
     /// Not to be tried again before this (after a failure).
     not_before: Option<Instant>,
+    /// Delete the key once its value (a status) has landed: a load balancer's last status is
+    /// written before its removal, so whoever waits on it reads what its last sync did (the
+    /// TTL its record sets had, say) and not only that it is gone.
+    then_delete: bool,
 }
 
 #[derive(Default)]
@@ -107,12 +111,18 @@ struct Queue {
 impl Queue {
     fn push(&mut self, key: String, value: Option<Value>) {
         match self.pending.get_mut(&key) {
+            // A status not written yet, then its removal: the status first.
+            Some(p) if value.is_none() && matches!(p.value, Some(Value::Status(_))) => {
+                p.then_delete = true;
+                p.not_before = None;
+            }
             // A newer value replaces one not written yet; a failing key is tried again at once.
             Some(p) => {
                 p.value = value;
                 p.smaller = false;
                 p.not_before = None;
                 p.tried = false;
+                p.then_delete = false;
             }
             None => {
                 self.order.push_back(key.clone());
@@ -124,6 +134,7 @@ impl Queue {
                         failures: 0,
                         tried: false,
                         not_before: None,
+                        then_delete: false,
                     },
                 );
             }
@@ -432,6 +443,14 @@ impl StateWriter {
                 p.failures = 0;
                 self.queue.order.push_back(key);
             }
+            Ok(()) if p.then_delete => {
+                debug!(self.log, "record updated, to be removed"; "key" => &key);
+                p.value = None;
+                p.then_delete = false;
+                p.failures = 0;
+                p.tried = false;
+                self.queue.order.push_front(key);
+            }
             Ok(()) => {
                 debug!(self.log, "record updated"; "key" => &key, "present" => value.is_some());
                 self.queue.pending.remove(&key);
@@ -443,6 +462,12 @@ impl StateWriter {
                         one (counts only)";
                         "key" => &key, "bytes" => bytes, "error" => %e);
                     p.smaller = true;
+                    self.queue.order.push_front(key);
+                } else if p.then_delete {
+                    // Its removal is what counts now.
+                    p.value = None;
+                    p.then_delete = false;
+                    p.smaller = false;
                     self.queue.order.push_front(key);
                 } else {
                     error!(self.log, "etcd refused a record for its size, and there is \

@@ -378,7 +378,7 @@ async fn watch_status(
         };
         let verdict = judge(lb, member, goal, revision, current.as_ref(), false);
         let absent = current.is_none();
-        last = current.or(last);
+        last = seen(current, last);
         if decide(verdict, why)? {
             return Ok(last);
         }
@@ -417,7 +417,7 @@ async fn watch_status(
                     EventType::Delete => (None, kv.mod_revision() > revision),
                 };
                 let verdict = judge(lb, member, goal, revision, status.as_ref(), deleted);
-                last = status.or(last);
+                last = seen(status, last);
                 if decide(verdict, why)? {
                     return Ok(last);
                 }
@@ -425,6 +425,19 @@ async fn watch_status(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The status a wait ends with: the latest seen, with the longest TTL any status of the wait
+/// gave (a name's last status may be gone, or one published blind, by a leader that had not read
+/// Route53 yet: `--drain` waits out the longest TTL resolvers may have been handed).
+fn seen(status: Option<LbStatus>, last: Option<LbStatus>) -> Option<LbStatus> {
+    let ttl = status
+        .as_ref()
+        .and_then(|s| s.ttl)
+        .max(last.as_ref().and_then(|s| s.ttl));
+    let mut latest = status.or(last)?;
+    latest.ttl = ttl;
+    Some(latest)
 }
 
 /// A status record; one that cannot be read is a reason to wait (in `why`), not a verdict.
@@ -466,5 +479,33 @@ async fn liveness(etcd: &mut Failover, prefix: &str) -> Option<String> {
                 beat.resync_interval_secs
             )
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(revision: i64, ttl: Option<i64>) -> LbStatus {
+        let mut s: LbStatus = serde_json::from_str(
+            r#"{"load_balancer":"route53/Z1/www.example.com","revision":1,"in_step":true,
+                "desired":0,"members":[],"last_sync":{"at":1,"ok":true,"cause":"etcd event"}}"#,
+        )
+        .unwrap();
+        s.revision = revision;
+        s.ttl = ttl;
+        s
+    }
+
+    /// A status published blind (a new leader that had not read Route53: no TTL) after one that
+    /// had the TTL does not make `--drain` forget it (the 60-minute soak's Route53 drain).
+    #[test]
+    fn a_wait_keeps_the_longest_ttl_it_saw() {
+        let last = seen(Some(status(5, Some(300))), None);
+        let last = seen(Some(status(0, None)), last).unwrap();
+        assert_eq!((last.revision, last.ttl), (0, Some(300)));
+        let last = seen(None, Some(last)).unwrap();
+        assert_eq!(last.ttl, Some(300));
+        assert!(seen(None, None).is_none());
     }
 }
