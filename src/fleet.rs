@@ -108,6 +108,10 @@ pub enum Command {
     Desire { lb: LbId, desire: Desire },
     /// Tell `lb` whether anyone waits on AWS's progress with its members.
     Watched { lb: LbId, watched: bool },
+    /// A host waits on `lb` from etcd's `revision` on (a waiting key written then): `lb` raises
+    /// its status to that revision once it is idle and in step (see
+    /// [`crate::status::Change::NotThere`]). Sent after the desires of the same changes.
+    Barrier { lb: LbId, revision: Revision },
     /// Stop `lb`'s actor: no longer managed.
     Retire { lb: LbId },
     /// Start `zone`'s actor again (it died) and hand it to `lbs`.
@@ -354,8 +358,12 @@ impl Fleet {
         }
         // Each touched load balancer with its cause: a leased key's delete is a lease expiry.
         let mut touched: HashMap<LbId, (Cause, Revision)> = HashMap::new();
+        let mut barriers = Vec::new();
         for change in msg.changes {
             if let Some(lb) = self.layout.parse_waiting(change.key()) {
+                if let KeyChange::Put { revision, .. } = &change {
+                    barriers.push((lb.clone(), *revision));
+                }
                 let put = matches!(change, KeyChange::Put { .. });
                 self.waiter(lb, change.key(), put);
                 continue;
@@ -390,6 +398,12 @@ impl Fleet {
         }
         for (lb, (cause, revision)) in touched {
             self.reconcile(&lb, cause, false, revision);
+        }
+        // After the desires: a barrier is passed only once what came before it is applied.
+        for (lb, revision) in barriers {
+            if self.lbs.contains_key(&lb) {
+                self.out.push(Command::Barrier { lb, revision });
+            }
         }
         self.take()
     }
@@ -1093,7 +1107,13 @@ mod tests {
         let member = Member::Instance("i-0000000a".into());
         let waiting = layout.waiting(&lb("a"), &member);
         let out = fleet.changes(change(vec![put(&waiting, 40)]));
-        assert!(matches!(&out[..], [Command::Watched { watched: true, .. }]));
+        assert!(matches!(
+            &out[..],
+            [
+                Command::Watched { watched: true, .. },
+                Command::Barrier { revision: 40, .. }
+            ]
+        ));
         let out = fleet.changes(change(vec![delete(&waiting, 41)]));
         assert!(matches!(
             &out[..],
@@ -1106,5 +1126,21 @@ mod tests {
         assert!(out
             .iter()
             .any(|c| matches!(c, Command::Spawn { watched: true, .. })));
+    }
+
+    /// The 60-minute soak's remove_wait violation (a key that was not there): a host's barrier
+    /// reaches the load balancer after the desires of the changes before it, so the load
+    /// balancer raises its status to it only once those are applied.
+    #[test]
+    fn a_barrier_comes_after_the_desires_of_the_changes_before_it() {
+        let (mut fleet, _) = started(false, &[A]);
+        let waiting =
+            Layout::new("/lbManager").waiting(&lb("a"), &Member::Instance("i-0000000a".into()));
+        let out = fleet.changes(change(vec![put(&waiting, 50), delete(A, 51)]));
+        let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
+        let barrier = out
+            .iter()
+            .position(|c| matches!(c, Command::Barrier { revision: 50, .. }));
+        assert!(desire.unwrap() < barrier.unwrap(), "{out:?}");
     }
 }

@@ -47,6 +47,12 @@ pub struct SetZone(pub Addr<HostedZone>);
 #[rtype(result = "()")]
 pub struct Watched(pub bool);
 
+/// A host waits from this etcd revision on (see [`crate::status::Change::NotThere`]): the status
+/// is raised to it once the load balancer is idle and in step with every change before it.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Barrier(pub i64);
+
 /// The Supervisor no longer needs this load balancer (no keys, AWS emptied): stop.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -161,6 +167,9 @@ pub struct LoadBalancer {
     /// Route53: the changes of this name not yet `INSYNC`, oldest first (see
     /// [`LbStatus::dns_pending`]).
     dns_pending: Vec<PendingChange>,
+    /// The latest [`Barrier`]: a status published while idle and in step is at that revision at
+    /// least.
+    barrier: i64,
 }
 
 impl LoadBalancer {
@@ -196,6 +205,7 @@ impl LoadBalancer {
             mismatched: Default::default(),
             draining: None,
             dns_pending: Vec::new(),
+            barrier: 0,
         }
     }
 
@@ -509,10 +519,16 @@ impl LoadBalancer {
         };
         self.note_foreign(&members);
         let latest = self.desired.as_ref();
+        let in_step = error.is_none() && latest.map(|d| d.generation) == Some(generation);
+        // In step with the latest desire: every change before a host's barrier is applied.
+        let revision = match in_step {
+            true => revision.max(self.barrier),
+            false => revision,
+        };
         let status = LbStatus {
             load_balancer: self.id.to_string(),
             revision,
-            in_step: error.is_none() && latest.map(|d| d.generation) == Some(generation),
+            in_step,
             desired: latest.map_or(0, |d| d.members.len()),
             members,
             members_more: 0,
@@ -701,8 +717,16 @@ impl Handler<ChangeInSync> for LoadBalancer {
         if self.dns_pending.len() == before {
             return;
         }
+        let pending = self.dns_pending.clone();
+        self.republish(|p| p.dns_pending = pending);
+    }
+}
+
+impl LoadBalancer {
+    /// Publishes the last status changed by `edit` (when that changes it), between syncs.
+    fn republish(&mut self, edit: impl FnOnce(&mut LbStatus)) {
         let status = self.published.as_deref().cloned().and_then(|mut p| {
-            p.dns_pending = self.dns_pending.clone();
+            edit(&mut p);
             self.publish(p)
         });
         self.supervisor.do_send(Synced {
@@ -717,6 +741,25 @@ impl Handler<ChangeInSync> for LoadBalancer {
             // A sync in flight may still change AWS: not retired under it.
             settling: self.holding() || self.in_flight.is_some(),
         });
+    }
+}
+
+impl Handler<Barrier> for LoadBalancer {
+    type Result = ();
+
+    fn handle(&mut self, Barrier(revision): Barrier, _: &mut Self::Context) {
+        self.barrier = self.barrier.max(revision);
+        // Idle and in step: nothing before the barrier waits to be applied. Otherwise the status
+        // of the sync that brings it in step is raised (see `update_status`).
+        let idle = self.in_flight.is_none()
+            && self.schedule.idle()
+            && self.desired.as_ref().map(|d| d.generation).is_some()
+            && self.synced == self.desired.as_ref().map(|d| d.generation)
+            && self.published.as_ref().is_some_and(|p| p.last_sync.ok);
+        if idle {
+            let barrier = self.barrier;
+            self.republish(|p| p.revision = p.revision.max(barrier));
+        }
     }
 }
 

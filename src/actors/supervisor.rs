@@ -14,7 +14,9 @@ use slog::{debug, info, warn, Logger};
 
 use super::etcd_watcher::{EtcdWatcher, WatchEvent};
 use super::hosted_zone::HostedZone;
-use super::load_balancer::{Backend, Drain, LoadBalancer, Retire, SetZone, Synced, Watched};
+use super::load_balancer::{
+    Backend, Barrier, Drain, LoadBalancer, Retire, SetZone, Synced, Watched,
+};
 use super::state_writer::{
     Beat, DeleteKeys, DeleteSuperseded, Flush, Landed, ManagedRecord, PublishStatus, StateWriter,
 };
@@ -160,6 +162,11 @@ impl Supervisor {
                 Command::Watched { lb, watched } => {
                     if let Some(addr) = self.actors.get(&lb) {
                         addr.do_send(Watched(watched));
+                    }
+                }
+                Command::Barrier { lb, revision } => {
+                    if let Some(addr) = self.actors.get(&lb) {
+                        addr.do_send(Barrier(revision));
                     }
                 }
                 Command::Retire { lb } => {

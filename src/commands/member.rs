@@ -17,7 +17,7 @@ use crate::etcd::{self, Failover};
 use crate::key::{self, LbId, Member, MemberKey};
 use crate::layout::Layout;
 use crate::signal::StopSignal;
-use crate::status::{self, judge, Goal, LbStatus, Verdict};
+use crate::status::{self, judge_change, Change, Goal, LbStatus, Verdict};
 
 /// Prints `result`'s error and turns it into the exit code.
 fn exit(result: Result<(), CommandError>) -> ExitCode {
@@ -89,7 +89,7 @@ async fn adding(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     let waited = match args.wait {
         true => {
             let waited = tokio::select! {
-                done = wait(&mut etcd, prefix, &target, goal, revision, deadline, args.timeout) => done.map(|_| ()),
+                done = wait(&mut etcd, prefix, &target, goal, Change::At(revision), deadline, args.timeout) => done.map(|_| ()),
                 what = stop.clone() => Err(CommandError::Interrupted(what)),
             };
             withdraw(&mut etcd, waiting).await;
@@ -212,23 +212,32 @@ async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError
         .map_err(etcd_error)?;
     // A key that was not there (or whose delete, sent again, found it gone) changes nothing:
     // the wait is for lbmanager to have applied the change that removed it.
-    let revision = if deleted.deleted() > 0 {
+    let deleted_one = deleted.deleted() > 0;
+    if deleted_one {
         eprintln!("lbmanager: deleted {}", args.key);
-        deleted.header().map_or(0, |h| h.revision())
     } else {
         eprintln!("lbmanager: {} was not there", args.key);
-        0
-    };
+    }
     if !(args.wait || args.drain) {
         return Ok(());
     }
+    let mut waiting = waiting;
+    let change = if deleted_one {
+        Change::At(deleted.header().map_or(0, |h| h.revision()))
+    } else {
+        // A sync in flight may have just registered the member that some other change took out
+        // of etcd: a barrier written now makes lbmanager say when it has caught up.
+        let (lease, barrier) = barrier(&mut etcd, prefix, &target, waiting, args.timeout).await?;
+        waiting = Some(lease);
+        Change::NotThere { barrier }
+    };
     let waited = async {
         let status = wait(
             &mut etcd.clone(),
             prefix,
             &target,
             goal,
-            revision,
+            change,
             deadline,
             args.timeout,
         )
@@ -268,14 +277,14 @@ async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError
 }
 
 /// Waits until the published status of `target`'s load balancer says `goal` is reached for the
-/// change at `revision`, or `deadline` (`timeout` after the start) passes; returns the status
+/// `change`, or `deadline` (`timeout` after the start) passes; returns the status
 /// that said so (none: the record was removed).
 async fn wait(
     etcd: &mut Failover,
     prefix: &str,
     target: &MemberKey,
     goal: Goal,
-    revision: i64,
+    change: Change,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<Option<LbStatus>, CommandError> {
@@ -287,7 +296,7 @@ async fn wait(
         &target.lb,
         &target.member,
         goal,
-        revision,
+        change,
         &mut why,
     );
     match tokio::time::timeout_at(deadline.into(), watched).await {
@@ -342,6 +351,40 @@ async fn announce_waiting(
     Ok(Some(lease))
 }
 
+/// Writes the waiting key now (under `lease`, or a new one that outlives the wait a little) as a
+/// barrier: lbmanager raises the load balancer's status to its revision once it is idle and in
+/// step with every change before it. Returns the lease and the barrier's revision.
+async fn barrier(
+    etcd: &mut Failover,
+    prefix: &str,
+    target: &MemberKey,
+    lease: Option<i64>,
+    timeout: Duration,
+) -> Result<(i64, i64), CommandError> {
+    let lease = match lease {
+        Some(lease) => lease,
+        None => {
+            let ttl = timeout.as_secs() as i64 + 10;
+            etcd.run(|mut c| async move { c.lease_grant(ttl, None).await })
+                .await
+                .map_err(etcd_error)?
+                .id()
+        }
+    };
+    let key = Layout::new(prefix).waiting(&target.lb, &target.member);
+    let put = etcd
+        .run(|mut c| {
+            let key = key.clone();
+            async move {
+                c.put(key, "", Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await
+        .map_err(etcd_error)?;
+    Ok((lease, put.header().map_or(0, |h| h.revision())))
+}
+
 /// Deletes the waiting key (revoking its lease; if that fails, the lease runs out by itself).
 async fn withdraw(etcd: &mut Failover, waiting: Option<i64>) {
     if let Some(lease) = waiting {
@@ -356,10 +399,11 @@ async fn watch_status(
     lb: &LbId,
     member: &Member,
     goal: Goal,
-    revision: i64,
+    change: Change,
     why: &mut Option<String>,
 ) -> Result<Option<LbStatus>, CommandError> {
     let key = Layout::new(prefix).status(lb);
+    let revision = change.revision();
     // The last status seen: what a wait that ends with the record's removal returns.
     let mut last: Option<LbStatus> = None;
     // No record now: replay the record's history since the change (it may have come and gone).
@@ -376,7 +420,7 @@ async fn watch_status(
             },
             None => None,
         };
-        let verdict = judge(lb, member, goal, revision, current.as_ref(), false);
+        let verdict = judge_change(lb, member, goal, change, current.as_ref(), false);
         let absent = current.is_none();
         last = seen(current, last);
         if decide(verdict, why)? {
@@ -416,7 +460,7 @@ async fn watch_status(
                     },
                     EventType::Delete => (None, kv.mod_revision() > revision),
                 };
-                let verdict = judge(lb, member, goal, revision, status.as_ref(), deleted);
+                let verdict = judge_change(lb, member, goal, change, status.as_ref(), deleted);
                 last = seen(status, last);
                 if decide(verdict, why)? {
                     return Ok(last);

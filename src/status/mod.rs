@@ -421,6 +421,51 @@ pub enum Verdict {
     Failed(String),
 }
 
+/// The change a wait is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The host's write or delete of the key, at this etcd revision.
+    At(i64),
+    /// The key was not there (its delete changed nothing). `barrier`: the revision of the
+    /// waiting key the host wrote after it found it gone (0: none could be written); lbmanager
+    /// publishes a status at that revision or later only once it is idle and in step with
+    /// every change of the load balancer's keys before it, so that a sync in flight (which may
+    /// have just registered the member) is not taken for the last word.
+    NotThere { barrier: i64 },
+}
+
+impl Change {
+    /// The revision a status must have reached, and after which a removal of the status counts.
+    pub fn revision(self) -> i64 {
+        match self {
+            Change::At(r) => r,
+            Change::NotThere { barrier } => barrier,
+        }
+    }
+}
+
+/// [`judge`] for a [`Change`].
+pub fn judge_change(
+    lb: &LbId,
+    member: &Member,
+    goal: Goal,
+    change: Change,
+    status: Option<&LbStatus>,
+    deleted_after: bool,
+) -> Verdict {
+    match change {
+        Change::At(revision) => judge(lb, member, goal, revision, status, deleted_after),
+        Change::NotThere { barrier } => match status {
+            Some(s) if s.revision < barrier => Verdict::Wait(Some(format!(
+                "the key was not there; lbmanager has not caught up with etcd yet (AWS in step up \
+                 to revision {}, etcd was at {barrier})",
+                s.revision
+            ))),
+            _ => judge(lb, member, goal, 0, status, deleted_after),
+        },
+    }
+}
+
 /// Judges a wait for `member` of `lb` to reach `goal`, after the key change at etcd revision
 /// `revision`, from the load balancer's published status (`None`: no status record).
 /// `deleted_after`: the record was deleted after the change (lbmanager stopped managing the load
@@ -640,6 +685,37 @@ mod tests {
         gone.dns_pending.clear();
         assert_eq!(
             judge(&name(), &ip, remove, 12, Some(&gone), false),
+            Verdict::Done
+        );
+    }
+
+    /// The 60-minute soak's remove_wait violation: `member remove --drain` of a key that was not
+    /// there took a status from before a sync that had just registered the member (the sync
+    /// failed after it, so its status kept the old members) as the last word. With a barrier,
+    /// only a status raised to it (lbmanager idle and in step after it) decides.
+    #[test]
+    fn a_key_that_was_not_there_is_judged_from_a_status_past_the_barrier() {
+        let m = target("i-0abc1234");
+        let remove = Goal::Absent { drained: false };
+        let before = status(9, &[]);
+        let change = Change::NotThere { barrier: 12 };
+        assert!(matches!(
+            judge_change(&tg(), &m, remove, change, Some(&before), false),
+            Verdict::Wait(Some(w)) if w.contains("caught up")
+        ));
+        let still = status(12, &[("i-0abc1234:80", None)]);
+        assert!(matches!(
+            judge_change(&tg(), &m, remove, change, Some(&still), false),
+            Verdict::Wait(_)
+        ));
+        let gone = status(12, &[]);
+        assert_eq!(
+            judge_change(&tg(), &m, remove, change, Some(&gone), false),
+            Verdict::Done
+        );
+        // Retired after the barrier: nothing of it is left in AWS.
+        assert_eq!(
+            judge_change(&tg(), &m, remove, change, None, true),
             Verdict::Done
         );
     }
