@@ -45,8 +45,9 @@ foreign     No call deregisters or registers a member lbmanager did not add (the
 status      At the end of every quiet period, `lbmanager status --output json` says all in step,
             its desired members are etcd's, its members in AWS are AWS's (foreign ones flagged
             foreign), the owned records (/lbmanager-state/PREFIX/owned/...) are exactly lbmanager's
-            members in AWS (a member taken out by hand within a resync interval, + 2 s, before may
-            still be recorded: it is forgotten at the next resync), and every load balancer with
+            members in AWS (a member taken out by hand within two resync intervals, + 2 s, before
+            may still be recorded: it is forgotten at the next sync at least 5 s after lbmanager
+            claimed it, a resync at the latest), and every load balancer with
             members has its managed record.
 duplicate   No Classic ELB lists an instance twice (moto stores a re-registered instance twice:
             lbmanager registered what AWS had).
@@ -638,7 +639,7 @@ def check_status(hist, ev, out, rnd):
         rec = {_norm_member(lb, m, p) for m in owned.get(lb, set())}
         # A member taken out of AWS by hand is forgotten at the next resync (the first read after
         # a change may not show a registration yet, so no other read forgets an owned member).
-        window = p.get("resync", 5) + 2.0
+        window = 2 * p.get("resync", 5) + 2.0
         rec -= {m for m in rec - mine if oob_removed(hist.events, lb, m, t - window, t)}
         if rec != mine:
             out.append(_v("records", t, "round %s: owned records of %s are %s, lbmanager's members in "

@@ -1086,3 +1086,29 @@ async fn a_last_status_is_written_before_its_removal() {
     assert!(puts.iter().any(|(k, _)| k == api), "{puts:?}");
     assert_eq!(etcd.get(api), None, "removed after it was written");
 }
+
+/// `--ownership shared`: an owned member taken out of AWS by hand (or with its load balancer)
+/// whose key then goes is forgotten at the sync of that change, not only at a resync (the
+/// 60-minute soak's records violations); a member claimed moments ago is not (a read may not
+/// show its registration yet).
+#[actix_rt::test]
+async fn an_owned_member_taken_out_by_hand_is_forgotten_when_its_key_goes() {
+    let settings = Arc::new(Settings {
+        ownership: crate::ownership::Ownership::Shared,
+        ..(*settings()).clone()
+    });
+    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let etcd = Arc::new(FakeEtcd::default());
+    let sup = start_on(etcd.clone(), settings, elb.clone(), Arc::default(), &[]);
+    let record = "/lbmanager-state/lbManager/owned/elb/us-east-1/a/i-0000000a";
+    sup.send(put(A, etcd.put_key(A, ""))).await.unwrap();
+    eventually("registered and recorded", || {
+        elb.instances("us-east-1", "a") == ids(&["i-0000000a"]) && etcd.get(record).is_some()
+    })
+    .await;
+    // Past the time a read may lag a registration; then out by hand, and its key deleted.
+    actix_rt::time::sleep(crate::sync::elb::JUST_CLAIMED + Duration::from_millis(200)).await;
+    elb.set_instances("us-east-1", "a", &[]);
+    sup.send(del(A, 300)).await.unwrap();
+    eventually("its record forgotten", || etcd.get(record).is_none()).await;
+}

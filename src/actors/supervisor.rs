@@ -290,6 +290,7 @@ impl Supervisor {
                     me.do_send(OwnedChanged(id.clone(), members.clone()))
                 }),
                 releasing: BTreeSet::new(),
+                claimed: HashMap::new(),
             }
         });
         LoadBalancer::new(

@@ -42,7 +42,15 @@ pub struct Owned {
     /// Members a sync took out of AWS but could not forget (etcd refused the write): forgotten
     /// at the next sync, whatever its cause.
     pub releasing: BTreeSet<String>,
+    /// When this actor last claimed each member (before registering it): a read soon after may
+    /// not show a registration yet (AWS's Describe is eventually consistent), so a member
+    /// claimed within [`JUST_CLAIMED`] is not taken for gone.
+    pub claimed: std::collections::HashMap<String, std::time::Instant>,
 }
+
+/// How long after its claim a member missing from a read is still taken for in AWS.
+/// (ELB's Describe catches up within a second or two.)
+pub const JUST_CLAIMED: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Owned {
     /// Sets the members (after a zone's sync, which records them itself).
@@ -94,6 +102,12 @@ impl Owned {
                     e.to_string(),
                 )
             })?;
+        let now = std::time::Instant::now();
+        self.claimed
+            .retain(|_, at| now.duration_since(*at) < JUST_CLAIMED);
+        for m in &add {
+            self.claimed.insert(m.clone(), now);
+        }
         self.members.extend(add);
         for m in &remove {
             self.members.remove(m);
@@ -293,15 +307,13 @@ pub async fn sync_elb(
         deregister(ctx, &changes.deregister, &mut permit).await?;
     }
     if let Some(owned) = owned.as_mut() {
-        // Forget what is out of AWS: what this sync deregistered; and, on a read that is not
-        // the first after a change (AWS's Describe is eventually consistent), what is gone and
-        // not wanted any more, or was refused (an Auto Scaling group that later registers a
-        // refused instance must not find it recorded as lbmanager's).
+        // Forget what is out of AWS: what this sync deregistered; and what is gone (taken out
+        // by hand, or with its load balancer) and not wanted any more, or was refused (an Auto
+        // Scaling group that later registers a refused instance must not find it recorded as
+        // lbmanager's), unless this actor claimed it just now (AWS's Describe is eventually
+        // consistent: a registration may not show yet).
         let mut gone: Vec<String> = changes.deregister.iter().map(name_of).collect();
-        if matches!(
-            cause,
-            Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
-        ) {
+        {
             let in_aws: BTreeSet<String> = actual
                 .members
                 .iter()
@@ -324,11 +336,17 @@ pub async fn sync_elb(
                 })
                 .filter(|m| !refused.contains(m))
                 .collect();
+            let just = |m: &String| {
+                owned
+                    .claimed
+                    .get(m)
+                    .is_some_and(|at| at.elapsed() < JUST_CLAIMED)
+            };
             gone.extend(
                 owned
                     .members
                     .iter()
-                    .filter(|m| !in_aws.contains(*m) && !wanted.contains(*m))
+                    .filter(|m| !in_aws.contains(*m) && !wanted.contains(*m) && !just(m))
                     .cloned(),
             );
         }
