@@ -332,23 +332,40 @@ async fn announce_waiting(
     if !needed || matches!(target.lb, LbId::Route53 { .. }) {
         return Ok(None);
     }
+    let lease = wait_lease(etcd, timeout).await?;
+    put_waiting(etcd, prefix, target, lease).await?;
+    Ok(Some(lease))
+}
+
+/// A lease for the waiting key that outlives the wait a little.
+async fn wait_lease(etcd: &mut Failover, timeout: Duration) -> Result<i64, CommandError> {
     let ttl = timeout.as_secs() as i64 + 10;
-    let lease = etcd
+    Ok(etcd
         .run(|mut c| async move { c.lease_grant(ttl, None).await })
         .await
         .map_err(etcd_error)?
-        .id();
+        .id())
+}
+
+/// Writes `target`'s waiting key under `lease`; returns the write's revision.
+async fn put_waiting(
+    etcd: &mut Failover,
+    prefix: &str,
+    target: &MemberKey,
+    lease: i64,
+) -> Result<i64, CommandError> {
     let key = Layout::new(prefix).waiting(&target.lb, &target.member);
-    etcd.run(|mut c| {
-        let key = key.clone();
-        async move {
-            c.put(key, "", Some(PutOptions::new().with_lease(lease)))
-                .await
-        }
-    })
-    .await
-    .map_err(etcd_error)?;
-    Ok(Some(lease))
+    let put = etcd
+        .run(|mut c| {
+            let key = key.clone();
+            async move {
+                c.put(key, "", Some(PutOptions::new().with_lease(lease)))
+                    .await
+            }
+        })
+        .await
+        .map_err(etcd_error)?;
+    Ok(put.header().map_or(0, |h| h.revision()))
 }
 
 /// Writes the waiting key now (under `lease`, or a new one that outlives the wait a little) as a
@@ -363,26 +380,10 @@ async fn barrier(
 ) -> Result<(i64, i64), CommandError> {
     let lease = match lease {
         Some(lease) => lease,
-        None => {
-            let ttl = timeout.as_secs() as i64 + 10;
-            etcd.run(|mut c| async move { c.lease_grant(ttl, None).await })
-                .await
-                .map_err(etcd_error)?
-                .id()
-        }
+        None => wait_lease(etcd, timeout).await?,
     };
-    let key = Layout::new(prefix).waiting(&target.lb, &target.member);
-    let put = etcd
-        .run(|mut c| {
-            let key = key.clone();
-            async move {
-                c.put(key, "", Some(PutOptions::new().with_lease(lease)))
-                    .await
-            }
-        })
-        .await
-        .map_err(etcd_error)?;
-    Ok((lease, put.header().map_or(0, |h| h.revision())))
+    let revision = put_waiting(etcd, prefix, target, lease).await?;
+    Ok((lease, revision))
 }
 
 /// Deletes the waiting key (revoking its lease; if that fails, the lease runs out by itself).
