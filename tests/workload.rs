@@ -411,3 +411,33 @@ async fn route53_waits_are_for_insync_and_drain_counts_the_ttl_from_it() {
     );
     drop(daemon);
 }
+
+/// `member remove --wait` of a key someone else already deleted (a `del --prefix`, a `single`
+/// key that superseded it) waits for lbmanager to be in step past a barrier of its own, then
+/// says AWS no longer routes to the member; on a load balancer where nothing changes it does not
+/// hang either.
+#[tokio::test]
+async fn a_remove_wait_of_a_key_already_gone_ends_once_lbmanager_is_past_its_barrier() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "web").await;
+    let daemon = Daemon::start(&etcd, &moto, &[]);
+    daemon.wait_log("initial sync complete").await;
+    let (k1, k2) = (
+        format!("{P}/elb/us-east-1/web/multiple/{I1}"),
+        format!("{P}/elb/us-east-1/web/multiple/{I2}"),
+    );
+    for key in [&k1, &k2] {
+        let (code, err) = member("add", key, &etcd, &["--wait"]).await;
+        assert_eq!(code, Some(0), "{err}");
+    }
+    etcd.del(&k1).await;
+    let (code, err) = member("remove", &k1, &etcd, &["--wait", "--timeout", "20s"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("was not there"), "{err}");
+    assert_eq!(aws.instances("us-east-1", "web").await, strings(&[I2]));
+    // Again, with nothing left to change: the idle load balancer passes the barrier at once.
+    let (code, err) = member("remove", &k1, &etcd, &["--wait", "--timeout", "20s"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("no longer routes"), "{err}");
+}
