@@ -175,6 +175,9 @@ struct Child {
     /// Members AWS refuses, as last reported.
     rejected: Arc<Rejected>,
     restarts: Restarts,
+    /// The latest barrier of a host (see [`Command::Barrier`]): handed again to an actor
+    /// restarted after a panic.
+    barrier: Revision,
 }
 
 impl Child {
@@ -401,7 +404,8 @@ impl Fleet {
         }
         // After the desires: a barrier is passed only once what came before it is applied.
         for (lb, revision) in barriers {
-            if self.lbs.contains_key(&lb) {
+            if let Some(child) = self.lbs.get_mut(&lb) {
+                child.barrier = child.barrier.max(revision);
                 self.out.push(Command::Barrier { lb, revision });
             }
         }
@@ -505,7 +509,7 @@ impl Fleet {
                 "lb" => lb.to_string(), "restarts" => child.restarts.count,
                 "next_restart_no_sooner_than" => ?next);
             child.cause = Cause::Restart;
-            let desire = child.desire();
+            let (desire, barrier) = (child.desire(), child.barrier);
             self.out.push(Command::Spawn {
                 lb: lb.clone(),
                 owned: self.owned_of(lb),
@@ -515,6 +519,12 @@ impl Fleet {
                 self.out.push(Command::Desire {
                     lb: lb.clone(),
                     desire,
+                });
+            }
+            if barrier > 0 {
+                self.out.push(Command::Barrier {
+                    lb: lb.clone(),
+                    revision: barrier,
                 });
             }
         }
@@ -646,6 +656,7 @@ impl Fleet {
                     cause,
                     rejected: Arc::default(),
                     restarts: Restarts::default(),
+                    barrier: 0,
                 },
             );
         }
@@ -1137,6 +1148,13 @@ mod tests {
         let waiting =
             Layout::new("/lbManager").waiting(&lb("a"), &Member::Instance("i-0000000a".into()));
         let out = fleet.changes(change(vec![put(&waiting, 50), delete(A, 51)]));
+        let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
+        let barrier = out
+            .iter()
+            .position(|c| matches!(c, Command::Barrier { revision: 50, .. }));
+        assert!(desire.unwrap() < barrier.unwrap(), "{out:?}");
+        // An actor restarted after a panic is handed the barrier again, after its desire.
+        let out = fleet.stopped(Instant::now(), &[lb("a")], &[]);
         let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
         let barrier = out
             .iter()

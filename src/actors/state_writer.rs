@@ -65,6 +65,10 @@ pub struct StateWriter {
     flushed: Vec<oneshot::Sender<()>>,
 }
 
+/// How many failed writes of a status to be removed after it are tried before only its removal
+/// is (see [`Pending::then_delete`]).
+const THEN_DELETE_TRIES: u32 = 3;
+
 /// What to write at a key: text, or a status serialized only when its write goes out (a status
 /// of 1,000 members is ~30 KiB of JSON: a thousand of them queued at start-up would be 30 MiB).
 #[derive(Clone, Debug)]
@@ -115,6 +119,7 @@ impl Queue {
             Some(p) if value.is_none() && matches!(p.value, Some(Value::Status(_))) => {
                 p.then_delete = true;
                 p.not_before = None;
+                p.tried = false;
             }
             // A newer value replaces one not written yet; a failing key is tried again at once.
             Some(p) => {
@@ -475,6 +480,13 @@ impl StateWriter {
                         "key" => &key, "bytes" => bytes, "error" => %e);
                     self.queue.pending.remove(&key);
                 }
+            }
+            // A status that etcd keeps refusing is not worth holding its removal up for.
+            Err(_) if p.then_delete && p.failures >= THEN_DELETE_TRIES => {
+                p.value = None;
+                p.then_delete = false;
+                p.smaller = false;
+                self.queue.order.push_front(key);
             }
             Err(e) => {
                 p.tried |= !newer;

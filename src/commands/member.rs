@@ -227,9 +227,16 @@ async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError
     } else {
         // A sync in flight may have just registered the member that some other change took out
         // of etcd: a barrier written now makes lbmanager say when it has caught up.
-        let (lease, barrier) = barrier(&mut etcd, prefix, &target, waiting, args.timeout).await?;
-        waiting = Some(lease);
-        Change::NotThere { barrier }
+        match barrier(&mut etcd, prefix, &target, waiting, args.timeout).await {
+            Ok((lease, barrier)) => {
+                waiting = Some(lease);
+                Change::NotThere { barrier }
+            }
+            Err(e) => {
+                withdraw(&mut etcd, waiting).await;
+                return Err(e);
+            }
+        }
     };
     let waited = async {
         let status = wait(
@@ -421,7 +428,20 @@ async fn watch_status(
             },
             None => None,
         };
-        let verdict = judge_change(lb, member, goal, change, current.as_ref(), false);
+        // No status at all for a key that was not there: done if the load balancer is not
+        // managed (no managed record either), else a status may be on its way.
+        let unmanaged = match (change, &current) {
+            (Change::NotThere { .. }, None) => {
+                let managed = Layout::new(prefix).managed(lb);
+                etcd.get(&managed)
+                    .await
+                    .map_err(etcd_error)?
+                    .kvs()
+                    .is_empty()
+            }
+            _ => false,
+        };
+        let verdict = judge_change(lb, member, goal, change, current.as_ref(), unmanaged);
         let absent = current.is_none();
         last = seen(current, last);
         if decide(verdict, why)? {

@@ -461,6 +461,14 @@ pub fn judge_change(
                  to revision {}, etcd was at {barrier})",
                 s.revision
             ))),
+            // No status: one may be on its way (a sync that registered the member, its status
+            // not landed yet), unless the load balancer is not managed at all (`deleted_after`:
+            // its status went after the barrier, or it has no managed record).
+            None if !deleted_after => Verdict::Wait(Some(
+                "the key was not there; lbmanager has published no status for this load \
+                 balancer yet"
+                    .into(),
+            )),
             _ => judge(lb, member, goal, 0, status, deleted_after),
         },
     }
@@ -713,11 +721,16 @@ mod tests {
             judge_change(&tg(), &m, remove, change, Some(&gone), false),
             Verdict::Done
         );
-        // Retired after the barrier: nothing of it is left in AWS.
+        // Retired after the barrier (or not managed at all): nothing of it is left in AWS.
         assert_eq!(
             judge_change(&tg(), &m, remove, change, None, true),
             Verdict::Done
         );
+        // No status yet, and managed: one may be on its way.
+        assert!(matches!(
+            judge_change(&tg(), &m, remove, change, None, false),
+            Verdict::Wait(_)
+        ));
     }
 
     /// A status lists the newest pending changes, ids cut to their bound.

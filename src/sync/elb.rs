@@ -42,9 +42,9 @@ pub struct Owned {
     /// Members a sync took out of AWS but could not forget (etcd refused the write): forgotten
     /// at the next sync, whatever its cause.
     pub releasing: BTreeSet<String>,
-    /// When this actor last claimed each member (before registering it): a read soon after may
-    /// not show a registration yet (AWS's Describe is eventually consistent), so a member
-    /// claimed within [`JUST_CLAIMED`] is not taken for gone.
+    /// When this actor last claimed or registered each member: a read soon after may not show
+    /// a registration yet (AWS's Describe is eventually consistent), so a member claimed or
+    /// registered within [`JUST_CLAIMED`] is not taken for gone.
     pub claimed: std::collections::HashMap<String, std::time::Instant>,
 }
 
@@ -70,6 +70,14 @@ impl Owned {
             self.releasing = all;
         }
         result
+    }
+
+    /// `members` were just registered: not taken for gone by a read that may lag them.
+    fn registered(&mut self, members: impl Iterator<Item = String>) {
+        let now = std::time::Instant::now();
+        for m in members {
+            self.claimed.insert(m, now);
+        }
     }
 
     /// Records `add` as lbmanager's and forgets `remove`, durably, before it returns.
@@ -288,6 +296,10 @@ pub async fn sync_elb(
     if !changes.register.is_empty() {
         let (accepted, refused) =
             register_accepted(api, region, name, &changes.register, &mut permit).await?;
+        if let Some(owned) = owned.as_mut() {
+            // A read soon after may not show these yet (see [`JUST_CLAIMED`]).
+            owned.registered(accepted.iter().map(name_of));
+        }
         rejected.extend(refused);
         if !accepted.is_empty() {
             info!(log, "registered {}", what;
