@@ -29,7 +29,7 @@ use crate::key::{LbId, Member};
 use crate::layout::Layout;
 use crate::metrics::{Limit, Metrics};
 use crate::plan::Rejected;
-use crate::status::LbStatus;
+use crate::status::{LbStatus, PendingChange};
 use crate::sync::Cause;
 
 /// A change of one key, as the watch reports it.
@@ -98,10 +98,12 @@ pub struct Report {
 #[derive(Debug)]
 pub enum Command {
     /// Start an actor for `lb` (and its zone's, if that has none), starting from `owned`
-    /// (`--ownership shared`: the members lbmanager added there) and told whether anyone waits.
+    /// (`--ownership shared`: the members lbmanager added there) and the Route53 changes of it
+    /// not yet `INSYNC` (`dns_pending`), and told whether anyone waits.
     Spawn {
         lb: LbId,
         owned: Option<BTreeSet<String>>,
+        dns_pending: Vec<PendingChange>,
         watched: bool,
     },
     /// Send `lb` the members it should have.
@@ -244,6 +246,9 @@ pub struct Fleet {
     /// `--ownership shared`: the members lbmanager added, per load balancer (read at start-up,
     /// kept up to date by the load balancers' reports, handed to a restarted actor).
     owned: HashMap<LbId, BTreeSet<String>>,
+    /// Route53: each name's changes not yet `INSYNC`, as last published (at start-up: as the
+    /// last leader published them), handed to its actor whenever it starts.
+    dns_pending: HashMap<LbId, Vec<PendingChange>>,
     /// Shutting down: etcd changes are ignored, and dead actors stay dead.
     stopping: bool,
     /// The commands of the event being handled.
@@ -269,6 +274,7 @@ impl Fleet {
             awaiting_record: HashSet::new(),
             waiting: HashMap::new(),
             owned: HashMap::new(),
+            dns_pending: HashMap::new(),
             stopping: false,
             out: Vec::new(),
         }
@@ -289,6 +295,13 @@ impl Fleet {
     /// The ownership records read at start-up (`--ownership shared`).
     pub fn with_owned(mut self, owned: HashMap<LbId, BTreeSet<String>>) -> Self {
         self.owned = owned;
+        self
+    }
+
+    /// The Route53 changes the last leader saw `PENDING` (see
+    /// [`crate::etcd::Records::dns_pending`]): each name's actor follows them on from its start.
+    pub fn with_dns_pending(mut self, pending: HashMap<LbId, Vec<PendingChange>>) -> Self {
+        self.dns_pending = pending;
         self
     }
 
@@ -425,6 +438,13 @@ impl Fleet {
             self.rejections(lb, rejected);
         }
         if let Some(status) = report.status {
+            // What the name's actor, restarted after a panic, follows on from.
+            if status.dns_pending.is_empty() {
+                self.dns_pending.remove(lb);
+            } else {
+                self.dns_pending
+                    .insert(lb.clone(), status.dns_pending.clone());
+            }
             self.publish(lb, Some(status));
         }
         if report.sync && !report.failed {
@@ -513,6 +533,7 @@ impl Fleet {
             self.out.push(Command::Spawn {
                 lb: lb.clone(),
                 owned: self.owned_of(lb),
+                dns_pending: self.dns_pending.get(lb).cloned().unwrap_or_default(),
                 watched: self.waiting.contains_key(lb),
             });
             if !self.awaiting_record.contains(lb) {
@@ -645,6 +666,7 @@ impl Fleet {
             self.out.push(Command::Spawn {
                 lb: lb.clone(),
                 owned: self.owned_of(lb),
+                dns_pending: self.dns_pending.get(lb).cloned().unwrap_or_default(),
                 watched: self.waiting.contains_key(lb),
             });
             self.lbs.insert(
@@ -759,6 +781,7 @@ impl Fleet {
         debug!(self.log, "load balancer has no keys left, no longer managed";
             "lb" => lb.to_string());
         self.out.push(Command::Retire { lb: lb.clone() });
+        self.dns_pending.remove(lb);
         self.metrics.lb_retired(&lb.to_string());
         if self.recorded.remove(lb) {
             self.record(lb, false);

@@ -77,8 +77,8 @@ async fn create_elbs(aws: &Aws, n: usize) -> Vec<String> {
 }
 
 /// Applies `n` random changes (puts and deletes of members, 30 possible members per load
-/// balancer) over one etcd connection, retrying each until etcd takes it (with a pause between
-/// tries while etcd is down). `done` counts the changes applied.
+/// balancer) over one etcd connection, retrying each until etcd takes it (polling every 50 ms
+/// while etcd is down, for DEADLINE at most). `done` counts the changes applied.
 async fn burst(etcd_url: &str, lbs: &[String], n: usize, seed: u64, done: Arc<AtomicUsize>) {
     let mut rng = Rng(seed);
     let mut client = None;
@@ -86,7 +86,12 @@ async fn burst(etcd_url: &str, lbs: &[String], n: usize, seed: u64, done: Arc<At
         let lb = &lbs[rng.below(lbs.len() as u64) as usize];
         let k = key(lb, &inst(rng.below(30)));
         let delete = rng.below(3) == 0;
+        let deadline = std::time::Instant::now() + DEADLINE;
         loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd took no change for {DEADLINE:?}"
+            );
             if client.is_none() {
                 client = etcd_client::Client::connect([etcd_url], None).await.ok();
             }

@@ -441,15 +441,7 @@ impl LoadBalancer {
             .get_or_create(&kind)
             .observe(in_flight.started.elapsed().as_secs_f64());
         drop(in_flight);
-        self.supervisor.do_send(Synced {
-            lb: self.id.clone(),
-            sync: true,
-            generation,
-            error: error.clone(),
-            rejected,
-            status,
-            settling: self.holding(),
-        });
+        self.report(true, generation, error.clone(), rejected, status);
         self.release_drain();
         let outcome = match &error {
             None => Outcome::Ok,
@@ -664,15 +656,7 @@ impl Handler<Desire> for LoadBalancer {
                 p
             });
             let status = status.and_then(|s| self.publish(s));
-            self.supervisor.do_send(Synced {
-                lb: self.id.clone(),
-                sync: true,
-                generation,
-                error: None,
-                rejected: None,
-                status,
-                settling: self.holding(),
-            });
+            self.report(true, generation, None, None, status);
             return;
         }
         let next = self.schedule.desire();
@@ -729,14 +713,26 @@ impl LoadBalancer {
             edit(&mut p);
             self.publish(p)
         });
+        // The generation AWS was last brought to: one older than the latest desire keeps the
+        // load balancer from being retired.
+        self.report(false, self.synced.unwrap_or_default(), None, None, status);
+    }
+
+    /// Tells the Supervisor of a sync's end (`sync`) or of a status changed between syncs.
+    fn report(
+        &self,
+        sync: bool,
+        generation: u64,
+        error: Option<AwsError>,
+        rejected: Option<Arc<Rejected>>,
+        status: Option<Arc<LbStatus>>,
+    ) {
         self.supervisor.do_send(Synced {
             lb: self.id.clone(),
-            sync: false,
-            // The generation AWS was last brought to: one older than the latest desire keeps
-            // the load balancer from being retired.
-            generation: self.synced.unwrap_or_default(),
-            error: None,
-            rejected: None,
+            sync,
+            generation,
+            error,
+            rejected,
             status,
             // A sync in flight may still change AWS: not retired under it.
             settling: self.holding() || self.in_flight.is_some(),
@@ -753,8 +749,10 @@ impl Handler<Barrier> for LoadBalancer {
         // of the sync that brings it in step is raised (see `update_status`).
         let idle = self.in_flight.is_none()
             && self.schedule.idle()
-            && self.desired.as_ref().map(|d| d.generation).is_some()
-            && self.synced == self.desired.as_ref().map(|d| d.generation)
+            && self
+                .desired
+                .as_ref()
+                .is_some_and(|d| self.synced == Some(d.generation))
             && self.published.as_ref().is_some_and(|p| p.last_sync.ok);
         if idle {
             let barrier = self.barrier;

@@ -54,9 +54,6 @@ pub struct Supervisor {
     initial: Option<Snapshot>,
     /// Stale records to delete at start (see [`crate::etcd::Records::obsolete`]).
     obsolete: Vec<String>,
-    /// Route53 changes not yet `INSYNC` by name, as last published (at start: as the last leader
-    /// published them), handed to a name's actor whenever it starts.
-    dns_pending: HashMap<LbId, Vec<PendingChange>>,
     /// The StateWriter, started with the Supervisor.
     state: Option<Addr<StateWriter>>,
     watcher: Option<Addr<EtcdWatcher>>,
@@ -91,7 +88,6 @@ impl Supervisor {
             zones: HashMap::new(),
             initial: Some(initial),
             obsolete: Vec::new(),
-            dns_pending: HashMap::new(),
             state: None,
             watcher: None,
             once: None,
@@ -124,11 +120,12 @@ impl Supervisor {
     }
 
     /// Stale records, to delete at start.
-    /// Route53 changes the last leader saw `PENDING` (see [`crate::etcd::Records::dns_pending`]):
-    /// each name's actor follows them on from its start.
-    pub fn with_dns_pending(mut self, pending: HashMap<LbId, Vec<PendingChange>>) -> Self {
-        self.dns_pending = pending;
-        self
+    /// Route53 changes the last leader saw `PENDING` (see [`crate::etcd::Records::dns_pending`]).
+    pub fn with_dns_pending(self, pending: HashMap<LbId, Vec<PendingChange>>) -> Self {
+        Supervisor {
+            fleet: self.fleet.with_dns_pending(pending),
+            ..self
+        }
     }
 
     pub fn with_obsolete(mut self, keys: Vec<String>) -> Self {
@@ -147,8 +144,13 @@ impl Supervisor {
     fn carry_out(&mut self, commands: Vec<Command>, ctx: &mut Context<Self>) {
         for command in commands {
             match command {
-                Command::Spawn { lb, owned, watched } => {
-                    let addr = self.spawn_lb(&lb, owned, ctx);
+                Command::Spawn {
+                    lb,
+                    owned,
+                    dns_pending,
+                    watched,
+                } => {
+                    let addr = self.spawn_lb(&lb, owned, dns_pending, ctx);
                     if watched {
                         addr.do_send(Watched(true));
                     }
@@ -272,6 +274,7 @@ impl Supervisor {
         &mut self,
         lb: &LbId,
         owned: Option<BTreeSet<String>>,
+        dns_pending: Vec<PendingChange>,
         ctx: &mut Context<Self>,
     ) -> Addr<LoadBalancer> {
         let backend = match lb {
@@ -301,7 +304,7 @@ impl Supervisor {
             ctx.address().recipient(),
         )
         .owning(owned)
-        .following(self.dns_pending.get(lb).cloned().unwrap_or_default())
+        .following(dns_pending)
         .start()
     }
 
@@ -422,15 +425,6 @@ impl Handler<Synced> for Supervisor {
     type Result = ();
 
     fn handle(&mut self, msg: Synced, ctx: &mut Self::Context) {
-        // What a name's actor, restarted after a panic, follows on from.
-        if let (LbId::Route53 { .. }, Some(status)) = (&msg.lb, &msg.status) {
-            if status.dns_pending.is_empty() {
-                self.dns_pending.remove(&msg.lb);
-            } else {
-                self.dns_pending
-                    .insert(msg.lb.clone(), status.dns_pending.clone());
-            }
-        }
         let commands = self.fleet.synced(Report {
             lb: msg.lb,
             sync: msg.sync,
