@@ -45,8 +45,8 @@ foreign     No call deregisters or registers a member lbmanager did not add (the
 status      At the end of every quiet period, `lbmanager status --output json` says all in step,
             its desired members are etcd's, its members in AWS are AWS's (foreign ones flagged
             foreign), the owned records (/lbmanager-state/PREFIX/owned/...) are exactly lbmanager's
-            members in AWS (a member taken out by hand within two resync intervals, + 2 s, before
-            may still be recorded: it is forgotten at the next sync at least 5 s after lbmanager
+            members in AWS (a member taken out by hand, or named in a Register that failed, within
+            two resync intervals, + 2 s, before may still be recorded: it is forgotten at the next sync at least 5 s after lbmanager
             claimed it, a resync at the latest), and every load balancer with
             members has its managed record.
 duplicate   No Classic ELB lists an instance twice (moto stores a re-registered instance twice:
@@ -295,6 +295,15 @@ def oob_put_back(events, lb, member, t0, t1):
     value lbmanager removed in between (as a person's edit can)."""
     return any(e["kind"] == "oob" and e.get("lb") == lb and t0 <= e["t"] <= t1
                and e.get("action") == "rrset" and member in set(e.get("values", []))
+               for e in events)
+
+
+def failed_register(events, lb, member, t0, t1):
+    """Whether a Register naming `member` of `lb` failed between t0 and t1 (lbmanager claimed it
+    before the call, and keeps the claim until a read shows it is not in AWS)."""
+    return any(e["kind"] == "aws_call" and e.get("lb") == lb and t0 <= e["t"] <= t1
+               and e.get("action", "").startswith("Register") and member in e.get("members", [])
+               and (e.get("fault") or e.get("status") != 200)
                for e in events)
 
 
@@ -637,10 +646,12 @@ def check_status(hist, ev, out, rnd):
                 out.append(_v("status", t, "round %s: status flags %s as foreign in %s, they are %s" % (
                     rnd, sorted(flagged), lb, sorted(foreign & in_aws)), round=rnd))
         rec = {_norm_member(lb, m, p) for m in owned.get(lb, set())}
-        # A member taken out of AWS by hand is forgotten at the next resync (the first read after
-        # a change may not show a registration yet, so no other read forgets an owned member).
+        # A member taken out of AWS by hand, or claimed for a Register that failed (its answer
+        # may have been lost after AWS took it), is forgotten by a later read at least 5 s after
+        # the claim (the first read after a change may not show a registration yet).
         window = 2 * p.get("resync", 5) + 2.0
-        rec -= {m for m in rec - mine if oob_removed(hist.events, lb, m, t - window, t)}
+        rec -= {m for m in rec - mine if oob_removed(hist.events, lb, m, t - window, t)
+                or failed_register(hist.events, lb, m, t - window, t)}
         if rec != mine:
             out.append(_v("records", t, "round %s: owned records of %s are %s, lbmanager's members in "
                           "AWS %s" % (rnd, lb, sorted(rec), sorted(mine)), round=rnd))
