@@ -310,6 +310,18 @@ pub struct RunArgs {
           value_parser = crate::aws::roles::parse_rule)]
     pub assume_role: Vec<crate::aws::roles::RoleRule>,
 
+    /// SCOPE=PROTOCOL:PORT[/PATH]: publish the FQDNs of SCOPE (route53/ZONE_ID/FQDN; `*` for a
+    /// whole part) as multivalue answers, one record set per value, each with a Route53 health
+    /// check of that IP (PROTOCOL HTTP, HTTPS or TCP; PATH for HTTP(S), `/` by default; the FQDN
+    /// is sent as the Host header), so that Route53 leaves unhealthy values out of its answers.
+    /// E.g. 'route53/Z123/www.example.com=HTTP:80/health'. Repeatable, the first matching rule
+    /// wins; other FQDNs keep one simple record set. lbmanager makes and deletes these checks
+    /// itself (billed per check and month; 200 per account by default: README, Limits). Not with
+    /// --ownership shared. In the environment variable, separate rules with spaces.
+    #[arg(long = "route53-health-check", env = "LBMANAGER_ROUTE53_HEALTH_CHECK",
+          value_delimiter = ' ', value_parser = crate::health_check::parse_rule)]
+    pub route53_health_check: Vec<crate::health_check::HealthRule>,
+
     /// TTL in seconds of the A/AAAA record sets lbmanager writes.
     #[arg(long, env = "LBMANAGER_ROUTE53_TTL", default_value_t = 60,
           value_parser = clap::value_parser!(i64).range(0..=2_147_483_647))]
@@ -450,6 +462,21 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
         return Err("must be at least 1s".into());
     }
     Ok(d)
+}
+
+impl RunArgs {
+    /// Flags that cannot go together.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let shared = crate::ownership::Ownership::from(self.ownership)
+            == crate::ownership::Ownership::Shared;
+        if !self.route53_health_check.is_empty() && shared {
+            return Err(
+                "--route53-health-check takes the FQDNs of its scopes as lbmanager's \
+                alone: it cannot be used with --ownership shared",
+            );
+        }
+        Ok(())
+    }
 }
 
 /// `--ownership`: the flag's spelling of [`crate::ownership::Ownership`].

@@ -24,6 +24,7 @@ pub mod fence;
 pub mod filter;
 pub mod fleet;
 pub mod ha;
+pub mod health_check;
 pub mod http;
 pub mod key;
 pub mod layout;

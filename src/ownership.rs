@@ -92,6 +92,8 @@ mod tests {
             rtype: RecordType::A,
             ttl: 60,
             values: vec!["192.0.2.1".into(), "192.0.2.99".into()],
+            set_id: None,
+            health_check: None,
         }];
         let owned = BTreeSet::from([ip("192.0.2.1")]);
         // Our value went: only the other's stays.

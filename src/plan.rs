@@ -210,7 +210,8 @@ impl fmt::Display for RecordType {
     }
 }
 
-/// A simple (no routing policy, no alias) record set, as Route53 stores it. `name` is normalised
+/// A simple (no routing policy, no alias) record set, or a multivalue answer record set of
+/// lbmanager's (see [`RecordSet::is_multivalue`]), as Route53 stores it. `name` is normalised
 /// (lower case, no trailing dot); `values` keep Route53's order, because a DELETE must repeat them
 /// exactly.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -219,12 +220,112 @@ pub struct RecordSet {
     pub rtype: RecordType,
     pub ttl: i64,
     pub values: Vec<String>,
+    /// A multivalue answer record set's `SetIdentifier` (None: a simple record set).
+    pub set_id: Option<String>,
+    /// Its `HealthCheckId`.
+    pub health_check: Option<String>,
 }
 
 impl RecordSet {
+    /// A simple record set of `values`.
+    pub fn simple(name: &str, rtype: RecordType, ttl: i64, values: Vec<String>) -> Self {
+        RecordSet {
+            name: name.to_string(),
+            rtype,
+            ttl,
+            values,
+            set_id: None,
+            health_check: None,
+        }
+    }
+
+    /// A multivalue answer record set as lbmanager makes them: one value, which is its
+    /// `SetIdentifier`. Route53 lists only these besides the simple ones (see
+    /// [`crate::aws::Route53Api::record_sets`]).
+    pub fn is_multivalue(&self) -> bool {
+        self.set_id.is_some()
+    }
+
     fn ips(&self) -> BTreeSet<IpAddr> {
         self.values.iter().filter_map(|v| v.parse().ok()).collect()
     }
+}
+
+/// The values of an FQDN published as multivalue answers (`--route53-health-check`): those
+/// wanted, and under upsert-only those it has (in either shape), within [`MAX_RECORD_VALUES`] per
+/// type, as a simple record set has them.
+pub fn multivalue_values(
+    desired: &BTreeSet<IpAddr>,
+    current: &[RecordSet],
+    policy: Policy,
+) -> BTreeSet<IpAddr> {
+    let have: BTreeSet<IpAddr> = current.iter().flat_map(RecordSet::ips).collect();
+    let mut want = desired.clone();
+    if policy == Policy::UpsertOnly {
+        want.extend(&have);
+    }
+    let over: BTreeSet<IpAddr> = values_over_limit(&want, |ip| have.contains(ip))
+        .into_iter()
+        .collect();
+    want.retain(|ip| !over.contains(ip));
+    want
+}
+
+/// Plans an FQDN published as multivalue answers: one record set per value of `want` (see
+/// [`multivalue_values`]), with the value's health check in `checks` (None: its check could not
+/// be made; Route53 then takes the value for healthy). Its simple record sets are deleted in the
+/// same batch (DELETEs first): the switch leaves no moment without an answer.
+pub fn plan_multivalue(
+    fqdn: &str,
+    want: &BTreeSet<IpAddr>,
+    current: &[RecordSet],
+    ttl: i64,
+    checks: &std::collections::BTreeMap<IpAddr, Option<String>>,
+) -> Vec<RecordChange> {
+    let have: BTreeSet<IpAddr> = current.iter().flat_map(RecordSet::ips).collect();
+    let mut changes = Vec::new();
+    for set in current {
+        let ips = set.ips();
+        // Lbmanager's own: one value, the set's identifier as lbmanager spells it.
+        let keep = ips.len() == 1
+            && ips.iter().all(|ip| {
+                want.contains(ip) && set.set_id.as_deref() == Some(ip.to_string().as_str())
+            });
+        if !keep {
+            changes.push(RecordChange {
+                action: Action::Delete,
+                set: set.clone(),
+                added: vec![],
+                removed: ips.difference(want).copied().collect(),
+            });
+        }
+    }
+    for ip in want {
+        let check = checks.get(ip).cloned().flatten();
+        let set = RecordSet {
+            name: fqdn.to_string(),
+            rtype: RecordType::of(ip),
+            ttl,
+            values: vec![ip.to_string()],
+            set_id: Some(ip.to_string()),
+            health_check: check,
+        };
+        let now = current
+            .iter()
+            .find(|s| s.set_id == set.set_id && s.values.len() == 1);
+        let action = match now {
+            Some(s) if s.ttl == set.ttl && s.health_check == set.health_check => continue,
+            Some(_) => Action::Upsert,
+            None => Action::Create,
+        };
+        changes.push(RecordChange {
+            action,
+            set,
+            added: if have.contains(ip) { vec![] } else { vec![*ip] },
+            removed: vec![],
+        });
+    }
+    changes
 }
 
 /// The action of one change in a ChangeResourceRecordSets batch.
@@ -277,7 +378,9 @@ pub fn plan_fqdn(
                 .filter(|ip| RecordType::of(ip) == rtype)
                 .copied()
                 .collect();
-            let have = current.iter().find(|s| s.rtype == rtype);
+            let have = current
+                .iter()
+                .find(|s| s.rtype == rtype && !s.is_multivalue());
             let have_ips = have.map(RecordSet::ips).unwrap_or_default();
             // Route53 refuses a larger set, and with it the whole batch (other names' changes).
             let (mut want, _) = within(want, |ip| have_ips.contains(ip), MAX_RECORD_VALUES);
@@ -286,11 +389,9 @@ pub fn plan_fqdn(
             }
             let added: Vec<IpAddr> = want.difference(&have_ips).copied().collect();
             let removed: Vec<IpAddr> = have_ips.difference(&want).copied().collect();
-            let wanted_set = || RecordSet {
-                name: fqdn.to_string(),
-                rtype,
-                ttl,
-                values: want.iter().map(IpAddr::to_string).collect(),
+            let wanted_set = || {
+                let values = want.iter().map(IpAddr::to_string).collect();
+                RecordSet::simple(fqdn, rtype, ttl, values)
             };
             let (action, set) = match have {
                 None if want.is_empty() => return None,
@@ -363,6 +464,8 @@ mod tests {
             rtype,
             ttl,
             values: values.iter().map(|v| v.to_string()).collect(),
+            set_id: None,
+            health_check: None,
         }
     }
 
@@ -580,6 +683,8 @@ mod tests {
                 values: (0..n)
                     .map(|i| format!("10.0.{}.{}", i / 256, i % 256))
                     .collect(),
+                set_id: None,
+                health_check: None,
             },
             added: vec![],
             removed: vec![],

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_trait::async_trait;
 use lbmanager::aws::{AwsError, ChangeId, ChangeState, Route53Api};
+use lbmanager::health_check::{CheckSpec, HealthCheck};
 use lbmanager::key::LbId;
 use lbmanager::plan::{Policy, RecordChange, RecordSet};
 use lbmanager::sync::zone::{sync_zone, FqdnWant, ZoneCache};
@@ -47,6 +48,30 @@ impl Route53Api for Sized {
         self.reads.fetch_add(1, Ordering::SeqCst);
         Ok(self.size)
     }
+
+    // No name of the benchmark is in a --route53-health-check scope: never called.
+    async fn health_checks(&self, _: &str, _: &str) -> Result<Vec<HealthCheck>, AwsError> {
+        unreachable!("no health checks in this scenario")
+    }
+
+    async fn create_health_check(
+        &self,
+        _: &str,
+        _: &str,
+        _: &str,
+        _: std::net::IpAddr,
+        _: &CheckSpec,
+    ) -> Result<String, AwsError> {
+        unreachable!("no health checks in this scenario")
+    }
+
+    async fn delete_health_check(&self, _: &str, _: &str) -> Result<(), AwsError> {
+        unreachable!("no health checks in this scenario")
+    }
+
+    async fn health_check_status(&self, _: &str, _: &str) -> Result<String, AwsError> {
+        unreachable!("no health checks in this scenario")
+    }
 }
 
 const NAMES: usize = 10;
@@ -62,6 +87,7 @@ fn wants(cause: Cause) -> Vec<FqdnWant> {
             ips: [format!("192.0.2.{i}").parse().unwrap()].into(),
             cause,
             owned: None,
+            check: None,
         })
         .collect()
 }

@@ -107,6 +107,8 @@ fn set_a_by_hand(r53: &FakeRoute53, values: &[&str]) {
             rtype: RecordType::A,
             ttl: 60,
             values: values.iter().map(|v| v.to_string()).collect(),
+            set_id: None,
+            health_check: None,
         },
     );
 }

@@ -65,6 +65,9 @@ pub struct ZoneSynced {
     pub ttl_before: Option<i64>,
     /// The change that carried the FQDN's changes, `PENDING` until [`ChangeInSync`] says.
     pub change: Option<ChangeId>,
+    /// `--route53-health-check`: each value's health as Route53 last reported it (read at
+    /// start-up and resyncs; empty otherwise).
+    pub health: std::collections::BTreeMap<std::net::IpAddr, String>,
 }
 
 /// The first pause before asking Route53 whether a change is `INSYNC`, doubled after each
@@ -144,6 +147,10 @@ impl HostedZone {
         log: &Logger,
         settings: Arc<Settings>,
     ) -> Self {
+        let references = crate::health_check::Reference::zone_prefix(
+            &crate::health_check::installation(&settings.prefix),
+            zone,
+        );
         HostedZone {
             zone: zone.to_string(),
             api,
@@ -152,7 +159,7 @@ impl HostedZone {
             pending: BTreeMap::new(),
             busy: false,
             gathering: false,
-            cache: ZoneCache::default(),
+            cache: ZoneCache::new(references),
             writes: None,
             watches: BTreeMap::new(),
             order: Default::default(),
@@ -206,6 +213,7 @@ impl HostedZone {
                             owned: result.owned,
                             ttl_before: result.ttl_before,
                             change: result.change,
+                            health: result.health,
                         });
                     }
                     act.busy = false;

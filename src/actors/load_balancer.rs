@@ -107,8 +107,13 @@ impl InFlight {
 /// What a sync saw of AWS, for the status.
 enum Seen {
     Elb(Box<ElbSync>),
-    /// A zone's record sets after the sync, and the longest TTL they had before it.
-    Zone(Vec<RecordSet>, Option<i64>),
+    /// A zone's record sets after the sync, the longest TTL they had before it, and the health
+    /// read of its values (`--route53-health-check`).
+    Zone(
+        Vec<RecordSet>,
+        Option<i64>,
+        std::collections::BTreeMap<std::net::IpAddr, String>,
+    ),
     /// The sync failed: what was published before still stands.
     Nothing,
 }
@@ -295,9 +300,16 @@ impl LoadBalancer {
                 }));
             }
             Backend::Route53(zone) => {
-                let LbId::Route53 { fqdn, .. } = &self.id else {
+                let LbId::Route53 {
+                    fqdn,
+                    zone: zone_id,
+                } = &self.id
+                else {
                     unreachable!("a Route53 backend serves Route53 load balancers only");
                 };
+                let check =
+                    crate::health_check::rule_for(&self.settings.health_checks, zone_id, fqdn)
+                        .cloned();
                 let (zone, fqdn) = (zone.clone(), fqdn.clone());
                 let ips = ips_of(&desire.members);
                 // Values past Route53's limit are left out by the plan; said as refusals.
@@ -332,6 +344,7 @@ impl LoadBalancer {
                             .owned
                             .as_ref()
                             .map(|o| o.members.iter().filter_map(|m| m.parse().ok()).collect()),
+                        check,
                     },
                     generation: desire.generation,
                     reply: ctx.address().recipient(),
@@ -490,7 +503,7 @@ impl LoadBalancer {
                 );
                 (members, None, sync.revision)
             }
-            Seen::Zone(sets, ttl_before) => {
+            Seen::Zone(sets, ttl_before, health) => {
                 // Clients may still hold a value this sync removed for the TTL it had (also
                 // once the last value is gone; and an actor just started has no status of its
                 // own to remember it by, as a new leader's does not).
@@ -501,7 +514,8 @@ impl LoadBalancer {
                     .max()
                     .or(previous.and_then(|p| p.ttl));
                 let owned = self.owned.as_ref().map(|o| &o.members);
-                (status::zone_members(&sets, owned), ttl, in_flight.revision)
+                let members = status::zone_members(&sets, owned, &health, previous);
+                (members, ttl, in_flight.revision)
             }
             Seen::Nothing => (
                 previous.map(|p| p.members.clone()).unwrap_or_default(),
@@ -682,7 +696,7 @@ impl Handler<ZoneSynced> for LoadBalancer {
             owned.set(ips.iter().map(|ip| ip.to_string()).collect());
         }
         let seen = match msg.sets {
-            Some(sets) => Seen::Zone(sets, msg.ttl_before),
+            Some(sets) => Seen::Zone(sets, msg.ttl_before, msg.health),
             None => Seen::Nothing,
         };
         let rejected = self.zone_rejected.take();

@@ -49,6 +49,8 @@ pub struct Settings {
     /// A Route53 change still `PENDING` this long is warned about and counted (see
     /// [`hosted_zone::SLOW_CHANGE`]).
     pub route53_slow_change: Duration,
+    /// `--route53-health-check`: the FQDNs published as multivalue answers with health checks.
+    pub health_checks: Vec<crate::health_check::HealthRule>,
 }
 
 impl Settings {
@@ -85,6 +87,7 @@ impl Default for Settings {
             dry_run: false,
             metrics: Arc::default(),
             route53_slow_change: hosted_zone::SLOW_CHANGE,
+            health_checks: Vec::new(),
         }
     }
 }

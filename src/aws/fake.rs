@@ -9,6 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{AwsError, ChangeId, ChangeState, ElbApi, ErrorKind, Permit, Route53Api};
+use crate::health_check::{CheckSpec, HealthCheck};
 use crate::key::Target;
 use crate::plan::{Action, RecordChange, RecordSet, RecordType, Registered};
 
@@ -258,8 +259,12 @@ impl ElbApi for FakeElb {
     }
 }
 
-/// The record sets of one zone by name and type.
-type ZoneRecords = BTreeMap<(String, RecordType), RecordSet>;
+/// The record sets of one zone by name, type and set identifier.
+type ZoneRecords = BTreeMap<(String, RecordType, Option<String>), RecordSet>;
+
+fn record_key(set: &RecordSet) -> (String, RecordType, Option<String>) {
+    (set.name.clone(), set.rtype, set.set_id.clone())
+}
 
 /// A fake Route53 that, like the real one, rejects a DELETE that does not match exactly and a
 /// CREATE of a record set that exists, and that records any overlap of two calls on one zone.
@@ -290,6 +295,16 @@ pub struct FakeRoute53 {
     /// The changes made (each its own id, as Route53 gives): how many polls each still answers
     /// `PENDING`.
     changes: Mutex<BTreeMap<String, u32>>,
+    /// The account's health checks by id, and the references of those deleted (Route53 refuses
+    /// them for good).
+    pub checks: Mutex<BTreeMap<String, HealthCheck>>,
+    deleted_references: Mutex<std::collections::HashSet<String>>,
+    /// The account's most health checks (Route53's default: 200); 0: no limit.
+    pub max_checks: AtomicUsize,
+    /// What GetHealthCheckStatus says of an IP's check (`healthy` when not set).
+    pub health: Mutex<HashMap<std::net::IpAddr, String>>,
+    /// The next CreateHealthCheck makes its check and then fails (its answer lost).
+    pub lose_next_create: std::sync::atomic::AtomicBool,
 }
 
 impl FakeRoute53 {
@@ -318,19 +333,28 @@ impl FakeRoute53 {
         fake
     }
 
-    /// The record set of that name and type, if any.
+    /// The simple record set of that name and type, if any.
     pub fn record(&self, zone: &str, name: &str, rtype: RecordType) -> Option<RecordSet> {
         lock(&self.zones)
             .get(zone)?
-            .get(&(name.to_string(), rtype))
+            .get(&(name.to_string(), rtype, None))
             .cloned()
+    }
+
+    /// The multivalue answer record sets of that name.
+    pub fn multivalue(&self, zone: &str, name: &str) -> Vec<RecordSet> {
+        let zones = lock(&self.zones);
+        let sets = zones.get(zone).into_iter().flat_map(|z| z.values());
+        sets.filter(|s| s.name == name && s.set_id.is_some())
+            .cloned()
+            .collect()
     }
 
     pub fn put_record(&self, zone: &str, set: RecordSet) {
         lock(&self.zones)
             .entry(zone.to_string())
             .or_default()
-            .insert((set.name.clone(), set.rtype), set);
+            .insert(record_key(&set), set);
     }
 
     pub fn calls(&self) -> Vec<String> {
@@ -455,34 +479,139 @@ impl Route53Api for FakeRoute53 {
                 "NoSuchHostedZone",
             )
         })?;
-        // All or nothing: validate every change first.
+        // All or nothing: applied to a copy, kept only if every change and the end state are
+        // valid (Route53 refuses a simple record set beside multivalue answers of its name and
+        // type).
+        let mut after = records.clone();
         for c in changes {
-            let key = (c.set.name.clone(), c.set.rtype);
+            let key = record_key(&c.set);
             match c.action {
-                Action::Create if records.contains_key(&key) => {
+                Action::Create if after.contains_key(&key) => {
                     return Err(invalid(format!("{} exists", c.set.name)))
                 }
-                Action::Delete if records.get(&key) != Some(&c.set) => {
+                Action::Delete if after.get(&key) != Some(&c.set) => {
                     return Err(invalid(format!("{} does not match", c.set.name)))
                 }
-                _ => {}
+                Action::Create | Action::Upsert => {
+                    after.insert(key, c.set.clone());
+                }
+                Action::Delete => {
+                    after.remove(&key);
+                }
             }
         }
         for c in changes {
-            let key = (c.set.name.clone(), c.set.rtype);
-            match c.action {
-                Action::Create | Action::Upsert => {
-                    records.insert(key, c.set.clone());
-                }
-                Action::Delete => {
-                    records.remove(&key);
-                }
+            let mixed = after
+                .values()
+                .filter(|s| s.name == c.set.name && s.rtype == c.set.rtype)
+                .map(|s| s.set_id.is_some())
+                .collect::<std::collections::BTreeSet<bool>>();
+            if mixed.len() > 1 {
+                return Err(invalid(format!(
+                    "{} would have simple and multivalue record sets",
+                    c.set.name
+                )));
             }
         }
+        *records = after;
         let mut made = lock(&self.changes);
         // Zero-padded: the ids sort in the order the changes were made.
         let id = format!("/change/CFAKE{:08}", made.len() + 1);
         made.insert(id.clone(), *lock(&self.pending_polls));
         Ok(id)
+    }
+
+    async fn health_checks(&self, zone: &str, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
+        self.enter("ListHealthChecks", zone, prefix.to_string())
+            .await?;
+        let checks = lock(&self.checks);
+        Ok(checks
+            .values()
+            .filter(|c| c.reference.starts_with(prefix))
+            .cloned()
+            .collect())
+    }
+
+    async fn create_health_check(
+        &self,
+        zone: &str,
+        reference: &str,
+        fqdn: &str,
+        ip: std::net::IpAddr,
+        spec: &CheckSpec,
+    ) -> Result<String, AwsError> {
+        self.enter("CreateHealthCheck", zone, format!("{fqdn} {ip} {spec}"))
+            .await?;
+        let refused = |code: &str| {
+            AwsError::new(
+                ErrorKind::Rejected,
+                "CreateHealthCheck",
+                zone,
+                format!("HTTP 400, {code}"),
+            )
+        };
+        let mut checks = lock(&self.checks);
+        // Route53's rules for a reference seen before.
+        if lock(&self.deleted_references).contains(reference) {
+            return Err(refused("HealthCheckAlreadyExists"));
+        }
+        if let Some(c) = checks.values().find(|c| c.reference == reference) {
+            if c.is(fqdn, &ip, spec) {
+                return Ok(c.id.clone());
+            }
+            return Err(refused("HealthCheckAlreadyExists"));
+        }
+        let max = self.max_checks.load(Ordering::SeqCst);
+        if max > 0 && checks.len() >= max {
+            return Err(refused("TooManyHealthChecks"));
+        }
+        let id = format!(
+            "hc-{:06}",
+            checks.len() + lock(&self.deleted_references).len() + 1
+        );
+        checks.insert(
+            id.clone(),
+            HealthCheck {
+                id: id.clone(),
+                reference: reference.to_string(),
+                ip,
+                fqdn: fqdn.to_string(),
+                spec: spec.clone(),
+            },
+        );
+        if self.lose_next_create.swap(false, Ordering::SeqCst) {
+            return Err(AwsError::new(
+                ErrorKind::Transient,
+                "CreateHealthCheck",
+                zone,
+                "injected: the answer was lost",
+            ));
+        }
+        Ok(id)
+    }
+
+    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError> {
+        self.enter("DeleteHealthCheck", zone, id.to_string())
+            .await?;
+        if let Some(c) = lock(&self.checks).remove(id) {
+            lock(&self.deleted_references).insert(c.reference);
+        }
+        Ok(())
+    }
+
+    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError> {
+        lock(&self.calls).push(format!("GetHealthCheckStatus {zone} {id}"));
+        let ip = lock(&self.checks).get(id).map(|c| c.ip).ok_or_else(|| {
+            AwsError::new(
+                ErrorKind::NotFound,
+                "GetHealthCheckStatus",
+                zone,
+                "NoSuchHealthCheck",
+            )
+        })?;
+        Ok(lock(&self.health)
+            .get(&ip)
+            .cloned()
+            .unwrap_or_else(|| "healthy".into()))
     }
 }

@@ -1,11 +1,13 @@
 //! Decorators that count every AWS call in [`Metrics`] by service, operation and result, around
 //! any implementation of the traits (so the SDK clients stay free of bookkeeping).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 
 use super::{AwsError, ChangeId, ChangeState, ElbApi, ErrorKind, Permit, Route53Api};
+use crate::health_check::{CheckSpec, HealthCheck};
 use crate::key::Target;
 use crate::metrics::Metrics;
 use crate::plan::{RecordChange, RecordSet, Registered};
@@ -114,6 +116,44 @@ impl Route53Api for MeteredRoute53 {
     async fn zone_size(&self, zone: &str) -> Result<u64, AwsError> {
         let r = self.inner.zone_size(zone).await;
         self.metrics.aws_call("route53", "get_zone", result(&r));
+        r
+    }
+
+    async fn health_checks(&self, zone: &str, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
+        let r = self.inner.health_checks(zone, prefix).await;
+        self.metrics
+            .aws_call("route53", "list_health_checks", result(&r));
+        r
+    }
+
+    async fn create_health_check(
+        &self,
+        zone: &str,
+        reference: &str,
+        fqdn: &str,
+        ip: IpAddr,
+        spec: &CheckSpec,
+    ) -> Result<String, AwsError> {
+        let r = self
+            .inner
+            .create_health_check(zone, reference, fqdn, ip, spec)
+            .await;
+        self.metrics
+            .aws_call("route53", "create_health_check", result(&r));
+        r
+    }
+
+    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError> {
+        let r = self.inner.delete_health_check(zone, id).await;
+        self.metrics
+            .aws_call("route53", "delete_health_check", result(&r));
+        r
+    }
+
+    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError> {
+        let r = self.inner.health_check_status(zone, id).await;
+        self.metrics
+            .aws_call("route53", "get_health_check_status", result(&r));
         r
     }
 }

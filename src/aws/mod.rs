@@ -13,7 +13,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_sdk_route53::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
+use std::net::IpAddr;
+
 use crate::fence::Fence;
+use crate::health_check::{CheckSpec, HealthCheck};
 use crate::key::Target;
 use crate::plan::{RecordChange, RecordSet, Registered};
 
@@ -82,8 +85,10 @@ impl Permit {
 /// The Route53 operations lbmanager needs.
 #[async_trait]
 pub trait Route53Api: Send + Sync + 'static {
-    /// The simple A and AAAA record sets named `fqdn` in `zone` (routing-policy and alias record
-    /// sets are not lbmanager's and are left out). An error is never "no records".
+    /// The simple A and AAAA record sets named `fqdn` in `zone`, and its multivalue answer sets
+    /// of lbmanager's shape (one value, which is their `SetIdentifier`; see
+    /// [`RecordSet::is_multivalue`]); other routing-policy and alias record sets are not
+    /// lbmanager's and are left out. An error is never "no records".
     async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError>;
     /// Every simple A and AAAA record set of `zone`, in as few pages as Route53 allows (300 a
     /// page): cheaper than one read per FQDN when many FQDNs are due at once.
@@ -98,6 +103,29 @@ pub trait Route53Api: Send + Sync + 'static {
     /// How many record sets `zone` holds, of every type and owner (GetHostedZone's
     /// `ResourceRecordSetCount`): what a read of the whole zone costs.
     async fn zone_size(&self, zone: &str) -> Result<u64, AwsError>;
+    /// The health checks of the account (that of `zone`'s client) whose `CallerReference` starts
+    /// with `reference_prefix` (see [`crate::health_check::Reference`]): ListHealthChecks, every
+    /// page.
+    async fn health_checks(
+        &self,
+        zone: &str,
+        reference_prefix: &str,
+    ) -> Result<Vec<HealthCheck>, AwsError>;
+    /// Creates the check `spec` asks for of `ip` under `fqdn` (CreateHealthCheck), idempotent for
+    /// one `reference`: Route53 answers a creation it already made with the same check. Its id.
+    async fn create_health_check(
+        &self,
+        zone: &str,
+        reference: &str,
+        fqdn: &str,
+        ip: IpAddr,
+        spec: &CheckSpec,
+    ) -> Result<String, AwsError>;
+    /// Deletes health check `id` (one Route53 no longer knows is deleted already).
+    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError>;
+    /// What Route53's health checkers last reported of check `id` (GetHealthCheckStatus), summed
+    /// up as Route53 decides (see [`crate::health_check::summarise`]).
+    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError>;
 }
 
 /// A Route53 change's id, as ChangeResourceRecordSets answers it (`/change/C2682N5HXP0BZ4`).
@@ -319,6 +347,7 @@ const NOT_FOUND_CODES: &[&str] = &[
     "NoSuchHostedZone",
     "TargetGroupNotFound",
     "NoSuchChange",
+    "NoSuchHealthCheck",
 ];
 
 /// Sorts an SDK error into an [`AwsError`]. A 5xx without a code (moto answers some errors with an

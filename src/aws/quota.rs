@@ -129,6 +129,18 @@ pub mod route53 {
         Get,
         /// GetHostedZone.
         GetZone,
+        /// A health-check call: ListHealthChecks, CreateHealthCheck, DeleteHealthCheck,
+        /// GetHealthCheckStatus, each with its own bucket (Route53 lists none of them otherwise).
+        Check(CheckCall),
+    }
+
+    /// The health-check operations lbmanager makes.
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    pub enum CheckCall {
+        List = 6,
+        Create = 7,
+        Delete = 8,
+        Status = 9,
     }
 
     /// The account's buckets, `share` of them; `changes` is AWS's change-throughput bucket.
@@ -141,8 +153,12 @@ pub mod route53 {
                 changes.scaled(share),
                 OPERATION.scaled(share),
                 OPERATION.scaled(share),
+                OPERATION.scaled(share),
+                OPERATION.scaled(share),
+                OPERATION.scaled(share),
+                OPERATION.scaled(share),
             ],
-            3,
+            4,
         )
     }
 
@@ -153,6 +169,8 @@ pub mod route53 {
             Call::Change(n) => (1, vec![(0, 1.0), (2, 1.0), (3, n)]),
             Call::Get => (2, vec![(0, 1.0), (4, 1.0)]),
             Call::GetZone => (2, vec![(0, 1.0), (5, 1.0)]),
+            // Their own queue: a burst of checks made waits behind no read of the zone.
+            Call::Check(op) => (3, vec![(0, 1.0), (op as usize, 1.0)]),
         }
     }
 

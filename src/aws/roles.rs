@@ -14,8 +14,10 @@ use async_trait::async_trait;
 use super::{
     AccountQuotas, AwsError, Backends, ChangeId, ChangeState, ElbApi, Permit, Quotas, Route53Api,
 };
+use crate::health_check::{CheckSpec, HealthCheck};
 use crate::key::Target;
 use crate::plan::{Health, RecordChange, RecordSet, Registered};
+use std::net::IpAddr;
 
 /// What a rule covers: `elb/REGION/NAME`, `elbv2/REGION/NAME` or `route53/ZONE_ID`, where any
 /// part may be `*`.
@@ -307,6 +309,38 @@ impl Route53Api for RoutedRoute53 {
 
     async fn zone_size(&self, zone: &str) -> Result<u64, AwsError> {
         self.routes.route53(zone).zone_size(zone).await
+    }
+
+    // A record set's health check must be the zone's account's: they go where the zone goes.
+    async fn health_checks(&self, zone: &str, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
+        self.routes.route53(zone).health_checks(zone, prefix).await
+    }
+
+    async fn create_health_check(
+        &self,
+        zone: &str,
+        reference: &str,
+        fqdn: &str,
+        ip: IpAddr,
+        spec: &CheckSpec,
+    ) -> Result<String, AwsError> {
+        let api = self.routes.route53(zone);
+        api.create_health_check(zone, reference, fqdn, ip, spec)
+            .await
+    }
+
+    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError> {
+        self.routes
+            .route53(zone)
+            .delete_health_check(zone, id)
+            .await
+    }
+
+    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError> {
+        self.routes
+            .route53(zone)
+            .health_check_status(zone, id)
+            .await
     }
 }
 

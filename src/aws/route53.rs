@@ -2,13 +2,15 @@
 
 use async_trait::async_trait;
 use aws_sdk_route53::types::{
-    Change, ChangeAction, ChangeBatch, ChangeStatus, ResourceRecord, ResourceRecordSet, RrType,
+    Change, ChangeAction, ChangeBatch, ChangeStatus, HealthCheckConfig, HealthCheckType,
+    ResourceRecord, ResourceRecordSet, RrType,
 };
 use aws_sdk_route53::Client;
 
-use super::quota::{self, route53::Call, Quota};
+use super::quota::{self, route53::Call, route53::CheckCall, Quota};
 use super::{classify, AwsError, ChangeId, ChangeState, ErrorKind, Quotas, Route53Api};
 use crate::fence::{Fence, FenceCheck};
+use crate::health_check::{CheckSpec, HealthCheck, Protocol};
 use crate::plan::{Action, RecordChange, RecordSet, RecordType};
 
 pub struct SdkRoute53 {
@@ -82,6 +84,9 @@ fn to_sdk(change: &RecordChange, target: &str) -> Result<Change, AwsError> {
         .map_err(|e| rejected(target, e))?;
     let set = ResourceRecordSet::builder()
         .name(format!("{}.", change.set.name))
+        .set_set_identifier(change.set.set_id.clone())
+        .set_multi_value_answer(change.set.set_id.as_ref().map(|_| true))
+        .set_health_check_id(change.set.health_check.clone())
         .r#type(match change.set.rtype {
             RecordType::A => RrType::A,
             RecordType::Aaaa => RrType::Aaaa,
@@ -99,6 +104,32 @@ fn to_sdk(change: &RecordChange, target: &str) -> Result<Change, AwsError> {
         .resource_record_set(set)
         .build()
         .map_err(|e| rejected(target, e))
+}
+
+/// One of lbmanager's checks as ListHealthChecks gives it (None: not of a shape lbmanager makes).
+fn from_sdk(check: &aws_sdk_route53::types::HealthCheck) -> Option<HealthCheck> {
+    let config = check.health_check_config()?;
+    let protocol = match config.r#type() {
+        HealthCheckType::Http => Protocol::Http,
+        HealthCheckType::Https => Protocol::Https,
+        HealthCheckType::Tcp => Protocol::Tcp,
+        _ => return None,
+    };
+    let path = match protocol {
+        Protocol::Tcp => None,
+        _ => Some(config.resource_path().unwrap_or("/").to_string()),
+    };
+    Some(HealthCheck {
+        id: check.id().to_string(),
+        reference: check.caller_reference().to_string(),
+        ip: config.ip_address()?.parse().ok()?,
+        fqdn: normalise_name(config.fully_qualified_domain_name()?),
+        spec: CheckSpec {
+            protocol,
+            port: u16::try_from(config.port()?).ok()?,
+            path,
+        },
+    })
 }
 
 /// Where a page of ListResourceRecordSets starts: name, type, set identifier.
@@ -146,18 +177,34 @@ impl SdkRoute53 {
                     RrType::Aaaa => RecordType::Aaaa,
                     _ => continue,
                 };
-                if !keep(&name) || set.set_identifier().is_some() || set.alias_target().is_some() {
+                let values: Vec<String> = set
+                    .resource_records()
+                    .iter()
+                    .map(|r| r.value().to_string())
+                    .collect();
+                // Multivalue answers of lbmanager's shape only: one value, its identifier.
+                let ours = match set.set_identifier() {
+                    None => true,
+                    Some(id) => {
+                        set.multi_value_answer() == Some(true)
+                            && values.len() == 1
+                            && values[0]
+                                .parse::<std::net::IpAddr>()
+                                .ok()
+                                .map(|ip| ip.to_string())
+                                == Some(id.to_string())
+                    }
+                };
+                if !keep(&name) || !ours || set.alias_target().is_some() {
                     continue;
                 }
                 found.push(RecordSet {
                     name,
                     rtype,
                     ttl: set.ttl().unwrap_or_default(),
-                    values: set
-                        .resource_records()
-                        .iter()
-                        .map(|r| r.value().to_string())
-                        .collect(),
+                    values,
+                    set_id: set.set_identifier().map(str::to_string),
+                    health_check: set.health_check_id().map(str::to_string),
                 });
             }
             match (
@@ -254,6 +301,130 @@ impl Route53Api for SdkRoute53 {
             .max(0) as u64)
     }
 
+    async fn health_checks(&self, zone: &str, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
+        let target = format!("route53/{zone}");
+        let mut found = Vec::new();
+        let mut marker = None;
+        loop {
+            quota::route53::take(&self.quota, Call::Check(CheckCall::List)).await;
+            let out = self
+                .client
+                .list_health_checks()
+                .set_marker(marker.take())
+                .max_items(1000)
+                .customize()
+                .config_override(
+                    aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
+                )
+                .send()
+                .await
+                .map_err(|e| classify("ListHealthChecks", &target, e))
+                .inspect_err(|e| self.note(e, Call::Check(CheckCall::List)))?;
+            for check in out.health_checks() {
+                if !check.caller_reference().starts_with(prefix) {
+                    continue;
+                }
+                if let Some(found_one) = from_sdk(check) {
+                    found.push(found_one);
+                }
+            }
+            match out.next_marker() {
+                Some(next) if out.is_truncated() => marker = Some(next.to_string()),
+                _ => return Ok(found),
+            }
+        }
+    }
+
+    async fn create_health_check(
+        &self,
+        zone: &str,
+        reference: &str,
+        fqdn: &str,
+        ip: std::net::IpAddr,
+        spec: &CheckSpec,
+    ) -> Result<String, AwsError> {
+        let target = format!("route53/{zone}/{fqdn}");
+        let config = HealthCheckConfig::builder()
+            .ip_address(ip.to_string())
+            .port(i32::from(spec.port))
+            .r#type(match spec.protocol {
+                Protocol::Http => HealthCheckType::Http,
+                Protocol::Https => HealthCheckType::Https,
+                Protocol::Tcp => HealthCheckType::Tcp,
+            })
+            .set_resource_path(spec.path.clone())
+            .fully_qualified_domain_name(fqdn)
+            .build()
+            .map_err(|e| {
+                AwsError::new(
+                    ErrorKind::Rejected,
+                    "CreateHealthCheck",
+                    &target,
+                    e.to_string(),
+                )
+            })?;
+        quota::route53::take(&self.quota, Call::Check(CheckCall::Create)).await;
+        let out = self
+            .client
+            .create_health_check()
+            .caller_reference(reference)
+            .health_check_config(config)
+            .send()
+            .await
+            .map_err(|e| classify("CreateHealthCheck", &target, e))
+            .inspect_err(|e| self.note(e, Call::Check(CheckCall::Create)))?;
+        Ok(out
+            .health_check()
+            .map(|c| c.id().to_string())
+            .unwrap_or_default())
+    }
+
+    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError> {
+        let target = format!("route53/{zone}");
+        quota::route53::take(&self.quota, Call::Check(CheckCall::Delete)).await;
+        match self
+            .client
+            .delete_health_check()
+            .health_check_id(id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match classify("DeleteHealthCheck", &target, e) {
+                // Gone already: what was wanted.
+                e if e.kind == ErrorKind::NotFound => Ok(()),
+                e => {
+                    self.note(&e, Call::Check(CheckCall::Delete));
+                    Err(e)
+                }
+            },
+        }
+    }
+
+    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError> {
+        let target = format!("route53/{zone}");
+        quota::route53::take(&self.quota, Call::Check(CheckCall::Status)).await;
+        let out = self
+            .client
+            .get_health_check_status()
+            .health_check_id(id)
+            .customize()
+            .config_override(
+                aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
+            )
+            .send()
+            .await
+            .map_err(|e| classify("GetHealthCheckStatus", &target, e))
+            .inspect_err(|e| self.note(e, Call::Check(CheckCall::Status)))?;
+        let reports: Vec<String> = out
+            .health_check_observations()
+            .iter()
+            .filter_map(|o| o.status_report().and_then(|r| r.status()))
+            .map(str::to_string)
+            .collect();
+        Ok(crate::health_check::summarise(&reports))
+    }
+
     async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {
         let target = format!("route53/{zone}");
         quota::route53::take(&self.quota, Call::Get).await;
@@ -289,6 +460,8 @@ mod tests {
                 rtype: RecordType::Aaaa,
                 ttl: 30,
                 values: vec!["2001:db8::2".into(), "2001:db8::1".into()],
+                set_id: None,
+                health_check: None,
             },
             added: vec![],
             removed: vec![],

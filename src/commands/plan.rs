@@ -39,6 +39,17 @@ pub struct LbPlan {
     pub foreign: Vec<String>,
 }
 
+/// How `run` would plan (its flags that matter to a plan).
+pub struct PlanHow {
+    /// `--route53-ttl`.
+    pub ttl: i64,
+    pub policy: Policy,
+    /// `--route53-health-check`.
+    pub health_checks: Vec<crate::health_check::HealthRule>,
+    /// The etcd prefix: whose health checks are lbmanager's.
+    pub prefix: String,
+}
+
 /// Plans every load balancer that has keys (and those recorded as managed, which `run` would
 /// empty). `rejected`: the refusals the running lbmanager recorded, by load balancer. `owned`:
 /// with `--ownership shared`, the members lbmanager added, by load balancer (only those are
@@ -48,10 +59,10 @@ pub async fn plan_all(
     managed: &BTreeSet<LbId>,
     rejected: &BTreeMap<LbId, crate::status::Rejections>,
     aws: &Backends,
-    ttl: i64,
-    policy: Policy,
+    how: &PlanHow,
     owned: Option<&HashMap<LbId, BTreeSet<String>>>,
 ) -> Vec<LbPlan> {
+    let policy = how.policy;
     let none = BTreeSet::new();
     let mut lbs: BTreeSet<LbId> = desired.load_balancers().cloned().collect();
     lbs.extend(managed.iter().cloned());
@@ -100,16 +111,33 @@ pub async fn plan_all(
                         let mine = o.get(&lb).unwrap_or(&none);
                         mine.iter().filter_map(|m| m.parse().ok()).collect()
                     });
-                    let (current, changes) = read_and_plan_fqdn(
+                    let want = crate::sync::zone::FqdnWant {
+                        lb: lb.clone(),
+                        fqdn: fqdn.clone(),
+                        ips: ips.clone(),
+                        cause: crate::sync::Cause::Startup,
+                        owned: ours.clone(),
+                        check: crate::health_check::rule_for(&how.health_checks, zone, fqdn)
+                            .cloned(),
+                    };
+                    let references = crate::health_check::Reference::zone_prefix(
+                        &crate::health_check::installation(&how.prefix),
+                        zone,
+                    );
+                    let fqdn_plan = read_and_plan_fqdn(
                         &*aws.route53,
                         zone,
-                        fqdn,
-                        &ips,
-                        ttl,
-                        policy,
-                        ours.as_ref(),
+                        &want,
+                        how.ttl,
+                        how.policy,
+                        &references,
                     )
                     .await?;
+                    let (current, changes) = (fqdn_plan.current, fqdn_plan.changes);
+                    for (ip, spec) in fqdn_plan.create_checks {
+                        plan.changes
+                            .push(format!("create health check {spec} of {ip}"));
+                    }
                     plan.actual = current.iter().flat_map(|s| s.values.clone()).collect();
                     if let Some(ours) = &ours {
                         plan.foreign = plan
@@ -121,11 +149,22 @@ pub async fn plan_all(
                             .collect();
                     }
                     for c in changes {
+                        let multivalue = match (&c.set.set_id, &c.set.health_check) {
+                            (Some(_), Some(id)) => format!(" (multivalue, health check {id})"),
+                            (Some(_), None) => " (multivalue)".to_string(),
+                            _ => String::new(),
+                        };
                         plan.changes.push(format!(
-                            "{} {} {}",
+                            "{} {} {}{multivalue}",
                             c.action.as_str(),
                             c.set.rtype,
                             c.set.values.join(",")
+                        ));
+                    }
+                    for check in fqdn_plan.delete_checks {
+                        plan.changes.push(format!(
+                            "delete health check {} ({} of {})",
+                            check.id, check.spec, check.ip
                         ));
                     }
                 }
@@ -205,6 +244,10 @@ pub fn render_table(plans: &[LbPlan]) -> String {
 pub async fn plan(args: PlanArgs) -> ExitCode {
     let run = &args.run;
     let log = crate::logging::logger(run.log_level.to_slog(), run.log_format);
+    if let Err(e) = run.check() {
+        error!(log, "bad flags"; "error" => e);
+        return ExitCode::from(2);
+    }
     let etcd_opts = match run.etcd.options() {
         Ok(opts) => opts,
         Err(e) => {
@@ -250,8 +293,12 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         &recorded,
         &records.rejected,
         &super::reach::backends(&sdk, run, &Fence::open(), None, &log).await,
-        run.route53_ttl,
-        run.policy.into(),
+        &PlanHow {
+            ttl: run.route53_ttl,
+            policy: run.policy.into(),
+            health_checks: run.route53_health_check.clone(),
+            prefix: run.etcd.prefix.clone(),
+        },
         (crate::ownership::Ownership::from(run.ownership) == crate::ownership::Ownership::Shared)
             .then_some(&records.owned),
     )
@@ -313,8 +360,12 @@ mod tests {
             &lbs,
             &BTreeMap::new(),
             &aws,
-            60,
-            Policy::Sync,
+            &PlanHow {
+                ttl: 60,
+                policy: Policy::Sync,
+                health_checks: vec![],
+                prefix: "/lbManager".into(),
+            },
             None,
         )
         .await;

@@ -27,6 +27,10 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         "etcd" => args.etcd.etcd_endpoints.join(","),
         "prefix" => &args.etcd.prefix,
         "aws_endpoint" => args.aws_endpoint_url.as_deref().unwrap_or("default"));
+    if let Err(e) = args.check() {
+        error!(log, "bad flags"; "error" => e);
+        return ExitCode::from(2);
+    }
     let etcd_opts = match args.etcd.options() {
         Ok(opts) => opts,
         Err(e) => {
@@ -85,6 +89,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         dry_run: args.dry_run,
         metrics: metrics.clone(),
         filters,
+        health_checks: args.route53_health_check.clone(),
         ..Settings::default()
     });
     if args.dry_run {

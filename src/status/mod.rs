@@ -344,7 +344,12 @@ pub fn elb_members(
 }
 
 /// A Route53 name's members: the values of its record sets, as the key grammar spells IPs.
-pub fn zone_members(sets: &[RecordSet], owned: Option<&BTreeSet<String>>) -> Vec<MemberState> {
+pub fn zone_members(
+    sets: &[RecordSet],
+    owned: Option<&BTreeSet<String>>,
+    health: &std::collections::BTreeMap<std::net::IpAddr, String>,
+    previous: Option<&LbStatus>,
+) -> Vec<MemberState> {
     let ips: BTreeSet<String> = sets
         .iter()
         .flat_map(|s| s.values.iter())
@@ -353,11 +358,28 @@ pub fn zone_members(sets: &[RecordSet], owned: Option<&BTreeSet<String>>) -> Vec
                 .map_or(v.clone(), |ip| ip.to_string())
         })
         .collect();
+    // `--route53-health-check`: Route53's word, as read now or (between resyncs) last.
+    let state = |member: &str| {
+        let checked = sets
+            .iter()
+            .any(|s| s.health_check.is_some() && s.values.iter().any(|v| v == member));
+        if !checked {
+            return None;
+        }
+        member
+            .parse()
+            .ok()
+            .and_then(|ip| health.get(&ip).cloned())
+            .or_else(|| {
+                let before = previous?.members.iter().find(|m| m.member == member)?;
+                before.state.clone()
+            })
+    };
     ips.into_iter()
         .map(|member| MemberState {
             foreign: owned.is_some_and(|o| !o.contains(&member)),
+            state: state(&member),
             member,
-            state: None,
         })
         .collect()
 }

@@ -76,31 +76,87 @@ pub fn ips_of(members: &BTreeSet<Member>) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-/// Reads one FQDN's record sets and plans them: what `plan` shows (`owned`: with `--ownership
-/// shared`, the values lbmanager added). The zone actor reads in batches and from what it
-/// remembers, then plans through [`plan_fqdn_values`] too, with the same rule for a zone that is
-/// gone.
+/// What `plan` shows for an FQDN.
+#[derive(Debug, Default)]
+pub struct FqdnPlan {
+    /// Its record sets.
+    pub current: Vec<RecordSet>,
+    pub changes: Vec<RecordChange>,
+    /// `--route53-health-check`: the checks to make first (value, check)…
+    pub create_checks: Vec<(IpAddr, crate::health_check::CheckSpec)>,
+    /// …and lbmanager's checks of the name to delete after.
+    pub delete_checks: Vec<crate::health_check::HealthCheck>,
+}
+
+/// Reads one FQDN's record sets (and, where they matter, the zone's checks whose references
+/// start with `references`) and plans them as the zone's actor does: what `plan` shows.
+/// `want.owned`: with `--ownership shared`, the values lbmanager added. The zone actor reads in
+/// batches and from what it remembers, then plans through [`plan_fqdn_values`] too, with the same
+/// rule for a zone that is gone.
 pub async fn read_and_plan_fqdn(
     api: &dyn Route53Api,
     zone: &str,
-    fqdn: &str,
-    ips: &BTreeSet<IpAddr>,
+    want: &zone::FqdnWant,
     ttl: i64,
     policy: Policy,
-    owned: Option<&BTreeSet<IpAddr>>,
-) -> Result<(Vec<RecordSet>, Vec<RecordChange>), AwsError> {
-    let current = match api.record_sets(zone, fqdn).await {
-        Err(e) if gone_is_in_step(&e, ips.is_empty()) => Vec::new(),
+    references: &str,
+) -> Result<FqdnPlan, AwsError> {
+    let current = match api.record_sets(zone, &want.fqdn).await {
+        Err(e) if gone_is_in_step(&e, want.ips.is_empty()) => Vec::new(),
         other => other?,
     };
-    let changes = plan_fqdn_values(fqdn, ips, &current, ttl, policy, owned);
-    Ok((current, changes))
+    let mut plan = FqdnPlan::default();
+    let listed = current.iter().any(|s| s.health_check.is_some()) || want.check.is_some();
+    let known = if listed {
+        let all = api.health_checks(zone, references).await?;
+        all.into_iter().filter(|c| c.fqdn == want.fqdn).collect()
+    } else {
+        Vec::new()
+    };
+    let checks = want.check.as_ref().map(|spec| {
+        let values = crate::plan::multivalue_values(&want.ips, &current, policy);
+        let mut checks = Checks::new();
+        for ip in values {
+            let id = known.iter().find(|c| c.is(&want.fqdn, &ip, spec));
+            if id.is_none() {
+                plan.create_checks.push((ip, spec.clone()));
+            }
+            checks.insert(ip, id.map(|c| c.id.clone()));
+        }
+        checks
+    });
+    let used: BTreeSet<&str> = checks
+        .iter()
+        .flat_map(|c| c.values().flatten())
+        .map(String::as_str)
+        .collect();
+    plan.delete_checks = known
+        .iter()
+        .filter(|c| !used.contains(c.id.as_str()))
+        .cloned()
+        .collect();
+    plan.changes = plan_fqdn_values(
+        &want.fqdn,
+        &want.ips,
+        &current,
+        ttl,
+        policy,
+        want.owned.as_ref(),
+        checks.as_ref(),
+    );
+    plan.current = current;
+    Ok(plan)
 }
 
 /// The changes `run` makes and `plan` shows for an FQDN: the values etcd wants (`ips`) against
 /// its record sets (`current`), with `--ownership shared`'s values of others (those not in
 /// `owned`) kept, and their TTL. Both commands plan through this one function, so that they never
 /// disagree.
+///
+/// `checks`: the FQDN is in a `--route53-health-check` scope, and these are its values' checks:
+/// it is published as multivalue answers ([`crate::plan::plan_multivalue`]). Out of every scope,
+/// lbmanager's multivalue answers of it (left by a run with the flag) go in the same batch as the
+/// simple record set that replaces them.
 pub fn plan_fqdn_values(
     fqdn: &str,
     ips: &BTreeSet<IpAddr>,
@@ -108,16 +164,64 @@ pub fn plan_fqdn_values(
     ttl: i64,
     policy: Policy,
     owned: Option<&BTreeSet<IpAddr>>,
+    checks: Option<&Checks>,
 ) -> Vec<RecordChange> {
+    if let Some(checks) = checks {
+        let want = crate::plan::multivalue_values(ips, current, policy);
+        return crate::plan::plan_multivalue(fqdn, &want, current, ttl, checks);
+    }
+    let (multi, simple): (Vec<RecordSet>, Vec<RecordSet>) =
+        current.iter().cloned().partition(RecordSet::is_multivalue);
+    let mut ips = ips.clone();
+    if policy == Policy::UpsertOnly {
+        ips.extend(
+            multi
+                .iter()
+                .flat_map(|s| s.values.iter())
+                .filter_map(|v| v.parse::<IpAddr>().ok()),
+        );
+    }
+    let mut changes: Vec<RecordChange> = multi
+        .into_iter()
+        .map(|set| RecordChange {
+            action: crate::plan::Action::Delete,
+            removed: set
+                .values
+                .iter()
+                .filter_map(|v| v.parse().ok())
+                .filter(|ip| !ips.contains(ip))
+                .collect(),
+            added: vec![],
+            set,
+        })
+        .collect();
+    let switching = !changes.is_empty();
     let (ips, ttl) = match owned {
         Some(owned) => (
-            crate::ownership::with_foreign(ips, current, owned),
-            crate::ownership::shared_ttl(current, owned, ttl),
+            crate::ownership::with_foreign(&ips, &simple, owned),
+            crate::ownership::shared_ttl(&simple, owned, ttl),
         ),
-        None => (ips.clone(), ttl),
+        None => (ips, ttl),
     };
-    plan_fqdn(fqdn, &ips, current, ttl, policy)
+    let mut simple_changes = plan_fqdn(fqdn, &ips, &simple, ttl, policy);
+    if switching {
+        // The values were there (as multivalue answers): only those new are added.
+        let had: BTreeSet<IpAddr> = changes
+            .iter()
+            .flat_map(|c| c.set.values.iter())
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        for c in &mut simple_changes {
+            c.added.retain(|ip| !had.contains(ip));
+        }
+    }
+    changes.extend(simple_changes);
+    changes
 }
+
+/// The health check of each value of an FQDN in a `--route53-health-check` scope (None: it could
+/// not be made).
+pub type Checks = std::collections::BTreeMap<IpAddr, Option<String>>;
 
 /// The changes `run` makes and `plan` shows for an ELB or target group: what etcd wants
 /// (`desired`) against what AWS has, with `--ownership shared`'s members of others (those not in
@@ -205,5 +309,106 @@ mod tests {
         assert_eq!(changes.over_limit.len(), 5);
         let after = actual.members.len() - changes.deregister.len() + changes.register.len();
         assert_eq!(after, crate::plan::MAX_ELB_MEMBERS);
+    }
+
+    fn multi(ip: &str, check: &str) -> RecordSet {
+        RecordSet {
+            name: "www.example.com".into(),
+            rtype: if ip.contains(':') {
+                crate::plan::RecordType::Aaaa
+            } else {
+                crate::plan::RecordType::A
+            },
+            ttl: 60,
+            values: vec![ip.into()],
+            set_id: Some(ip.into()),
+            health_check: Some(check.into()),
+        }
+    }
+
+    fn addrs(list: &[&str]) -> BTreeSet<IpAddr> {
+        list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// Into a scope: the simple record set's DELETE and a multivalue CREATE per value, each with
+    /// its check, in one plan (one batch: no moment without an answer); out of every scope, the
+    /// other way round. In step, nothing.
+    #[test]
+    fn simple_and_multivalue_switch_in_one_batch() {
+        use crate::plan::{Action, RecordType};
+        let ips = addrs(&["192.0.2.1", "192.0.2.2"]);
+        let simple = RecordSet::simple(
+            "www.example.com",
+            RecordType::A,
+            60,
+            vec!["192.0.2.1".into(), "192.0.2.2".into()],
+        );
+        let checks: Checks = [
+            ("192.0.2.1".parse().unwrap(), Some("hc-1".to_string())),
+            ("192.0.2.2".parse().unwrap(), Some("hc-2".to_string())),
+        ]
+        .into();
+        let fqdn = "www.example.com";
+        let into = plan_fqdn_values(
+            fqdn,
+            &ips,
+            std::slice::from_ref(&simple),
+            60,
+            Policy::Sync,
+            None,
+            Some(&checks),
+        );
+        let actions: Vec<Action> = into.iter().map(|c| c.action).collect();
+        assert_eq!(actions, [Action::Delete, Action::Create, Action::Create]);
+        assert_eq!(into[0].set, simple);
+        assert!(into[0].removed.is_empty(), "the values stay: {into:?}");
+        assert_eq!(into[1].set, multi("192.0.2.1", "hc-1"));
+        assert_eq!(into[2].set, multi("192.0.2.2", "hc-2"));
+        assert!(into.iter().all(|c| c.added.is_empty()));
+        // Done: in step.
+        let now = [multi("192.0.2.1", "hc-1"), multi("192.0.2.2", "hc-2")];
+        let same = plan_fqdn_values(fqdn, &ips, &now, 60, Policy::Sync, None, Some(&checks));
+        assert!(same.is_empty(), "{same:?}");
+        // A value goes; one comes; a check changes.
+        let next = addrs(&["192.0.2.2", "192.0.2.3"]);
+        let checks: Checks = [
+            ("192.0.2.2".parse().unwrap(), Some("hc-9".to_string())),
+            ("192.0.2.3".parse().unwrap(), Some("hc-3".to_string())),
+        ]
+        .into();
+        let moved = plan_fqdn_values(fqdn, &next, &now, 60, Policy::Sync, None, Some(&checks));
+        let summary: Vec<(Action, &str, Option<&str>)> = moved
+            .iter()
+            .map(|c| {
+                (
+                    c.action,
+                    c.set.values[0].as_str(),
+                    c.set.health_check.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (Action::Delete, "192.0.2.1", Some("hc-1")),
+                (Action::Upsert, "192.0.2.2", Some("hc-9")),
+                (Action::Create, "192.0.2.3", Some("hc-3")),
+            ]
+        );
+        assert_eq!(
+            moved[0].removed,
+            vec!["192.0.2.1".parse::<IpAddr>().unwrap()]
+        );
+        // Out of every scope: the multivalue answers go and one simple set comes, in one plan.
+        let out = plan_fqdn_values(fqdn, &ips, &now, 60, Policy::Sync, None, None);
+        let actions: Vec<Action> = out.iter().map(|c| c.action).collect();
+        assert_eq!(actions, [Action::Delete, Action::Delete, Action::Create]);
+        assert_eq!(out[2].set, simple);
+        assert!(out
+            .iter()
+            .all(|c| c.added.is_empty() && c.removed.is_empty()));
+        // Upsert-only keeps every value it had, in either direction.
+        let kept = plan_fqdn_values(fqdn, &addrs(&[]), &now, 60, Policy::UpsertOnly, None, None);
+        assert_eq!(kept.last().unwrap().set, simple);
     }
 }

@@ -2,15 +2,16 @@
 //! takes fewer calls, or from what the zone remembers), plan, and apply in as few calls as Route53
 //! allows.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use slog::{info, warn, Logger};
 
-use super::{gone_is_in_step, plan_fqdn_values, Cause, SyncOptions};
+use super::{gone_is_in_step, plan_fqdn_values, Cause, Checks, SyncOptions};
 use crate::aws::{AwsError, ChangeId, ErrorKind, Route53Api};
 use crate::etcd::OwnershipWrites;
+use crate::health_check::{CheckSpec, HealthCheck};
 use crate::key::LbId;
 use crate::layout::Layout;
 use crate::plan::{pack_batches, Action, Policy, RecordChange, RecordSet};
@@ -23,6 +24,37 @@ pub struct ZoneCache {
     /// How many record sets it holds, of every type and owner (None: Route53 would not say), and
     /// when it was asked.
     pub size: Option<(Option<u64>, Instant)>,
+    /// `--route53-health-check`: the zone's checks (None: not listed yet, or the list failed).
+    pub checks: Option<Vec<HealthCheck>>,
+    /// The start of its checks' `CallerReference` (see [`Reference`]); set by the zone's actor.
+    pub reference_prefix: String,
+    /// The reference of each creation under way (kept for its retries, so a creation whose
+    /// answer was lost makes no second check).
+    pub creating: HashMap<(String, IpAddr, CheckSpec), String>,
+    /// The last nonce given to a reference: each is new.
+    pub nonce: u64,
+    /// Values whose check Route53 refused to make (said once).
+    pub refused: HashSet<(String, IpAddr)>,
+}
+
+impl ZoneCache {
+    /// The cache of a zone whose checks' references start with `reference_prefix`.
+    pub fn new(reference_prefix: String) -> Self {
+        ZoneCache {
+            reference_prefix,
+            ..ZoneCache::default()
+        }
+    }
+
+    /// A new reference for a check of this zone.
+    fn reference(&mut self) -> String {
+        // Milliseconds and a random thousandth: new across restarts and leaders too.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.nonce = (now * 1000 + fastrand::u64(..1000)).max(self.nonce + 1);
+        format!("{}{:x}", self.reference_prefix, self.nonce)
+    }
 }
 
 /// The record sets one page of ListResourceRecordSets holds at most.
@@ -53,6 +85,8 @@ pub struct FqdnWant {
     pub cause: Cause,
     /// `--ownership shared`: the values lbmanager added (the others' are kept).
     pub owned: Option<BTreeSet<IpAddr>>,
+    /// `--route53-health-check`: published as multivalue answers, each value with this check.
+    pub check: Option<CheckSpec>,
 }
 
 /// How one FQDN's sync in a zone batch ended.
@@ -71,6 +105,9 @@ pub struct FqdnResult {
     /// The Route53 change that carried this FQDN's changes (none: nothing to change), `PENDING`
     /// until every Route53 name server has it.
     pub change: Option<ChangeId>,
+    /// `--route53-health-check`: each value's health as Route53's checkers last reported it
+    /// (read at start-up and at each resync).
+    pub health: BTreeMap<IpAddr, String>,
 }
 
 /// Where `--ownership shared` records the values lbmanager adds.
@@ -94,6 +131,8 @@ pub async fn sync_zone(
 ) -> Vec<FqdnResult> {
     let mut run = ZoneRun::new(zone, batch);
     run.read(api, options, cache, log).await;
+    run.list_checks(api, cache, log).await;
+    run.make_checks(api, options, cache, log).await;
     let groups = run.plan(options, cache);
     if options.dry_run {
         for (i, changes) in &groups {
@@ -111,6 +150,8 @@ pub async fn sync_zone(
     if let Some(recorder) = &recorder {
         run.release(recorder, cache).await;
     }
+    run.drop_checks(api, cache, log).await;
+    run.read_health(api, cache, log).await;
     run.finish(cache)
 }
 
@@ -127,6 +168,9 @@ struct ZoneRun<'a> {
     ttl_before: Vec<Option<i64>>,
     /// The change that carried each FQDN's changes.
     changes: Vec<Option<ChangeId>>,
+    /// `--route53-health-check`: each value's check, for FQDNs in a scope.
+    checks: Vec<Option<Checks>>,
+    health: Vec<BTreeMap<IpAddr, String>>,
 }
 
 impl<'a> ZoneRun<'a> {
@@ -139,6 +183,8 @@ impl<'a> ZoneRun<'a> {
             due: Vec::new(),
             ttl_before: vec![None; batch.len()],
             changes: vec![None; batch.len()],
+            checks: vec![None; batch.len()],
+            health: vec![BTreeMap::new(); batch.len()],
         }
     }
 
@@ -229,12 +275,230 @@ impl<'a> ZoneRun<'a> {
                 options.route53_ttl,
                 options.policy,
                 desire.owned.as_ref(),
+                self.checks[i].as_ref(),
             );
             if !changes.is_empty() {
                 groups.push((i, changes));
             }
         }
         groups
+    }
+
+    /// `--route53-health-check`: lists the zone's checks when they matter and are not known (or
+    /// on a full read, which catches a check deleted by hand): when a name of the batch is in a
+    /// scope, or has lbmanager's multivalue answers with checks (left by a run with the flag, to
+    /// be switched back). A zone without either makes no health-check call at all.
+    async fn list_checks(&mut self, api: &dyn Route53Api, cache: &mut ZoneCache, log: &Logger) {
+        let batch = self.batch;
+        let with_checks = |i: usize| {
+            batch[i].check.is_some()
+                || cache
+                    .sets
+                    .get(&batch[i].fqdn)
+                    .is_some_and(|sets| sets.iter().any(|s| s.health_check.is_some()))
+        };
+        let needed: Vec<usize> = (0..batch.len())
+            .filter(|&i| self.results[i].is_ok() && with_checks(i))
+            .collect();
+        let full = needed.iter().any(|&i| {
+            matches!(
+                batch[i].cause,
+                Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
+            )
+        });
+        if needed.is_empty() || (cache.checks.is_some() && !full) {
+            return;
+        }
+        match api.health_checks(self.zone, &cache.reference_prefix).await {
+            Ok(checks) => cache.checks = Some(checks),
+            Err(e) => {
+                warn!(log, "could not list the zone's Route53 health checks (grant \
+                    route53:ListHealthChecks); its names in a --route53-health-check scope wait";
+                    "error" => %e);
+                cache.checks = None;
+                for i in needed {
+                    if batch[i].check.is_some() {
+                        self.results[i] = Err(e.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the checks missing for the values of the names in a scope, before any record set
+    /// names them. A value whose check Route53 refuses (`TooManyHealthChecks` past the account's
+    /// limit, say) is said once and published without one (Route53 then takes it for healthy);
+    /// a failure retrying can fix fails the name's sync (retried).
+    async fn make_checks(
+        &mut self,
+        api: &dyn Route53Api,
+        options: &SyncOptions,
+        cache: &mut ZoneCache,
+        log: &Logger,
+    ) {
+        let batch = self.batch;
+        for (i, desire) in batch.iter().enumerate() {
+            let (Some(spec), Ok(()), Some(_)) = (&desire.check, &self.results[i], &cache.checks)
+            else {
+                continue;
+            };
+            let current = cache.sets.get(&desire.fqdn).cloned().unwrap_or_default();
+            let mut checks = Checks::new();
+            for ip in crate::plan::multivalue_values(&desire.ips, &current, options.policy) {
+                let known = cache
+                    .checks
+                    .iter()
+                    .flatten()
+                    .find(|c| c.is(&desire.fqdn, &ip, spec));
+                if let Some(c) = known {
+                    checks.insert(ip, Some(c.id.clone()));
+                    continue;
+                }
+                if options.dry_run {
+                    info!(log, "would create health check"; "lb" => desire.lb.to_string(),
+                        "value" => %ip, "check" => %spec);
+                    checks.insert(ip, None);
+                    continue;
+                }
+                let key = (desire.fqdn.clone(), ip, spec.clone());
+                let mut reference = match cache.creating.get(&key) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = cache.reference();
+                        cache.creating.insert(key.clone(), r.clone());
+                        r
+                    }
+                };
+                let mut made = api
+                    .create_health_check(self.zone, &reference, &desire.fqdn, ip, spec)
+                    .await;
+                if made
+                    .as_ref()
+                    .is_err_and(|e| e.message.contains("HealthCheckAlreadyExists"))
+                {
+                    // The reference is spent (a check since deleted had it): a new one, once.
+                    reference = cache.reference();
+                    cache.creating.insert(key.clone(), reference.clone());
+                    made = api
+                        .create_health_check(self.zone, &reference, &desire.fqdn, ip, spec)
+                        .await;
+                }
+                match made {
+                    Ok(id) => {
+                        info!(log, "created health check"; "lb" => desire.lb.to_string(),
+                            "value" => %ip, "check" => %spec, "health_check" => &id,
+                            "cause" => %desire.cause);
+                        cache.creating.remove(&key);
+                        cache.refused.remove(&(desire.fqdn.clone(), ip));
+                        if let Some(list) = cache.checks.as_mut() {
+                            list.push(HealthCheck {
+                                id: id.clone(),
+                                reference,
+                                ip,
+                                fqdn: desire.fqdn.clone(),
+                                spec: spec.clone(),
+                            });
+                        }
+                        checks.insert(ip, Some(id));
+                    }
+                    Err(e) if e.is_retryable() => {
+                        self.results[i] = Err(e);
+                        break;
+                    }
+                    Err(e) => {
+                        // This reference is spent (Route53 keeps refusing it): the next try
+                        // makes a new one.
+                        cache.creating.remove(&key);
+                        if cache.refused.insert((desire.fqdn.clone(), ip)) {
+                            warn!(log, "Route53 refused to make a value's health check; the value \
+                                is published without one (answered as healthy) and the check is \
+                                tried again at each sync (README, Limits)";
+                                "lb" => desire.lb.to_string(), "value" => %ip, "error" => %e);
+                        }
+                        checks.insert(ip, None);
+                    }
+                }
+            }
+            self.checks[i] = Some(checks);
+        }
+    }
+
+    /// Deletes the zone's checks of the batch's names that no record set names any longer (the
+    /// value gone, its check changed, the name out of every scope), once the batch that stopped
+    /// naming them is in. A deletion that fails fails the name's sync: retried, and the name is
+    /// not retired before its checks are gone.
+    async fn drop_checks(&mut self, api: &dyn Route53Api, cache: &mut ZoneCache, log: &Logger) {
+        let batch = self.batch;
+        for (i, desire) in batch.iter().enumerate() {
+            let Some(known) = cache.checks.as_ref() else {
+                return;
+            };
+            if self.results[i].is_err() {
+                continue;
+            }
+            let named: HashSet<&str> = cache
+                .sets
+                .get(&desire.fqdn)
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.health_check.as_deref())
+                .collect();
+            let unused: Vec<HealthCheck> = known
+                .iter()
+                .filter(|c| c.fqdn == desire.fqdn && !named.contains(c.id.as_str()))
+                .cloned()
+                .collect();
+            for check in unused {
+                match api.delete_health_check(self.zone, &check.id).await {
+                    Ok(()) => {
+                        info!(log, "deleted health check no record set uses";
+                            "lb" => desire.lb.to_string(), "value" => %check.ip,
+                            "check" => %check.spec, "health_check" => &check.id,
+                            "cause" => %desire.cause);
+                        if let Some(list) = cache.checks.as_mut() {
+                            list.retain(|c| c.id != check.id);
+                        }
+                    }
+                    Err(e) => {
+                        self.results[i] = Err(e);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads the health Route53's checkers report of each value of the names in a scope (one
+    /// GetHealthCheckStatus per value), at start-up and at each resync only: between them, a
+    /// value's health is what was read last. A failed read is no failed sync.
+    async fn read_health(&mut self, api: &dyn Route53Api, cache: &ZoneCache, log: &Logger) {
+        for (i, desire) in self.batch.iter().enumerate() {
+            let full = matches!(
+                desire.cause,
+                Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
+            );
+            if !full || desire.check.is_none() || self.results[i].is_err() {
+                continue;
+            }
+            let sets = cache.sets.get(&desire.fqdn).into_iter().flatten();
+            for set in sets {
+                let (Some(id), Some(ip)) = (&set.health_check, set.values.first()) else {
+                    continue;
+                };
+                let Ok(ip) = ip.parse::<IpAddr>() else {
+                    continue;
+                };
+                match api.health_check_status(self.zone, id).await {
+                    Ok(state) => {
+                        self.health[i].insert(ip, state);
+                    }
+                    Err(e) => {
+                        slog::debug!(log, "could not read a health check's status";
+                            "health_check" => id, "error" => %e);
+                    }
+                }
+            }
+        }
     }
 
     /// Shared: records in etcd the values this sync is about to add, before it adds them.
@@ -389,6 +653,7 @@ impl<'a> ZoneRun<'a> {
                 owned,
                 ttl_before: None,
                 change: None,
+                health: BTreeMap::new(),
             })
             .collect()
     }
@@ -397,6 +662,7 @@ impl<'a> ZoneRun<'a> {
     fn finish(self, cache: &ZoneCache) -> Vec<FqdnResult> {
         let (batch, due, ttl_before) = (self.batch, self.due, self.ttl_before);
         let mut changes = self.changes;
+        let mut health = self.health;
         self.results
             .into_iter()
             .zip(self.owned)
@@ -411,6 +677,7 @@ impl<'a> ZoneRun<'a> {
                 result,
                 from_cache: !due.contains(&i),
                 ttl_before: ttl_before[i],
+                health: std::mem::take(&mut health[i]),
             })
             .collect()
     }
@@ -429,7 +696,7 @@ fn gone_is_empty(desire: &FqdnWant, e: AwsError) -> Result<(), AwsError> {
 fn applied(cache: &mut ZoneCache, fqdn: &str, changes: &[RecordChange]) {
     let sets = cache.sets.entry(fqdn.to_string()).or_default();
     for c in changes {
-        sets.retain(|s| s.rtype != c.set.rtype);
+        sets.retain(|s| s.rtype != c.set.rtype || s.set_id != c.set.set_id);
         if c.action != Action::Delete {
             sets.push(c.set.clone());
         }
@@ -497,6 +764,7 @@ mod tests {
                 ips: [format!("192.0.2.{i}").parse().unwrap()].into(),
                 cause,
                 owned: None,
+                check: None,
             })
             .collect()
     }
@@ -540,5 +808,170 @@ mod tests {
             "{:?}",
             &r53.calls()[before..]
         );
+    }
+
+    fn checked(ips: &[&str], cause: Cause, spec: Option<&CheckSpec>) -> Vec<FqdnWant> {
+        let mut w = wants(1, cause);
+        w[0].fqdn = "www.example.com".into();
+        w[0].ips = ips.iter().map(|s| s.parse().unwrap()).collect();
+        w[0].check = spec.cloned();
+        w
+    }
+
+    fn ids(r53: &FakeRoute53) -> Vec<(String, String)> {
+        let checks = r53.checks.lock().unwrap();
+        checks
+            .values()
+            .map(|c| (c.id.clone(), c.ip.to_string()))
+            .collect()
+    }
+
+    /// The multivalue life cycle against a fake Route53 that keeps CallerReference as Route53
+    /// does: values come with their checks (made first), a value goes with its check (deleted
+    /// after), a restart makes no second check, a creation whose answer was lost neither, a
+    /// value added again gets a new check, and without the flag the name is one simple record
+    /// set again and its checks are gone. A name outside the scope is left simple throughout.
+    #[tokio::test]
+    async fn multivalue_answers_and_their_checks_live_and_die_with_the_values() {
+        use crate::plan::RecordType;
+        let r53 = FakeRoute53::with_zones(&["Z1"]);
+        let options = SyncOptions {
+            policy: Policy::Sync,
+            dry_run: false,
+            route53_ttl: 60,
+        };
+        let log = Logger::root(slog::Discard, slog::o!());
+        let spec = crate::health_check::parse_rule("route53/Z1/*=HTTP:80/health")
+            .unwrap()
+            .spec;
+        let prefix = "lbm-00000000-Z1-".to_string();
+        let mut cache = ZoneCache::new(prefix.clone());
+        let two = ["192.0.2.1", "192.0.2.2"];
+        let mut batch = checked(&two, Cause::Startup, Some(&spec));
+        let mut plain = wants(1, Cause::Startup);
+        plain[0].fqdn = "plain.example.com".into();
+        batch.extend(plain.clone());
+        let r = sync_zone(&r53, "Z1", &batch, &options, &mut cache, &log, None).await;
+        assert!(r.iter().all(|r| r.result.is_ok()), "{r:?}");
+        let sets = r53.multivalue("Z1", "www.example.com");
+        assert_eq!(sets.len(), 2);
+        let made = ids(&r53);
+        assert_eq!(made.len(), 2);
+        for set in &sets {
+            let check = r53.checks.lock().unwrap()[set.health_check.as_ref().unwrap()].clone();
+            assert_eq!(check.ip.to_string(), set.values[0]);
+            assert_eq!(
+                (check.fqdn.as_str(), &check.spec),
+                ("www.example.com", &spec)
+            );
+            assert!(check.reference.starts_with(&prefix) && check.reference.len() <= 64);
+        }
+        assert!(r53.record("Z1", "www.example.com", RecordType::A).is_none());
+        assert!(r53
+            .record("Z1", "plain.example.com", RecordType::A)
+            .is_some());
+        assert!(r53.multivalue("Z1", "plain.example.com").is_empty());
+        // Check made before the record set that names it.
+        let calls = r53.calls();
+        let create = calls
+            .iter()
+            .position(|c| c.starts_with("CreateHealthCheck"))
+            .unwrap();
+        let change = calls
+            .iter()
+            .position(|c| c.starts_with("ChangeResource"))
+            .unwrap();
+        assert!(create < change, "{calls:?}");
+
+        // A value goes: its record set, then its check.
+        let one = checked(&two[..1], Cause::EtcdEvent, Some(&spec));
+        let r = sync_zone(&r53, "Z1", &one, &options, &mut cache, &log, None).await;
+        assert!(r[0].result.is_ok(), "{r:?}");
+        assert_eq!(r53.multivalue("Z1", "www.example.com").len(), 1);
+        assert_eq!(ids(&r53), made[..1].to_vec());
+
+        // A restart (a new cache): no second check.
+        let mut cache = ZoneCache::new(prefix.clone());
+        let start = checked(&two[..1], Cause::Startup, Some(&spec));
+        let r = sync_zone(&r53, "Z1", &start, &options, &mut cache, &log, None).await;
+        assert!(r[0].result.is_ok());
+        assert_eq!(ids(&r53), made[..1].to_vec());
+        assert_eq!(
+            r[0].health
+                .get(&two[0].parse().unwrap())
+                .map(String::as_str),
+            Some("healthy")
+        );
+
+        // The value added again, the creation's answer lost: retried with the same reference,
+        // Route53 answers with the check it made; one check, a new one (its old reference is
+        // spent).
+        r53.lose_next_create.store(true, Ordering::SeqCst);
+        let again = checked(&two, Cause::EtcdEvent, Some(&spec));
+        let r = sync_zone(&r53, "Z1", &again, &options, &mut cache, &log, None).await;
+        assert!(
+            r[0].result.is_err(),
+            "the lost answer fails the sync (retried): {:?} {r:?}",
+            r53.calls()
+        );
+        let r = sync_zone(&r53, "Z1", &again, &options, &mut cache, &log, None).await;
+        assert!(r[0].result.is_ok(), "{r:?}");
+        assert_eq!(ids(&r53).len(), 2, "{:?}", ids(&r53));
+        assert_eq!(r53.multivalue("Z1", "www.example.com").len(), 2);
+
+        // Health as Route53's checkers report it, read at a resync.
+        r53.health
+            .lock()
+            .unwrap()
+            .insert(two[1].parse().unwrap(), "unhealthy".into());
+        let resync = checked(&two, Cause::Resync, Some(&spec));
+        let r = sync_zone(&r53, "Z1", &resync, &options, &mut cache, &log, None).await;
+        assert_eq!(
+            r[0].health
+                .get(&two[1].parse().unwrap())
+                .map(String::as_str),
+            Some("unhealthy")
+        );
+
+        // Restarted without the flag: one simple record set, and no check left.
+        let mut cache = ZoneCache::new(prefix.clone());
+        let mut off = checked(&two, Cause::Startup, None);
+        off.extend(plain);
+        let r = sync_zone(&r53, "Z1", &off, &options, &mut cache, &log, None).await;
+        assert!(r.iter().all(|r| r.result.is_ok()), "{r:?}");
+        assert!(r53.multivalue("Z1", "www.example.com").is_empty());
+        let simple = r53.record("Z1", "www.example.com", RecordType::A).unwrap();
+        assert_eq!(simple.values, ["192.0.2.1", "192.0.2.2"]);
+        assert!(ids(&r53).is_empty());
+        let switches = r53
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("ChangeResource") && c.contains("www.example.com"))
+            .count();
+        assert_eq!(switches, 4, "each switch is one batch: {:?}", r53.calls());
+    }
+
+    /// Past the account's limit of health checks, the values whose check Route53 refuses are
+    /// published without one (Route53 answers them as healthy); the others keep theirs.
+    #[tokio::test]
+    async fn past_the_limit_of_checks_a_value_is_published_without_one() {
+        let r53 = FakeRoute53::with_zones(&["Z1"]);
+        r53.max_checks.store(1, Ordering::SeqCst);
+        let options = SyncOptions {
+            policy: Policy::Sync,
+            dry_run: false,
+            route53_ttl: 60,
+        };
+        let log = Logger::root(slog::Discard, slog::o!());
+        let spec = crate::health_check::parse_rule("route53/*/*=TCP:443")
+            .unwrap()
+            .spec;
+        let mut cache = ZoneCache::new("lbm-00000000-Z1-".into());
+        let batch = checked(&["192.0.2.1", "192.0.2.2"], Cause::Startup, Some(&spec));
+        let r = sync_zone(&r53, "Z1", &batch, &options, &mut cache, &log, None).await;
+        assert!(r[0].result.is_ok(), "{r:?}");
+        let sets = r53.multivalue("Z1", "www.example.com");
+        let with: Vec<bool> = sets.iter().map(|s| s.health_check.is_some()).collect();
+        assert_eq!(with, [true, false]);
     }
 }
