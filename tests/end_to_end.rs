@@ -261,3 +261,132 @@ async fn original_credential_names_are_accepted() {
     .await;
     assert!(!daemon.log().contains(AWS_SECRET));
 }
+
+/// `--route53-health-check`, against moto behind a proxy that keeps `CallerReference` as Route53
+/// does (moto ignores it): the names of the scope become multivalue answers, each value with a
+/// check of its IP (one check, though the first creation's answer is lost); a value removed takes
+/// its check with it; a restart makes no second check; a value added again gets a new one; a
+/// restart without the flag makes the name one simple record set again and deletes the checks.
+/// A name outside the scope is one simple record set throughout; `plan` is in step after each
+/// sync; `status` shows each value's health.
+#[tokio::test]
+async fn route53_multivalue_answers_with_health_checks_through_their_life() {
+    use lbmanager_testkit::route53::Route53Proxy;
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let zone = aws.create_zone("example.com").await;
+    let proxy = Route53Proxy::start(moto.port, std::time::Duration::ZERO);
+    let key = |fqdn: &str, ip: &str| format!("{P}/route53/us-east-1/{zone}/{fqdn}/multiple/{ip}");
+    for ip in ["192.0.2.1", "192.0.2.2"] {
+        etcd.put(&key("www.example.com", ip)).await;
+    }
+    etcd.put(&key("plain.example.com", "192.0.2.9")).await;
+    let rule = format!("route53/{zone}/www.example.com=HTTP:8080/health");
+    let flags = [
+        "--route53-health-check",
+        rule.as_str(),
+        "--resync-interval",
+        "3s",
+    ];
+    proxy.lose_creations(1);
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &flags);
+    let with_checks = |n: usize| {
+        let aws = &aws;
+        let zone = &zone;
+        async move {
+            let sets = aws.multivalue(zone, "www.example.com").await;
+            let checks = aws.health_checks().await;
+            sets.len() == n
+                && checks.len() == n
+                && sets.iter().all(|(id, values, check)| {
+                    values == &[id.clone()] && checks.contains_key(check)
+                })
+                && aws.records(zone, "www.example.com").await.len() == usize::from(n > 0)
+        }
+    };
+    eventually("two multivalue answers with their checks", DEADLINE, || {
+        with_checks(2)
+    })
+    .await;
+    assert_eq!(
+        proxy.checks_created(),
+        2,
+        "the lost answer made no second check"
+    );
+    for (reference, what) in aws.health_checks().await.values() {
+        assert!(
+            reference.starts_with("lbm-") && reference.len() <= 64,
+            "{reference}"
+        );
+        assert!(
+            what.starts_with("HTTP 192.0.2.") && what.ends_with(":8080 /health www.example.com"),
+            "{what}"
+        );
+    }
+    let plain = || async {
+        aws.records(&zone, "plain.example.com")
+            .await
+            .get("A")
+            .cloned()
+            == Some((60, strings(&["192.0.2.9"])))
+            && aws.multivalue(&zone, "plain.example.com").await.is_empty()
+    };
+    assert!(plain().await);
+    let plan = |extra: &[&str]| {
+        let mut args = vec![
+            "plan",
+            "--etcd-endpoints",
+            &etcd.url,
+            "--aws-endpoint-url",
+            &proxy.url,
+        ];
+        args.extend_from_slice(extra);
+        lbmanager(&args)
+    };
+    let (code, table, err) = plan(&flags[..2]);
+    assert_eq!(code, Some(0), "in step after the sync: {table} {err}");
+    // Health as Route53 reports it (moto: every check healthy), read at a resync.
+    eventually("status shows the values' health", DEADLINE, || async {
+        let (_, json, _) =
+            lbmanager_async(&["status", "--etcd-endpoints", &etcd.url, "--output", "json"]).await;
+        json.matches("\"healthy\"").count() >= 2
+    })
+    .await;
+
+    // A value goes, and its check after it.
+    etcd.del(&key("www.example.com", "192.0.2.2")).await;
+    eventually("one answer, one check", DEADLINE, || with_checks(1)).await;
+
+    // A restart with the flag: no second check.
+    daemon.stop();
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &flags);
+    daemon.wait_log("initial sync complete").await;
+    assert!(with_checks(1).await);
+    assert_eq!(proxy.checks_created(), 2);
+
+    // The value again: a check of its own again (the old one's reference is spent).
+    etcd.put(&key("www.example.com", "192.0.2.2")).await;
+    eventually("two answers again", DEADLINE, || with_checks(2)).await;
+    assert_eq!(proxy.checks_created(), 3);
+
+    // Restarted without the flag: one simple record set, no check left.
+    daemon.stop();
+    let mut daemon = Daemon::unstarted();
+    daemon.spawn(&etcd.url, &proxy.url, &[]);
+    eventually("a simple record set again, no check", DEADLINE, || async {
+        aws.records(&zone, "www.example.com")
+            .await
+            .get("A")
+            .cloned()
+            == Some((60, strings(&["192.0.2.1", "192.0.2.2"])))
+            && aws.multivalue(&zone, "www.example.com").await.is_empty()
+            && aws.health_checks().await.is_empty()
+    })
+    .await;
+    assert!(plain().await);
+    let (code, table, err) = plan(&[]);
+    assert_eq!(code, Some(0), "in step without the flag: {table} {err}");
+    daemon.stop();
+}

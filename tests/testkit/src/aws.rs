@@ -260,4 +260,59 @@ impl Aws {
         }
         found
     }
+
+    /// The multivalue answer record sets of `fqdn`: (set identifier, values, health check id).
+    pub async fn multivalue(&self, zone: &str, fqdn: &str) -> Vec<(String, Vec<String>, String)> {
+        let out = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone)
+            .start_record_name(format!("{fqdn}."))
+            .send()
+            .await
+            .expect("list record sets");
+        let mut found = Vec::new();
+        for set in out.resource_record_sets() {
+            let (Some(id), true) = (
+                set.set_identifier(),
+                set.name().trim_end_matches('.') == fqdn,
+            ) else {
+                continue;
+            };
+            let values = set
+                .resource_records()
+                .iter()
+                .map(|r| r.value().to_string())
+                .collect();
+            let check = set.health_check_id().unwrap_or_default().to_string();
+            found.push((id.to_string(), values, check));
+        }
+        found.sort();
+        found
+    }
+
+    /// The account's health checks: id → (caller reference, "TYPE IP:PORT PATH FQDN").
+    pub async fn health_checks(&self) -> BTreeMap<String, (String, String)> {
+        let out = self
+            .route53
+            .list_health_checks()
+            .send()
+            .await
+            .expect("list health checks");
+        out.health_checks()
+            .iter()
+            .map(|c| {
+                let config = c.health_check_config().expect("a config");
+                let what = format!(
+                    "{} {}:{} {} {}",
+                    config.r#type().as_str(),
+                    config.ip_address().unwrap_or_default(),
+                    config.port().unwrap_or_default(),
+                    config.resource_path().unwrap_or_default(),
+                    config.fully_qualified_domain_name().unwrap_or_default(),
+                );
+                (c.id().to_string(), (c.caller_reference().to_string(), what))
+            })
+            .collect()
+    }
 }

@@ -2,8 +2,13 @@
 //! every ChangeResourceRecordSets `INSYNC` at once with the same id each time, and its GetChange
 //! is always `INSYNC`; Route53 gives each change its own id, answers `PENDING`, and turns `INSYNC`
 //! once every one of its name servers has the change (usually within a minute). Here each change
-//! gets an id of its own and stays `PENDING` for `hold`; every other request goes to moto as it
-//! is.
+//! gets an id of its own and stays `PENDING` for `hold`.
+//!
+//! moto's CreateHealthCheck ignores `CallerReference` (the same reference twice makes two checks);
+//! Route53 answers a reference it has seen with the check it made (same settings), and refuses
+//! one of a check since deleted (`HealthCheckAlreadyExists`, 409). The proxy keeps the
+//! references and answers as Route53 does; it can also drop the answer of a creation moto made
+//! (a lost answer). Every other request goes to moto as it is.
 
 use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -30,6 +35,20 @@ pub struct Route53Proxy {
     pub url: String,
     changes: Arc<Mutex<Vec<ProxiedChange>>>,
     hold: Duration,
+    checks: Arc<Mutex<Checks>>,
+}
+
+/// The health checks made through the proxy.
+#[derive(Default)]
+struct Checks {
+    /// By reference: the check's id and moto's answer to its creation.
+    made: std::collections::HashMap<String, (String, Vec<u8>)>,
+    /// References of checks deleted since.
+    deleted: std::collections::HashSet<String>,
+    /// Creations whose answer is dropped after moto made the check.
+    lose: usize,
+    /// Creations moto made.
+    created: usize,
 }
 
 impl Route53Proxy {
@@ -39,6 +58,7 @@ impl Route53Proxy {
             url: format!("http://{}", listener.local_addr().unwrap()),
             changes: Arc::default(),
             hold,
+            checks: Arc::default(),
         };
         let shared = proxy.clone();
         thread::spawn(move || {
@@ -49,6 +69,16 @@ impl Route53Proxy {
             }
         });
         proxy
+    }
+
+    /// Drops the answers of the next `n` CreateHealthCheck requests after moto made their check.
+    pub fn lose_creations(&self, n: usize) {
+        self.checks.lock().unwrap().lose = n;
+    }
+
+    /// How many health checks moto made through the proxy.
+    pub fn checks_created(&self) -> usize {
+        self.checks.lock().unwrap().created
     }
 
     /// The changes made through the proxy, in order.
@@ -67,6 +97,17 @@ impl Route53Proxy {
                 .to_string();
             let response = if let Some(id) = get_change(&line) {
                 self.status_of(&id)
+            } else if line.starts_with("POST ") && line.contains("/healthcheck ") {
+                match self.create_check(&request, upstream) {
+                    Some(response) => response,
+                    None => return,
+                }
+            } else if line.starts_with("DELETE ") && line.contains("/healthcheck/") {
+                let Some(response) = forward(upstream, &request) else {
+                    return;
+                };
+                self.deleted(&line, &response);
+                response
             } else {
                 let Some(response) = forward(upstream, &request) else {
                     return;
@@ -80,6 +121,65 @@ impl Route53Proxy {
             if writer.write_all(&response).is_err() {
                 return;
             }
+        }
+    }
+
+    /// CreateHealthCheck as Route53 answers it (None: the answer is dropped).
+    fn create_check(&self, request: &[u8], upstream: u16) -> Option<Vec<u8>> {
+        let text = String::from_utf8_lossy(request).to_string();
+        let reference = between(&text, "<CallerReference>", "</CallerReference>")?.to_string();
+        {
+            let checks = self.checks.lock().unwrap();
+            if checks.deleted.contains(&reference) {
+                let body = "<?xml version=\"1.0\"?><ErrorResponse><Error><Type>Sender</Type>\
+                    <Code>HealthCheckAlreadyExists</Code><Message>A health check with the same \
+                    caller reference existed and was deleted</Message></Error>\
+                    <RequestId>route53-proxy</RequestId></ErrorResponse>";
+                return Some(with_body(
+                    "HTTP/1.1 409 Conflict\r\nContent-Type: text/xml",
+                    body,
+                ));
+            }
+            if let Some((_, answer)) = checks.made.get(&reference) {
+                return Some(answer.clone());
+            }
+        }
+        let response = forward(upstream, request)?;
+        let answer = String::from_utf8_lossy(&response).to_string();
+        let mut checks = self.checks.lock().unwrap();
+        if let Some(id) = between(&answer, "<Id>", "</Id>") {
+            checks.created += 1;
+            checks
+                .made
+                .insert(reference, (id.to_string(), response.clone()));
+            if checks.lose > 0 {
+                checks.lose -= 1;
+                return None;
+            }
+        }
+        Some(response)
+    }
+
+    /// A check deleted: its reference is spent.
+    fn deleted(&self, line: &str, response: &[u8]) {
+        let head = String::from_utf8_lossy(response);
+        let status = head.split(' ').nth(1).unwrap_or_default();
+        if !status.starts_with('2') {
+            return;
+        }
+        let Some(id) = line.split(' ').nth(1).and_then(|p| p.rsplit('/').next()) else {
+            return;
+        };
+        let mut checks = self.checks.lock().unwrap();
+        let spent: Vec<String> = checks
+            .made
+            .iter()
+            .filter(|(_, (made, _))| made == id)
+            .map(|(r, _)| r.clone())
+            .collect();
+        for reference in spent {
+            checks.made.remove(&reference);
+            checks.deleted.insert(reference);
         }
     }
 
@@ -144,6 +244,13 @@ fn get_change(line: &str) -> Option<String> {
     path.contains("/change/")
         .then(|| path.rsplit('/').next().map(str::to_string))
         .flatten()
+}
+
+/// The text between the first `open` and the `close` after it.
+fn between<'a>(text: &'a str, open: &str, close: &str) -> Option<&'a str> {
+    let from = text.find(open)? + open.len();
+    let to = text[from..].find(close)? + from;
+    Some(&text[from..to])
 }
 
 fn replace_between(text: &str, open: &str, close: &str, with: &str) -> String {
