@@ -300,7 +300,7 @@ async fn route53_multivalue_answers_with_health_checks_through_their_life() {
             sets.len() == n
                 && checks.len() == n
                 && sets.iter().all(|(id, values, check)| {
-                    values == &[id.clone()] && checks.contains_key(check)
+                    values == std::slice::from_ref(id) && checks.contains_key(check)
                 })
                 && aws.records(zone, "www.example.com").await.len() == usize::from(n > 0)
         }
