@@ -151,6 +151,7 @@ pub async fn sync_zone(
         run.release(recorder, cache).await;
     }
     run.drop_checks(api, cache, log).await;
+    run.drop_strays(api, cache, log).await;
     run.read_health(api, cache, log).await;
     run.finish(cache)
 }
@@ -171,6 +172,9 @@ struct ZoneRun<'a> {
     /// `--route53-health-check`: each value's check, for FQDNs in a scope.
     checks: Vec<Option<Checks>>,
     health: Vec<BTreeMap<IpAddr, String>>,
+    /// The zone's checks were listed at a start: those of names outside the batch are looked at
+    /// too (see [`ZoneRun::drop_strays`]).
+    strays: bool,
 }
 
 impl<'a> ZoneRun<'a> {
@@ -185,6 +189,7 @@ impl<'a> ZoneRun<'a> {
             changes: vec![None; batch.len()],
             checks: vec![None; batch.len()],
             health: vec![BTreeMap::new(); batch.len()],
+            strays: false,
         }
     }
 
@@ -310,7 +315,12 @@ impl<'a> ZoneRun<'a> {
             return;
         }
         match api.health_checks(self.zone, &cache.reference_prefix).await {
-            Ok(checks) => cache.checks = Some(checks),
+            Ok(checks) => {
+                cache.checks = Some(checks);
+                self.strays = batch
+                    .iter()
+                    .any(|d| matches!(d.cause, Cause::Startup | Cause::Relist | Cause::Restart));
+            }
             Err(e) => {
                 warn!(log, "could not list the zone's Route53 health checks (grant \
                     route53:ListHealthChecks); its names in a --route53-health-check scope wait";
@@ -386,7 +396,7 @@ impl<'a> ZoneRun<'a> {
                 match made {
                     Ok(id) => {
                         info!(log, "created health check"; "lb" => desire.lb.to_string(),
-                            "value" => %ip, "check" => %spec, "health_check" => &id,
+                            "value" => %ip, "check" => %spec, "health_check" => esc(&id),
                             "cause" => %desire.cause);
                         cache.creating.remove(&key);
                         cache.refused.remove(&(desire.fqdn.clone(), ip));
@@ -453,7 +463,7 @@ impl<'a> ZoneRun<'a> {
                     Ok(()) => {
                         info!(log, "deleted health check no record set uses";
                             "lb" => desire.lb.to_string(), "value" => %check.ip,
-                            "check" => %check.spec, "health_check" => &check.id,
+                            "check" => esc(&check.spec.to_string()), "health_check" => esc(&check.id),
                             "cause" => %desire.cause);
                         if let Some(list) = cache.checks.as_mut() {
                             list.retain(|c| c.id != check.id);
@@ -463,6 +473,59 @@ impl<'a> ZoneRun<'a> {
                         self.results[i] = Err(e);
                         break;
                     }
+                }
+            }
+        }
+    }
+
+    /// At a start, the zone's checks of names outside the batch that no record set of their name
+    /// uses (made just before a crash for a value removed meanwhile, or left by a name no longer
+    /// managed): each such name is read once, and the checks none of its record sets names are
+    /// deleted. A check in use is never deleted (Route53 would no longer know the value's health);
+    /// one deleted that a later sync wants again is made anew. Failures are said and left to the
+    /// next start.
+    async fn drop_strays(&mut self, api: &dyn Route53Api, cache: &mut ZoneCache, log: &Logger) {
+        if !self.strays {
+            return;
+        }
+        let ours: HashSet<&str> = self.batch.iter().map(|d| d.fqdn.as_str()).collect();
+        let names: BTreeSet<String> = cache
+            .checks
+            .iter()
+            .flatten()
+            .filter(|c| !ours.contains(c.fqdn.as_str()))
+            .map(|c| c.fqdn.clone())
+            .collect();
+        for fqdn in names {
+            let used: HashSet<String> = match api.record_sets(self.zone, &fqdn).await {
+                Ok(sets) => sets.into_iter().filter_map(|s| s.health_check).collect(),
+                Err(e) => {
+                    warn!(log, "could not read a name with health checks of lbmanager's; they \
+                        are looked at again at the next start"; "fqdn" => esc(&fqdn),
+                        "error" => %e);
+                    continue;
+                }
+            };
+            let stray: Vec<HealthCheck> = cache
+                .checks
+                .iter()
+                .flatten()
+                .filter(|c| c.fqdn == fqdn && !used.contains(&c.id))
+                .cloned()
+                .collect();
+            for check in stray {
+                match api.delete_health_check(self.zone, &check.id).await {
+                    Ok(()) => {
+                        info!(log, "deleted health check no record set uses";
+                            "fqdn" => esc(&fqdn), "value" => %check.ip,
+                            "check" => esc(&check.spec.to_string()), "health_check" => esc(&check.id),
+                            "cause" => "start-up: no name of lbmanager's uses it");
+                        if let Some(list) = cache.checks.as_mut() {
+                            list.retain(|c| c.id != check.id);
+                        }
+                    }
+                    Err(e) => warn!(log, "could not delete a health check no record set uses";
+                        "health_check" => esc(&check.id), "error" => %e),
                 }
             }
         }
@@ -494,7 +557,7 @@ impl<'a> ZoneRun<'a> {
                     }
                     Err(e) => {
                         slog::debug!(log, "could not read a health check's status";
-                            "health_check" => id, "error" => %e);
+                            "health_check" => esc(id), "error" => %e);
                     }
                 }
             }
@@ -681,6 +744,11 @@ impl<'a> ZoneRun<'a> {
             })
             .collect()
     }
+}
+
+/// A value from AWS (a health check's id, path, FQDN) as a log line may show it.
+fn esc(s: &str) -> String {
+    crate::escape::escape(s).into_owned()
 }
 
 /// A zone that no longer exists holds none of an FQDN that should have no records: in step.
@@ -973,5 +1041,63 @@ mod tests {
         let sets = r53.multivalue("Z1", "www.example.com");
         let with: Vec<bool> = sets.iter().map(|s| s.health_check.is_some()).collect();
         assert_eq!(with, [true, false]);
+    }
+
+    /// At a start, a check of lbmanager's that no record set of its name uses (made just before a
+    /// crash, for a value removed meanwhile) is deleted; one a name outside the batch uses is
+    /// kept.
+    #[tokio::test]
+    async fn at_a_start_a_check_no_record_set_uses_is_deleted() {
+        let r53 = FakeRoute53::with_zones(&["Z1"]);
+        let options = SyncOptions {
+            policy: Policy::Sync,
+            dry_run: false,
+            route53_ttl: 60,
+        };
+        let log = Logger::root(slog::Discard, slog::o!());
+        let spec = crate::health_check::parse_rule("route53/*/*=TCP:443")
+            .unwrap()
+            .spec;
+        let prefix = "lbm-00000000-Z1-";
+        let check = |id: &str, fqdn: &str, ip: &str| HealthCheck {
+            id: id.into(),
+            reference: format!("{prefix}{id}"),
+            ip: ip.parse().unwrap(),
+            fqdn: fqdn.into(),
+            spec: spec.clone(),
+        };
+        for c in [
+            check("hc-stray", "gone.example.com", "192.0.2.50"),
+            check("hc-used", "api.example.com", "192.0.2.60"),
+        ] {
+            r53.checks.lock().unwrap().insert(c.id.clone(), c);
+        }
+        r53.put_record(
+            "Z1",
+            RecordSet {
+                name: "api.example.com".into(),
+                rtype: crate::plan::RecordType::A,
+                ttl: 60,
+                values: vec!["192.0.2.60".into()],
+                set_id: Some("192.0.2.60".into()),
+                health_check: Some("hc-used".into()),
+            },
+        );
+        let mut cache = ZoneCache::new(prefix.into());
+        let batch = checked(&["192.0.2.1"], Cause::Startup, Some(&spec));
+        let r = sync_zone(&r53, "Z1", &batch, &options, &mut cache, &log, None).await;
+        assert!(r[0].result.is_ok(), "{r:?}");
+        let left: Vec<String> = ids(&r53).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert!(left.contains(&"hc-used".to_string()) && !left.contains(&"hc-stray".to_string()));
+        // Not at an event's sync: nothing outside the batch is read.
+        let before = r53.calls().len();
+        let event = checked(&["192.0.2.1", "192.0.2.2"], Cause::EtcdEvent, Some(&spec));
+        sync_zone(&r53, "Z1", &event, &options, &mut cache, &log, None).await;
+        let calls = &r53.calls()[before..];
+        assert!(
+            !calls.iter().any(|c| c.contains("api.example.com")),
+            "{calls:?}"
+        );
     }
 }
