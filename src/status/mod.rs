@@ -1024,6 +1024,53 @@ mod tests {
         assert!(table.contains("60s ago"), "{table}");
     }
 
+    /// `--route53-health-check`: a value's health is Route53's word as read (at start-up and
+    /// resyncs), or as last published between them; values without a check have none. The table
+    /// shows it.
+    #[test]
+    fn route53_values_carry_their_health_checks_word() {
+        let set = |ip: &str, check: Option<&str>| RecordSet {
+            name: "www.example.com".into(),
+            rtype: crate::plan::RecordType::A,
+            ttl: 60,
+            values: vec![ip.into()],
+            set_id: Some(ip.into()),
+            health_check: check.map(str::to_string),
+        };
+        let sets = [
+            set("192.0.2.1", Some("hc-1")),
+            set("192.0.2.2", Some("hc-2")),
+            set("192.0.2.3", None),
+        ];
+        let read: BTreeMap<std::net::IpAddr, String> =
+            [("192.0.2.1".parse().unwrap(), "healthy".to_string())].into();
+        let mut before = status(1, &[("192.0.2.2", Some("unhealthy"))]);
+        let words = |members: &[MemberState]| -> Vec<Option<String>> {
+            members.iter().map(|m| m.state.clone()).collect()
+        };
+        let members = zone_members(&sets, None, &read, Some(&before));
+        assert_eq!(
+            words(&members),
+            [Some("healthy".into()), Some("unhealthy".into()), None]
+        );
+        let lb = LbId::Route53 {
+            zone: "Z1".into(),
+            fqdn: "www.example.com".into(),
+        };
+        before.load_balancer = lb.to_string();
+        before.members = members;
+        let rows = table::rows(&BTreeMap::new(), &[(lb, before)].into(), 100);
+        let report = table::StatusReport {
+            daemon: None,
+            load_balancers: rows,
+        };
+        let table = table::render_table(&report);
+        assert!(
+            table.contains("health: 192.0.2.1 healthy, 192.0.2.2 unhealthy"),
+            "{table}"
+        );
+    }
+
     #[test]
     fn members_after_a_sync_keep_health_mark_draining_and_settle() {
         let t = |s: &str| parse_target(s).unwrap();

@@ -214,6 +214,18 @@ pub fn render_table(report: &StatusReport) -> String {
         if !foreign.is_empty() {
             notes.push(format!("not lbmanager's: {}", foreign.join(",")));
         }
+        // Route53 (`--route53-health-check`): each value's health as Route53's checkers report it.
+        if r.load_balancer.starts_with("route53/") {
+            let health: Vec<String> = r
+                .in_aws
+                .iter()
+                .flatten()
+                .filter_map(|m| Some(format!("{} {}", m.member, m.state.as_deref()?)))
+                .collect();
+            if !health.is_empty() {
+                notes.push(format!("health: {}", health.join(", ")));
+            }
+        }
         let line = format!(
             "{:width$}  {:>7}  {:>6}  {:7}  {:>11}  {}",
             r.load_balancer,
