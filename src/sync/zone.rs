@@ -322,14 +322,14 @@ impl<'a> ZoneRun<'a> {
                     .any(|d| matches!(d.cause, Cause::Startup | Cause::Relist | Cause::Restart));
             }
             Err(e) => {
+                // Its names with checks wait (retried): switched without the list, a name
+                // leaving its scope would leave its checks behind for good.
                 warn!(log, "could not list the zone's Route53 health checks (grant \
-                    route53:ListHealthChecks); its names in a --route53-health-check scope wait";
+                    route53:ListHealthChecks); its names with health checks wait";
                     "error" => %e);
                 cache.checks = None;
                 for i in needed {
-                    if batch[i].check.is_some() {
-                        self.results[i] = Err(e.clone());
-                    }
+                    self.results[i] = Err(e.clone());
                 }
             }
         }
