@@ -162,11 +162,24 @@ impl Reference {
         format!("lbm-{installation}-{zone}-")
     }
 
+    /// When the check of `reference` was made (milliseconds since the epoch), read from its nonce.
+    pub fn made_at(reference: &str) -> Option<u64> {
+        let nonce = reference.rsplit('-').next()?;
+        u64::from_str_radix(nonce, 16).ok().map(|n| n / 1000)
+    }
+
     /// A new reference for one creation in `zone` (`nonce`: the time in milliseconds, times 1,000,
     /// plus a random thousandth).
     pub fn of(installation: &str, zone: &str, nonce: u64) -> String {
         format!("{}{nonce:x}", Reference::zone_prefix(installation, zone))
     }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The installation's mark in its checks' references: 8 hex digits of a hash (FNV-1a) of the etcd
@@ -239,6 +252,11 @@ mod tests {
         assert!(r.len() <= 64, "{r}");
         assert!(r.starts_with(&Reference::zone_prefix(&inst, &zone)));
         assert!(!Reference::of(&inst, "Z1", 1).starts_with(&Reference::zone_prefix(&inst, "Z")));
+        let at = 1_796_601_600_000_u64;
+        assert_eq!(
+            Reference::made_at(&Reference::of(&inst, "Z1", at * 1000 + 7)),
+            Some(at)
+        );
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub struct ElbChanges {
 pub const MAX_ELB_MEMBERS: usize = 1_000;
 /// Route53's maximum of values in one record set.
 pub const MAX_RECORD_VALUES: usize = 400;
+/// lbmanager's maximum of values of an FQDN published as multivalue answers
+/// (`--route53-health-check`), A and AAAA together: the switch from one simple record set (a
+/// DELETE of up to 250 values and 250 CREATEs), or a change of every value's check (250 UPSERTs,
+/// counted twice), fits in one change batch of Route53's 1,000 records and 32,000 characters.
+/// Route53 answers with eight values at most anyway.
+pub const MAX_MULTIVALUE_VALUES: usize = 250;
 
 /// The reason given for a member left out by a limit.
 pub fn over_limit_reason(max: usize, what: &str) -> String {
@@ -163,11 +169,16 @@ pub fn plan_elb(desired: &BTreeSet<Member>, actual: &Registered, policy: Policy)
 }
 
 /// The values of `desired` that [`plan_fqdn`] leaves out for [`MAX_RECORD_VALUES`] (per record
-/// type), those `kept` says Route53 has staying first, as it does.
+/// type), or [`plan_multivalue`] for [`MAX_MULTIVALUE_VALUES`] (`multivalue`), those `kept` says
+/// Route53 has staying first, as it does.
 pub fn values_over_limit(
     desired: &BTreeSet<IpAddr>,
     kept: impl Fn(&IpAddr) -> bool,
+    multivalue: bool,
 ) -> Vec<IpAddr> {
+    if multivalue {
+        return within(desired.clone(), kept, MAX_MULTIVALUE_VALUES).1;
+    }
     [RecordType::A, RecordType::Aaaa]
         .into_iter()
         .flat_map(|rtype| {
@@ -252,8 +263,8 @@ impl RecordSet {
 }
 
 /// The values of an FQDN published as multivalue answers (`--route53-health-check`): those
-/// wanted, and under upsert-only those it has (in either shape), within [`MAX_RECORD_VALUES`] per
-/// type, as a simple record set has them.
+/// wanted, and under upsert-only those it has (in either shape), within
+/// [`MAX_MULTIVALUE_VALUES`] (those it has staying first).
 pub fn multivalue_values(
     desired: &BTreeSet<IpAddr>,
     current: &[RecordSet],
@@ -264,7 +275,7 @@ pub fn multivalue_values(
     if policy == Policy::UpsertOnly {
         want.extend(&have);
     }
-    let over: BTreeSet<IpAddr> = values_over_limit(&want, |ip| have.contains(ip))
+    let over: BTreeSet<IpAddr> = values_over_limit(&want, |ip| have.contains(ip), true)
         .into_iter()
         .collect();
     want.retain(|ip| !over.contains(ip));
@@ -500,14 +511,23 @@ mod tests {
         let changes = plan_fqdn("www.example.com", &ips, &[], 60, Policy::Sync);
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].set.values.len(), MAX_RECORD_VALUES);
-        assert_eq!(values_over_limit(&ips, |_| false).len(), 50);
+        assert_eq!(values_over_limit(&ips, |_| false, false).len(), 50);
         let v6: BTreeSet<IpAddr> = ips
             .iter()
             .take(10)
             .map(|_| "2001:db8::1".parse().unwrap())
             .chain(ips.iter().take(400).copied())
             .collect();
-        assert!(values_over_limit(&v6, |_| false).is_empty());
+        assert!(values_over_limit(&v6, |_| false, false).is_empty());
+        // Multivalue answers: 250 in all, A and AAAA together.
+        assert_eq!(
+            values_over_limit(&v6, |_| false, true).len(),
+            v6.len() - 250
+        );
+        assert_eq!(
+            multivalue_values(&v6, &[], Policy::Sync).len(),
+            MAX_MULTIVALUE_VALUES
+        );
     }
 
     fn inst(ids: &[&str]) -> BTreeSet<Member> {

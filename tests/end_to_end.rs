@@ -275,7 +275,8 @@ async fn route53_multivalue_answers_with_health_checks_through_their_life() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     let zone = aws.create_zone("example.com").await;
-    let proxy = Route53Proxy::start(moto.port, std::time::Duration::ZERO);
+    // Each change PENDING for 2 s, as Route53's take a while to reach every name server.
+    let proxy = Route53Proxy::start(moto.port, std::time::Duration::from_secs(2));
     let key = |fqdn: &str, ip: &str| format!("{P}/route53/us-east-1/{zone}/{fqdn}/multiple/{ip}");
     for ip in ["192.0.2.1", "192.0.2.2"] {
         etcd.put(&key("www.example.com", ip)).await;
@@ -354,9 +355,15 @@ async fn route53_multivalue_answers_with_health_checks_through_their_life() {
     })
     .await;
 
-    // A value goes, and its check after it.
+    // A value goes, and its check after it, once the change that removed the value is INSYNC.
     etcd.del(&key("www.example.com", "192.0.2.2")).await;
     eventually("one answer, one check", DEADLINE, || with_checks(1)).await;
+    let removal = proxy.changes().pop().unwrap();
+    let insync = removal
+        .insync_told
+        .expect("a check deleted before its removal was INSYNC");
+    assert_eq!(proxy.deletions().len(), 1);
+    assert!(proxy.deletions()[0] >= insync, "deleted while PENDING");
 
     // A restart with the flag: no second check.
     daemon.stop();

@@ -88,6 +88,7 @@ fn wants(cause: Cause) -> Vec<FqdnWant> {
             cause,
             owned: None,
             check: None,
+            dns_busy: false,
         })
         .collect()
 }

@@ -68,6 +68,9 @@ pub struct ZoneSynced {
     /// `--route53-health-check`: each value's health as Route53 last reported it (read at
     /// start-up and resyncs; empty otherwise).
     pub health: std::collections::BTreeMap<std::net::IpAddr, String>,
+    /// `--route53-health-check`: checks the name no longer uses wait for its change to be
+    /// `INSYNC` (see [`crate::sync::zone::FqdnResult::checks_waiting`]).
+    pub checks_waiting: bool,
 }
 
 /// The first pause before asking Route53 whether a change is `INSYNC`, doubled after each
@@ -179,6 +182,11 @@ impl HostedZone {
         }
         self.busy = true;
         let batch: Vec<ZoneDesire> = std::mem::take(&mut self.pending).into_values().collect();
+        // Names with a change still PENDING keep the checks they stopped using a while.
+        let busy: Vec<bool> = batch
+            .iter()
+            .map(|d| d.pending.iter().any(|c| self.watches.contains_key(c)))
+            .collect();
         let (api, zone, log, options) = (
             self.api.clone(),
             self.zone.clone(),
@@ -188,7 +196,14 @@ impl HostedZone {
         let mut cache = std::mem::take(&mut self.cache);
         let (writes, prefix) = (self.writes.clone(), self.settings.prefix.clone());
         let fut = async move {
-            let wants: Vec<FqdnWant> = batch.iter().map(|d| d.want.clone()).collect();
+            let wants: Vec<FqdnWant> = batch
+                .iter()
+                .zip(busy)
+                .map(|(d, dns_busy)| FqdnWant {
+                    dns_busy,
+                    ..d.want.clone()
+                })
+                .collect();
             let recorder = writes.as_deref().map(|writes| Recorder {
                 writes,
                 prefix: &prefix,
@@ -214,6 +229,7 @@ impl HostedZone {
                             ttl_before: result.ttl_before,
                             change: result.change,
                             health: result.health,
+                            checks_waiting: result.checks_waiting,
                         });
                     }
                     act.busy = false;

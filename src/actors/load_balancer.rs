@@ -172,6 +172,9 @@ pub struct LoadBalancer {
     /// Route53: the changes of this name not yet `INSYNC`, oldest first (see
     /// [`LbStatus::dns_pending`]).
     dns_pending: Vec<PendingChange>,
+    /// `--route53-health-check`: checks the name no longer uses wait for its last change to be
+    /// `INSYNC`; the name is synced again then (and not retired before).
+    checks_waiting: bool,
     /// The latest [`Barrier`]: a status published while idle and in step is at that revision at
     /// least.
     barrier: i64,
@@ -210,6 +213,7 @@ impl LoadBalancer {
             mismatched: Default::default(),
             draining: None,
             dns_pending: Vec::new(),
+            checks_waiting: false,
             barrier: 0,
         }
     }
@@ -318,15 +322,23 @@ impl LoadBalancer {
                     .iter()
                     .flat_map(|p| p.members.iter().map(|m| m.member.as_str()))
                     .collect();
-                let over: Rejected = crate::plan::values_over_limit(&ips, |ip| {
-                    published.contains(ip.to_string().as_str())
-                })
+                let over: Rejected = crate::plan::values_over_limit(
+                    &ips,
+                    |ip| published.contains(ip.to_string().as_str()),
+                    check.is_some(),
+                )
                 .into_iter()
                 .map(|ip| {
-                    let why = crate::plan::over_limit_reason(
-                        crate::plan::MAX_RECORD_VALUES,
-                        "values per record set",
-                    );
+                    let why = match check {
+                        Some(_) => crate::plan::over_limit_reason(
+                            crate::plan::MAX_MULTIVALUE_VALUES,
+                            "multivalue answers per name",
+                        ),
+                        None => crate::plan::over_limit_reason(
+                            crate::plan::MAX_RECORD_VALUES,
+                            "values per record set",
+                        ),
+                    };
                     (ip.to_string(), why)
                 })
                 .collect();
@@ -345,6 +357,7 @@ impl LoadBalancer {
                             .as_ref()
                             .map(|o| o.members.iter().filter_map(|m| m.parse().ok()).collect()),
                         check,
+                        dns_busy: false,
                     },
                     generation: desire.generation,
                     reply: ctx.address().recipient(),
@@ -581,7 +594,7 @@ impl LoadBalancer {
     /// [`Self::settling`]), or a Route53 change of the name is not `INSYNC` yet (so that a
     /// `--drain` waiting for it is told, from the status, when it is).
     fn holding(&self) -> bool {
-        self.settling() || !self.dns_pending.is_empty()
+        self.settling() || !self.dns_pending.is_empty() || self.checks_waiting
     }
 
     /// Whether someone waits (see [`Watched`]) while a member is not (yet) healthy as last
@@ -699,8 +712,34 @@ impl Handler<ZoneSynced> for LoadBalancer {
             Some(sets) => Seen::Zone(sets, msg.ttl_before, msg.health),
             None => Seen::Nothing,
         };
+        if msg.error.is_none() {
+            self.checks_waiting = msg.checks_waiting;
+        }
         let rejected = self.zone_rejected.take();
         self.finished(msg.generation, msg.error, rejected, msg.stale, seen, ctx);
+        // Its change may be INSYNC already (told before this answer arrived).
+        if self.checks_waiting && self.dns_pending.is_empty() {
+            ctx.run_later(std::time::Duration::from_secs(1), |act, ctx| {
+                act.drop_waiting_checks(ctx)
+            });
+        }
+    }
+}
+
+impl LoadBalancer {
+    /// Syncs the name again once no change of it is `PENDING`, when it has health checks it no
+    /// longer uses: that sync deletes them (see [`crate::sync::zone::FqdnResult::checks_waiting`]).
+    fn drop_waiting_checks(&mut self, ctx: &mut Context<Self>) {
+        if !self.checks_waiting || !self.dns_pending.is_empty() {
+            return;
+        }
+        let next = self.schedule.resync_due();
+        if next == Next::Sync {
+            if let Some(desire) = self.desired.as_mut() {
+                desire.cause = Cause::Settle;
+            }
+        }
+        self.follow(next, ctx);
     }
 }
 
@@ -709,7 +748,7 @@ impl Handler<ChangeInSync> for LoadBalancer {
 
     /// A change of the name is on every Route53 name server: the status says so at once (a
     /// `--wait` or `--drain` may be waiting for just that).
-    fn handle(&mut self, ChangeInSync(change): ChangeInSync, _: &mut Self::Context) {
+    fn handle(&mut self, ChangeInSync(change): ChangeInSync, ctx: &mut Self::Context) {
         let before = self.dns_pending.len();
         self.dns_pending.retain(|p| p.id != change);
         if self.dns_pending.len() == before {
@@ -717,6 +756,7 @@ impl Handler<ChangeInSync> for LoadBalancer {
         }
         let pending = self.dns_pending.clone();
         self.republish(|p| p.dns_pending = pending);
+        self.drop_waiting_checks(ctx);
     }
 }
 

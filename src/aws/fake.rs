@@ -479,6 +479,22 @@ impl Route53Api for FakeRoute53 {
                 "NoSuchHostedZone",
             )
         })?;
+        // A record set naming a check Route53 does not have is refused.
+        for c in changes {
+            let named = c
+                .set
+                .health_check
+                .as_ref()
+                .filter(|_| c.action != Action::Delete);
+            if let Some(id) = named.filter(|id| !lock(&self.checks).contains_key(*id)) {
+                return Err(AwsError::new(
+                    ErrorKind::NotFound,
+                    "ChangeResourceRecordSets",
+                    zone,
+                    format!("NoSuchHealthCheck: {id}"),
+                ));
+            }
+        }
         // All or nothing: applied to a copy, kept only if every change and the end state are
         // valid (Route53 refuses a simple record set beside multivalue answers of its name and
         // type).

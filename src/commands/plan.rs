@@ -119,6 +119,7 @@ pub async fn plan_all(
                         owned: ours.clone(),
                         check: crate::health_check::rule_for(&how.health_checks, zone, fqdn)
                             .cloned(),
+                        dns_busy: false,
                     };
                     let references = crate::health_check::Reference::zone_prefix(
                         &crate::health_check::installation(&how.prefix),

@@ -350,19 +350,21 @@ pub fn zone_members(
     health: &std::collections::BTreeMap<std::net::IpAddr, String>,
     previous: Option<&LbStatus>,
 ) -> Vec<MemberState> {
+    // Route53's spelling of a value, as lbmanager spells the member.
+    let spelled = |v: &String| {
+        v.parse::<std::net::IpAddr>()
+            .map_or(v.clone(), |ip| ip.to_string())
+    };
     let ips: BTreeSet<String> = sets
         .iter()
         .flat_map(|s| s.values.iter())
-        .map(|v| {
-            v.parse::<std::net::IpAddr>()
-                .map_or(v.clone(), |ip| ip.to_string())
-        })
+        .map(spelled)
         .collect();
     // `--route53-health-check`: Route53's word, as read now or (between resyncs) last.
     let state = |member: &str| {
         let checked = sets
             .iter()
-            .any(|s| s.health_check.is_some() && s.values.iter().any(|v| v == member));
+            .any(|s| s.health_check.is_some() && s.values.iter().any(|v| spelled(v) == member));
         if !checked {
             return None;
         }

@@ -49,13 +49,15 @@ impl ZoneCache {
     /// A new reference for a check of this zone.
     fn reference(&mut self) -> String {
         // Milliseconds and a random thousandth: new across restarts and leaders too.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now = crate::health_check::now_millis();
         self.nonce = (now * 1000 + fastrand::u64(..1000)).max(self.nonce + 1);
         format!("{}{:x}", self.reference_prefix, self.nonce)
     }
 }
+
+/// How old a check no record set uses must be before a start deletes it (see
+/// [`ZoneRun::drop_strays`]).
+const STRAY_AGE: Duration = Duration::from_secs(600);
 
 /// The record sets one page of ListResourceRecordSets holds at most.
 const PAGE: u64 = 300;
@@ -87,6 +89,10 @@ pub struct FqdnWant {
     pub owned: Option<BTreeSet<IpAddr>>,
     /// `--route53-health-check`: published as multivalue answers, each value with this check.
     pub check: Option<CheckSpec>,
+    /// A change of the name is still `PENDING` (set by the zone's actor from what it follows):
+    /// Route53's name servers may still answer with record sets that name checks it no longer
+    /// uses, so those are not deleted yet.
+    pub dns_busy: bool,
 }
 
 /// How one FQDN's sync in a zone batch ended.
@@ -108,6 +114,9 @@ pub struct FqdnResult {
     /// `--route53-health-check`: each value's health as Route53's checkers last reported it
     /// (read at start-up and at each resync).
     pub health: BTreeMap<IpAddr, String>,
+    /// Checks of the name no record set uses any longer, left until the change that stopped
+    /// using them is `INSYNC`: a sync of the name then deletes them.
+    pub checks_waiting: bool,
 }
 
 /// Where `--ownership shared` records the values lbmanager adds.
@@ -175,6 +184,7 @@ struct ZoneRun<'a> {
     /// The zone's checks were listed at a start: those of names outside the batch are looked at
     /// too (see [`ZoneRun::drop_strays`]).
     strays: bool,
+    checks_waiting: Vec<bool>,
 }
 
 impl<'a> ZoneRun<'a> {
@@ -190,6 +200,7 @@ impl<'a> ZoneRun<'a> {
             checks: vec![None; batch.len()],
             health: vec![BTreeMap::new(); batch.len()],
             strays: false,
+            checks_waiting: vec![false; batch.len()],
         }
     }
 
@@ -353,15 +364,32 @@ impl<'a> ZoneRun<'a> {
                 continue;
             };
             let current = cache.sets.get(&desire.fqdn).cloned().unwrap_or_default();
+            let in_use: HashSet<&str> = current
+                .iter()
+                .filter_map(|s| s.health_check.as_deref())
+                .collect();
+            let full = matches!(
+                desire.cause,
+                Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
+            );
             let mut checks = Checks::new();
             for ip in crate::plan::multivalue_values(&desire.ips, &current, options.policy) {
-                let known = cache
+                // The check a record set names already, if there are two (no needless UPSERT).
+                let mut known: Vec<&HealthCheck> = cache
                     .checks
                     .iter()
                     .flatten()
-                    .find(|c| c.is(&desire.fqdn, &ip, spec));
-                if let Some(c) = known {
+                    .filter(|c| c.is(&desire.fqdn, &ip, spec))
+                    .collect();
+                known.sort_by_key(|c| !in_use.contains(c.id.as_str()));
+                if let Some(c) = known.first() {
                     checks.insert(ip, Some(c.id.clone()));
+                    continue;
+                }
+                // Refused before (a private address, the account's limit): asked again at the
+                // next full sync, not at every event.
+                if !full && cache.refused.contains(&(desire.fqdn.clone(), ip)) {
+                    checks.insert(ip, None);
                     continue;
                 }
                 if options.dry_run {
@@ -434,9 +462,13 @@ impl<'a> ZoneRun<'a> {
     }
 
     /// Deletes the zone's checks of the batch's names that no record set names any longer (the
-    /// value gone, its check changed, the name out of every scope), once the batch that stopped
-    /// naming them is in. A deletion that fails fails the name's sync: retried, and the name is
-    /// not retired before its checks are gone.
+    /// value gone, its check changed, the name out of every scope), once the change that stopped
+    /// naming them is `INSYNC`: until then Route53's name servers may still answer with record
+    /// sets that name them, and a deleted check's status is undefined (AWS: update the records,
+    /// wait for them to propagate, then delete). A name with a change in flight (made by this
+    /// sync or still `PENDING`) reports its checks as waiting; its load balancer syncs it again
+    /// once the change is `INSYNC`, and is not retired before. A deletion that fails fails the
+    /// name's sync (retried).
     async fn drop_checks(&mut self, api: &dyn Route53Api, cache: &mut ZoneCache, log: &Logger) {
         let batch = self.batch;
         for (i, desire) in batch.iter().enumerate() {
@@ -458,6 +490,13 @@ impl<'a> ZoneRun<'a> {
                 .filter(|c| c.fqdn == desire.fqdn && !named.contains(c.id.as_str()))
                 .cloned()
                 .collect();
+            if unused.is_empty() {
+                continue;
+            }
+            if desire.dns_busy || self.changes[i].is_some() {
+                self.checks_waiting[i] = true;
+                continue;
+            }
             for check in unused {
                 match api.delete_health_check(self.zone, &check.id).await {
                     Ok(()) => {
@@ -506,11 +545,18 @@ impl<'a> ZoneRun<'a> {
                     continue;
                 }
             };
+            // A check made moments ago may be about to be used (by another lbmanager of the
+            // same prefix in the account, say): only those older than STRAY_AGE go.
+            let now = crate::health_check::now_millis();
             let stray: Vec<HealthCheck> = cache
                 .checks
                 .iter()
                 .flatten()
                 .filter(|c| c.fqdn == fqdn && !used.contains(&c.id))
+                .filter(|c| {
+                    crate::health_check::Reference::made_at(&c.reference)
+                        .is_none_or(|at| now.saturating_sub(at) >= STRAY_AGE.as_millis() as u64)
+                })
                 .cloned()
                 .collect();
             for check in stray {
@@ -625,7 +671,7 @@ impl<'a> ZoneRun<'a> {
                                 self.changes[*i] = (!id.is_empty()).then_some(id);
                             }
                             Err(e) => {
-                                cache.sets.remove(&batch[*i].fqdn);
+                                forget(cache, &batch[*i]);
                                 self.results[*i] = Err(e);
                             }
                         }
@@ -633,7 +679,7 @@ impl<'a> ZoneRun<'a> {
                 }
                 Err(e) => {
                     for (i, _) in &chunk {
-                        cache.sets.remove(&batch[*i].fqdn);
+                        forget(cache, &batch[*i]);
                         self.results[*i] = Err(e.clone());
                     }
                 }
@@ -717,6 +763,7 @@ impl<'a> ZoneRun<'a> {
                 ttl_before: None,
                 change: None,
                 health: BTreeMap::new(),
+                checks_waiting: false,
             })
             .collect()
     }
@@ -726,6 +773,7 @@ impl<'a> ZoneRun<'a> {
         let (batch, due, ttl_before) = (self.batch, self.due, self.ttl_before);
         let mut changes = self.changes;
         let mut health = self.health;
+        let waiting = self.checks_waiting;
         self.results
             .into_iter()
             .zip(self.owned)
@@ -741,8 +789,18 @@ impl<'a> ZoneRun<'a> {
                 from_cache: !due.contains(&i),
                 ttl_before: ttl_before[i],
                 health: std::mem::take(&mut health[i]),
+                checks_waiting: waiting[i],
             })
             .collect()
+    }
+}
+
+/// A change of `desire`'s name failed: what the zone knows of it is read again, its checks too
+/// (one deleted by hand is named by no change again).
+fn forget(cache: &mut ZoneCache, desire: &FqdnWant) {
+    cache.sets.remove(&desire.fqdn);
+    if desire.check.is_some() {
+        cache.checks = None;
     }
 }
 
@@ -833,6 +891,7 @@ mod tests {
                 cause,
                 owned: None,
                 check: None,
+                dns_busy: false,
             })
             .collect()
     }
@@ -951,11 +1010,21 @@ mod tests {
             .unwrap();
         assert!(create < change, "{calls:?}");
 
-        // A value goes: its record set, then its check.
+        // A value goes: its record set; its check once that change is INSYNC (while it is
+        // PENDING, name servers may still answer with the record set that names it).
         let one = checked(&two[..1], Cause::EtcdEvent, Some(&spec));
         let r = sync_zone(&r53, "Z1", &one, &options, &mut cache, &log, None).await;
-        assert!(r[0].result.is_ok(), "{r:?}");
+        assert!(r[0].result.is_ok() && r[0].checks_waiting, "{r:?}");
         assert_eq!(r53.multivalue("Z1", "www.example.com").len(), 1);
+        assert_eq!(ids(&r53), made, "not yet: the change is PENDING");
+        let mut busy = checked(&two[..1], Cause::Settle, Some(&spec));
+        busy[0].dns_busy = true;
+        let r = sync_zone(&r53, "Z1", &busy, &options, &mut cache, &log, None).await;
+        assert!(r[0].checks_waiting);
+        assert_eq!(ids(&r53), made, "not while a change of the name is PENDING");
+        let settle = checked(&two[..1], Cause::Settle, Some(&spec));
+        let r = sync_zone(&r53, "Z1", &settle, &options, &mut cache, &log, None).await;
+        assert!(r[0].result.is_ok() && !r[0].checks_waiting, "{r:?}");
         assert_eq!(ids(&r53), made[..1].to_vec());
 
         // A restart (a new cache): no second check.
@@ -1007,6 +1076,9 @@ mod tests {
         off.extend(plain);
         let r = sync_zone(&r53, "Z1", &off, &options, &mut cache, &log, None).await;
         assert!(r.iter().all(|r| r.result.is_ok()), "{r:?}");
+        assert!(r[0].checks_waiting && ids(&r53).len() == 2);
+        let settle = checked(&two, Cause::Settle, None);
+        sync_zone(&r53, "Z1", &settle, &options, &mut cache, &log, None).await;
         assert!(r53.multivalue("Z1", "www.example.com").is_empty());
         let simple = r53.record("Z1", "www.example.com", RecordType::A).unwrap();
         assert_eq!(simple.values, ["192.0.2.1", "192.0.2.2"]);

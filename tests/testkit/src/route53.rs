@@ -49,6 +49,8 @@ struct Checks {
     lose: usize,
     /// Creations moto made.
     created: usize,
+    /// When each deletion was answered.
+    deletions: Vec<Instant>,
 }
 
 impl Route53Proxy {
@@ -74,6 +76,11 @@ impl Route53Proxy {
     /// Drops the answers of the next `n` CreateHealthCheck requests after moto made their check.
     pub fn lose_creations(&self, n: usize) {
         self.checks.lock().unwrap().lose = n;
+    }
+
+    /// When each health check was deleted through the proxy.
+    pub fn deletions(&self) -> Vec<Instant> {
+        self.checks.lock().unwrap().deletions.clone()
     }
 
     /// How many health checks moto made through the proxy.
@@ -171,6 +178,7 @@ impl Route53Proxy {
             return;
         };
         let mut checks = self.checks.lock().unwrap();
+        checks.deletions.push(Instant::now());
         let spent: Vec<String> = checks
             .made
             .iter()
