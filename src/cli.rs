@@ -130,7 +130,9 @@ pub struct AddArgs {
     pub wait: bool,
 
     /// With --wait: wait further until AWS reports the member healthy (a target group's
-    /// `healthy`, a Classic ELB's `InService`). Route53 has no health: the same as --wait.
+    /// `healthy`, a Classic ELB's `InService`, a Route53 value's health check under
+    /// --route53-health-check). A Route53 value without a check has no health: the same as
+    /// --wait.
     #[arg(long, env = "LBMANAGER_MEMBER_HEALTHY", requires = "wait")]
     pub healthy: bool,
 

@@ -191,12 +191,15 @@ pub fn installation(prefix: &str) -> String {
     format!("{:08x}", (hash >> 32) as u32 ^ hash as u32)
 }
 
+/// The health of a value whose check has not reported (or not been read) yet.
+pub const UNKNOWN: &str = "unknown";
+
 /// Route53's health checkers' reports of one check, summed up as Route53 decides: healthy when
 /// more than 18% of the checkers that report say so.
 pub fn summarise(reports: &[String]) -> String {
     let ok = reports.iter().filter(|r| r.starts_with("Success")).count();
     if reports.is_empty() {
-        "unknown".into()
+        UNKNOWN.into()
     } else if ok * 100 > reports.len() * 18 {
         "healthy".into()
     } else {

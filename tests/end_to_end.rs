@@ -373,9 +373,23 @@ async fn route53_multivalue_answers_with_health_checks_through_their_life() {
     assert!(with_checks(1).await);
     assert_eq!(proxy.checks_created(), 2);
 
-    // The value again: a check of its own again (the old one's reference is spent).
-    etcd.put(&key("www.example.com", "192.0.2.2")).await;
-    eventually("two answers again", DEADLINE, || with_checks(2)).await;
+    // The value again, by a host that waits until Route53 reports it healthy: a check of its
+    // own again (the old one's reference is spent).
+    let again = key("www.example.com", "192.0.2.2");
+    let (code, _, err) = lbmanager_async(&[
+        "member",
+        "add",
+        &again,
+        "--wait",
+        "--healthy",
+        "--timeout",
+        "30s",
+        "--etcd-endpoints",
+        &etcd.url,
+    ])
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(with_checks(2).await);
     assert_eq!(proxy.checks_created(), 3);
 
     // Restarted without the flag: one simple record set, no check left.

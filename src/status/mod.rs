@@ -376,6 +376,8 @@ pub fn zone_members(
                 let before = previous?.members.iter().find(|m| m.member == member)?;
                 before.state.clone()
             })
+            // Checked, its health not read yet.
+            .or_else(|| Some(crate::health_check::UNKNOWN.to_string()))
     };
     ips.into_iter()
         .map(|member| MemberState {
@@ -388,12 +390,15 @@ pub fn zone_members(
 
 /// Whether a member of `status` is not (yet) healthy: a registration not read back, health
 /// checks under way or failing while the application starts (`initial`, `unhealthy`,
-/// `OutOfService`, …), a target draining. Worth reading again while someone waits (Route53 has
-/// no health and no draining: never).
+/// `OutOfService`, …), a target draining. Worth reading again while someone waits. A Route53
+/// value has a health only with `--route53-health-check` (a value without a check: never).
 pub fn settling(lb: &LbId, status: &LbStatus) -> bool {
-    !matches!(lb, LbId::Route53 { .. })
-        && status.last_sync.ok
-        && status.members.iter().any(|m| m.health() != Health::Healthy)
+    let route53 = matches!(lb, LbId::Route53 { .. });
+    status.last_sync.ok
+        && status
+            .members
+            .iter()
+            .any(|m| m.health() != Health::Healthy && !(route53 && m.state.is_none()))
 }
 
 /// The running lbmanager's sign of life.
@@ -582,7 +587,8 @@ pub fn judge(
             if health == Health::Draining {
                 return Verdict::Wait(Some(format!("{} is draining", found.member)));
             }
-            if !healthy || matches!(lb, LbId::Route53 { .. }) {
+            // A Route53 value without a health check has no health: in DNS is all there is.
+            if !healthy || matches!(lb, LbId::Route53 { .. }) && found.state.is_none() {
                 return Verdict::Done;
             }
             match health {
@@ -1043,6 +1049,7 @@ mod tests {
             set("192.0.2.1", Some("hc-1")),
             set("192.0.2.2", Some("hc-2")),
             set("192.0.2.3", None),
+            set("192.0.2.4", Some("hc-4")),
         ];
         let read: BTreeMap<std::net::IpAddr, String> =
             [("192.0.2.1".parse().unwrap(), "healthy".to_string())].into();
@@ -1053,7 +1060,43 @@ mod tests {
         let members = zone_members(&sets, None, &read, Some(&before));
         assert_eq!(
             words(&members),
-            [Some("healthy".into()), Some("unhealthy".into()), None]
+            [
+                Some("healthy".into()),
+                Some("unhealthy".into()),
+                None,
+                Some("unknown".into())
+            ]
+        );
+        // `member add --wait --healthy`: a value without a check is done once in DNS; one with a
+        // check once Route53 reports it healthy. Worth reading again meanwhile.
+        let lb0 = LbId::Route53 {
+            zone: "Z1".into(),
+            fqdn: "www.example.com".into(),
+        };
+        let mut s = before.clone();
+        s.members = members.clone();
+        s.revision = 10;
+        let healthy = Goal::Present { healthy: true };
+        let ip = |v: &str| Member::Ip(v.parse().unwrap());
+        assert_eq!(
+            judge(&lb0, &ip("192.0.2.1"), healthy, 10, Some(&s), false),
+            Verdict::Done
+        );
+        assert_eq!(
+            judge(&lb0, &ip("192.0.2.3"), healthy, 10, Some(&s), false),
+            Verdict::Done
+        );
+        for waits in ["192.0.2.2", "192.0.2.4"] {
+            let v = judge(&lb0, &ip(waits), healthy, 10, Some(&s), false);
+            assert!(matches!(v, Verdict::Wait(_)), "{waits}: {v:?}");
+        }
+        assert!(settling(&lb0, &s));
+        s.members.retain(|m| {
+            m.state.as_deref() != Some("unhealthy") && m.state.as_deref() != Some("unknown")
+        });
+        assert!(
+            !settling(&lb0, &s),
+            "no check, or healthy: nothing to wait for"
         );
         let lb = LbId::Route53 {
             zone: "Z1".into(),

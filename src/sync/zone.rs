@@ -578,13 +578,14 @@ impl<'a> ZoneRun<'a> {
     }
 
     /// Reads the health Route53's checkers report of each value of the names in a scope (one
-    /// GetHealthCheckStatus per value), at start-up and at each resync only: between them, a
-    /// value's health is what was read last. A failed read is no failed sync.
+    /// GetHealthCheckStatus per value), at start-up, at each resync, and while someone waits for
+    /// a value to be healthy (`member add --healthy`: the load balancer's settling reads): between
+    /// them, a value's health is what was read last. A failed read is no failed sync.
     async fn read_health(&mut self, api: &dyn Route53Api, cache: &ZoneCache, log: &Logger) {
         for (i, desire) in self.batch.iter().enumerate() {
             let full = matches!(
                 desire.cause,
-                Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
+                Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart | Cause::Settle
             );
             if !full || desire.check.is_none() || self.results[i].is_err() {
                 continue;
