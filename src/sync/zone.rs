@@ -910,12 +910,7 @@ mod tests {
     async fn ten_names_of_a_large_zone_are_read_by_name_and_of_a_small_one_at_once() {
         let r53 = FakeRoute53::with_zones(&["Z1"]);
         r53.foreign_sets.store(12_000, Ordering::SeqCst);
-        let options = SyncOptions {
-            policy: Policy::Sync,
-            dry_run: false,
-            route53_ttl: 60,
-        };
-        let log = Logger::root(slog::Discard, slog::o!());
+        let (options, log) = setup();
         let mut cache = ZoneCache::default();
         let start = wants(10, Cause::Startup);
         let results = sync_zone(&r53, "Z1", &start, &options, &mut cache, &log, None).await;
@@ -936,6 +931,16 @@ mod tests {
             "{:?}",
             &r53.calls()[before..]
         );
+    }
+
+    /// The options of a sync in these tests, and a log that keeps nothing.
+    fn setup() -> (SyncOptions, Logger) {
+        let options = SyncOptions {
+            policy: Policy::Sync,
+            dry_run: false,
+            route53_ttl: 60,
+        };
+        (options, Logger::root(slog::Discard, slog::o!()))
     }
 
     fn checked(ips: &[&str], cause: Cause, spec: Option<&CheckSpec>) -> Vec<FqdnWant> {
@@ -963,12 +968,7 @@ mod tests {
     async fn multivalue_answers_and_their_checks_live_and_die_with_the_values() {
         use crate::plan::RecordType;
         let r53 = FakeRoute53::with_zones(&["Z1"]);
-        let options = SyncOptions {
-            policy: Policy::Sync,
-            dry_run: false,
-            route53_ttl: 60,
-        };
-        let log = Logger::root(slog::Discard, slog::o!());
+        let (options, log) = setup();
         let spec = crate::health_check::parse_rule("route53/Z1/*=HTTP:80/health")
             .unwrap()
             .spec;
@@ -1098,12 +1098,7 @@ mod tests {
     async fn past_the_limit_of_checks_a_value_is_published_without_one() {
         let r53 = FakeRoute53::with_zones(&["Z1"]);
         r53.max_checks.store(1, Ordering::SeqCst);
-        let options = SyncOptions {
-            policy: Policy::Sync,
-            dry_run: false,
-            route53_ttl: 60,
-        };
-        let log = Logger::root(slog::Discard, slog::o!());
+        let (options, log) = setup();
         let spec = crate::health_check::parse_rule("route53/*/*=TCP:443")
             .unwrap()
             .spec;
@@ -1122,12 +1117,7 @@ mod tests {
     #[tokio::test]
     async fn at_a_start_a_check_no_record_set_uses_is_deleted() {
         let r53 = FakeRoute53::with_zones(&["Z1"]);
-        let options = SyncOptions {
-            policy: Policy::Sync,
-            dry_run: false,
-            route53_ttl: 60,
-        };
-        let log = Logger::root(slog::Discard, slog::o!());
+        let (options, log) = setup();
         let spec = crate::health_check::parse_rule("route53/*/*=TCP:443")
             .unwrap()
             .spec;

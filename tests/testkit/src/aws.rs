@@ -236,16 +236,11 @@ impl Aws {
 
     /// The A/AAAA record sets of `fqdn`: type → (ttl, sorted values).
     pub async fn records(&self, zone: &str, fqdn: &str) -> BTreeMap<String, (i64, Vec<String>)> {
-        let out = self
-            .route53
-            .list_resource_record_sets()
-            .hosted_zone_id(zone)
-            .start_record_name(format!("{fqdn}."))
-            .send()
-            .await
-            .expect("list record sets");
         let mut found = BTreeMap::new();
-        for set in out.resource_record_sets() {
+        for set in self.sets_from(zone, fqdn).await {
+            if set.set_identifier().is_some() {
+                continue;
+            }
             let t = set.r#type().as_str().to_string();
             if set.name().trim_end_matches('.') != fqdn || !(t == "A" || t == "AAAA") {
                 continue;
@@ -263,16 +258,8 @@ impl Aws {
 
     /// The multivalue answer record sets of `fqdn`: (set identifier, values, health check id).
     pub async fn multivalue(&self, zone: &str, fqdn: &str) -> Vec<(String, Vec<String>, String)> {
-        let out = self
-            .route53
-            .list_resource_record_sets()
-            .hosted_zone_id(zone)
-            .start_record_name(format!("{fqdn}."))
-            .send()
-            .await
-            .expect("list record sets");
         let mut found = Vec::new();
-        for set in out.resource_record_sets() {
+        for set in self.sets_from(zone, fqdn).await {
             let (Some(id), true) = (
                 set.set_identifier(),
                 set.name().trim_end_matches('.') == fqdn,
@@ -314,5 +301,18 @@ impl Aws {
                 (c.id().to_string(), (c.caller_reference().to_string(), what))
             })
             .collect()
+    }
+
+    /// One page of the record sets of `zone` from `fqdn` on.
+    async fn sets_from(&self, zone: &str, fqdn: &str) -> Vec<r53::types::ResourceRecordSet> {
+        let out = self
+            .route53
+            .list_resource_record_sets()
+            .hosted_zone_id(zone)
+            .start_record_name(format!("{fqdn}."))
+            .send()
+            .await
+            .expect("list record sets");
+        out.resource_record_sets().to_vec()
     }
 }
