@@ -712,7 +712,8 @@ impl Handler<ZoneSynced> for LoadBalancer {
             Some(sets) => Seen::Zone(sets, msg.ttl_before, msg.health),
             None => Seen::Nothing,
         };
-        if msg.error.is_none() {
+        // The answer of the sync in flight (not of one given up).
+        if msg.error.is_none() && self.in_flight.is_some() {
             self.checks_waiting = msg.checks_waiting;
         }
         let rejected = self.zone_rejected.take();

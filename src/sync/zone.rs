@@ -35,6 +35,8 @@ pub struct ZoneCache {
     pub nonce: u64,
     /// Values whose check Route53 refused to make (said once).
     pub refused: HashSet<(String, IpAddr)>,
+    /// A change or a deletion failed since the checks were listed: listed again before use.
+    pub checks_stale: bool,
 }
 
 impl ZoneCache {
@@ -185,6 +187,8 @@ struct ZoneRun<'a> {
     /// too (see [`ZoneRun::drop_strays`]).
     strays: bool,
     checks_waiting: Vec<bool>,
+    /// A change of the name was applied (whatever id Route53 gave it).
+    changed: Vec<bool>,
 }
 
 impl<'a> ZoneRun<'a> {
@@ -201,6 +205,7 @@ impl<'a> ZoneRun<'a> {
             health: vec![BTreeMap::new(); batch.len()],
             strays: false,
             checks_waiting: vec![false; batch.len()],
+            changed: vec![false; batch.len()],
         }
     }
 
@@ -316,21 +321,27 @@ impl<'a> ZoneRun<'a> {
         let needed: Vec<usize> = (0..batch.len())
             .filter(|&i| self.results[i].is_ok() && with_checks(i))
             .collect();
-        let full = needed.iter().any(|&i| {
-            matches!(
-                batch[i].cause,
-                Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
-            )
-        });
-        if needed.is_empty() || (cache.checks.is_some() && !full) {
+        // At a start the zone's checks are listed whatever its names: an earlier run (another
+        // leader) may have left some waiting to be deleted.
+        let start = batch
+            .iter()
+            .any(|d| matches!(d.cause, Cause::Startup | Cause::Relist | Cause::Restart));
+        let full = start || needed.iter().any(|&i| batch[i].cause == Cause::Resync);
+        if needed.is_empty() && !start {
+            return;
+        }
+        if cache.checks.is_some() && !full && !cache.checks_stale {
             return;
         }
         match api.health_checks(self.zone, &cache.reference_prefix).await {
             Ok(checks) => {
                 cache.checks = Some(checks);
-                self.strays = batch
-                    .iter()
-                    .any(|d| matches!(d.cause, Cause::Startup | Cause::Relist | Cause::Restart));
+                cache.checks_stale = false;
+                self.strays = start;
+            }
+            Err(e) if needed.is_empty() => {
+                // Nothing of the flag's here: a role without route53:ListHealthChecks is fine.
+                slog::debug!(log, "could not list the zone's Route53 health checks"; "error" => %e);
             }
             Err(e) => {
                 // Its names with checks wait (retried): switched without the list, a name
@@ -493,7 +504,7 @@ impl<'a> ZoneRun<'a> {
             if unused.is_empty() {
                 continue;
             }
-            if desire.dns_busy || self.changes[i].is_some() {
+            if desire.dns_busy || self.changed[i] {
                 self.checks_waiting[i] = true;
                 continue;
             }
@@ -509,6 +520,8 @@ impl<'a> ZoneRun<'a> {
                         }
                     }
                     Err(e) => {
+                        // Read afresh before the retry (which then backs off).
+                        forget(cache, desire);
                         self.results[i] = Err(e);
                         break;
                     }
@@ -661,6 +674,7 @@ impl<'a> ZoneRun<'a> {
                         applied(cache, &batch[*i].fqdn, changes);
                         log_changes(log, &batch[*i], changes, Some(&id));
                         self.changes[*i] = (!id.is_empty()).then(|| id.clone());
+                        self.changed[*i] = true;
                     }
                 }
                 Err(e) if chunk.len() > 1 && !e.is_retryable() => {
@@ -670,6 +684,7 @@ impl<'a> ZoneRun<'a> {
                                 applied(cache, &batch[*i].fqdn, changes);
                                 log_changes(log, &batch[*i], changes, Some(&id));
                                 self.changes[*i] = (!id.is_empty()).then_some(id);
+                                self.changed[*i] = true;
                             }
                             Err(e) => {
                                 forget(cache, &batch[*i]);
@@ -796,12 +811,14 @@ impl<'a> ZoneRun<'a> {
     }
 }
 
-/// A change of `desire`'s name failed: what the zone knows of it is read again, its checks too
-/// (one deleted by hand is named by no change again).
+/// A change of `desire`'s name (or the deletion of one of its checks) failed: what the zone
+/// knows of it is read again, and its checks are listed again before they are used (one deleted
+/// by hand is named by no change again). The list is kept till then: the batch's other names
+/// still delete by it.
 fn forget(cache: &mut ZoneCache, desire: &FqdnWant) {
     cache.sets.remove(&desire.fqdn);
-    if desire.check.is_some() {
-        cache.checks = None;
+    if desire.check.is_some() || cache.checks.is_some() {
+        cache.checks_stale = true;
     }
 }
 
@@ -1162,5 +1179,52 @@ mod tests {
             !calls.iter().any(|c| c.contains("api.example.com")),
             "{calls:?}"
         );
+    }
+
+    /// A leader that switched a name back to one simple record set and died before the change
+    /// was INSYNC left its checks: the next one lists the zone's checks at its start, although
+    /// nothing of the name shows a check any longer, and deletes them (once no change of the
+    /// name is PENDING).
+    #[tokio::test]
+    async fn checks_left_waiting_by_another_leader_are_deleted_at_a_start() {
+        let r53 = FakeRoute53::with_zones(&["Z1"]);
+        let (options, log) = setup();
+        let spec = crate::health_check::parse_rule("route53/*/*=TCP:443")
+            .unwrap()
+            .spec;
+        let prefix = "lbm-00000000-Z1-";
+        r53.checks.lock().unwrap().insert(
+            "hc-left".into(),
+            HealthCheck {
+                id: "hc-left".into(),
+                reference: format!("{prefix}1"),
+                ip: "192.0.2.1".parse().unwrap(),
+                fqdn: "www.example.com".into(),
+                spec,
+            },
+        );
+        r53.put_record(
+            "Z1",
+            RecordSet::simple(
+                "www.example.com",
+                crate::plan::RecordType::A,
+                60,
+                vec!["192.0.2.1".into()],
+            ),
+        );
+        let mut cache = ZoneCache::new(prefix.into());
+        let mut start = checked(&["192.0.2.1"], Cause::Startup, None);
+        start[0].dns_busy = true;
+        let r = sync_zone(&r53, "Z1", &start, &options, &mut cache, &log, None).await;
+        assert!(r[0].result.is_ok() && r[0].checks_waiting, "{r:?}");
+        assert_eq!(
+            ids(&r53).len(),
+            1,
+            "not while the previous change is PENDING"
+        );
+        let settle = checked(&["192.0.2.1"], Cause::Settle, None);
+        let r = sync_zone(&r53, "Z1", &settle, &options, &mut cache, &log, None).await;
+        assert!(r[0].result.is_ok() && !r[0].checks_waiting, "{r:?}");
+        assert!(ids(&r53).is_empty());
     }
 }
