@@ -461,7 +461,7 @@ impl<'a> ZoneRun<'a> {
                         if cache.refused.insert((desire.fqdn.clone(), ip)) {
                             warn!(log, "Route53 refused to make a value's health check; the value \
                                 is published without one (answered as healthy) and the check is \
-                                tried again at each sync (README, Limits)";
+                                asked for again at each resync (README, Limits)";
                                 "lb" => desire.lb.to_string(), "value" => %ip, "error" => %e);
                         }
                         checks.insert(ip, None);
