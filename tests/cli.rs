@@ -17,6 +17,27 @@ fn bad_flags_exit_2_with_a_clear_message() {
         &["run", "--route53-ttl", "soon"],
         &["run", "--prefix", "noslash"],
         &["run", "--resync-interval", "5 parsecs"],
+        &[
+            "run",
+            "--route53-health-check",
+            "route53/Z1/www.example.com=UDP:80",
+        ],
+        &["run", "--route53-health-check", "route53/Z1=HTTP:80"],
+        // Health-checked names are lbmanager's alone.
+        &[
+            "run",
+            "--ownership",
+            "shared",
+            "--route53-health-check",
+            "route53/Z1/www.example.com=HTTP:80",
+        ],
+        &[
+            "plan",
+            "--ownership",
+            "shared",
+            "--route53-health-check",
+            "route53/*/*=TCP:443",
+        ],
         &["frobnicate"],
         &[],
     ] {

@@ -178,13 +178,48 @@ class History:
             start = self.leader.times[i]
             end = self.leader.times[i + 1] if i + 1 < len(self.leader.times) else float("inf")
             self.lead_intervals.setdefault(pid, []).append((start, end))
-        # Foreign members: the fixtures, and those added by hand later.
-        self.foreign = Timeline({lb: frozenset(ms) for lb, ms in params["foreign"].items()})
-        for ev in self.events:
+        # Foreign members: the fixtures, those added by hand later, and the values a hand edit
+        # of a record set wrote back after lbmanager had removed them (the driver reads the record
+        # set, then writes it changed: lbmanager may remove a value in between, as a person's edit
+        # can). Under --ownership shared such a value is another tool's from then on, until it
+        # leaves the record set.
+        fixed = {lb: frozenset(ms) for lb, ms in params["foreign"].items()}
+        self.foreign = Timeline(dict(fixed))
+        back = {}  # lb -> values written back by hand, still in the record set
+        current = {}  # (lb, type) -> the record set's values after the last change
+        mutations = [e for e in self.events if e["kind"] in ("aws_call", "oob")]
+        mutations.sort(key=lambda e: e.get("t_fwd", e["t"]))
+        for ev in mutations:
+            changed = []
             if ev["kind"] == "oob" and ev.get("action") == "foreign_add":
+                fixed[ev["lb"]] = fixed.get(ev["lb"], frozenset()) | frozenset(ev["added"])
+                changed.append(ev["lb"])
+            elif ev["kind"] == "oob" and ev.get("action") == "rrset":
+                key, values = (ev["lb"], ev["type"]), set(ev.get("values", []))
+                before = current.get(key)
+                if before is not None:
+                    put_back = values - before - fixed.get(ev["lb"], frozenset())
+                    gone = {v for v in back.get(ev["lb"], set())
+                            if model.ip_type(v) == ev["type"] and v not in values}
+                    if put_back or gone:
+                        back[ev["lb"]] = (back.get(ev["lb"], set()) - gone) | put_back
+                        changed.append(ev["lb"])
+                current[key] = values
+            elif ev["kind"] == "aws_call" and ev.get("mutating") and applied(ev):
+                for lb, _added, _removed, rr in call_effects(ev):
+                    if rr is None:
+                        continue
+                    current[(lb, rr["type"])] = set(rr["values"])
+                    gone = {v for v in back.get(lb, set())
+                            if model.ip_type(v) == rr["type"] and v not in rr["values"]}
+                    if gone:
+                        back[lb] -= gone
+                        changed.append(lb)
+            if changed:
                 cur = dict(self.foreign.values[-1])
-                cur[ev["lb"]] = cur.get(ev["lb"], frozenset()) | frozenset(ev["added"])
-                self.foreign.add(ev["t"], cur)
+                for lb in changed:
+                    cur[lb] = fixed.get(lb, frozenset()) | frozenset(back.get(lb, set()))
+                self.foreign.add(ev.get("t_fwd", ev["t"]), cur)
 
     def pid_of(self, slot, t):
         starts = self.starts.get(slot, [])
@@ -520,6 +555,8 @@ def check_ops(hist, out):
             checked["remove_wait"] += 1
             if oob_put_back(mutations, lb, member, st["t"], probe["t"]):
                 continue  # put back by hand: not lbmanager's doing
+            if member in hist.foreign_at(lb, st["t"]):
+                continue  # another tool's (written back by hand earlier): lbmanager keeps it
             if probe["present"] and not hist.desired_ever(lb, member, end["t"], probe["t"]):
                 out.append(_v("remove_wait", end["t"], "%s %s exited 0 but AWS, read %.3f s later, "
                               "still has %s" % (kind, st["key"], probe["t"] - end["t"], member),

@@ -235,6 +235,51 @@ class EachViolation(unittest.TestCase):
         ev[-2]["t"], ev[-1]["t"] = 8.5, 8.51
         self.assertIn("remove_wait", kinds(ev))
 
+    def test_a_value_written_back_by_hand_is_another_tools_until_it_leaves(self):
+        """The 20-minute soak of 2026-12-07: a hand edit read the record set, lbmanager removed
+        two values, the edit wrote them back. Under --ownership shared they are another tool's
+        from then on: lbmanager keeps them in its writes, and AWS keeps them in quiet periods."""
+        kd = "/lbManager/route53/us-east-1/%s/www.example.com/multiple/192.0.2.11" % ZONE
+        ev = healthy()
+        quiet = [e for e in ev if e["kind"] in ("quiet_start", "sample", "status", "quiet_end")]
+        ev = [e for e in ev if e not in quiet]
+        with_back = aws(www=("192.0.2.10", "192.0.2.11"))
+        for e in quiet:
+            if "aws" in e:
+                e["aws"] = with_back
+            if e["kind"] == "status":
+                e["report"]["load_balancers"][1]["in_aws"].append(
+                    {"member": "192.0.2.11", "foreign": True})
+        ev[-2:-2] = [
+            etcd(6.5, "put", kd, 20),
+            call(6.6, 0, "ChangeResourceRecordSets", changes=[
+                {"lb": WWW, "action": "UPSERT", "type": "A", "ttl": 2,
+                 "values": ["192.0.2.10", "192.0.2.11", "198.51.100.7"]}]),
+            etcd(6.95, "delete", kd, 21),
+            call(7.0, 0, "ChangeResourceRecordSets", changes=[
+                {"lb": WWW, "action": "UPSERT", "type": "A", "ttl": 2,
+                 "values": ["192.0.2.10", "198.51.100.7"]}]),
+            {"kind": "oob", "t": 7.5, "action": "rrset", "lb": WWW, "type": "A", "ttl": 2,
+             "values": ["192.0.2.10", "192.0.2.11", "198.51.100.7"], "removed": []},
+            # lbmanager's next write keeps it (another tool's now).
+            call(12.0, 0, "ChangeResourceRecordSets", changes=[
+                {"lb": WWW, "action": "UPSERT", "type": "A", "ttl": 2,
+                 "values": ["192.0.2.10", "192.0.2.11", "198.51.100.7"]}]),
+        ] + quiet
+        # A host's `member remove --wait` of it is not lbmanager's to judge.
+        ev += [
+            {"kind": "op_start", "t": 13.0, "op_id": 9, "op": "remove_wait", "key": kd,
+             "lb": WWW, "member": "192.0.2.11"},
+            {"kind": "op_end", "t": 13.1, "op_id": 9, "exit": 0, "stderr": ""},
+            {"kind": "aws_probe", "t": 13.11, "op_id": 9, "lb": WWW, "member": "192.0.2.11",
+             "present": True},
+        ]
+        ev.sort(key=lambda e: e["t"])
+        self.assertEqual(kinds(ev), [])
+        # Without the hand edit, the value is lbmanager's, kept without a key.
+        ev = [e for e in ev if e["kind"] != "oob"]
+        self.assertIn("convergence", kinds(ev))
+
     def test_a_member_deregistered_while_its_key_stood(self):
         ev = healthy() + [call(19.0, 0, "DeregisterInstancesFromLoadBalancer", ELB, [I1])]
         self.assertIn("removal", kinds(ev))

@@ -305,10 +305,11 @@ impl<'a> ZoneRun<'a> {
         groups
     }
 
-    /// `--route53-health-check`: lists the zone's checks when they matter and are not known (or
-    /// on a full read, which catches a check deleted by hand): when a name of the batch is in a
-    /// scope, or has lbmanager's multivalue answers with checks (left by a run with the flag, to
-    /// be switched back). A zone without either makes no health-check call at all.
+    /// `--route53-health-check`: lists the zone's checks at a start (whatever its names: another
+    /// leader may have left some to delete), and after that when they matter and are not known,
+    /// are stale, or on a resync (which catches a check deleted by hand): when a name of the batch
+    /// is in a scope, or has lbmanager's multivalue answers with checks (left by a run with the
+    /// flag, to be switched back). Past its start, a zone with neither makes no health-check call.
     async fn list_checks(&mut self, api: &dyn Route53Api, cache: &mut ZoneCache, log: &Logger) {
         let batch = self.batch;
         let with_checks = |i: usize| {
