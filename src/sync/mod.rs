@@ -36,18 +36,6 @@ pub enum Cause {
     Settle,
 }
 
-impl Cause {
-    /// A sync that reads everything afresh and asks again what a sync of an event takes as known
-    /// (start-up, relist, actor restart, resync): the zone's health checks, their health, the
-    /// checks Route53 refused.
-    pub fn is_full(self) -> bool {
-        matches!(
-            self,
-            Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
-        )
-    }
-}
-
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

@@ -327,7 +327,7 @@ impl<'a> ZoneRun<'a> {
         let start = batch
             .iter()
             .any(|d| matches!(d.cause, Cause::Startup | Cause::Relist | Cause::Restart));
-        let full = start || needed.iter().any(|&i| batch[i].cause.is_full());
+        let full = start || needed.iter().any(|&i| batch[i].cause == Cause::Resync);
         if needed.is_empty() && !start {
             return;
         }
@@ -380,7 +380,10 @@ impl<'a> ZoneRun<'a> {
                 .iter()
                 .filter_map(|s| s.health_check.as_deref())
                 .collect();
-            let full = desire.cause.is_full();
+            let full = matches!(
+                desire.cause,
+                Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart
+            );
             let mut checks = Checks::new();
             for ip in crate::plan::multivalue_values(&desire.ips, &current, options.policy) {
                 // The check a record set names already, if there are two (no needless UPSERT).
@@ -433,7 +436,7 @@ impl<'a> ZoneRun<'a> {
                 match made {
                     Ok(id) => {
                         info!(log, "created health check"; "lb" => desire.lb.to_string(),
-                            "value" => %ip, "check" => %spec, "health_check" => &id,
+                            "value" => %ip, "check" => %spec, "health_check" => esc(&id),
                             "cause" => %desire.cause);
                         cache.creating.remove(&key);
                         cache.refused.remove(&(desire.fqdn.clone(), ip));
@@ -507,9 +510,16 @@ impl<'a> ZoneRun<'a> {
                 continue;
             }
             for check in unused {
-                let why = desire.cause.to_string();
-                match delete_unused(api, self.zone, cache, &check, &why, log).await {
-                    Ok(()) => {}
+                match api.delete_health_check(self.zone, &check.id).await {
+                    Ok(()) => {
+                        info!(log, "deleted health check no record set uses";
+                            "lb" => desire.lb.to_string(), "value" => %check.ip,
+                            "check" => esc(&check.spec.to_string()), "health_check" => esc(&check.id),
+                            "cause" => %desire.cause);
+                        if let Some(list) = cache.checks.as_mut() {
+                            list.retain(|c| c.id != check.id);
+                        }
+                    }
                     Err(e) => {
                         // Read afresh before the retry (which then backs off).
                         forget(cache, desire);
@@ -544,7 +554,7 @@ impl<'a> ZoneRun<'a> {
                 Ok(sets) => sets.into_iter().filter_map(|s| s.health_check).collect(),
                 Err(e) => {
                     warn!(log, "could not read a name with health checks of lbmanager's; they \
-                        are looked at again at the next start"; "fqdn" => &fqdn,
+                        are looked at again at the next start"; "fqdn" => esc(&fqdn),
                         "error" => %e);
                     continue;
                 }
@@ -564,10 +574,18 @@ impl<'a> ZoneRun<'a> {
                 .cloned()
                 .collect();
             for check in stray {
-                let why = "start-up: no name of lbmanager's uses it";
-                if let Err(e) = delete_unused(api, self.zone, cache, &check, why, log).await {
-                    warn!(log, "could not delete a health check no record set uses";
-                        "health_check" => &check.id, "error" => %e);
+                match api.delete_health_check(self.zone, &check.id).await {
+                    Ok(()) => {
+                        info!(log, "deleted health check no record set uses";
+                            "fqdn" => esc(&fqdn), "value" => %check.ip,
+                            "check" => esc(&check.spec.to_string()), "health_check" => esc(&check.id),
+                            "cause" => "start-up: no name of lbmanager's uses it");
+                        if let Some(list) = cache.checks.as_mut() {
+                            list.retain(|c| c.id != check.id);
+                        }
+                    }
+                    Err(e) => warn!(log, "could not delete a health check no record set uses";
+                        "health_check" => esc(&check.id), "error" => %e),
                 }
             }
         }
@@ -579,7 +597,10 @@ impl<'a> ZoneRun<'a> {
     /// them, a value's health is what was read last. A failed read is no failed sync.
     async fn read_health(&mut self, api: &dyn Route53Api, cache: &ZoneCache, log: &Logger) {
         for (i, desire) in self.batch.iter().enumerate() {
-            let full = desire.cause.is_full() || desire.cause == Cause::Settle;
+            let full = matches!(
+                desire.cause,
+                Cause::Resync | Cause::Relist | Cause::Startup | Cause::Restart | Cause::Settle
+            );
             if !full || desire.check.is_none() || self.results[i].is_err() {
                 continue;
             }
@@ -597,7 +618,7 @@ impl<'a> ZoneRun<'a> {
                     }
                     Err(e) => {
                         slog::debug!(log, "could not read a health check's status";
-                            "health_check" => id, "error" => %e);
+                            "health_check" => esc(id), "error" => %e);
                     }
                 }
             }
@@ -802,23 +823,9 @@ fn forget(cache: &mut ZoneCache, desire: &FqdnWant) {
     }
 }
 
-/// Deletes `check`, which no record set uses, and says why; the zone forgets it.
-async fn delete_unused(
-    api: &dyn Route53Api,
-    zone: &str,
-    cache: &mut ZoneCache,
-    check: &HealthCheck,
-    why: &str,
-    log: &Logger,
-) -> Result<(), AwsError> {
-    api.delete_health_check(zone, &check.id).await?;
-    info!(log, "deleted health check no record set uses";
-        "fqdn" => &check.fqdn, "value" => %check.ip, "check" => %check.spec,
-        "health_check" => &check.id, "cause" => why);
-    if let Some(list) = cache.checks.as_mut() {
-        list.retain(|c| c.id != check.id);
-    }
-    Ok(())
+/// A value from AWS (a health check's id, path, FQDN) as a log line may show it.
+fn esc(s: &str) -> String {
+    crate::escape::escape(s).into_owned()
 }
 
 /// A zone that no longer exists holds none of an FQDN that should have no records: in step.
