@@ -3,6 +3,9 @@
 
 use lbmanager_testkit::*;
 
+/// How long the 150,000-member test waits for a sync that moto paces.
+const SLOW_MOTO: std::time::Duration = std::time::Duration::from_secs(120);
+
 const I1: &str = "i-0123456789abcdef0";
 const I2: &str = "i-0fedcba9876543210";
 const I3: &str = "i-0aaaaaaaaaaaaaaaa";
@@ -169,7 +172,12 @@ async fn one_hundred_fifty_thousand_members_restart() {
     .await;
     let flags = ["--aws-quota-share", "100"];
     let mut daemon = Daemon::start(&etcd, &moto, &flags);
-    daemon.wait_log("initial sync complete").await;
+    // Moto, not lbmanager, sets the pace of 150,000 registrations on 2 cores (its Register
+    // answers take up to 15 s there): a bound for the test, not a speed target (BENCHMARKS.md, R).
+    eventually("initial sync complete", SLOW_MOTO, || async {
+        daemon.log().contains("initial sync complete")
+    })
+    .await;
     // (A Register of 1,000 instances can time out on a loaded machine: retried, it lands.)
     eventually("every ELB full", DEADLINE, || async {
         for n in [0, LBS / 2, LBS - 1] {
@@ -202,7 +210,10 @@ async fn one_hundred_fifty_thousand_members_restart() {
 
     let restarted = std::time::Instant::now();
     daemon.spawn(&etcd.url, &moto.url, &flags);
-    daemon.wait_log_count("initial sync complete", 2).await;
+    eventually("initial sync complete again", SLOW_MOTO, || async {
+        daemon.log().matches("initial sync complete").count() >= 2
+    })
+    .await;
     let took = restarted.elapsed();
     let peak = daemon.peak_rss_kib().unwrap_or(0);
     let log = daemon.log();
