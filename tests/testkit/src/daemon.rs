@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::{eventually, kill, Etcd, Moto, DEADLINE};
+use crate::{eventually, free_port, http_get, kill, Etcd, Moto, DEADLINE};
 
 pub const AWS_KEY_ID: &str = "AKIATESTLBMANAGER0001";
 pub const AWS_SECRET: &str = "test/secret+LbManagerSecretValue0001";
@@ -17,6 +17,9 @@ pub struct Daemon {
     _dir: tempfile::TempDir,
     /// Environment changes for every spawn: `None` removes the variable.
     pub env: Vec<(String, Option<String>)>,
+    /// The `--listen` port of the process spawned last (`/metrics`, `/readyz`): the test's own
+    /// `--listen`, or one the harness chose.
+    pub listen_port: Option<u16>,
 }
 
 impl Daemon {
@@ -41,6 +44,7 @@ impl Daemon {
             log_path,
             _dir: dir,
             env: Vec::new(),
+            listen_port: None,
         }
     }
 
@@ -56,6 +60,19 @@ impl Daemon {
             .args(["--aws-endpoint-url", moto_url])
             .args(extra)
             .env("LBMANAGER_LOG_LEVEL", "debug");
+        // Every daemon serves `/readyz`, which is what the tests wait on (a fresh port per
+        // process, so a restarted daemon is never taken for ready by its predecessor's answer).
+        let given = extra.iter().position(|a| *a == "--listen");
+        self.listen_port = match given {
+            Some(i) => extra
+                .get(i + 1)
+                .and_then(|a| a.rsplit(':').next()?.parse().ok()),
+            None => {
+                let port = free_port();
+                cmd.args(["--listen", &format!("127.0.0.1:{port}")]);
+                Some(port)
+            }
+        };
         for (name, value) in &self.env {
             match value {
                 Some(v) => cmd.env(name, v),
@@ -72,6 +89,25 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Waits until the process spawned last is ready: its `/readyz` answers 200 (the start-up
+    /// sync is done and the etcd watch is live). This, not a log line, is the daemon's contract.
+    pub async fn wait_ready(&self) {
+        self.wait_ready_within(DEADLINE).await;
+    }
+
+    /// [`Daemon::wait_ready`], for a start that may take longer than the usual deadline.
+    pub async fn wait_ready_within(&self, timeout: Duration) {
+        let port = self.listen_port.expect("a spawned daemon");
+        eventually("lbmanager's /readyz to answer 200", timeout, || async {
+            tokio::task::spawn_blocking(move || http_get(port, "/readyz"))
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|(status, _)| status == 200)
+        })
+        .await;
     }
 
     /// Waits until the log has `n` lines containing `needle`.

@@ -28,11 +28,34 @@ pub use moto::{Moto, RecordedCall};
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
 
+/// A loopback port that is free now and that no other caller in this process has been given.
+///
+/// Every integration test runs in one binary, tests side by side, and a server is started on its
+/// port some time after the port is chosen (an etcd cluster's six ports before any member
+/// starts). So ports come from below the kernel's ephemeral range (32768 and up on Linux), which
+/// `bind(0)` and outgoing connections never take, and none is handed out twice: the only way to
+/// lose a port between choosing and binding is to another process doing the same.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    // A start that differs per process, so two test processes rarely probe the same ports.
+    let start = (std::process::id() as u64 * 7919 % SPAN as u64) as u16;
+    for i in 0..SPAN {
+        let port = FIRST + (start + i) % SPAN;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// Polls `check` every 100 ms until it returns true; panics with `what` after `timeout`.

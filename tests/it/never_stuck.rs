@@ -50,7 +50,7 @@ async fn a_rejected_instance_does_not_freeze_its_elb() {
     let listen = format!("127.0.0.1:{port}");
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &["--listen", &listen]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     assert_eq!(
         aws.instances("us-east-1", "web").await,
         strings(&[GOOD1, GOOD2])
@@ -141,7 +141,7 @@ async fn a_rejected_target_does_not_freeze_its_target_group() {
     etcd.put(&tg_key("tg", GOOD2)).await;
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let t = |id: &str| format!("{id}:80");
     eventually("tg converged", DEADLINE, || async {
         aws.targets(&arn).await == vec![t(GOOD1), t(GOOD2)]
@@ -185,7 +185,7 @@ async fn three_hundred_refused_targets_make_no_record_etcd_refuses() {
     etcd.put(&tg_key("calmTG", GOOD1)).await;
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     etcd.put_many(dead.iter().map(|id| tg_key("floodTG", id)))
         .await;
     etcd.put(&tg_key("floodTG", GOOD2)).await;
@@ -259,7 +259,7 @@ async fn a_delete_of_forty_thousand_keys_in_one_revision_does_not_wedge_the_watc
     // failing once their keys are gone).
     etcd.put_many(tree("gone", 40)).await;
     let daemon = Daemon::start(&etcd, &moto, &["--aws-quota-share", "100"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let out = etcd.ctl(&["del", "--prefix", &format!("{P}/elb/us-east-1/gone")]);
     assert_eq!(out.trim(), "40000");
     etcd.put(&elb_key("web", "multiple", GOOD1)).await;
@@ -334,7 +334,7 @@ async fn changes_after_a_snapshot_restore_reach_aws() {
     let snapshot = etcd.dir.path().join("snapshot.db");
     etcd.snapshot_save(&snapshot);
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     for id in [GOOD2, "i-00000000000000b01", "i-00000000000000b02"] {
         etcd.put(&elb_key("web", "multiple", id)).await;
     }

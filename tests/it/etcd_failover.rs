@@ -1,6 +1,5 @@
-//! A host's commands with one etcd member of three down. In a file of its own: a cluster's six
-//! ports are chosen before its members start, and tests running beside it in one binary (each
-//! starting etcd and moto) can take one of them meanwhile.
+//! A host's commands with one etcd member of three down. (A cluster's six ports are chosen before
+//! its members start; the testkit's `free_port` hands none of them to a test running beside it.)
 
 use lbmanager_testkit::*;
 

@@ -61,7 +61,7 @@ async fn killed_right_after_the_first_register_the_load_balancer_is_still_emptie
     let proxy = proxy::FaultProxy::aws_rules(moto.port);
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     *proxy.kill_after_register.lock().unwrap() = daemon.pid();
     etcd.put(&key(I1)).await;
     assert_eq!(daemon.exit_code(DEADLINE).await, None, "killed by SIGKILL");

@@ -177,7 +177,7 @@ async fn at_the_defaults_no_call_is_throttled() {
     let proxy = Throttler::start(moto.port, Rules::default());
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
 
     // Interleaved, as hosts come up: every ELB gets its members over the whole burst.
     let mut keys: Vec<String> = (0..4)
@@ -237,7 +237,7 @@ async fn throttled_by_a_tighter_aws_lbmanager_backs_off_and_converges() {
     let proxy = Throttler::start(moto.port, Rules::default().scaled(0.2));
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let keys: Vec<String> = (0..3)
         .flat_map(|n| lbs.iter().map(move |lb| elb_key(lb, n)))
         .collect();

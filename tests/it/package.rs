@@ -232,7 +232,7 @@ async fn the_dashboard_and_the_alert_rules_query_what_metrics_exposes() {
     let listen = format!("127.0.0.1:{port}");
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &["--listen", &listen]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     daemon.wait_log("AWS rejected a member").await;
     let (_, metrics) = http_get(port, "/metrics").expect("/metrics answers");
     let exposed = exposed(&metrics);

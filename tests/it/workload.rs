@@ -40,7 +40,7 @@ async fn the_instant_add_and_remove_wait_return_aws_has_followed() {
     etcd.put(&format!("{P}/elb/us-east-1/web/multiple/{I2}"))
         .await;
     let daemon = Daemon::start(&etcd, &moto, &["--route53-ttl", "1"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
 
     // Classic ELB.
     let key = format!("{P}/elb/us-east-1/web/multiple/{I1}");
@@ -118,7 +118,7 @@ async fn a_member_aws_rejects_fails_add_wait_at_once_with_aws_reason() {
         .await;
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let key = format!("{P}/elb/us-east-1/web/multiple/{DEAD}");
     let started = Instant::now();
     let (code, err) = member("add", &key, &etcd, &["--wait", "--timeout", "60s"]).await;
@@ -187,7 +187,7 @@ async fn lease_backed_presence_holds_the_key_until_sigterm() {
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "web").await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let key = format!("{P}/elb/us-east-1/web/multiple/{I1}");
     let child = lbmanager_spawn(&[
         "member",
@@ -253,7 +253,7 @@ async fn status_on_never_synced_converged_and_drifted_trees() {
     proxy.set_invalid(&[DEAD]);
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let (code, out, err) = status(&etcd, &[]).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("yes"), "{out}");
@@ -344,7 +344,7 @@ async fn a_wait_goes_on_through_another_member_when_its_own_goes_away() {
             assert_eq!(used.len(), 1, "one member: {used:?}");
             relays[used[0]].cut();
             let daemon = Daemon::start(&etcd, &moto, &[]);
-            daemon.wait_log("initial sync complete").await;
+            daemon.wait_ready().await;
             (used[0], daemon)
         };
         let ((code, _, err), (used, mut daemon)) = tokio::join!(command, meanwhile);
@@ -372,7 +372,7 @@ async fn route53_waits_are_for_insync_and_drain_counts_the_ttl_from_it() {
     let proxy = Route53Proxy::start(moto.port, Duration::from_secs(4));
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &["--route53-ttl", "1"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
 
     let key = format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.7");
     let (code, err) = member("add", &key, &etcd, &["--wait"]).await;
@@ -422,7 +422,7 @@ async fn a_remove_wait_of_a_key_already_gone_ends_once_lbmanager_is_past_its_bar
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "web").await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let (k1, k2) = (
         format!("{P}/elb/us-east-1/web/multiple/{I1}"),
         format!("{P}/elb/us-east-1/web/multiple/{I2}"),

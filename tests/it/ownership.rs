@@ -93,7 +93,7 @@ async fn shared_keeps_what_it_did_not_add_through_changes_resyncs_and_kill_9() {
         etcd.keys(OWNED).await.is_empty()
     })
     .await;
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     assert_eq!(aws.instances("us-east-1", "web").await, strings(&[CANARY]));
 }
 
@@ -109,7 +109,7 @@ async fn exclusive_removes_what_etcd_does_not_list() {
         aws.instances("us-east-1", "web").await == strings(&[I1])
     })
     .await;
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     assert!(
         etcd.keys(OWNED).await.is_empty(),
         "no records in exclusive mode"

@@ -131,7 +131,7 @@ async fn aws_failing_30_percent_still_converges_exactly() {
         &proxy.url,
         &["--aws-timeout", "5s", "--aws-quota-share", "5"],
     );
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     burst(&etcd.url, &lbs, 1000, 7, Arc::default()).await;
     let took = converge(&etcd, &aws, &lbs, Duration::from_secs(180)).await;
     let c = &proxy.counts;
@@ -164,7 +164,7 @@ async fn etcd_restarted_ten_times_during_a_burst() {
     let aws = Aws::new(&moto).await;
     let lbs = create_elbs(&aws, 5).await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let url = etcd.url.clone();
     let done = Arc::new(AtomicUsize::new(0));
     let writer = tokio::spawn({
@@ -408,7 +408,7 @@ async fn filters_and_upsert_only_leave_the_rest_alone() {
     .await;
     etcd.del(&key("lb00", &inst(1))).await;
     daemon.wait_log("outside --elb-filter").await;
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     etcd.put(&key("lb00", &inst(3))).await;
     eventually("lb00 gained another member", DEADLINE, || async {
         aws.instances("us-east-1", "lb00").await == vec![inst(1), inst(3), inst(99)]
@@ -427,7 +427,7 @@ async fn sigterm_finishes_the_call_in_flight_and_exits_0() {
     let proxy = FaultProxy::start(moto.port, 0, 1);
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     proxy.delay_ms.store(1500, Ordering::SeqCst);
     let before = proxy.counts.received.load(Ordering::SeqCst);
     etcd.put(&key(&lbs[0], &inst(1))).await;
@@ -454,7 +454,7 @@ async fn flood_of_bad_keys() {
     let aws = Aws::new(&moto).await;
     let lbs = create_elbs(&aws, 3).await;
     let mut daemon = Daemon::start(&etcd, &moto, &["--log-level", "info"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let mut rng = Rng(99);
     let alphabet: Vec<char> = "abcXYZ019-_.:*/ %i".chars().collect();
     let mut bad = BTreeSet::new();

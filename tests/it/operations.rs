@@ -26,7 +26,7 @@ async fn dry_run_changes_nothing_and_says_what_it_would_do() {
     .await;
     moto.start_recording();
     let daemon = Daemon::start(&etcd, &moto, &["--dry-run"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let log = daemon.log();
     assert!(log.contains("would register instances"), "{log}");
     assert!(log.contains("would change record set"), "{log}");
@@ -72,7 +72,7 @@ async fn json_logs_one_object_a_line() {
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
     let daemon = Daemon::start(&etcd, &moto, &["--log-format", "json"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     etcd.put(&key("multiple", I1)).await;
     daemon.wait_log("registered instances").await;
     let log = daemon.log();
@@ -98,7 +98,7 @@ async fn member_under_an_expired_lease_leaves_the_load_balancer() {
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let mut client = etcd.client().await;
     let lease = client.lease_grant(3, None).await.unwrap().id();
     client

@@ -33,7 +33,7 @@ async fn load_balancers_and_zones_of_another_account_through_an_assumed_role() {
         &moto,
         &["--assume-role", &rules, "--assume-role", &zone_rule],
     );
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     assert_eq!(other.instances("us-east-1", "acctLB").await, strings(&[I1]));
     assert_eq!(
         other.records(&zone, "www.example.org").await["A"].1,

@@ -29,7 +29,7 @@ async fn many_instances_one_at_a_time_take_few_calls() {
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     moto.start_recording();
     let keys: Vec<String> = (0..300)
         .map(|i| format!("{P}/elb/us-east-1/webLB/multiple/i-{i:08x}"))
@@ -77,7 +77,7 @@ async fn route53_members_at_start_go_out_in_few_batches() {
     put_all(&etcd, &keys).await;
     moto.start_recording();
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     for f in 0..20 {
         let records = aws.records(&zone, &format!("h{f}.example.com")).await;
         assert_eq!(records["A"].1.len(), 100);
@@ -102,7 +102,7 @@ async fn route53_calls_never_exceed_the_configured_share_of_the_quotas() {
     let proxy = FaultProxy::start(moto.port, 0, 3);
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &["--aws-quota-share", "0.1"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let mut keys = Vec::new();
     for round in 0..5 {
         for f in 0..10 {
@@ -155,7 +155,7 @@ async fn names_of_a_large_zone_are_read_by_name_not_the_whole_zone() {
     put_all(&etcd, &keys).await;
     moto.start_recording();
     let daemon = Daemon::start(&etcd, &moto, &["--resync-interval", "2s"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let whole = |c: &RecordedCall| {
         c.method == "GET" && c.url.contains("/rrset") && !c.url.contains("name=")
     };

@@ -21,7 +21,7 @@ async fn instance_and_ip_target_groups_with_ports_single_switch_and_removal() {
         .await;
     let ip = aws.create_target_group("ip-tg", "ip", 8080, &vpc).await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     etcd.put(&key("inst-tg", "multiple", I1)).await;
     etcd.put(&key("inst-tg", "multiple", &format!("{I2}:8081")))
         .await;
@@ -82,7 +82,7 @@ async fn restart_when_converged_makes_no_mutating_call() {
     assert_eq!(daemon.stop(), Some(0));
     moto.start_recording();
     daemon.spawn(&etcd.url, &moto.url, &[]);
-    daemon.wait_log_count("initial sync complete", 2).await;
+    daemon.wait_ready().await;
     let ours: Vec<_> = moto
         .recorded()
         .into_iter()
@@ -130,7 +130,7 @@ async fn classic_elb_target_group_and_route53_in_one_burst() {
         .await;
     let zone = aws.create_zone("example.com").await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let mut client = etcd.client().await;
     for (i, id) in [I1, I2, I3].iter().enumerate() {
         for k in [

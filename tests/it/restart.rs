@@ -67,7 +67,7 @@ async fn restart_when_converged_makes_zero_mutating_calls() {
         .await;
     }
     let mut daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     eventually("converged", DEADLINE, || async {
         aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
             && aws.records(&zone, "www.example.com").await.len() == 2
@@ -77,7 +77,7 @@ async fn restart_when_converged_makes_zero_mutating_calls() {
 
     moto.start_recording();
     daemon.spawn(&etcd.url, &moto.url, &[]);
-    daemon.wait_log_count("initial sync complete", 2).await;
+    daemon.wait_ready().await;
     let calls = moto.recorded();
     let ours: Vec<_> = calls.iter().filter(|c| c.by_lbmanager()).collect();
     // It did look (so this test can fail): one Describe and one record-set read.
@@ -174,10 +174,7 @@ async fn one_hundred_fifty_thousand_members_restart() {
     let mut daemon = Daemon::start(&etcd, &moto, &flags);
     // Moto, not lbmanager, sets the pace of 150,000 registrations on 2 cores (its Register
     // answers take up to 15 s there): a bound for the test, not a speed target (BENCHMARKS.md, R).
-    eventually("initial sync complete", SLOW_MOTO, || async {
-        daemon.log().contains("initial sync complete")
-    })
-    .await;
+    daemon.wait_ready_within(SLOW_MOTO).await;
     // (A Register of 1,000 instances can time out on a loaded machine: retried, it lands.)
     eventually("every ELB full", DEADLINE, || async {
         for n in [0, LBS / 2, LBS - 1] {
@@ -210,10 +207,7 @@ async fn one_hundred_fifty_thousand_members_restart() {
 
     let restarted = std::time::Instant::now();
     daemon.spawn(&etcd.url, &moto.url, &flags);
-    eventually("initial sync complete again", SLOW_MOTO, || async {
-        daemon.log().matches("initial sync complete").count() >= 2
-    })
-    .await;
+    daemon.wait_ready_within(SLOW_MOTO).await;
     let took = restarted.elapsed();
     let peak = daemon.peak_rss_kib().unwrap_or(0);
     let log = daemon.log();

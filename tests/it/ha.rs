@@ -17,7 +17,7 @@ async fn leader_and_standby(etcd: &Etcd, moto: &Moto) -> (Daemon, Daemon) {
     let ha = ["--ha", "--ha-lease-ttl", "3s"];
     let a = Daemon::start(etcd, moto, &ha);
     a.wait_log("elected leader").await;
-    a.wait_log("initial sync complete").await;
+    a.wait_ready().await;
     let b = Daemon::start(etcd, moto, &ha);
     b.wait_log("campaigning for leadership").await;
     (a, b)
@@ -138,7 +138,7 @@ async fn the_leader_survives_etcd_leader_elections() {
     let mut a = Daemon::unstarted();
     a.spawn(&endpoints, &pa.url, &["--ha"]);
     a.wait_log("elected leader").await;
-    a.wait_log("initial sync complete").await;
+    a.wait_ready().await;
     let mut b = Daemon::unstarted();
     b.spawn(&endpoints, &pb.url, &["--ha"]);
     b.wait_log("campaigning for leadership").await;
@@ -210,7 +210,7 @@ async fn a_paused_leader_sends_no_change_after_it_resumes() {
     );
     let mut a = Daemon::unstarted();
     a.spawn(&relay.url, &to_aws_a.url, &ha);
-    a.wait_log("initial sync complete").await;
+    a.wait_ready().await;
     let mut b = Daemon::unstarted();
     b.spawn(&etcd.url, &to_aws_b.url, &ha);
     b.wait_log("campaigning for leadership").await;
@@ -223,7 +223,7 @@ async fn a_paused_leader_sends_no_change_after_it_resumes() {
     a.signal("STOP");
     let paused = Instant::now();
     b.wait_log("elected leader").await;
-    b.wait_log("initial sync complete").await;
+    b.wait_ready().await;
     etcd.del(&key(I1)).await;
     etcd.put(&key(I3)).await;
     eventually("the new leader applied both changes", DEADLINE, || async {

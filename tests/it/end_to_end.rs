@@ -19,7 +19,7 @@ async fn elb_members_added_and_removed() {
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
 
     etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1))
         .await;
@@ -46,7 +46,7 @@ async fn single_switch_rollback_and_superseded_keys_deleted() {
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let k1 = elb_key("us-east-1", "webLB", "multiple", I1);
     let k2 = elb_key("us-east-1", "webLB", "multiple", I2);
     let s3 = elb_key("us-east-1", "webLB", "single", I3);
@@ -87,7 +87,7 @@ async fn route53_a_and_aaaa_and_last_member_removed() {
     let aws = Aws::new(&moto).await;
     let zone = aws.create_zone("example.com").await;
     let daemon = Daemon::start(&etcd, &moto, &["--route53-ttl", "30"]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     let key = |ip: &str| format!("{P}/route53/us-east-1/{zone}/WWW.example.com./multiple/{ip}");
     for ip in ["192.0.2.10", "192.0.2.11", "2001:db8::10"] {
         etcd.put(&key(ip)).await;
@@ -173,7 +173,7 @@ async fn malformed_key_warned_once_while_others_converge() {
     let bad = format!("{P}/elb/us-east-1/webLB/multiple/not-an-instance");
     etcd.put(&bad).await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     // The same bad key written again, another bad key, and a reserved key that is no member.
     etcd.put(&bad).await;
     etcd.put(&format!("{P}/nosuchkind/x")).await;
@@ -224,7 +224,7 @@ async fn missing_elb_is_logged_and_others_converge() {
         .expect("a sync failure line");
     assert!(line.contains("ghostLB"), "{line}");
     assert!(line.contains("LoadBalancerNotFound"), "{line}");
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     assert!(log.contains("failed: 1") || daemon.log().contains("failed: 1"));
     // And it keeps working for the real one.
     etcd.put(&elb_key("us-east-1", "realLB", "multiple", I3))
@@ -369,7 +369,7 @@ async fn route53_multivalue_answers_with_health_checks_through_their_life() {
     daemon.stop();
     let mut daemon = Daemon::unstarted();
     daemon.spawn(&etcd.url, &proxy.url, &flags);
-    daemon.wait_log("initial sync complete").await;
+    daemon.wait_ready().await;
     assert!(with_checks(1).await);
     assert_eq!(proxy.checks_created(), 2);
 
