@@ -284,8 +284,9 @@ impl Metrics {
         self.initial_sync_done.load(Ordering::SeqCst) && self.watch_live.load(Ordering::SeqCst)
     }
 
-    /// Counts one AWS call.
-    pub fn aws_call(&self, service: &'static str, operation: &'static str, result: &'static str) {
+    /// Counts one AWS call: `operation` is AWS's name of it (`DescribeLoadBalancers`), `result`
+    /// `ok` or an [`crate::aws::ErrorKind`]'s name.
+    pub fn aws_call(&self, service: &str, operation: &str, result: &str) {
         self.aws_calls
             .get_or_create(&vec![
                 ("service", service.to_string()),
@@ -303,7 +304,7 @@ mod tests {
     #[test]
     fn text_format_with_prefix() {
         let m = Metrics::new();
-        m.aws_call("elb", "describe", "ok");
+        m.aws_call("elb", "DescribeLoadBalancers", "ok");
         m.syncs_pending.inc();
         let text = m.encode();
         assert!(
@@ -312,7 +313,7 @@ mod tests {
         );
         assert!(
             text.contains(
-                "lbmanager_aws_calls_total{service=\"elb\",operation=\"describe\",result=\"ok\"} 1"
+                "lbmanager_aws_calls_total{service=\"elb\",operation=\"DescribeLoadBalancers\",result=\"ok\"} 1"
             ),
             "{text}"
         );

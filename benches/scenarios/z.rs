@@ -51,13 +51,12 @@ impl Route53Api for Sized {
 
     // No name of the benchmark is in a --route53-health-check scope: the zone's checks are
     // listed once, at start-up (not counted: no record set is read), and none is made.
-    async fn health_checks(&self, _: &str, _: &str) -> Result<Vec<HealthCheck>, AwsError> {
+    async fn health_checks(&self, _: &str) -> Result<Vec<HealthCheck>, AwsError> {
         Ok(Vec::new())
     }
 
     async fn create_health_check(
         &self,
-        _: &str,
         _: &str,
         _: &str,
         _: std::net::IpAddr,
@@ -66,11 +65,11 @@ impl Route53Api for Sized {
         unreachable!("no health checks in this scenario")
     }
 
-    async fn delete_health_check(&self, _: &str, _: &str) -> Result<(), AwsError> {
+    async fn delete_health_check(&self, _: &str) -> Result<(), AwsError> {
         unreachable!("no health checks in this scenario")
     }
 
-    async fn health_check_status(&self, _: &str, _: &str) -> Result<String, AwsError> {
+    async fn health_check_status(&self, _: &str) -> Result<String, AwsError> {
         unreachable!("no health checks in this scenario")
     }
 }

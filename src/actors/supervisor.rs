@@ -21,7 +21,7 @@ use super::state_writer::{
     Beat, DeleteKeys, DeleteSuperseded, Flush, Landed, ManagedRecord, PublishStatus, StateWriter,
 };
 use super::{Cause, Settings};
-use crate::aws::Backends;
+use crate::aws::roles::Accounts;
 use crate::etcd::{EtcdWrites, Snapshot};
 use crate::fleet::{Command, Config, Fleet, Report};
 use crate::key::LbId;
@@ -45,7 +45,7 @@ pub struct Supervisor {
     /// The client the EtcdWatcher watches with (none: no watcher, changes are sent directly).
     etcd_watch: Option<etcd_client::Client>,
     /// The AWS clients every load balancer and zone actor is given.
-    aws: Backends,
+    aws: Accounts,
     /// The load balancers' actors.
     actors: HashMap<LbId, Addr<LoadBalancer>>,
     /// One actor per hosted zone that has managed names.
@@ -67,7 +67,7 @@ impl Supervisor {
         settings: Arc<Settings>,
         log: &Logger,
         etcd_writes: Arc<dyn EtcdWrites>,
-        aws: Backends,
+        aws: impl Into<Accounts>,
         initial: Snapshot,
     ) -> Self {
         let config = Config {
@@ -83,7 +83,7 @@ impl Supervisor {
             log: log.clone(),
             etcd_writes,
             etcd_watch: None,
-            aws,
+            aws: aws.into(),
             actors: HashMap::new(),
             zones: HashMap::new(),
             initial: Some(initial),
@@ -278,8 +278,8 @@ impl Supervisor {
         ctx: &mut Context<Self>,
     ) -> Addr<LoadBalancer> {
         let backend = match lb {
-            LbId::Elb { .. } => Backend::Elb(self.aws.elb.clone()),
-            LbId::TargetGroup { .. } => Backend::Elb(self.aws.elbv2.clone()),
+            LbId::Elb { region, name } => Backend::Elb(self.aws.elb(region, name)),
+            LbId::TargetGroup { region, name } => Backend::Elb(self.aws.elbv2(region, name)),
             LbId::Route53 { zone, .. } => Backend::Route53(self.zone(zone)),
         };
         let owned = owned.map(|members| {
@@ -325,7 +325,7 @@ impl Supervisor {
             .then(|| self.ownership_writes());
         let addr = HostedZone::new(
             zone,
-            self.aws.route53.clone(),
+            self.aws.route53(zone),
             &self.log,
             self.settings.clone(),
         )

@@ -6,12 +6,14 @@ use async_trait::async_trait;
 use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
+use super::count::CountCalls;
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
 use crate::fence::{Fence, FenceCheck};
 use crate::key::Target;
 use crate::plan::{Health, Registered};
+use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 
 pub struct SdkElb {
     clients: PerRegion<Client>,
@@ -42,15 +44,22 @@ impl SdkElb {
 
     /// `share`: the part of AWS's quotas to use (ELB throttles per account and region); every
     /// change passes `fence`.
-    pub fn new(config: aws_config::SdkConfig, share: f64, fence: Fence) -> Self {
+    pub fn new(
+        config: aws_config::SdkConfig,
+        share: f64,
+        fence: Fence,
+        count: Option<CountCalls>,
+    ) -> Self {
         let check = FenceCheck(fence.clone());
         SdkElb {
             clients: PerRegion::new(share, move |region| {
-                let conf = aws_sdk_elasticloadbalancing::config::Builder::from(&config)
+                let mut conf = aws_sdk_elasticloadbalancing::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
-                    .interceptor(check.clone())
-                    .build();
-                Client::from_conf(conf)
+                    .interceptor(check.clone());
+                if let Some(count) = &count {
+                    conf.push_interceptor(SharedInterceptor::new(count.clone()));
+                }
+                Client::from_conf(conf.build())
             }),
             fence,
         }

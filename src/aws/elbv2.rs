@@ -15,12 +15,14 @@ use aws_sdk_elasticloadbalancingv2::types::{
 };
 use aws_sdk_elasticloadbalancingv2::Client;
 
+use super::count::CountCalls;
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
 use crate::fence::{Fence, FenceCheck};
 use crate::key::{Target, TargetId};
 use crate::plan::{Health, Registered, TargetKind};
+use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 
 /// What is cached of a target group.
 #[derive(Clone, Debug)]
@@ -63,15 +65,22 @@ impl SdkElbV2 {
     }
 
     /// `share`: the part of AWS's quotas to use, per region; every change passes `fence`.
-    pub fn new(config: aws_config::SdkConfig, share: f64, fence: Fence) -> Self {
+    pub fn new(
+        config: aws_config::SdkConfig,
+        share: f64,
+        fence: Fence,
+        count: Option<CountCalls>,
+    ) -> Self {
         let check = FenceCheck(fence.clone());
         SdkElbV2 {
             clients: PerRegion::new(share, move |region| {
-                let conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&config)
+                let mut conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
-                    .interceptor(check.clone())
-                    .build();
-                Client::from_conf(conf)
+                    .interceptor(check.clone());
+                if let Some(count) = &count {
+                    conf.push_interceptor(SharedInterceptor::new(count.clone()));
+                }
+                Client::from_conf(conf.build())
             }),
             groups: Mutex::new(HashMap::new()),
             fence,

@@ -375,9 +375,18 @@ impl FakeRoute53 {
         Ok(records.values().cloned().collect())
     }
 
-    async fn enter(&self, op: &'static str, zone: &str, detail: String) -> Result<(), AwsError> {
-        lock(&self.calls).push(format!("{op} {zone} {detail}"));
-        {
+    /// A call on `zone` (or, `None`, on the account's health checks, which belong to no zone):
+    /// recorded, delayed, and failed or panicking as the test asked. Calls on one zone that
+    /// overlap are counted (a zone's actor makes them one at a time).
+    async fn enter(
+        &self,
+        op: &'static str,
+        zone: Option<&str>,
+        detail: String,
+    ) -> Result<(), AwsError> {
+        let scope = zone.unwrap_or("account");
+        lock(&self.calls).push(format!("{op} {scope} {detail}"));
+        if let Some(zone) = zone {
             let mut in_flight = lock(&self.in_flight);
             let n = in_flight.entry(zone.to_string()).or_default();
             if *n > 0 {
@@ -389,7 +398,10 @@ impl FakeRoute53 {
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        *lock(&self.in_flight).entry(zone.to_string()).or_default() -= 1;
+        if let Some(zone) = zone {
+            *lock(&self.in_flight).entry(zone.to_string()).or_default() -= 1;
+        }
+        let zone = scope;
         if std::mem::take(&mut *lock(&self.panic_next)) {
             panic!("injected panic in {op} on {zone}");
         }
@@ -405,7 +417,7 @@ impl FakeRoute53 {
 #[async_trait]
 impl Route53Api for FakeRoute53 {
     async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError> {
-        self.enter("ListResourceRecordSets", zone, fqdn.to_string())
+        self.enter("ListResourceRecordSets", Some(zone), fqdn.to_string())
             .await?;
         let mut sets = self.zone_sets(zone)?;
         sets.retain(|s| s.name == fqdn);
@@ -421,7 +433,7 @@ impl Route53Api for FakeRoute53 {
         for page in 1..=pages {
             self.enter(
                 "ListResourceRecordSets",
-                zone,
+                Some(zone),
                 format!("(zone, page {page})"),
             )
             .await?;
@@ -467,7 +479,8 @@ impl Route53Api for FakeRoute53 {
             .map(|c| format!("{}:{}:{}", c.action.as_str(), c.set.name, c.set.rtype))
             .collect::<Vec<_>>()
             .join(",");
-        self.enter("ChangeResourceRecordSets", zone, detail).await?;
+        self.enter("ChangeResourceRecordSets", Some(zone), detail)
+            .await?;
         let mut zones = lock(&self.zones);
         let invalid =
             |msg: String| AwsError::new(ErrorKind::Rejected, "ChangeResourceRecordSets", zone, msg);
@@ -537,8 +550,8 @@ impl Route53Api for FakeRoute53 {
         Ok(id)
     }
 
-    async fn health_checks(&self, zone: &str, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
-        self.enter("ListHealthChecks", zone, prefix.to_string())
+    async fn health_checks(&self, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
+        self.enter("ListHealthChecks", None, prefix.to_string())
             .await?;
         let checks = lock(&self.checks);
         Ok(checks
@@ -550,19 +563,18 @@ impl Route53Api for FakeRoute53 {
 
     async fn create_health_check(
         &self,
-        zone: &str,
         reference: &str,
         fqdn: &str,
         ip: std::net::IpAddr,
         spec: &CheckSpec,
     ) -> Result<String, AwsError> {
-        self.enter("CreateHealthCheck", zone, format!("{fqdn} {ip} {spec}"))
+        self.enter("CreateHealthCheck", None, format!("{fqdn} {ip} {spec}"))
             .await?;
         let refused = |code: &str| {
             AwsError::new(
                 ErrorKind::Rejected,
                 "CreateHealthCheck",
-                zone,
+                fqdn,
                 format!("HTTP 400, {code}"),
             )
         };
@@ -599,15 +611,15 @@ impl Route53Api for FakeRoute53 {
             return Err(AwsError::new(
                 ErrorKind::Transient,
                 "CreateHealthCheck",
-                zone,
+                fqdn,
                 "injected: the answer was lost",
             ));
         }
         Ok(id)
     }
 
-    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError> {
-        self.enter("DeleteHealthCheck", zone, id.to_string())
+    async fn delete_health_check(&self, id: &str) -> Result<(), AwsError> {
+        self.enter("DeleteHealthCheck", None, id.to_string())
             .await?;
         if let Some(c) = lock(&self.checks).remove(id) {
             lock(&self.deleted_references).insert(c.reference);
@@ -615,13 +627,13 @@ impl Route53Api for FakeRoute53 {
         Ok(())
     }
 
-    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError> {
-        lock(&self.calls).push(format!("GetHealthCheckStatus {zone} {id}"));
+    async fn health_check_status(&self, id: &str) -> Result<String, AwsError> {
+        lock(&self.calls).push(format!("GetHealthCheckStatus account {id}"));
         let ip = lock(&self.checks).get(id).map(|c| c.ip).ok_or_else(|| {
             AwsError::new(
                 ErrorKind::NotFound,
                 "GetHealthCheckStatus",
-                zone,
+                id,
                 "NoSuchHealthCheck",
             )
         })?;

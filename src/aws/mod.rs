@@ -1,7 +1,9 @@
 //! The AWS side, behind traits: the core needs only these few operations, so it is tested with the
 //! in-memory fakes of `fake` (compiled for tests only) and runs for real with the SDK clients of
 //! [`elb`] (Classic ELB), [`elbv2`] (target groups, behind the same [`ElbApi`]) and [`route53`],
-//! each counted by [`metered`] and built once as [`Backends`].
+//! built once per account as [`Backends`]. Their calls are counted by an SDK interceptor
+//! ([`count`]); [`roles`] picks the account of each load balancer and zone once, when its actor
+//! is spawned.
 //!
 //! Every operation is a read or a whole change; none keeps state between calls, so an actor may
 //! re-run a sync at any time (after an error, a restart or a resync) without care.
@@ -20,11 +22,11 @@ use crate::health_check::{CheckSpec, HealthCheck};
 use crate::key::Target;
 use crate::plan::{RecordChange, RecordSet, Registered};
 
+pub mod count;
 pub mod elb;
 pub mod elbv2;
 #[cfg(test)]
 pub mod fake;
-pub mod metered;
 pub mod quota;
 pub mod regional;
 pub mod roles;
@@ -103,29 +105,25 @@ pub trait Route53Api: Send + Sync + 'static {
     /// How many record sets `zone` holds, of every type and owner (GetHostedZone's
     /// `ResourceRecordSetCount`): what a read of the whole zone costs.
     async fn zone_size(&self, zone: &str) -> Result<u64, AwsError>;
-    /// The health checks of the account (that of `zone`'s client) whose `CallerReference` starts
-    /// with `reference_prefix` (see [`crate::health_check::Reference`]): ListHealthChecks, every
-    /// page.
-    async fn health_checks(
-        &self,
-        zone: &str,
-        reference_prefix: &str,
-    ) -> Result<Vec<HealthCheck>, AwsError>;
+    /// The health checks of the account whose `CallerReference` starts with `reference_prefix`
+    /// (see [`crate::health_check::Reference`]): ListHealthChecks, every page. Health checks
+    /// belong to an account, not to a zone: a record set's check must be of its zone's account,
+    /// which is why a zone's actor is handed the client of its zone's account.
+    async fn health_checks(&self, reference_prefix: &str) -> Result<Vec<HealthCheck>, AwsError>;
     /// Creates the check `spec` asks for of `ip` under `fqdn` (CreateHealthCheck), idempotent for
     /// one `reference`: Route53 answers a creation it already made with the same check. Its id.
     async fn create_health_check(
         &self,
-        zone: &str,
         reference: &str,
         fqdn: &str,
         ip: IpAddr,
         spec: &CheckSpec,
     ) -> Result<String, AwsError>;
     /// Deletes health check `id` (one Route53 no longer knows is deleted already).
-    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError>;
+    async fn delete_health_check(&self, id: &str) -> Result<(), AwsError>;
     /// What Route53's health checkers last reported of check `id` (GetHealthCheckStatus), summed
     /// up as Route53 decides (see [`crate::health_check::summarise`]).
-    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError>;
+    async fn health_check_status(&self, id: &str) -> Result<String, AwsError>;
 }
 
 /// A Route53 change's id, as ChangeResourceRecordSets answers it (`/change/C2682N5HXP0BZ4`).
@@ -188,7 +186,7 @@ impl AccountQuotas {
 }
 
 impl Backends {
-    /// The SDK clients, each call counted in `metrics` when there are metrics.
+    /// The SDK clients, each call counted in `metrics` when there are metrics (see [`count`]).
     /// Every change passes `fence` (see [`crate::fence`]).
     pub fn sdk(
         sdk: &aws_config::SdkConfig,
@@ -207,38 +205,24 @@ impl Backends {
         fence: &Fence,
         metrics: Option<Arc<crate::metrics::Metrics>>,
     ) -> Self {
-        let elb: Arc<dyn ElbApi> = Arc::new(
-            elb::SdkElb::new(sdk.clone(), quotas.share, fence.clone()).sharing(account.elb.clone()),
-        );
-        let elbv2: Arc<dyn ElbApi> = Arc::new(
-            elbv2::SdkElbV2::new(sdk.clone(), quotas.share, fence.clone())
-                .sharing(account.elbv2.clone()),
-        );
-        let route53: Arc<dyn Route53Api> = Arc::new(
-            route53::SdkRoute53::new(sdk, quotas, fence.clone()).sharing(account.route53.clone()),
-        );
-        let Some(metrics) = metrics else {
-            return Backends {
-                elb,
-                elbv2,
-                route53,
-            };
+        let count = |service| {
+            metrics
+                .clone()
+                .map(|metrics| count::CountCalls { metrics, service })
         };
         Backends {
-            elb: Arc::new(metered::MeteredElb {
-                inner: elb,
-                metrics: metrics.clone(),
-                service: "elb",
-            }),
-            elbv2: Arc::new(metered::MeteredElb {
-                inner: elbv2,
-                metrics: metrics.clone(),
-                service: "elbv2",
-            }),
-            route53: Arc::new(metered::MeteredRoute53 {
-                inner: route53,
-                metrics,
-            }),
+            elb: Arc::new(
+                elb::SdkElb::new(sdk.clone(), quotas.share, fence.clone(), count("elb"))
+                    .sharing(account.elb.clone()),
+            ),
+            elbv2: Arc::new(
+                elbv2::SdkElbV2::new(sdk.clone(), quotas.share, fence.clone(), count("elbv2"))
+                    .sharing(account.elbv2.clone()),
+            ),
+            route53: Arc::new(
+                route53::SdkRoute53::new(sdk, quotas, fence.clone(), count("route53"))
+                    .sharing(account.route53.clone()),
+            ),
         }
     }
 }
@@ -287,6 +271,36 @@ impl AwsError {
     /// Whether an early retry (with backoff) can help.
     pub fn is_retryable(&self) -> bool {
         matches!(self.kind, ErrorKind::Throttled | ErrorKind::Transient)
+    }
+}
+
+impl ErrorKind {
+    /// The kind of an error AWS answered with `code` (empty when it gave none) and HTTP
+    /// `status`. A 5xx without a code (moto answers some errors with an HTML page) is transient;
+    /// a 4xx without a known code is a rejection.
+    pub fn of(code: &str, status: u16) -> ErrorKind {
+        if THROTTLE_CODES.contains(&code) || status == 429 {
+            ErrorKind::Throttled
+        } else if INVALID_MEMBER_CODES.contains(&code) {
+            ErrorKind::InvalidMember
+        } else if NOT_FOUND_CODES.contains(&code) {
+            ErrorKind::NotFound
+        } else if status >= 500 {
+            ErrorKind::Transient
+        } else {
+            ErrorKind::Rejected
+        }
+    }
+
+    /// Its name in metrics (`lbmanager_aws_calls_total`'s `result`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Throttled => "throttled",
+            ErrorKind::Transient => "transient",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::Rejected => "rejected",
+            ErrorKind::InvalidMember => "invalid_member",
+        }
     }
 }
 
@@ -350,8 +364,7 @@ const NOT_FOUND_CODES: &[&str] = &[
     "NoSuchHealthCheck",
 ];
 
-/// Sorts an SDK error into an [`AwsError`]. A 5xx without a code (moto answers some errors with an
-/// HTML page) is transient; a 4xx without a known code is a rejection.
+/// Sorts an SDK error into an [`AwsError`] (see [`ErrorKind::of`]).
 pub fn classify<E>(operation: &'static str, target: impl fmt::Display, err: SdkError<E>) -> AwsError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -360,17 +373,7 @@ where
         SdkError::ServiceError(service) => {
             let code = service.err().code().unwrap_or_default();
             let status = service.raw().status().as_u16();
-            let kind = if THROTTLE_CODES.contains(&code) || status == 429 {
-                ErrorKind::Throttled
-            } else if INVALID_MEMBER_CODES.contains(&code) {
-                ErrorKind::InvalidMember
-            } else if NOT_FOUND_CODES.contains(&code) {
-                ErrorKind::NotFound
-            } else if status >= 500 {
-                ErrorKind::Transient
-            } else {
-                ErrorKind::Rejected
-            };
+            let kind = ErrorKind::of(code, status);
             // The code and message are what an operator needs; the SDK's full context would add
             // the whole raw response.
             let text = service.err().message().unwrap_or("no message");

@@ -2,22 +2,14 @@
 //! with STS AssumeRole credentials (aws-config's provider: cached, refreshed before they expire).
 //!
 //! Each role gets SDK clients of its own, so each assumed account gets its own quota buckets
-//! (AWS throttles per account); [`Routed`] sends each call to the clients of the first rule whose
-//! scope matches the load balancer or zone, and the rest to the default credentials' clients.
+//! (AWS throttles per account); [`Accounts`] hands each load balancer's and zone's actor the
+//! clients of the first rule whose scope matches it, and the rest the default credentials'.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-
-use super::{
-    AccountQuotas, AwsError, Backends, ChangeId, ChangeState, ElbApi, Permit, Quotas, Route53Api,
-};
-use crate::health_check::{CheckSpec, HealthCheck};
-use crate::key::Target;
-use crate::plan::{Health, RecordChange, RecordSet, Registered};
-use std::net::IpAddr;
+use super::{AccountQuotas, Backends, ElbApi, Quotas, Route53Api};
 
 /// What a rule covers: `elb/REGION/NAME`, `elbv2/REGION/NAME` or `route53/ZONE_ID`, where any
 /// part may be `*`.
@@ -132,13 +124,30 @@ pub fn parse_rule(s: &str) -> Result<RoleRule, String> {
     })
 }
 
-/// The backends to use: the default credentials', and one set per role for the scopes it covers.
-pub struct Routed {
-    pub default: Backends,
+/// AWS as lbmanager reaches it: the default credentials' clients, and each `--assume-role`
+/// rule's for the load balancers and zones its scope covers (the first rule that matches wins).
+///
+/// An actor has one load balancer or one zone, so one account: it is handed that account's
+/// client when it is spawned ([`Accounts::elb`], [`Accounts::route53`]), and nothing routes
+/// its calls afterwards.
+#[derive(Clone)]
+pub struct Accounts {
+    default: Backends,
     /// In the order given: the first match wins.
-    pub rules: Vec<(Scope, Backends)>,
-    /// How many accounts the roles reach (each with its own buckets).
-    pub accounts: usize,
+    rules: Arc<Vec<(Scope, Backends)>>,
+    /// How many accounts the roles reach (each with its own quota buckets).
+    accounts: usize,
+}
+
+impl From<Backends> for Accounts {
+    /// One account: the default credentials' (no `--assume-role`).
+    fn from(default: Backends) -> Self {
+        Accounts {
+            default,
+            rules: Arc::default(),
+            accounts: 0,
+        }
+    }
 }
 
 /// The account id of a role ARN (`arn:aws:iam::ACCOUNT:role/NAME`).
@@ -146,9 +155,10 @@ fn account_of(role_arn: &str) -> &str {
     role_arn.split(':').nth(4).unwrap_or(role_arn)
 }
 
-impl Routed {
+impl Accounts {
     /// Builds the clients of each distinct role (AssumeRole through the default configuration's
-    /// credentials; `metrics` counts their calls too).
+    /// credentials; `metrics` counts their calls too). Roles into one account share its quota
+    /// buckets (AWS throttles per account).
     pub async fn assume(
         base: &aws_config::SdkConfig,
         default: Backends,
@@ -156,14 +166,13 @@ impl Routed {
         quotas: &Quotas,
         fence: &crate::fence::Fence,
         metrics: Option<Arc<crate::metrics::Metrics>>,
-    ) -> Routed {
+    ) -> Accounts {
         let mut by_role: BTreeMap<(String, Option<String>), Backends> = BTreeMap::new();
         let mut accounts: BTreeMap<String, AccountQuotas> = BTreeMap::new();
         let mut routed = Vec::new();
         for rule in rules {
             let role = (rule.role_arn.clone(), rule.external_id.clone());
             if !by_role.contains_key(&role) {
-                // Roles into one account share its buckets.
                 let account = accounts
                     .entry(account_of(&rule.role_arn).to_string())
                     .or_insert_with(|| AccountQuotas::new(quotas))
@@ -188,159 +197,41 @@ impl Routed {
             }
             routed.push((rule.scope.clone(), by_role[&role].clone()));
         }
-        Routed {
+        Accounts {
             default,
-            rules: routed,
+            rules: Arc::new(routed),
             accounts: accounts.len(),
         }
     }
 
-    /// The backends as lbmanager uses them: calls routed by scope.
-    pub fn backends(self) -> Backends {
-        let this = Arc::new(self);
-        Backends {
-            elb: Arc::new(RoutedElb {
-                routes: this.clone(),
-                v2: false,
-            }),
-            elbv2: Arc::new(RoutedElb {
-                routes: this.clone(),
-                v2: true,
-            }),
-            route53: Arc::new(RoutedRoute53 { routes: this }),
-        }
+    /// How many accounts the `--assume-role` rules reach.
+    pub fn accounts(&self) -> usize {
+        self.accounts
     }
 
-    fn elb(&self, v2: bool, region: &str, name: &str) -> &Arc<dyn ElbApi> {
-        let backends = self
-            .rules
+    fn backends(&self, covers: impl Fn(&Scope) -> bool) -> &Backends {
+        self.rules
             .iter()
-            .find(|(scope, _)| scope.elb_matches(v2, region, name))
-            .map_or(&self.default, |(_, b)| b);
-        if v2 {
-            &backends.elbv2
-        } else {
-            &backends.elb
-        }
-    }
-
-    fn route53(&self, zone: &str) -> &Arc<dyn Route53Api> {
-        &self
-            .rules
-            .iter()
-            .find(|(scope, _)| scope.zone_matches(zone))
+            .find(|(scope, _)| covers(scope))
             .map_or(&self.default, |(_, b)| b)
-            .route53
-    }
-}
-
-struct RoutedElb {
-    routes: Arc<Routed>,
-    v2: bool,
-}
-
-#[async_trait]
-impl ElbApi for RoutedElb {
-    async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError> {
-        self.routes
-            .elb(self.v2, region, name)
-            .members(region, name)
-            .await
     }
 
-    async fn health(&self, region: &str, name: &str) -> Result<BTreeMap<Target, Health>, AwsError> {
-        self.routes
-            .elb(self.v2, region, name)
-            .health(region, name)
-            .await
+    /// The client of Classic ELB `name` in `region`.
+    pub fn elb(&self, region: &str, name: &str) -> Arc<dyn ElbApi> {
+        let b = self.backends(|s| s.elb_matches(false, region, name));
+        b.elb.clone()
     }
 
-    async fn permit(&self, region: &str, name: &str) -> Permit {
-        self.routes
-            .elb(self.v2, region, name)
-            .permit(region, name)
-            .await
+    /// The client of target group `name` in `region`.
+    pub fn elbv2(&self, region: &str, name: &str) -> Arc<dyn ElbApi> {
+        let b = self.backends(|s| s.elb_matches(true, region, name));
+        b.elbv2.clone()
     }
 
-    async fn register(
-        &self,
-        region: &str,
-        name: &str,
-        members: &[Target],
-        permit: Permit,
-    ) -> Result<(), AwsError> {
-        let api = self.routes.elb(self.v2, region, name);
-        api.register(region, name, members, permit).await
-    }
-
-    async fn deregister(
-        &self,
-        region: &str,
-        name: &str,
-        members: &[Target],
-        permit: Permit,
-    ) -> Result<(), AwsError> {
-        let api = self.routes.elb(self.v2, region, name);
-        api.deregister(region, name, members, permit).await
-    }
-}
-
-struct RoutedRoute53 {
-    routes: Arc<Routed>,
-}
-
-#[async_trait]
-impl Route53Api for RoutedRoute53 {
-    async fn record_sets(&self, zone: &str, fqdn: &str) -> Result<Vec<RecordSet>, AwsError> {
-        self.routes.route53(zone).record_sets(zone, fqdn).await
-    }
-
-    async fn zone_record_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
-        self.routes.route53(zone).zone_record_sets(zone).await
-    }
-
-    async fn change(&self, zone: &str, changes: &[RecordChange]) -> Result<ChangeId, AwsError> {
-        self.routes.route53(zone).change(zone, changes).await
-    }
-
-    async fn change_state(&self, zone: &str, id: &str) -> Result<ChangeState, AwsError> {
-        self.routes.route53(zone).change_state(zone, id).await
-    }
-
-    async fn zone_size(&self, zone: &str) -> Result<u64, AwsError> {
-        self.routes.route53(zone).zone_size(zone).await
-    }
-
-    // A record set's health check must be the zone's account's: they go where the zone goes.
-    async fn health_checks(&self, zone: &str, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
-        self.routes.route53(zone).health_checks(zone, prefix).await
-    }
-
-    async fn create_health_check(
-        &self,
-        zone: &str,
-        reference: &str,
-        fqdn: &str,
-        ip: IpAddr,
-        spec: &CheckSpec,
-    ) -> Result<String, AwsError> {
-        let api = self.routes.route53(zone);
-        api.create_health_check(zone, reference, fqdn, ip, spec)
-            .await
-    }
-
-    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError> {
-        self.routes
-            .route53(zone)
-            .delete_health_check(zone, id)
-            .await
-    }
-
-    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError> {
-        self.routes
-            .route53(zone)
-            .health_check_status(zone, id)
-            .await
+    /// The client of hosted zone `zone` (its record sets and its health checks: a record set's
+    /// check must be of the zone's account).
+    pub fn route53(&self, zone: &str) -> Arc<dyn Route53Api> {
+        self.backends(|s| s.zone_matches(zone)).route53.clone()
     }
 }
 
@@ -357,33 +248,36 @@ mod tests {
         }
     }
 
-    /// Each call goes to the backends (the account, its quota) of the first matching rule,
-    /// permit and all; the rest to the default's.
+    /// Each load balancer gets the backends (the account, its quota) of the first matching
+    /// rule, permit and all; the rest the default's.
     #[tokio::test]
-    async fn calls_go_to_the_account_whose_rule_matches() {
+    async fn each_load_balancer_gets_the_account_whose_rule_matches() {
         let home = Arc::new(FakeElb::with_lbs(&[("us-east-1", "web")]));
         let other = Arc::new(FakeElb::with_lbs(&[("us-east-1", "acctLB")]));
         let rule = parse_rule("elb/*/acctLB=arn:aws:iam::111111111111:role/x").unwrap();
-        let routed = Routed {
+        let accounts = Accounts {
             default: fakes(&home),
-            rules: vec![(rule.scope, fakes(&other))],
+            rules: Arc::new(vec![(rule.scope, fakes(&other))]),
             accounts: 1,
-        }
-        .backends();
+        };
         let t = crate::key::Target::instance("i-00000001");
-        let permit = routed.elb.permit("us-east-1", "acctLB").await;
-        routed
-            .elb
-            .register("us-east-1", "acctLB", std::slice::from_ref(&t), permit)
+        let api = accounts.elb("us-east-1", "acctLB");
+        let permit = api.permit("us-east-1", "acctLB").await;
+        api.register("us-east-1", "acctLB", std::slice::from_ref(&t), permit)
             .await
             .unwrap();
-        routed.elb.members("us-east-1", "web").await.unwrap();
+        accounts
+            .elb("us-east-1", "web")
+            .members("us-east-1", "web")
+            .await
+            .unwrap();
         assert_eq!(other.instances("us-east-1", "acctLB").unwrap().len(), 1);
         assert!(other.calls().iter().all(|c| c.contains("acctLB")));
         assert!(home.calls().iter().all(|c| c.contains("web")));
         assert_eq!(home.calls().len(), 1);
         // A target group of the same name is not an ELB: the default's.
-        assert!(routed.elbv2.members("us-east-1", "acctLB").await.is_err());
+        let tg = accounts.elbv2("us-east-1", "acctLB");
+        assert!(tg.members("us-east-1", "acctLB").await.is_err());
         assert_eq!(home.calls().len(), 2);
     }
 
@@ -410,7 +304,7 @@ mod tests {
             elbv2: Arc::new(FakeElb::default()),
             route53: Arc::new(FakeRoute53::default()),
         };
-        let routed = Routed::assume(
+        let accounts = Accounts::assume(
             &base,
             default,
             &rules,
@@ -419,8 +313,8 @@ mod tests {
             None,
         )
         .await;
-        assert_eq!(routed.rules.len(), 3);
-        assert_eq!(routed.accounts, 2);
+        assert_eq!(accounts.rules.len(), 3);
+        assert_eq!(accounts.accounts, 2);
         assert_eq!(
             account_of("arn:aws:iam::111111111111:role/x"),
             "111111111111"

@@ -7,11 +7,13 @@ use aws_sdk_route53::types::{
 };
 use aws_sdk_route53::Client;
 
+use super::count::CountCalls;
 use super::quota::{self, route53::Call, route53::CheckCall, Quota};
 use super::{classify, AwsError, ChangeId, ChangeState, ErrorKind, Quotas, Route53Api};
 use crate::fence::{Fence, FenceCheck};
 use crate::health_check::{CheckSpec, HealthCheck, Protocol};
 use crate::plan::{Action, RecordChange, RecordSet, RecordType};
+use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 
 pub struct SdkRoute53 {
     client: Client,
@@ -24,12 +26,19 @@ pub struct SdkRoute53 {
 
 impl SdkRoute53 {
     /// Every change passes `fence`.
-    pub fn new(config: &aws_config::SdkConfig, quotas: &Quotas, fence: Fence) -> Self {
-        let conf = aws_sdk_route53::config::Builder::from(config)
-            .interceptor(FenceCheck(fence.clone()))
-            .build();
+    pub fn new(
+        config: &aws_config::SdkConfig,
+        quotas: &Quotas,
+        fence: Fence,
+        count: Option<CountCalls>,
+    ) -> Self {
+        let mut conf =
+            aws_sdk_route53::config::Builder::from(config).interceptor(FenceCheck(fence.clone()));
+        if let Some(count) = count {
+            conf.push_interceptor(SharedInterceptor::new(count));
+        }
         SdkRoute53 {
-            client: Client::from_conf(conf),
+            client: Client::from_conf(conf.build()),
             quota: std::sync::Arc::new(quota::route53::quota(quotas.share, quotas.route53_changes)),
             fence,
         }
@@ -301,8 +310,8 @@ impl Route53Api for SdkRoute53 {
             .max(0) as u64)
     }
 
-    async fn health_checks(&self, zone: &str, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
-        let target = format!("route53/{zone}");
+    async fn health_checks(&self, prefix: &str) -> Result<Vec<HealthCheck>, AwsError> {
+        let target = format!("route53 health checks {prefix}*");
         let mut found = Vec::new();
         let mut marker = None;
         loop {
@@ -337,13 +346,12 @@ impl Route53Api for SdkRoute53 {
 
     async fn create_health_check(
         &self,
-        zone: &str,
         reference: &str,
         fqdn: &str,
         ip: std::net::IpAddr,
         spec: &CheckSpec,
     ) -> Result<String, AwsError> {
-        let target = format!("route53/{zone}/{fqdn}");
+        let target = format!("route53 health check of {ip} for {fqdn}");
         let config = HealthCheckConfig::builder()
             .ip_address(ip.to_string())
             .port(i32::from(spec.port))
@@ -379,8 +387,8 @@ impl Route53Api for SdkRoute53 {
             .unwrap_or_default())
     }
 
-    async fn delete_health_check(&self, zone: &str, id: &str) -> Result<(), AwsError> {
-        let target = format!("route53/{zone}");
+    async fn delete_health_check(&self, id: &str) -> Result<(), AwsError> {
+        let target = format!("route53 health check {id}");
         quota::route53::take(&self.quota, Call::Check(CheckCall::Delete)).await;
         match self
             .client
@@ -401,8 +409,8 @@ impl Route53Api for SdkRoute53 {
         }
     }
 
-    async fn health_check_status(&self, zone: &str, id: &str) -> Result<String, AwsError> {
-        let target = format!("route53/{zone}");
+    async fn health_check_status(&self, id: &str) -> Result<String, AwsError> {
+        let target = format!("route53 health check {id}");
         quota::route53::take(&self.quota, Call::Check(CheckCall::Status)).await;
         let out = self
             .client

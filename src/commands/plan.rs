@@ -11,7 +11,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 use slog::error;
 
-use crate::aws::{self, AwsError, Backends, ClientOptions};
+use crate::aws::roles::Accounts;
+use crate::aws::{self, AwsError, ClientOptions};
 use crate::cli::{PlanArgs, PlanOutput};
 use crate::desired::DesiredState;
 use crate::fence::Fence;
@@ -58,7 +59,7 @@ pub async fn plan_all(
     desired: &DesiredState,
     managed: &BTreeSet<LbId>,
     rejected: &BTreeMap<LbId, crate::status::Rejections>,
-    aws: &Backends,
+    aws: &Accounts,
     how: &PlanHow,
     owned: Option<&HashMap<LbId, BTreeSet<String>>>,
 ) -> Vec<LbPlan> {
@@ -87,13 +88,13 @@ pub async fn plan_all(
             match &lb {
                 LbId::Elb { region, name } | LbId::TargetGroup { region, name } => {
                     let api = if matches!(lb, LbId::Elb { .. }) {
-                        &*aws.elb
+                        aws.elb(region, name)
                     } else {
-                        &*aws.elbv2
+                        aws.elbv2(region, name)
                     };
                     let mine = owned.map(|o| o.get(&lb).unwrap_or(&none));
                     let (actual, changes, foreign) =
-                        read_and_plan_elb(api, region, name, &members, policy, mine).await?;
+                        read_and_plan_elb(&*api, region, name, &members, policy, mine).await?;
                     plan.actual = actual.members.iter().map(|m| m.to_string()).collect();
                     plan.foreign = foreign.iter().map(|t| t.to_string()).collect();
                     if !changes.register.is_empty() {
@@ -126,7 +127,7 @@ pub async fn plan_all(
                         zone,
                     );
                     let fqdn_plan = read_and_plan_fqdn(
-                        &*aws.route53,
+                        &*aws.route53(zone),
                         zone,
                         &want,
                         how.ttl,
@@ -351,11 +352,11 @@ mod tests {
         .into();
         let desired = DesiredState::new("/lbManager");
         let elb = std::sync::Arc::new(FakeElb::default());
-        let aws = Backends {
+        let aws = Accounts::from(crate::aws::Backends {
             elb: elb.clone(),
             elbv2: elb,
             route53: std::sync::Arc::new(FakeRoute53::default()),
-        };
+        });
         let plans = plan_all(
             &desired,
             &lbs,

@@ -3,9 +3,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slog::{error, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 
 use crate::actors::backoff;
+use crate::aws::roles::Accounts;
 use crate::aws::{self, Backends, Quotas};
 use crate::cli::RunArgs;
 use crate::etcd::{self, EtcdOptions, Snapshot};
@@ -65,17 +66,17 @@ pub async fn backends(
     fence: &Fence,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     log: &Logger,
-) -> Backends {
+) -> Accounts {
     let default = Backends::sdk(sdk, &quotas(args), fence, metrics.clone());
     if args.assume_role.is_empty() {
-        return default;
+        return default.into();
     }
     for rule in &args.assume_role {
         info!(log, "assuming a role for some load balancers";
             "scope" => %rule.scope, "role" => &rule.role_arn,
             "external_id" => rule.external_id.is_some());
     }
-    aws::roles::Routed::assume(
+    let accounts = Accounts::assume(
         sdk,
         default,
         &args.assume_role,
@@ -83,8 +84,10 @@ pub async fn backends(
         fence,
         metrics,
     )
-    .await
-    .backends()
+    .await;
+    debug!(log, "each account's calls are paced by its own quota buckets";
+        "accounts_by_role" => accounts.accounts());
+    accounts
 }
 
 /// The share of AWS's quotas the flags allow.

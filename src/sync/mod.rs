@@ -108,7 +108,7 @@ pub async fn read_and_plan_fqdn(
     let mut plan = FqdnPlan::default();
     let listed = current.iter().any(|s| s.health_check.is_some()) || want.check.is_some();
     let known = if listed {
-        let all = api.health_checks(zone, references).await?;
+        let all = api.health_checks(references).await?;
         all.into_iter().filter(|c| c.fqdn == want.fqdn).collect()
     } else {
         Vec::new()

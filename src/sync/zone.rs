@@ -334,7 +334,7 @@ impl<'a> ZoneRun<'a> {
         if cache.checks.is_some() && !full && !cache.checks_stale {
             return;
         }
-        match api.health_checks(self.zone, &cache.reference_prefix).await {
+        match api.health_checks(&cache.reference_prefix).await {
             Ok(checks) => {
                 cache.checks = Some(checks);
                 cache.checks_stale = false;
@@ -420,7 +420,7 @@ impl<'a> ZoneRun<'a> {
                     }
                 };
                 let mut made = api
-                    .create_health_check(self.zone, &reference, &desire.fqdn, ip, spec)
+                    .create_health_check(&reference, &desire.fqdn, ip, spec)
                     .await;
                 if made
                     .as_ref()
@@ -430,7 +430,7 @@ impl<'a> ZoneRun<'a> {
                     reference = cache.reference();
                     cache.creating.insert(key.clone(), reference.clone());
                     made = api
-                        .create_health_check(self.zone, &reference, &desire.fqdn, ip, spec)
+                        .create_health_check(&reference, &desire.fqdn, ip, spec)
                         .await;
                 }
                 match made {
@@ -510,7 +510,7 @@ impl<'a> ZoneRun<'a> {
                 continue;
             }
             for check in unused {
-                match api.delete_health_check(self.zone, &check.id).await {
+                match api.delete_health_check(&check.id).await {
                     Ok(()) => {
                         info!(log, "deleted health check no record set uses";
                             "lb" => desire.lb.to_string(), "value" => %check.ip,
@@ -574,7 +574,7 @@ impl<'a> ZoneRun<'a> {
                 .cloned()
                 .collect();
             for check in stray {
-                match api.delete_health_check(self.zone, &check.id).await {
+                match api.delete_health_check(&check.id).await {
                     Ok(()) => {
                         info!(log, "deleted health check no record set uses";
                             "fqdn" => esc(&fqdn), "value" => %check.ip,
@@ -612,7 +612,7 @@ impl<'a> ZoneRun<'a> {
                 let Ok(ip) = ip.parse::<IpAddr>() else {
                     continue;
                 };
-                match api.health_check_status(self.zone, id).await {
+                match api.health_check_status(id).await {
                     Ok(state) => {
                         self.health[i].insert(ip, state);
                     }

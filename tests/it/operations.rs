@@ -232,8 +232,8 @@ async fn metrics_move_with_syncs_and_readyz_waits_for_the_first_sync() {
         assert!(series.starts_with("lbmanager_"), "{line}");
         assert!(value.parse::<f64>().is_ok(), "{line}");
     }
-    let register =
-        "lbmanager_aws_calls_total{service=\"elb\",operation=\"register\",result=\"ok\"}";
+    let register = "lbmanager_aws_calls_total{service=\"elb\",\
+        operation=\"RegisterInstancesWithLoadBalancer\",result=\"ok\"}";
     let syncs = "lbmanager_syncs_total{kind=\"elb\",result=\"ok\"}";
     assert_eq!(sample(&text, register), Some(1.0), "{text}");
     let syncs_before = sample(&text, syncs).unwrap();
