@@ -15,19 +15,19 @@
 //! - A round (start-up, relist) is complete when every load balancer has synced once; with
 //!   `--once`, that is the exit, 0 when none failed.
 //!
-//! Events go in as method calls; each returns the [`Command`]s the Supervisor actor carries out.
+//! Events go in as method calls; each returns the [`Command`]s the Supervisor actor carries out,
+//! among them the [`Note`]s of what an operator should read or a metric should count. The fleet
+//! itself logs nothing, counts nothing and reads no clock (the time comes in with the event):
+//! it is tested by what it returns.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use slog::{debug, error, info, warn, Logger};
-
-use crate::desired::{log_ignored, DesiredState, Ignored, Loaded, Revision, Warned};
+use crate::desired::{DesiredState, Ignored, Loaded, Revision, Warned};
 use crate::filter::Filters;
 use crate::key::{LbId, Member};
 use crate::layout::Layout;
-use crate::metrics::{Limit, Metrics};
 use crate::plan::Rejected;
 use crate::status::{LbStatus, PendingChange};
 use crate::sync::Cause;
@@ -139,6 +139,72 @@ pub enum Command {
     },
     /// `--once`: the start-up round is over; exit with this code.
     Exit(u8),
+    /// Tell the operator (a log line) or the metrics.
+    Note(Note),
+}
+
+/// What the fleet decided that an operator should read in the log or a metric should count; the
+/// Supervisor carries it out (`actors::notes`), in order with the other commands.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Note {
+    /// A dead zone actor is restarted (its `restarts`th time; the next waits at least `next`).
+    ZoneRestarted {
+        zone: String,
+        restarts: u32,
+        next: Duration,
+    },
+    /// A dead load balancer actor is restarted.
+    LbRestarted {
+        lb: LbId,
+        restarts: u32,
+        next: Duration,
+    },
+    /// A key counts for nothing (said once per key while it stays).
+    KeyIgnored { key: String, why: Ignored },
+    /// More keys count for nothing than are remembered: those past it are not named one by one
+    /// (`not_listed`: how many a read left unnamed, when it knows).
+    IgnoredPastRemembered { not_listed: Option<usize> },
+    /// A relist's keys are applied.
+    Relisted { keys: usize, removed: usize },
+    /// A whole read of the prefix is applied: `load_balancers` sync as a round.
+    ReadEtcd {
+        keys: usize,
+        load_balancers: usize,
+        revision: Revision,
+        cause: Cause,
+    },
+    /// `--dry-run`: these superseded keys would be deleted.
+    WouldDeleteSuperseded { winner: String, keys: Vec<String> },
+    /// `lb` wants this many members now.
+    Members { lb: LbId, count: usize },
+    /// `lb` has no keys left and is no longer managed.
+    Retired { lb: LbId },
+    /// A round of full syncs is over (`cause` [`Cause::Startup`]: the initial one).
+    RoundDone {
+        cause: Cause,
+        total: usize,
+        failed: usize,
+    },
+    /// AWS refused `member` of `lb` (named by its `key`), newly or for a new reason;
+    /// `over_limit`: lbmanager left it out, past AWS's limit per load balancer or record set.
+    Rejected {
+        lb: LbId,
+        member: String,
+        key: Option<String>,
+        reason: String,
+        over_limit: bool,
+    },
+    /// More new refusals than are named one by one (`over_limit`: how many of those unnamed
+    /// were past the limit).
+    RejectedUnnamed {
+        lb: LbId,
+        not_named: usize,
+        over_limit: usize,
+    },
+    /// `member` of `lb` is no longer refused.
+    NoLongerRejected { lb: LbId, member: String },
+    /// `lb` has this many refused members now.
+    RejectedCount { lb: LbId, count: usize },
 }
 
 /// How often an actor died without a good sync since: each restart waits longer, so an actor that
@@ -217,8 +283,6 @@ pub struct Config {
 pub struct Fleet {
     config: Config,
     layout: Layout,
-    metrics: Arc<Metrics>,
-    log: Logger,
     /// What etcd wants: the source of truth every actor is (re)started from.
     desired: DesiredState,
     /// Malformed keys already warned about (forgotten when the key is deleted).
@@ -256,13 +320,11 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn new(config: Config, metrics: Arc<Metrics>, log: &Logger) -> Self {
+    pub fn new(config: Config) -> Self {
         Fleet {
             layout: Layout::new(&config.prefix),
             desired: DesiredState::with_filters(&config.prefix, config.filters.clone()),
             config,
-            metrics,
-            log: log.clone(),
             warned: Warned::default(),
             lbs: HashMap::new(),
             zone_restarts: HashMap::new(),
@@ -314,6 +376,10 @@ impl Fleet {
         std::mem::take(&mut self.out)
     }
 
+    fn note(&mut self, note: Note) {
+        self.out.push(Command::Note(note));
+    }
+
     /// A whole read of the prefix (start-up): the desired state becomes what it says, and every
     /// load balancer that has keys, or is recorded as managed, syncs as one round.
     pub fn snapshot(
@@ -361,7 +427,7 @@ impl Fleet {
         }
         let removed = self.desired.end_relist();
         if let Some(loaded) = self.relisting.take() {
-            debug!(self.log, "relist applied"; "keys" => keys, "removed" => removed);
+            self.note(Note::Relisted { keys, removed });
             self.apply_loaded(loaded, keys, revision, Cause::Relist);
         }
         self.take()
@@ -498,9 +564,11 @@ impl Fleet {
             let Some(next) = restarts.take(now) else {
                 continue;
             };
-            error!(self.log, "hosted zone actor died, restarting it";
-                "zone" => zone, "restarts" => restarts.count,
-                "next_restart_no_sooner_than" => ?next);
+            self.out.push(Command::Note(Note::ZoneRestarted {
+                zone: zone.clone(),
+                restarts: restarts.count,
+                next,
+            }));
             let lbs = self
                 .lbs
                 .keys()
@@ -525,10 +593,12 @@ impl Fleet {
             let Some(next) = child.restarts.take(now) else {
                 continue;
             };
-            error!(self.log, "load balancer actor died, restarting it";
-                "lb" => lb.to_string(), "restarts" => child.restarts.count,
-                "next_restart_no_sooner_than" => ?next);
             child.cause = Cause::Restart;
+            self.out.push(Command::Note(Note::LbRestarted {
+                lb: lb.clone(),
+                restarts: child.restarts.count,
+                next,
+            }));
             let (desire, barrier) = (child.desire(), child.barrier);
             self.out.push(Command::Spawn {
                 lb: lb.clone(),
@@ -565,18 +635,17 @@ impl Fleet {
     }
 
     fn warn_once(&mut self, key: &str, why: &Ignored) {
-        if let Ignored::Malformed(crate::key::KeyError::TooLong(_)) = why {
-            self.metrics.limit(Limit::KeyLength);
-        }
-        let (log, metrics) = (&self.log, &self.metrics);
+        let out = &mut self.out;
         let on_full = || {
-            metrics.limit(Limit::WarnedKeys);
-            warn!(log, "more keys count for nothing than lbmanager remembers; those past it are \
-                not warned about one by one";
-                "remembered" => crate::desired::MAX_WARNED);
+            out.push(Command::Note(Note::IgnoredPastRemembered {
+                not_listed: None,
+            }))
         };
         if self.warned.first_time(key, on_full) {
-            log_ignored(&self.log, key, why);
+            self.note(Note::KeyIgnored {
+                key: key.to_string(),
+                why: why.clone(),
+            });
         }
     }
 
@@ -606,10 +675,9 @@ impl Fleet {
             self.warn_once(key, e);
         }
         if loaded.ignored_more > 0 {
-            self.metrics.limit(Limit::WarnedKeys);
-            warn!(self.log, "more keys count for nothing than lbmanager remembers; those past it \
-                are not warned about one by one";
-                "remembered" => crate::desired::MAX_WARNED, "not_listed" => loaded.ignored_more);
+            self.note(Note::IgnoredPastRemembered {
+                not_listed: Some(loaded.ignored_more),
+            });
         }
         let mut touched: HashSet<LbId> = self.desired.load_balancers().cloned().collect();
         touched.extend(self.lbs.keys().cloned());
@@ -619,9 +687,12 @@ impl Fleet {
             self.reconcile(&lb, cause, true, revision);
         }
         let pending: HashSet<LbId> = self.lbs.keys().cloned().collect();
-        info!(self.log, "read etcd";
-            "keys" => keys, "load_balancers" => pending.len(),
-            "revision" => revision, "cause" => %cause);
+        self.note(Note::ReadEtcd {
+            keys,
+            load_balancers: pending.len(),
+            revision,
+            cause,
+        });
         let round = self.round.get_or_insert(Round {
             pending: HashSet::new(),
             total: 0,
@@ -682,13 +753,10 @@ impl Fleet {
                 },
             );
         }
-        self.metrics
-            .members
-            .get_or_create(&vec![(
-                "load_balancer",
-                crate::escape::escape(&lb.to_string()).into_owned(),
-            )])
-            .set(members.len() as i64);
+        self.note(Note::Members {
+            lb: lb.clone(),
+            count: members.len(),
+        });
         let child = self.lbs.get_mut(lb).expect("inserted above");
         child.members = members;
         child.generation = generation;
@@ -760,9 +828,8 @@ impl Fleet {
             .map(|(k, _)| k.clone())
             .unwrap_or_default();
         if self.config.dry_run {
-            let keys: Vec<&str> = todo.iter().map(|(k, _)| k.as_str()).collect();
-            info!(self.log, "would delete superseded keys from etcd";
-                "winner" => &winner, "keys" => keys.join(","), "dry_run" => true);
+            let keys = todo.into_iter().map(|(k, _)| k).collect();
+            self.note(Note::WouldDeleteSuperseded { winner, keys });
             return;
         }
         self.deleting.extend(todo.iter().map(|(k, _)| k.clone()));
@@ -778,11 +845,9 @@ impl Fleet {
         let Some(child) = self.lbs.remove(lb) else {
             return;
         };
-        debug!(self.log, "load balancer has no keys left, no longer managed";
-            "lb" => lb.to_string());
+        self.note(Note::Retired { lb: lb.clone() });
         self.out.push(Command::Retire { lb: lb.clone() });
         self.dns_pending.remove(lb);
-        self.metrics.lb_retired(&lb.to_string());
         if self.recorded.remove(lb) {
             self.record(lb, false);
         }
@@ -806,20 +871,11 @@ impl Fleet {
             return;
         }
         let round = self.round.take().expect("checked above");
-        let what = if round.cause == Cause::Startup {
-            "initial sync complete"
-        } else {
-            "full sync complete"
-        };
-        info!(self.log, "{}", what;
-            "load_balancers" => round.total, "failed" => round.failed, "cause" => %round.cause);
-        self.metrics.set_initial_sync_done();
-        if round.failed == 0 {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            self.metrics.last_full_sync.set(now.as_secs_f64());
-        }
+        self.note(Note::RoundDone {
+            cause: round.cause,
+            total: round.total,
+            failed: round.failed,
+        });
         if self.config.once {
             self.config.once = false;
             self.out.push(Command::Exit(u8::from(round.failed > 0)));
@@ -840,42 +896,37 @@ impl Fleet {
             .iter()
             .filter(|(member, reason)| before.get(*member) != Some(*reason))
             .collect();
+        let over_limit = |reason: &str| reason.starts_with("over the limit");
+        let mut notes = Vec::new();
         for (member, reason) in fresh.iter().take(crate::status::REJECTED_LISTED) {
-            warn!(self.log, "AWS rejected a member; the others are in step, and it is \
-                tried again at each resync until its key is deleted";
-                "lb" => lb.to_string(), "member" => member,
-                "key" => self.desired.key_of(lb, member).unwrap_or_else(|| "-".into()),
-                "reason" => crate::status::cut(reason));
-        }
-        let limit = match lb {
-            LbId::Route53 { .. } => Limit::ValuesPerRecordSet,
-            _ => Limit::MembersPerLoadBalancer,
-        };
-        for _ in fresh
-            .iter()
-            .filter(|(_, r)| r.starts_with("over the limit"))
-        {
-            self.metrics.limit(limit);
+            notes.push(Note::Rejected {
+                lb: lb.clone(),
+                member: member.to_string(),
+                key: self.desired.key_of(lb, member),
+                reason: reason.to_string(),
+                over_limit: over_limit(reason),
+            });
         }
         if fresh.len() > crate::status::REJECTED_LISTED {
-            warn!(self.log, "AWS rejected more members than are named one by one";
-                "lb" => lb.to_string(),
-                "not_named" => fresh.len() - crate::status::REJECTED_LISTED);
+            let unnamed = &fresh[crate::status::REJECTED_LISTED..];
+            notes.push(Note::RejectedUnnamed {
+                lb: lb.clone(),
+                not_named: unnamed.len(),
+                over_limit: unnamed.iter().filter(|(_, r)| over_limit(r)).count(),
+            });
         }
         for member in before.keys().filter(|m| !rejected.contains_key(*m)) {
-            info!(self.log, "member no longer rejected"; "lb" => lb.to_string(), "member" => member);
+            notes.push(Note::NoLongerRejected {
+                lb: lb.clone(),
+                member: member.clone(),
+            });
         }
-        let labels = vec![(
-            "load_balancer",
-            crate::escape::escape(&lb.to_string()).into_owned(),
-        )];
-        if rejected.is_empty() {
-            self.metrics.rejected_members.remove(&labels);
-        } else {
-            self.metrics
-                .rejected_members
-                .get_or_create(&labels)
-                .set(rejected.len() as i64);
+        notes.push(Note::RejectedCount {
+            lb: lb.clone(),
+            count: rejected.len(),
+        });
+        for note in notes {
+            self.note(note);
         }
         if let Some(child) = self.lbs.get_mut(lb) {
             child.rejected = rejected;
@@ -908,8 +959,7 @@ mod tests {
             shared: false,
             once,
         };
-        let log = Logger::root(slog::Discard, slog::o!());
-        Fleet::new(config, Arc::default(), &log)
+        Fleet::new(config)
     }
 
     /// A fleet started from `keys`, every managed record landed.
@@ -917,7 +967,7 @@ mod tests {
         let mut fleet = fleet(once);
         let keys: Vec<(String, Revision)> = keys.iter().map(|k| (k.to_string(), 5)).collect();
         let loaded = DesiredState::from_keys("/lbManager", Filters::default(), &keys);
-        let mut out = fleet.snapshot(loaded, keys.len(), 10, Cause::Startup);
+        let mut out = acts(fleet.snapshot(loaded, keys.len(), 10, Cause::Startup));
         let landed: Vec<LbId> = out
             .iter()
             .filter_map(|c| match c {
@@ -926,9 +976,25 @@ mod tests {
             })
             .collect();
         for lb in landed {
-            out.extend(fleet.record_landed(&lb));
+            out.extend(acts(fleet.record_landed(&lb)));
         }
         (fleet, out)
+    }
+
+    /// What the fleet has done, without what it said: its notes are tested apart.
+    fn acts(out: Vec<Command>) -> Vec<Command> {
+        out.into_iter()
+            .filter(|c| !matches!(c, Command::Note(_)))
+            .collect()
+    }
+
+    fn notes(out: &[Command]) -> Vec<&Note> {
+        out.iter()
+            .filter_map(|c| match c {
+                Command::Note(n) => Some(n),
+                _ => None,
+            })
+            .collect()
     }
 
     fn desire_of(out: &[Command], of: &LbId) -> Option<Desire> {
@@ -976,15 +1042,15 @@ mod tests {
     fn a_new_load_balancer_gets_no_desire_until_its_record_has_landed() {
         let mut fleet = fleet(false);
         let loaded = DesiredState::from_keys("/lbManager", Filters::default(), &[]);
-        assert!(fleet.snapshot(loaded, 0, 10, Cause::Startup).is_empty());
-        let out = fleet.changes(change(vec![put(A, 11)]));
+        assert!(acts(fleet.snapshot(loaded, 0, 10, Cause::Startup)).is_empty());
+        let out = acts(fleet.changes(change(vec![put(A, 11)])));
         assert!(matches!(&out[0], Command::Record { managed: true, .. }));
         assert!(matches!(&out[1], Command::AwaitRecord { .. }));
         assert!(matches!(&out[2], Command::Spawn { watched: false, .. }));
         assert!(desire_of(&out, &lb("a")).is_none());
         // A second key meanwhile: still nothing sent; then the latest once the record landed.
-        assert!(desire_of(&fleet.changes(change(vec![put(A2, 12)])), &lb("a")).is_none());
-        let desire = desire_of(&fleet.record_landed(&lb("a")), &lb("a")).unwrap();
+        assert!(desire_of(&acts(fleet.changes(change(vec![put(A2, 12)]))), &lb("a")).is_none());
+        let desire = desire_of(&acts(fleet.record_landed(&lb("a"))), &lb("a")).unwrap();
         assert_eq!((desire.members.len(), desire.revision), (2, 12));
     }
 
@@ -997,7 +1063,7 @@ mod tests {
             out.iter()
                 .any(|c| matches!(c, Command::Spawn { lb: l, .. } if *l == lb("a")))
         };
-        let out = fleet.stopped(t0, &[lb("a")], &[]);
+        let out = acts(fleet.stopped(t0, &[lb("a")], &[]));
         assert!(restarted(&out));
         let desire = desire_of(&out, &lb("a")).unwrap();
         assert_eq!(
@@ -1005,41 +1071,35 @@ mod tests {
             (generation, Cause::Restart)
         );
         // Dead again at once: the next restart waits 1 s, the one after 2 s.
-        assert!(fleet.stopped(t0, &[lb("a")], &[]).is_empty());
-        assert!(fleet
-            .stopped(t0 + Duration::from_millis(900), &[lb("a")], &[])
-            .is_empty());
-        assert!(restarted(&fleet.stopped(
+        assert!(acts(fleet.stopped(t0, &[lb("a")], &[])).is_empty());
+        assert!(acts(fleet.stopped(t0 + Duration::from_millis(900), &[lb("a")], &[])).is_empty());
+        assert!(restarted(&acts(fleet.stopped(
             t0 + Duration::from_secs(1),
             &[lb("a")],
             &[]
-        )));
-        assert!(fleet
-            .stopped(t0 + Duration::from_millis(2900), &[lb("a")], &[])
-            .is_empty());
-        assert!(restarted(&fleet.stopped(
+        ))));
+        assert!(acts(fleet.stopped(t0 + Duration::from_millis(2900), &[lb("a")], &[])).is_empty());
+        assert!(restarted(&acts(fleet.stopped(
             t0 + Duration::from_secs(3),
             &[lb("a")],
             &[]
-        )));
+        ))));
         // A good sync: the next death is restarted at once.
-        fleet.synced(ok(&lb("a"), generation));
-        assert!(restarted(&fleet.stopped(
+        acts(fleet.synced(ok(&lb("a"), generation)));
+        assert!(restarted(&acts(fleet.stopped(
             t0 + Duration::from_secs(3),
             &[lb("a")],
             &[]
-        )));
+        ))));
         // Shutting down: the dead stay dead.
         fleet.shutdown();
-        assert!(fleet
-            .stopped(t0 + Duration::from_secs(600), &[lb("a")], &[])
-            .is_empty());
+        assert!(acts(fleet.stopped(t0 + Duration::from_secs(600), &[lb("a")], &[])).is_empty());
     }
 
     #[test]
     fn a_dead_zone_actor_is_restarted_and_handed_to_its_names() {
         let (mut fleet, _) = started(false, &[WWW, A]);
-        let out = fleet.stopped(Instant::now(), &[], &["Z1".into()]);
+        let out = acts(fleet.stopped(Instant::now(), &[], &["Z1".into()]));
         match &out[..] {
             [Command::RestartZone { zone, lbs }] => {
                 assert_eq!(zone, "Z1");
@@ -1056,7 +1116,7 @@ mod tests {
         assert!(!out
             .iter()
             .any(|c| matches!(c, Command::DeleteSuperseded { .. })));
-        let out = fleet.changes(change(vec![put(A_SINGLE, 20)]));
+        let out = acts(fleet.changes(change(vec![put(A_SINGLE, 20)])));
         let superseded = out
             .iter()
             .find_map(|c| match c {
@@ -1070,13 +1130,13 @@ mod tests {
         assert_eq!(superseded.0.len(), 2);
         assert_eq!(desire_of(&out, &lb("a")).unwrap().members.len(), 1);
         // Another change while the delete is under way: not asked again.
-        let again = fleet.changes(change(vec![put(B, 21)]));
+        let again = acts(fleet.changes(change(vec![put(B, 21)])));
         assert!(!again
             .iter()
             .any(|c| matches!(c, Command::DeleteSuperseded { .. })));
         // Done (say it failed): the next change of that load balancer asks again.
         fleet.superseded_done(&superseded.0);
-        let again = fleet.changes(change(vec![put(A_SINGLE, 22)]));
+        let again = acts(fleet.changes(change(vec![put(A_SINGLE, 22)])));
         assert!(again
             .iter()
             .any(|c| matches!(c, Command::DeleteSuperseded { .. })));
@@ -1088,44 +1148,42 @@ mod tests {
             let (mut fleet, out) = started(true, &[A, B]);
             let ga = desire_of(&out, &lb("a")).unwrap().generation;
             let gb = desire_of(&out, &lb("b")).unwrap().generation;
-            assert!(fleet.synced(ok(&lb("a"), ga)).is_empty());
+            assert!(acts(fleet.synced(ok(&lb("a"), ga))).is_empty());
             let mut report = ok(&lb("b"), gb);
             report.failed = failed;
-            let out = fleet.synced(report);
+            let out = acts(fleet.synced(report));
             assert!(
                 matches!(out[..], [Command::Exit(code)] if code == u8::from(failed)),
                 "{out:?}"
             );
             // Once only.
-            assert!(fleet.synced(ok(&lb("a"), ga)).is_empty());
+            assert!(acts(fleet.synced(ok(&lb("a"), ga))).is_empty());
         }
     }
 
     #[test]
     fn a_load_balancer_is_retired_when_its_keys_are_gone_and_aws_is_emptied() {
         let (mut fleet, _) = started(false, &[A, WWW]);
-        let out = fleet.changes(change(vec![delete(A, 30)]));
+        let out = acts(fleet.changes(change(vec![delete(A, 30)])));
         let emptied = desire_of(&out, &lb("a")).unwrap();
         assert!(emptied.members.is_empty());
         // A failed sync, a settling one, or one of an older desire retires nothing.
         let mut failed = ok(&lb("a"), emptied.generation);
         failed.failed = true;
-        assert!(fleet.synced(failed).is_empty());
+        assert!(acts(fleet.synced(failed)).is_empty());
         let mut settling = ok(&lb("a"), emptied.generation);
         settling.settling = true;
-        assert!(fleet.synced(settling).is_empty());
-        assert!(fleet
-            .synced(ok(&lb("a"), emptied.generation - 1))
-            .is_empty());
-        let out = fleet.synced(ok(&lb("a"), emptied.generation));
+        assert!(acts(fleet.synced(settling)).is_empty());
+        assert!(acts(fleet.synced(ok(&lb("a"), emptied.generation - 1))).is_empty());
+        let out = acts(fleet.synced(ok(&lb("a"), emptied.generation)));
         assert!(matches!(&out[0], Command::Retire { .. }));
         assert!(matches!(&out[1], Command::Record { managed: false, .. }));
         assert!(matches!(&out[2], Command::Publish { status: None, .. }));
         assert_eq!(fleet.managed(), 1);
         // The zone's last name: its actor goes too.
         let www = lb_of(WWW);
-        let emptied = desire_of(&fleet.changes(change(vec![delete(WWW, 31)])), &www).unwrap();
-        let out = fleet.synced(ok(&www, emptied.generation));
+        let emptied = desire_of(&acts(fleet.changes(change(vec![delete(WWW, 31)]))), &www).unwrap();
+        let out = acts(fleet.synced(ok(&www, emptied.generation)));
         assert!(matches!(out.last(), Some(Command::DropZone { zone }) if zone == "Z1"));
         assert_eq!(fleet.managed(), 0);
     }
@@ -1140,7 +1198,7 @@ mod tests {
         let layout = Layout::new("/lbManager");
         let member = Member::Instance("i-0000000a".into());
         let waiting = layout.waiting(&lb("a"), &member);
-        let out = fleet.changes(change(vec![put(&waiting, 40)]));
+        let out = acts(fleet.changes(change(vec![put(&waiting, 40)])));
         assert!(matches!(
             &out[..],
             [
@@ -1148,15 +1206,15 @@ mod tests {
                 Command::Barrier { revision: 40, .. }
             ]
         ));
-        let out = fleet.changes(change(vec![delete(&waiting, 41)]));
+        let out = acts(fleet.changes(change(vec![delete(&waiting, 41)])));
         assert!(matches!(
             &out[..],
             [Command::Watched { watched: false, .. }]
         ));
         // Someone waits on a load balancer before its first key: it starts watched.
         let waiting = layout.waiting(&lb("b"), &Member::Instance("i-0000000b".into()));
-        assert!(fleet.changes(change(vec![put(&waiting, 42)])).is_empty());
-        let out = fleet.changes(change(vec![put(B, 43)]));
+        assert!(acts(fleet.changes(change(vec![put(&waiting, 42)]))).is_empty());
+        let out = acts(fleet.changes(change(vec![put(B, 43)])));
         assert!(out
             .iter()
             .any(|c| matches!(c, Command::Spawn { watched: true, .. })));
@@ -1170,18 +1228,118 @@ mod tests {
         let (mut fleet, _) = started(false, &[A]);
         let waiting =
             Layout::new("/lbManager").waiting(&lb("a"), &Member::Instance("i-0000000a".into()));
-        let out = fleet.changes(change(vec![put(&waiting, 50), delete(A, 51)]));
+        let out = acts(fleet.changes(change(vec![put(&waiting, 50), delete(A, 51)])));
         let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
         let barrier = out
             .iter()
             .position(|c| matches!(c, Command::Barrier { revision: 50, .. }));
         assert!(desire.unwrap() < barrier.unwrap(), "{out:?}");
         // An actor restarted after a panic is handed the barrier again, after its desire.
-        let out = fleet.stopped(Instant::now(), &[lb("a")], &[]);
+        let out = acts(fleet.stopped(Instant::now(), &[lb("a")], &[]));
         let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
         let barrier = out
             .iter()
             .position(|c| matches!(c, Command::Barrier { revision: 50, .. }));
         assert!(desire.unwrap() < barrier.unwrap(), "{out:?}");
+    }
+
+    /// What is said of a start: the read, then the round once every load balancer has synced;
+    /// a key that counts for nothing, once while it stays.
+    #[test]
+    fn a_start_notes_the_read_the_ignored_keys_once_and_the_round() {
+        const BAD: &str = "/lbManager/elb/us-east-1/a/multiple/not-an-instance";
+        let mut fleet = fleet(false);
+        let keys = [(A.to_string(), 5), (BAD.to_string(), 6)];
+        let loaded = DesiredState::from_keys("/lbManager", Filters::default(), &keys);
+        let out = fleet.snapshot(loaded, 2, 10, Cause::Startup);
+        let said = notes(&out);
+        assert!(
+            matches!(said[0], Note::KeyIgnored { key, .. } if key == BAD),
+            "{said:?}"
+        );
+        assert!(said.contains(&&Note::ReadEtcd {
+            keys: 2,
+            load_balancers: 1,
+            revision: 10,
+            cause: Cause::Startup
+        }));
+        assert!(!said.iter().any(|n| matches!(n, Note::RoundDone { .. })));
+        let generation = desire_of(&fleet.record_landed(&lb("a")), &lb("a"))
+            .unwrap()
+            .generation;
+        let out = fleet.synced(ok(&lb("a"), generation));
+        assert_eq!(
+            notes(&out),
+            [&Note::RoundDone {
+                cause: Cause::Startup,
+                total: 1,
+                failed: 0
+            }]
+        );
+        // The same key in the next read: not said again.
+        let loaded = DesiredState::from_keys("/lbManager", Filters::default(), &keys);
+        let out = fleet.snapshot(loaded, 2, 11, Cause::Relist);
+        assert!(!notes(&out)
+            .iter()
+            .any(|n| matches!(n, Note::KeyIgnored { .. })));
+    }
+
+    /// A restart is said with its count and how long the next one waits at least.
+    #[test]
+    fn a_restart_is_noted_with_its_count() {
+        let (mut fleet, _) = started(false, &[A]);
+        let out = fleet.stopped(Instant::now(), &[lb("a")], &[]);
+        assert_eq!(
+            notes(&out),
+            [&Note::LbRestarted {
+                lb: lb("a"),
+                restarts: 1,
+                next: Duration::from_secs(1)
+            }]
+        );
+    }
+
+    /// A refusal is said once, with the member's key; its end too; the count follows both.
+    #[test]
+    fn refusals_are_noted_once_with_their_key() {
+        let (mut fleet, out) = started(false, &[A]);
+        let generation = desire_of(&out, &lb("a")).unwrap().generation;
+        let refused: Rejected = [("i-0000000a".to_string(), "InvalidInstance".to_string())].into();
+        let report = |rejected: &Rejected| Report {
+            rejected: Some(Arc::new(rejected.clone())),
+            ..ok(&lb("a"), generation)
+        };
+        fleet.synced(ok(&lb("a"), generation)); // the start-up round's end
+        let out = fleet.synced(report(&refused));
+        assert_eq!(
+            notes(&out),
+            [
+                &Note::Rejected {
+                    lb: lb("a"),
+                    member: "i-0000000a".into(),
+                    key: Some(A.into()),
+                    reason: "InvalidInstance".into(),
+                    over_limit: false,
+                },
+                &Note::RejectedCount {
+                    lb: lb("a"),
+                    count: 1
+                },
+            ]
+        );
+        // The same refusal again: only the count.
+        let out = fleet.synced(report(&refused));
+        assert!(!notes(&out)
+            .iter()
+            .any(|n| matches!(n, Note::Rejected { .. })));
+        let out = fleet.synced(report(&Rejected::new()));
+        assert!(notes(&out).contains(&&Note::NoLongerRejected {
+            lb: lb("a"),
+            member: "i-0000000a".into()
+        }));
+        assert!(notes(&out).contains(&&Note::RejectedCount {
+            lb: lb("a"),
+            count: 0
+        }));
     }
 }

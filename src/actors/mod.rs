@@ -15,6 +15,7 @@ use crate::plan::Policy;
 pub mod etcd_watcher;
 pub mod hosted_zone;
 pub mod load_balancer;
+mod notes;
 pub mod state_writer;
 pub mod supervisor;
 

@@ -78,7 +78,7 @@ impl Supervisor {
             once: false,
         };
         Supervisor {
-            fleet: Fleet::new(config, settings.metrics.clone(), log),
+            fleet: Fleet::new(config),
             settings,
             log: log.clone(),
             etcd_writes,
@@ -204,6 +204,7 @@ impl Supervisor {
                         let _ = done.send(code);
                     }
                 }
+                Command::Note(note) => super::notes::tell(&self.log, &self.settings.metrics, note),
             }
         }
     }
