@@ -8,10 +8,10 @@
 //! `--ha`; etcd is reached through [`etcd`]'s functions, by the actors that hold its clients (the
 //! StateWriter makes every write of lbmanager's: its records, and with `--ownership shared` the
 //! ownership records the syncs ask for through [`etcd::OwnershipWrites`]); [`actors`] carry out
-//! the fleet's rules and decide when each load balancer syncs; [`daemon`] is `run` and `plan`
-//! from flags to an exit code; [`status`] is what the daemon publishes for the workload, and
-//! [`workload`] the commands that read it (`member add|remove --wait`, `status`) with etcd
-//! access only.
+//! the fleet's rules and decide when each load balancer syncs; [`commands`] takes each
+//! subcommand from flags to an exit code (`run` and `plan`, and those of the workload, `member
+//! add|remove --wait` and `status`, which read what the daemon publishes with etcd access only);
+//! [`status`] is what the daemon publishes.
 
 pub mod actors;
 pub mod aws;

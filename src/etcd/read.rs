@@ -1,0 +1,309 @@
+//! Reading etcd: the whole prefix at one revision, page by page (into the desired state at
+//! start-up, to the Supervisor for a relist), and lbmanager's own records.
+
+use std::time::Duration;
+
+use etcd_client::{Client, GetOptions};
+
+use crate::desired::{Loaded, Revision};
+use crate::filter::Filters;
+
+use super::EtcdError;
+
+/// Every key under a prefix at one revision, loaded into the desired state as it was read (values
+/// are not needed: only keys and revisions mean anything to lbmanager).
+#[derive(Debug)]
+pub struct Snapshot {
+    /// What the keys mean.
+    pub loaded: Loaded,
+    /// How many keys were read.
+    pub keys: usize,
+    /// The store revision the snapshot was read at; a watch resumes at `revision + 1`.
+    pub revision: Revision,
+    /// Keys that are not UTF-8 (they can't be member keys), counted and skipped.
+    pub skipped: usize,
+    /// Keys written under a lease (their delete is, in practice, the lease's expiry).
+    pub leased: std::collections::HashSet<String>,
+}
+
+impl Snapshot {
+    /// A snapshot of `keys` (key, mod_revision) read at `revision`: for tests, and for a start
+    /// without one.
+    pub fn from_keys(
+        prefix: &str,
+        filters: Filters,
+        keys: &[(String, Revision)],
+        revision: Revision,
+    ) -> Self {
+        Snapshot {
+            loaded: crate::desired::DesiredState::from_keys(prefix, filters, keys),
+            keys: keys.len(),
+            revision,
+            skipped: 0,
+            leased: Default::default(),
+        }
+    }
+}
+
+/// The watched range: the prefix with its trailing slash, so `/lbManager` does not also match
+/// `/lbManager-election/…`.
+pub fn watch_key(prefix: &str) -> String {
+    format!("{prefix}/")
+}
+
+/// The first key after every key that starts with `key`.
+fn range_end(key: &str) -> Vec<u8> {
+    let mut end = key.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// Keys per page when reading the whole prefix. etcd 3.4 answers every page of a range by first
+/// collecting the revisions of *all* keys from the page's start to the range's end (to count
+/// them), so a page costs as much as the rest of the range: with a million keys a page of 5,000
+/// took 150 ms at the start and 5 ms at the end, and 200 such pages 15 s. Fewer, bigger pages
+/// make that cost small (20 pages for a million keys, ~1.7 s of etcd's time) while a page stays
+/// a few MiB (keys only, ~70 bytes each; ~15 MiB once decoded, which counts against lbmanager's
+/// peak memory).
+pub const SNAPSHOT_PAGE: i64 = 50_000;
+
+/// The largest answer from etcd lbmanager accepts: what etcd 3.4 may send (2 GiB). A page of the
+/// prefix is a few MiB, and one revision of a watch (a `del --prefix` of a big tree) can be far
+/// more, over gRPC's default 4 MiB.
+pub const MAX_MESSAGE: usize = i32::MAX as usize;
+
+/// The longest one request of a whole-prefix read may take. The deadline is per request, not
+/// per read: a tree of a million keys takes far longer to read than any one page.
+pub const READ_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a long read says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Reads every key under `prefix/` at one revision, `page` keys a request, keys only, into the
+/// desired state of the load balancers `filters` allows. A read that takes long logs its progress.
+pub async fn read_snapshot(
+    client: &mut Client,
+    prefix: &str,
+    filters: &Filters,
+    page: i64,
+    log: &slog::Logger,
+) -> Result<Snapshot, EtcdError> {
+    let mut loaded = Loaded::new(prefix, filters.clone());
+    let mut leased = std::collections::HashSet::new();
+    let read = read_prefix(client, prefix, page, log, &mut |keys: &[(
+        &str,
+        Revision,
+        bool,
+    )]| {
+        for &(key, revision, lease) in keys {
+            if lease {
+                leased.insert(key.to_string());
+            }
+            loaded.add(key, revision);
+        }
+    })
+    .await?;
+    Ok(Snapshot {
+        loaded,
+        keys: read.keys,
+        revision: read.revision,
+        skipped: read.skipped,
+        leased,
+    })
+}
+
+/// A page of a read of the prefix: (key, mod_revision, has a lease).
+pub type Page<'a> = [(&'a str, Revision, bool)];
+
+/// What a read of the whole prefix saw.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrefixRead {
+    /// The store revision it was read at.
+    pub revision: Revision,
+    pub keys: usize,
+    /// Keys that are not UTF-8, skipped.
+    pub skipped: usize,
+}
+
+/// Reads every key under `prefix/` at one revision, `page` keys a request, keys only, handing
+/// each page to `on_page` as (key, mod_revision, has a lease) as it arrives: nothing is kept
+/// here, so the caller decides what a million keys cost.
+pub async fn read_prefix(
+    client: &mut Client,
+    prefix: &str,
+    page: i64,
+    log: &slog::Logger,
+    on_page: &mut dyn FnMut(&Page),
+) -> Result<PrefixRead, EtcdError> {
+    let mut read = PrefixRead::default();
+    let began = std::time::Instant::now();
+    let mut next_report = began + PROGRESS_EVERY;
+    read.revision = read_pages(client, &watch_key(prefix), page, true, &mut |kvs| {
+        if std::time::Instant::now() >= next_report {
+            next_report += PROGRESS_EVERY;
+            slog::info!(log, "still reading etcd";
+                "keys_so_far" => read.keys, "elapsed" => ?began.elapsed());
+        }
+        let keys: Vec<(&str, Revision, bool)> = kvs
+            .iter()
+            .filter_map(|kv| match kv.key_str() {
+                Ok(key) => Some((key, kv.mod_revision(), kv.lease() != 0)),
+                Err(_) => None,
+            })
+            .collect();
+        read.skipped += kvs.len() - keys.len();
+        read.keys += keys.len();
+        on_page(&keys);
+    })
+    .await?;
+    Ok(read)
+}
+
+/// Reads every key that starts with `prefix` at one revision, `page` keys a request (each
+/// request with its own deadline, [`READ_REQUEST_TIMEOUT`], and answers up to [`MAX_MESSAGE`]),
+/// handing each page to `on_page`; returns the revision it read at. A page of 50,000 keys is
+/// ~3.5 MiB, close to gRPC's default limit of 4 MiB, which longer keys (or values) would pass.
+async fn read_pages(
+    client: &mut Client,
+    prefix: &str,
+    page: i64,
+    keys_only: bool,
+    on_page: &mut dyn FnMut(&[etcd_client::KeyValue]),
+) -> Result<Revision, EtcdError> {
+    let end = range_end(prefix);
+    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+    let mut from = prefix.as_bytes().to_vec();
+    let mut revision = 0;
+    loop {
+        let mut options = GetOptions::new().with_range(end.clone()).with_limit(page);
+        if keys_only {
+            options = options.with_keys_only();
+        }
+        if revision > 0 {
+            options = options.with_revision(revision);
+        }
+        let resp = tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from.clone(), Some(options)))
+            .await
+            .map_err(|_| EtcdError::Timeout {
+                prefix: prefix.to_string(),
+                timeout: READ_REQUEST_TIMEOUT,
+            })?
+            .map_err(|source| EtcdError::Read {
+                prefix: prefix.to_string(),
+                source,
+            })?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        on_page(resp.kvs());
+        match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                from = last.key().to_vec();
+                from.push(0);
+            }
+            _ => return Ok(revision),
+        }
+    }
+}
+
+/// Records per page when reading lbmanager's own records: a status is at most
+/// [`crate::status::STATUS_MAX_BYTES`] (192 KiB), so a page is at most ~19 MiB and, for the
+/// 150 load balancers of 1,000 members the README's limits allow (30 KiB each), ~3 MiB. (150,000
+/// ownership records, empty values, take 1,500 pages: a few seconds at start-up.)
+pub const RECORD_PAGE: i64 = 100;
+
+/// Every key under `prefix` with its value (lbmanager's own records), read in pages of
+/// [`RECORD_PAGE`] at one revision, each request with its own deadline: the records of the largest installation
+/// are many MiB in all, over what one answer may carry.
+pub async fn read_records(
+    client: &mut Client,
+    prefix: &str,
+) -> Result<Vec<(String, String)>, EtcdError> {
+    let mut out = Vec::new();
+    read_pages(client, prefix, RECORD_PAGE, false, &mut |kvs| {
+        out.extend(kvs.iter().filter_map(|kv| {
+            Some((
+                kv.key_str().ok()?.to_string(),
+                kv.value_str().ok()?.to_string(),
+            ))
+        }));
+    })
+    .await?;
+    Ok(out)
+}
+
+/// lbmanager's records (under [`crate::layout::Layout::state_prefix`]).
+#[derive(Debug, Default)]
+pub struct Records {
+    /// Load balancers recorded as managed.
+    pub managed: std::collections::HashSet<crate::key::LbId>,
+    /// Members AWS refuses, as the running lbmanager last published them.
+    pub rejected: std::collections::BTreeMap<crate::key::LbId, crate::status::Rejections>,
+    /// Members lbmanager added to each load balancer (`--ownership shared`), as AWS names them.
+    pub owned: std::collections::HashMap<crate::key::LbId, std::collections::BTreeSet<String>>,
+    /// Records to delete: the status of load balancers no longer managed.
+    pub obsolete: Vec<String>,
+    /// Route53 changes that the last leader saw accepted and not yet `INSYNC`, by name: followed
+    /// on, so that a wait is not told "done" by a new leader that does not know of them.
+    pub dns_pending: std::collections::HashMap<crate::key::LbId, Vec<crate::status::PendingChange>>,
+}
+
+/// Reads lbmanager's records for the tree under `prefix` (paged, see [`read_records`]).
+pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, EtcdError> {
+    let layout = crate::layout::Layout::new(prefix);
+    let state = format!("{}/", layout.state_prefix());
+    let records = read_records(client, &state).await?;
+    let mut out = Records::default();
+    let mut published = Vec::new();
+    for (key, value) in records {
+        if let Some(lb) = layout.parse_managed(&key) {
+            out.managed.insert(lb);
+        } else if let Some(lb) = layout.parse_status(&key) {
+            /// Only what start-up needs of a status: its members are not built (a million of
+            /// them in the largest installation).
+            #[derive(serde::Deserialize)]
+            struct Refused {
+                #[serde(default)]
+                rejected: crate::status::Rejections,
+                #[serde(default)]
+                dns_pending: Vec<crate::status::PendingChange>,
+            }
+            if let Ok(status) = serde_json::from_str::<Refused>(&value) {
+                if !status.rejected.is_empty() {
+                    out.rejected.insert(lb.clone(), status.rejected);
+                }
+                if !status.dns_pending.is_empty() {
+                    out.dns_pending.insert(lb.clone(), status.dns_pending);
+                }
+            }
+            published.push((lb, key));
+        } else if let Some((lb, member)) = layout.parse_owned(&key) {
+            out.owned.entry(lb).or_default().insert(member);
+        }
+    }
+    // The status of a load balancer no longer managed (its removal was lost): not to be shown.
+    for (lb, key) in published {
+        if !out.managed.contains(&lb) {
+            out.rejected.remove(&lb);
+            out.dns_pending.remove(&lb);
+            out.obsolete.push(key);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_end_is_next_prefix() {
+        assert_eq!(range_end("/lbManager/"), b"/lbManager0".to_vec());
+        assert_eq!(watch_key("/lbManager"), "/lbManager/");
+    }
+}
