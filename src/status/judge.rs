@@ -1,0 +1,418 @@
+//! The verdicts of `lbmanager member add|remove --wait`: from the status the daemon published,
+//! whether AWS has (or no longer has) the member, is still moving, or refused it.
+
+use super::{names, Health, LbStatus};
+use crate::key::{LbId, Member};
+
+/// What `member add` or `member remove` waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Goal {
+    /// Registered (and not draining); `healthy`: AWS also reports it healthy, where AWS has
+    /// health (a target group's `healthy`, a Classic ELB's `InService`).
+    Present { healthy: bool },
+    /// AWS no longer routes to it; `drained`: not even draining any more.
+    Absent { drained: bool },
+}
+
+/// What the published status says about a wait.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not yet; the reason, when there is one worth saying at a timeout.
+    Wait(Option<String>),
+    Done,
+    /// It will not happen without someone's help: the reason.
+    Failed(String),
+}
+
+/// The change a wait is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// The host's write or delete of the key, at this etcd revision.
+    At(i64),
+    /// The key was not there (its delete changed nothing). `barrier`: the revision of the
+    /// waiting key the host wrote after it found it gone (0: none could be written); lbmanager
+    /// publishes a status at that revision or later only once it is idle and in step with
+    /// every change of the load balancer's keys before it, so that a sync in flight (which may
+    /// have just registered the member) is not taken for the last word.
+    NotThere { barrier: i64 },
+}
+
+impl Change {
+    /// The revision a status must have reached, and after which a removal of the status counts.
+    pub fn revision(self) -> i64 {
+        match self {
+            Change::At(r) => r,
+            Change::NotThere { barrier } => barrier,
+        }
+    }
+}
+
+/// [`judge`] for a [`Change`].
+pub fn judge_change(
+    lb: &LbId,
+    member: &Member,
+    goal: Goal,
+    change: Change,
+    status: Option<&LbStatus>,
+    deleted_after: bool,
+) -> Verdict {
+    match change {
+        Change::At(revision) => judge(lb, member, goal, revision, status, deleted_after),
+        Change::NotThere { barrier } => match status {
+            Some(s) if s.revision < barrier => Verdict::Wait(Some(format!(
+                "the key was not there; lbmanager has not caught up with etcd yet (AWS in step up \
+                 to revision {}, etcd was at {barrier})",
+                s.revision
+            ))),
+            // No status: one may be on its way (a sync that registered the member, its status
+            // not landed yet), unless the load balancer is not managed at all (`deleted_after`:
+            // its status went after the barrier, or it has no managed record).
+            None if !deleted_after => Verdict::Wait(Some(
+                "the key was not there; lbmanager has published no status for this load \
+                 balancer yet"
+                    .into(),
+            )),
+            _ => judge(lb, member, goal, 0, status, deleted_after),
+        },
+    }
+}
+
+/// Judges a wait for `member` of `lb` to reach `goal`, after the key change at etcd revision
+/// `revision`, from the load balancer's published status (`None`: no status record).
+/// `deleted_after`: the record was deleted after the change (lbmanager stopped managing the load
+/// balancer, having emptied it). `revision` 0: the change changed nothing (a key deleted that
+/// was not there).
+pub fn judge(
+    lb: &LbId,
+    member: &Member,
+    goal: Goal,
+    revision: i64,
+    status: Option<&LbStatus>,
+    deleted_after: bool,
+) -> Verdict {
+    let Some(status) = status else {
+        return match goal {
+            // Not managed (any more): lbmanager routes nothing to it.
+            Goal::Absent { .. } if deleted_after || revision == 0 => Verdict::Done,
+            // A load balancer retired just before the add was seen comes back with it.
+            _ => Verdict::Wait(Some(
+                "lbmanager has published no status for this load balancer yet".into(),
+            )),
+        };
+    };
+    // Revision 0: in step with no change at all (a leader just elected whose first read of AWS
+    // failed publishes what it knows, which is nothing): no verdict on any member.
+    if status.revision < revision || status.revision == 0 {
+        let why = match &status.last_sync.error {
+            Some(e) if !status.last_sync.ok => format!("the last sync failed: {e}"),
+            _ if status.revision == 0 => "lbmanager has not read AWS yet".to_string(),
+            _ => format!(
+                "lbmanager has not applied the change yet (AWS in step up to revision {}, the \
+                 change is at {revision})",
+                status.revision
+            ),
+        };
+        return Verdict::Wait(Some(why));
+    }
+    // Route53 has the change, and some of its name servers may not: resolvers may still be
+    // handed the record sets as they were.
+    if let Some(pending) = status.dns_pending.iter().find(|p| p.revision >= revision) {
+        return Verdict::Wait(Some(format!(
+            "Route53 has accepted change {} and has not yet put it on all its name servers \
+             (PENDING)",
+            pending.id
+        )));
+    }
+    let key_member = member.to_string();
+    if status.members_more > 0 {
+        // Cut to its counts (more members than a status lists, or etcd refused the whole one):
+        // whether this member is among them cannot be told from it.
+        return Verdict::Wait(Some(format!(
+            "the status lists {} of {} members; waiting for one that tells",
+            status.members.len(),
+            status.members.len() + status.members_more
+        )));
+    }
+    let found = status.find(lb, member);
+    match goal {
+        Goal::Present { healthy } => {
+            // A target is refused as AWS names it (with the group's port).
+            let refused = status.rejected.iter().find(|(m, _)| names(lb, member, m));
+            let unlisted = status.rejected.more;
+            if let Some((refused, reason)) = refused {
+                return Verdict::Failed(format!("AWS rejected {refused}: {reason}"));
+            }
+            let Some(found) = found else {
+                if unlisted > 0 {
+                    return Verdict::Failed(format!(
+                        "lbmanager has applied the change, and {key_member} is not among the \
+                         members its status lists; AWS refused {unlisted} member(s) that it does \
+                         not list one by one (lbmanager's log names them)"
+                    ));
+                }
+                return Verdict::Failed(format!(
+                    "lbmanager has applied the change, and {key_member} is not to be in {lb}: \
+                     a newer key of the `single` class overrides it, it was deleted meanwhile, \
+                     or it is of a kind the target group does not take (lbmanager's log says \
+                     which)"
+                ));
+            };
+            let health = found.health();
+            if health == Health::Draining {
+                return Verdict::Wait(Some(format!("{} is draining", found.member)));
+            }
+            // A Route53 value without a health check has no health: in DNS is all there is.
+            if !healthy || matches!(lb, LbId::Route53 { .. }) && found.state.is_none() {
+                return Verdict::Done;
+            }
+            match health {
+                Health::Healthy => Verdict::Done,
+                Health::NotRead => Verdict::Wait(Some(format!(
+                    "{} is registered; its health is not read yet",
+                    found.member
+                ))),
+                Health::Draining | Health::Other => Verdict::Wait(Some(format!(
+                    "AWS reports {} {}",
+                    found.member,
+                    found.state.as_deref().unwrap_or_default()
+                ))),
+            }
+        }
+        Goal::Absent { drained } => match found {
+            None => Verdict::Done,
+            Some(found) if found.health() == Health::Draining => {
+                if drained {
+                    Verdict::Wait(Some(format!(
+                        "{} is draining (for the target group's deregistration delay, 300 s \
+                         unless set otherwise: --timeout must be longer)",
+                        found.member
+                    )))
+                } else {
+                    Verdict::Done
+                }
+            }
+            // The key was not there: some other change removed it (a purge, say), which lbmanager
+            // may not have applied yet. Wait for it rather than judge from an older status.
+            Some(found) if revision == 0 => Verdict::Wait(Some(format!(
+                "the key was not there, and AWS still has {} in {lb}: waiting for lbmanager to \
+                 apply the change that removed it",
+                found.member
+            ))),
+            Some(found) => Verdict::Failed(format!(
+                "lbmanager has applied the change, and {} stays in {lb}: another key still \
+                 names it, or lbmanager runs with --policy upsert-only",
+                found.member
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::*;
+
+    /// Route53 has accepted the change that carried the member, and resolvers may not get it
+    /// yet: an add waits for INSYNC, and so does a removal (`--drain` counts the TTL from then).
+    #[test]
+    fn a_route53_wait_is_done_only_once_the_change_that_carried_it_is_insync() {
+        let ip = Member::Ip("192.0.2.1".parse().unwrap());
+        let add = Goal::Present { healthy: false };
+        let mut s = status(10, &[("192.0.2.1", None)]);
+        s.dns_pending = vec![pending("/change/C1", 10)];
+        assert!(matches!(
+            judge(&name(), &ip, add, 10, Some(&s), false),
+            Verdict::Wait(Some(w)) if w.contains("/change/C1") && w.contains("PENDING")
+        ));
+        // A change pending from before the waiter's own does not hold it up.
+        s.dns_pending = vec![pending("/change/C0", 9)];
+        assert_eq!(judge(&name(), &ip, add, 10, Some(&s), false), Verdict::Done);
+        s.dns_pending.clear();
+        assert_eq!(judge(&name(), &ip, add, 10, Some(&s), false), Verdict::Done);
+        let remove = Goal::Absent { drained: true };
+        let mut gone = status(12, &[]);
+        gone.dns_pending = vec![pending("/change/C2", 12)];
+        assert!(matches!(
+            judge(&name(), &ip, remove, 12, Some(&gone), false),
+            Verdict::Wait(Some(w)) if w.contains("/change/C2")
+        ));
+        // A key deleted that was not there: any change still pending may be the one.
+        assert!(matches!(
+            judge(&name(), &ip, remove, 0, Some(&gone), false),
+            Verdict::Wait(_)
+        ));
+        gone.dns_pending.clear();
+        assert_eq!(
+            judge(&name(), &ip, remove, 12, Some(&gone), false),
+            Verdict::Done
+        );
+    }
+
+    /// The 60-minute soak's remove_wait violation: `member remove --drain` of a key that was not
+    /// there took a status from before a sync that had just registered the member (the sync
+    /// failed after it, so its status kept the old members) as the last word. With a barrier,
+    /// only a status raised to it (lbmanager idle and in step after it) decides.
+    #[test]
+    fn a_key_that_was_not_there_is_judged_from_a_status_past_the_barrier() {
+        let m = target("i-0abc1234");
+        let remove = Goal::Absent { drained: false };
+        let before = status(9, &[]);
+        let change = Change::NotThere { barrier: 12 };
+        assert!(matches!(
+            judge_change(&tg(), &m, remove, change, Some(&before), false),
+            Verdict::Wait(Some(w)) if w.contains("caught up")
+        ));
+        let still = status(12, &[("i-0abc1234:80", None)]);
+        assert!(matches!(
+            judge_change(&tg(), &m, remove, change, Some(&still), false),
+            Verdict::Wait(_)
+        ));
+        let gone = status(12, &[]);
+        assert_eq!(
+            judge_change(&tg(), &m, remove, change, Some(&gone), false),
+            Verdict::Done
+        );
+        // Retired after the barrier (or not managed at all): nothing of it is left in AWS.
+        assert_eq!(
+            judge_change(&tg(), &m, remove, change, None, true),
+            Verdict::Done
+        );
+        // No status yet, and managed: one may be on its way.
+        assert!(matches!(
+            judge_change(&tg(), &m, remove, change, None, false),
+            Verdict::Wait(_)
+        ));
+    }
+
+    #[test]
+    fn an_add_is_done_once_the_status_covers_its_revision_and_has_the_member() {
+        let add = Goal::Present { healthy: false };
+        let m = target("i-0abc1234");
+        let old = status(9, &[]);
+        assert!(matches!(
+            judge(&tg(), &m, add, 10, Some(&old), false),
+            Verdict::Wait(Some(_))
+        ));
+        let new = status(10, &[("i-0abc1234:80", Some("initial"))]);
+        assert_eq!(judge(&tg(), &m, add, 10, Some(&new), false), Verdict::Done);
+        // --healthy waits for AWS's health check.
+        let healthy = Goal::Present { healthy: true };
+        assert!(matches!(
+            judge(&tg(), &m, healthy, 10, Some(&new), false),
+            Verdict::Wait(Some(w)) if w.contains("initial")
+        ));
+        let up = status(12, &[("i-0abc1234:80", Some("healthy"))]);
+        assert_eq!(
+            judge(&tg(), &m, healthy, 10, Some(&up), false),
+            Verdict::Done
+        );
+        // A port the key names must match.
+        assert!(matches!(
+            judge(&tg(), &target("i-0abc1234:81"), add, 10, Some(&up), false),
+            Verdict::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn a_rejected_member_fails_the_add_with_aws_reason() {
+        let mut s = status(10, &[]);
+        // As AWS names it: with the group's port.
+        s.rejected =
+            Rejections::of(&[("i-0abc1234:80".into(), "InvalidTarget: not running".into())].into());
+        let v = judge(
+            &tg(),
+            &target("i-0abc1234"),
+            Goal::Present { healthy: false },
+            10,
+            Some(&s),
+            false,
+        );
+        assert!(matches!(v, Verdict::Failed(r) if r.contains("not running")));
+    }
+
+    /// Found by the soak: the key was deleted by someone else (a purge) before `member remove`
+    /// ran, and lbmanager had not applied that yet. A status that still lists the member is not
+    /// a verdict then: the command waits for lbmanager to catch up.
+    #[test]
+    fn a_remove_of_a_key_already_gone_waits_for_lbmanager_to_catch_up() {
+        let m = target("i-0abc1234");
+        let stale = status(10, &[("i-0abc1234:80", Some("healthy"))]);
+        for goal in [
+            Goal::Absent { drained: false },
+            Goal::Absent { drained: true },
+        ] {
+            assert!(matches!(
+                judge(&tg(), &m, goal, 0, Some(&stale), false),
+                Verdict::Wait(Some(w)) if w.contains("was not there")
+            ));
+            assert_eq!(
+                judge(&tg(), &m, goal, 0, Some(&status(11, &[])), false),
+                Verdict::Done
+            );
+        }
+    }
+
+    /// Found by the soak: a leader newly elected whose first read of AWS failed publishes a
+    /// status that knows nothing (revision 0, no members); a `remove --wait` of a key already
+    /// gone took it for "AWS no longer routes to it" while AWS still did.
+    #[test]
+    fn a_status_that_never_saw_aws_is_no_verdict() {
+        let m = target("i-0abc1234");
+        let mut blind = status(0, &[]);
+        blind.in_step = false;
+        blind.last_sync.ok = false;
+        blind.last_sync.error = Some("DescribeTargetHealth failed: connection reset".into());
+        for goal in [
+            Goal::Absent { drained: false },
+            Goal::Absent { drained: true },
+            Goal::Present { healthy: false },
+        ] {
+            for revision in [0, 10] {
+                assert!(
+                    matches!(
+                        judge(&tg(), &m, goal, revision, Some(&blind), false),
+                        Verdict::Wait(Some(ref w)) if w.contains("connection reset")
+                    ),
+                    "{goal:?} at {revision}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_remove_is_done_when_not_routed_and_drained_when_gone() {
+        let m = target("i-0abc1234");
+        let draining = status(10, &[("i-0abc1234:80", Some("draining"))]);
+        let remove = Goal::Absent { drained: false };
+        let drain = Goal::Absent { drained: true };
+        assert_eq!(
+            judge(&tg(), &m, remove, 10, Some(&draining), false),
+            Verdict::Done
+        );
+        assert!(matches!(
+            judge(&tg(), &m, drain, 10, Some(&draining), false),
+            Verdict::Wait(_)
+        ));
+        let gone = status(10, &[]);
+        assert_eq!(
+            judge(&tg(), &m, drain, 10, Some(&gone), false),
+            Verdict::Done
+        );
+        // Retired (status deleted after the change): gone too.
+        assert_eq!(judge(&tg(), &m, drain, 10, None, true), Verdict::Done);
+        // A key that was not there, and no status: nothing to wait for.
+        assert_eq!(judge(&tg(), &m, drain, 0, None, false), Verdict::Done);
+        // An add never gives up on a missing record: a retired load balancer comes back.
+        let add = Goal::Present { healthy: false };
+        assert!(matches!(
+            judge(&tg(), &m, add, 10, None, true),
+            Verdict::Wait(_)
+        ));
+        assert_eq!(
+            judge(&tg(), &m, drain, 10, None, false),
+            Verdict::Wait(Some(
+                "lbmanager has published no status for this load balancer yet".into()
+            ))
+        );
+    }
+}

@@ -1,0 +1,57 @@
+//! What the status tests share: a target group, a Route53 name, a status of members.
+
+use super::*;
+use crate::key::parse_target;
+
+pub(super) fn tg() -> LbId {
+    LbId::TargetGroup {
+        region: "us-east-1".into(),
+        name: "web".into(),
+    }
+}
+
+pub(super) fn status(revision: i64, members: &[(&str, Option<&str>)]) -> LbStatus {
+    LbStatus {
+        load_balancer: tg().to_string(),
+        revision,
+        in_step: true,
+        desired: members.len(),
+        members: members
+            .iter()
+            .map(|(m, s)| MemberState {
+                member: m.to_string(),
+                state: s.map(str::to_string),
+                foreign: false,
+            })
+            .collect(),
+        ttl: None,
+        members_more: 0,
+        last_sync: LastSync {
+            at: 100,
+            ok: true,
+            cause: "etcd event".into(),
+            error: None,
+        },
+        rejected: Rejections::default(),
+        dns_pending: Vec::new(),
+    }
+}
+
+pub(super) fn target(s: &str) -> Member {
+    Member::Target(Box::new(parse_target(s).unwrap()))
+}
+
+pub(super) fn name() -> LbId {
+    LbId::Route53 {
+        zone: "Z1".into(),
+        fqdn: "www.example.com".into(),
+    }
+}
+
+pub(super) fn pending(id: &str, revision: i64) -> PendingChange {
+    PendingChange {
+        id: id.into(),
+        since: 100,
+        revision,
+    }
+}
