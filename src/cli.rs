@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::ownership::Ownership;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -185,13 +186,23 @@ pub struct StatusArgs {
     pub output: PlanOutput,
 }
 
+/// `plan`: what it reads (etcd, AWS) and how `run` would sync, nothing of running a daemon.
 #[derive(Debug, Args)]
 pub struct PlanArgs {
     #[command(flatten)]
-    pub run: RunArgs,
+    pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(flatten)]
+    pub route53: Route53Args,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 
     /// Output: a table for people, or JSON for scripts.
-    #[arg(long, env = "LBMANAGER_PLAN_OUTPUT", value_enum, default_value_t = PlanOutput::Table)]
+    #[arg(long, env = "LBMANAGER_PLAN_OUTPUT", value_enum, default_value_t = PlanOutput::Table,
+          help_heading = "Output")]
     pub output: PlanOutput,
 }
 
@@ -245,11 +256,46 @@ pub struct EtcdArgs {
     pub prefix: String,
 }
 
+/// `run`: the daemon.
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub etcd: EtcdArgs,
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    #[command(flatten)]
+    pub route53: Route53Args,
+    #[command(flatten)]
+    pub sync: SyncArgs,
+    #[command(flatten)]
+    pub ha: HaArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
 
+    /// How often every managed load balancer is read back from AWS and corrected (drift made by
+    /// hand); also the retry interval after errors that retrying soon can't fix. E.g. 30s, 5m.
+    #[arg(long, env = "LBMANAGER_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_interval,
+          help_heading = "Running")]
+    pub resync_interval: Duration,
+
+    /// Do everything but change AWS (and etcd): log what would be registered, deregistered or
+    /// changed instead.
+    #[arg(long, env = "LBMANAGER_DRY_RUN", help_heading = "Running")]
+    pub dry_run: bool,
+
+    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090). Off by default.
+    #[arg(long, env = "LBMANAGER_LISTEN", help_heading = "Running")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Sync every load balancer once, then exit: 0 when all are in step, 1 otherwise.
+    #[arg(long, env = "LBMANAGER_ONCE", help_heading = "Running")]
+    pub once: bool,
+}
+
+/// How lbmanager reaches AWS, and how much of AWS's quotas it takes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "AWS")]
+pub struct AwsArgs {
     /// A custom AWS endpoint for both ELB and Route53 (moto, LocalStack, a VPC endpoint).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
@@ -282,25 +328,6 @@ pub struct RunArgs {
           value_parser = parse_rate)]
     pub route53_change_rate: f64,
 
-    /// Removed: see --aws-quota-share.
-    #[arg(long, env = "LBMANAGER_ROUTE53_RATE", hide = true, value_parser = removed_rate)]
-    pub route53_rate: Option<f64>,
-    /// Removed: see --aws-quota-share.
-    #[arg(long, env = "LBMANAGER_ROUTE53_BURST", hide = true, value_parser = removed_rate)]
-    pub route53_burst: Option<f64>,
-    /// Removed: see --aws-quota-share.
-    #[arg(long, env = "LBMANAGER_ELB_RATE", hide = true, value_parser = removed_rate)]
-    pub elb_rate: Option<f64>,
-    /// Removed: see --aws-quota-share.
-    #[arg(long, env = "LBMANAGER_ELB_BURST", hide = true, value_parser = removed_rate)]
-    pub elb_burst: Option<f64>,
-    /// Removed: see --aws-quota-share.
-    #[arg(long, env = "LBMANAGER_ELBV2_RATE", hide = true, value_parser = removed_rate)]
-    pub elbv2_rate: Option<f64>,
-    /// Removed: see --aws-quota-share.
-    #[arg(long, env = "LBMANAGER_ELBV2_BURST", hide = true, value_parser = removed_rate)]
-    pub elbv2_burst: Option<f64>,
-
     /// SCOPE=ROLE_ARN[#EXTERNAL_ID]: reach the load balancers or zones of SCOPE (elb/REGION/NAME,
     /// elbv2/REGION/NAME or route53/ZONE_ID; `*` for a whole part) with STS AssumeRole
     /// credentials of ROLE_ARN (cached and refreshed before they expire), e.g.
@@ -311,6 +338,16 @@ pub struct RunArgs {
     #[arg(long = "assume-role", env = "LBMANAGER_ASSUME_ROLE", value_delimiter = ' ',
           value_parser = crate::aws::roles::parse_rule)]
     pub assume_role: Vec<crate::aws::roles::RoleRule>,
+}
+
+/// The record sets lbmanager writes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Route53")]
+pub struct Route53Args {
+    /// TTL in seconds of the A/AAAA record sets lbmanager writes.
+    #[arg(long, env = "LBMANAGER_ROUTE53_TTL", default_value_t = 60,
+          value_parser = clap::value_parser!(i64).range(0..=2_147_483_647))]
+    pub route53_ttl: i64,
 
     /// SCOPE=PROTOCOL:PORT[/PATH]: publish the FQDNs of SCOPE (route53/ZONE_ID/FQDN; `*` for a
     /// whole part) as multivalue answers, one record set per value, each with a Route53 health
@@ -323,17 +360,12 @@ pub struct RunArgs {
     #[arg(long = "route53-health-check", env = "LBMANAGER_ROUTE53_HEALTH_CHECK",
           value_delimiter = ' ', value_parser = crate::health_check::parse_rule)]
     pub route53_health_check: Vec<crate::health_check::HealthRule>,
+}
 
-    /// TTL in seconds of the A/AAAA record sets lbmanager writes.
-    #[arg(long, env = "LBMANAGER_ROUTE53_TTL", default_value_t = 60,
-          value_parser = clap::value_parser!(i64).range(0..=2_147_483_647))]
-    pub route53_ttl: i64,
-
-    /// How often every managed load balancer is read back from AWS and corrected (drift made by
-    /// hand); also the retry interval after errors that retrying soon can't fix. E.g. 30s, 5m.
-    #[arg(long, env = "LBMANAGER_RESYNC_INTERVAL", default_value = "5m", value_parser = parse_interval)]
-    pub resync_interval: Duration,
-
+/// Which load balancers lbmanager touches, and what it may do to them.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "What to sync")]
+pub struct SyncArgs {
     /// Only touch these Classic ELBs and target groups: comma list of REGION/NAME, `*` for any
     /// region or name (e.g. us-east-1/web,eu-west-1/*). Keys of others are warned about and ignored.
     #[arg(long, env = "LBMANAGER_ELB_FILTER", value_delimiter = ',')]
@@ -355,7 +387,28 @@ pub struct RunArgs {
     /// each add (one write per added member), and keeps a record set's other values.
     #[arg(long, env = "LBMANAGER_OWNERSHIP", value_enum, default_value_t = OwnershipArg::Exclusive)]
     pub ownership: OwnershipArg,
+}
 
+/// `--ha`: a leader among several instances.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "High availability")]
+pub struct HaArgs {
+    /// High availability: elect a leader among the lbmanager instances through etcd; only the
+    /// leader calls AWS, a standby takes over when it dies.
+    #[arg(long = "ha", env = "LBMANAGER_HA")]
+    pub enabled: bool,
+
+    /// With --ha: the leader's etcd lease. A standby takes over this long after the leader died;
+    /// the leader stops on its own when the lease goes unconfirmed for two thirds of it.
+    #[arg(long = "ha-lease-ttl", env = "LBMANAGER_HA_LEASE_TTL", default_value = "10s",
+          value_name = "HA_LEASE_TTL", value_parser = parse_ttl)]
+    pub lease_ttl: Duration,
+}
+
+/// The log.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
     /// Log level.
     #[arg(long, env = "LBMANAGER_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
@@ -364,29 +417,6 @@ pub struct RunArgs {
     /// shippers).
     #[arg(long, env = "LBMANAGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-
-    /// Do everything but change AWS (and etcd): log what would be registered, deregistered or
-    /// changed instead.
-    #[arg(long, env = "LBMANAGER_DRY_RUN")]
-    pub dry_run: bool,
-
-    /// High availability: elect a leader among the lbmanager instances through etcd; only the
-    /// leader calls AWS, a standby takes over when it dies.
-    #[arg(long, env = "LBMANAGER_HA")]
-    pub ha: bool,
-
-    /// With --ha: the leader's etcd lease. A standby takes over this long after the leader died;
-    /// the leader stops on its own when the lease goes unconfirmed for two thirds of it.
-    #[arg(long, env = "LBMANAGER_HA_LEASE_TTL", default_value = "10s", value_parser = parse_ttl)]
-    pub ha_lease_ttl: Duration,
-
-    /// Serve /metrics, /healthz and /readyz on this address (e.g. 127.0.0.1:9090). Off by default.
-    #[arg(long, env = "LBMANAGER_LISTEN")]
-    pub listen: Option<std::net::SocketAddr>,
-
-    /// Sync every load balancer once, then exit: 0 when all are in step, 1 otherwise.
-    #[arg(long, env = "LBMANAGER_ONCE")]
-    pub once: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -439,17 +469,6 @@ fn parse_share(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The rate flags of before AWS's buckets were modelled: refused with a pointer to the new ones.
-fn removed_rate(_: &str) -> Result<f64, String> {
-    Err(
-        "this flag was removed: lbmanager now paces its calls with AWS's own quota buckets \
-         (per account, region and API; see --help). Use --aws-quota-share to leave part of them \
-         to other tools, and --route53-change-burst/--route53-change-rate for Route53's change \
-         throughput"
-            .into(),
-    )
-}
-
 fn parse_ttl(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
     if d < Duration::from_secs(2) {
@@ -466,18 +485,57 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-impl RunArgs {
+impl Route53Args {
     /// Flags that cannot go together.
-    pub fn check(&self) -> Result<(), &'static str> {
-        let shared = crate::ownership::Ownership::from(self.ownership)
-            == crate::ownership::Ownership::Shared;
-        if !self.route53_health_check.is_empty() && shared {
+    pub fn check(&self, sync: &SyncArgs) -> Result<(), &'static str> {
+        if !self.route53_health_check.is_empty() && sync.ownership() == Ownership::Shared {
             return Err(
                 "--route53-health-check takes the FQDNs of its scopes as lbmanager's \
                 alone: it cannot be used with --ownership shared",
             );
         }
         Ok(())
+    }
+}
+
+impl SyncArgs {
+    pub fn filters(&self) -> crate::filter::Filters {
+        crate::filter::Filters {
+            elb: self.elb_filter.clone(),
+            zones: self.zone_filter.clone(),
+        }
+    }
+
+    pub fn ownership(&self) -> Ownership {
+        self.ownership.into()
+    }
+}
+
+impl AwsArgs {
+    /// The SDK clients' options.
+    pub fn client_options(&self) -> crate::aws::ClientOptions {
+        crate::aws::ClientOptions {
+            endpoint_url: self.aws_endpoint_url.clone(),
+            timeout: self.aws_timeout,
+        }
+    }
+
+    /// The share of AWS's quotas the flags allow.
+    pub fn quotas(&self) -> crate::aws::Quotas {
+        crate::aws::Quotas {
+            share: self.aws_quota_share,
+            route53_changes: crate::aws::quota::Bucket::new(
+                self.route53_change_burst,
+                self.route53_change_rate,
+            ),
+        }
+    }
+}
+
+impl LogArgs {
+    /// The logger the flags ask for.
+    pub fn logger(&self) -> slog::Logger {
+        crate::logging::logger(self.log_level.to_slog(), self.log_format)
     }
 }
 

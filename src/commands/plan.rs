@@ -12,11 +12,10 @@ use serde::Serialize;
 use slog::error;
 
 use crate::aws::roles::Accounts;
-use crate::aws::{self, AwsError, ClientOptions};
+use crate::aws::{self, AwsError};
 use crate::cli::{PlanArgs, PlanOutput};
 use crate::desired::DesiredState;
 use crate::fence::Fence;
-use crate::filter::Filters;
 use crate::key::{LbId, Member};
 use crate::plan::{spell, Policy};
 use crate::sync::{ips_of, read_and_plan_elb, read_and_plan_fqdn};
@@ -244,29 +243,17 @@ pub fn render_table(plans: &[LbPlan]) -> String {
 
 /// `lbmanager plan`: read etcd and AWS once, print what `run` would change.
 pub async fn plan(args: PlanArgs) -> ExitCode {
-    let run = &args.run;
-    let log = crate::logging::logger(run.log_level.to_slog(), run.log_format);
-    if let Err(e) = run.check() {
-        error!(log, "bad flags"; "error" => e);
-        return ExitCode::from(2);
-    }
-    let etcd_opts = match run.etcd.options() {
+    let log = args.log.logger();
+    let etcd_opts = match super::reach::checked(&log, &args.etcd, &args.route53, &args.sync) {
         Ok(opts) => opts,
-        Err(e) => {
-            error!(log, "bad etcd settings"; "error" => e);
-            return ExitCode::from(2);
-        }
-    };
-    let filters = Filters {
-        elb: run.elb_filter.clone(),
-        zones: run.zone_filter.clone(),
+        Err(code) => return code,
     };
     let Some((_, snapshot, records)) = super::reach::initial_read(
         &log,
         &etcd_opts,
-        &run.etcd.prefix,
-        &filters,
-        run.etcd.etcd_connect_timeout,
+        &args.etcd.prefix,
+        &args.sync.filters(),
+        args.etcd.etcd_connect_timeout,
     )
     .await
     else {
@@ -280,11 +267,7 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         slog::warn!(log, "more keys count for nothing than are listed";
             "not_listed" => loaded.ignored_more);
     }
-    let sdk = aws::load_sdk_config(&ClientOptions {
-        endpoint_url: run.aws_endpoint_url.clone(),
-        timeout: run.aws_timeout,
-    })
-    .await;
+    let sdk = aws::load_sdk_config(&args.aws.client_options()).await;
     let recorded: std::collections::BTreeSet<_> = records
         .managed
         .into_iter()
@@ -294,15 +277,22 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         &loaded.desired,
         &recorded,
         &records.rejected,
-        &super::reach::backends(&sdk, run, &Fence::open(), None, &log).await,
+        &super::reach::backends(
+            &sdk,
+            &args.aws.quotas(),
+            &args.aws.assume_role,
+            &Fence::open(),
+            None,
+            &log,
+        )
+        .await,
         &PlanHow {
-            ttl: run.route53_ttl,
-            policy: run.policy.into(),
-            health_checks: run.route53_health_check.clone(),
-            prefix: run.etcd.prefix.clone(),
+            ttl: args.route53.route53_ttl,
+            policy: args.sync.policy.into(),
+            health_checks: args.route53.route53_health_check.clone(),
+            prefix: args.etcd.prefix.clone(),
         },
-        (crate::ownership::Ownership::from(run.ownership) == crate::ownership::Ownership::Shared)
-            .then_some(&records.owned),
+        (args.sync.ownership() == crate::ownership::Ownership::Shared).then_some(&records.owned),
     )
     .await;
     match args.output {

@@ -1,14 +1,15 @@
 //! What `run` and `plan` share: the first read of etcd, and the AWS clients the flags ask for.
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use slog::{debug, error, info, warn, Logger};
 
 use crate::actors::backoff;
-use crate::aws::roles::Accounts;
-use crate::aws::{self, Backends, Quotas};
-use crate::cli::RunArgs;
+use crate::aws::roles::{Accounts, RoleRule};
+use crate::aws::{Backends, Quotas};
+use crate::cli::{EtcdArgs, Route53Args, SyncArgs};
 use crate::etcd::{self, EtcdOptions, Snapshot};
 use crate::fence::Fence;
 use crate::filter::Filters;
@@ -58,45 +59,45 @@ pub async fn initial_read(
     }
 }
 
-/// The AWS clients: the default credentials', and those of each `--assume-role` rule for the
-/// load balancers and zones it covers.
+/// The flags `run` and `plan` share, checked: how to reach etcd, or the exit code of flags
+/// that cannot work (2, said in the log).
+pub fn checked(
+    log: &Logger,
+    etcd: &EtcdArgs,
+    route53: &Route53Args,
+    sync: &SyncArgs,
+) -> Result<EtcdOptions, ExitCode> {
+    if let Err(e) = route53.check(sync) {
+        error!(log, "bad flags"; "error" => e);
+        return Err(ExitCode::from(2));
+    }
+    etcd.options().map_err(|e| {
+        error!(log, "bad etcd settings"; "error" => e);
+        ExitCode::from(2)
+    })
+}
+
+/// The AWS clients: the default credentials', and those of each of `roles` (`--assume-role`)
+/// for the load balancers and zones it covers; `quotas`, the share of AWS's quotas to take.
 pub async fn backends(
     sdk: &aws_config::SdkConfig,
-    args: &RunArgs,
+    quotas: &Quotas,
+    roles: &[RoleRule],
     fence: &Fence,
     metrics: Option<Arc<crate::metrics::Metrics>>,
     log: &Logger,
 ) -> Accounts {
-    let default = Backends::sdk(sdk, &quotas(args), fence, metrics.clone());
-    if args.assume_role.is_empty() {
+    let default = Backends::sdk(sdk, quotas, fence, metrics.clone());
+    if roles.is_empty() {
         return default.into();
     }
-    for rule in &args.assume_role {
+    for rule in roles {
         info!(log, "assuming a role for some load balancers";
             "scope" => %rule.scope, "role" => &rule.role_arn,
             "external_id" => rule.external_id.is_some());
     }
-    let accounts = Accounts::assume(
-        sdk,
-        default,
-        &args.assume_role,
-        &quotas(args),
-        fence,
-        metrics,
-    )
-    .await;
+    let accounts = Accounts::assume(sdk, default, roles, quotas, fence, metrics).await;
     debug!(log, "each account's calls are paced by its own quota buckets";
         "accounts_by_role" => accounts.accounts());
     accounts
-}
-
-/// The share of AWS's quotas the flags allow.
-fn quotas(args: &RunArgs) -> Quotas {
-    Quotas {
-        share: args.aws_quota_share,
-        route53_changes: aws::quota::Bucket::new(
-            args.route53_change_burst,
-            args.route53_change_rate,
-        ),
-    }
 }

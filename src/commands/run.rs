@@ -11,36 +11,28 @@ use slog::{error, info, warn, Logger};
 
 use crate::actors::supervisor::{Shutdown, Supervisor};
 use crate::actors::Settings;
-use crate::aws::{self, ClientOptions};
+use crate::aws;
 use crate::cli::RunArgs;
 use crate::etcd;
 use crate::fence::Fence;
-use crate::filter::Filters;
 use crate::signal::StopSignal;
 
 /// `lbmanager run`: reach etcd (and, with `--ha`, the leadership), build the AWS backends, start the
 /// actor system, and wait for `stop` (exit 0) or for the Supervisor to die (exit 1).
 pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
-    let log = crate::logging::logger(args.log_level.to_slog(), args.log_format);
+    let log = args.log.logger();
     info!(log, "lbmanager starting";
         "version" => env!("CARGO_PKG_VERSION"),
         "etcd" => args.etcd.etcd_endpoints.join(","),
         "prefix" => &args.etcd.prefix,
-        "aws_endpoint" => args.aws_endpoint_url.as_deref().unwrap_or("default"));
-    if let Err(e) = args.check() {
-        error!(log, "bad flags"; "error" => e);
-        return ExitCode::from(2);
-    }
-    let etcd_opts = match args.etcd.options() {
+        "aws_endpoint" => args.aws.aws_endpoint_url.as_deref().unwrap_or("default"));
+    let etcd_opts = match super::reach::checked(&log, &args.etcd, &args.route53, &args.sync) {
         Ok(opts) => opts,
-        Err(e) => {
-            error!(log, "bad etcd settings"; "error" => e);
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    let leadership = if args.ha {
+    let leadership = if args.ha.enabled {
         tokio::select! {
-            led = crate::ha::lead(&etcd_opts, &args.etcd.prefix, args.ha_lease_ttl, args.aws_timeout, args.etcd.etcd_connect_timeout, &log) => match led {
+            led = crate::ha::lead(&etcd_opts, &args.etcd.prefix, args.ha.lease_ttl, args.aws.aws_timeout, args.etcd.etcd_connect_timeout, &log) => match led {
                 Ok(l) => Some(l),
                 Err(e) => {
                     error!(log, "cannot take part in the leader election"; "error" => %e);
@@ -52,10 +44,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     } else {
         None
     };
-    let filters = Filters {
-        elb: args.elb_filter.clone(),
-        zones: args.zone_filter.clone(),
-    };
+    let filters = args.sync.filters();
     let Some((client, snapshot, records)) = super::reach::initial_read(
         &log,
         &etcd_opts,
@@ -67,11 +56,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     else {
         return ExitCode::FAILURE;
     };
-    let sdk = aws::load_sdk_config(&ClientOptions {
-        endpoint_url: args.aws_endpoint_url.clone(),
-        timeout: args.aws_timeout,
-    })
-    .await;
+    let sdk = aws::load_sdk_config(&args.aws.client_options()).await;
     let metrics = Arc::new(crate::metrics::Metrics::new());
     if let Some(addr) = args.listen {
         if let Err(e) = crate::http::serve(addr, metrics.clone()) {
@@ -82,14 +67,14 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     }
     let settings = Arc::new(Settings {
         prefix: args.etcd.prefix.clone(),
-        route53_ttl: args.route53_ttl,
+        route53_ttl: args.route53.route53_ttl,
         resync_interval: args.resync_interval,
-        policy: args.policy.into(),
-        ownership: args.ownership.into(),
+        policy: args.sync.policy.into(),
+        ownership: args.sync.ownership(),
         dry_run: args.dry_run,
         metrics: metrics.clone(),
         filters,
-        health_checks: args.route53_health_check.clone(),
+        health_checks: args.route53.route53_health_check.clone(),
         ..Settings::default()
     });
     if args.dry_run {
@@ -99,7 +84,15 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     let fence = leadership
         .as_ref()
         .map_or_else(Fence::open, |l| l.fence.clone());
-    let backends = super::reach::backends(&sdk, &args, &fence, Some(metrics.clone()), &log).await;
+    let backends = super::reach::backends(
+        &sdk,
+        &args.aws.quotas(),
+        &args.aws.assume_role,
+        &fence,
+        Some(metrics.clone()),
+        &log,
+    )
+    .await;
     let filters = settings.filters.clone();
     let recorded = records.managed.into_iter().filter(|lb| filters.allows(lb));
     let mut obsolete = records.obsolete;

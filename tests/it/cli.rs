@@ -51,31 +51,33 @@ fn bad_flags_exit_2_with_a_clear_message() {
     }
 }
 
-/// The per-service rate flags of before AWS's buckets were modelled fail with a pointer to the
-/// new ones, from the command line or from an old environment file.
+/// `plan` takes what it reads and how `run` would sync, and nothing of running a daemon: the
+/// daemon's flags are refused, not silently accepted.
 #[test]
-fn the_removed_rate_flags_name_their_replacements() {
-    for args in [
-        &["run", "--elb-rate", "4"][..],
-        &["run", "--elb-burst", "20"],
-        &["run", "--elbv2-rate", "4"],
-        &["run", "--route53-rate", "5"],
-        &["run", "--route53-burst", "2"],
+fn plan_refuses_the_flags_of_the_daemon() {
+    for flag in [
+        &["--ha"][..],
+        &["--once"],
+        &["--dry-run"],
+        &["--listen", "127.0.0.1:9090"],
+        &["--resync-interval", "30s"],
+        &["--ha-lease-ttl", "10s"],
     ] {
-        let out = lbmanager(args);
+        let args: Vec<&str> = ["plan"].iter().chain(flag).copied().collect();
+        let out = lbmanager(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("--aws-quota-share"), "{args:?}: {err}");
+        assert!(err.contains(flag[0]), "{args:?}: {err}");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_lbmanager"))
-        .args(["run"])
-        .env("LBMANAGER_ELB_RATE", "4")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--aws-quota-share"));
-    let help = String::from_utf8_lossy(&lbmanager(&["run", "--help"]).stdout).to_string();
-    assert!(!help.contains("--elb-rate"), "a removed flag in --help");
+    let help = String::from_utf8_lossy(&lbmanager(&["plan", "--help"]).stdout).to_string();
+    for flag in [
+        "--etcd-endpoints",
+        "--aws-quota-share",
+        "--route53-ttl",
+        "--policy",
+    ] {
+        assert!(help.contains(flag), "{flag} missing from plan --help");
+    }
 }
 
 #[test]
