@@ -23,7 +23,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use slog::{info, warn, Logger};
 
-use super::{Cause, Settings};
+use super::Settings;
 use crate::aws::{AwsError, ChangeId, ChangeState, ErrorKind, Route53Api};
 use crate::sync::zone::{sync_zone, FqdnWant, Recorder, ZoneCache};
 
@@ -371,10 +371,7 @@ impl Handler<ZoneDesire> for HostedZone {
         for change in &msg.pending {
             self.watch(change, &msg.in_sync, ctx);
         }
-        let full_sync = matches!(
-            msg.want.cause,
-            Cause::Startup | Cause::Relist | Cause::Restart
-        );
+        let full_sync = msg.want.cause.is_start();
         self.pending.insert(msg.want.fqdn.clone(), msg);
         if self.gathering {
             return;

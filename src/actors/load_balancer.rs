@@ -670,7 +670,7 @@ impl Handler<Desire> for LoadBalancer {
             revision: msg.revision,
         });
         let (generation, revision) = (msg.generation, msg.revision);
-        let event = matches!(msg.cause, Cause::EtcdEvent | Cause::LeaseExpiry);
+        let event = msg.cause.is_etcd_change();
         self.desired = Some(msg);
         if unchanged && event && !self.rejected.is_empty() {
             // Refused members: the next sync tries them again instead.

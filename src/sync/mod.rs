@@ -36,6 +36,35 @@ pub enum Cause {
     Settle,
 }
 
+impl Cause {
+    /// The first sync of an actor's start or restart, or after a relist: nothing believed
+    /// before is trusted, and lbmanager's leftovers (checks of another leader's) are looked for.
+    pub fn is_start(self) -> bool {
+        matches!(self, Cause::Startup | Cause::Relist | Cause::Restart)
+    }
+
+    /// A sync that asks AWS everything afresh: a start's, or the periodic resync (which also
+    /// asks again what AWS refused before).
+    pub fn is_full(self) -> bool {
+        self.is_start() || self == Cause::Resync
+    }
+
+    /// A sync that doubts even what the zone remembers of a name: read it again.
+    pub fn rereads(self) -> bool {
+        matches!(self, Cause::Resync | Cause::Relist)
+    }
+
+    /// A sync that reads the health AWS reports: a full one, and one for whoever waits on it.
+    pub fn reads_health(self) -> bool {
+        self.is_full() || self == Cause::Settle
+    }
+
+    /// A change of the keys in etcd (a write, a delete, a lease that expired).
+    pub fn is_etcd_change(self) -> bool {
+        matches!(self, Cause::EtcdEvent | Cause::LeaseExpiry)
+    }
+}
+
 impl fmt::Display for Cause {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
