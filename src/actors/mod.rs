@@ -1,7 +1,8 @@
 //! The actor system over the pure modules: each actor receives typed messages and calls plain
 //! functions (the rules of one load balancer's syncs are `sync::schedule`'s, the fleet's are
 //! [`crate::fleet`]'s, which the Supervisor carries out). Mailbox order serialises the work of one load balancer
-//! (a [`load_balancer::LoadBalancer`]) and of one hosted zone (a [`hosted_zone::HostedZone`]);
+//! (a [`load_balancer::LoadBalancer`], generic over its kind) and of one hosted zone (a
+//! [`hosted_zone::HostedZone`]);
 //! different load balancers sync concurrently on the same runtime.
 
 use std::time::Duration;

@@ -2,8 +2,9 @@
 //!
 //! It routes what it hears (the start-up read, the watch's changes, each load balancer's report,
 //! the actors it finds dead) to the [`Fleet`] and does what the fleet says: it spawns a
-//! [`LoadBalancer`] per load balancer and a [`HostedZone`] per zone, sends them their desires,
-//! and hands every etcd write to the [`StateWriter`]. It checks every second which actors died.
+//! [`LoadBalancer`] per load balancer (of its kind, with its account's AWS client) and a
+//! [`HostedZone`] per zone, sends them their desires, and hands every etcd write to the
+//! [`StateWriter`]. It checks every second which actors died.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use slog::{debug, info, warn, Logger};
 use super::etcd_watcher::{EtcdWatcher, WatchEvent};
 use super::hosted_zone::HostedZone;
 use super::load_balancer::{
-    Backend, Barrier, Drain, LoadBalancer, Retire, SetZone, Synced, Watched,
+    Barrier, Drain, Elb, Fqdn, LbHandle, LoadBalancer, Retire, SetZone, Synced, Watched,
 };
 use super::state_writer::{
     Beat, DeleteKeys, DeleteSuperseded, Flush, Landed, ManagedRecord, PublishStatus, StateWriter,
@@ -47,7 +48,7 @@ pub struct Supervisor {
     /// The AWS clients every load balancer and zone actor is given.
     aws: Accounts,
     /// The load balancers' actors.
-    actors: HashMap<LbId, Addr<LoadBalancer>>,
+    actors: HashMap<LbId, LbHandle>,
     /// One actor per hosted zone that has managed names.
     zones: HashMap<String, Addr<HostedZone>>,
     /// The start-up snapshot, until `started` applies it.
@@ -150,38 +151,40 @@ impl Supervisor {
                     dns_pending,
                     watched,
                 } => {
-                    let addr = self.spawn_lb(&lb, owned, dns_pending, ctx);
+                    let actor = self.spawn_lb(&lb, owned, dns_pending, ctx);
                     if watched {
-                        addr.do_send(Watched(true));
+                        actor.watched.do_send(Watched(true));
                     }
-                    self.actors.insert(lb, addr);
+                    self.actors.insert(lb, actor);
                 }
                 Command::Desire { lb, desire } => {
-                    if let Some(addr) = self.actors.get(&lb) {
-                        addr.do_send(desire);
+                    if let Some(actor) = self.actors.get(&lb) {
+                        actor.desire.do_send(desire);
                     }
                 }
                 Command::Watched { lb, watched } => {
-                    if let Some(addr) = self.actors.get(&lb) {
-                        addr.do_send(Watched(watched));
+                    if let Some(actor) = self.actors.get(&lb) {
+                        actor.watched.do_send(Watched(watched));
                     }
                 }
                 Command::Barrier { lb, revision } => {
-                    if let Some(addr) = self.actors.get(&lb) {
-                        addr.do_send(Barrier(revision));
+                    if let Some(actor) = self.actors.get(&lb) {
+                        actor.barrier.do_send(Barrier(revision));
                     }
                 }
                 Command::Retire { lb } => {
-                    if let Some(addr) = self.actors.remove(&lb) {
-                        addr.do_send(Retire);
+                    if let Some(actor) = self.actors.remove(&lb) {
+                        actor.retire.do_send(Retire);
                     }
                 }
                 Command::RestartZone { zone, lbs } => {
                     self.zones.remove(&zone);
                     let addr = self.zone(&zone);
                     for lb in lbs {
-                        if let Some(actor) = self.actors.get(&lb) {
-                            actor.do_send(SetZone(addr.clone()));
+                        if let Some(set_zone) =
+                            self.actors.get(&lb).and_then(|a| a.set_zone.as_ref())
+                        {
+                            set_zone.do_send(SetZone(addr.clone()));
                         }
                     }
                 }
@@ -271,18 +274,14 @@ impl Supervisor {
         }));
     }
 
+    /// Starts `lb`'s actor, of its kind, with its account's client (or its zone's actor).
     fn spawn_lb(
         &mut self,
         lb: &LbId,
         owned: Option<BTreeSet<String>>,
         dns_pending: Vec<PendingChange>,
         ctx: &mut Context<Self>,
-    ) -> Addr<LoadBalancer> {
-        let backend = match lb {
-            LbId::Elb { region, name } => Backend::Elb(self.aws.elb(region, name)),
-            LbId::TargetGroup { region, name } => Backend::Elb(self.aws.elbv2(region, name)),
-            LbId::Route53 { zone, .. } => Backend::Route53(self.zone(zone)),
-        };
+    ) -> LbHandle {
         let owned = owned.map(|members| {
             let (me, id) = (ctx.address(), lb.clone());
             Owned {
@@ -297,16 +296,24 @@ impl Supervisor {
                 claimed: HashMap::new(),
             }
         });
-        LoadBalancer::new(
-            lb.clone(),
-            &self.log,
-            backend,
-            self.settings.clone(),
-            ctx.address().recipient(),
-        )
-        .owning(owned)
-        .following(dns_pending)
-        .start()
+        let (settings, me) = (self.settings.clone(), ctx.address().recipient());
+        match lb {
+            LbId::Elb { region, name } => {
+                let kind = Elb::classic(self.aws.elb(region, name), region, name);
+                let actor = LoadBalancer::new(lb.clone(), kind, &self.log, settings, me);
+                actor.owning(owned).start().into()
+            }
+            LbId::TargetGroup { region, name } => {
+                let kind = Elb::target_group(self.aws.elbv2(region, name), region, name);
+                let actor = LoadBalancer::new(lb.clone(), kind, &self.log, settings, me);
+                actor.owning(owned).start().into()
+            }
+            LbId::Route53 { zone, fqdn } => {
+                let kind = Fqdn::new(self.zone(zone), zone, fqdn, dns_pending);
+                let actor = LoadBalancer::new(lb.clone(), kind, &self.log, settings, me);
+                actor.owning(owned).start().into()
+            }
+        }
     }
 
     /// The ownership records' writes: through the StateWriter.
@@ -462,7 +469,7 @@ impl Handler<Shutdown> for Supervisor {
         if let Some(watcher) = self.watcher.take() {
             watcher.do_send(super::etcd_watcher::Stop);
         }
-        let drains: Vec<_> = self.actors.values().map(|a| a.send(Drain)).collect();
+        let drains: Vec<_> = self.actors.values().map(|a| a.drain.send(Drain)).collect();
         let writer = self.state.clone();
         Box::pin(async move {
             futures::future::join_all(drains).await;

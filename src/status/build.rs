@@ -112,6 +112,22 @@ pub fn zone_members(
         .collect()
 }
 
+/// How long resolvers may still hold a value of a name, after a sync that left `sets` (whose
+/// longest TTL before it was `ttl_before`): also once the last value is gone, and for an actor
+/// just started, which has no status of its own to remember it by (as a new leader's does not),
+/// what `previous` said.
+pub fn zone_ttl(
+    sets: &[RecordSet],
+    ttl_before: Option<i64>,
+    previous: Option<&LbStatus>,
+) -> Option<i64> {
+    sets.iter()
+        .map(|s| s.ttl)
+        .chain(ttl_before)
+        .max()
+        .or(previous.and_then(|p| p.ttl))
+}
+
 /// Whether a member of `status` is not (yet) healthy: a registration not read back, health
 /// checks under way or failing while the application starts (`initial`, `unhealthy`,
 /// `OutOfService`, …), a target draining. Worth reading again while someone waits. A Route53

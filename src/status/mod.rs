@@ -20,7 +20,7 @@ pub mod table;
 #[cfg(test)]
 mod testing;
 
-pub use build::{elb_members, settling, zone_members};
+pub use build::{elb_members, settling, zone_members, zone_ttl};
 pub use judge::{judge, judge_change, Change, Goal, Verdict};
 
 /// AWS's word for a target on its way out of a target group.

@@ -60,6 +60,30 @@ pub fn read_whole_zone(due: usize, size: Option<u64>) -> bool {
     }
 }
 
+/// The values of `ips` left out for Route53's limit (of values per record set, or of multivalue
+/// answers per name when `checked`), each with its reason: those `published` now are kept first.
+/// The name's load balancer reports them as refusals, as an ELB's sync does its members past
+/// AWS's limit.
+pub fn refused_over_limit(
+    ips: &BTreeSet<IpAddr>,
+    published: impl Fn(&IpAddr) -> bool,
+    checked: bool,
+) -> crate::plan::Rejected {
+    let why = match checked {
+        true => crate::plan::over_limit_reason(
+            crate::plan::MAX_MULTIVALUE_VALUES,
+            "multivalue answers per name",
+        ),
+        false => {
+            crate::plan::over_limit_reason(crate::plan::MAX_RECORD_VALUES, "values per record set")
+        }
+    };
+    crate::plan::values_over_limit(ips, published, checked)
+        .into_iter()
+        .map(|ip| (ip.to_string(), why.clone()))
+        .collect()
+}
+
 /// What one FQDN's A and AAAA record sets should hold.
 #[derive(Clone, Debug)]
 pub struct FqdnWant {
