@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -45,53 +46,96 @@ impl Limit {
     }
 }
 
-/// Label sets: (name, value) pairs.
-pub type Labels = Vec<(&'static str, String)>;
+// Label sets, typed: a label's name is a field's, written once, and a family takes no other.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    service: String,
+    operation: String,
+    result: String,
+}
 
-type HistogramFamily = Family<Labels, Histogram, fn() -> Histogram>;
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindResultLabels {
+    kind: &'static str,
+    result: &'static str,
+}
+
+/// A load balancer, as its metrics name it (escaped: see [`crate::escape`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LbLabels {
+    load_balancer: String,
+}
+
+impl LbLabels {
+    fn of(lb: &str) -> Self {
+        LbLabels {
+            load_balancer: escape(lb).into_owned(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LbResultLabels {
+    load_balancer: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+type HistogramFamily = Family<KindLabels, Histogram, fn() -> Histogram>;
 
 fn sync_histogram() -> Histogram {
     // 5 ms to ~20 s.
     Histogram::new(exponential_buckets(0.005, 2.0, 13))
 }
 
+fn ok_or_error(ok: bool) -> &'static str {
+    if ok {
+        "ok"
+    } else {
+        "error"
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+/// Every metric of lbmanager's. Each one's help text is where it is registered ([`Metrics::new`]),
+/// once; the families (a series per label set) change only through the methods below, so a
+/// label is never misspelt or left out.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    /// AWS calls by service, operation and result.
-    pub aws_calls: Family<Labels, Counter>,
-    /// Syncs by kind of load balancer and result.
-    pub syncs: Family<Labels, Counter>,
-    pub sync_duration: HistogramFamily,
-    /// Desired members per load balancer.
-    pub members: Family<Labels, Gauge>,
-    /// Wanted members AWS refuses to register, per load balancer.
-    pub rejected_members: Family<Labels, Gauge>,
-    /// Syncs by load balancer and result.
-    pub lb_syncs: Family<Labels, Counter>,
-    /// Failed syncs in a row, per load balancer (0 after a sync that succeeded).
-    pub lb_failures: Family<Labels, Gauge>,
-    /// Unix time of each load balancer's last sync that succeeded (resyncs included).
-    pub lb_last_success: Family<Labels, Gauge<f64, AtomicU64>>,
-    /// 1 while ready (as `/readyz`), else 0.
+    aws_calls: Family<CallLabels, Counter>,
+    syncs: Family<KindResultLabels, Counter>,
+    sync_duration: HistogramFamily,
+    members: Family<LbLabels, Gauge>,
+    rejected_members: Family<LbLabels, Gauge>,
+    lb_syncs: Family<LbResultLabels, Counter>,
+    lb_failures: Family<LbLabels, Gauge>,
+    lb_last_success: Family<LbLabels, Gauge<f64, AtomicU64>>,
+    limits: Family<LimitLabels, Counter>,
     pub ready: Gauge,
-    /// 1 while the etcd watch is live, else 0.
     pub watch_up: Gauge,
-    /// Syncs running or waiting for a retry.
     pub syncs_pending: Gauge,
-    /// The last etcd revision the watch delivered.
     pub watch_revision: Gauge,
     pub watch_reconnects: Counter,
-    /// Unix time of the last start-up or relist after which every load balancer was in step.
     pub last_full_sync: Gauge<f64, AtomicU64>,
-    /// Times a bound of the README's "Limits" was met, by limit (see [`Limit`]).
-    pub limits: Family<Labels, Counter>,
-    /// lbmanager's own records that cannot be written as they are now (etcd refuses them or is
-    /// away): 0 when every record is current.
     pub records_unwritten: Gauge,
-    /// Route53 changes accepted and not yet `INSYNC`.
     pub route53_changes_pending: Gauge,
-    /// Route53 changes still `PENDING` after [`crate::actors::Settings::route53_slow_change`].
+    /// Still `PENDING` after [`crate::actors::Settings::route53_slow_change`].
     pub route53_changes_slow: Counter,
     initial_sync_done: AtomicBool,
     watch_live: AtomicBool,
@@ -115,13 +159,13 @@ impl Metrics {
             lb_syncs: Family::default(),
             lb_failures: Family::default(),
             lb_last_success: Family::default(),
+            limits: Family::default(),
             ready: Gauge::default(),
             watch_up: Gauge::default(),
             syncs_pending: Gauge::default(),
             watch_revision: Gauge::default(),
             watch_reconnects: Counter::default(),
             last_full_sync: Gauge::default(),
-            limits: Family::default(),
             records_unwritten: Gauge::default(),
             route53_changes_pending: Gauge::default(),
             route53_changes_slow: Counter::default(),
@@ -243,39 +287,70 @@ impl Metrics {
     /// Counts one time a limit was met.
     pub fn limit(&self, limit: Limit) {
         self.limits
-            .get_or_create(&vec![("limit", limit.as_str().to_string())])
+            .get_or_create(&LimitLabels {
+                limit: limit.as_str(),
+            })
             .inc();
+    }
+
+    /// Counts a sync of a load balancer of `kind` (`elb`, `elbv2`, `route53`) that took `took`.
+    pub fn synced(&self, kind: &'static str, ok: bool, took: std::time::Duration) {
+        let result = ok_or_error(ok);
+        self.syncs
+            .get_or_create(&KindResultLabels { kind, result })
+            .inc();
+        self.sync_duration
+            .get_or_create(&KindLabels { kind })
+            .observe(took.as_secs_f64());
     }
 
     /// Counts a load balancer's sync; `failures`: its failed syncs in a row since.
     pub fn lb_synced(&self, lb: &str, ok: bool, failures: u32) {
-        let label = vec![("load_balancer", escape(lb).into_owned())];
-        let mut labels = label.clone();
-        labels.push(("result", if ok { "ok" } else { "error" }.to_string()));
-        self.lb_syncs.get_or_create(&labels).inc();
+        let label = LbLabels::of(lb);
+        self.lb_syncs
+            .get_or_create(&LbResultLabels {
+                load_balancer: label.load_balancer.clone(),
+                result: ok_or_error(ok),
+            })
+            .inc();
         self.lb_failures
             .get_or_create(&label)
             .set(i64::from(failures));
         if ok {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default();
-            self.lb_last_success
+            self.lb_last_success.get_or_create(&label).set(unix_now());
+        }
+    }
+
+    /// The members `lb` should have now.
+    pub fn members(&self, lb: &str, count: usize) {
+        self.members
+            .get_or_create(&LbLabels::of(lb))
+            .set(count as i64);
+    }
+
+    /// The wanted members AWS refuses (or a limit leaves out) of `lb` now (0: the series goes).
+    pub fn rejected_members(&self, lb: &str, count: usize) {
+        let label = LbLabels::of(lb);
+        if count == 0 {
+            self.rejected_members.remove(&label);
+        } else {
+            self.rejected_members
                 .get_or_create(&label)
-                .set(now.as_secs_f64());
+                .set(count as i64);
         }
     }
 
     /// Forgets a load balancer lbmanager no longer manages.
     pub fn lb_retired(&self, lb: &str) {
-        let label = vec![("load_balancer", escape(lb).into_owned())];
+        let label = LbLabels::of(lb);
         self.members.remove(&label);
         self.lb_failures.remove(&label);
         self.lb_last_success.remove(&label);
         for result in ["ok", "error"] {
-            let mut labels = label.clone();
-            labels.push(("result", result.to_string()));
-            self.lb_syncs.remove(&labels);
+            self.lb_syncs.remove(&LbResultLabels {
+                load_balancer: label.load_balancer.clone(),
+                result,
+            });
         }
     }
 
@@ -288,12 +363,17 @@ impl Metrics {
     /// `ok` or an [`crate::aws::ErrorKind`]'s name.
     pub fn aws_call(&self, service: &str, operation: &str, result: &str) {
         self.aws_calls
-            .get_or_create(&vec![
-                ("service", service.to_string()),
-                ("operation", operation.to_string()),
-                ("result", result.to_string()),
-            ])
+            .get_or_create(&CallLabels {
+                service: service.to_string(),
+                operation: operation.to_string(),
+                result: result.to_string(),
+            })
             .inc();
+    }
+
+    /// The last full sync after which every load balancer was in step ended now.
+    pub fn full_sync_done(&self) {
+        self.last_full_sync.set(unix_now());
     }
 }
 
@@ -318,6 +398,19 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("lbmanager_syncs_pending 1"));
+        // A load balancer's series, its name escaped; a count of 0 refusals drops the series.
+        m.synced("elb", true, std::time::Duration::from_millis(3));
+        m.rejected_members("elb/us-east-1/w\u{1b}b", 2);
+        let text = m.encode();
+        assert!(text.contains("lbmanager_syncs_total{kind=\"elb\",result=\"ok\"} 1"));
+        assert!(
+            text.contains(
+                "lbmanager_rejected_members{load_balancer=\"elb/us-east-1/w\\\\u{1b}b\"} 2"
+            ),
+            "{text}"
+        );
+        m.rejected_members("elb/us-east-1/w\u{1b}b", 0);
+        assert!(!m.encode().contains("lbmanager_rejected_members{"));
         assert!(text.ends_with("# EOF\n"));
         assert!(!m.ready());
         m.set_initial_sync_done();

@@ -5,16 +5,10 @@
 use slog::{debug, error, info, warn, Logger};
 
 use crate::desired::{log_ignored, Ignored};
-use crate::escape::escape;
 use crate::fleet::Note;
 use crate::key::{KeyError, LbId};
 use crate::metrics::{Limit, Metrics};
 use crate::sync::Cause;
-
-/// The gauges' label of `lb`.
-fn lb_label(lb: &LbId) -> Vec<(&'static str, String)> {
-    vec![("load_balancer", escape(&lb.to_string()).into_owned())]
-}
 
 /// The limit a refusal for being past it met: members per load balancer, or values per record set.
 fn limit_of(lb: &LbId) -> Limit {
@@ -70,12 +64,7 @@ pub fn tell(log: &Logger, metrics: &Metrics, note: Note) {
             info!(log, "would delete superseded keys from etcd";
                 "winner" => &winner, "keys" => keys.join(","), "dry_run" => true)
         }
-        Note::Members { lb, count } => {
-            metrics
-                .members
-                .get_or_create(&lb_label(&lb))
-                .set(count as i64);
-        }
+        Note::Members { lb, count } => metrics.members(&lb.to_string(), count),
         Note::Retired { lb } => {
             debug!(log, "load balancer has no keys left, no longer managed";
                 "lb" => lb.to_string());
@@ -95,10 +84,7 @@ pub fn tell(log: &Logger, metrics: &Metrics, note: Note) {
                 "load_balancers" => total, "failed" => failed, "cause" => %cause);
             metrics.set_initial_sync_done();
             if failed == 0 {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default();
-                metrics.last_full_sync.set(now.as_secs_f64());
+                metrics.full_sync_done();
             }
         }
         Note::Rejected {
@@ -131,16 +117,6 @@ pub fn tell(log: &Logger, metrics: &Metrics, note: Note) {
         Note::NoLongerRejected { lb, member } => {
             info!(log, "member no longer rejected"; "lb" => lb.to_string(), "member" => member)
         }
-        Note::RejectedCount { lb, count } => {
-            let labels = lb_label(&lb);
-            if count == 0 {
-                metrics.rejected_members.remove(&labels);
-            } else {
-                metrics
-                    .rejected_members
-                    .get_or_create(&labels)
-                    .set(count as i64);
-            }
-        }
+        Note::RejectedCount { lb, count } => metrics.rejected_members(&lb.to_string(), count),
     }
 }

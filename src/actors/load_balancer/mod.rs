@@ -282,16 +282,9 @@ impl<K: Kind> LoadBalancer<K> {
             self.synced = Some(generation);
         }
         let status = self.update_status(&in_flight, generation, error.as_ref(), seen);
-        let metrics = &self.settings.metrics;
-        let result = if error.is_none() { "ok" } else { "error" };
-        let kind = vec![("kind", self.kind().to_string())];
-        let mut labels = kind.clone();
-        labels.push(("result", result.to_string()));
-        metrics.syncs.get_or_create(&labels).inc();
-        metrics
-            .sync_duration
-            .get_or_create(&kind)
-            .observe(in_flight.started.elapsed().as_secs_f64());
+        self.settings
+            .metrics
+            .synced(self.kind(), error.is_none(), in_flight.started.elapsed());
         drop(in_flight);
         self.report(true, generation, error.clone(), rejected, status);
         self.release_drain();
