@@ -48,7 +48,7 @@ fn lease_error(source: etcd_client::Error) -> EtcdError {
 /// bounds a change to AWS (with a quarter of `ttl`, see [`Fence`]).
 pub async fn lead(
     opts: &EtcdOptions,
-    prefix: &str,
+    layout: &crate::layout::Layout,
     ttl: Duration,
     call_limit: Duration,
     connect_timeout: Duration,
@@ -98,7 +98,7 @@ pub async fn lead(
     let fence = Fence::lease(ttl, call_limit, granted);
     keep_alive(client.clone(), lease, ttl, fence.clone(), log.clone());
     stop_when_fenced(client.clone(), lease, ttl, fence.clone(), log.clone());
-    let name = crate::layout::Layout::new(prefix).election();
+    let name = layout.election();
     let me = format!("pid {} lease {lease:x}", std::process::id());
     info!(log, "campaigning for leadership (standby until elected)"; "election" => &name, "lease_ttl_s" => ttl_secs);
     let mut attempt = 0;

@@ -53,6 +53,11 @@ impl Layout {
         }
     }
 
+    /// The member tree (`/lbManager`), without its trailing slash.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// Everything lbmanager records for this tree is under it (see [`Layout`]).
     pub fn state_prefix(&self) -> &str {
         &self.state

@@ -51,7 +51,7 @@ fn start_on(
     keys: &[(&str, i64)],
 ) -> Addr<Supervisor> {
     let keys: Vec<(String, i64)> = keys.iter().map(|(k, r)| (k.to_string(), *r)).collect();
-    let snapshot = Snapshot::from_keys(&settings.prefix, settings.filters.clone(), &keys, 100);
+    let snapshot = Snapshot::from_keys(settings.prefix(), settings.filters.clone(), &keys, 100);
     let aws = crate::aws::Backends {
         elb: elb.clone(),
         elbv2: elb,
@@ -865,7 +865,7 @@ async fn the_status_after_the_last_value_went_keeps_the_ttl_it_had() {
     set_a_by_hand(&r53, &["192.0.2.1"]);
     let etcd = Arc::new(FakeEtcd::default());
     let settings = settings();
-    let snapshot = Snapshot::from_keys(&settings.prefix, settings.filters.clone(), &[], 100);
+    let snapshot = Snapshot::from_keys(settings.prefix(), settings.filters.clone(), &[], 100);
     let (aws, www) = route53_only(&r53);
     // Managed before (its keys were deleted while lbmanager was away): emptied at start.
     let _sup = Supervisor::new(settings, &log(), etcd.clone(), aws, snapshot)
@@ -999,7 +999,7 @@ async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
     let settings = settings();
     let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
     let keys = vec![(key.to_string(), 40)];
-    let snapshot = Snapshot::from_keys(&settings.prefix, settings.filters.clone(), &keys, 100);
+    let snapshot = Snapshot::from_keys(settings.prefix(), settings.filters.clone(), &keys, 100);
     let (aws, www) = route53_only(&r53);
     let earlier = crate::status::PendingChange {
         id: "/change/CEARLIER".into(),

@@ -139,7 +139,7 @@ impl EtcdWatcher {
             .client
             .watch_client()
             .max_decoding_message_size(WATCH_MAX_MESSAGE);
-        let key = etcd::watch_key(&self.settings.prefix);
+        let key = etcd::watch_key(self.settings.prefix());
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(self.next_revision)
@@ -190,7 +190,7 @@ impl EtcdWatcher {
     /// the leader answers) tells which; a store that really went back is relisted.
     fn check_store_revision(&mut self, seen: Revision, ctx: &mut Context<Self>) {
         let mut client = self.client.clone();
-        let key = etcd::watch_key(&self.settings.prefix);
+        let key = etcd::watch_key(self.settings.prefix());
         let fut = async move {
             let options = etcd_client::GetOptions::new().with_count_only();
             client.get(key, Some(options)).await
@@ -214,7 +214,7 @@ impl EtcdWatcher {
         self.drop_stream(ctx);
         self.settings.metrics.set_watch_live(false);
         let mut client = self.client.clone();
-        let prefix = self.settings.prefix.clone();
+        let prefix = self.settings.prefix().to_string();
         let log = self.log.clone();
         let consumer = self.consumer.clone();
         // Page by page to the Supervisor, which loads them into the state it uses: the relist

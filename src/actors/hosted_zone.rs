@@ -151,7 +151,7 @@ impl HostedZone {
         settings: Arc<Settings>,
     ) -> Self {
         let references = crate::health_check::Reference::zone_prefix(
-            &crate::health_check::installation(&settings.prefix),
+            &crate::health_check::installation(settings.prefix()),
             zone,
         );
         HostedZone {
@@ -194,7 +194,7 @@ impl HostedZone {
             self.settings.sync_options(),
         );
         let mut cache = std::mem::take(&mut self.cache);
-        let (writes, prefix) = (self.writes.clone(), self.settings.prefix.clone());
+        let (writes, layout) = (self.writes.clone(), self.settings.layout.clone());
         let fut = async move {
             let wants: Vec<FqdnWant> = batch
                 .iter()
@@ -206,7 +206,7 @@ impl HostedZone {
                 .collect();
             let recorder = writes.as_deref().map(|writes| Recorder {
                 writes,
-                prefix: &prefix,
+                layout: &layout,
             });
             let results =
                 sync_zone(&*api, &zone, &wants, &options, &mut cache, &log, recorder).await;

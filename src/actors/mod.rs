@@ -10,6 +10,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use crate::filter::Filters;
+use crate::layout::Layout;
 use crate::metrics::Metrics;
 use crate::plan::Policy;
 
@@ -28,8 +29,8 @@ use crate::sync::SyncOptions;
 /// Settings the actors share.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// The watched key prefix (`/lbManager`), without its trailing slash.
-    pub prefix: String,
+    /// The watched key prefix and where lbmanager's own keys live under it: built once.
+    pub layout: Layout,
     /// The TTL of the record sets lbmanager writes.
     pub route53_ttl: i64,
     /// How often each load balancer is read back (drift), and how long an error retrying can't
@@ -56,6 +57,11 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The watched key prefix (`/lbManager`), without its trailing slash.
+    pub fn prefix(&self) -> &str {
+        self.layout.prefix()
+    }
+
     /// How long a load balancer's failures wait.
     pub fn delays(&self) -> Delays {
         Delays {
@@ -78,7 +84,7 @@ impl Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            prefix: "/lbManager".into(),
+            layout: Layout::new("/lbManager"),
             route53_ttl: 60,
             resync_interval: Duration::from_secs(300),
             retry_base: Duration::from_millis(500),

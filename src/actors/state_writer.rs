@@ -178,7 +178,7 @@ impl StateWriter {
     pub fn new(etcd: Arc<dyn EtcdWrites>, settings: Arc<Settings>, log: &Logger) -> Self {
         StateWriter {
             etcd,
-            layout: Layout::new(&settings.prefix),
+            layout: settings.layout.clone(),
             settings,
             log: log.new(slog::o!("actor" => "state-writer")),
             queue: Queue::default(),

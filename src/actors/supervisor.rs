@@ -72,7 +72,7 @@ impl Supervisor {
         initial: Snapshot,
     ) -> Self {
         let config = Config {
-            prefix: settings.prefix.clone(),
+            layout: settings.layout.clone(),
             filters: settings.filters.clone(),
             dry_run: settings.dry_run,
             shared: settings.ownership == Ownership::Shared,
@@ -228,7 +228,7 @@ impl Supervisor {
         let Some(state) = self.state.clone() else {
             return;
         };
-        let key = self.fleet_layout().managed(&lb);
+        let key = self.settings.layout.managed(&lb);
         ctx.spawn(
             state
                 .send(Landed(key))
@@ -238,10 +238,6 @@ impl Supervisor {
                     act.carry_out(commands, ctx);
                 }),
         );
-    }
-
-    fn fleet_layout(&self) -> crate::layout::Layout {
-        crate::layout::Layout::new(&self.settings.prefix)
     }
 
     /// Deletes keys that no longer count through the StateWriter; logs what came of it.
@@ -286,7 +282,7 @@ impl Supervisor {
             let (me, id) = (ctx.address(), lb.clone());
             Owned {
                 writes: self.ownership_writes(),
-                prefix: self.settings.prefix.clone(),
+                layout: self.settings.layout.clone(),
                 lb: lb.clone(),
                 members,
                 recorded: Arc::new(move |members: &BTreeSet<String>| {
@@ -373,7 +369,12 @@ impl Actor for Supervisor {
             StateWriter::new(self.etcd_writes.clone(), self.settings.clone(), &self.log).start(),
         );
         let mut initial = self.initial.take().unwrap_or_else(|| {
-            Snapshot::from_keys(&self.settings.prefix, self.settings.filters.clone(), &[], 0)
+            Snapshot::from_keys(
+                self.settings.prefix(),
+                self.settings.filters.clone(),
+                &[],
+                0,
+            )
         });
         let (revision, leased) = (initial.revision, std::mem::take(&mut initial.leased));
         let commands = self

@@ -78,9 +78,9 @@ pub async fn connect(args: &EtcdArgs) -> Result<Failover, CommandError> {
 /// The running lbmanager's heartbeat, if one ever reported.
 pub async fn heartbeat(
     etcd: &mut Failover,
-    prefix: &str,
+    layout: &Layout,
 ) -> Result<Option<Heartbeat>, CommandError> {
-    let key = Layout::new(prefix).heartbeat();
+    let key = layout.heartbeat();
     let got = etcd.get(&key).await.map_err(etcd_error)?;
     Ok(got
         .kvs()

@@ -50,8 +50,8 @@ pub async fn add(args: AddArgs, stop: StopSignal) -> ExitCode {
 }
 
 async fn adding(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
-    let prefix = &args.etcd.prefix;
-    let target = member_key(prefix, &args.key)?;
+    let layout = &Layout::new(&args.etcd.prefix);
+    let target = member_key(layout.prefix(), &args.key)?;
     let mut etcd = connect(&args.etcd).await?;
     let deadline = Instant::now() + args.timeout;
     let goal = Goal::Present {
@@ -59,7 +59,7 @@ async fn adding(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     };
     // Said before the write, so that the very first sync already reads the health back.
     let waiting = match args.wait {
-        true => announce_waiting(&mut etcd, prefix, &target, goal, args.timeout).await?,
+        true => announce_waiting(&mut etcd, layout, &target, goal, args.timeout).await?,
         false => None,
     };
     let lease = match args.lease_ttl {
@@ -89,7 +89,7 @@ async fn adding(args: AddArgs, stop: StopSignal) -> Result<(), CommandError> {
     let waited = match args.wait {
         true => {
             let waited = tokio::select! {
-                done = wait(&mut etcd, prefix, &target, goal, Change::At(revision), deadline, args.timeout) => done.map(|_| ()),
+                done = wait(&mut etcd, layout, &target, goal, Change::At(revision), deadline, args.timeout) => done.map(|_| ()),
                 what = stop.clone() => Err(CommandError::Interrupted(what)),
             };
             withdraw(&mut etcd, waiting).await;
@@ -191,8 +191,8 @@ pub async fn remove(args: RemoveArgs, stop: StopSignal) -> ExitCode {
 }
 
 async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError> {
-    let prefix = &args.etcd.prefix;
-    let target = member_key(prefix, &args.key)?;
+    let layout = &Layout::new(&args.etcd.prefix);
+    let target = member_key(layout.prefix(), &args.key)?;
     let mut etcd = connect(&args.etcd).await?;
     let deadline = Instant::now() + args.timeout;
     let goal = Goal::Absent {
@@ -200,7 +200,7 @@ async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError
     };
     // Said before the delete: the draining is read back from the deregistration on.
     let waiting = match args.wait || args.drain {
-        true => announce_waiting(&mut etcd, prefix, &target, goal, args.timeout).await?,
+        true => announce_waiting(&mut etcd, layout, &target, goal, args.timeout).await?,
         false => None,
     };
     let deleted = etcd
@@ -227,7 +227,7 @@ async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError
     } else {
         // A sync in flight may have just registered the member that some other change took out
         // of etcd: a barrier written now makes lbmanager say when it has caught up.
-        match barrier(&mut etcd, prefix, &target, waiting, args.timeout).await {
+        match barrier(&mut etcd, layout, &target, waiting, args.timeout).await {
             Ok((lease, barrier)) => {
                 waiting = Some(lease);
                 Change::NotThere { barrier }
@@ -241,7 +241,7 @@ async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError
     let waited = async {
         let status = wait(
             &mut etcd.clone(),
-            prefix,
+            layout,
             &target,
             goal,
             change,
@@ -288,7 +288,7 @@ async fn removing(args: RemoveArgs, stop: StopSignal) -> Result<(), CommandError
 /// that said so (none: the record was removed).
 async fn wait(
     etcd: &mut Failover,
-    prefix: &str,
+    layout: &Layout,
     target: &MemberKey,
     goal: Goal,
     change: Change,
@@ -299,7 +299,7 @@ async fn wait(
     let mut watcher = etcd.clone();
     let watched = watch_status(
         &mut watcher,
-        prefix,
+        layout,
         &target.lb,
         &target.member,
         goal,
@@ -310,7 +310,7 @@ async fn wait(
         Ok(result) => result,
         Err(_) => {
             let mut why = why.unwrap_or_else(|| "no word from lbmanager".into());
-            if let Some(note) = liveness(etcd, prefix).await {
+            if let Some(note) = liveness(etcd, layout).await {
                 why = format!("{why}; {note}");
             }
             Err(CommandError::Timeout {
@@ -326,7 +326,7 @@ async fn wait(
 /// lease that outlives the wait a little, and returns the lease.
 async fn announce_waiting(
     etcd: &mut Failover,
-    prefix: &str,
+    layout: &Layout,
     target: &MemberKey,
     goal: Goal,
     timeout: Duration,
@@ -340,7 +340,7 @@ async fn announce_waiting(
         return Ok(None);
     }
     let lease = wait_lease(etcd, timeout).await?;
-    put_waiting(etcd, prefix, target, lease).await?;
+    put_waiting(etcd, layout, target, lease).await?;
     Ok(Some(lease))
 }
 
@@ -357,11 +357,11 @@ async fn wait_lease(etcd: &mut Failover, timeout: Duration) -> Result<i64, Comma
 /// Writes `target`'s waiting key under `lease`; returns the write's revision.
 async fn put_waiting(
     etcd: &mut Failover,
-    prefix: &str,
+    layout: &Layout,
     target: &MemberKey,
     lease: i64,
 ) -> Result<i64, CommandError> {
-    let key = Layout::new(prefix).waiting(&target.lb, &target.member);
+    let key = layout.waiting(&target.lb, &target.member);
     let put = etcd
         .run(|mut c| {
             let key = key.clone();
@@ -380,7 +380,7 @@ async fn put_waiting(
 /// step with every change before it. Returns the lease and the barrier's revision.
 async fn barrier(
     etcd: &mut Failover,
-    prefix: &str,
+    layout: &Layout,
     target: &MemberKey,
     lease: Option<i64>,
     timeout: Duration,
@@ -389,7 +389,7 @@ async fn barrier(
         Some(lease) => lease,
         None => wait_lease(etcd, timeout).await?,
     };
-    let revision = put_waiting(etcd, prefix, target, lease).await?;
+    let revision = put_waiting(etcd, layout, target, lease).await?;
     Ok((lease, revision))
 }
 
@@ -403,14 +403,14 @@ async fn withdraw(etcd: &mut Failover, waiting: Option<i64>) {
 /// Follows the status key until a verdict; `why` keeps the latest reason to wait.
 async fn watch_status(
     etcd: &mut Failover,
-    prefix: &str,
+    layout: &Layout,
     lb: &LbId,
     member: &Member,
     goal: Goal,
     change: Change,
     why: &mut Option<String>,
 ) -> Result<Option<LbStatus>, CommandError> {
-    let key = Layout::new(prefix).status(lb);
+    let key = layout.status(lb);
     let revision = change.revision();
     // The last status seen: what a wait that ends with the record's removal returns.
     let mut last: Option<LbStatus> = None;
@@ -432,7 +432,7 @@ async fn watch_status(
         // managed (no managed record either), else a status may be on its way.
         let unmanaged = match (change, &current) {
             (Change::NotThere { .. }, None) => {
-                let managed = Layout::new(prefix).managed(lb);
+                let managed = layout.managed(lb);
                 etcd.get(&managed)
                     .await
                     .map_err(etcd_error)?
@@ -533,8 +533,9 @@ fn decide(verdict: Verdict, why: &mut Option<String>) -> Result<bool, CommandErr
 }
 
 /// What the heartbeat says when lbmanager is not (or no longer) reporting; `None` when it is.
-async fn liveness(etcd: &mut Failover, prefix: &str) -> Option<String> {
-    match heartbeat(etcd, prefix).await.ok()? {
+async fn liveness(etcd: &mut Failover, layout: &Layout) -> Option<String> {
+    let prefix = layout.prefix();
+    match heartbeat(etcd, layout).await.ok()? {
         None => Some(format!(
             "no lbmanager has ever reported for the prefix {prefix}: is one running?"
         )),

@@ -251,7 +251,7 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
     let Some((_, snapshot, records)) = super::reach::initial_read(
         &log,
         &etcd_opts,
-        &args.etcd.prefix,
+        &crate::layout::Layout::new(&args.etcd.prefix),
         &args.sync.filters(),
         args.etcd.etcd_connect_timeout,
     )

@@ -13,6 +13,7 @@ use crate::cli::{EtcdArgs, Route53Args, SyncArgs};
 use crate::etcd::{self, EtcdOptions, Snapshot};
 use crate::fence::Fence;
 use crate::filter::Filters;
+use crate::layout::Layout;
 
 /// Connects and reads the whole prefix and lbmanager's records, retrying with backoff until
 /// `timeout`: etcd may start a little after lbmanager, but one that stays away is an error for
@@ -20,7 +21,7 @@ use crate::filter::Filters;
 pub async fn initial_read(
     log: &Logger,
     opts: &EtcdOptions,
-    prefix: &str,
+    layout: &Layout,
     filters: &Filters,
     timeout: Duration,
 ) -> Option<(etcd_client::Client, Snapshot, etcd::Records)> {
@@ -34,11 +35,16 @@ pub async fn initial_read(
                 .await
                 .map_err(|_| "no answer to connecting within 5s".to_string())?
                 .map_err(|e| e.to_string())?;
-            let snapshot =
-                etcd::read_snapshot(&mut client, prefix, filters, etcd::SNAPSHOT_PAGE, log)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            let records = etcd::read_state(&mut client, prefix)
+            let snapshot = etcd::read_snapshot(
+                &mut client,
+                layout.prefix(),
+                filters,
+                etcd::SNAPSHOT_PAGE,
+                log,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let records = etcd::read_state(&mut client, layout)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((client, snapshot, records))

@@ -30,9 +30,11 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         Ok(opts) => opts,
         Err(code) => return code,
     };
+    // Where lbmanager's keys are, built once for everything that reads or writes them.
+    let layout = crate::layout::Layout::new(&args.etcd.prefix);
     let leadership = if args.ha.enabled {
         tokio::select! {
-            led = crate::ha::lead(&etcd_opts, &args.etcd.prefix, args.ha.lease_ttl, args.aws.aws_timeout, args.etcd.etcd_connect_timeout, &log) => match led {
+            led = crate::ha::lead(&etcd_opts, &layout, args.ha.lease_ttl, args.aws.aws_timeout, args.etcd.etcd_connect_timeout, &log) => match led {
                 Ok(l) => Some(l),
                 Err(e) => {
                     error!(log, "cannot take part in the leader election"; "error" => %e);
@@ -48,7 +50,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     let Some((client, snapshot, records)) = super::reach::initial_read(
         &log,
         &etcd_opts,
-        &args.etcd.prefix,
+        &layout,
         &filters,
         args.etcd.etcd_connect_timeout,
     )
@@ -66,7 +68,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         info!(log, "serving /metrics, /healthz and /readyz"; "address" => %addr);
     }
     let settings = Arc::new(Settings {
-        prefix: args.etcd.prefix.clone(),
+        layout,
         route53_ttl: args.route53.route53_ttl,
         resync_interval: args.resync_interval,
         policy: args.sync.policy.into(),
@@ -103,10 +105,8 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         let keys: Vec<String> = owned
             .drain()
             .flat_map(|(lb, members)| {
-                let prefix = args.etcd.prefix.clone();
-                members
-                    .into_iter()
-                    .map(move |m| crate::layout::Layout::new(&prefix).owned(&lb, &m))
+                let layout = &settings.layout;
+                members.into_iter().map(move |m| layout.owned(&lb, &m))
             })
             .collect();
         info!(log, "forgetting the ownership records of --ownership shared";

@@ -25,6 +25,7 @@ pub async fn status(args: StatusArgs) -> ExitCode {
 
 async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
     let prefix = &args.etcd.prefix;
+    let layout = Layout::new(prefix);
     let mut etcd = connect(&args.etcd).await?;
     let mut client = etcd.client();
     let quiet = slog::Logger::root(slog::Discard, slog::o!());
@@ -43,7 +44,7 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
         .map(|lb| (lb.clone(), desired_state.resolve(lb).members))
         .filter(|(_, members)| !members.is_empty())
         .collect();
-    let layout = Layout::new(prefix);
+
     let state = layout.statuses();
     let published: BTreeMap<LbId, LbStatus> = etcd::read_records(&mut client, &state)
         .await
@@ -53,7 +54,7 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
         .collect();
     let now = status::now();
     let report = status::table::StatusReport {
-        daemon: heartbeat(&mut etcd, prefix)
+        daemon: heartbeat(&mut etcd, &layout)
             .await?
             .map(|beat| status::table::DaemonSeen::new(&beat, now)),
         load_balancers: status::table::rows(&desired, &published, now),

@@ -253,9 +253,11 @@ pub struct Records {
     pub dns_pending: std::collections::HashMap<crate::key::LbId, Vec<crate::status::PendingChange>>,
 }
 
-/// Reads lbmanager's records for the tree under `prefix` (paged, see [`read_records`]).
-pub async fn read_state(client: &mut Client, prefix: &str) -> Result<Records, EtcdError> {
-    let layout = crate::layout::Layout::new(prefix);
+/// Reads lbmanager's records for the tree of `layout` (paged, see [`read_records`]).
+pub async fn read_state(
+    client: &mut Client,
+    layout: &crate::layout::Layout,
+) -> Result<Records, EtcdError> {
     let state = format!("{}/", layout.state_prefix());
     let records = read_records(client, &state).await?;
     let mut out = Records::default();

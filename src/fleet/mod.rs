@@ -281,7 +281,8 @@ struct Round {
 /// What the fleet is configured with.
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub prefix: String,
+    /// The member tree's prefix and lbmanager's keys under it.
+    pub layout: Layout,
     pub filters: Filters,
     pub dry_run: bool,
     /// `--ownership shared`: actors start from the members lbmanager owns.
@@ -292,7 +293,6 @@ pub struct Config {
 
 pub struct Fleet {
     config: Config,
-    layout: Layout,
     /// What etcd wants: the source of truth every actor is (re)started from.
     desired: DesiredState,
     /// Malformed keys already warned about (forgotten when the key is deleted).
@@ -332,8 +332,7 @@ pub struct Fleet {
 impl Fleet {
     pub fn new(config: Config) -> Self {
         Fleet {
-            layout: Layout::new(&config.prefix),
-            desired: DesiredState::with_filters(&config.prefix, config.filters.clone()),
+            desired: DesiredState::with_filters(config.layout.prefix(), config.filters.clone()),
             config,
             warned: Warned::default(),
             lbs: HashMap::new(),

@@ -19,7 +19,7 @@ pub(super) fn lb(name: &str) -> LbId {
 
 pub(super) fn fleet(once: bool) -> Fleet {
     let config = Config {
-        prefix: "/lbManager".into(),
+        layout: Layout::new("/lbManager"),
         filters: Filters::default(),
         dry_run: false,
         shared: false,

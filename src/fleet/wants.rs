@@ -19,8 +19,10 @@ impl Fleet {
         revision: Revision,
         cause: Cause,
     ) -> Vec<Command> {
-        self.desired =
-            std::mem::replace(&mut loaded.desired, DesiredState::new(&self.config.prefix));
+        self.desired = std::mem::replace(
+            &mut loaded.desired,
+            DesiredState::new(self.config.layout.prefix()),
+        );
         self.apply_loaded(loaded, keys, revision, cause);
         self.take()
     }
@@ -32,7 +34,7 @@ impl Fleet {
         }
         self.desired.begin_relist();
         self.relisting = Some(Loaded::new(
-            &self.config.prefix,
+            self.config.layout.prefix(),
             self.config.filters.clone(),
         ));
     }
@@ -72,7 +74,7 @@ impl Fleet {
         let mut touched: HashMap<LbId, (Cause, Revision)> = HashMap::new();
         let mut barriers = Vec::new();
         for change in msg.changes {
-            if let Some(lb) = self.layout.parse_waiting(change.key()) {
+            if let Some(lb) = self.config.layout.parse_waiting(change.key()) {
                 if let KeyChange::Put { revision, .. } = &change {
                     barriers.push((lb.clone(), *revision));
                 }

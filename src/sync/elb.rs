@@ -33,7 +33,7 @@ pub type OnRecorded = Arc<dyn Fn(&BTreeSet<String>) + Send + Sync>;
 /// and where it records them.
 pub struct Owned {
     pub writes: Arc<dyn OwnershipWrites>,
-    pub prefix: String,
+    pub layout: crate::layout::Layout,
     pub lb: LbId,
     pub members: BTreeSet<String>,
     /// Told the members as soon as a change of them has landed in etcd (the actor sends them to
@@ -93,8 +93,7 @@ impl Owned {
         if add.is_empty() && remove.is_empty() {
             return Ok(());
         }
-        let layout = crate::layout::Layout::new(&self.prefix);
-        let key = |m: &String| layout.owned(&self.lb, m);
+        let key = |m: &String| self.layout.owned(&self.lb, m);
         let puts: Vec<String> = add.iter().map(key).collect();
         let deletes: Vec<String> = remove.iter().map(key).collect();
         self.writes

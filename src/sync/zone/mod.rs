@@ -129,7 +129,7 @@ pub struct FqdnResult {
 /// Where `--ownership shared` records the values lbmanager adds.
 pub struct Recorder<'a> {
     pub writes: &'a dyn OwnershipWrites,
-    pub prefix: &'a str,
+    pub layout: &'a Layout,
 }
 
 /// Syncs a batch of FQDNs of one zone: reads each FQDN's record sets, plans, and applies all
@@ -446,10 +446,13 @@ impl<'a> ZoneRun<'a> {
 
     /// The ownership records of values of the batch's FQDNs.
     fn owned_keys(&self, recorder: &Recorder<'_>, values: &[(usize, IpAddr)]) -> Vec<String> {
-        let layout = Layout::new(recorder.prefix);
         values
             .iter()
-            .map(|(i, ip)| layout.owned(&self.names[*i].want.lb, &ip.to_string()))
+            .map(|(i, ip)| {
+                recorder
+                    .layout
+                    .owned(&self.names[*i].want.lb, &ip.to_string())
+            })
             .collect()
     }
 
