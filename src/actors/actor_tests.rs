@@ -1,9 +1,16 @@
 //! The actor system against the in-memory fakes: ordering, coalescing, concurrency, per-zone
 //! serialisation, retries and restarts. The Supervisor is fed etcd changes directly.
+//!
+//! Every test runs on tokio's paused clock: timers (retries, resyncs, restarts, the fakes'
+//! delays) fire as soon as nothing else can run, so the tests take no real time and their call
+//! counts are exact. The actors read tokio's clock (`tokio::time::Instant`), which is the real one
+//! outside these tests.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use actix::prelude::*;
 
@@ -122,6 +129,7 @@ fn ids(list: &[&str]) -> Option<std::collections::BTreeSet<String>> {
 
 #[actix_rt::test]
 async fn add_then_remove_in_quick_succession_ends_absent() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     *elb.delay.lock().unwrap() = Duration::from_millis(50);
     let sup = start(elb.clone(), Arc::default(), &[]).await;
@@ -150,6 +158,7 @@ async fn add_then_remove_in_quick_succession_ends_absent() {
 
 #[actix_rt::test]
 async fn burst_is_coalesced_into_few_calls() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     *elb.delay.lock().unwrap() = Duration::from_millis(30);
     let sup = start(elb.clone(), Arc::default(), &[]).await;
@@ -168,9 +177,10 @@ async fn burst_is_coalesced_into_few_calls() {
         .iter()
         .filter(|c| c.starts_with("Register"))
         .count();
-    assert!(
-        registers <= 3,
-        "{registers} Register calls for one burst: {:?}",
+    assert_eq!(
+        registers,
+        1,
+        "one Register for one burst: {:?}",
         elb.calls()
     );
 }
@@ -179,6 +189,7 @@ async fn burst_is_coalesced_into_few_calls() {
 /// arrived meanwhile goes out in the same call, and no second sync follows for it.
 #[actix_rt::test]
 async fn changes_that_arrive_while_a_sync_waits_for_quota_go_out_in_its_call() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     *elb.permit_delay.lock().unwrap() = Duration::from_millis(300);
     let sup = start(elb.clone(), Arc::default(), &[]).await;
@@ -204,6 +215,7 @@ async fn changes_that_arrive_while_a_sync_waits_for_quota_go_out_in_its_call() {
 
 #[actix_rt::test]
 async fn two_load_balancers_sync_concurrently() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a"), ("us-east-1", "b")]));
     *elb.delay.lock().unwrap() = Duration::from_millis(200);
     let _sup = start(elb.clone(), Arc::default(), &[(A, 1), (B, 2)]).await;
@@ -212,11 +224,12 @@ async fn two_load_balancers_sync_concurrently() {
             && elb.instances("us-east-1", "b") == ids(&["i-0000000b"])
     })
     .await;
-    assert!(elb.max_in_flight.load(Ordering::SeqCst) >= 2);
+    assert_eq!(elb.max_in_flight.load(Ordering::SeqCst), 2);
 }
 
 #[actix_rt::test]
 async fn changes_of_one_zone_never_overlap_and_are_batched() {
+    tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     *r53.delay.lock().unwrap() = Duration::from_millis(20);
     let sup = start(Arc::default(), r53.clone(), &[]).await;
@@ -263,11 +276,12 @@ async fn changes_of_one_zone_never_overlap_and_are_batched() {
         .iter()
         .filter(|c| c.starts_with("ListResourceRecordSets"))
         .count();
-    assert!(reads <= 3, "{reads} reads: {:?}", r53.calls());
+    assert_eq!(reads, 2, "{reads} reads: {:?}", r53.calls());
 }
 
 #[actix_rt::test]
 async fn zone_cache_is_bypassed_by_resync_so_drift_is_seen() {
+    tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
     let settings = resync_every(Duration::from_millis(300));
@@ -284,6 +298,7 @@ async fn zone_cache_is_bypassed_by_resync_so_drift_is_seen() {
 
 #[actix_rt::test]
 async fn throttling_is_retried_until_it_converges() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     elb.fail_next.lock().unwrap().extend([
         ErrorKind::Throttled,
@@ -295,11 +310,13 @@ async fn throttling_is_retried_until_it_converges() {
         elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
     })
     .await;
-    assert!(elb.calls().len() >= 5, "{:?}", elb.calls());
+    // The three that failed, then the read and the Register that succeeded.
+    assert_eq!(elb.calls().len(), 5, "{:?}", elb.calls());
 }
 
 #[actix_rt::test]
 async fn missing_load_balancer_does_not_hold_up_others() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "b")]));
     let _sup = start(elb.clone(), Arc::default(), &[(A, 1), (B, 2)]).await;
     eventually("b registered", || {
@@ -311,6 +328,7 @@ async fn missing_load_balancer_does_not_hold_up_others() {
 
 #[actix_rt::test]
 async fn panicking_actor_is_restarted_and_converges() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a"), ("us-east-1", "b")]));
     *elb.panic_next.lock().unwrap() = true;
     let sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
@@ -325,6 +343,7 @@ async fn panicking_actor_is_restarted_and_converges() {
 
 #[actix_rt::test]
 async fn drift_is_corrected_by_resync() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     let settings = resync_every(Duration::from_millis(200));
     let _sup = start_with(settings, elb.clone(), Arc::default(), &[(A, 1)]).await;
@@ -341,6 +360,7 @@ async fn drift_is_corrected_by_resync() {
 
 #[actix_rt::test]
 async fn draining_target_wanted_is_registered_again_unwanted_left_alone() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
     elb.set_instances("us-east-1", "tg", &["i-00000001:80", "i-00000002:80"]);
     elb.set_draining("us-east-1", "tg", &["i-00000001:80", "i-00000002:80"]);
@@ -362,6 +382,7 @@ async fn draining_target_wanted_is_registered_again_unwanted_left_alone() {
 
 #[actix_rt::test]
 async fn a_load_balancer_gone_from_aws_with_no_keys_left_is_retired() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::default());
     let sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
     eventually("the failing sync happened", || !elb.calls().is_empty()).await;
@@ -380,6 +401,7 @@ async fn a_load_balancer_gone_from_aws_with_no_keys_left_is_retired() {
 
 #[actix_rt::test]
 async fn a_refused_member_is_set_aside_by_bisecting_and_the_rest_converges() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     // AWS names no instance: lbmanager must find the bad one itself.
     elb.set_invalid(&["i-0000000d"], false);
@@ -400,6 +422,7 @@ async fn a_refused_member_is_set_aside_by_bisecting_and_the_rest_converges() {
 
 #[actix_rt::test]
 async fn a_single_switch_to_a_refused_member_keeps_the_current_one() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     elb.set_invalid(&["i-0000000d"], true);
     elb.set_instances("us-east-1", "a", &["i-00000001"]);
@@ -418,6 +441,7 @@ async fn a_single_switch_to_a_refused_member_keeps_the_current_one() {
 
 #[actix_rt::test]
 async fn a_failure_retrying_cannot_fix_is_retried_at_once_when_a_newer_desire_waits() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     *elb.delay.lock().unwrap() = Duration::from_millis(100);
     elb.fail_next.lock().unwrap().push(ErrorKind::Rejected);
@@ -437,6 +461,7 @@ async fn a_failure_retrying_cannot_fix_is_retried_at_once_when_a_newer_desire_wa
 
 #[actix_rt::test]
 async fn a_change_planned_from_the_zone_cache_and_refused_is_retried_from_a_fresh_read() {
+    tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
     let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
@@ -453,18 +478,20 @@ async fn a_change_planned_from_the_zone_cache_and_refused_is_retried_from_a_fres
 
 #[actix_rt::test]
 async fn an_actor_that_panics_at_every_start_is_restarted_ever_more_slowly() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     elb.panic_always.store(true, Ordering::SeqCst);
     let _sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
     actix_rt::time::sleep(Duration::from_millis(6500)).await;
-    // Restarts after 1 s, then 2 s, then 4 s: the first try and at most three restarts, where a
-    // restart every second would have made seven.
+    // Restarts after 1 s, then 2 s, then 4 s: the first try and three restarts, where a restart
+    // every second would have made seven (tokio's paused clock: exactly so).
     let calls = elb.calls().len();
-    assert!((2..=4).contains(&calls), "{calls} calls: {:?}", elb.calls());
+    assert_eq!(calls, 4, "{calls} calls: {:?}", elb.calls());
 }
 
 #[actix_rt::test]
 async fn a_panic_mid_sync_does_not_leak_a_pending_sync() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     *elb.panic_next.lock().unwrap() = true;
     let settings = settings();
@@ -481,6 +508,7 @@ async fn a_panic_mid_sync_does_not_leak_a_pending_sync() {
 
 #[actix_rt::test]
 async fn a_zone_without_managed_names_is_freed() {
+    tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
     let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
@@ -499,6 +527,7 @@ async fn a_zone_without_managed_names_is_freed() {
 
 #[actix_rt::test]
 async fn a_relist_resyncs_every_load_balancer_and_counts_as_a_full_sync() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     let settings = settings();
     let sup = start_with(settings.clone(), elb.clone(), Arc::default(), &[(A, 1)]).await;
@@ -543,6 +572,7 @@ async fn a_relist_resyncs_every_load_balancer_and_counts_as_a_full_sync() {
 
 #[actix_rt::test]
 async fn superseded_keys_are_deleted_through_the_etcd_writer() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     let etcd = Arc::new(FakeEtcd::default());
     let (old, new) = (
@@ -577,6 +607,7 @@ async fn superseded_keys_are_deleted_through_the_etcd_writer() {
 
 #[actix_rt::test]
 async fn a_drain_ends_when_the_zone_of_the_sync_in_flight_dies() {
+    tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     *r53.delay.lock().unwrap() = Duration::from_millis(300);
     *r53.panic_next.lock().unwrap() = true;
@@ -594,6 +625,7 @@ async fn a_drain_ends_when_the_zone_of_the_sync_in_flight_dies() {
 
 #[actix_rt::test]
 async fn a_load_balancer_that_dies_during_the_shutdown_is_not_restarted() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     *elb.delay.lock().unwrap() = Duration::from_millis(300);
     *elb.panic_next.lock().unwrap() = true;
@@ -613,6 +645,7 @@ async fn a_load_balancer_that_dies_during_the_shutdown_is_not_restarted() {
 
 #[actix_rt::test]
 async fn the_managed_record_is_in_etcd_before_the_first_change_in_aws() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     let etcd = Arc::new(FakeEtcd::default());
     *etcd.put_delay.lock().unwrap() = Duration::from_millis(300);
@@ -650,6 +683,7 @@ fn describes(elb: &FakeElb) -> usize {
 
 #[actix_rt::test]
 async fn health_is_read_again_only_while_someone_waits_and_published_as_it_settles() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
     let key = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
     let etcd = Arc::new(FakeEtcd::default());
@@ -693,6 +727,7 @@ async fn health_is_read_again_only_while_someone_waits_and_published_as_it_settl
 
 #[actix_rt::test]
 async fn a_key_written_again_moves_the_published_revision_without_a_call() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
     let etcd = Arc::new(FakeEtcd::default());
     let sup = start_on(
@@ -717,6 +752,7 @@ async fn a_key_written_again_moves_the_published_revision_without_a_call() {
 
 #[actix_rt::test]
 async fn a_waiter_found_at_start_up_gets_its_settling_reads() {
+    tokio::time::pause();
     let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
     elb.set_instances("us-east-1", "tg", &["i-00000001:80"]);
     elb.set_health("i-00000001:80", "initial");
@@ -744,6 +780,7 @@ async fn a_waiter_found_at_start_up_gets_its_settling_reads() {
 /// balancer's first sync; `lbmanager_records_unwritten` counts it.
 #[actix_rt::test]
 async fn a_record_etcd_refuses_delays_no_other_and_is_not_retried_as_it_is() {
+    tokio::time::pause();
     use crate::status::LbStatus;
     let elb = Arc::new(FakeElb::with_lbs(&[
         ("us-east-1", "big"),
@@ -814,6 +851,7 @@ async fn a_record_etcd_refuses_delays_no_other_and_is_not_retried_as_it_is() {
 /// after that sync, so none came.
 #[actix_rt::test]
 async fn an_ownership_record_etcd_did_not_delete_is_deleted_when_it_can_be() {
+    tokio::time::pause();
     let settings = Arc::new(Settings {
         ownership: crate::ownership::Ownership::Shared,
         ..(*settings()).clone()
@@ -861,6 +899,7 @@ async fn an_ownership_record_etcd_did_not_delete_is_deleted_when_it_can_be() {
 /// removed the last value: its status had no TTL, so there was none to wait out.
 #[actix_rt::test]
 async fn the_status_after_the_last_value_went_keeps_the_ttl_it_had() {
+    tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     set_a_by_hand(&r53, &["192.0.2.1"]);
     let etcd = Arc::new(FakeEtcd::default());
@@ -918,6 +957,7 @@ fn landed_status(etcd: &FakeEtcd, key: &str) -> Option<crate::status::LbStatus> 
 /// not per name.
 #[actix_rt::test]
 async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync() {
+    tokio::time::pause();
     use std::sync::atomic::Ordering::SeqCst;
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     r53.hold.store(true, SeqCst);
@@ -990,6 +1030,7 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
 /// "done" before they are INSYNC, and drops them once Route53 says so.
 #[actix_rt::test]
 async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
+    tokio::time::pause();
     use std::sync::atomic::Ordering::SeqCst;
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     r53.hold.store(true, SeqCst);
@@ -1030,6 +1071,7 @@ async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
 /// is not waited for to the end of every wait: the names are told, with a warning.
 #[actix_rt::test]
 async fn a_change_route53_refuses_to_report_on_is_not_waited_for_forever() {
+    tokio::time::pause();
     use std::sync::atomic::Ordering::SeqCst;
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     r53.hold.store(true, SeqCst);
@@ -1063,6 +1105,7 @@ async fn a_change_route53_refuses_to_report_on_is_not_waited_for_forever() {
 /// that the status is gone (the 60-minute soak's Route53 drain that exited before the TTL).
 #[actix_rt::test]
 async fn a_last_status_is_written_before_its_removal() {
+    tokio::time::pause();
     use super::state_writer::{Flush, PublishStatus, StateWriter};
     let etcd = Arc::new(FakeEtcd::default());
     *etcd.put_delay.lock().unwrap() = Duration::from_millis(50);
@@ -1095,6 +1138,7 @@ async fn a_last_status_is_written_before_its_removal() {
 /// show its registration yet).
 #[actix_rt::test]
 async fn an_owned_member_taken_out_by_hand_is_forgotten_when_its_key_goes() {
+    tokio::time::pause();
     let settings = Arc::new(Settings {
         ownership: crate::ownership::Ownership::Shared,
         ..(*settings()).clone()

@@ -88,7 +88,7 @@ pub const SLOW_CHANGE: std::time::Duration = std::time::Duration::from_secs(120)
 
 /// A change of the zone not yet `INSYNC`, and who waits for it.
 struct Watch {
-    since: std::time::Instant,
+    since: tokio::time::Instant,
     /// The names it carried.
     names: Vec<Recipient<ChangeInSync>>,
     /// Polls answered so far (the pause before the next grows with them).
@@ -254,7 +254,7 @@ impl HostedZone {
         self.watches.insert(
             change.to_string(),
             Watch {
-                since: std::time::Instant::now(),
+                since: tokio::time::Instant::now(),
                 names: vec![name.clone()],
                 polls: 0,
                 slow: false,

@@ -16,7 +16,10 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// Tokio's clock (the real one in production): the actor tests run on its paused clock.
+use tokio::time::Instant;
 
 use actix::prelude::*;
 use slog::{debug, error, warn, Logger};

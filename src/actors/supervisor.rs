@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use slog::{debug, info, warn, Logger};
@@ -356,7 +356,9 @@ impl Supervisor {
         if dead.is_empty() && dead_zones.is_empty() {
             return;
         }
-        let commands = self.fleet.stopped(Instant::now(), &dead, &dead_zones);
+        let commands =
+            self.fleet
+                .stopped(tokio::time::Instant::now().into_std(), &dead, &dead_zones);
         self.carry_out(commands, ctx);
     }
 }

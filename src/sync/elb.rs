@@ -45,7 +45,7 @@ pub struct Owned {
     /// When this actor last claimed or registered each member: a read soon after may not show
     /// a registration yet (AWS's Describe is eventually consistent), so a member claimed or
     /// registered within [`JUST_CLAIMED`] is not taken for gone.
-    pub claimed: std::collections::HashMap<String, std::time::Instant>,
+    pub claimed: std::collections::HashMap<String, tokio::time::Instant>,
 }
 
 /// How long after its claim a member missing from a read is still taken for in AWS.
@@ -74,7 +74,7 @@ impl Owned {
 
     /// `members` were just registered: not taken for gone by a read that may lag them.
     fn registered(&mut self, members: impl Iterator<Item = String>) {
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         for m in members {
             self.claimed.insert(m, now);
         }
@@ -109,7 +109,7 @@ impl Owned {
                     e.to_string(),
                 )
             })?;
-        let now = std::time::Instant::now();
+        let now = tokio::time::Instant::now();
         self.claimed
             .retain(|_, at| now.duration_since(*at) < JUST_CLAIMED);
         for m in &add {

@@ -69,7 +69,7 @@ pub trait Kind: Sized + Unpin + 'static {
 /// takes it off the `syncs_pending` gauge, so the gauge never leaks.
 pub struct InFlight {
     pending: prometheus_client::metrics::gauge::Gauge,
-    started: std::time::Instant,
+    started: tokio::time::Instant,
     /// The desire it set out with (a zone sync brings AWS to exactly that one).
     revision: i64,
     cause: Cause,
@@ -81,7 +81,7 @@ impl InFlight {
         pending.inc();
         InFlight {
             pending,
-            started: std::time::Instant::now(),
+            started: tokio::time::Instant::now(),
             revision: desire.revision,
             cause: desire.cause,
         }
