@@ -434,18 +434,6 @@ pub enum LogLevel {
     Trace,
 }
 
-impl LogLevel {
-    pub fn to_slog(self) -> slog::Level {
-        match self {
-            LogLevel::Error => slog::Level::Error,
-            LogLevel::Warn => slog::Level::Warning,
-            LogLevel::Info => slog::Level::Info,
-            LogLevel::Debug => slog::Level::Debug,
-            LogLevel::Trace => slog::Level::Trace,
-        }
-    }
-}
-
 /// A prefix is an absolute etcd path; a trailing slash is dropped.
 fn parse_prefix(s: &str) -> Result<String, String> {
     let p = s.trim_end_matches('/');
@@ -535,7 +523,7 @@ impl AwsArgs {
 impl LogArgs {
     /// The logger the flags ask for.
     pub fn logger(&self) -> slog::Logger {
-        crate::logging::logger(self.log_level.to_slog(), self.log_format)
+        crate::logging::logger(self.log_level.into(), self.log_format)
     }
 }
 

@@ -9,8 +9,20 @@ use std::sync::Mutex;
 
 use slog::{Drain, Level, Logger};
 
-use crate::cli::LogFormat;
+use crate::cli::{LogFormat, LogLevel};
 use crate::escape::Escaping;
+
+impl From<LogLevel> for Level {
+    fn from(level: LogLevel) -> Level {
+        match level {
+            LogLevel::Error => Level::Error,
+            LogLevel::Warn => Level::Warning,
+            LogLevel::Info => Level::Info,
+            LogLevel::Debug => Level::Debug,
+            LogLevel::Trace => Level::Trace,
+        }
+    }
+}
 
 pub fn logger(level: Level, format: LogFormat) -> Logger {
     match format {

@@ -9,7 +9,7 @@ use lbmanager_testkit::*;
 use crate::common::*;
 
 pub(crate) async fn scenario_a(rows: &mut Vec<Row>) {
-    let keys: Vec<String> = (0..1000).map(|i| elb_key("webLB", i)).collect();
+    let keys: Vec<String> = (0..1000).map(|i| elb_member("webLB", i)).collect();
     {
         let (etcd, moto) = (Etcd::start().await, Moto::start().await);
         let aws = Aws::new(&moto).await;

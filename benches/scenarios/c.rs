@@ -23,7 +23,7 @@ pub(crate) async fn scenario_c(rows: &mut Vec<Row>) {
     let lbs: Vec<String> = (0..100).map(|i| format!("lb{i:03}")).collect();
     // Interleaved: every ELB gets its 10 instances over the whole burst.
     let keys: Vec<String> = (0..10)
-        .flat_map(|n| lbs.iter().map(move |lb| elb_key(lb, n)))
+        .flat_map(|n| lbs.iter().map(move |lb| elb_member(lb, n)))
         .collect();
     // The unavoidable calls: one Describe and one Register per ELB.
     let rules = Rules::default();

@@ -14,8 +14,6 @@ use etcd_client::{EventType, GetOptions, WatchOptions};
 use lbmanager::key::{self, LbId, Member};
 use lbmanager_testkit::*;
 
-pub(crate) const P: &str = "/lbManager";
-
 pub(crate) const LONG: Duration = Duration::from_secs(900);
 
 pub(crate) struct Row {
@@ -30,7 +28,8 @@ pub(crate) fn inst(n: usize) -> String {
     format!("i-{n:08x}")
 }
 
-pub(crate) fn elb_key(lb: &str, n: usize) -> String {
+/// The key of the `n`th instance of Classic ELB `lb`.
+pub(crate) fn elb_member(lb: &str, n: usize) -> String {
     format!("{P}/elb/us-east-1/{lb}/multiple/{}", inst(n))
 }
 

@@ -44,7 +44,7 @@ pub(crate) async fn scenario_d(rows: &mut Vec<Row>) {
     let mut lat = Vec::new();
     let mut client = etcd.client().await;
     for n in 0..200 {
-        let k = elb_key("webLB", 1);
+        let k = elb_member("webLB", 1);
         let t = Instant::now();
         let want = if n % 2 == 0 {
             client.put(k.as_str(), "", None).await.unwrap();

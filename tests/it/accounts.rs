@@ -4,7 +4,6 @@
 
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
 const ROLE: &str = "arn:aws:iam::111111111111:role/lbmanager";
 const I1: &str = "i-00000000000000e01";
 const I2: &str = "i-00000000000000e02";

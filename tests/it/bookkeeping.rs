@@ -5,12 +5,8 @@
 use lbmanager_testkit::proxy;
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-const I1: &str = "i-0123456789abcdef0";
-const I2: &str = "i-0fedcba9876543210";
-
 fn key(id: &str) -> String {
-    format!("{P}/elb/us-east-1/web/multiple/{id}")
+    elb_key("web", "multiple", id)
 }
 
 #[tokio::test]

@@ -2,15 +2,6 @@
 
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-const I1: &str = "i-0123456789abcdef0";
-const I2: &str = "i-0fedcba9876543210";
-const I3: &str = "i-0aaaaaaaaaaaaaaaa";
-
-fn key(tg: &str, class: &str, target: &str) -> String {
-    format!("{P}/elbv2/us-east-1/{tg}/{class}/{target}")
-}
-
 #[tokio::test]
 async fn instance_and_ip_target_groups_with_ports_single_switch_and_removal() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
@@ -22,13 +13,14 @@ async fn instance_and_ip_target_groups_with_ports_single_switch_and_removal() {
     let ip = aws.create_target_group("ip-tg", "ip", 8080, &vpc).await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
     daemon.wait_ready().await;
-    etcd.put(&key("inst-tg", "multiple", I1)).await;
-    etcd.put(&key("inst-tg", "multiple", &format!("{I2}:8081")))
+    etcd.put(&tg_key("inst-tg", "multiple", I1)).await;
+    etcd.put(&tg_key("inst-tg", "multiple", &format!("{I2}:8081")))
         .await;
-    etcd.put(&key("ip-tg", "multiple", "10.0.0.5")).await;
-    etcd.put(&key("ip-tg", "multiple", "10.0.0.6:9000")).await;
+    etcd.put(&tg_key("ip-tg", "multiple", "10.0.0.5")).await;
+    etcd.put(&tg_key("ip-tg", "multiple", "10.0.0.6:9000"))
+        .await;
     // An IP in an instance group: warned about, not registered.
-    etcd.put(&key("inst-tg", "multiple", "10.0.0.9")).await;
+    etcd.put(&tg_key("inst-tg", "multiple", "10.0.0.9")).await;
     eventually(
         "both groups converged, default ports applied",
         DEADLINE,
@@ -43,19 +35,19 @@ async fn instance_and_ip_target_groups_with_ports_single_switch_and_removal() {
         .await;
 
     // single switch: I3 alone, superseded keys gone from etcd.
-    etcd.put(&key("inst-tg", "single", I3)).await;
+    etcd.put(&tg_key("inst-tg", "single", I3)).await;
     eventually("single target only", DEADLINE, || async {
         aws.targets(&inst).await == strings(&[&format!("{I3}:80")])
     })
     .await;
     eventually("superseded keys deleted", DEADLINE, || async {
         etcd.keys(&format!("{P}/elbv2/us-east-1/inst-tg/")).await
-            == [key("inst-tg", "single", I3)].into()
+            == [tg_key("inst-tg", "single", I3)].into()
     })
     .await;
 
     // Removal.
-    etcd.del(&key("ip-tg", "multiple", "10.0.0.5")).await;
+    etcd.del(&tg_key("ip-tg", "multiple", "10.0.0.5")).await;
     eventually("target removed", DEADLINE, || async {
         aws.targets(&ip).await == strings(&["10.0.0.6:9000"])
     })
@@ -71,8 +63,8 @@ async fn restart_when_converged_makes_no_mutating_call() {
     let arn = aws
         .create_target_group("web-tg", "instance", 80, &vpc)
         .await;
-    etcd.put(&key("web-tg", "multiple", I1)).await;
-    etcd.put(&key("web-tg", "multiple", &format!("{I2}:8080")))
+    etcd.put(&tg_key("web-tg", "multiple", I1)).await;
+    etcd.put(&tg_key("web-tg", "multiple", &format!("{I2}:8080")))
         .await;
     let mut daemon = Daemon::start(&etcd, &moto, &[]);
     eventually("converged", DEADLINE, || async {
@@ -103,8 +95,8 @@ async fn unknown_target_group_is_logged_and_others_converge() {
     let aws = Aws::new(&moto).await;
     let vpc = moto.default_vpc();
     let arn = aws.create_target_group("real-tg", "ip", 80, &vpc).await;
-    etcd.put(&key("ghost-tg", "multiple", "10.0.0.1")).await;
-    etcd.put(&key("real-tg", "multiple", "10.0.0.2")).await;
+    etcd.put(&tg_key("ghost-tg", "multiple", "10.0.0.1")).await;
+    etcd.put(&tg_key("real-tg", "multiple", "10.0.0.2")).await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
     eventually("the real group converges", DEADLINE, || async {
         aws.targets(&arn).await == strings(&["10.0.0.2:80"])
@@ -135,7 +127,7 @@ async fn classic_elb_target_group_and_route53_in_one_burst() {
     for (i, id) in [I1, I2, I3].iter().enumerate() {
         for k in [
             format!("{P}/elb/us-east-1/classic/multiple/{id}"),
-            key("alb-tg", "multiple", &format!("{id}:{}", 8080 + i)),
+            tg_key("alb-tg", "multiple", &format!("{id}:{}", 8080 + i)),
             format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.{i}"),
         ] {
             client.put(k, "", None).await.unwrap();

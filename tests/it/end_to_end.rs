@@ -3,16 +3,6 @@
 
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-
-fn elb_key(region: &str, lb: &str, class: &str, id: &str) -> String {
-    format!("{P}/elb/{region}/{lb}/{class}/{id}")
-}
-
-const I1: &str = "i-0123456789abcdef0";
-const I2: &str = "i-0fedcba9876543210";
-const I3: &str = "i-0aaaaaaaaaaaaaaaa";
-
 #[tokio::test]
 async fn elb_members_added_and_removed() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
@@ -21,16 +11,16 @@ async fn elb_members_added_and_removed() {
     let daemon = Daemon::start(&etcd, &moto, &[]);
     daemon.wait_ready().await;
 
-    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1))
+    etcd.put(&elb_key_in("us-east-1", "webLB", "multiple", I1))
         .await;
-    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I2))
+    etcd.put(&elb_key_in("us-east-1", "webLB", "multiple", I2))
         .await;
     eventually("both instances registered", DEADLINE, || async {
         aws.instances("us-east-1", "webLB").await == strings(&[I1, I2])
     })
     .await;
 
-    etcd.del(&elb_key("us-east-1", "webLB", "multiple", I1))
+    etcd.del(&elb_key_in("us-east-1", "webLB", "multiple", I1))
         .await;
     eventually("one instance left", DEADLINE, || async {
         aws.instances("us-east-1", "webLB").await == strings(&[I2])
@@ -47,9 +37,9 @@ async fn single_switch_rollback_and_superseded_keys_deleted() {
     aws.create_elb("us-east-1", "webLB").await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
     daemon.wait_ready().await;
-    let k1 = elb_key("us-east-1", "webLB", "multiple", I1);
-    let k2 = elb_key("us-east-1", "webLB", "multiple", I2);
-    let s3 = elb_key("us-east-1", "webLB", "single", I3);
+    let k1 = elb_key_in("us-east-1", "webLB", "multiple", I1);
+    let k2 = elb_key_in("us-east-1", "webLB", "multiple", I2);
+    let s3 = elb_key_in("us-east-1", "webLB", "single", I3);
     etcd.put(&k1).await;
     etcd.put(&k2).await;
     eventually("two members", DEADLINE, || async {
@@ -124,14 +114,14 @@ async fn two_regions_and_two_zones_at_once() {
     let z1 = aws.create_zone("example.com").await;
     let z2 = aws.create_zone("example.org").await;
     // Some keys exist before the start, some come after.
-    etcd.put(&elb_key("us-east-1", "east", "multiple", I1))
+    etcd.put(&elb_key_in("us-east-1", "east", "multiple", I1))
         .await;
     etcd.put(&format!(
         "{P}/route53/us-east-1/{z1}/a.example.com/multiple/192.0.2.1"
     ))
     .await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
-    etcd.put(&elb_key("eu-west-1", "west", "multiple", I2))
+    etcd.put(&elb_key_in("eu-west-1", "west", "multiple", I2))
         .await;
     etcd.put(&format!(
         "{P}/route53/eu-west-1/{z2}/b.example.org/multiple/2001:db8::2"
@@ -178,7 +168,7 @@ async fn malformed_key_warned_once_while_others_converge() {
     etcd.put(&bad).await;
     etcd.put(&format!("{P}/nosuchkind/x")).await;
     etcd.put(&format!("{P}/_state/whatever")).await;
-    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1))
+    etcd.put(&elb_key_in("us-east-1", "webLB", "multiple", I1))
         .await;
     eventually("valid member registered", DEADLINE, || async {
         aws.instances("us-east-1", "webLB").await == strings(&[I1])
@@ -207,9 +197,9 @@ async fn missing_elb_is_logged_and_others_converge() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "realLB").await;
-    etcd.put(&elb_key("us-east-1", "ghostLB", "multiple", I1))
+    etcd.put(&elb_key_in("us-east-1", "ghostLB", "multiple", I1))
         .await;
-    etcd.put(&elb_key("us-east-1", "realLB", "multiple", I2))
+    etcd.put(&elb_key_in("us-east-1", "realLB", "multiple", I2))
         .await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
     eventually("the real ELB converges", DEADLINE, || async {
@@ -227,7 +217,7 @@ async fn missing_elb_is_logged_and_others_converge() {
     daemon.wait_ready().await;
     assert!(log.contains("failed: 1") || daemon.log().contains("failed: 1"));
     // And it keeps working for the real one.
-    etcd.put(&elb_key("us-east-1", "realLB", "multiple", I3))
+    etcd.put(&elb_key_in("us-east-1", "realLB", "multiple", I3))
         .await;
     eventually("later change converges", DEADLINE, || async {
         aws.instances("us-east-1", "realLB").await == strings(&[I3, I2])
@@ -242,7 +232,7 @@ async fn original_credential_names_are_accepted() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
-    etcd.put(&elb_key("us-east-1", "webLB", "multiple", I1))
+    etcd.put(&elb_key_in("us-east-1", "webLB", "multiple", I1))
         .await;
     let mut daemon = Daemon::unstarted();
     daemon.env = vec![

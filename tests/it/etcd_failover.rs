@@ -3,8 +3,6 @@
 
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-
 /// One of three etcd members down (found by the soak): a host's commands go to the members that
 /// answer, as `--etcd-endpoints`' help promises, every time (etcdctl does), and a lease-backed
 /// presence revokes its lease through them when told to stop.

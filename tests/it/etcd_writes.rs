@@ -7,8 +7,6 @@ use lbmanager::etcd::{delete_superseded, read_snapshot, ClientWrites, EtcdWrites
 use lbmanager::key::LbId;
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-
 #[tokio::test]
 async fn a_chunk_never_deletes_keys_that_count_again() {
     let etcd = Etcd::start().await;

@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 use lbmanager_testkit::proxy::{FaultProxy, Rng, TcpCut};
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-
 fn key(lb: &str, id: &str) -> String {
-    format!("{P}/elb/us-east-1/{lb}/multiple/{id}")
+    elb_key(lb, "multiple", id)
 }
 
 fn inst(n: u64) -> String {

@@ -6,8 +6,6 @@ use std::time::Duration;
 use lbmanager_testkit::proxy::FaultProxy;
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-
 /// Writes keys back-to-back over one connection.
 async fn put_all(etcd: &Etcd, keys: &[String]) {
     let mut client = etcd.client().await;

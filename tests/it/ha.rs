@@ -5,11 +5,8 @@ use std::time::{Duration, Instant};
 use lbmanager_testkit::proxy::{self, TcpCut};
 use lbmanager_testkit::*;
 
-const I1: &str = "i-0123456789abcdef0";
-const I2: &str = "i-0fedcba9876543210";
-
 fn key(id: &str) -> String {
-    format!("/lbManager/elb/us-east-1/webLB/multiple/{id}")
+    elb_key("webLB", "multiple", id)
 }
 
 /// Two `--ha` instances with a 3 s lease: the first leads and has synced, the second waits.

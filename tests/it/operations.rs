@@ -4,12 +4,8 @@ use std::time::Duration;
 
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-const I1: &str = "i-0123456789abcdef0";
-const I2: &str = "i-0fedcba9876543210";
-
 fn key(class: &str, id: &str) -> String {
-    format!("{P}/elb/us-east-1/webLB/{class}/{id}")
+    elb_key("webLB", class, id)
 }
 
 #[tokio::test]

@@ -8,14 +8,13 @@ use aws_sdk_route53::types::{
 };
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
 const I1: &str = "i-00000000000000d01";
 const I2: &str = "i-00000000000000d02";
 const CANARY: &str = "i-0000000000000ca01";
 const OWNED: &str = "/lbmanager-state/lbManager/owned/";
 
 fn key(id: &str) -> String {
-    format!("{P}/elb/us-east-1/web/multiple/{id}")
+    elb_key("web", "multiple", id)
 }
 
 #[tokio::test]

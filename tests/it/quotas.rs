@@ -7,10 +7,8 @@ use std::time::Duration;
 use lbmanager_testkit::throttle::{Rules, Throttler};
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
-
-fn elb_key(lb: &str, n: usize) -> String {
-    format!("{P}/elb/us-east-1/{lb}/multiple/i-{n:017x}")
+fn member_key(lb: &str, n: usize) -> String {
+    elb_key(lb, "multiple", &format!("i-{n:017x}"))
 }
 
 /// Waits until every ELB of `lbs` has `n` members.
@@ -181,7 +179,7 @@ async fn at_the_defaults_no_call_is_throttled() {
 
     // Interleaved, as hosts come up: every ELB gets its members over the whole burst.
     let mut keys: Vec<String> = (0..4)
-        .flat_map(|n| lbs.iter().map(move |lb| elb_key(lb, n)))
+        .flat_map(|n| lbs.iter().map(move |lb| member_key(lb, n)))
         .collect();
     for f in 0..20 {
         for ip in 0..50 {
@@ -197,7 +195,7 @@ async fn at_the_defaults_no_call_is_throttled() {
     // Then half of every ELB's members leave.
     for lb in &lbs {
         for n in 0..2 {
-            client.delete(elb_key(lb, n), None).await.unwrap();
+            client.delete(member_key(lb, n), None).await.unwrap();
         }
     }
     until_every_elb_has(&aws, &lbs, 2).await;
@@ -239,7 +237,7 @@ async fn throttled_by_a_tighter_aws_lbmanager_backs_off_and_converges() {
     daemon.spawn(&etcd.url, &proxy.url, &[]);
     daemon.wait_ready().await;
     let keys: Vec<String> = (0..3)
-        .flat_map(|n| lbs.iter().map(move |lb| elb_key(lb, n)))
+        .flat_map(|n| lbs.iter().map(move |lb| member_key(lb, n)))
         .collect();
     let mut client = etcd.client().await;
     for k in &keys {

@@ -6,12 +6,8 @@ use lbmanager_testkit::*;
 /// How long the 150,000-member test waits for a sync that moto paces.
 const SLOW_MOTO: std::time::Duration = std::time::Duration::from_secs(120);
 
-const I1: &str = "i-0123456789abcdef0";
-const I2: &str = "i-0fedcba9876543210";
-const I3: &str = "i-0aaaaaaaaaaaaaaaa";
-
 fn key(id: &str) -> String {
-    format!("/lbManager/elb/us-east-1/webLB/multiple/{id}")
+    elb_key("webLB", "multiple", id)
 }
 
 #[tokio::test]

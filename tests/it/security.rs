@@ -2,8 +2,6 @@
 
 use lbmanager_testkit::*;
 
-const I1: &str = "i-0123456789abcdef0";
-const I2: &str = "i-0fedcba9876543210";
 const ETCD_PASSWORD: &str = "Etcd-Pa55word-that-must-not-leak";
 
 fn key(class: &str, id: &str) -> String {

@@ -9,7 +9,6 @@ use futures::StreamExt;
 use lbmanager_testkit::proxy::{FaultProxy, TcpCut};
 use lbmanager_testkit::*;
 
-const P: &str = "/lbManager";
 const I1: &str = "i-00000000000000b01";
 const I2: &str = "i-00000000000000b02";
 const DEAD: &str = "i-0000000000000dead";
