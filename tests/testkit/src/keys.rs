@@ -1,5 +1,5 @@
 //! The member tree as the tests write it: the prefix, a few instance ids, and the key of a member
-//! of a Classic ELB, a target group or a Route53 name (in us-east-1 unless said).
+//! of a Classic ELB or a target group (in us-east-1 unless said).
 
 /// The prefix every test's daemon watches (the default `--prefix`).
 pub const P: &str = "/lbManager";
@@ -22,9 +22,4 @@ pub fn elb_key_in(region: &str, lb: &str, class: &str, id: &str) -> String {
 /// `P/elbv2/us-east-1/TG/CLASS/TARGET`.
 pub fn tg_key(tg: &str, class: &str, target: &str) -> String {
     format!("{P}/elbv2/us-east-1/{tg}/{class}/{target}")
-}
-
-/// `P/route53/us-east-1/ZONE/FQDN/CLASS/IP`.
-pub fn r53_key(zone: &str, fqdn: &str, class: &str, ip: &str) -> String {
-    format!("{P}/route53/us-east-1/{zone}/{fqdn}/{class}/{ip}")
 }
