@@ -42,12 +42,64 @@ pub const MAX_RECORD_VALUES: usize = 400;
 /// Route53 answers with eight values at most anyway.
 pub const MAX_MULTIVALUE_VALUES: usize = 250;
 
-/// The reason given for a member left out by a limit.
-pub fn over_limit_reason(max: usize, what: &str) -> String {
-    format!(
-        "over the limit of {max} {what} (AWS's): not added while {max} others are wanted; \
-         lbmanager's README, Limits"
-    )
+/// One of AWS's limits that lbmanager keeps to by leaving members out (README, Limits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// [`MAX_ELB_MEMBERS`] members per load balancer.
+    ElbMembers,
+    /// [`MAX_RECORD_VALUES`] values per record set.
+    RecordValues,
+    /// [`MAX_MULTIVALUE_VALUES`] multivalue answers per name.
+    MultivalueAnswers,
+}
+
+impl Limit {
+    pub fn max(self) -> usize {
+        match self {
+            Limit::ElbMembers => MAX_ELB_MEMBERS,
+            Limit::RecordValues => MAX_RECORD_VALUES,
+            Limit::MultivalueAnswers => MAX_MULTIVALUE_VALUES,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Limit::ElbMembers => "members per load balancer",
+            Limit::RecordValues => "values per record set",
+            Limit::MultivalueAnswers => "multivalue answers per name",
+        }
+    }
+}
+
+/// Why a wanted member is not in AWS. Its text (`Display`) is the reason a log line, a status
+/// record and `member --wait` give.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// AWS refused it: its error message. Tried again at each resync, not at each change.
+    Aws(String),
+    /// lbmanager left it out, past AWS's limit: it goes in as soon as there is room.
+    OverLimit(Limit),
+}
+
+impl Refusal {
+    pub fn is_over_limit(&self) -> bool {
+        matches!(self, Refusal::OverLimit(_))
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Aws(message) => f.write_str(message),
+            Refusal::OverLimit(limit) => write!(
+                f,
+                "over the limit of {max} {what} (AWS's): not added while {max} others are \
+                 wanted; lbmanager's README, Limits",
+                max = limit.max(),
+                what = limit.what()
+            ),
+        }
+    }
 }
 
 /// `want` within `max`: the members `kept` says AWS has already stay first (a newcomer never
@@ -91,8 +143,8 @@ impl ElbChanges {
     }
 }
 
-/// Members AWS refused to register, with its reason (the error message), by member.
-pub type Rejected = std::collections::BTreeMap<String, String>;
+/// Wanted members left out of AWS, with why, by member (as AWS names it).
+pub type Rejected = std::collections::BTreeMap<String, Refusal>;
 
 /// Which targets a target group takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -464,6 +516,23 @@ pub fn pack_batches<T>(groups: Vec<(T, Vec<RecordChange>)>) -> Vec<Vec<(T, Vec<R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refusal's text is what status records, log lines and `member --wait` have said since
+    /// it was a string: AWS's message as it is, a limit's reason in its own words.
+    #[test]
+    fn a_refusal_says_why_in_the_words_of_before() {
+        assert_eq!(
+            Refusal::Aws("InvalidInstance: x".into()).to_string(),
+            "InvalidInstance: x"
+        );
+        assert_eq!(
+            Refusal::OverLimit(Limit::ElbMembers).to_string(),
+            "over the limit of 1000 members per load balancer (AWS's): not added while 1000 \
+             others are wanted; lbmanager's README, Limits"
+        );
+        assert!(Refusal::OverLimit(Limit::RecordValues).is_over_limit());
+        assert!(!Refusal::Aws("over the limit".into()).is_over_limit());
+    }
 
     fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()

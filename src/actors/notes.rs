@@ -91,15 +91,14 @@ pub fn tell(log: &Logger, metrics: &Metrics, note: Note) {
             lb,
             member,
             key,
-            reason,
-            over_limit,
+            refusal,
         } => {
             warn!(log, "AWS rejected a member; the others are in step, and it is \
                 tried again at each resync until its key is deleted";
                 "lb" => lb.to_string(), "member" => member,
                 "key" => key.unwrap_or_else(|| "-".into()),
-                "reason" => crate::status::cut(&reason));
-            if over_limit {
+                "reason" => crate::status::cut(&refusal.to_string()));
+            if refusal.is_over_limit() {
                 metrics.limit(limit_of(&lb));
             }
         }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use super::{Child, Command, Fleet, Note, Report, Restarts};
 use crate::desired::Revision;
 use crate::key::LbId;
-use crate::plan::Rejected;
+use crate::plan::{Refusal, Rejected};
 use crate::status::LbStatus;
 use crate::sync::Cause;
 
@@ -268,19 +268,17 @@ impl Fleet {
             .unwrap_or_default();
         // One line per new refusal, up to a bound: AWS names every refused target in each
         // one's reason, so the lines (cut) and their number are kept small.
-        let fresh: Vec<(&String, &String)> = rejected
+        let fresh: Vec<(&String, &Refusal)> = rejected
             .iter()
             .filter(|(member, reason)| before.get(*member) != Some(*reason))
             .collect();
-        let over_limit = |reason: &str| reason.starts_with("over the limit");
         let mut notes = Vec::new();
-        for (member, reason) in fresh.iter().take(crate::status::REJECTED_LISTED) {
+        for (member, refusal) in fresh.iter().take(crate::status::REJECTED_LISTED) {
             notes.push(Note::Rejected {
                 lb: lb.clone(),
                 member: member.to_string(),
                 key: self.desired.key_of(lb, member),
-                reason: reason.to_string(),
-                over_limit: over_limit(reason),
+                refusal: (*refusal).clone(),
             });
         }
         if fresh.len() > crate::status::REJECTED_LISTED {
@@ -288,7 +286,7 @@ impl Fleet {
             notes.push(Note::RejectedUnnamed {
                 lb: lb.clone(),
                 not_named: unnamed.len(),
-                over_limit: unnamed.iter().filter(|(_, r)| over_limit(r)).count(),
+                over_limit: unnamed.iter().filter(|(_, r)| r.is_over_limit()).count(),
             });
         }
         for member in before.keys().filter(|m| !rejected.contains_key(*m)) {
@@ -434,7 +432,11 @@ mod tests {
     fn refusals_are_noted_once_with_their_key() {
         let (mut fleet, out) = started(false, &[A]);
         let generation = desire_of(&out, &lb("a")).unwrap().generation;
-        let refused: Rejected = [("i-0000000a".to_string(), "InvalidInstance".to_string())].into();
+        let refused: Rejected = [(
+            "i-0000000a".to_string(),
+            Refusal::Aws("InvalidInstance".into()),
+        )]
+        .into();
         let report = |rejected: &Rejected| Report {
             rejected: Some(Arc::new(rejected.clone())),
             ..ok(&lb("a"), generation)
@@ -448,8 +450,7 @@ mod tests {
                     lb: lb("a"),
                     member: "i-0000000a".into(),
                     key: Some(A.into()),
-                    reason: "InvalidInstance".into(),
-                    over_limit: false,
+                    refusal: Refusal::Aws("InvalidInstance".into()),
                 },
                 &Note::RejectedCount {
                     lb: lb("a"),

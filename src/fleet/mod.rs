@@ -38,7 +38,7 @@ use crate::desired::{DesiredState, Ignored, Loaded, Revision, Warned};
 use crate::filter::Filters;
 use crate::key::{LbId, Member};
 use crate::layout::Layout;
-use crate::plan::Rejected;
+use crate::plan::{Refusal, Rejected};
 use crate::status::{LbStatus, PendingChange};
 use crate::sync::Cause;
 
@@ -195,14 +195,12 @@ pub enum Note {
         total: usize,
         failed: usize,
     },
-    /// AWS refused `member` of `lb` (named by its `key`), newly or for a new reason;
-    /// `over_limit`: lbmanager left it out, past AWS's limit per load balancer or record set.
+    /// `member` of `lb` (named by its `key`) is left out of AWS, newly or for a new reason.
     Rejected {
         lb: LbId,
         member: String,
         key: Option<String>,
-        reason: String,
-        over_limit: bool,
+        refusal: Refusal,
     },
     /// More new refusals than are named one by one (`over_limit`: how many of those unnamed
     /// were past the limit).

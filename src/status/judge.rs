@@ -211,6 +211,7 @@ pub fn judge(
 mod tests {
     use super::super::testing::*;
     use super::super::*;
+    use crate::plan::Refusal;
 
     /// Route53 has accepted the change that carried the member, and resolvers may not get it
     /// yet: an add waits for INSYNC, and so does a removal (`--drain` counts the TTL from then).
@@ -317,8 +318,13 @@ mod tests {
     fn a_rejected_member_fails_the_add_with_aws_reason() {
         let mut s = status(10, &[]);
         // As AWS names it: with the group's port.
-        s.rejected =
-            Rejections::of(&[("i-0abc1234:80".into(), "InvalidTarget: not running".into())].into());
+        s.rejected = Rejections::of(
+            &[(
+                "i-0abc1234:80".into(),
+                Refusal::Aws("InvalidTarget: not running".into()),
+            )]
+            .into(),
+        );
         let v = judge(
             &tg(),
             &target("i-0abc1234"),

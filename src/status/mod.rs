@@ -167,15 +167,15 @@ pub struct Rejections {
 }
 
 impl Rejections {
-    /// The bounded form of `rejected` (member → AWS's reason).
-    pub fn of(rejected: &BTreeMap<String, String>) -> Self {
+    /// The bounded form of `rejected`.
+    pub fn of(rejected: &crate::plan::Rejected) -> Self {
         let mut out = Rejections::default();
         for (member, reason) in rejected {
             if out.members.len() >= REJECTED_LISTED {
                 out.more += 1;
                 continue;
             }
-            let reason = cut(reason);
+            let reason = cut(&reason.to_string());
             let index = match out.reasons.iter().position(|r| *r == reason) {
                 Some(i) => i,
                 None if out.reasons.len() < REASONS_KEPT => {
@@ -323,6 +323,7 @@ pub fn now() -> u64 {
 mod tests {
     use super::testing::*;
     use super::*;
+    use crate::plan::{Refusal, Rejected};
     use std::collections::BTreeSet;
 
     /// A status lists the newest pending changes, ids cut to their bound.
@@ -354,9 +355,9 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        let all: BTreeMap<String, String> = targets
+        let all: Rejected = targets
             .iter()
-            .map(|t| (t.clone(), message.clone()))
+            .map(|t| (t.clone(), Refusal::Aws(message.clone())))
             .collect();
         let r = Rejections::of(&all);
         assert_eq!(r.reasons.len(), 1);
@@ -366,8 +367,8 @@ mod tests {
         assert_eq!(r.len(), 300);
         assert!(serde_json::to_string(&r).unwrap().len() < 5_000);
         // Many distinct reasons: the first ones are kept, the rest share the last.
-        let varied: BTreeMap<String, String> = (0..50)
-            .map(|n| (format!("i-{n:08x}"), format!("reason {n}")))
+        let varied: Rejected = (0..50)
+            .map(|n| (format!("i-{n:08x}"), Refusal::Aws(format!("reason {n}"))))
             .collect();
         let r = Rejections::of(&varied);
         assert_eq!(r.reasons.len(), REASONS_KEPT);
@@ -396,7 +397,12 @@ mod tests {
         let long = "r".repeat(10_000);
         s.rejected = Rejections::of(
             &(0..5_000)
-                .map(|n| (format!("i-{n:017x}:65535"), format!("{long}{n}")))
+                .map(|n| {
+                    (
+                        format!("i-{n:017x}:65535"),
+                        Refusal::Aws(format!("{long}{n}")),
+                    )
+                })
                 .collect(),
         );
         let (s, cut_any) = s.bounded();

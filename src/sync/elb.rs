@@ -9,7 +9,7 @@ use super::{read_elb, Cause, SyncOptions};
 use crate::aws::{members_named_in, AwsError, ElbApi, ErrorKind, Permit};
 use crate::etcd::OwnershipWrites;
 use crate::key::{LbId, Member, Target};
-use crate::plan::{spell, ElbChanges, Registered, Rejected};
+use crate::plan::{spell, ElbChanges, Limit, Refusal, Registered, Rejected};
 
 /// The members a load balancer's actor wants now, and that desire's generation. A sync reads it
 /// again after each wait for AWS's quota, so that what arrived meanwhile goes out in the same
@@ -159,15 +159,7 @@ fn plan_latest(
     let mut rejected: Rejected = changes
         .over_limit
         .iter()
-        .map(|m| {
-            (
-                m.to_string(),
-                crate::plan::over_limit_reason(
-                    crate::plan::MAX_ELB_MEMBERS,
-                    "members per load balancer",
-                ),
-            )
-        })
+        .map(|m| (m.to_string(), Refusal::OverLimit(Limit::ElbMembers)))
         .collect();
     if !retry_rejected {
         changes
@@ -175,7 +167,7 @@ fn plan_latest(
             // A member left out for the limit is not AWS's refusal: it goes in when there is
             // room (the plan above decides that afresh).
             .retain(
-                |m| match known.get(&m.to_string()).filter(|r| !is_over_limit(r)) {
+                |m| match known.get(&m.to_string()).filter(|r| !r.is_over_limit()) {
                     Some(reason) => {
                         rejected.insert(m.to_string(), reason.clone());
                         false
@@ -185,11 +177,6 @@ fn plan_latest(
             );
     }
     (changes, rejected, want, foreign)
-}
-
-/// Whether `reason` is the limit's, not AWS's (see [`crate::plan::over_limit_reason`]).
-pub fn is_over_limit(reason: &str) -> bool {
-    reason.starts_with("over the limit")
 }
 
 /// What one ELB or target-group sync works on and knows: the load balancer and its API, the
@@ -423,12 +410,13 @@ async fn register_accepted(
                 let named = members_named_in(&e.message, &chunk);
                 if !named.is_empty() {
                     chunk.retain(|m| !named.contains(m));
-                    refused.extend(named.iter().map(|m| (m.to_string(), e.message.clone())));
+                    let why = Refusal::Aws(e.message.clone());
+                    refused.extend(named.iter().map(|m| (m.to_string(), why.clone())));
                     if !chunk.is_empty() {
                         todo.push(chunk);
                     }
                 } else if chunk.len() == 1 {
-                    refused.insert(chunk.remove(0).to_string(), e.message.clone());
+                    refused.insert(chunk.remove(0).to_string(), Refusal::Aws(e.message.clone()));
                 } else {
                     let half = chunk.split_off(chunk.len() / 2);
                     todo.push(half);

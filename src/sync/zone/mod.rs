@@ -18,7 +18,7 @@ use crate::etcd::OwnershipWrites;
 use crate::health_check::CheckSpec;
 use crate::key::LbId;
 use crate::layout::Layout;
-use crate::plan::{pack_batches, Action, Policy, RecordChange, RecordSet};
+use crate::plan::{pack_batches, Action, Limit, Policy, RecordChange, RecordSet, Refusal};
 
 /// What the zone remembers between syncs.
 #[derive(Debug, Default)]
@@ -69,15 +69,10 @@ pub fn refused_over_limit(
     published: impl Fn(&IpAddr) -> bool,
     checked: bool,
 ) -> crate::plan::Rejected {
-    let why = match checked {
-        true => crate::plan::over_limit_reason(
-            crate::plan::MAX_MULTIVALUE_VALUES,
-            "multivalue answers per name",
-        ),
-        false => {
-            crate::plan::over_limit_reason(crate::plan::MAX_RECORD_VALUES, "values per record set")
-        }
-    };
+    let why = Refusal::OverLimit(match checked {
+        true => Limit::MultivalueAnswers,
+        false => Limit::RecordValues,
+    });
     crate::plan::values_over_limit(ips, published, checked)
         .into_iter()
         .map(|ip| (ip.to_string(), why.clone()))
