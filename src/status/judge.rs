@@ -1,7 +1,7 @@
 //! The verdicts of `lbmanager member add|remove --wait`: from the status the daemon published,
 //! whether AWS has (or no longer has) the member, is still moving, or refused it.
 
-use super::{names, Health, LbStatus};
+use super::{names, Health, LbStatus, MemberState};
 use crate::key::{LbId, Member};
 
 /// What `member add` or `member remove` waits for.
@@ -100,10 +100,22 @@ pub fn judge(
             )),
         };
     };
+    if let Some(why) = not_telling(status, revision) {
+        return Verdict::Wait(Some(why));
+    }
+    let found = status.find(lb, member);
+    match goal {
+        Goal::Present { healthy } => present(lb, member, healthy, status, found),
+        Goal::Absent { drained } => absent(lb, drained, revision, found),
+    }
+}
+
+/// Why `status` cannot tell yet whether the change at `revision` is in AWS, if it cannot.
+fn not_telling(status: &LbStatus, revision: i64) -> Option<String> {
     // Revision 0: in step with no change at all (a leader just elected whose first read of AWS
     // failed publishes what it knows, which is nothing): no verdict on any member.
     if status.revision < revision || status.revision == 0 {
-        let why = match &status.last_sync.error {
+        return Some(match &status.last_sync.error {
             Some(e) if !status.last_sync.ok => format!("the last sync failed: {e}"),
             _ if status.revision == 0 => "lbmanager has not read AWS yet".to_string(),
             _ => format!(
@@ -111,99 +123,102 @@ pub fn judge(
                  change is at {revision})",
                 status.revision
             ),
-        };
-        return Verdict::Wait(Some(why));
+        });
     }
     // Route53 has the change, and some of its name servers may not: resolvers may still be
     // handed the record sets as they were.
     if let Some(pending) = status.dns_pending.iter().find(|p| p.revision >= revision) {
-        return Verdict::Wait(Some(format!(
+        return Some(format!(
             "Route53 has accepted change {} and has not yet put it on all its name servers \
              (PENDING)",
             pending.id
-        )));
+        ));
     }
-    let key_member = member.to_string();
-    if status.members_more > 0 {
-        // Cut to its counts (more members than a status lists, or etcd refused the whole one):
-        // whether this member is among them cannot be told from it.
-        return Verdict::Wait(Some(format!(
+    // Cut to its counts (more members than a status lists, or etcd refused the whole one):
+    // whether this member is among them cannot be told from it.
+    (status.members_more > 0).then(|| {
+        format!(
             "the status lists {} of {} members; waiting for one that tells",
             status.members.len(),
             status.members.len() + status.members_more
-        )));
+        )
+    })
+}
+
+/// [`judge`] of an add, from a status that tells: `found` is the member's state in it.
+fn present(
+    lb: &LbId,
+    member: &Member,
+    healthy: bool,
+    status: &LbStatus,
+    found: Option<&MemberState>,
+) -> Verdict {
+    // A target is refused as AWS names it (with the group's port).
+    if let Some((refused, reason)) = status.rejected.iter().find(|(m, _)| names(lb, member, m)) {
+        return Verdict::Failed(format!("AWS rejected {refused}: {reason}"));
     }
-    let found = status.find(lb, member);
-    match goal {
-        Goal::Present { healthy } => {
-            // A target is refused as AWS names it (with the group's port).
-            let refused = status.rejected.iter().find(|(m, _)| names(lb, member, m));
-            let unlisted = status.rejected.more;
-            if let Some((refused, reason)) = refused {
-                return Verdict::Failed(format!("AWS rejected {refused}: {reason}"));
-            }
-            let Some(found) = found else {
-                if unlisted > 0 {
-                    return Verdict::Failed(format!(
-                        "lbmanager has applied the change, and {key_member} is not among the \
-                         members its status lists; AWS refused {unlisted} member(s) that it does \
-                         not list one by one (lbmanager's log names them)"
-                    ));
-                }
-                return Verdict::Failed(format!(
-                    "lbmanager has applied the change, and {key_member} is not to be in {lb}: \
-                     a newer key of the `single` class overrides it, it was deleted meanwhile, \
-                     or it is of a kind the target group does not take (lbmanager's log says \
-                     which)"
-                ));
-            };
-            let health = found.health();
-            if health == Health::Draining {
-                return Verdict::Wait(Some(format!("{} is draining", found.member)));
-            }
-            // A Route53 value without a health check has no health: in DNS is all there is.
-            if !healthy || matches!(lb, LbId::Route53 { .. }) && found.state.is_none() {
-                return Verdict::Done;
-            }
-            match health {
-                Health::Healthy => Verdict::Done,
-                Health::NotRead => Verdict::Wait(Some(format!(
-                    "{} is registered; its health is not read yet",
-                    found.member
-                ))),
-                Health::Draining | Health::Other => Verdict::Wait(Some(format!(
-                    "AWS reports {} {}",
-                    found.member,
-                    found.state.as_deref().unwrap_or_default()
-                ))),
-            }
-        }
-        Goal::Absent { drained } => match found {
-            None => Verdict::Done,
-            Some(found) if found.health() == Health::Draining => {
-                if drained {
-                    Verdict::Wait(Some(format!(
-                        "{} is draining (for the target group's deregistration delay, 300 s \
-                         unless set otherwise: --timeout must be longer)",
-                        found.member
-                    )))
-                } else {
-                    Verdict::Done
-                }
-            }
-            // The key was not there: some other change removed it (a purge, say), which lbmanager
-            // may not have applied yet. Wait for it rather than judge from an older status.
-            Some(found) if revision == 0 => Verdict::Wait(Some(format!(
-                "the key was not there, and AWS still has {} in {lb}: waiting for lbmanager to \
-                 apply the change that removed it",
+    let Some(found) = found else {
+        let unlisted = status.rejected.more;
+        return Verdict::Failed(if unlisted > 0 {
+            format!(
+                "lbmanager has applied the change, and {member} is not among the members its \
+                 status lists; AWS refused {unlisted} member(s) that it does not list one by \
+                 one (lbmanager's log names them)"
+            )
+        } else {
+            format!(
+                "lbmanager has applied the change, and {member} is not to be in {lb}: a newer \
+                 key of the `single` class overrides it, it was deleted meanwhile, or it is of a \
+                 kind the target group does not take (lbmanager's log says which)"
+            )
+        });
+    };
+    let health = found.health();
+    if health == Health::Draining {
+        return Verdict::Wait(Some(format!("{} is draining", found.member)));
+    }
+    // A Route53 value without a health check has no health: in DNS is all there is.
+    if !healthy || matches!(lb, LbId::Route53 { .. }) && found.state.is_none() {
+        return Verdict::Done;
+    }
+    match health {
+        Health::Healthy => Verdict::Done,
+        Health::NotRead => Verdict::Wait(Some(format!(
+            "{} is registered; its health is not read yet",
+            found.member
+        ))),
+        Health::Draining | Health::Other => Verdict::Wait(Some(format!(
+            "AWS reports {} {}",
+            found.member,
+            found.state.as_deref().unwrap_or_default()
+        ))),
+    }
+}
+
+/// [`judge`] of a removal, from a status that tells: `found` is the member's state in it.
+fn absent(lb: &LbId, drained: bool, revision: i64, found: Option<&MemberState>) -> Verdict {
+    match found {
+        None => Verdict::Done,
+        Some(found) if found.health() == Health::Draining => match drained {
+            true => Verdict::Wait(Some(format!(
+                "{} is draining (for the target group's deregistration delay, 300 s unless set \
+                 otherwise: --timeout must be longer)",
                 found.member
             ))),
-            Some(found) => Verdict::Failed(format!(
-                "lbmanager has applied the change, and {} stays in {lb}: another key still \
-                 names it, or lbmanager runs with --policy upsert-only",
-                found.member
-            )),
+            false => Verdict::Done,
         },
+        // The key was not there: some other change removed it (a purge, say), which lbmanager
+        // may not have applied yet. Wait for it rather than judge from an older status.
+        Some(found) if revision == 0 => Verdict::Wait(Some(format!(
+            "the key was not there, and AWS still has {} in {lb}: waiting for lbmanager to apply \
+             the change that removed it",
+            found.member
+        ))),
+        Some(found) => Verdict::Failed(format!(
+            "lbmanager has applied the change, and {} stays in {lb}: another key still names it, \
+             or lbmanager runs with --policy upsert-only",
+            found.member
+        )),
     }
 }
 
