@@ -23,6 +23,9 @@ use crate::etcd::fake::FakeEtcd;
 use crate::etcd::Snapshot;
 use crate::plan::RecordType;
 
+/// The member key of www.example.com (in zone Z1) with the value 192.0.2.1.
+const WWW: &str = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+
 fn settings() -> Arc<Settings> {
     Arc::new(Settings {
         retry_base: Duration::from_millis(20),
@@ -283,7 +286,7 @@ async fn changes_of_one_zone_never_overlap_and_are_batched() {
 async fn zone_cache_is_bypassed_by_resync_so_drift_is_seen() {
     tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
-    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let key = WWW;
     let settings = resync_every(Duration::from_millis(300));
     let _sup = start_with(settings, Arc::default(), r53.clone(), &[(key, 1)]).await;
     let a = || {
@@ -463,7 +466,7 @@ async fn a_failure_retrying_cannot_fix_is_retried_at_once_when_a_newer_desire_wa
 async fn a_change_planned_from_the_zone_cache_and_refused_is_retried_from_a_fresh_read() {
     tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
-    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let key = WWW;
     let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
     let a = || {
         r53.record("Z1", "www.example.com", RecordType::A)
@@ -510,7 +513,7 @@ async fn a_panic_mid_sync_does_not_leak_a_pending_sync() {
 async fn a_zone_without_managed_names_is_freed() {
     tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
-    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let key = WWW;
     let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
     eventually("record created", || {
         r53.record("Z1", "www.example.com", RecordType::A).is_some()
@@ -611,7 +614,7 @@ async fn a_drain_ends_when_the_zone_of_the_sync_in_flight_dies() {
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     *r53.delay.lock().unwrap() = Duration::from_millis(300);
     *r53.panic_next.lock().unwrap() = true;
-    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let key = WWW;
     let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
     eventually("the zone's read is in flight", || !r53.calls().is_empty()).await;
     // The zone dies with the sync in flight; the Supervisor replaces it and tells the load
@@ -860,7 +863,7 @@ async fn an_ownership_record_etcd_did_not_delete_is_deleted_when_it_can_be() {
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     let etcd = Arc::new(FakeEtcd::default());
     let sup = start_on(etcd.clone(), settings, elb.clone(), r53.clone(), &[]);
-    let www = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let www = WWW;
     let records = [
         "/lbmanager-state/lbManager/owned/elb/us-east-1/a/i-0000000a",
         "/lbmanager-state/lbManager/owned/route53/Z1/www.example.com/192.0.2.1",
@@ -966,7 +969,7 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
         route53_slow_change: Duration::from_millis(500),
         ..(*settings()).clone()
     });
-    let www = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let www = WWW;
     let api = "/lbManager/route53/us-east-1/Z1/api.example.com/multiple/192.0.2.2";
     let _sup = start_on(
         etcd.clone(),
@@ -1038,7 +1041,7 @@ async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
     set_a_by_hand(&r53, &["192.0.2.1"]);
     let etcd = Arc::new(FakeEtcd::default());
     let settings = settings();
-    let key = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let key = WWW;
     let keys = vec![(key.to_string(), 40)];
     let snapshot = Snapshot::from_keys(settings.prefix(), settings.filters.clone(), &keys, 100);
     let (aws, www) = route53_only(&r53);
@@ -1077,7 +1080,7 @@ async fn a_change_route53_refuses_to_report_on_is_not_waited_for_forever() {
     r53.hold.store(true, SeqCst);
     r53.fail_polls.lock().unwrap().push(ErrorKind::Rejected);
     let etcd = Arc::new(FakeEtcd::default());
-    let www = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+    let www = WWW;
     let _sup = start_on(
         etcd.clone(),
         settings(),

@@ -21,10 +21,8 @@ async fn load_balancers_and_zones_of_another_account_through_an_assumed_role() {
     let elb = |lb: &str, id: &str| format!("{P}/elb/us-east-1/{lb}/multiple/{id}");
     etcd.put(&elb("acctLB", I1)).await;
     etcd.put(&elb("homeLB", I2)).await;
-    etcd.put(&format!(
-        "{P}/route53/us-east-1/{zone}/www.example.org/multiple/192.0.2.5"
-    ))
-    .await;
+    etcd.put(&r53_key(&zone, "www.example.org", "192.0.2.5"))
+        .await;
     let rules = format!("elb/us-east-1/acctLB={ROLE}");
     let zone_rule = format!("route53/{zone}={ROLE}#lbmanager-external-id");
     let daemon = Daemon::start(

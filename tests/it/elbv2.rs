@@ -128,7 +128,7 @@ async fn classic_elb_target_group_and_route53_in_one_burst() {
         for k in [
             format!("{P}/elb/us-east-1/classic/multiple/{id}"),
             tg_key("alb-tg", "multiple", &format!("{id}:{}", 8080 + i)),
-            format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.{i}"),
+            r53_key(&zone, "www.example.com", &format!("192.0.2.{i}")),
         ] {
             client.put(k, "", None).await.unwrap();
         }

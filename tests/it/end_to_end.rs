@@ -78,7 +78,7 @@ async fn route53_a_and_aaaa_and_last_member_removed() {
     let zone = aws.create_zone("example.com").await;
     let daemon = Daemon::start(&etcd, &moto, &["--route53-ttl", "30"]);
     daemon.wait_ready().await;
-    let key = |ip: &str| format!("{P}/route53/us-east-1/{zone}/WWW.example.com./multiple/{ip}");
+    let key = |ip: &str| r53_key(&zone, "WWW.example.com.", ip);
     for ip in ["192.0.2.10", "192.0.2.11", "2001:db8::10"] {
         etcd.put(&key(ip)).await;
     }
@@ -116,10 +116,7 @@ async fn two_regions_and_two_zones_at_once() {
     // Some keys exist before the start, some come after.
     etcd.put(&elb_key_in("us-east-1", "east", "multiple", I1))
         .await;
-    etcd.put(&format!(
-        "{P}/route53/us-east-1/{z1}/a.example.com/multiple/192.0.2.1"
-    ))
-    .await;
+    etcd.put(&r53_key(&z1, "a.example.com", "192.0.2.1")).await;
     let daemon = Daemon::start(&etcd, &moto, &[]);
     etcd.put(&elb_key_in("eu-west-1", "west", "multiple", I2))
         .await;
@@ -267,7 +264,7 @@ async fn route53_multivalue_answers_with_health_checks_through_their_life() {
     let zone = aws.create_zone("example.com").await;
     // Each change PENDING for 2 s, as Route53's take a while to reach every name server.
     let proxy = Route53Proxy::start(moto.port, std::time::Duration::from_secs(2));
-    let key = |fqdn: &str, ip: &str| format!("{P}/route53/us-east-1/{zone}/{fqdn}/multiple/{ip}");
+    let key = |fqdn: &str, ip: &str| r53_key(&zone, fqdn, ip);
     for ip in ["192.0.2.1", "192.0.2.2"] {
         etcd.put(&key("www.example.com", ip)).await;
     }

@@ -279,10 +279,8 @@ async fn drift_made_by_hand_is_corrected_within_one_resync_interval() {
     let lbs = create_elbs(&aws, 1).await;
     let zone = aws.create_zone("example.com").await;
     etcd.put(&key(&lbs[0], &inst(1))).await;
-    etcd.put(&format!(
-        "{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.1"
-    ))
-    .await;
+    etcd.put(&r53_key(&zone, "www.example.com", "192.0.2.1"))
+        .await;
     let daemon = Daemon::start(&etcd, &moto, &["--resync-interval", "2s"]);
     converge(&etcd, &aws, &lbs, DEADLINE).await;
 
@@ -347,7 +345,7 @@ async fn keys_deleted_while_stopped_are_applied_at_start() {
     let aws = Aws::new(&moto).await;
     let lbs = create_elbs(&aws, 2).await;
     let zone = aws.create_zone("example.com").await;
-    let rkey = format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.1");
+    let rkey = r53_key(&zone, "www.example.com", "192.0.2.1");
     etcd.put(&key(&lbs[0], &inst(1))).await;
     etcd.put(&key(&lbs[0], &inst(2))).await;
     etcd.put(&key(&lbs[1], &inst(3))).await;
@@ -462,7 +460,7 @@ async fn flood_of_bad_keys() {
             .collect();
         let k = match rng.below(5) {
             0 => format!("{P}/elb/us-east-1/lb00/multiple/{tail}"),
-            1 => format!("{P}/route53/us-east-1/Z1/{tail}/multiple/1.2.3.4"),
+            1 => r53_key("Z1", &tail, "1.2.3.4"),
             2 => format!("{P}/elb/{tail}"),
             3 => format!("{P}/nokind{tail}"),
             _ => format!("{P}/elb/us-east-1/lb00/{tail}/i-00000001"),

@@ -65,11 +65,8 @@ async fn route53_members_at_start_go_out_in_few_batches() {
     let mut keys = Vec::new();
     for f in 0..20 {
         for i in 0..100 {
-            keys.push(format!(
-                "{P}/route53/us-east-1/{zone}/h{f}.example.com/multiple/10.{f}.{}.{}",
-                i / 250,
-                i % 250
-            ));
+            let ip = format!("10.{f}.{}.{}", i / 250, i % 250);
+            keys.push(r53_key(&zone, &format!("h{f}.example.com"), &ip));
         }
     }
     put_all(&etcd, &keys).await;
@@ -104,8 +101,10 @@ async fn route53_calls_never_exceed_the_configured_share_of_the_quotas() {
     let mut keys = Vec::new();
     for round in 0..5 {
         for f in 0..10 {
-            keys.push(format!(
-                "{P}/route53/us-east-1/{zone}/h{f}.example.com/multiple/192.0.2.{round}"
+            keys.push(r53_key(
+                &zone,
+                &format!("h{f}.example.com"),
+                &format!("192.0.2.{round}"),
             ));
         }
     }
@@ -148,7 +147,7 @@ async fn names_of_a_large_zone_are_read_by_name_not_the_whole_zone() {
     let zone = aws.create_zone("example.com").await;
     aws.fill_zone(&zone, "example.com", 12_000).await;
     let keys: Vec<String> = (0..10)
-        .map(|f| format!("{P}/route53/us-east-1/{zone}/h{f}.example.com/multiple/192.0.2.{f}"))
+        .map(|f| r53_key(&zone, &format!("h{f}.example.com"), &format!("192.0.2.{f}")))
         .collect();
     put_all(&etcd, &keys).await;
     moto.start_recording();

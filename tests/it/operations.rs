@@ -16,10 +16,8 @@ async fn dry_run_changes_nothing_and_says_what_it_would_do() {
     let zone = aws.create_zone("example.com").await;
     etcd.put(&key("multiple", I1)).await;
     etcd.put(&key("single", I2)).await;
-    etcd.put(&format!(
-        "{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.1"
-    ))
-    .await;
+    etcd.put(&r53_key(&zone, "www.example.com", "192.0.2.1"))
+        .await;
     moto.start_recording();
     let daemon = Daemon::start(&etcd, &moto, &["--dry-run"]);
     daemon.wait_ready().await;
@@ -132,10 +130,8 @@ async fn plan_shows_drift_with_exit_2_and_in_step_with_exit_0() {
     aws.create_elb("us-east-1", "webLB").await;
     let zone = aws.create_zone("example.com").await;
     etcd.put(&key("multiple", I1)).await;
-    etcd.put(&format!(
-        "{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.1"
-    ))
-    .await;
+    etcd.put(&r53_key(&zone, "www.example.com", "192.0.2.1"))
+        .await;
     let plan = |extra: &[&str]| {
         let mut args = vec![
             "plan",

@@ -155,7 +155,7 @@ async fn a_shared_record_set_keeps_the_values_of_others() {
     let aws = Aws::new(&moto).await;
     let zone = aws.create_zone("example.com").await;
     put_record(&aws, &zone, &["192.0.2.99"]).await;
-    let r53 = |ip: &str| format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/{ip}");
+    let r53 = |ip: &str| r53_key(&zone, "www.example.com", ip);
     etcd.put(&r53("192.0.2.1")).await;
     let flags = ["--ownership", "shared"];
     let mut daemon = Daemon::start(&etcd, &moto, &flags);
@@ -224,10 +224,8 @@ async fn an_exclusive_record_set_is_etcd_s_alone() {
     let aws = Aws::new(&moto).await;
     let zone = aws.create_zone("example.com").await;
     put_record(&aws, &zone, &["192.0.2.99"]).await;
-    etcd.put(&format!(
-        "{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.1"
-    ))
-    .await;
+    etcd.put(&r53_key(&zone, "www.example.com", "192.0.2.1"))
+        .await;
     let _daemon = Daemon::start(&etcd, &moto, &[]);
     eventually("etcd's value only", DEADLINE, || async {
         aws.records(&zone, "www.example.com")

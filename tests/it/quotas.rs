@@ -183,8 +183,10 @@ async fn at_the_defaults_no_call_is_throttled() {
         .collect();
     for f in 0..20 {
         for ip in 0..50 {
-            keys.push(format!(
-                "{P}/route53/us-east-1/{zone}/h{f}.example.com/multiple/10.0.{f}.{ip}"
+            keys.push(r53_key(
+                &zone,
+                &format!("h{f}.example.com"),
+                &format!("10.0.{f}.{ip}"),
             ));
         }
     }

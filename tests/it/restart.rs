@@ -16,8 +16,7 @@ async fn changes_made_while_stopped_converge_at_start() {
     let aws = Aws::new(&moto).await;
     aws.create_elb("us-east-1", "webLB").await;
     let zone = aws.create_zone("example.com").await;
-    let rkey =
-        |ip: &str| format!("/lbManager/route53/us-east-1/{zone}/www.example.com/multiple/{ip}");
+    let rkey = |ip: &str| r53_key(&zone, "www.example.com", ip);
     etcd.put(&key(I1)).await;
     etcd.put(&key(I2)).await;
     etcd.put(&rkey("192.0.2.1")).await;
@@ -57,10 +56,7 @@ async fn restart_when_converged_makes_zero_mutating_calls() {
         etcd.put(&key(id)).await;
     }
     for ip in ["192.0.2.1", "2001:db8::1"] {
-        etcd.put(&format!(
-            "/lbManager/route53/us-east-1/{zone}/www.example.com/multiple/{ip}"
-        ))
-        .await;
+        etcd.put(&r53_key(&zone, "www.example.com", ip)).await;
     }
     let mut daemon = Daemon::start(&etcd, &moto, &[]);
     daemon.wait_ready().await;

@@ -62,7 +62,7 @@ async fn the_instant_add_and_remove_wait_return_aws_has_followed() {
     assert!(aws.targets(&tg).await.is_empty());
 
     // A Route53 name; --drain waits out the record's TTL (1 s here) after the value is gone.
-    let key = format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.7");
+    let key = r53_key(&zone, "www.example.com", "192.0.2.7");
     let (code, err) = member("add", &key, &etcd, &["--wait"]).await;
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(
@@ -373,7 +373,7 @@ async fn route53_waits_are_for_insync_and_drain_counts_the_ttl_from_it() {
     daemon.spawn(&etcd.url, &proxy.url, &["--route53-ttl", "1"]);
     daemon.wait_ready().await;
 
-    let key = format!("{P}/route53/us-east-1/{zone}/www.example.com/multiple/192.0.2.7");
+    let key = r53_key(&zone, "www.example.com", "192.0.2.7");
     let (code, err) = member("add", &key, &etcd, &["--wait"]).await;
     let exited = Instant::now();
     assert_eq!(code, Some(0), "{err}");
@@ -385,10 +385,8 @@ async fn route53_waits_are_for_insync_and_drain_counts_the_ttl_from_it() {
     assert!(insync <= exited);
 
     // A change made meanwhile shows in `status` while it is pending.
-    etcd.put(&format!(
-        "{P}/route53/us-east-1/{zone}/api.example.com/multiple/192.0.2.8"
-    ))
-    .await;
+    etcd.put(&r53_key(&zone, "api.example.com", "192.0.2.8"))
+        .await;
     eventually("status shows the pending change", DEADLINE, || async {
         let (_, out, _) = status(&etcd, &[]).await;
         out.contains("Route53 change /change/CPROXY000002 PENDING since")

@@ -23,3 +23,8 @@ pub fn elb_key_in(region: &str, lb: &str, class: &str, id: &str) -> String {
 pub fn tg_key(tg: &str, class: &str, target: &str) -> String {
     format!("{P}/elbv2/us-east-1/{tg}/{class}/{target}")
 }
+
+/// `P/route53/us-east-1/ZONE/FQDN/multiple/IP`.
+pub fn r53_key(zone: &str, fqdn: &str, ip: &str) -> String {
+    format!("{P}/route53/us-east-1/{zone}/{fqdn}/multiple/{ip}")
+}

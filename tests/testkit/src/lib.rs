@@ -25,7 +25,7 @@ pub use daemon::{
     lbmanager, lbmanager_async, lbmanager_spawn, sigterm, Daemon, AWS_KEY_ID, AWS_SECRET,
 };
 pub use etcd::{Etcd, EtcdCluster};
-pub use keys::{elb_key, elb_key_in, tg_key, I1, I2, I3, P};
+pub use keys::{elb_key, elb_key_in, r53_key, tg_key, I1, I2, I3, P};
 pub use moto::{Moto, RecordedCall};
 
 pub const DEADLINE: Duration = Duration::from_secs(30);
