@@ -421,10 +421,7 @@ mod tests {
     const LB: &str = "/lbManager/elb/us-east-1/web";
 
     fn lb() -> LbId {
-        LbId::Elb {
-            region: "us-east-1".into(),
-            name: "web".into(),
-        }
+        "elb/us-east-1/web".parse::<LbId>().unwrap()
     }
 
     fn key(class: &str, n: u32) -> String {

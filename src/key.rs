@@ -76,6 +76,32 @@ impl fmt::Display for LbId {
     }
 }
 
+/// The `KIND/…` path of a load balancer, as [`LbId`]'s `Display` writes it (`elb/REGION/NAME`,
+/// `elbv2/REGION/NAME`, `route53/ZONE/FQDN`) in lbmanager's keys; checked by the key grammar.
+impl std::str::FromStr for LbId {
+    type Err = ();
+
+    fn from_str(path: &str) -> Result<Self, ()> {
+        let parts: Vec<&str> = path.split('/').collect();
+        let lb = match parts[..] {
+            ["elb", region, name] => LbId::Elb {
+                region: region_of(region).map_err(drop)?,
+                name: elb_name(name).map_err(drop)?,
+            },
+            ["elbv2", region, name] => LbId::TargetGroup {
+                region: region_of(region).map_err(drop)?,
+                name: elb_name(name).map_err(drop)?,
+            },
+            ["route53", zone, fqdn] => LbId::Route53 {
+                zone: hosted_zone(zone).map_err(drop)?,
+                fqdn: normalise_fqdn(fqdn).map_err(drop)?,
+            },
+            _ => return Err(()),
+        };
+        Ok(lb)
+    }
+}
+
 /// A member of a load balancer: an EC2 instance (ELB), an IP address (Route53) or a target of a
 /// target group.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -3,7 +3,7 @@
 //! `PREFIX/_waiting/…`). [`crate::key`] keeps the grammar of the member keys; a [`Layout`] is built
 //! once from the prefix by whoever reads or writes these keys.
 
-use crate::key::{elb_name, hosted_zone, normalise_fqdn, region_of, LbId, Member};
+use crate::key::{LbId, Member};
 
 /// The keys of lbmanager's own for the member tree under one prefix.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,34 +15,6 @@ pub struct Layout {
     /// original (`etcdctl del --prefix /lbManager/`, or without the slash) does not reach it, so a
     /// load balancer lbmanager managed is still emptied after a purge made while it was stopped.
     state: String,
-}
-
-/// The `KIND/…` path of a load balancer in lbmanager's keys.
-fn record_path(lb: &LbId) -> String {
-    match lb {
-        LbId::Elb { region, name } => format!("elb/{region}/{name}"),
-        LbId::Route53 { zone, fqdn } => format!("route53/{zone}/{fqdn}"),
-        LbId::TargetGroup { region, name } => format!("elbv2/{region}/{name}"),
-    }
-}
-
-fn parse_record_path(rest: &str) -> Option<LbId> {
-    let parts: Vec<&str> = rest.split('/').collect();
-    match parts[..] {
-        ["elb", region, name] => Some(LbId::Elb {
-            region: region_of(region).ok()?,
-            name: elb_name(name).ok()?,
-        }),
-        ["elbv2", region, name] => Some(LbId::TargetGroup {
-            region: region_of(region).ok()?,
-            name: elb_name(name).ok()?,
-        }),
-        ["route53", zone, fqdn] => Some(LbId::Route53 {
-            zone: hosted_zone(zone).ok()?,
-            fqdn: normalise_fqdn(fqdn).ok()?,
-        }),
-        _ => None,
-    }
 }
 
 impl Layout {
@@ -68,12 +40,15 @@ impl Layout {
     /// lbmanager, so a load balancer whose keys were all deleted while lbmanager was stopped is
     /// still emptied at the next start.
     pub fn managed(&self, lb: &LbId) -> String {
-        format!("{}/managed/{}", self.state, record_path(lb))
+        format!("{}/managed/{}", self.state, lb)
     }
 
     /// The load balancer a [`Layout::managed`] key names, if `key` is one (and valid).
     pub fn parse_managed(&self, key: &str) -> Option<LbId> {
-        parse_record_path(key.strip_prefix(&self.state)?.strip_prefix("/managed/")?)
+        key.strip_prefix(&self.state)?
+            .strip_prefix("/managed/")?
+            .parse()
+            .ok()
     }
 
     /// Where the running lbmanager publishes what it knows of a load balancer (a JSON
@@ -83,7 +58,7 @@ impl Layout {
     /// written only when something in it changed, deleted when lbmanager stops managing the load
     /// balancer.
     pub fn status(&self, lb: &LbId) -> String {
-        format!("{}/status/{}", self.state, record_path(lb))
+        format!("{}/status/{}", self.state, lb)
     }
 
     /// Every status is under this.
@@ -93,7 +68,10 @@ impl Layout {
 
     /// The load balancer a [`Layout::status`] key names, if `key` is one (and valid).
     pub fn parse_status(&self, key: &str) -> Option<LbId> {
-        parse_record_path(key.strip_prefix(&self.state)?.strip_prefix("/status/")?)
+        key.strip_prefix(&self.state)?
+            .strip_prefix("/status/")?
+            .parse()
+            .ok()
     }
 
     /// Where lbmanager records, with `--ownership shared`, a member it added to a load balancer
@@ -101,14 +79,14 @@ impl Layout {
     /// as AWS names it (a target with its port). It removes only members recorded so; the record
     /// goes once the member is out of AWS.
     pub fn owned(&self, lb: &LbId, member: &str) -> String {
-        format!("{}/owned/{}/{member}", self.state, record_path(lb))
+        format!("{}/owned/{}/{member}", self.state, lb)
     }
 
     /// The load balancer and member a [`Layout::owned`] key names, if `key` is one.
     pub fn parse_owned(&self, key: &str) -> Option<(LbId, String)> {
         let rest = key.strip_prefix(&self.state)?.strip_prefix("/owned/")?;
         let (path, member) = rest.rsplit_once('/')?;
-        Some((parse_record_path(path)?, member.to_string()))
+        Some((path.parse().ok()?, member.to_string()))
     }
 
     /// Where the running lbmanager (the leader, with `--ha`) says it is alive: a JSON
@@ -128,14 +106,14 @@ impl Layout {
     /// watches; while such a key exists, lbmanager reads the load balancer again as its members
     /// settle (health checks, draining), and only then: those reads cost AWS calls.
     pub fn waiting(&self, lb: &LbId, member: &Member) -> String {
-        format!("{}/_waiting/{}/{member}", self.prefix, record_path(lb))
+        format!("{}/_waiting/{}/{member}", self.prefix, lb)
     }
 
     /// The load balancer a [`Layout::waiting`] key names, if `key` is one.
     pub fn parse_waiting(&self, key: &str) -> Option<LbId> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/_waiting/")?;
         let (path, _member) = rest.rsplit_once('/')?;
-        parse_record_path(path)
+        path.parse().ok()
     }
 }
 
@@ -150,18 +128,9 @@ mod tests {
     fn records_round_trip_and_are_not_members() {
         let layout = Layout::new(P);
         for lb in [
-            LbId::Elb {
-                region: "us-east-1".into(),
-                name: "web".into(),
-            },
-            LbId::Route53 {
-                zone: "Z1".into(),
-                fqdn: "www.example.com".into(),
-            },
-            LbId::TargetGroup {
-                region: "eu-west-1".into(),
-                name: "tg".into(),
-            },
+            "elb/us-east-1/web".parse::<LbId>().unwrap(),
+            "route53/Z1/www.example.com".parse::<LbId>().unwrap(),
+            "elbv2/eu-west-1/tg".parse::<LbId>().unwrap(),
         ] {
             let key = layout.managed(&lb);
             // Out of reach of `etcdctl del --prefix /lbManager` (with or without the slash).

@@ -940,10 +940,9 @@ fn route53_only(r53: &Arc<FakeRoute53>) -> (crate::aws::Backends, crate::key::Lb
         elbv2: Arc::new(FakeElb::default()),
         route53: r53.clone(),
     };
-    let www = crate::key::LbId::Route53 {
-        zone: "Z1".into(),
-        fqdn: "www.example.com".into(),
-    };
+    let www = "route53/Z1/www.example.com"
+        .parse::<crate::key::LbId>()
+        .unwrap();
     (aws, www)
 }
 

@@ -330,14 +330,8 @@ mod tests {
     async fn a_recorded_load_balancer_gone_from_aws_without_keys_is_in_step() {
         use crate::aws::fake::{FakeElb, FakeRoute53};
         let lbs: BTreeSet<LbId> = [
-            LbId::Elb {
-                region: "us-east-1".into(),
-                name: "gone".into(),
-            },
-            LbId::Route53 {
-                zone: "ZGONE".into(),
-                fqdn: "www.example.com".into(),
-            },
+            "elb/us-east-1/gone".parse::<LbId>().unwrap(),
+            "route53/ZGONE/www.example.com".parse::<LbId>().unwrap(),
         ]
         .into();
         let desired = DesiredState::new("/lbManager");

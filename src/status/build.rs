@@ -184,10 +184,7 @@ mod tests {
         );
         // `member add --wait --healthy`: a value without a check is done once in DNS; one with a
         // check once Route53 reports it healthy. Worth reading again meanwhile.
-        let lb0 = LbId::Route53 {
-            zone: "Z1".into(),
-            fqdn: "www.example.com".into(),
-        };
+        let lb0 = "route53/Z1/www.example.com".parse::<LbId>().unwrap();
         let mut s = before.clone();
         s.members = members.clone();
         s.revision = 10;
@@ -213,10 +210,7 @@ mod tests {
             !settling(&lb0, &s),
             "no check, or healthy: nothing to wait for"
         );
-        let lb = LbId::Route53 {
-            zone: "Z1".into(),
-            fqdn: "www.example.com".into(),
-        };
+        let lb = "route53/Z1/www.example.com".parse::<LbId>().unwrap();
         before.load_balancer = lb.to_string();
         before.members = members;
         let rows = table::rows(&BTreeMap::new(), &[(lb, before)].into(), 100);
@@ -272,10 +266,7 @@ mod tests {
         assert!(settling(&tg(), &s));
         s.members.retain(|m| m.state.as_deref() == Some("healthy"));
         assert!(!settling(&tg(), &s));
-        let elb = LbId::Elb {
-            region: "us-east-1".into(),
-            name: "web".into(),
-        };
+        let elb = "elb/us-east-1/web".parse::<LbId>().unwrap();
         assert!(
             elb_members(&elb, &actual, &[], &[t("i-00000002:80")], None, None)
                 .iter()

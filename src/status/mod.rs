@@ -429,14 +429,8 @@ mod tests {
     #[test]
     fn status_rows_tell_in_step_drifted_and_never_synced() {
         let web = tg();
-        let api = LbId::TargetGroup {
-            region: "us-east-1".into(),
-            name: "api".into(),
-        };
-        let new = LbId::TargetGroup {
-            region: "us-east-1".into(),
-            name: "new".into(),
-        };
+        let api = "elbv2/us-east-1/api".parse::<LbId>().unwrap();
+        let new = "elbv2/us-east-1/new".parse::<LbId>().unwrap();
         let mut desired = BTreeMap::new();
         desired.insert(web.clone(), BTreeSet::from([target("i-0abc1234")]));
         desired.insert(api.clone(), BTreeSet::from([target("i-00000001")]));

@@ -4,10 +4,7 @@ use super::*;
 use crate::key::parse_target;
 
 pub(super) fn tg() -> LbId {
-    LbId::TargetGroup {
-        region: "us-east-1".into(),
-        name: "web".into(),
-    }
+    "elbv2/us-east-1/web".parse::<LbId>().unwrap()
 }
 
 pub(super) fn status(revision: i64, members: &[(&str, Option<&str>)]) -> LbStatus {
@@ -42,10 +39,7 @@ pub(super) fn target(s: &str) -> Member {
 }
 
 pub(super) fn name() -> LbId {
-    LbId::Route53 {
-        zone: "Z1".into(),
-        fqdn: "www.example.com".into(),
-    }
+    "route53/Z1/www.example.com".parse::<LbId>().unwrap()
 }
 
 pub(super) fn pending(id: &str, revision: i64) -> PendingChange {
