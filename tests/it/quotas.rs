@@ -42,7 +42,7 @@ async fn the_emulator_throttles_like_aws() {
     let direct = Aws::without_retries(&proxy.url).await;
 
     // Classic ELB registration: a bucket of 20, refilled 4 a second.
-    let (mut ok, mut codes) = (0, Vec::new());
+    let (mut ok, mut codes, t) = (0, Vec::new(), std::time::Instant::now());
     for n in 0..30 {
         let r = direct
             .elb("us-east-1")
@@ -60,7 +60,12 @@ async fn the_emulator_throttles_like_aws() {
             Err(e) => codes.push(throttling_code(&e)),
         }
     }
-    assert!((20..=22).contains(&ok), "{ok} of 30 registrations passed");
+    // ...and 4 more a second while the loop runs (a loaded machine runs it slower).
+    let most = 21 + (t.elapsed().as_secs_f64() * 4.0).ceil() as usize;
+    assert!(
+        (20..=most).contains(&ok),
+        "{ok} of 30 registrations passed, 20 to {most} expected"
+    );
     assert!(codes.iter().all(|c| c == "Throttling"), "{codes:?}");
     // Describe calls have their own bucket (40), but the account bucket (40) is drawn by every
     // call: about 20 are left after the registrations that passed (a throttled call takes none).
