@@ -173,96 +173,42 @@ impl Metrics {
             watch_live: AtomicBool::new(false),
             registry: Registry::default(),
         };
-        registry.register(
-            "aws_calls",
-            "AWS calls by service, operation and result",
-            m.aws_calls.clone(),
-        );
-        registry.register(
-            "syncs",
-            "Syncs by load balancer kind and result",
-            m.syncs.clone(),
-        );
-        registry.register(
-            "sync_duration_seconds",
-            "How long a sync took, from the first read to the last change",
-            m.sync_duration.clone(),
-        );
-        registry.register(
-            "members",
-            "Desired members per load balancer",
-            m.members.clone(),
-        );
-        registry.register(
-            "rejected_members",
-            "Wanted members AWS refuses to register (terminated instances), per load balancer",
-            m.rejected_members.clone(),
-        );
-        registry.register(
-            "load_balancer_syncs",
-            "Syncs by load balancer and result",
-            m.lb_syncs.clone(),
-        );
-        registry.register(
-            "load_balancer_failures",
-            "Failed syncs in a row, per load balancer (0 after a sync that succeeded)",
-            m.lb_failures.clone(),
-        );
-        registry.register(
-            "load_balancer_last_success_timestamp_seconds",
-            "Unix time of the load balancer's last sync that succeeded (resyncs included)",
-            m.lb_last_success.clone(),
-        );
-        registry.register(
-            "ready",
-            "1 while ready (the start-up sync is done and the etcd watch is live), as /readyz",
-            m.ready.clone(),
-        );
-        registry.register(
-            "etcd_watch_up",
-            "1 while the etcd watch is live",
-            m.watch_up.clone(),
-        );
-        registry.register(
-            "syncs_pending",
-            "Syncs running or waiting for a retry",
-            m.syncs_pending.clone(),
-        );
-        registry.register(
-            "etcd_watch_revision",
-            "The last etcd revision the watch delivered",
-            m.watch_revision.clone(),
-        );
-        registry.register(
-            "etcd_watch_reconnects",
-            "Times the etcd watch broke and was re-established",
-            m.watch_reconnects.clone(),
-        );
-        registry.register(
-            "last_full_sync_timestamp_seconds",
-            "Unix time of the last full sync after which every load balancer was in step",
-            m.last_full_sync.clone(),
-        );
-        registry.register(
-            "limit_exceeded",
-            "Times a documented limit was met (README, Limits), by limit",
-            m.limits.clone(),
-        );
-        registry.register(
-            "records_unwritten",
-            "lbmanager's own etcd records that cannot be written as they are now",
-            m.records_unwritten.clone(),
-        );
-        registry.register(
-            "route53_changes_pending",
-            "Route53 changes accepted and not yet on every Route53 name server (INSYNC)",
-            m.route53_changes_pending.clone(),
-        );
-        registry.register(
-            "route53_changes_slow",
-            "Route53 changes still PENDING after the time Route53 usually takes (README, Limits)",
-            m.route53_changes_slow.clone(),
-        );
+        // Each metric: its field, its name and its help text.
+        macro_rules! register {
+            ($($field:ident $name:literal $help:literal)*) => {
+                $(registry.register($name, $help, m.$field.clone());)*
+            };
+        }
+        register! {
+            aws_calls "aws_calls" "AWS calls by service, operation and result"
+            syncs "syncs" "Syncs by load balancer kind and result"
+            sync_duration "sync_duration_seconds"
+                "How long a sync took, from the first read to the last change"
+            members "members" "Desired members per load balancer"
+            rejected_members "rejected_members"
+                "Wanted members AWS refuses to register (terminated instances), per load balancer"
+            lb_syncs "load_balancer_syncs" "Syncs by load balancer and result"
+            lb_failures "load_balancer_failures"
+                "Failed syncs in a row, per load balancer (0 after a sync that succeeded)"
+            lb_last_success "load_balancer_last_success_timestamp_seconds"
+                "Unix time of the load balancer's last sync that succeeded (resyncs included)"
+            ready "ready"
+                "1 while ready (the start-up sync is done and the etcd watch is live), as /readyz"
+            watch_up "etcd_watch_up" "1 while the etcd watch is live"
+            syncs_pending "syncs_pending" "Syncs running or waiting for a retry"
+            watch_revision "etcd_watch_revision" "The last etcd revision the watch delivered"
+            watch_reconnects "etcd_watch_reconnects"
+                "Times the etcd watch broke and was re-established"
+            last_full_sync "last_full_sync_timestamp_seconds"
+                "Unix time of the last full sync after which every load balancer was in step"
+            limits "limit_exceeded" "Times a documented limit was met (README, Limits), by limit"
+            records_unwritten "records_unwritten"
+                "lbmanager's own etcd records that cannot be written as they are now"
+            route53_changes_pending "route53_changes_pending"
+                "Route53 changes accepted and not yet on every Route53 name server (INSYNC)"
+            route53_changes_slow "route53_changes_slow"
+                "Route53 changes still PENDING after the time Route53 usually takes (README, Limits)"
+        }
         Metrics { registry, ..m }
     }
 
