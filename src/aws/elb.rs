@@ -3,13 +3,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use async_trait::async_trait;
+use aws_sdk_elasticloadbalancing::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
 use super::count::CountCalls;
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
-use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
+use super::{classify, AwsError, ElbApi, Permit};
 use crate::fence::{Fence, FenceCheck};
 use crate::key::Target;
 use crate::plan::{Health, Registered};
@@ -36,23 +37,18 @@ fn fenced<O, E, B>(
 }
 
 impl SdkElb {
-    /// Takes its quotas from its account's `quotas` (see [`RegionQuotas`]).
-    pub fn sharing(mut self, quotas: RegionQuotas) -> Self {
-        self.clients = self.clients.sharing(quotas);
-        self
-    }
-
-    /// `share`: the part of AWS's quotas to use (ELB throttles per account and region); every
-    /// change passes `fence`.
+    /// `share`: the part of AWS's quotas to use, drawn from `quotas`, its account's (ELB
+    /// throttles per account and region); every change passes `fence`.
     pub fn new(
         config: aws_config::SdkConfig,
         share: f64,
+        quotas: RegionQuotas,
         fence: Fence,
         count: Option<CountCalls>,
     ) -> Self {
         let check = FenceCheck(fence.clone());
         SdkElb {
-            clients: PerRegion::new(share, move |region| {
+            clients: PerRegion::new(share, quotas, move |region| {
                 let mut conf = aws_sdk_elasticloadbalancing::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
                     .interceptor(check.clone());
@@ -63,6 +59,24 @@ impl SdkElb {
             }),
             fence,
         }
+    }
+}
+
+impl SdkElb {
+    /// The result of the change `op` of `region`'s ELB `name`, as an [`AwsError`]; a throttle
+    /// slows the region's changes.
+    fn changed<E>(
+        &self,
+        region: &str,
+        name: &str,
+        op: &'static str,
+        res: Result<(), SdkError<E>>,
+    ) -> Result<(), AwsError>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        res.map_err(|e| classify(op, format!("elb/{region}/{name}"), e))
+            .inspect_err(|e| self.clients.note(region, Call::Registration, e))
     }
 }
 
@@ -98,12 +112,7 @@ impl ElbApi for SdkElb {
             .iter()
             .find(|d| d.load_balancer_name() == Some(name))
             .ok_or_else(|| {
-                AwsError::new(
-                    ErrorKind::NotFound,
-                    "DescribeLoadBalancers",
-                    &target,
-                    "not in the answer",
-                )
+                AwsError::not_found("DescribeLoadBalancers", &target, "not in the answer")
             })?;
         let members: BTreeSet<Target> = lb
             .instances()
@@ -154,26 +163,15 @@ impl ElbApi for SdkElb {
         ids: &[Target],
         _paid: Permit,
     ) -> Result<(), AwsError> {
-        let res = self
+        let op = self
             .clients
             .paid(region)
-            .register_instances_with_load_balancer()
+            .register_instances_with_load_balancer();
+        let op = op
             .load_balancer_name(name)
-            .set_instances(Some(instances(ids)))
-            .customize();
-        let res = fenced(res, &self.fence)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                classify(
-                    "RegisterInstancesWithLoadBalancer",
-                    format!("elb/{region}/{name}"),
-                    e,
-                )
-            })
-            .inspect_err(|e| self.clients.note(region, Call::Registration, e));
-        res
+            .set_instances(Some(instances(ids)));
+        let res = fenced(op.customize(), &self.fence).send().await.map(drop);
+        self.changed(region, name, "RegisterInstancesWithLoadBalancer", res)
     }
 
     async fn deregister(
@@ -183,25 +181,14 @@ impl ElbApi for SdkElb {
         ids: &[Target],
         _paid: Permit,
     ) -> Result<(), AwsError> {
-        let res = self
+        let op = self
             .clients
             .paid(region)
-            .deregister_instances_from_load_balancer()
+            .deregister_instances_from_load_balancer();
+        let op = op
             .load_balancer_name(name)
-            .set_instances(Some(instances(ids)))
-            .customize();
-        let res = fenced(res, &self.fence)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                classify(
-                    "DeregisterInstancesFromLoadBalancer",
-                    format!("elb/{region}/{name}"),
-                    e,
-                )
-            })
-            .inspect_err(|e| self.clients.note(region, Call::Registration, e));
-        res
+            .set_instances(Some(instances(ids)));
+        let res = fenced(op.customize(), &self.fence).send().await.map(drop);
+        self.changed(region, name, "DeregisterInstancesFromLoadBalancer", res)
     }
 }

@@ -58,22 +58,18 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SdkElbV2 {
-    /// Takes its quotas from its account's `quotas` (see [`RegionQuotas`]).
-    pub fn sharing(mut self, quotas: RegionQuotas) -> Self {
-        self.clients = self.clients.sharing(quotas);
-        self
-    }
-
-    /// `share`: the part of AWS's quotas to use, per region; every change passes `fence`.
+    /// `share`: the part of AWS's quotas to use, per region, drawn from `quotas`, its account's;
+    /// every change passes `fence`.
     pub fn new(
         config: aws_config::SdkConfig,
         share: f64,
+        quotas: RegionQuotas,
         fence: Fence,
         count: Option<CountCalls>,
     ) -> Self {
         let check = FenceCheck(fence.clone());
         SdkElbV2 {
-            clients: PerRegion::new(share, move |region| {
+            clients: PerRegion::new(share, quotas, move |region| {
                 let mut conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
                     .interceptor(check.clone());
@@ -108,12 +104,7 @@ impl SdkElbV2 {
             .iter()
             .find(|g| g.target_group_name() == Some(name))
             .ok_or_else(|| {
-                AwsError::new(
-                    ErrorKind::NotFound,
-                    "DescribeTargetGroups",
-                    &target,
-                    "not in the answer",
-                )
+                AwsError::not_found("DescribeTargetGroups", &target, "not in the answer")
             })?;
         let group = Group {
             arn: tg.target_group_arn().unwrap_or_default().to_string(),

@@ -136,12 +136,7 @@ impl FakeElb {
         let set = lbs
             .get_mut(&(region.to_string(), name.to_string()))
             .ok_or_else(|| {
-                AwsError::new(
-                    ErrorKind::NotFound,
-                    op,
-                    format!("elb/{region}/{name}"),
-                    "LoadBalancerNotFound",
-                )
+                AwsError::not_found(op, format!("elb/{region}/{name}"), "LoadBalancerNotFound")
             })?;
         f(set);
         Ok(())
@@ -155,12 +150,7 @@ impl ElbApi for FakeElb {
         self.enter("DescribeLoadBalancers", target.clone(), String::new())
             .await?;
         let members = self.instances(region, name).ok_or_else(|| {
-            AwsError::new(
-                ErrorKind::NotFound,
-                "DescribeLoadBalancers",
-                target,
-                "LoadBalancerNotFound",
-            )
+            AwsError::not_found("DescribeLoadBalancers", target, "LoadBalancerNotFound")
         })?;
         let draining = lock(&self.draining)
             .get(&(region.to_string(), name.to_string()))
@@ -365,12 +355,7 @@ impl FakeRoute53 {
     fn zone_sets(&self, zone: &str) -> Result<Vec<RecordSet>, AwsError> {
         let zones = lock(&self.zones);
         let records = zones.get(zone).ok_or_else(|| {
-            AwsError::new(
-                ErrorKind::NotFound,
-                "ListResourceRecordSets",
-                zone,
-                "NoSuchHostedZone",
-            )
+            AwsError::not_found("ListResourceRecordSets", zone, "NoSuchHostedZone")
         })?;
         Ok(records.values().cloned().collect())
     }
@@ -456,8 +441,7 @@ impl Route53Api for FakeRoute53 {
         }
         let mut changes = lock(&self.changes);
         let Some(left) = changes.get_mut(id) else {
-            return Err(AwsError::new(
-                ErrorKind::NotFound,
+            return Err(AwsError::not_found(
                 "GetChange",
                 zone,
                 format!("NoSuchChange: {id}"),
@@ -485,12 +469,7 @@ impl Route53Api for FakeRoute53 {
         let invalid =
             |msg: String| AwsError::new(ErrorKind::Rejected, "ChangeResourceRecordSets", zone, msg);
         let records = zones.get_mut(zone).ok_or_else(|| {
-            AwsError::new(
-                ErrorKind::NotFound,
-                "ChangeResourceRecordSets",
-                zone,
-                "NoSuchHostedZone",
-            )
+            AwsError::not_found("ChangeResourceRecordSets", zone, "NoSuchHostedZone")
         })?;
         // A record set naming a check Route53 does not have is refused.
         for c in changes {
@@ -500,8 +479,7 @@ impl Route53Api for FakeRoute53 {
                 .as_ref()
                 .filter(|_| c.action != Action::Delete);
             if let Some(id) = named.filter(|id| !lock(&self.checks).contains_key(*id)) {
-                return Err(AwsError::new(
-                    ErrorKind::NotFound,
+                return Err(AwsError::not_found(
                     "ChangeResourceRecordSets",
                     zone,
                     format!("NoSuchHealthCheck: {id}"),
@@ -629,14 +607,10 @@ impl Route53Api for FakeRoute53 {
 
     async fn health_check_status(&self, id: &str) -> Result<String, AwsError> {
         lock(&self.calls).push(format!("GetHealthCheckStatus account {id}"));
-        let ip = lock(&self.checks).get(id).map(|c| c.ip).ok_or_else(|| {
-            AwsError::new(
-                ErrorKind::NotFound,
-                "GetHealthCheckStatus",
-                id,
-                "NoSuchHealthCheck",
-            )
-        })?;
+        let ip = lock(&self.checks)
+            .get(id)
+            .map(|c| c.ip)
+            .ok_or_else(|| AwsError::not_found("GetHealthCheckStatus", id, "NoSuchHealthCheck"))?;
         Ok(lock(&self.health)
             .get(&ip)
             .cloned()

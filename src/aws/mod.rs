@@ -211,18 +211,26 @@ impl Backends {
                 .map(|metrics| count::CountCalls { metrics, service })
         };
         Backends {
-            elb: Arc::new(
-                elb::SdkElb::new(sdk.clone(), quotas.share, fence.clone(), count("elb"))
-                    .sharing(account.elb.clone()),
-            ),
-            elbv2: Arc::new(
-                elbv2::SdkElbV2::new(sdk.clone(), quotas.share, fence.clone(), count("elbv2"))
-                    .sharing(account.elbv2.clone()),
-            ),
-            route53: Arc::new(
-                route53::SdkRoute53::new(sdk, quotas, fence.clone(), count("route53"))
-                    .sharing(account.route53.clone()),
-            ),
+            elb: Arc::new(elb::SdkElb::new(
+                sdk.clone(),
+                quotas.share,
+                account.elb.clone(),
+                fence.clone(),
+                count("elb"),
+            )),
+            elbv2: Arc::new(elbv2::SdkElbV2::new(
+                sdk.clone(),
+                quotas.share,
+                account.elbv2.clone(),
+                fence.clone(),
+                count("elbv2"),
+            )),
+            route53: Arc::new(route53::SdkRoute53::new(
+                sdk,
+                account.route53.clone(),
+                fence.clone(),
+                count("route53"),
+            )),
         }
     }
 }
@@ -254,6 +262,15 @@ pub struct AwsError {
 }
 
 impl AwsError {
+    /// AWS does not know `target` (a load balancer, a zone, a change, a check).
+    pub fn not_found(
+        operation: &'static str,
+        target: impl fmt::Display,
+        message: impl Into<String>,
+    ) -> Self {
+        AwsError::new(ErrorKind::NotFound, operation, target, message)
+    }
+
     pub fn new(
         kind: ErrorKind,
         operation: &'static str,

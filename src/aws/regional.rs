@@ -22,20 +22,19 @@ pub struct PerRegion<C> {
 }
 
 impl<C: Clone> PerRegion<C> {
-    /// `share`: the part of AWS's published quotas to use; `make` builds a region's client.
-    pub fn new(share: f64, make: impl Fn(&str) -> C + Send + Sync + 'static) -> Self {
+    /// `share`: the part of AWS's published quotas to use; `quotas`: its account's, shared with
+    /// other clients of the account; `make` builds a region's client.
+    pub fn new(
+        share: f64,
+        quotas: RegionQuotas,
+        make: impl Fn(&str) -> C + Send + Sync + 'static,
+    ) -> Self {
         PerRegion {
             share,
             make: Box::new(make),
             clients: Mutex::new(HashMap::new()),
-            quotas: RegionQuotas::default(),
+            quotas,
         }
-    }
-
-    /// Takes its quota from `quotas` (its account's), shared with other clients of the account.
-    pub fn sharing(mut self, quotas: RegionQuotas) -> Self {
-        self.quotas = quotas;
-        self
     }
 
     fn entry(&self, region: &str) -> (C, Arc<Quota>) {

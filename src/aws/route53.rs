@@ -9,7 +9,7 @@ use aws_sdk_route53::Client;
 
 use super::count::CountCalls;
 use super::quota::{self, route53::Call, route53::CheckCall, Quota};
-use super::{classify, AwsError, ChangeId, ChangeState, ErrorKind, Quotas, Route53Api};
+use super::{classify, AwsError, ChangeId, ChangeState, ErrorKind, Route53Api};
 use crate::fence::{Fence, FenceCheck};
 use crate::health_check::{CheckSpec, HealthCheck, Protocol};
 use crate::plan::{Action, RecordChange, RecordSet, RecordType};
@@ -25,10 +25,10 @@ pub struct SdkRoute53 {
 }
 
 impl SdkRoute53 {
-    /// Every change passes `fence`.
+    /// `quota`: its account's (Route53 throttles per account); every change passes `fence`.
     pub fn new(
         config: &aws_config::SdkConfig,
-        quotas: &Quotas,
+        quota: std::sync::Arc<Quota>,
         fence: Fence,
         count: Option<CountCalls>,
     ) -> Self {
@@ -39,15 +39,9 @@ impl SdkRoute53 {
         }
         SdkRoute53 {
             client: Client::from_conf(conf.build()),
-            quota: std::sync::Arc::new(quota::route53::quota(quotas.share, quotas.route53_changes)),
+            quota,
             fence,
         }
-    }
-
-    /// Takes its quota from its account's (shared with the account's other clients).
-    pub fn sharing(mut self, quota: std::sync::Arc<Quota>) -> Self {
-        self.quota = quota;
-        self
     }
 
     /// A throttle AWS answered paces the account's calls more slowly for a while.
