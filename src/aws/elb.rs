@@ -23,6 +23,11 @@ pub struct SdkElb {
     fence: Fence,
 }
 
+/// A read's configuration: retried by the SDK (see [`super::read_retries`]).
+fn reads() -> aws_sdk_elasticloadbalancing::config::Builder {
+    aws_sdk_elasticloadbalancing::config::Builder::default().retry_config(super::read_retries())
+}
+
 /// A change's timeouts under the fence (see [`crate::fence`]; the client checks the fence).
 fn fenced<O, E, B>(
     op: aws_sdk_elasticloadbalancing::client::customize::CustomizableOperation<O, E, B>,
@@ -99,10 +104,7 @@ impl ElbApi for SdkElb {
             .describe_load_balancers()
             .load_balancer_names(name)
             .customize()
-            .config_override(
-                aws_sdk_elasticloadbalancing::config::Builder::default()
-                    .retry_config(super::read_retries()),
-            )
+            .config_override(reads())
             .send()
             .await
             .map_err(|e| classify("DescribeLoadBalancers", &target, e))
@@ -133,10 +135,7 @@ impl ElbApi for SdkElb {
             .describe_instance_health()
             .load_balancer_name(name)
             .customize()
-            .config_override(
-                aws_sdk_elasticloadbalancing::config::Builder::default()
-                    .retry_config(super::read_retries()),
-            )
+            .config_override(reads())
             .send()
             .await
             .map_err(|e| classify("DescribeInstanceHealth", format!("elb/{region}/{name}"), e))

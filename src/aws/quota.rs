@@ -75,11 +75,7 @@ pub mod elb {
     /// One scope's buckets (an account, a region, an API version), `share` of them.
     pub fn quota(share: f64) -> Quota {
         Quota::new(
-            &[
-                ACCOUNT.scaled(share),
-                REGISTRATION.scaled(share),
-                DESCRIBE.scaled(share),
-            ],
+            &[ACCOUNT, REGISTRATION, DESCRIBE].map(|b| b.scaled(share)),
             2,
         )
     }
@@ -145,21 +141,10 @@ pub mod route53 {
 
     /// The account's buckets, `share` of them; `changes` is AWS's change-throughput bucket.
     pub fn quota(share: f64, changes: Bucket) -> Quota {
-        Quota::new(
-            &[
-                ACCOUNT.scaled(share),
-                OPERATION.scaled(share),
-                OPERATION.scaled(share),
-                changes.scaled(share),
-                OPERATION.scaled(share),
-                OPERATION.scaled(share),
-                OPERATION.scaled(share),
-                OPERATION.scaled(share),
-                OPERATION.scaled(share),
-                OPERATION.scaled(share),
-            ],
-            4,
-        )
+        // Each operation its own bucket, by index: see `draws`.
+        let mut buckets = [OPERATION; 10];
+        (buckets[0], buckets[3]) = (ACCOUNT, changes);
+        Quota::new(&buckets.map(|b| b.scaled(share)), 4)
     }
 
     /// The queue and the buckets of a call.

@@ -52,6 +52,11 @@ impl SdkRoute53 {
     }
 }
 
+/// A read's configuration: retried by the SDK (see [`super::read_retries`]).
+fn reads() -> aws_sdk_route53::config::Builder {
+    aws_sdk_route53::config::Builder::default().retry_config(super::read_retries())
+}
+
 /// What a change batch draws from the change-throughput bucket: 1 for each CREATE or DELETE of
 /// a record set, 2 for an UPSERT (Route53's "tokens consumed per operation").
 pub fn change_tokens(changes: &[RecordChange]) -> f64 {
@@ -166,9 +171,7 @@ impl SdkRoute53 {
                 .set_start_record_identifier(identifier)
                 .max_items(page_size)
                 .customize()
-                .config_override(
-                    aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
-                )
+                .config_override(reads())
                 .send()
                 .await
                 .map_err(|e| classify("ListResourceRecordSets", target, e))
@@ -290,9 +293,7 @@ impl Route53Api for SdkRoute53 {
             .get_hosted_zone()
             .id(zone)
             .customize()
-            .config_override(
-                aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
-            )
+            .config_override(reads())
             .send()
             .await
             .map_err(|e| classify("GetHostedZone", &target, e))
@@ -316,9 +317,7 @@ impl Route53Api for SdkRoute53 {
                 .set_marker(marker.take())
                 .max_items(1000)
                 .customize()
-                .config_override(
-                    aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
-                )
+                .config_override(reads())
                 .send()
                 .await
                 .map_err(|e| classify("ListHealthChecks", &target, e))
@@ -411,9 +410,7 @@ impl Route53Api for SdkRoute53 {
             .get_health_check_status()
             .health_check_id(id)
             .customize()
-            .config_override(
-                aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
-            )
+            .config_override(reads())
             .send()
             .await
             .map_err(|e| classify("GetHealthCheckStatus", &target, e))
@@ -435,9 +432,7 @@ impl Route53Api for SdkRoute53 {
             .get_change()
             .id(id)
             .customize()
-            .config_override(
-                aws_sdk_route53::config::Builder::default().retry_config(super::read_retries()),
-            )
+            .config_override(reads())
             .send()
             .await
             .map_err(|e| classify("GetChange", &target, e))
