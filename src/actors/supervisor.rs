@@ -120,7 +120,6 @@ impl Supervisor {
         }
     }
 
-    /// Stale records, to delete at start.
     /// Route53 changes the last leader saw `PENDING` (see [`crate::etcd::Records::dns_pending`]).
     pub fn with_dns_pending(self, pending: HashMap<LbId, Vec<PendingChange>>) -> Self {
         Supervisor {
@@ -129,6 +128,7 @@ impl Supervisor {
         }
     }
 
+    /// Stale records, to delete at start.
     pub fn with_obsolete(mut self, keys: Vec<String>) -> Self {
         self.obsolete = keys;
         self
