@@ -101,19 +101,27 @@ impl Layout {
     }
 
     /// Where `lbmanager member … --wait --healthy|--drain` says that it waits on AWS's progress
-    /// with `member` (under a lease, gone when the waiter is): `PREFIX/_waiting/elb/REGION/NAME/
-    /// MEMBER` and the like. In the member tree (reserved `_` part) because that is what lbmanager
-    /// watches; while such a key exists, lbmanager reads the load balancer again as its members
-    /// settle (health checks, draining), and only then: those reads cost AWS calls.
-    pub fn waiting(&self, lb: &LbId, member: &Member) -> String {
-        format!("{}/_waiting/{}/{member}", self.prefix, lb)
+    /// with `member`, under the etcd `lease` it holds for the wait (gone when the waiter is):
+    /// `PREFIX/_waiting/elb/REGION/NAME/MEMBER/LEASE` and the like. One key per waiting command
+    /// (the lease id, in hex, is unique in the cluster): two hosts waiting on one member each
+    /// take away only their own. In the member tree (reserved `_` part) because that is what
+    /// lbmanager watches; while such a key exists, lbmanager reads the load balancer again as
+    /// its members settle (health checks, draining), and only then: those reads cost AWS calls.
+    pub fn waiting(&self, lb: &LbId, member: &Member, lease: i64) -> String {
+        format!("{}/_waiting/{lb}/{member}/{lease:x}", self.prefix)
     }
 
-    /// The load balancer a [`Layout::waiting`] key names, if `key` is one.
+    /// The load balancer a [`Layout::waiting`] key names, if `key` is one; also of a key of the
+    /// earlier form without the lease (`…/MEMBER`), that a host of an older lbmanager writes.
     pub fn parse_waiting(&self, key: &str) -> Option<LbId> {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("/_waiting/")?;
-        let (path, _member) = rest.rsplit_once('/')?;
-        path.parse().ok()
+        let mut parts = rest.rsplitn(3, '/');
+        let (_lease, _member, path) = (parts.next()?, parts.next()?, parts.next());
+        let earlier = rest.rsplit_once('/').map(|(path, _member)| path);
+        [path, earlier]
+            .into_iter()
+            .flatten()
+            .find_map(|p| p.parse().ok())
     }
 }
 
@@ -149,13 +157,17 @@ mod tests {
                 Some((lb.clone(), "i-0abc:80".to_string()))
             );
             let member = Member::Ip("2001:db8::1".parse().unwrap());
-            let waiting = layout.waiting(&lb, &member);
+            let waiting = layout.waiting(&lb, &member, 0x7f00_0001);
             assert_eq!(
                 parse(P, &waiting),
                 Ok(None),
                 "a waiting key is not a member"
             );
-            assert_eq!(layout.parse_waiting(&waiting), Some(lb));
+            assert_eq!(layout.parse_waiting(&waiting), Some(lb.clone()));
+            // One key per waiting command (its lease), and the earlier form is still understood.
+            assert_ne!(waiting, layout.waiting(&lb, &member, 0x7f00_0002));
+            let earlier = waiting.rsplit_once('/').unwrap().0;
+            assert_eq!(layout.parse_waiting(earlier), Some(lb));
         }
         assert_eq!(parse(P, &layout.election()), Ok(None));
         assert_eq!(layout.parse_managed("/lbManager/elb/us-east-1/web"), None);

@@ -361,7 +361,7 @@ async fn put_waiting(
     target: &MemberKey,
     lease: i64,
 ) -> Result<i64, CommandError> {
-    let key = layout.waiting(&target.lb, &target.member);
+    let key = layout.waiting(&target.lb, &target.member, lease);
     let put = etcd
         .run(|mut c| {
             let key = key.clone();

@@ -287,7 +287,7 @@ mod tests {
         let (mut fleet, _) = started(false, &[A]);
         let layout = Layout::new("/lbManager");
         let member = Member::Instance("i-0000000a".into());
-        let waiting = layout.waiting(&lb("a"), &member);
+        let waiting = layout.waiting(&lb("a"), &member, 1);
         let out = acts(fleet.changes(change(vec![put(&waiting, 40)])));
         assert!(matches!(
             &out[..],
@@ -302,7 +302,7 @@ mod tests {
             [Command::Watched { watched: false, .. }]
         ));
         // Someone waits on a load balancer before its first key: it starts watched.
-        let waiting = layout.waiting(&lb("b"), &Member::Instance("i-0000000b".into()));
+        let waiting = layout.waiting(&lb("b"), &Member::Instance("i-0000000b".into()), 1);
         assert!(acts(fleet.changes(change(vec![put(&waiting, 42)]))).is_empty());
         let out = acts(fleet.changes(change(vec![put(B, 43)])));
         assert!(out
@@ -317,7 +317,7 @@ mod tests {
     fn a_barrier_comes_after_the_desires_of_the_changes_before_it() {
         let (mut fleet, _) = started(false, &[A]);
         let waiting =
-            Layout::new("/lbManager").waiting(&lb("a"), &Member::Instance("i-0000000a".into()));
+            Layout::new("/lbManager").waiting(&lb("a"), &Member::Instance("i-0000000a".into()), 1);
         let out = acts(fleet.changes(change(vec![put(&waiting, 50), delete(A, 51)])));
         let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
         let barrier = out

@@ -180,6 +180,49 @@ async fn sigterm_while_waiting_stops_the_wait() {
     );
 }
 
+/// Two hosts wait on one member's health: the one that stops waiting first takes away only its
+/// own waiting key, and lbmanager keeps reading the health back for the other.
+#[tokio::test]
+async fn each_waiting_command_has_its_own_waiting_key() {
+    let etcd = Etcd::start().await;
+    let key = tg_key("web-tg", "multiple", I1);
+    let waiting = format!("{P}/_waiting/elbv2/us-east-1/web-tg/");
+    let wait = |timeout: &str| {
+        let args = [
+            "member",
+            "add",
+            &key,
+            "--wait",
+            "--healthy",
+            "--timeout",
+            timeout,
+        ];
+        let mut args: Vec<&str> = args.to_vec();
+        args.extend(["--etcd-endpoints", &etcd.url]);
+        lbmanager_spawn(&args)
+    };
+    // No lbmanager runs: both wait until their timeout.
+    let long = wait("60s");
+    eventually("the first host waits", DEADLINE, || async {
+        etcd.keys(&waiting).await.len() == 1
+    })
+    .await;
+    let short = wait("2s");
+    let (code, err) = exited(short).await;
+    assert_eq!(code, Some(1), "the second host timed out: {err}");
+    assert_eq!(
+        etcd.keys(&waiting).await.len(),
+        1,
+        "the first host still waits, and says so"
+    );
+    let (code, err) = sigterm(long).await;
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        etcd.keys(&waiting).await.is_empty(),
+        "each took its own away"
+    );
+}
+
 #[tokio::test]
 async fn lease_backed_presence_holds_the_key_until_sigterm() {
     let (etcd, moto) = (Etcd::start().await, Moto::start().await);

@@ -291,6 +291,11 @@ pub async fn sigterm(child: Child) -> (Option<i32>, String) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();
+    exited(child).await
+}
+
+/// Waits for a [`lbmanager_spawn`]ed command to end by itself: its exit code and its stderr.
+pub async fn exited(child: Child) -> (Option<i32>, String) {
     let out = tokio::task::spawn_blocking(|| child.wait_with_output())
         .await
         .expect("the wait")

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 pub use aws::Aws;
 pub use daemon::{
-    lbmanager, lbmanager_async, lbmanager_spawn, sigterm, Daemon, AWS_KEY_ID, AWS_SECRET,
+    exited, lbmanager, lbmanager_async, lbmanager_spawn, sigterm, Daemon, AWS_KEY_ID, AWS_SECRET,
 };
 pub use etcd::{Etcd, EtcdCluster};
 pub use keys::{elb_key, elb_key_in, r53_key, tg_key, I1, I2, I3, P};
