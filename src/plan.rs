@@ -521,10 +521,8 @@ mod tests {
     /// it was a string: AWS's message as it is, a limit's reason in its own words.
     #[test]
     fn a_refusal_says_why_in_the_words_of_before() {
-        assert_eq!(
-            Refusal::Aws("InvalidInstance: x".into()).to_string(),
-            "InvalidInstance: x"
-        );
+        let aws = Refusal::Aws("InvalidInstance: x".into());
+        assert_eq!(aws.to_string(), "InvalidInstance: x");
         assert_eq!(
             Refusal::OverLimit(Limit::ElbMembers).to_string(),
             "over the limit of 1000 members per load balancer (AWS's): not added while 1000 \
@@ -536,6 +534,11 @@ mod tests {
 
     fn ips(list: &[&str]) -> BTreeSet<IpAddr> {
         list.iter().map(|s| s.parse().unwrap()).collect()
+    }
+
+    /// The plan of www.example.com for the values `want`, from the record sets `current`.
+    fn www(want: &[&str], current: &[RecordSet], ttl: i64, policy: Policy) -> Vec<RecordChange> {
+        plan_fqdn("www.example.com", &ips(want), current, ttl, policy)
     }
 
     fn set(rtype: RecordType, ttl: i64, values: &[&str]) -> RecordSet {
@@ -589,14 +592,10 @@ mod tests {
             .collect();
         assert!(values_over_limit(&v6, |_| false, false).is_empty());
         // Multivalue answers: 250 in all, A and AAAA together.
-        assert_eq!(
-            values_over_limit(&v6, |_| false, true).len(),
-            v6.len() - 250
-        );
-        assert_eq!(
-            multivalue_values(&v6, &[], Policy::Sync).len(),
-            MAX_MULTIVALUE_VALUES
-        );
+        let over = values_over_limit(&v6, |_| false, true);
+        assert_eq!(over.len(), v6.len() - 250);
+        let values = multivalue_values(&v6, &[], Policy::Sync);
+        assert_eq!(values.len(), MAX_MULTIVALUE_VALUES);
     }
 
     fn inst(ids: &[&str]) -> BTreeSet<Member> {
@@ -646,11 +645,8 @@ mod tests {
         assert_eq!(s(&plan.deregister), vec!["i-00000002:80"]);
         assert_eq!(s(&plan.mismatched), vec!["10.0.0.1:80"]);
         // A port move registers the new (id, port) and deregisters the old one.
-        let moved = plan_elb(
-            &targets(&["i-00000001:81"]),
-            &registered(&["i-00000001:80"]),
-            Policy::Sync,
-        );
+        let before = registered(&["i-00000001:80"]);
+        let moved = plan_elb(&targets(&["i-00000001:81"]), &before, Policy::Sync);
         assert_eq!(s(&moved.register), vec!["i-00000001:81"]);
         assert_eq!(s(&moved.deregister), vec!["i-00000001:80"]);
     }
@@ -662,27 +658,22 @@ mod tests {
         assert_eq!(s(&plan.register), vec!["i-00000001"]);
         assert_eq!(s(&plan.deregister), vec!["i-00000003"]);
         assert!(plan_elb(&inst(&["i-00000002", "i-00000003"]), &actual, Policy::Sync).is_empty());
-        assert_eq!(
-            plan_elb(&inst(&[]), &actual, Policy::Sync).deregister.len(),
-            2
-        );
+        let none = plan_elb(&inst(&[]), &actual, Policy::Sync);
+        assert_eq!(none.deregister.len(), 2);
     }
 
     #[test]
     fn route53_create_when_absent_split_by_family() {
-        let changes = plan_fqdn(
-            "www.example.com",
-            &ips(&["192.0.2.2", "192.0.2.1", "2001:db8::1"]),
+        let changes = www(
+            &["192.0.2.2", "192.0.2.1", "2001:db8::1"],
             &[],
             60,
             Policy::Sync,
         );
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].action, Action::Create);
-        assert_eq!(
-            changes[0].set,
-            set(RecordType::A, 60, &["192.0.2.1", "192.0.2.2"])
-        );
+        let a = set(RecordType::A, 60, &["192.0.2.1", "192.0.2.2"]);
+        assert_eq!(changes[0].set, a);
         assert_eq!(changes[1].set, set(RecordType::Aaaa, 60, &["2001:db8::1"]));
     }
 
@@ -692,10 +683,10 @@ mod tests {
             set(RecordType::A, 60, &["192.0.2.2", "192.0.2.1"]),
             set(RecordType::Aaaa, 60, &["2001:DB8:0::1"]),
         ];
-        let desired = ips(&["192.0.2.1", "192.0.2.2", "2001:db8::1"]);
-        assert!(plan_fqdn("www.example.com", &desired, &current, 60, Policy::Sync).is_empty());
+        let desired = ["192.0.2.1", "192.0.2.2", "2001:db8::1"];
+        assert!(www(&desired, &current, 60, Policy::Sync).is_empty());
         // A different TTL is corrected.
-        let changes = plan_fqdn("www.example.com", &desired, &current, 30, Policy::Sync);
+        let changes = www(&desired, &current, 30, Policy::Sync);
         assert_eq!(changes.len(), 2);
         assert!(changes.iter().all(|c| c.action == Action::Upsert));
     }
@@ -706,33 +697,19 @@ mod tests {
             set(RecordType::A, 300, &["192.0.2.9", "192.0.2.1"]),
             set(RecordType::Aaaa, 60, &["2001:db8::1"]),
         ];
-        let changes = plan_fqdn(
-            "www.example.com",
-            &ips(&["192.0.2.1", "192.0.2.3"]),
-            &current,
-            60,
-            Policy::Sync,
-        );
+        let changes = www(&["192.0.2.1", "192.0.2.3"], &current, 60, Policy::Sync);
         assert_eq!(changes.len(), 2);
         assert_eq!(changes[0].action, Action::Upsert);
-        assert_eq!(
-            changes[0].set,
-            set(RecordType::A, 60, &["192.0.2.1", "192.0.2.3"])
-        );
-        assert_eq!(
-            changes[0].added,
-            vec!["192.0.2.3".parse::<IpAddr>().unwrap()]
-        );
-        assert_eq!(
-            changes[0].removed,
-            vec!["192.0.2.9".parse::<IpAddr>().unwrap()]
-        );
+        let a = set(RecordType::A, 60, &["192.0.2.1", "192.0.2.3"]);
+        assert_eq!(changes[0].set, a);
+        assert_eq!(changes[0].added, ["192.0.2.3".parse::<IpAddr>().unwrap()]);
+        assert_eq!(changes[0].removed, ["192.0.2.9".parse::<IpAddr>().unwrap()]);
         // The DELETE repeats the record exactly as read: TTL and value order.
         assert_eq!(changes[1].action, Action::Delete);
         assert_eq!(changes[1].set, current[1]);
-        let all_gone = plan_fqdn("www.example.com", &ips(&[]), &current, 60, Policy::Sync);
+        let all_gone = www(&[], &current, 60, Policy::Sync);
         assert_eq!(all_gone[0].set, current[0]);
-        assert!(plan_fqdn("www.example.com", &ips(&[]), &[], 60, Policy::Sync).is_empty());
+        assert!(www(&[], &[], 60, Policy::Sync).is_empty());
     }
 
     #[test]
@@ -742,23 +719,10 @@ mod tests {
         assert_eq!(s(&plan.register), vec!["i-00000001"]);
         assert!(plan.deregister.is_empty());
         let current = [set(RecordType::A, 60, &["192.0.2.9"])];
-        let changes = plan_fqdn(
-            "www.example.com",
-            &ips(&["192.0.2.1"]),
-            &current,
-            60,
-            Policy::UpsertOnly,
-        );
+        let changes = www(&["192.0.2.1"], &current, 60, Policy::UpsertOnly);
         assert_eq!(changes[0].set.values, vec!["192.0.2.1", "192.0.2.9"]);
         assert!(changes[0].removed.is_empty());
-        assert!(plan_fqdn(
-            "www.example.com",
-            &ips(&[]),
-            &current,
-            60,
-            Policy::UpsertOnly
-        )
-        .is_empty());
+        assert!(www(&[], &current, 60, Policy::UpsertOnly).is_empty());
     }
 
     #[test]
@@ -780,23 +744,16 @@ mod tests {
         };
         assert_eq!(batch_cost(&change(Action::Create, 100)).0, 100);
         assert_eq!(batch_cost(&change(Action::Upsert, 100)).0, 200);
+        // `n` FQDNs of 100 values each, the one change of each `action`.
+        let groups = |n, action| (0..n).map(|i| (i, vec![change(action, 100)])).collect();
         // 100 FQDNs of 100 new values each: CREATE packs 10 to a batch.
-        let groups: Vec<_> = (0..100)
-            .map(|i| (i, vec![change(Action::Create, 100)]))
-            .collect();
-        let batches = pack_batches(groups);
+        let batches = pack_batches(groups(100, Action::Create));
         assert_eq!(batches.len(), 10);
         assert!(batches.iter().all(|b| b.len() == 10));
         // UPSERT counts twice: 5 to a batch.
-        let groups: Vec<_> = (0..10)
-            .map(|i| (i, vec![change(Action::Upsert, 100)]))
-            .collect();
-        assert_eq!(pack_batches(groups).len(), 2);
+        assert_eq!(pack_batches(groups(10, Action::Upsert)).len(), 2);
         // Characters: 4,000 values of ~9 chars exceed 32,000 chars before 1,000 records.
-        let groups: Vec<_> = (0..40)
-            .map(|i| (i, vec![change(Action::Create, 100)]))
-            .collect();
-        for batch in pack_batches(groups) {
+        for batch in pack_batches(groups(40, Action::Create)) {
             let chars: usize = batch
                 .iter()
                 .flat_map(|(_, c)| c)
@@ -805,14 +762,8 @@ mod tests {
             assert!(chars <= MAX_BATCH_CHARS);
         }
         // Order is kept.
-        let groups: Vec<_> = (0..25)
-            .map(|i| (i, vec![change(Action::Create, 100)]))
-            .collect();
-        let flat: Vec<i32> = pack_batches(groups)
-            .into_iter()
-            .flatten()
-            .map(|(t, _)| t)
-            .collect();
+        let batches = pack_batches(groups(25, Action::Create));
+        let flat: Vec<i32> = batches.into_iter().flatten().map(|(t, _)| t).collect();
         assert_eq!(flat, (0..25).collect::<Vec<_>>());
     }
 }

@@ -6,7 +6,7 @@
 //! counts are exact. The actors read tokio's clock (`tokio::time::Instant`), which is the real one
 //! outside these tests.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,57 +25,76 @@ use crate::plan::RecordType;
 
 /// The member key of www.example.com (in zone Z1) with the value 192.0.2.1.
 const WWW: &str = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+/// Where www.example.com's status is written.
+const WWW_STATUS: &str = "/lbmanager-state/lbManager/status/route53/Z1/www.example.com";
+const A: &str = "/lbManager/elb/us-east-1/a/multiple/i-0000000a";
+const B: &str = "/lbManager/elb/us-east-1/b/multiple/i-0000000b";
+/// A member of target group tg, and the key `member add --healthy` writes while it waits.
+const TG: &str = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
+const TG_WAITING: &str = "/lbManager/_waiting/elbv2/us-east-1/tg/i-00000001:80";
 
-fn settings() -> Arc<Settings> {
-    Arc::new(Settings {
+/// The member key of instance `i-{n:08x}` of classic load balancer `lb` (us-east-1).
+fn elb_key(lb: &str, n: u32) -> String {
+    format!("/lbManager/elb/us-east-1/{lb}/multiple/i-{n:08x}")
+}
+
+/// The test settings, as `change` leaves them.
+fn settings_with(change: impl FnOnce(&mut Settings)) -> Arc<Settings> {
+    let mut settings = Settings {
         retry_base: Duration::from_millis(20),
         retry_max: Duration::from_millis(200),
         resync_interval: Duration::from_secs(3600),
         ..Settings::default()
-    })
+    };
+    change(&mut settings);
+    Arc::new(settings)
+}
+
+fn settings() -> Arc<Settings> {
+    settings_with(|_| {})
 }
 
 fn log() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
 
-async fn start(elb: Arc<FakeElb>, r53: Arc<FakeRoute53>, keys: &[(&str, i64)]) -> Addr<Supervisor> {
-    start_with(settings(), elb, r53, keys).await
-}
-
-async fn start_with(
-    settings: Arc<Settings>,
-    elb: Arc<FakeElb>,
-    r53: Arc<FakeRoute53>,
+/// A Supervisor (not started yet) whose etcd writes go to `etcd`, on `keys` read at revision
+/// 100.
+fn supervisor(
+    etcd: &Arc<FakeEtcd>,
+    settings: &Arc<Settings>,
+    elb: &Arc<FakeElb>,
+    r53: &Arc<FakeRoute53>,
     keys: &[(&str, i64)],
-) -> Addr<Supervisor> {
-    start_on(Arc::default(), settings, elb, r53, keys)
-}
-
-/// Starts a Supervisor whose etcd writes go to `etcd`.
-fn start_on(
-    etcd: Arc<FakeEtcd>,
-    settings: Arc<Settings>,
-    elb: Arc<FakeElb>,
-    r53: Arc<FakeRoute53>,
-    keys: &[(&str, i64)],
-) -> Addr<Supervisor> {
+) -> Supervisor {
     let keys: Vec<(String, i64)> = keys.iter().map(|(k, r)| (k.to_string(), *r)).collect();
     let snapshot = Snapshot::from_keys(settings.prefix(), settings.filters.clone(), &keys, 100);
     let aws = crate::aws::Backends {
         elb: elb.clone(),
-        elbv2: elb,
-        route53: r53,
+        elbv2: elb.clone(),
+        route53: r53.clone(),
     };
-    Supervisor::new(settings, &log(), etcd, aws, snapshot).start()
+    Supervisor::new(settings.clone(), &log(), etcd.clone(), aws, snapshot)
 }
 
-/// The test settings with another resync interval.
-fn resync_every(interval: Duration) -> Arc<Settings> {
-    Arc::new(Settings {
-        resync_interval: interval,
-        ..(*settings()).clone()
-    })
+fn start_on(
+    etcd: &Arc<FakeEtcd>,
+    settings: &Arc<Settings>,
+    elb: &Arc<FakeElb>,
+    r53: &Arc<FakeRoute53>,
+    keys: &[(&str, i64)],
+) -> Addr<Supervisor> {
+    supervisor(etcd, settings, elb, r53, keys).start()
+}
+
+/// A fake the test does not look at.
+fn ignored<T: Default>() -> Arc<T> {
+    Arc::default()
+}
+
+/// Starts a Supervisor with the test settings, its etcd writes dropped.
+fn start(elb: &Arc<FakeElb>, r53: &Arc<FakeRoute53>, keys: &[(&str, i64)]) -> Addr<Supervisor> {
+    start_on(&ignored(), &settings(), elb, r53, keys)
 }
 
 fn put(key: &str, revision: i64) -> WatchEvent {
@@ -108,6 +127,67 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Asks the Supervisor `ask()` every 10 ms until it answers 0; panics after 10 s.
+async fn until_none<M>(sup: &Addr<Supervisor>, ask: impl Fn() -> M, what: &str)
+where
+    M: Message<Result = usize> + Send + 'static,
+    Supervisor: Handler<M>,
+{
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sup.send(ask()).await.unwrap() != 0 {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        actix_rt::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A fake ELB API with these (empty) load balancers in us-east-1.
+fn elbs(names: &[&str]) -> Arc<FakeElb> {
+    let lbs: Vec<(&str, &str)> = names.iter().map(|n| ("us-east-1", *n)).collect();
+    Arc::new(FakeElb::with_lbs(&lbs))
+}
+
+fn ids(list: &[&str]) -> Option<std::collections::BTreeSet<String>> {
+    Some(list.iter().map(|s| s.to_string()).collect())
+}
+
+/// Whether load balancer `lb` (us-east-1) has exactly `members`.
+fn has(elb: &FakeElb, lb: &str, members: &[&str]) -> bool {
+    elb.instances("us-east-1", lb) == ids(members)
+}
+
+/// Waits until load balancer `lb` (us-east-1) has exactly `members`.
+async fn until_members(elb: &FakeElb, lb: &str, members: &[&str]) {
+    eventually(&format!("{lb} has {members:?}"), || has(elb, lb, members)).await
+}
+
+/// How many members load balancer `lb` (us-east-1) has.
+fn members(elb: &FakeElb, lb: &str) -> usize {
+    elb.instances("us-east-1", lb).map_or(0, |s| s.len())
+}
+
+/// How many of `calls` are `op` calls.
+fn count(calls: &[String], op: &str) -> usize {
+    calls.iter().filter(|c| c.starts_with(op)).count()
+}
+
+fn describes(elb: &FakeElb) -> usize {
+    count(&elb.calls(), "Describe")
+}
+
+fn registers(elb: &FakeElb) -> usize {
+    count(&elb.calls(), "Register")
+}
+
+/// The values of www.example.com's A record set in Z1.
+fn www_a(r53: &FakeRoute53) -> Option<Vec<String>> {
+    r53.record("Z1", "www.example.com", RecordType::A)
+        .map(|s| s.values)
+}
+
+fn www() -> crate::key::LbId {
+    "route53/Z1/www.example.com".parse().unwrap()
+}
+
 /// Sets www.example.com's A record set in Z1 by hand, behind the zone actor's back.
 fn set_a_by_hand(r53: &FakeRoute53, values: &[&str]) {
     r53.put_record(
@@ -123,68 +203,66 @@ fn set_a_by_hand(r53: &FakeRoute53, values: &[&str]) {
     );
 }
 
-const A: &str = "/lbManager/elb/us-east-1/a/multiple/i-0000000a";
-const B: &str = "/lbManager/elb/us-east-1/b/multiple/i-0000000b";
+/// The status of `key` as it last landed in etcd.
+fn landed_status(etcd: &FakeEtcd, key: &str) -> Option<crate::status::LbStatus> {
+    let landed = etcd.landed.lock().unwrap();
+    let (_, last) = landed.iter().rev().find(|(k, _)| k == key)?;
+    serde_json::from_str(last).ok()
+}
 
-fn ids(list: &[&str]) -> Option<std::collections::BTreeSet<String>> {
-    Some(list.iter().map(|s| s.to_string()).collect())
+/// The status the Supervisor published for a load balancer (through the StateWriter).
+fn published(etcd: &FakeEtcd, lb: &str) -> Option<crate::status::LbStatus> {
+    let layout = crate::layout::Layout::new("/lbManager");
+    let lb = layout
+        .parse_status(&format!("/lbmanager-state/lbManager/status/{lb}"))
+        .expect("a load balancer path");
+    let key = layout.status(&lb);
+    serde_json::from_str(&etcd.get(&key)?).ok()
+}
+
+/// Whether tg's first member is published with the health `state`.
+fn health_is(etcd: &FakeEtcd, state: &str) -> bool {
+    published(etcd, "elbv2/us-east-1/tg")
+        .is_some_and(|s| s.members[0].state.as_deref() == Some(state))
 }
 
 #[actix_rt::test]
 async fn add_then_remove_in_quick_succession_ends_absent() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     *elb.delay.lock().unwrap() = Duration::from_millis(50);
-    let sup = start(elb.clone(), Arc::default(), &[]).await;
+    let sup = start(&elb, &ignored(), &[]);
     sup.send(put(A, 101)).await.unwrap();
     // A new load balancer's first change waits for its managed record: the remove comes once the
     // add is under way.
-    eventually("the add is under way", || {
-        elb.calls().iter().any(|c| c.starts_with("Register"))
-    })
-    .await;
+    eventually("the add is under way", || registers(&elb) > 0).await;
     sup.send(del(A, 102)).await.unwrap();
     eventually("the add was applied and undone", || {
-        let calls = elb.calls();
-        calls.iter().any(|c| c.starts_with("Register"))
-            && calls.iter().any(|c| c.starts_with("Deregister"))
+        registers(&elb) > 0 && count(&elb.calls(), "Deregister") > 0
     })
     .await;
-    eventually("ELB empty", || elb.instances("us-east-1", "a") == ids(&[])).await;
+    until_members(&elb, "a", &[]).await;
     // The remove was merged into one follow-up sync: Describe, Register, Describe, Deregister.
-    eventually("no actor left for a load balancer without keys", || {
-        elb.calls().len() == 4
-    })
-    .await;
+    eventually("all four calls made", || elb.calls().len() == 4).await;
+    // No actor left for a load balancer without keys.
     assert_eq!(sup.send(ManagedCount).await.unwrap(), 0);
 }
 
 #[actix_rt::test]
 async fn burst_is_coalesced_into_few_calls() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     *elb.delay.lock().unwrap() = Duration::from_millis(30);
-    let sup = start(elb.clone(), Arc::default(), &[]).await;
+    let sup = start(&elb, &ignored(), &[]);
     for i in 0..50u32 {
-        sup.do_send(put(
-            &format!("/lbManager/elb/us-east-1/a/multiple/i-{i:08x}"),
-            101 + i as i64,
-        ));
+        sup.do_send(put(&elb_key("a", i), 101 + i as i64));
     }
-    eventually("all 50 registered", || {
-        elb.instances("us-east-1", "a").map(|s| s.len()) == Some(50)
-    })
-    .await;
-    let registers = elb
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("Register"))
-        .count();
+    eventually("all 50 registered", || members(&elb, "a") == 50).await;
+    let calls = elb.calls();
     assert_eq!(
-        registers,
+        count(&calls, "Register"),
         1,
-        "one Register for one burst: {:?}",
-        elb.calls()
+        "one Register for one burst: {calls:?}"
     );
 }
 
@@ -193,41 +271,33 @@ async fn burst_is_coalesced_into_few_calls() {
 #[actix_rt::test]
 async fn changes_that_arrive_while_a_sync_waits_for_quota_go_out_in_its_call() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     *elb.permit_delay.lock().unwrap() = Duration::from_millis(300);
-    let sup = start(elb.clone(), Arc::default(), &[]).await;
-    let key = |i: u32| format!("/lbManager/elb/us-east-1/a/multiple/i-{i:08x}");
-    sup.send(put(&key(0), 101)).await.unwrap();
-    eventually("the first sync read the ELB and waits for quota", || {
-        elb.calls().iter().any(|c| c.starts_with("Describe"))
-    })
-    .await;
+    let sup = start(&elb, &ignored(), &[]);
+    sup.send(put(&elb_key("a", 0), 101)).await.unwrap();
+    // The first sync reads the ELB, then waits for quota.
+    eventually("the first read", || describes(&elb) > 0).await;
     for i in 1..5u32 {
-        sup.send(put(&key(i), 101 + i as i64)).await.unwrap();
+        sup.send(put(&elb_key("a", i), 101 + i as i64))
+            .await
+            .unwrap();
     }
-    eventually("all 5 registered", || {
-        elb.instances("us-east-1", "a").map(|s| s.len()) == Some(5)
-    })
-    .await;
+    eventually("all 5 registered", || members(&elb, "a") == 5).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let calls = elb.calls();
-    let count = |op: &str| calls.iter().filter(|c| c.starts_with(op)).count();
-    assert_eq!(count("Register"), 1, "{calls:?}");
-    assert_eq!(count("Describe"), 1, "no second sync: {calls:?}");
+    assert_eq!(count(&calls, "Register"), 1, "{calls:?}");
+    assert_eq!(count(&calls, "Describe"), 1, "no second sync: {calls:?}");
 }
 
 #[actix_rt::test]
 async fn two_load_balancers_sync_concurrently() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a"), ("us-east-1", "b")]));
+    let elb = elbs(&["a", "b"]);
     *elb.delay.lock().unwrap() = Duration::from_millis(200);
-    let _sup = start(elb.clone(), Arc::default(), &[(A, 1), (B, 2)]).await;
-    eventually("both registered", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-            && elb.instances("us-east-1", "b") == ids(&["i-0000000b"])
-    })
-    .await;
-    assert_eq!(elb.max_in_flight.load(Ordering::SeqCst), 2);
+    let _sup = start(&elb, &ignored(), &[(A, 1), (B, 2)]);
+    until_members(&elb, "a", &["i-0000000a"]).await;
+    until_members(&elb, "b", &["i-0000000b"]).await;
+    assert_eq!(elb.max_in_flight.load(SeqCst), 2);
 }
 
 #[actix_rt::test]
@@ -235,84 +305,61 @@ async fn changes_of_one_zone_never_overlap_and_are_batched() {
     tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     *r53.delay.lock().unwrap() = Duration::from_millis(20);
-    let sup = start(Arc::default(), r53.clone(), &[]).await;
+    let sup = start(&ignored(), &r53, &[]);
     let mut rev = 100;
     for round in 0..3 {
         for i in 0..20 {
-            rev += 1;
-            sup.do_send(put(
-                &format!(
-                    "/lbManager/route53/us-east-1/Z1/h{i}.example.com/multiple/10.0.{round}.{i}"
-                ),
-                rev,
-            ));
-            rev += 1;
-            sup.do_send(put(
-                &format!("/lbManager/route53/us-east-1/Z1/h{i}.example.com/multiple/2001:db8::{round}:{i}"),
-                rev,
-            ));
+            let (v4, v6) = (
+                format!("10.0.{round}.{i}"),
+                format!("2001:db8::{round}:{i}"),
+            );
+            for ip in [v4, v6] {
+                rev += 1;
+                let key = format!("/lbManager/route53/us-east-1/Z1/h{i}.example.com/multiple/{ip}");
+                sup.do_send(put(&key, rev));
+            }
         }
     }
     eventually("all 20 FQDNs have 3 A and 3 AAAA values", || {
         (0..20).all(|i| {
             let name = format!("h{i}.example.com");
-            r53.record("Z1", &name, RecordType::A)
-                .map(|s| s.values.len())
-                == Some(3)
-                && r53
-                    .record("Z1", &name, RecordType::Aaaa)
-                    .map(|s| s.values.len())
-                    == Some(3)
+            let values = |rtype| r53.record("Z1", &name, rtype).map(|s| s.values.len());
+            values(RecordType::A) == Some(3) && values(RecordType::Aaaa) == Some(3)
         })
     })
     .await;
-    assert_eq!(r53.overlaps.load(Ordering::SeqCst), 0, "{:?}", r53.calls());
-    let changes = r53
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("ChangeResourceRecordSets"))
-        .count();
+    let calls = r53.calls();
+    assert_eq!(r53.overlaps.load(SeqCst), 0, "{calls:?}");
+    let changes = count(&calls, "ChangeResourceRecordSets");
     assert!(changes < 20, "{changes} change calls for 20 FQDNs");
     // Reads: the zone remembers what it read and wrote, so 120 changes need only a few reads.
-    let reads = r53
-        .calls()
-        .iter()
-        .filter(|c| c.starts_with("ListResourceRecordSets"))
-        .count();
-    assert_eq!(reads, 2, "{reads} reads: {:?}", r53.calls());
+    assert_eq!(count(&calls, "ListResourceRecordSets"), 2, "{calls:?}");
 }
 
 #[actix_rt::test]
 async fn zone_cache_is_bypassed_by_resync_so_drift_is_seen() {
     tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
-    let key = WWW;
-    let settings = resync_every(Duration::from_millis(300));
-    let _sup = start_with(settings, Arc::default(), r53.clone(), &[(key, 1)]).await;
-    let a = || {
-        r53.record("Z1", "www.example.com", RecordType::A)
-            .map(|s| s.values)
-    };
-    eventually("record created", || a() == Some(vec!["192.0.2.1".into()])).await;
+    let settings = settings_with(|s| s.resync_interval = Duration::from_millis(300));
+    let _sup = start_on(&ignored(), &settings, &ignored(), &r53, &[(WWW, 1)]);
+    let in_step = || www_a(&r53) == Some(vec!["192.0.2.1".into()]);
+    eventually("record created", in_step).await;
     // By hand, behind the zone's back.
     set_a_by_hand(&r53, &["198.51.100.7"]);
-    eventually("drift corrected", || a() == Some(vec!["192.0.2.1".into()])).await;
+    eventually("drift corrected", in_step).await;
 }
 
 #[actix_rt::test]
 async fn throttling_is_retried_until_it_converges() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     elb.fail_next.lock().unwrap().extend([
         ErrorKind::Throttled,
         ErrorKind::Transient,
         ErrorKind::Throttled,
     ]);
-    let _sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
-    eventually("registered despite three failures", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-    })
-    .await;
+    let _sup = start(&elb, &ignored(), &[(A, 1)]);
+    until_members(&elb, "a", &["i-0000000a"]).await;
     // The three that failed, then the read and the Register that succeeded.
     assert_eq!(elb.calls().len(), 5, "{:?}", elb.calls());
 }
@@ -320,55 +367,42 @@ async fn throttling_is_retried_until_it_converges() {
 #[actix_rt::test]
 async fn missing_load_balancer_does_not_hold_up_others() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "b")]));
-    let _sup = start(elb.clone(), Arc::default(), &[(A, 1), (B, 2)]).await;
-    eventually("b registered", || {
-        elb.instances("us-east-1", "b") == ids(&["i-0000000b"])
-    })
-    .await;
+    let elb = elbs(&["b"]);
+    let _sup = start(&elb, &ignored(), &[(A, 1), (B, 2)]);
+    until_members(&elb, "b", &["i-0000000b"]).await;
     assert_eq!(elb.instances("us-east-1", "a"), None);
 }
 
 #[actix_rt::test]
 async fn panicking_actor_is_restarted_and_converges() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a"), ("us-east-1", "b")]));
+    let elb = elbs(&["a", "b"]);
     *elb.panic_next.lock().unwrap() = true;
-    let sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    let sup = start(&elb, &ignored(), &[(A, 1)]);
     eventually("the panic happened", || !*elb.panic_next.lock().unwrap()).await;
     sup.send(put(B, 3)).await.unwrap();
-    eventually("both converged after the restart", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-            && elb.instances("us-east-1", "b") == ids(&["i-0000000b"])
-    })
-    .await;
+    until_members(&elb, "a", &["i-0000000a"]).await;
+    until_members(&elb, "b", &["i-0000000b"]).await;
 }
 
 #[actix_rt::test]
 async fn drift_is_corrected_by_resync() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
-    let settings = resync_every(Duration::from_millis(200));
-    let _sup = start_with(settings, elb.clone(), Arc::default(), &[(A, 1)]).await;
-    eventually("registered", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-    })
-    .await;
+    let elb = elbs(&["a"]);
+    let settings = settings_with(|s| s.resync_interval = Duration::from_millis(200));
+    let _sup = start_on(&ignored(), &settings, &elb, &ignored(), &[(A, 1)]);
+    until_members(&elb, "a", &["i-0000000a"]).await;
     elb.set_instances("us-east-1", "a", &["i-0000000f"]);
-    eventually("drift corrected", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-    })
-    .await;
+    until_members(&elb, "a", &["i-0000000a"]).await;
 }
 
 #[actix_rt::test]
 async fn draining_target_wanted_is_registered_again_unwanted_left_alone() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
+    let elb = elbs(&["tg"]);
     elb.set_instances("us-east-1", "tg", &["i-00000001:80", "i-00000002:80"]);
     elb.set_draining("us-east-1", "tg", &["i-00000001:80", "i-00000002:80"]);
-    let key = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
-    let _sup = start(elb.clone(), Arc::default(), &[(key, 1)]).await;
+    let _sup = start(&elb, &ignored(), &[(TG, 1)]);
     eventually("the wanted draining target registered again", || {
         elb.calls()
             .iter()
@@ -376,236 +410,155 @@ async fn draining_target_wanted_is_registered_again_unwanted_left_alone() {
     })
     .await;
     // The unwanted one is draining already: never deregistered (twice).
-    assert!(
-        !elb.calls().iter().any(|c| c.starts_with("Deregister")),
-        "{:?}",
-        elb.calls()
-    );
+    assert_eq!(count(&elb.calls(), "Deregister"), 0, "{:?}", elb.calls());
 }
 
 #[actix_rt::test]
 async fn a_load_balancer_gone_from_aws_with_no_keys_left_is_retired() {
     tokio::time::pause();
     let elb = Arc::new(FakeElb::default());
-    let sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    let sup = start(&elb, &ignored(), &[(A, 1)]);
     eventually("the failing sync happened", || !elb.calls().is_empty()).await;
     assert_eq!(sup.send(ManagedCount).await.unwrap(), 1);
     sup.send(del(A, 2)).await.unwrap();
-    let mut retired = false;
-    for _ in 0..500 {
-        if sup.send(ManagedCount).await.unwrap() == 0 {
-            retired = true;
-            break;
-        }
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(retired, "still managed: {:?}", elb.calls());
+    until_none(&sup, || ManagedCount, "the load balancer retired").await;
 }
 
 #[actix_rt::test]
 async fn a_refused_member_is_set_aside_by_bisecting_and_the_rest_converges() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     // AWS names no instance: lbmanager must find the bad one itself.
     elb.set_invalid(&["i-0000000d"], false);
     elb.set_instances("us-east-1", "a", &["i-00000001"]);
-    let key = |id: &str| format!("/lbManager/elb/us-east-1/a/multiple/{id}");
-    let keys: Vec<String> = ["i-0000000a", "i-0000000b", "i-0000000c", "i-0000000d"]
-        .iter()
-        .map(|id| key(id))
-        .collect();
-    let refs: Vec<(&str, i64)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
-    let _sup = start(elb.clone(), Arc::default(), &refs).await;
-    eventually(
-        "every accepted member registered, the extra one gone",
-        || elb.instances("us-east-1", "a") == ids(&["i-0000000a", "i-0000000b", "i-0000000c"]),
-    )
-    .await;
+    let keys: Vec<String> = (0xa..=0xd).map(|n| elb_key("a", n)).collect();
+    let keys: Vec<(&str, i64)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
+    let _sup = start(&elb, &ignored(), &keys);
+    // Every accepted member registered, the extra one gone.
+    until_members(&elb, "a", &["i-0000000a", "i-0000000b", "i-0000000c"]).await;
 }
 
 #[actix_rt::test]
 async fn a_single_switch_to_a_refused_member_keeps_the_current_one() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     elb.set_invalid(&["i-0000000d"], true);
     elb.set_instances("us-east-1", "a", &["i-00000001"]);
-    let sup = start(elb.clone(), Arc::default(), &[]).await;
-    sup.send(put("/lbManager/elb/us-east-1/a/single/i-0000000d", 101))
-        .await
-        .unwrap();
-    eventually("the refused register was tried", || {
-        elb.calls().iter().any(|c| c.starts_with("Register"))
-    })
-    .await;
+    let sup = start(&elb, &ignored(), &[]);
+    let single = "/lbManager/elb/us-east-1/a/single/i-0000000d";
+    sup.send(put(single, 101)).await.unwrap();
+    eventually("the refused register was tried", || registers(&elb) > 0).await;
     actix_rt::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(elb.instances("us-east-1", "a"), ids(&["i-00000001"]));
-    assert!(!elb.calls().iter().any(|c| c.starts_with("Deregister")));
+    assert_eq!(count(&elb.calls(), "Deregister"), 0);
 }
 
 #[actix_rt::test]
 async fn a_failure_retrying_cannot_fix_is_retried_at_once_when_a_newer_desire_waits() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     *elb.delay.lock().unwrap() = Duration::from_millis(100);
     elb.fail_next.lock().unwrap().push(ErrorKind::Rejected);
-    let sup = start(elb.clone(), Arc::default(), &[]).await;
+    let sup = start(&elb, &ignored(), &[]);
     sup.send(put(A, 101)).await.unwrap();
     eventually("the failing sync is in flight", || !elb.calls().is_empty()).await;
-    // Arrives while the failing sync is in flight.
-    sup.send(put("/lbManager/elb/us-east-1/a/multiple/i-0000000c", 102))
-        .await
-        .unwrap();
-    eventually(
-        "the newer desire is applied without waiting for a resync",
-        || elb.instances("us-east-1", "a") == ids(&["i-0000000a", "i-0000000c"]),
-    )
-    .await;
+    // Arrives while the failing sync is in flight, and is applied without waiting for a resync.
+    sup.send(put(&elb_key("a", 0xc), 102)).await.unwrap();
+    until_members(&elb, "a", &["i-0000000a", "i-0000000c"]).await;
 }
 
 #[actix_rt::test]
 async fn a_change_planned_from_the_zone_cache_and_refused_is_retried_from_a_fresh_read() {
     tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
-    let key = WWW;
-    let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
-    let a = || {
-        r53.record("Z1", "www.example.com", RecordType::A)
-            .map(|s| s.values)
-    };
-    eventually("record created", || a() == Some(vec!["192.0.2.1".into()])).await;
+    let sup = start(&ignored(), &r53, &[(WWW, 1)]);
+    let created = || www_a(&r53) == Some(vec!["192.0.2.1".into()]);
+    eventually("record created", created).await;
     // By hand: the zone's cache no longer matches, so a DELETE built from it is refused.
     set_a_by_hand(&r53, &["192.0.2.1", "198.51.100.7"]);
-    sup.send(del(key, 2)).await.unwrap();
-    eventually("record deleted from a fresh read", || a().is_none()).await;
+    sup.send(del(WWW, 2)).await.unwrap();
+    eventually("record deleted from a fresh read", || www_a(&r53).is_none()).await;
 }
 
 #[actix_rt::test]
 async fn an_actor_that_panics_at_every_start_is_restarted_ever_more_slowly() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
-    elb.panic_always.store(true, Ordering::SeqCst);
-    let _sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    let elb = elbs(&["a"]);
+    elb.panic_always.store(true, SeqCst);
+    let _sup = start(&elb, &ignored(), &[(A, 1)]);
     actix_rt::time::sleep(Duration::from_millis(6500)).await;
     // Restarts after 1 s, then 2 s, then 4 s: the first try and three restarts, where a restart
     // every second would have made seven (tokio's paused clock: exactly so).
-    let calls = elb.calls().len();
-    assert_eq!(calls, 4, "{calls} calls: {:?}", elb.calls());
+    assert_eq!(elb.calls().len(), 4, "{:?}", elb.calls());
 }
 
 #[actix_rt::test]
 async fn a_panic_mid_sync_does_not_leak_a_pending_sync() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     *elb.panic_next.lock().unwrap() = true;
     let settings = settings();
-    let _sup = start_with(settings.clone(), elb.clone(), Arc::default(), &[(A, 1)]).await;
-    eventually("converged after the restart", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-    })
-    .await;
-    eventually("no sync left pending", || {
-        settings.metrics.syncs_pending.get() == 0
-    })
-    .await;
+    let _sup = start_on(&ignored(), &settings, &elb, &ignored(), &[(A, 1)]);
+    until_members(&elb, "a", &["i-0000000a"]).await;
+    let metrics = &settings.metrics;
+    eventually("no sync left pending", || metrics.syncs_pending.get() == 0).await;
 }
 
 #[actix_rt::test]
 async fn a_zone_without_managed_names_is_freed() {
     tokio::time::pause();
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
-    let key = WWW;
-    let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
-    eventually("record created", || {
-        r53.record("Z1", "www.example.com", RecordType::A).is_some()
-    })
-    .await;
+    let sup = start(&ignored(), &r53, &[(WWW, 1)]);
+    eventually("record created", || www_a(&r53).is_some()).await;
     assert_eq!(sup.send(ZoneCount).await.unwrap(), 1);
-    sup.send(del(key, 2)).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sup.send(ZoneCount).await.unwrap() != 0 {
-        assert!(Instant::now() < deadline, "the zone actor was never freed");
-        actix_rt::time::sleep(Duration::from_millis(10)).await;
-    }
+    sup.send(del(WWW, 2)).await.unwrap();
+    until_none(&sup, || ZoneCount, "the zone actor freed").await;
 }
 
 #[actix_rt::test]
 async fn a_relist_resyncs_every_load_balancer_and_counts_as_a_full_sync() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     let settings = settings();
-    let sup = start_with(settings.clone(), elb.clone(), Arc::default(), &[(A, 1)]).await;
-    eventually("registered", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-    })
-    .await;
-    eventually("start-up full sync", || {
-        settings.metrics.last_full_sync.get() > 0.0
-    })
-    .await;
+    let sup = start_on(&ignored(), &settings, &elb, &ignored(), &[(A, 1)]);
+    until_members(&elb, "a", &["i-0000000a"]).await;
+    let full_sync = || settings.metrics.last_full_sync.get() > 0.0;
+    eventually("start-up full sync", full_sync).await;
     settings.metrics.last_full_sync.set(0.0);
-    let describes = || {
-        elb.calls()
-            .iter()
-            .filter(|c| c.starts_with("Describe"))
-            .count()
-    };
-    let before = describes();
+    let before = describes(&elb);
     // Drift that only a fresh read sees; the relisted keys are the same as before.
     elb.set_instances("us-east-1", "a", &["i-0000000f"]);
-    sup.send(WatchEvent::RelistStarted).await.unwrap();
-    sup.send(WatchEvent::RelistPage(vec![(A.to_string(), 1)]))
-        .await
-        .unwrap();
-    sup.send(WatchEvent::Relisted {
-        revision: 200,
-        keys: 1,
-    })
-    .await
-    .unwrap();
-    eventually(
-        "the unchanged load balancer was read again and corrected",
-        || describes() > before && elb.instances("us-east-1", "a") == ids(&["i-0000000a"]),
-    )
-    .await;
-    eventually("the relist counts as a full sync", || {
-        settings.metrics.last_full_sync.get() > 0.0
-    })
-    .await;
+    use WatchEvent::{RelistPage, RelistStarted, Relisted};
+    sup.send(RelistStarted).await.unwrap();
+    let page = vec![(A.to_string(), 1)];
+    sup.send(RelistPage(page)).await.unwrap();
+    let (revision, keys) = (200, 1);
+    sup.send(Relisted { revision, keys }).await.unwrap();
+    // The unchanged load balancer is read again, and corrected.
+    let corrected = || describes(&elb) > before && has(&elb, "a", &["i-0000000a"]);
+    eventually("read again and corrected", corrected).await;
+    eventually("the relist counts as a full sync", full_sync).await;
 }
 
 #[actix_rt::test]
 async fn superseded_keys_are_deleted_through_the_etcd_writer() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     let etcd = Arc::new(FakeEtcd::default());
-    let (old, new) = (
-        "/lbManager/elb/us-east-1/a/single/i-0000000a",
-        "/lbManager/elb/us-east-1/a/single/i-0000000b",
-    );
+    let old = "/lbManager/elb/us-east-1/a/single/i-0000000a";
+    let new = "/lbManager/elb/us-east-1/a/single/i-0000000b";
     let old_rev = etcd.put_key(old, "");
-    let sup = start_on(
-        etcd.clone(),
-        settings(),
-        elb.clone(),
-        Arc::default(),
-        &[(old, old_rev)],
-    );
-    eventually("the first single member", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-    })
-    .await;
-    let new_rev = etcd.put_key(new, "");
-    sup.send(put(new, new_rev)).await.unwrap();
+    let sup = start_on(&etcd, &settings(), &elb, &ignored(), &[(old, old_rev)]);
+    until_members(&elb, "a", &["i-0000000a"]).await;
+    sup.send(put(new, etcd.put_key(new, ""))).await.unwrap();
     eventually("switched, and the superseded key deleted", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000b"]) && etcd.get(old).is_none()
+        has(&elb, "a", &["i-0000000b"]) && etcd.get(old).is_none()
     })
     .await;
     assert!(etcd.get(new).is_some());
-    assert!(
-        etcd.get("/lbmanager-state/lbManager/managed/elb/us-east-1/a")
-            .is_some(),
-        "the managed record went through the same writer"
-    );
+    // The managed record went through the same writer.
+    let managed = "/lbmanager-state/lbManager/managed/elb/us-east-1/a";
+    assert!(etcd.get(managed).is_some());
 }
 
 #[actix_rt::test]
@@ -614,8 +567,7 @@ async fn a_drain_ends_when_the_zone_of_the_sync_in_flight_dies() {
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     *r53.delay.lock().unwrap() = Duration::from_millis(300);
     *r53.panic_next.lock().unwrap() = true;
-    let key = WWW;
-    let sup = start(Arc::default(), r53.clone(), &[(key, 1)]).await;
+    let sup = start(&ignored(), &r53, &[(WWW, 1)]);
     eventually("the zone's read is in flight", || !r53.calls().is_empty()).await;
     // The zone dies with the sync in flight; the Supervisor replaces it and tells the load
     // balancer, whose drain is then over.
@@ -629,34 +581,29 @@ async fn a_drain_ends_when_the_zone_of_the_sync_in_flight_dies() {
 #[actix_rt::test]
 async fn a_load_balancer_that_dies_during_the_shutdown_is_not_restarted() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     *elb.delay.lock().unwrap() = Duration::from_millis(300);
     *elb.panic_next.lock().unwrap() = true;
-    let sup = start(elb.clone(), Arc::default(), &[(A, 1)]).await;
+    let sup = start(&elb, &ignored(), &[(A, 1)]);
     eventually("the first read is in flight", || !elb.calls().is_empty()).await;
     sup.send(super::supervisor::Shutdown).await.unwrap();
-    let calls = elb.calls().len();
+    let calls = elb.calls();
     // The Supervisor checks for dead actors every second.
     actix_rt::time::sleep(Duration::from_millis(2500)).await;
-    assert_eq!(
-        elb.calls().len(),
-        calls,
-        "no sync after the shutdown: {:?}",
-        elb.calls()
-    );
+    assert_eq!(elb.calls(), calls, "no sync after the shutdown");
 }
 
 #[actix_rt::test]
 async fn the_managed_record_is_in_etcd_before_the_first_change_in_aws() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     let etcd = Arc::new(FakeEtcd::default());
     *etcd.put_delay.lock().unwrap() = Duration::from_millis(300);
-    let sup = start_on(etcd.clone(), settings(), elb.clone(), Arc::default(), &[]);
+    let sup = start_on(&etcd, &settings(), &elb, &ignored(), &[]);
     sup.send(put(A, 101)).await.unwrap();
     let record = "/lbmanager-state/lbManager/managed/elb/us-east-1/a";
     eventually("the first Register", || {
-        let registered = elb.calls().iter().any(|c| c.starts_with("Register"));
+        let registered = registers(&elb) > 0;
         // The moment AWS is first changed, the record must already be there.
         assert!(
             !registered || etcd.get(record).is_some(),
@@ -667,36 +614,12 @@ async fn the_managed_record_is_in_etcd_before_the_first_change_in_aws() {
     .await;
 }
 
-/// The status the Supervisor published for a load balancer (through the StateWriter).
-fn published(etcd: &FakeEtcd, lb: &str) -> Option<crate::status::LbStatus> {
-    let layout = crate::layout::Layout::new("/lbManager");
-    let lb = layout
-        .parse_status(&format!("/lbmanager-state/lbManager/status/{lb}"))
-        .expect("a load balancer path");
-    let key = layout.status(&lb);
-    serde_json::from_str(&etcd.get(&key)?).ok()
-}
-
-fn describes(elb: &FakeElb) -> usize {
-    elb.calls()
-        .iter()
-        .filter(|c| c.starts_with("Describe"))
-        .count()
-}
-
 #[actix_rt::test]
 async fn health_is_read_again_only_while_someone_waits_and_published_as_it_settles() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
-    let key = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
+    let elb = elbs(&["tg"]);
     let etcd = Arc::new(FakeEtcd::default());
-    let sup = start_on(
-        etcd.clone(),
-        settings(),
-        elb.clone(),
-        Arc::default(),
-        &[(key, 7)],
-    );
+    let sup = start_on(&etcd, &settings(), &elb, &ignored(), &[(TG, 7)]);
     eventually("registered and published", || {
         // A start-up sync brings AWS to the whole read's revision.
         published(&etcd, "elbv2/us-east-1/tg")
@@ -709,20 +632,11 @@ async fn health_is_read_again_only_while_someone_waits_and_published_as_it_settl
     assert_eq!(describes(&elb), 1, "{:?}", elb.calls());
 
     // `member add --healthy` waits: the load balancer is read until the target settles.
-    let waiting = "/lbManager/_waiting/elbv2/us-east-1/tg/i-00000001:80";
-    sup.send(put(waiting, 8)).await.unwrap();
-    eventually("the health read back", || {
-        published(&etcd, "elbv2/us-east-1/tg")
-            .is_some_and(|s| s.members[0].state.as_deref() == Some("initial"))
-    })
-    .await;
+    sup.send(put(TG_WAITING, 8)).await.unwrap();
+    eventually("the health read back", || health_is(&etcd, "initial")).await;
     elb.set_health("i-00000001:80", "healthy");
-    eventually("healthy, published", || {
-        published(&etcd, "elbv2/us-east-1/tg")
-            .is_some_and(|s| s.members[0].state.as_deref() == Some("healthy"))
-    })
-    .await;
-    sup.send(del(waiting, 9)).await.unwrap();
+    eventually("healthy, published", || health_is(&etcd, "healthy")).await;
+    sup.send(del(TG_WAITING, 9)).await.unwrap();
     let reads = describes(&elb);
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(describes(&elb), reads, "settled: no more reads");
@@ -731,51 +645,31 @@ async fn health_is_read_again_only_while_someone_waits_and_published_as_it_settl
 #[actix_rt::test]
 async fn a_key_written_again_moves_the_published_revision_without_a_call() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let elb = elbs(&["a"]);
     let etcd = Arc::new(FakeEtcd::default());
-    let sup = start_on(
-        etcd.clone(),
-        settings(),
-        elb.clone(),
-        Arc::default(),
-        &[(A, 5)],
-    );
-    eventually("published at the read's revision", || {
-        published(&etcd, "elb/us-east-1/a").is_some_and(|s| s.revision == 100 && s.in_step)
-    })
-    .await;
+    let sup = start_on(&etcd, &settings(), &elb, &ignored(), &[(A, 5)]);
+    let in_step_at = |revision| {
+        published(&etcd, "elb/us-east-1/a").is_some_and(|s| s.revision == revision && s.in_step)
+    };
+    eventually("published at the read's revision", || in_step_at(100)).await;
     let calls = elb.calls().len();
     sup.send(put(A, 120)).await.unwrap();
-    eventually("published at the new revision", || {
-        published(&etcd, "elb/us-east-1/a").is_some_and(|s| s.revision == 120 && s.in_step)
-    })
-    .await;
+    eventually("published at the new revision", || in_step_at(120)).await;
     assert_eq!(elb.calls().len(), calls, "{:?}", elb.calls());
 }
 
 #[actix_rt::test]
 async fn a_waiter_found_at_start_up_gets_its_settling_reads() {
     tokio::time::pause();
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "tg")]));
+    let elb = elbs(&["tg"]);
     elb.set_instances("us-east-1", "tg", &["i-00000001:80"]);
     elb.set_health("i-00000001:80", "initial");
-    let key = "/lbManager/elbv2/us-east-1/tg/multiple/i-00000001:80";
-    let waiting = "/lbManager/_waiting/elbv2/us-east-1/tg/i-00000001:80";
     let etcd = Arc::new(FakeEtcd::default());
-    let _sup = start_on(
-        etcd.clone(),
-        settings(),
-        elb.clone(),
-        Arc::default(),
-        &[(key, 1), (waiting, 2)],
-    );
+    let keys = [(TG, 1), (TG_WAITING, 2)];
+    let _sup = start_on(&etcd, &settings(), &elb, &ignored(), &keys);
     eventually("read again while it settles", || describes(&elb) >= 2).await;
     elb.set_health("i-00000001:80", "healthy");
-    eventually("healthy, published", || {
-        published(&etcd, "elbv2/us-east-1/tg")
-            .is_some_and(|s| s.members[0].state.as_deref() == Some("healthy"))
-    })
-    .await;
+    eventually("healthy, published", || health_is(&etcd, "healthy")).await;
 }
 
 /// A record etcd refuses for its size is written again cut down to its counts, not retried as
@@ -784,46 +678,26 @@ async fn a_waiter_found_at_start_up_gets_its_settling_reads() {
 #[actix_rt::test]
 async fn a_record_etcd_refuses_delays_no_other_and_is_not_retried_as_it_is() {
     tokio::time::pause();
-    use crate::status::LbStatus;
-    let elb = Arc::new(FakeElb::with_lbs(&[
-        ("us-east-1", "big"),
-        ("us-east-1", "other"),
-    ]));
+    let elb = elbs(&["big", "other"]);
     let etcd = Arc::new(FakeEtcd::default());
     *etcd.max_value.lock().unwrap() = Some(600);
     let status = "/lbmanager-state/lbManager/status/elb/us-east-1/big";
     let blocked = "/lbmanager-state/lbManager/status/elb/us-east-1/other";
     etcd.failing.lock().unwrap().insert(blocked.to_string());
-    let members: Vec<String> = (0..40).map(|n| format!("i-{n:08x}")).collect();
-    let keys: Vec<(String, i64)> = members
-        .iter()
-        .map(|m| (format!("/lbManager/elb/us-east-1/big/multiple/{m}"), 1))
-        .chain([(
-            "/lbManager/elb/us-east-1/other/multiple/i-0000000f".to_string(),
-            1,
-        )])
-        .collect();
-    let keys: Vec<(&str, i64)> = keys.iter().map(|(k, r)| (k.as_str(), *r)).collect();
+    let mut keys: Vec<String> = (0..40).map(|n| elb_key("big", n)).collect();
+    keys.push(elb_key("other", 0xf));
+    let keys: Vec<(&str, i64)> = keys.iter().map(|k| (k.as_str(), 1)).collect();
     let settings = settings();
-    let sup = start_on(
-        etcd.clone(),
-        settings.clone(),
-        elb.clone(),
-        Arc::default(),
-        &keys,
-    );
+    let sup = start_on(&etcd, &settings, &elb, &ignored(), &keys);
     eventually("the smaller status written", || etcd.get(status).is_some()).await;
-    let written: LbStatus = serde_json::from_str(&etcd.get(status).unwrap()).unwrap();
+    let written: crate::status::LbStatus =
+        serde_json::from_str(&etcd.get(status).unwrap()).unwrap();
     assert!(written.members.is_empty() && written.members_more == 40);
     assert_eq!(written.desired, 40);
     // The first (whole) record was tried once, not again.
     let tries = |key: &str| {
-        etcd.puts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k == key)
-            .count()
+        let puts = etcd.puts.lock().unwrap();
+        puts.iter().filter(|(k, _)| k == key).count()
     };
     assert_eq!(tries(status), 2, "{:?}", etcd.puts.lock().unwrap());
     // The other load balancer synced although its status cannot be written, and a new one
@@ -834,17 +708,12 @@ async fn a_record_etcd_refuses_delays_no_other_and_is_not_retried_as_it_is() {
     })
     .await;
     elb.create("us-east-1", "late");
-    let late = "/lbManager/elb/us-east-1/late/multiple/i-0000000e";
-    sup.send(put(late, etcd.put_key(late, ""))).await.unwrap();
-    eventually("the new load balancer synced", || {
-        elb.instances("us-east-1", "late") == ids(&["i-0000000e"])
-    })
-    .await;
+    let late = elb_key("late", 0xe);
+    sup.send(put(&late, etcd.put_key(&late, ""))).await.unwrap();
+    until_members(&elb, "late", &["i-0000000e"]).await;
     eventually("the failing write is retried", || tries(blocked) >= 2).await;
-    assert!(settings
-        .metrics
-        .encode()
-        .contains("limit_exceeded_total{limit=\"record_refused\"} 1"));
+    let metrics = settings.metrics.encode();
+    assert!(metrics.contains("limit_exceeded_total{limit=\"record_refused\"} 1"));
 }
 
 /// `--ownership shared`: an ownership record etcd does not delete when its member leaves AWS
@@ -855,38 +724,32 @@ async fn a_record_etcd_refuses_delays_no_other_and_is_not_retried_as_it_is() {
 #[actix_rt::test]
 async fn an_ownership_record_etcd_did_not_delete_is_deleted_when_it_can_be() {
     tokio::time::pause();
-    let settings = Arc::new(Settings {
-        ownership: crate::ownership::Ownership::Shared,
-        ..(*settings()).clone()
-    });
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let settings = settings_with(|s| s.ownership = crate::ownership::Ownership::Shared);
+    let elb = elbs(&["a"]);
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     let etcd = Arc::new(FakeEtcd::default());
-    let sup = start_on(etcd.clone(), settings, elb.clone(), r53.clone(), &[]);
-    let www = WWW;
+    let sup = start_on(&etcd, &settings, &elb, &r53, &[]);
     let records = [
         "/lbmanager-state/lbManager/owned/elb/us-east-1/a/i-0000000a",
         "/lbmanager-state/lbManager/owned/route53/Z1/www.example.com/192.0.2.1",
     ];
-    for key in [A, www] {
+    for key in [A, WWW] {
         sup.send(put(key, etcd.put_key(key, ""))).await.unwrap();
     }
     eventually("both members in AWS, recorded as lbmanager's", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"])
-            && r53.record("Z1", "www.example.com", RecordType::A).is_some()
+        has(&elb, "a", &["i-0000000a"])
+            && www_a(&r53).is_some()
             && records.iter().all(|r| etcd.get(r).is_some())
     })
     .await;
-    etcd.failing
-        .lock()
-        .unwrap()
-        .extend(records.iter().map(|r| r.to_string()));
-    for (n, key) in [A, www].into_iter().enumerate() {
+    for record in records {
+        etcd.failing.lock().unwrap().insert(record.into());
+    }
+    for (n, key) in [A, WWW].into_iter().enumerate() {
         sup.send(del(key, 200 + n as i64)).await.unwrap();
     }
     eventually("both members out of AWS", || {
-        elb.instances("us-east-1", "a") == ids(&[])
-            && r53.record("Z1", "www.example.com", RecordType::A).is_none()
+        has(&elb, "a", &[]) && www_a(&r53).is_none()
     })
     .await;
     actix_rt::time::sleep(Duration::from_millis(300)).await;
@@ -906,51 +769,16 @@ async fn the_status_after_the_last_value_went_keeps_the_ttl_it_had() {
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     set_a_by_hand(&r53, &["192.0.2.1"]);
     let etcd = Arc::new(FakeEtcd::default());
-    let settings = settings();
-    let snapshot = Snapshot::from_keys(settings.prefix(), settings.filters.clone(), &[], 100);
-    let (aws, www) = route53_only(&r53);
     // Managed before (its keys were deleted while lbmanager was away): emptied at start.
-    let _sup = Supervisor::new(settings, &log(), etcd.clone(), aws, snapshot)
-        .with_records([www].into())
+    let _sup = supervisor(&etcd, &settings(), &ignored(), &r53, &[])
+        .with_records([www()].into())
         .start();
-    eventually("the record set deleted", || {
-        r53.record("Z1", "www.example.com", RecordType::A).is_none()
-    })
-    .await;
-    let status_key = "/lbmanager-state/lbManager/status/route53/Z1/www.example.com";
-    eventually("its status written", || {
-        etcd.landed
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(k, _)| k == status_key)
-    })
-    .await;
-    let landed = etcd.landed.lock().unwrap().clone();
-    let (_, last) = landed.iter().rev().find(|(k, _)| k == status_key).unwrap();
-    let status: crate::status::LbStatus = serde_json::from_str(last).unwrap();
-    assert!(status.members.is_empty(), "{last}");
-    assert_eq!(status.ttl, Some(60), "{last}");
-}
-
-/// Backends with `r53` as Route53 (and ELBs that have nothing), and www.example.com of Z1.
-fn route53_only(r53: &Arc<FakeRoute53>) -> (crate::aws::Backends, crate::key::LbId) {
-    let aws = crate::aws::Backends {
-        elb: Arc::new(FakeElb::default()),
-        elbv2: Arc::new(FakeElb::default()),
-        route53: r53.clone(),
-    };
-    let www = "route53/Z1/www.example.com"
-        .parse::<crate::key::LbId>()
-        .unwrap();
-    (aws, www)
-}
-
-/// The status of `key` as it last landed in etcd.
-fn landed_status(etcd: &FakeEtcd, key: &str) -> Option<crate::status::LbStatus> {
-    let landed = etcd.landed.lock().unwrap();
-    let (_, last) = landed.iter().rev().find(|(k, _)| k == key)?;
-    serde_json::from_str(last).ok()
+    eventually("the record set deleted", || www_a(&r53).is_none()).await;
+    let status = || landed_status(&etcd, WWW_STATUS);
+    eventually("its status written", || status().is_some()).await;
+    let status = status().unwrap();
+    assert!(status.members.is_empty(), "{status:?}");
+    assert_eq!(status.ttl, Some(60), "{status:?}");
 }
 
 /// Route53 has accepted a change long before every one of its name servers has it: until
@@ -960,47 +788,26 @@ fn landed_status(etcd: &FakeEtcd, key: &str) -> Option<crate::status::LbStatus> 
 #[actix_rt::test]
 async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync() {
     tokio::time::pause();
-    use std::sync::atomic::Ordering::SeqCst;
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     r53.hold.store(true, SeqCst);
     let etcd = Arc::new(FakeEtcd::default());
-    let settings = Arc::new(Settings {
-        route53_slow_change: Duration::from_millis(500),
-        ..(*settings()).clone()
-    });
-    let www = WWW;
+    let settings = settings_with(|s| s.route53_slow_change = Duration::from_millis(500));
     let api = "/lbManager/route53/us-east-1/Z1/api.example.com/multiple/192.0.2.2";
-    let _sup = start_on(
-        etcd.clone(),
-        settings.clone(),
-        Arc::default(),
-        r53.clone(),
-        &[(www, 1), (api, 2)],
-    );
-    let statuses = [
-        "/lbmanager-state/lbManager/status/route53/Z1/www.example.com",
-        "/lbmanager-state/lbManager/status/route53/Z1/api.example.com",
-    ];
-    let pending = |key: &str| landed_status(&etcd, key).map(|s| s.dns_pending);
-    eventually("both statuses list the change as pending", || {
-        statuses
+    let _sup = start_on(&etcd, &settings, &ignored(), &r53, &[(WWW, 1), (api, 2)]);
+    let api_status = "/lbmanager-state/lbManager/status/route53/Z1/api.example.com";
+    // How many changes each status lists as pending.
+    let pending = |key: &str| landed_status(&etcd, key).map(|s| s.dns_pending.len());
+    let all_pending = |n| {
+        [WWW_STATUS, api_status]
             .iter()
-            .all(|k| pending(k).is_some_and(|p| p.len() == 1))
-    })
-    .await;
+            .all(|k| pending(k) == Some(n))
+    };
+    eventually("both statuses list the change", || all_pending(1)).await;
     let made = r53.changes();
     assert_eq!(made.len(), 1, "both names in one change: {made:?}");
-    assert_eq!(pending(statuses[0]).unwrap()[0].id, made[0].0);
-    let polls = || {
-        r53.calls()
-            .into_iter()
-            .filter(|c| c.starts_with("GetChange"))
-            .collect::<Vec<_>>()
-    };
-    eventually("Route53 asked while the change is pending", || {
-        !polls().is_empty()
-    })
-    .await;
+    let www = landed_status(&etcd, WWW_STATUS).unwrap();
+    assert_eq!(www.dns_pending[0].id, made[0].0);
+    eventually("a GetChange", || count(&r53.calls(), "GetChange") > 0).await;
     // Pending past the slow-change bound (0.5 s here): said and counted, once.
     eventually("the slow change counted", || {
         settings.metrics.route53_changes_slow.get() == 1
@@ -1008,19 +815,15 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
     .await;
     assert_eq!(settings.metrics.route53_changes_pending.get(), 1);
     r53.hold.store(false, SeqCst);
-    eventually("both statuses say the change is INSYNC", || {
-        statuses
-            .iter()
-            .all(|k| pending(k).is_some_and(|p| p.is_empty()))
-    })
-    .await;
-    let polls = polls();
-    assert!(
-        polls
-            .iter()
-            .all(|c| c == &format!("GetChange Z1 {}", made[0].0)),
-        "one change, asked about as one: {polls:?}"
-    );
+    eventually("both statuses say it is INSYNC", || all_pending(0)).await;
+    let calls = r53.calls();
+    let polls: Vec<&String> = calls
+        .iter()
+        .filter(|c| c.starts_with("GetChange"))
+        .collect();
+    // One change, asked about as one.
+    let asked = format!("GetChange Z1 {}", made[0].0);
+    assert!(polls.iter().all(|c| *c == &asked), "{polls:?}");
     // A status that changed only in that is not a sync: no second change was made.
     assert_eq!(r53.changes().len(), 1);
     assert_eq!(settings.metrics.route53_changes_slow.get(), 1);
@@ -1033,29 +836,22 @@ async fn a_route53_change_stays_pending_in_the_status_until_route53_says_insync(
 #[actix_rt::test]
 async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
     tokio::time::pause();
-    use std::sync::atomic::Ordering::SeqCst;
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     r53.hold.store(true, SeqCst);
     r53.made_elsewhere("/change/CEARLIER", 0);
     set_a_by_hand(&r53, &["192.0.2.1"]);
     let etcd = Arc::new(FakeEtcd::default());
-    let settings = settings();
-    let key = WWW;
-    let keys = vec![(key.to_string(), 40)];
-    let snapshot = Snapshot::from_keys(settings.prefix(), settings.filters.clone(), &keys, 100);
-    let (aws, www) = route53_only(&r53);
     let earlier = crate::status::PendingChange {
         id: "/change/CEARLIER".into(),
         since: 1,
         revision: 40,
     };
-    let _sup = Supervisor::new(settings, &log(), etcd.clone(), aws, snapshot)
-        .with_records([www.clone()].into())
-        .with_dns_pending([(www, vec![earlier])].into())
+    let _sup = supervisor(&etcd, &settings(), &ignored(), &r53, &[(WWW, 40)])
+        .with_records([www()].into())
+        .with_dns_pending([(www(), vec![earlier])].into())
         .start();
-    let status_key = "/lbmanager-state/lbManager/status/route53/Z1/www.example.com";
     eventually("its first status lists the earlier change", || {
-        landed_status(&etcd, status_key).is_some_and(|s| {
+        landed_status(&etcd, WWW_STATUS).is_some_and(|s| {
             s.revision >= 40 && s.dns_pending.iter().any(|p| p.id == "/change/CEARLIER")
         })
     })
@@ -1064,7 +860,7 @@ async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
     assert!(r53.changes().len() == 1, "{:?}", r53.changes());
     r53.hold.store(false, SeqCst);
     eventually("the change dropped once INSYNC", || {
-        landed_status(&etcd, status_key).is_some_and(|s| s.dns_pending.is_empty())
+        landed_status(&etcd, WWW_STATUS).is_some_and(|s| s.dns_pending.is_empty())
     })
     .await;
 }
@@ -1074,32 +870,17 @@ async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
 #[actix_rt::test]
 async fn a_change_route53_refuses_to_report_on_is_not_waited_for_forever() {
     tokio::time::pause();
-    use std::sync::atomic::Ordering::SeqCst;
     let r53 = Arc::new(FakeRoute53::with_zones(&["Z1"]));
     r53.hold.store(true, SeqCst);
     r53.fail_polls.lock().unwrap().push(ErrorKind::Rejected);
     let etcd = Arc::new(FakeEtcd::default());
-    let www = WWW;
-    let _sup = start_on(
-        etcd.clone(),
-        settings(),
-        Arc::default(),
-        r53.clone(),
-        &[(www, 1)],
-    );
-    let status_key = "/lbmanager-state/lbManager/status/route53/Z1/www.example.com";
-    eventually("the change listed as pending", || {
-        landed_status(&etcd, status_key).is_some_and(|s| !s.dns_pending.is_empty())
-    })
-    .await;
-    eventually("no longer waited for once refused", || {
-        landed_status(&etcd, status_key).is_some_and(|s| s.dns_pending.is_empty())
-    })
-    .await;
-    assert!(
-        r53.changes().iter().all(|(_, insync)| !insync),
-        "still PENDING in Route53"
-    );
+    let _sup = start_on(&etcd, &settings(), &ignored(), &r53, &[(WWW, 1)]);
+    // How many changes the status lists as pending (`None`: no status yet).
+    let pending = || landed_status(&etcd, WWW_STATUS).map(|s| s.dns_pending.len());
+    eventually("the change listed as pending", || pending() > Some(0)).await;
+    eventually("no longer waited for once refused", || pending() == Some(0)).await;
+    // Still PENDING in Route53.
+    assert!(r53.changes().iter().all(|(_, insync)| !insync));
 }
 
 /// A status queued behind other writes and then removed (its load balancer retired at once) is
@@ -1141,17 +922,14 @@ async fn a_last_status_is_written_before_its_removal() {
 #[actix_rt::test]
 async fn an_owned_member_taken_out_by_hand_is_forgotten_when_its_key_goes() {
     tokio::time::pause();
-    let settings = Arc::new(Settings {
-        ownership: crate::ownership::Ownership::Shared,
-        ..(*settings()).clone()
-    });
-    let elb = Arc::new(FakeElb::with_lbs(&[("us-east-1", "a")]));
+    let settings = settings_with(|s| s.ownership = crate::ownership::Ownership::Shared);
+    let elb = elbs(&["a"]);
     let etcd = Arc::new(FakeEtcd::default());
-    let sup = start_on(etcd.clone(), settings, elb.clone(), Arc::default(), &[]);
+    let sup = start_on(&etcd, &settings, &elb, &ignored(), &[]);
     let record = "/lbmanager-state/lbManager/owned/elb/us-east-1/a/i-0000000a";
     sup.send(put(A, etcd.put_key(A, ""))).await.unwrap();
     eventually("registered and recorded", || {
-        elb.instances("us-east-1", "a") == ids(&["i-0000000a"]) && etcd.get(record).is_some()
+        has(&elb, "a", &["i-0000000a"]) && etcd.get(record).is_some()
     })
     .await;
     // Past the time a read may lag a registration; then out by hand, and its key deleted.

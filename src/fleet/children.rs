@@ -338,37 +338,27 @@ mod tests {
             out.iter()
                 .any(|c| matches!(c, Command::Spawn { lb: l, .. } if *l == lb("a")))
         };
-        let out = acts(fleet.stopped(t0, &[lb("a")], &[]));
+        // What the fleet does when a's actor is found dead `ms` after t0.
+        let dead_at = |fleet: &mut Fleet, ms: u64| {
+            acts(fleet.stopped(t0 + Duration::from_millis(ms), &[lb("a")], &[]))
+        };
+        let out = dead_at(&mut fleet, 0);
         assert!(restarted(&out));
         let desire = desire_of(&out, &lb("a")).unwrap();
-        assert_eq!(
-            (desire.generation, desire.cause),
-            (generation, Cause::Restart)
-        );
+        assert_eq!(desire.generation, generation);
+        assert_eq!(desire.cause, Cause::Restart);
         // Dead again at once: the next restart waits 1 s, the one after 2 s.
-        assert!(acts(fleet.stopped(t0, &[lb("a")], &[])).is_empty());
-        assert!(acts(fleet.stopped(t0 + Duration::from_millis(900), &[lb("a")], &[])).is_empty());
-        assert!(restarted(&acts(fleet.stopped(
-            t0 + Duration::from_secs(1),
-            &[lb("a")],
-            &[]
-        ))));
-        assert!(acts(fleet.stopped(t0 + Duration::from_millis(2900), &[lb("a")], &[])).is_empty());
-        assert!(restarted(&acts(fleet.stopped(
-            t0 + Duration::from_secs(3),
-            &[lb("a")],
-            &[]
-        ))));
+        assert!(dead_at(&mut fleet, 0).is_empty());
+        assert!(dead_at(&mut fleet, 900).is_empty());
+        assert!(restarted(&dead_at(&mut fleet, 1_000)));
+        assert!(dead_at(&mut fleet, 2_900).is_empty());
+        assert!(restarted(&dead_at(&mut fleet, 3_000)));
         // A good sync: the next death is restarted at once.
         acts(fleet.synced(ok(&lb("a"), generation)));
-        assert!(restarted(&acts(fleet.stopped(
-            t0 + Duration::from_secs(3),
-            &[lb("a")],
-            &[]
-        ))));
+        assert!(restarted(&dead_at(&mut fleet, 3_000)));
         // Shutting down: the dead stay dead.
         fleet.shutdown();
-        assert!(acts(fleet.stopped(t0 + Duration::from_secs(600), &[lb("a")], &[])).is_empty());
+        assert!(dead_at(&mut fleet, 600_000).is_empty());
     }
 
     #[test]
@@ -432,11 +422,8 @@ mod tests {
     fn refusals_are_noted_once_with_their_key() {
         let (mut fleet, out) = started(false, &[A]);
         let generation = desire_of(&out, &lb("a")).unwrap().generation;
-        let refused: Rejected = [(
-            "i-0000000a".to_string(),
-            Refusal::Aws("InvalidInstance".into()),
-        )]
-        .into();
+        let refusal = Refusal::Aws("InvalidInstance".into());
+        let refused: Rejected = [("i-0000000a".to_string(), refusal.clone())].into();
         let report = |rejected: &Rejected| Report {
             rejected: Some(Arc::new(rejected.clone())),
             ..ok(&lb("a"), generation)
@@ -450,7 +437,7 @@ mod tests {
                     lb: lb("a"),
                     member: "i-0000000a".into(),
                     key: Some(A.into()),
-                    refusal: Refusal::Aws("InvalidInstance".into()),
+                    refusal,
                 },
                 &Note::RejectedCount {
                     lb: lb("a"),

@@ -11,10 +11,7 @@ pub(super) const B: &str = "/lbManager/elb/us-east-1/b/multiple/i-0000000b";
 pub(super) const WWW: &str = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
 
 pub(super) fn lb(name: &str) -> LbId {
-    LbId::Elb {
-        region: "us-east-1".into(),
-        name: name.into(),
-    }
+    format!("elb/us-east-1/{name}").parse().unwrap()
 }
 
 pub(super) fn fleet(once: bool) -> Fleet {

@@ -250,12 +250,16 @@ mod tests {
     use super::super::testing::*;
     use super::super::*;
 
+    /// Whether `out` asks for superseded keys to be deleted.
+    fn deletes_superseded(out: &[Command]) -> bool {
+        out.iter()
+            .any(|c| matches!(c, Command::DeleteSuperseded { .. }))
+    }
+
     #[test]
     fn superseded_keys_are_deleted_once_while_under_way() {
         let (mut fleet, out) = started(false, &[A, A2]);
-        assert!(!out
-            .iter()
-            .any(|c| matches!(c, Command::DeleteSuperseded { .. })));
+        assert!(!deletes_superseded(&out));
         let out = acts(fleet.changes(change(vec![put(A_SINGLE, 20)])));
         let superseded = out
             .iter()
@@ -271,15 +275,11 @@ mod tests {
         assert_eq!(desire_of(&out, &lb("a")).unwrap().members.len(), 1);
         // Another change while the delete is under way: not asked again.
         let again = acts(fleet.changes(change(vec![put(B, 21)])));
-        assert!(!again
-            .iter()
-            .any(|c| matches!(c, Command::DeleteSuperseded { .. })));
+        assert!(!deletes_superseded(&again));
         // Done (say it failed): the next change of that load balancer asks again.
         fleet.superseded_done(&superseded.0);
         let again = acts(fleet.changes(change(vec![put(A_SINGLE, 22)])));
-        assert!(again
-            .iter()
-            .any(|c| matches!(c, Command::DeleteSuperseded { .. })));
+        assert!(deletes_superseded(&again));
     }
 
     #[test]
@@ -318,19 +318,18 @@ mod tests {
         let (mut fleet, _) = started(false, &[A]);
         let waiting =
             Layout::new("/lbManager").waiting(&lb("a"), &Member::Instance("i-0000000a".into()), 1);
+        let barrier_last = |out: &[Command]| {
+            let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
+            let barrier = out
+                .iter()
+                .position(|c| matches!(c, Command::Barrier { revision: 50, .. }));
+            desire.unwrap() < barrier.unwrap()
+        };
         let out = acts(fleet.changes(change(vec![put(&waiting, 50), delete(A, 51)])));
-        let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
-        let barrier = out
-            .iter()
-            .position(|c| matches!(c, Command::Barrier { revision: 50, .. }));
-        assert!(desire.unwrap() < barrier.unwrap(), "{out:?}");
+        assert!(barrier_last(&out), "{out:?}");
         // An actor restarted after a panic is handed the barrier again, after its desire.
         let out = acts(fleet.stopped(Instant::now(), &[lb("a")], &[]));
-        let desire = out.iter().position(|c| matches!(c, Command::Desire { .. }));
-        let barrier = out
-            .iter()
-            .position(|c| matches!(c, Command::Barrier { revision: 50, .. }));
-        assert!(desire.unwrap() < barrier.unwrap(), "{out:?}");
+        assert!(barrier_last(&out), "{out:?}");
     }
 
     /// What is said of a start: the read, then the round once every load balancer has synced;
@@ -354,9 +353,8 @@ mod tests {
             cause: Cause::Startup
         }));
         assert!(!said.iter().any(|n| matches!(n, Note::RoundDone { .. })));
-        let generation = desire_of(&fleet.record_landed(&lb("a")), &lb("a"))
-            .unwrap()
-            .generation;
+        let landed = fleet.record_landed(&lb("a"));
+        let generation = desire_of(&landed, &lb("a")).unwrap().generation;
         let out = fleet.synced(ok(&lb("a"), generation));
         assert_eq!(
             notes(&out),

@@ -228,40 +228,42 @@ mod tests {
     use super::super::*;
     use crate::plan::Refusal;
 
+    const ADD: Goal = Goal::Present { healthy: false };
+    const HEALTHY: Goal = Goal::Present { healthy: true };
+    const REMOVE: Goal = Goal::Absent { drained: false };
+    const DRAIN: Goal = Goal::Absent { drained: true };
+
+    /// The reason of a wait; panics at any other verdict.
+    fn reason(verdict: Verdict) -> String {
+        match verdict {
+            Verdict::Wait(Some(why)) => why,
+            other => panic!("not a wait with a reason: {other:?}"),
+        }
+    }
+
     /// Route53 has accepted the change that carried the member, and resolvers may not get it
     /// yet: an add waits for INSYNC, and so does a removal (`--drain` counts the TTL from then).
     #[test]
     fn a_route53_wait_is_done_only_once_the_change_that_carried_it_is_insync() {
         let ip = Member::Ip("192.0.2.1".parse().unwrap());
-        let add = Goal::Present { healthy: false };
+        let of = |goal, rev, s: &LbStatus| judge(&name(), &ip, goal, rev, Some(s), false);
         let mut s = status(10, &[("192.0.2.1", None)]);
         s.dns_pending = vec![pending("/change/C1", 10)];
-        assert!(matches!(
-            judge(&name(), &ip, add, 10, Some(&s), false),
-            Verdict::Wait(Some(w)) if w.contains("/change/C1") && w.contains("PENDING")
-        ));
+        let why = reason(of(ADD, 10, &s));
+        assert!(why.contains("/change/C1"), "{why}");
+        assert!(why.contains("PENDING"), "{why}");
         // A change pending from before the waiter's own does not hold it up.
         s.dns_pending = vec![pending("/change/C0", 9)];
-        assert_eq!(judge(&name(), &ip, add, 10, Some(&s), false), Verdict::Done);
+        assert_eq!(of(ADD, 10, &s), Verdict::Done);
         s.dns_pending.clear();
-        assert_eq!(judge(&name(), &ip, add, 10, Some(&s), false), Verdict::Done);
-        let remove = Goal::Absent { drained: true };
+        assert_eq!(of(ADD, 10, &s), Verdict::Done);
         let mut gone = status(12, &[]);
         gone.dns_pending = vec![pending("/change/C2", 12)];
-        assert!(matches!(
-            judge(&name(), &ip, remove, 12, Some(&gone), false),
-            Verdict::Wait(Some(w)) if w.contains("/change/C2")
-        ));
+        assert!(reason(of(DRAIN, 12, &gone)).contains("/change/C2"));
         // A key deleted that was not there: any change still pending may be the one.
-        assert!(matches!(
-            judge(&name(), &ip, remove, 0, Some(&gone), false),
-            Verdict::Wait(_)
-        ));
+        assert!(matches!(of(DRAIN, 0, &gone), Verdict::Wait(_)));
         gone.dns_pending.clear();
-        assert_eq!(
-            judge(&name(), &ip, remove, 12, Some(&gone), false),
-            Verdict::Done
-        );
+        assert_eq!(of(DRAIN, 12, &gone), Verdict::Done);
     }
 
     /// The 60-minute soak's remove_wait violation: `member remove --drain` of a key that was not
@@ -271,83 +273,41 @@ mod tests {
     #[test]
     fn a_key_that_was_not_there_is_judged_from_a_status_past_the_barrier() {
         let m = target("i-0abc1234");
-        let remove = Goal::Absent { drained: false };
-        let before = status(9, &[]);
         let change = Change::NotThere { barrier: 12 };
-        assert!(matches!(
-            judge_change(&tg(), &m, remove, change, Some(&before), false),
-            Verdict::Wait(Some(w)) if w.contains("caught up")
-        ));
+        let of = |s: Option<&LbStatus>, gone| judge_change(&tg(), &m, REMOVE, change, s, gone);
+        assert!(reason(of(Some(&status(9, &[])), false)).contains("caught up"));
         let still = status(12, &[("i-0abc1234:80", None)]);
-        assert!(matches!(
-            judge_change(&tg(), &m, remove, change, Some(&still), false),
-            Verdict::Wait(_)
-        ));
-        let gone = status(12, &[]);
-        assert_eq!(
-            judge_change(&tg(), &m, remove, change, Some(&gone), false),
-            Verdict::Done
-        );
+        assert!(matches!(of(Some(&still), false), Verdict::Wait(_)));
+        assert_eq!(of(Some(&status(12, &[])), false), Verdict::Done);
         // Retired after the barrier (or not managed at all): nothing of it is left in AWS.
-        assert_eq!(
-            judge_change(&tg(), &m, remove, change, None, true),
-            Verdict::Done
-        );
+        assert_eq!(of(None, true), Verdict::Done);
         // No status yet, and managed: one may be on its way.
-        assert!(matches!(
-            judge_change(&tg(), &m, remove, change, None, false),
-            Verdict::Wait(_)
-        ));
+        assert!(matches!(of(None, false), Verdict::Wait(_)));
     }
 
     #[test]
     fn an_add_is_done_once_the_status_covers_its_revision_and_has_the_member() {
-        let add = Goal::Present { healthy: false };
         let m = target("i-0abc1234");
-        let old = status(9, &[]);
-        assert!(matches!(
-            judge(&tg(), &m, add, 10, Some(&old), false),
-            Verdict::Wait(Some(_))
-        ));
+        let of = |goal, s: &LbStatus| judge(&tg(), &m, goal, 10, Some(s), false);
+        assert!(matches!(of(ADD, &status(9, &[])), Verdict::Wait(Some(_))));
         let new = status(10, &[("i-0abc1234:80", Some("initial"))]);
-        assert_eq!(judge(&tg(), &m, add, 10, Some(&new), false), Verdict::Done);
+        assert_eq!(of(ADD, &new), Verdict::Done);
         // --healthy waits for AWS's health check.
-        let healthy = Goal::Present { healthy: true };
-        assert!(matches!(
-            judge(&tg(), &m, healthy, 10, Some(&new), false),
-            Verdict::Wait(Some(w)) if w.contains("initial")
-        ));
+        assert!(reason(of(HEALTHY, &new)).contains("initial"));
         let up = status(12, &[("i-0abc1234:80", Some("healthy"))]);
-        assert_eq!(
-            judge(&tg(), &m, healthy, 10, Some(&up), false),
-            Verdict::Done
-        );
+        assert_eq!(of(HEALTHY, &up), Verdict::Done);
         // A port the key names must match.
-        assert!(matches!(
-            judge(&tg(), &target("i-0abc1234:81"), add, 10, Some(&up), false),
-            Verdict::Failed(_)
-        ));
+        let other_port = judge(&tg(), &target("i-0abc1234:81"), ADD, 10, Some(&up), false);
+        assert!(matches!(other_port, Verdict::Failed(_)));
     }
 
     #[test]
     fn a_rejected_member_fails_the_add_with_aws_reason() {
         let mut s = status(10, &[]);
         // As AWS names it: with the group's port.
-        s.rejected = Rejections::of(
-            &[(
-                "i-0abc1234:80".into(),
-                Refusal::Aws("InvalidTarget: not running".into()),
-            )]
-            .into(),
-        );
-        let v = judge(
-            &tg(),
-            &target("i-0abc1234"),
-            Goal::Present { healthy: false },
-            10,
-            Some(&s),
-            false,
-        );
+        let refusal = Refusal::Aws("InvalidTarget: not running".into());
+        s.rejected = Rejections::of(&[("i-0abc1234:80".into(), refusal)].into());
+        let v = judge(&tg(), &target("i-0abc1234"), ADD, 10, Some(&s), false);
         assert!(matches!(v, Verdict::Failed(r) if r.contains("not running")));
     }
 
@@ -357,19 +317,11 @@ mod tests {
     #[test]
     fn a_remove_of_a_key_already_gone_waits_for_lbmanager_to_catch_up() {
         let m = target("i-0abc1234");
+        let of = |goal, s: &LbStatus| judge(&tg(), &m, goal, 0, Some(s), false);
         let stale = status(10, &[("i-0abc1234:80", Some("healthy"))]);
-        for goal in [
-            Goal::Absent { drained: false },
-            Goal::Absent { drained: true },
-        ] {
-            assert!(matches!(
-                judge(&tg(), &m, goal, 0, Some(&stale), false),
-                Verdict::Wait(Some(w)) if w.contains("was not there")
-            ));
-            assert_eq!(
-                judge(&tg(), &m, goal, 0, Some(&status(11, &[])), false),
-                Verdict::Done
-            );
+        for goal in [REMOVE, DRAIN] {
+            assert!(reason(of(goal, &stale)).contains("was not there"));
+            assert_eq!(of(goal, &status(11, &[])), Verdict::Done);
         }
     }
 
@@ -383,19 +335,10 @@ mod tests {
         blind.in_step = false;
         blind.last_sync.ok = false;
         blind.last_sync.error = Some("DescribeTargetHealth failed: connection reset".into());
-        for goal in [
-            Goal::Absent { drained: false },
-            Goal::Absent { drained: true },
-            Goal::Present { healthy: false },
-        ] {
+        for goal in [REMOVE, DRAIN, ADD] {
             for revision in [0, 10] {
-                assert!(
-                    matches!(
-                        judge(&tg(), &m, goal, revision, Some(&blind), false),
-                        Verdict::Wait(Some(ref w)) if w.contains("connection reset")
-                    ),
-                    "{goal:?} at {revision}"
-                );
+                let why = reason(judge(&tg(), &m, goal, revision, Some(&blind), false));
+                assert!(why.contains("connection reset"), "{goal:?} at {revision}");
             }
         }
     }
@@ -403,37 +346,19 @@ mod tests {
     #[test]
     fn a_remove_is_done_when_not_routed_and_drained_when_gone() {
         let m = target("i-0abc1234");
+        let of = |goal, rev, s: Option<&LbStatus>, gone| judge(&tg(), &m, goal, rev, s, gone);
         let draining = status(10, &[("i-0abc1234:80", Some("draining"))]);
-        let remove = Goal::Absent { drained: false };
-        let drain = Goal::Absent { drained: true };
-        assert_eq!(
-            judge(&tg(), &m, remove, 10, Some(&draining), false),
-            Verdict::Done
-        );
-        assert!(matches!(
-            judge(&tg(), &m, drain, 10, Some(&draining), false),
-            Verdict::Wait(_)
-        ));
-        let gone = status(10, &[]);
-        assert_eq!(
-            judge(&tg(), &m, drain, 10, Some(&gone), false),
-            Verdict::Done
-        );
+        assert_eq!(of(REMOVE, 10, Some(&draining), false), Verdict::Done);
+        let v = of(DRAIN, 10, Some(&draining), false);
+        assert!(matches!(v, Verdict::Wait(_)));
+        assert_eq!(of(DRAIN, 10, Some(&status(10, &[])), false), Verdict::Done);
         // Retired (status deleted after the change): gone too.
-        assert_eq!(judge(&tg(), &m, drain, 10, None, true), Verdict::Done);
+        assert_eq!(of(DRAIN, 10, None, true), Verdict::Done);
         // A key that was not there, and no status: nothing to wait for.
-        assert_eq!(judge(&tg(), &m, drain, 0, None, false), Verdict::Done);
+        assert_eq!(of(DRAIN, 0, None, false), Verdict::Done);
         // An add never gives up on a missing record: a retired load balancer comes back.
-        let add = Goal::Present { healthy: false };
-        assert!(matches!(
-            judge(&tg(), &m, add, 10, None, true),
-            Verdict::Wait(_)
-        ));
-        assert_eq!(
-            judge(&tg(), &m, drain, 10, None, false),
-            Verdict::Wait(Some(
-                "lbmanager has published no status for this load balancer yet".into()
-            ))
-        );
+        assert!(matches!(of(ADD, 10, None, true), Verdict::Wait(_)));
+        let none_yet = "lbmanager has published no status for this load balancer yet";
+        assert_eq!(reason(of(DRAIN, 10, None, false)), none_yet);
     }
 }

@@ -402,7 +402,18 @@ mod tests {
     use super::super::*;
     use crate::aws::fake::FakeRoute53;
     use crate::health_check::HealthCheck;
+    use crate::plan::RecordType;
     use std::sync::atomic::Ordering;
+
+    /// The check of a `--route53-health-check` rule.
+    fn spec(rule: &str) -> CheckSpec {
+        crate::health_check::parse_rule(rule).unwrap().spec
+    }
+
+    /// The health a sync read of the value `ip`.
+    fn health<'a>(r: &'a FqdnResult, ip: &str) -> Option<&'a str> {
+        r.health.get(&ip.parse().unwrap()).map(String::as_str)
+    }
 
     fn checked(ips: &[&str], cause: Cause, spec: Option<&CheckSpec>) -> Vec<FqdnWant> {
         let mut w = wants(1, cause);
@@ -427,12 +438,9 @@ mod tests {
     /// set again and its checks are gone. A name outside the scope is left simple throughout.
     #[tokio::test]
     async fn multivalue_answers_and_their_checks_live_and_die_with_the_values() {
-        use crate::plan::RecordType;
         let r53 = FakeRoute53::with_zones(&["Z1"]);
         let (options, log) = setup();
-        let spec = crate::health_check::parse_rule("route53/Z1/*=HTTP:80/health")
-            .unwrap()
-            .spec;
+        let spec = spec("route53/Z1/*=HTTP:80/health");
         let prefix = "lbm-00000000-Z1-".to_string();
         let mut cache = ZoneCache::new(prefix.clone());
         let two = ["192.0.2.1", "192.0.2.2"];
@@ -449,28 +457,18 @@ mod tests {
         for set in &sets {
             let check = r53.checks.lock().unwrap()[set.health_check.as_ref().unwrap()].clone();
             assert_eq!(check.ip.to_string(), set.values[0]);
-            assert_eq!(
-                (check.fqdn.as_str(), &check.spec),
-                ("www.example.com", &spec)
-            );
+            assert_eq!(check.fqdn, "www.example.com");
+            assert_eq!(check.spec, spec);
             assert!(check.reference.starts_with(&prefix) && check.reference.len() <= 64);
         }
-        assert!(r53.record("Z1", "www.example.com", RecordType::A).is_none());
-        assert!(r53
-            .record("Z1", "plain.example.com", RecordType::A)
-            .is_some());
+        let a = |name: &str| r53.record("Z1", name, RecordType::A);
+        assert!(a("www.example.com").is_none());
+        assert!(a("plain.example.com").is_some());
         assert!(r53.multivalue("Z1", "plain.example.com").is_empty());
         // Check made before the record set that names it.
         let calls = r53.calls();
-        let create = calls
-            .iter()
-            .position(|c| c.starts_with("CreateHealthCheck"))
-            .unwrap();
-        let change = calls
-            .iter()
-            .position(|c| c.starts_with("ChangeResource"))
-            .unwrap();
-        assert!(create < change, "{calls:?}");
+        let at = |op: &str| calls.iter().position(|c| c.starts_with(op)).unwrap();
+        assert!(at("CreateHealthCheck") < at("ChangeResource"), "{calls:?}");
 
         // A value goes: its record set; its check once that change is INSYNC (while it is
         // PENDING, name servers may still answer with the record set that names it).
@@ -495,12 +493,7 @@ mod tests {
         let r = sync_zone(&r53, "Z1", &start, &options, &mut cache, &log, None).await;
         assert!(r[0].result.is_ok());
         assert_eq!(ids(&r53), made[..1].to_vec());
-        assert_eq!(
-            r[0].health
-                .get(&two[0].parse().unwrap())
-                .map(String::as_str),
-            Some("healthy")
-        );
+        assert_eq!(health(&r[0], two[0]), Some("healthy"));
 
         // The value added again, the creation's answer lost: retried with the same reference,
         // Route53 answers with the check it made; one check, a new one (its old reference is
@@ -508,29 +501,19 @@ mod tests {
         r53.lose_next_create.store(true, Ordering::SeqCst);
         let again = checked(&two, Cause::EtcdEvent, Some(&spec));
         let r = sync_zone(&r53, "Z1", &again, &options, &mut cache, &log, None).await;
-        assert!(
-            r[0].result.is_err(),
-            "the lost answer fails the sync (retried): {:?} {r:?}",
-            r53.calls()
-        );
+        // The lost answer fails the sync (retried).
+        assert!(r[0].result.is_err(), "{:?} {r:?}", r53.calls());
         let r = sync_zone(&r53, "Z1", &again, &options, &mut cache, &log, None).await;
         assert!(r[0].result.is_ok(), "{r:?}");
         assert_eq!(ids(&r53).len(), 2, "{:?}", ids(&r53));
         assert_eq!(r53.multivalue("Z1", "www.example.com").len(), 2);
 
         // Health as Route53's checkers report it, read at a resync.
-        r53.health
-            .lock()
-            .unwrap()
-            .insert(two[1].parse().unwrap(), "unhealthy".into());
+        let ip = two[1].parse().unwrap();
+        r53.health.lock().unwrap().insert(ip, "unhealthy".into());
         let resync = checked(&two, Cause::Resync, Some(&spec));
         let r = sync_zone(&r53, "Z1", &resync, &options, &mut cache, &log, None).await;
-        assert_eq!(
-            r[0].health
-                .get(&two[1].parse().unwrap())
-                .map(String::as_str),
-            Some("unhealthy")
-        );
+        assert_eq!(health(&r[0], two[1]), Some("unhealthy"));
 
         // Restarted without the flag: one simple record set, and no check left.
         let mut cache = ZoneCache::new(prefix.clone());
@@ -542,7 +525,7 @@ mod tests {
         let settle = checked(&two, Cause::Settle, None);
         sync_zone(&r53, "Z1", &settle, &options, &mut cache, &log, None).await;
         assert!(r53.multivalue("Z1", "www.example.com").is_empty());
-        let simple = r53.record("Z1", "www.example.com", RecordType::A).unwrap();
+        let simple = a("www.example.com").unwrap();
         assert_eq!(simple.values, ["192.0.2.1", "192.0.2.2"]);
         assert!(ids(&r53).is_empty());
         let switches = r53
@@ -560,9 +543,7 @@ mod tests {
         let r53 = FakeRoute53::with_zones(&["Z1"]);
         r53.max_checks.store(1, Ordering::SeqCst);
         let (options, log) = setup();
-        let spec = crate::health_check::parse_rule("route53/*/*=TCP:443")
-            .unwrap()
-            .spec;
+        let spec = spec("route53/*/*=TCP:443");
         let mut cache = ZoneCache::new("lbm-00000000-Z1-".into());
         let batch = checked(&["192.0.2.1", "192.0.2.2"], Cause::Startup, Some(&spec));
         let r = sync_zone(&r53, "Z1", &batch, &options, &mut cache, &log, None).await;
@@ -579,9 +560,7 @@ mod tests {
     async fn at_a_start_a_check_no_record_set_uses_is_deleted() {
         let r53 = FakeRoute53::with_zones(&["Z1"]);
         let (options, log) = setup();
-        let spec = crate::health_check::parse_rule("route53/*/*=TCP:443")
-            .unwrap()
-            .spec;
+        let spec = spec("route53/*/*=TCP:443");
         let prefix = "lbm-00000000-Z1-";
         let check = |id: &str, fqdn: &str, ip: &str| HealthCheck {
             id: id.into(),
@@ -600,7 +579,7 @@ mod tests {
             "Z1",
             RecordSet {
                 name: "api.example.com".into(),
-                rtype: crate::plan::RecordType::A,
+                rtype: RecordType::A,
                 ttl: 60,
                 values: vec!["192.0.2.60".into()],
                 set_id: Some("192.0.2.60".into()),
@@ -633,9 +612,7 @@ mod tests {
     async fn checks_left_waiting_by_another_leader_are_deleted_at_a_start() {
         let r53 = FakeRoute53::with_zones(&["Z1"]);
         let (options, log) = setup();
-        let spec = crate::health_check::parse_rule("route53/*/*=TCP:443")
-            .unwrap()
-            .spec;
+        let spec = spec("route53/*/*=TCP:443");
         let prefix = "lbm-00000000-Z1-";
         r53.checks.lock().unwrap().insert(
             "hc-left".into(),
@@ -647,25 +624,18 @@ mod tests {
                 spec,
             },
         );
+        let values = vec!["192.0.2.1".into()];
         r53.put_record(
             "Z1",
-            RecordSet::simple(
-                "www.example.com",
-                crate::plan::RecordType::A,
-                60,
-                vec!["192.0.2.1".into()],
-            ),
+            RecordSet::simple("www.example.com", RecordType::A, 60, values),
         );
         let mut cache = ZoneCache::new(prefix.into());
         let mut start = checked(&["192.0.2.1"], Cause::Startup, None);
         start[0].dns_busy = true;
         let r = sync_zone(&r53, "Z1", &start, &options, &mut cache, &log, None).await;
         assert!(r[0].result.is_ok() && r[0].checks_waiting, "{r:?}");
-        assert_eq!(
-            ids(&r53).len(),
-            1,
-            "not while the previous change is PENDING"
-        );
+        let left = ids(&r53);
+        assert_eq!(left.len(), 1, "not while the previous change is PENDING");
         let settle = checked(&["192.0.2.1"], Cause::Settle, None);
         let r = sync_zone(&r53, "Z1", &settle, &options, &mut cache, &log, None).await;
         assert!(r[0].result.is_ok() && !r[0].checks_waiting, "{r:?}");
