@@ -246,8 +246,9 @@ pub struct EtcdArgs {
     pub etcd_key_file: Option<std::path::PathBuf>,
 
     /// How long to keep trying to reach etcd at start before giving up with an error (systemd
-    /// restarts the service). For `member` and `status`, also how long a request whose etcd
-    /// member goes away keeps being sent again through the members that answer.
+    /// restarts the service). Also how long a request whose etcd member goes away, loses its
+    /// leader or sees the leader change is sent again through the members that answer (every
+    /// command, and the daemon's reads of the whole prefix).
     #[arg(long, env = "LBMANAGER_ETCD_CONNECT_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub etcd_connect_timeout: Duration,
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
-use etcd_client::{Client, EventType, WatchOptions, WatchResponse};
+use etcd_client::{EventType, WatchOptions, WatchResponse};
 use futures::StreamExt;
 use slog::{debug, info, warn, Logger};
 
@@ -33,7 +33,7 @@ const WATCH_MAX_MESSAGE: usize = etcd::MAX_MESSAGE;
 /// for a relist.
 const RELIST_AFTER_FAILURES: u32 = 3;
 use crate::desired::Revision;
-use crate::etcd;
+use crate::etcd::{self, Failover};
 
 pub use crate::fleet::{EtcdChanges, KeyChange};
 
@@ -67,7 +67,9 @@ impl Handler<Stop> for EtcdWatcher {
 }
 
 pub struct EtcdWatcher {
-    client: Client,
+    /// The client of every endpoint (for the watch), and the way to another member for a
+    /// relist's page whose member goes away.
+    etcd: Failover,
     settings: Arc<Settings>,
     consumer: Recipient<WatchEvent>,
     log: Logger,
@@ -93,7 +95,7 @@ type Item = (u64, Option<Result<WatchResponse, etcd_client::Error>>);
 
 impl EtcdWatcher {
     pub fn new(
-        client: Client,
+        etcd: Failover,
         settings: Arc<Settings>,
         consumer: Recipient<WatchEvent>,
         log: &Logger,
@@ -101,7 +103,7 @@ impl EtcdWatcher {
         leased: HashSet<String>,
     ) -> Self {
         EtcdWatcher {
-            client,
+            etcd,
             settings,
             consumer,
             log: log.new(slog::o!("actor" => "etcd-watcher")),
@@ -136,7 +138,8 @@ impl EtcdWatcher {
         self.drop_stream(ctx);
         let epoch = self.epoch;
         let mut client = self
-            .client
+            .etcd
+            .client()
             .watch_client()
             .max_decoding_message_size(WATCH_MAX_MESSAGE);
         let key = etcd::watch_key(self.settings.prefix());
@@ -189,7 +192,7 @@ impl EtcdWatcher {
     /// restored from a snapshot, or the member answering lags behind. A linearizable read (which
     /// the leader answers) tells which; a store that really went back is relisted.
     fn check_store_revision(&mut self, seen: Revision, ctx: &mut Context<Self>) {
-        let mut client = self.client.clone();
+        let mut client = self.etcd.client();
         let key = etcd::watch_key(self.settings.prefix());
         let fut = async move {
             let options = etcd_client::GetOptions::new().with_count_only();
@@ -213,7 +216,7 @@ impl EtcdWatcher {
     fn relist(&mut self, ctx: &mut Context<Self>) {
         self.drop_stream(ctx);
         self.settings.metrics.set_watch_live(false);
-        let mut client = self.client.clone();
+        let mut etcd = self.etcd.clone();
         let prefix = self.settings.prefix().to_string();
         let log = self.log.clone();
         let consumer = self.consumer.clone();
@@ -223,7 +226,7 @@ impl EtcdWatcher {
         let fut = async move {
             let mut leased = HashSet::new();
             let read = etcd::read_prefix(
-                &mut client,
+                &mut etcd,
                 &prefix,
                 etcd::SNAPSHOT_PAGE,
                 &log,

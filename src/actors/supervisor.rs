@@ -44,7 +44,7 @@ pub struct Supervisor {
     /// The StateWriter's, which owns every write lbmanager makes.
     etcd_writes: Arc<dyn EtcdWrites>,
     /// The client the EtcdWatcher watches with (none: no watcher, changes are sent directly).
-    etcd_watch: Option<etcd_client::Client>,
+    etcd_watch: Option<crate::etcd::Failover>,
     /// The AWS clients every load balancer and zone actor is given.
     aws: Accounts,
     /// The load balancers' actors.
@@ -134,10 +134,10 @@ impl Supervisor {
         self
     }
 
-    /// Watches etcd with `client` (without, changes are sent to the Supervisor directly, as the
-    /// actor tests do).
-    pub fn watching(mut self, client: etcd_client::Client) -> Self {
-        self.etcd_watch = Some(client);
+    /// Watches etcd with `etcd`'s client (without, changes are sent to the Supervisor directly,
+    /// as the actor tests do).
+    pub fn watching(mut self, etcd: crate::etcd::Failover) -> Self {
+        self.etcd_watch = Some(etcd);
         self
     }
 
@@ -383,10 +383,10 @@ impl Actor for Supervisor {
             .fleet
             .snapshot(initial.loaded, initial.keys, revision, Cause::Startup);
         self.carry_out(commands, ctx);
-        if let Some(client) = self.etcd_watch.clone() {
+        if let Some(etcd) = self.etcd_watch.clone() {
             self.watcher = Some(
                 EtcdWatcher::new(
-                    client,
+                    etcd,
                     self.settings.clone(),
                     ctx.address().recipient(),
                     &self.log,

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::cli::EtcdArgs;
-use crate::etcd::{self, Failover};
+use crate::etcd::{self, Failover, PROBE};
 use crate::layout::Layout;
 use crate::status::Heartbeat;
 
@@ -39,40 +39,38 @@ pub fn etcd_error(e: impl std::fmt::Display) -> CommandError {
     CommandError::Etcd(e.to_string())
 }
 
-/// How long one etcd member may take to answer before the next is tried.
-pub const PROBE: Duration = Duration::from_secs(2);
-
-/// Connects to an etcd member that answers (see [`etcd::connect_alive`]), trying again within
-/// `--etcd-connect-timeout`; the requests that follow go on through another member when theirs
-/// goes away, within the same timeout ([`Failover`]).
+/// Connects to an etcd member that answers (see [`etcd::connect_alive`]), trying again with
+/// backoff within `--etcd-connect-timeout` (no member answers while etcd restarts, or while it
+/// has no leader); the requests that follow go on through another member when theirs goes away,
+/// within the same timeout ([`Failover`]).
 pub async fn connect(args: &EtcdArgs) -> Result<Failover, CommandError> {
     let opts = args.options().map_err(CommandError::Usage)?;
-    let reach = async {
-        let mut attempt = 0;
-        loop {
-            match etcd::connect_alive(&opts, PROBE).await {
-                Ok(client) => return Ok::<_, CommandError>(client),
-                Err(e) if attempt >= 2 => return Err(etcd_error(e)),
-                Err(_) => {
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                }
-            }
+    let deadline = tokio::time::Instant::now() + args.etcd_connect_timeout;
+    let mut attempt = 0;
+    let client = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let err = match tokio::time::timeout(left, etcd::connect_alive(&opts, PROBE)).await {
+            Ok(Ok(client)) => break client,
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "no answer".to_string(),
+        };
+        let delay = crate::sync::schedule::backoff(attempt, Duration::from_millis(200), PROBE);
+        attempt += 1;
+        if tokio::time::Instant::now() + delay >= deadline {
+            return Err(CommandError::Etcd(format!(
+                "no answer from {} within {:?}: {err}",
+                opts.endpoints.join(","),
+                args.etcd_connect_timeout
+            )));
         }
+        tokio::time::sleep(delay).await;
     };
-    match tokio::time::timeout(args.etcd_connect_timeout, reach).await {
-        Ok(client) => Ok(Failover::new(
-            client?,
-            opts,
-            PROBE,
-            args.etcd_connect_timeout,
-        )),
-        Err(_) => Err(CommandError::Etcd(format!(
-            "no answer from {} within {:?}",
-            opts.endpoints.join(","),
-            args.etcd_connect_timeout
-        ))),
-    }
+    Ok(Failover::new(
+        client,
+        opts,
+        PROBE,
+        args.etcd_connect_timeout,
+    ))
 }
 
 /// The running lbmanager's heartbeat, if one ever reported.

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use etcd_client::{EventType, PutOptions, WatchOptions};
 use futures::StreamExt;
 
-use super::host::{connect, etcd_error, heartbeat, CommandError, PROBE};
+use super::host::{connect, etcd_error, heartbeat, CommandError};
 use crate::cli::{AddArgs, RemoveArgs};
-use crate::etcd::{self, Failover};
+use crate::etcd::{self, Failover, PROBE};
 use crate::key::{self, LbId, Member, MemberKey};
 use crate::layout::Layout;
 use crate::signal::StopSignal;

@@ -31,12 +31,15 @@ pub async fn initial_read(
         // Each request has its own deadline (connecting, then every page of the read): a big
         // tree is slow to read, not unreachable.
         let result = async {
-            let mut client = tokio::time::timeout(Duration::from_secs(5), etcd::connect(opts))
+            let client = tokio::time::timeout(Duration::from_secs(5), etcd::connect(opts))
                 .await
                 .map_err(|_| "no answer to connecting within 5s".to_string())?
                 .map_err(|e| e.to_string())?;
+            // A page whose member goes away is asked of another (the watch keeps `client`, of
+            // every endpoint).
+            let mut etcd = etcd::Failover::new(client.clone(), opts.clone(), etcd::PROBE, timeout);
             let snapshot = etcd::read_snapshot(
-                &mut client,
+                &mut etcd,
                 layout.prefix(),
                 filters,
                 etcd::SNAPSHOT_PAGE,
@@ -44,7 +47,7 @@ pub async fn initial_read(
             )
             .await
             .map_err(|e| e.to_string())?;
-            let records = etcd::read_state(&mut client, layout)
+            let records = etcd::read_state(&mut etcd, layout)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok::<_, String>((client, snapshot, records))

@@ -127,7 +127,12 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     .with_obsolete(obsolete)
     .with_owned(owned)
     .with_dns_pending(records.dns_pending)
-    .watching(client)
+    .watching(etcd::Failover::new(
+        client,
+        etcd_opts,
+        etcd::PROBE,
+        args.etcd.etcd_connect_timeout,
+    ))
     .once_if(args.once, once_tx)
     .start();
 

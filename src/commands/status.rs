@@ -27,10 +27,9 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
     let prefix = &args.etcd.prefix;
     let layout = Layout::new(prefix);
     let mut etcd = connect(&args.etcd).await?;
-    let mut client = etcd.client();
     let quiet = slog::Logger::root(slog::Discard, slog::o!());
     let snapshot = etcd::read_snapshot(
-        &mut client,
+        &mut etcd,
         prefix,
         &Filters::default(),
         etcd::SNAPSHOT_PAGE,
@@ -46,7 +45,7 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
         .collect();
 
     let state = layout.statuses();
-    let published: BTreeMap<LbId, LbStatus> = etcd::read_records(&mut client, &state)
+    let published: BTreeMap<LbId, LbStatus> = etcd::read_records(&mut etcd, &state)
         .await
         .map_err(etcd_error)?
         .into_iter()

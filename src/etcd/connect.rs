@@ -18,6 +18,18 @@ pub struct EtcdOptions {
     pub cert_key: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
+impl EtcdOptions {
+    /// Plain `endpoints`: no TLS, no user.
+    pub fn plain(endpoints: Vec<String>) -> Self {
+        EtcdOptions {
+            endpoints,
+            user: None,
+            ca_file: None,
+            cert_key: None,
+        }
+    }
+}
+
 /// Written by hand so that the password never reaches a log line or a panic message.
 impl std::fmt::Debug for EtcdOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -76,6 +88,9 @@ pub async fn connect(opts: &EtcdOptions) -> Result<Client, EtcdError> {
             source,
         })
 }
+
+/// How long one etcd member may take to answer a probe before the next is tried.
+pub const PROBE: Duration = Duration::from_secs(2);
 
 /// Connects to the first endpoint that answers (a `status` request within `probe`), trying
 /// them in turn from one picked at random (so that hosts spread over the members). For the

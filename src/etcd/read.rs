@@ -3,12 +3,12 @@
 
 use std::time::Duration;
 
-use etcd_client::{Client, GetOptions};
+use etcd_client::GetOptions;
 
 use crate::desired::{Loaded, Revision};
 use crate::filter::Filters;
 
-use super::EtcdError;
+use super::{EtcdError, Failover};
 
 /// Every key under a prefix at one revision, loaded into the desired state as it was read (values
 /// are not needed: only keys and revisions mean anything to lbmanager).
@@ -87,7 +87,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Reads every key under `prefix/` at one revision, `page` keys a request, keys only, into the
 /// desired state of the load balancers `filters` allows. A read that takes long logs its progress.
 pub async fn read_snapshot(
-    client: &mut Client,
+    etcd: &mut Failover,
     prefix: &str,
     filters: &Filters,
     page: i64,
@@ -95,7 +95,7 @@ pub async fn read_snapshot(
 ) -> Result<Snapshot, EtcdError> {
     let mut loaded = Loaded::new(prefix, filters.clone());
     let mut leased = std::collections::HashSet::new();
-    let read = read_prefix(client, prefix, page, log, &mut |keys: &[(
+    let read = read_prefix(etcd, prefix, page, log, &mut |keys: &[(
         &str,
         Revision,
         bool,
@@ -134,7 +134,7 @@ pub struct PrefixRead {
 /// each page to `on_page` as (key, mod_revision, has a lease) as it arrives: nothing is kept
 /// here, so the caller decides what a million keys cost.
 pub async fn read_prefix(
-    client: &mut Client,
+    etcd: &mut Failover,
     prefix: &str,
     page: i64,
     log: &slog::Logger,
@@ -143,7 +143,7 @@ pub async fn read_prefix(
     let mut read = PrefixRead::default();
     let began = std::time::Instant::now();
     let mut next_report = began + PROGRESS_EVERY;
-    read.revision = read_pages(client, &watch_key(prefix), page, true, &mut |kvs| {
+    read.revision = read_pages(etcd, &watch_key(prefix), page, true, &mut |kvs| {
         if std::time::Instant::now() >= next_report {
             next_report += PROGRESS_EVERY;
             slog::info!(log, "still reading etcd";
@@ -168,15 +168,18 @@ pub async fn read_prefix(
 /// request with its own deadline, [`READ_REQUEST_TIMEOUT`], and answers up to [`MAX_MESSAGE`]),
 /// handing each page to `on_page`; returns the revision it read at. A page of 50,000 keys is
 /// ~3.5 MiB, close to gRPC's default limit of 4 MiB, which longer keys (or values) would pass.
+///
+/// A page that fails for the member (it went away, lost its leader, or the leader changed) is
+/// asked again of another member ([`Failover`]), from where the read stood and at its revision:
+/// a read of a million keys survives an etcd upgrade, and is still of one revision.
 async fn read_pages(
-    client: &mut Client,
+    etcd: &mut Failover,
     prefix: &str,
     page: i64,
     keys_only: bool,
     on_page: &mut dyn FnMut(&[etcd_client::KeyValue]),
 ) -> Result<Revision, EtcdError> {
     let end = range_end(prefix);
-    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
     let mut from = prefix.as_bytes().to_vec();
     let mut revision = 0;
     loop {
@@ -187,12 +190,23 @@ async fn read_pages(
         if revision > 0 {
             options = options.with_revision(revision);
         }
-        let resp = tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from.clone(), Some(options)))
+        let resp = etcd
+            .run(|client| {
+                let (from, options) = (from.clone(), options.clone());
+                async move {
+                    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+                    tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from, Some(options)))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(etcd_client::Error::GRpcStatus(
+                                tonic::Status::deadline_exceeded(format!(
+                                    "no answer within {READ_REQUEST_TIMEOUT:?}"
+                                )),
+                            ))
+                        })
+                }
+            })
             .await
-            .map_err(|_| EtcdError::Timeout {
-                prefix: prefix.to_string(),
-                timeout: READ_REQUEST_TIMEOUT,
-            })?
             .map_err(|source| EtcdError::Read {
                 prefix: prefix.to_string(),
                 source,
@@ -221,11 +235,11 @@ pub const RECORD_PAGE: i64 = 100;
 /// [`RECORD_PAGE`] at one revision, each request with its own deadline: the records of the largest installation
 /// are many MiB in all, over what one answer may carry.
 pub async fn read_records(
-    client: &mut Client,
+    etcd: &mut Failover,
     prefix: &str,
 ) -> Result<Vec<(String, String)>, EtcdError> {
     let mut out = Vec::new();
-    read_pages(client, prefix, RECORD_PAGE, false, &mut |kvs| {
+    read_pages(etcd, prefix, RECORD_PAGE, false, &mut |kvs| {
         out.extend(kvs.iter().filter_map(|kv| {
             Some((
                 kv.key_str().ok()?.to_string(),
@@ -255,11 +269,11 @@ pub struct Records {
 
 /// Reads lbmanager's records for the tree of `layout` (paged, see [`read_records`]).
 pub async fn read_state(
-    client: &mut Client,
+    etcd: &mut Failover,
     layout: &crate::layout::Layout,
 ) -> Result<Records, EtcdError> {
     let state = format!("{}/", layout.state_prefix());
-    let records = read_records(client, &state).await?;
+    let records = read_records(etcd, &state).await?;
     let mut out = Records::default();
     let mut published = Vec::new();
     for (key, value) in records {

@@ -3,7 +3,10 @@
 //! someone else meanwhile) is never deleted; with `--ha`, every write requires the leadership.
 
 use etcd_client::GetOptions;
-use lbmanager::etcd::{delete_superseded, read_snapshot, ClientWrites, EtcdWrites, SNAPSHOT_PAGE};
+use lbmanager::etcd::{
+    delete_superseded, read_snapshot, ClientWrites, EtcdOptions, EtcdWrites, Failover, PROBE,
+    SNAPSHOT_PAGE,
+};
 use lbmanager::key::LbId;
 use lbmanager_testkit::*;
 
@@ -18,8 +21,14 @@ async fn a_chunk_never_deletes_keys_that_count_again() {
     etcd.put(&key("single", 0xffff)).await;
     etcd.put(&key("multiple", 0xaaaa)).await;
     let mut client = etcd.client().await;
+    let mut reader = Failover::new(
+        client.clone(),
+        EtcdOptions::plain(vec![etcd.url.clone()]),
+        PROBE,
+        DEADLINE,
+    );
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let snapshot = read_snapshot(&mut client, P, &Default::default(), SNAPSHOT_PAGE, &log)
+    let snapshot = read_snapshot(&mut reader, P, &Default::default(), SNAPSHOT_PAGE, &log)
         .await
         .unwrap();
     let loaded = snapshot.loaded;
