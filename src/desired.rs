@@ -354,6 +354,14 @@ impl DesiredState {
         &key[self.prefix.len() + 1..]
     }
 
+    /// The newest revision among `lb`'s keys (0: it has none).
+    pub fn newest(&self, lb: &LbId) -> Revision {
+        self.lbs
+            .get(lb)
+            .and_then(|keys| keys.values().map(|e| e.revision).max())
+            .unwrap_or(0)
+    }
+
     pub fn resolve(&self, lb: &LbId) -> Resolution {
         self.lbs
             .get(lb)

@@ -848,7 +848,18 @@ async fn a_new_leader_follows_the_changes_its_predecessor_left_pending() {
     };
     let _sup = supervisor(&etcd, &settings(), &ignored(), &r53, &[(WWW, 40)])
         .with_records([www()].into())
-        .with_dns_pending([(www(), vec![earlier])].into())
+        .with_published(
+            [(
+                www(),
+                Arc::new(crate::status::LbStatus {
+                    load_balancer: www().to_string(),
+                    revision: 40,
+                    dns_pending: vec![earlier],
+                    ..Default::default()
+                }),
+            )]
+            .into(),
+        )
         .start();
     eventually("its first status lists the earlier change", || {
         landed_status(&etcd, WWW_STATUS).is_some_and(|s| {

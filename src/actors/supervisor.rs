@@ -27,7 +27,7 @@ use crate::etcd::{EtcdWrites, Snapshot};
 use crate::fleet::{Command, Config, Fleet, Report};
 use crate::key::LbId;
 use crate::ownership::Ownership;
-use crate::status::PendingChange;
+use crate::status::LbStatus;
 use crate::sync::elb::Owned;
 
 /// A load balancer's actor recorded its members as these (`--ownership shared`): what a
@@ -120,10 +120,10 @@ impl Supervisor {
         }
     }
 
-    /// Route53 changes the last leader saw `PENDING` (see [`crate::etcd::Records::dns_pending`]).
-    pub fn with_dns_pending(self, pending: HashMap<LbId, Vec<PendingChange>>) -> Self {
+    /// The statuses the last leader published (see [`crate::etcd::Records::published`]).
+    pub fn with_published(self, published: HashMap<LbId, Arc<LbStatus>>) -> Self {
         Supervisor {
-            fleet: self.fleet.with_dns_pending(pending),
+            fleet: self.fleet.with_published(published),
             ..self
         }
     }
@@ -148,10 +148,11 @@ impl Supervisor {
                 Command::Spawn {
                     lb,
                     owned,
-                    dns_pending,
+                    published,
+                    current,
                     watched,
                 } => {
-                    let actor = self.spawn_lb(&lb, owned, dns_pending, ctx);
+                    let actor = self.spawn_lb(&lb, owned, published, current, ctx);
                     if watched {
                         actor.watched.do_send(Watched(true));
                     }
@@ -275,7 +276,8 @@ impl Supervisor {
         &mut self,
         lb: &LbId,
         owned: Option<BTreeSet<String>>,
-        dns_pending: Vec<PendingChange>,
+        published: Option<Arc<LbStatus>>,
+        current: bool,
         ctx: &mut Context<Self>,
     ) -> LbHandle {
         let owned = owned.map(|members| {
@@ -297,16 +299,20 @@ impl Supervisor {
             LbId::Elb { region, name } => {
                 let kind = Elb::classic(self.aws.elb(region, name), region, name);
                 let actor = LoadBalancer::new(lb.clone(), kind, &self.log, settings, me);
+                let actor = actor.starting_from(published, current);
                 actor.owning(owned).start().into()
             }
             LbId::TargetGroup { region, name } => {
                 let kind = Elb::target_group(self.aws.elbv2(region, name), region, name);
                 let actor = LoadBalancer::new(lb.clone(), kind, &self.log, settings, me);
+                let actor = actor.starting_from(published, current);
                 actor.owning(owned).start().into()
             }
             LbId::Route53 { zone, fqdn } => {
-                let kind = Fqdn::new(self.zone(zone), zone, fqdn, dns_pending);
+                let pending = published.as_ref().map(|p| p.dns_pending.clone());
+                let kind = Fqdn::new(self.zone(zone), zone, fqdn, pending.unwrap_or_default());
                 let actor = LoadBalancer::new(lb.clone(), kind, &self.log, settings, me);
+                let actor = actor.starting_from(published, current);
                 actor.owning(owned).start().into()
             }
         }

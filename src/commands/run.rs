@@ -126,7 +126,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     .with_records(recorded.collect())
     .with_obsolete(obsolete)
     .with_owned(owned)
-    .with_dns_pending(records.dns_pending)
+    .with_published(records.published)
     .watching(etcd::Failover::new(
         client,
         etcd_opts,

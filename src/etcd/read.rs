@@ -262,9 +262,12 @@ pub struct Records {
     pub owned: std::collections::HashMap<crate::key::LbId, std::collections::BTreeSet<String>>,
     /// Records to delete: the status of load balancers no longer managed.
     pub obsolete: Vec<String>,
-    /// Route53 changes that the last leader saw accepted and not yet `INSYNC`, by name: followed
-    /// on, so that a wait is not told "done" by a new leader that does not know of them.
-    pub dns_pending: std::collections::HashMap<crate::key::LbId, Vec<crate::status::PendingChange>>,
+    /// Each managed load balancer's status as the last leader published it: its actor starts
+    /// from it (the members and TTL it knew, its Route53 changes not yet `INSYNC`, followed on so
+    /// that a wait is not told "done" by a new leader that does not know of them), and writes it
+    /// again only when what it says changed.
+    pub published:
+        std::collections::HashMap<crate::key::LbId, std::sync::Arc<crate::status::LbStatus>>,
 }
 
 /// Reads lbmanager's records for the tree of `layout` (paged, see [`read_records`]).
@@ -280,22 +283,13 @@ pub async fn read_state(
         if let Some(lb) = layout.parse_managed(&key) {
             out.managed.insert(lb);
         } else if let Some(lb) = layout.parse_status(&key) {
-            /// Only what start-up needs of a status: its members are not built (a million of
-            /// them in the largest installation).
-            #[derive(serde::Deserialize)]
-            struct Refused {
-                #[serde(default)]
-                rejected: crate::status::Rejections,
-                #[serde(default)]
-                dns_pending: Vec<crate::status::PendingChange>,
-            }
-            if let Ok(status) = serde_json::from_str::<Refused>(&value) {
+            // One not of this version's shape is left out: its actor starts afresh.
+            if let Ok(status) = serde_json::from_str::<crate::status::LbStatus>(&value) {
                 if !status.rejected.is_empty() {
-                    out.rejected.insert(lb.clone(), status.rejected);
+                    out.rejected.insert(lb.clone(), status.rejected.clone());
                 }
-                if !status.dns_pending.is_empty() {
-                    out.dns_pending.insert(lb.clone(), status.dns_pending);
-                }
+                out.published
+                    .insert(lb.clone(), std::sync::Arc::new(status));
             }
             published.push((lb, key));
         } else if let Some((lb, member)) = layout.parse_owned(&key) {
@@ -306,7 +300,7 @@ pub async fn read_state(
     for (lb, key) in published {
         if !out.managed.contains(&lb) {
             out.rejected.remove(&lb);
-            out.dns_pending.remove(&lb);
+            out.published.remove(&lb);
             out.obsolete.push(key);
         }
     }

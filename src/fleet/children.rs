@@ -25,13 +25,8 @@ impl Fleet {
             self.rejections(lb, rejected);
         }
         if let Some(status) = report.status {
-            // What the name's actor, restarted after a panic, follows on from.
-            if status.dns_pending.is_empty() {
-                self.dns_pending.remove(lb);
-            } else {
-                self.dns_pending
-                    .insert(lb.clone(), status.dns_pending.clone());
-            }
+            // What the actor, restarted after a panic, starts from.
+            self.published.insert(lb.clone(), status.clone());
             self.publish(lb, Some(status));
         }
         if report.sync && !report.failed {
@@ -114,12 +109,7 @@ impl Fleet {
                 next,
             }));
             let (desire, barrier) = (child.desire(), child.barrier);
-            self.out.push(Command::Spawn {
-                lb: lb.clone(),
-                owned: self.owned_of(lb),
-                dns_pending: self.dns_pending.get(lb).cloned().unwrap_or_default(),
-                watched: self.waiting.contains_key(lb),
-            });
+            self.spawn(lb);
             if !self.awaiting_record.contains(lb) {
                 self.out.push(Command::Desire {
                     lb: lb.clone(),
@@ -173,12 +163,7 @@ impl Fleet {
                 self.awaiting_record.insert(lb.clone());
                 self.out.push(Command::AwaitRecord { lb: lb.clone() });
             }
-            self.out.push(Command::Spawn {
-                lb: lb.clone(),
-                owned: self.owned_of(lb),
-                dns_pending: self.dns_pending.get(lb).cloned().unwrap_or_default(),
-                watched: self.waiting.contains_key(lb),
-            });
+            self.spawn(lb);
             self.lbs.insert(
                 lb.clone(),
                 Child {
@@ -232,6 +217,24 @@ impl Fleet {
         }
     }
 
+    /// Starts `lb`'s actor from what was last published for it. That status is current when no
+    /// key of `lb` was written after it, and no host waits on `lb` (a waiting key is a barrier,
+    /// which a status must reach; a key deleted after it, etcd cannot tell: such a delete
+    /// that changes what the status says makes it written anyway).
+    fn spawn(&mut self, lb: &LbId) {
+        let published = self.published.get(lb).cloned();
+        let watched = self.waiting.contains_key(lb);
+        let newest = self.desired.newest(lb);
+        let current = !watched && published.as_ref().is_some_and(|p| p.revision >= newest);
+        self.out.push(Command::Spawn {
+            lb: lb.clone(),
+            owned: self.owned_of(lb),
+            published,
+            current,
+            watched,
+        });
+    }
+
     /// `lb` has no keys left and AWS is emptied of lbmanager's members: no longer managed.
     pub(super) fn retire(&mut self, lb: &LbId) {
         let Some(child) = self.lbs.remove(lb) else {
@@ -239,7 +242,7 @@ impl Fleet {
         };
         self.note(Note::Retired { lb: lb.clone() });
         self.out.push(Command::Retire { lb: lb.clone() });
-        self.dns_pending.remove(lb);
+        self.published.remove(lb);
         if self.recorded.remove(lb) {
             self.record(lb, false);
         }
@@ -327,6 +330,52 @@ mod tests {
         assert!(desire_of(&acts(fleet.changes(change(vec![put(A2, 12)]))), &lb("a")).is_none());
         let desire = desire_of(&acts(fleet.record_landed(&lb("a"))), &lb("a")).unwrap();
         assert_eq!((desire.members.len(), desire.revision), (2, 12));
+    }
+
+    /// Each actor starts from the status last published for its load balancer; that status is
+    /// current (not written again if a sync says the same) only if no key came after it and no
+    /// host waits.
+    #[test]
+    fn an_actor_starts_from_its_last_status_current_while_no_key_came_after_it() {
+        let status = |revision| {
+            let status = LbStatus {
+                revision,
+                ..Default::default()
+            };
+            Arc::new(status)
+        };
+        let spawned = |out: &[Command]| -> Vec<(LbId, Option<i64>, bool)> {
+            out.iter()
+                .filter_map(|c| match c {
+                    Command::Spawn {
+                        lb,
+                        published,
+                        current,
+                        ..
+                    } => Some((lb.clone(), published.as_ref().map(|p| p.revision), *current)),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Keys at revision 5; a's status at 7 (current), b's at 4 (a key came after it).
+        let keys = [(A.to_string(), 5), (B.to_string(), 5)];
+        let loaded = DesiredState::from_keys("/lbManager", Filters::default(), &keys);
+        let mut fleet = fleet(false)
+            .with_records([lb("a"), lb("b")].into())
+            .with_published([(lb("a"), status(7)), (lb("b"), status(4))].into());
+        let out = fleet.snapshot(loaded, 2, 10, Cause::Startup);
+        let mut seen = spawned(&out);
+        seen.sort();
+        assert_eq!(seen, [(lb("a"), Some(7), true), (lb("b"), Some(4), false)]);
+        // A host waits on a: restarted after a panic, its status is not current any more.
+        let waiting =
+            fleet
+                .config
+                .layout
+                .waiting(&lb("a"), &Member::Instance("i-0000000a".into()), 1);
+        fleet.changes(change(vec![put(&waiting, 11)]));
+        let out = fleet.stopped(Instant::now(), &[lb("a")], &[]);
+        assert_eq!(spawned(&out), [(lb("a"), Some(7), false)]);
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::filter::Filters;
 use crate::key::{LbId, Member};
 use crate::layout::Layout;
 use crate::plan::{Refusal, Rejected};
-use crate::status::{LbStatus, PendingChange};
+use crate::status::LbStatus;
 use crate::sync::Cause;
 
 /// A change of one key, as the watch reports it.
@@ -108,12 +108,15 @@ pub struct Report {
 #[derive(Debug)]
 pub enum Command {
     /// Start an actor for `lb` (and its zone's, if that has none), starting from `owned`
-    /// (`--ownership shared`: the members lbmanager added there) and the Route53 changes of it
-    /// not yet `INSYNC` (`dns_pending`), and told whether anyone waits.
+    /// (`--ownership shared`: the members lbmanager added there) and from the status last
+    /// published for it (its members, TTL and Route53 changes not yet `INSYNC`, by this
+    /// lbmanager or the one before), and told whether anyone waits. `current`: no key of `lb`
+    /// changed after that status (a status that still says the same is not written again).
     Spawn {
         lb: LbId,
         owned: Option<BTreeSet<String>>,
-        dns_pending: Vec<PendingChange>,
+        published: Option<Arc<LbStatus>>,
+        current: bool,
         watched: bool,
     },
     /// Send `lb` the members it should have.
@@ -318,9 +321,9 @@ pub struct Fleet {
     /// `--ownership shared`: the members lbmanager added, per load balancer (read at start-up,
     /// kept up to date by the load balancers' reports, handed to a restarted actor).
     owned: HashMap<LbId, BTreeSet<String>>,
-    /// Route53: each name's changes not yet `INSYNC`, as last published (at start-up: as the
-    /// last leader published them), handed to its actor whenever it starts.
-    dns_pending: HashMap<LbId, Vec<PendingChange>>,
+    /// Each load balancer's status as last published (at start-up: as the last leader
+    /// published it), handed to its actor whenever it starts. Shared with the actors.
+    published: HashMap<LbId, Arc<LbStatus>>,
     /// Shutting down: etcd changes are ignored, and dead actors stay dead.
     stopping: bool,
     /// The commands of the event being handled.
@@ -343,7 +346,7 @@ impl Fleet {
             awaiting_record: HashSet::new(),
             waiting: HashMap::new(),
             owned: HashMap::new(),
-            dns_pending: HashMap::new(),
+            published: HashMap::new(),
             stopping: false,
             out: Vec::new(),
         }
@@ -367,10 +370,10 @@ impl Fleet {
         self
     }
 
-    /// The Route53 changes the last leader saw `PENDING` (see
-    /// [`crate::etcd::Records::dns_pending`]): each name's actor follows them on from its start.
-    pub fn with_dns_pending(mut self, pending: HashMap<LbId, Vec<PendingChange>>) -> Self {
-        self.dns_pending = pending;
+    /// The statuses the last leader published (see [`crate::etcd::Records::published`]): each
+    /// actor starts from its own.
+    pub fn with_published(mut self, published: HashMap<LbId, Arc<LbStatus>>) -> Self {
+        self.published = published;
         self
     }
 

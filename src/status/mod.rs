@@ -68,7 +68,7 @@ pub struct MemberState {
 
 /// The last sync of a load balancer that changed its status (a resync that finds everything as
 /// it was rewrites nothing; the [`Heartbeat`] says that lbmanager is still at work).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LastSync {
     /// Seconds since the Unix epoch.
     pub at: u64,
@@ -80,7 +80,7 @@ pub struct LastSync {
 }
 
 /// What the running lbmanager knows of one load balancer.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LbStatus {
     pub load_balancer: String,
     /// AWS is in step with every change of this load balancer's keys up to this etcd revision.

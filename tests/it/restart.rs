@@ -232,3 +232,88 @@ async fn one_hundred_fifty_thousand_members_restart() {
         peak / 1024
     );
 }
+
+/// The keys of lbmanager's records written since etcd revision `since`, and etcd's revision now.
+async fn written_since(etcd: &Etcd, since: i64) -> (Vec<String>, i64) {
+    let mut client = etcd.client().await;
+    let state = client
+        .get(
+            "/lbmanager-state/",
+            Some(etcd_client::GetOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let now = state.header().unwrap().revision();
+    let keys = state
+        .kvs()
+        .iter()
+        .filter(|kv| kv.mod_revision() > since)
+        .map(|kv| kv.key_str().unwrap().to_string())
+        .collect();
+    (keys, now)
+}
+
+/// 100 ELBs and 100 FQDNs in step: a restart, and a failover to a standby (`--ha`), each write
+/// at most 2 of lbmanager's records (its heartbeat, and one more at most), whatever the number
+/// of load balancers. Each load balancer's actor starts from the status its predecessor
+/// published, and writes it again only when what it says changed.
+#[tokio::test]
+async fn a_restart_or_a_failover_in_step_rewrites_no_status() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let zone = aws.create_zone("example.com").await;
+    let mut keys = Vec::new();
+    for n in 0..100 {
+        let lb = format!("lb{n:03}");
+        aws.create_elb("us-east-1", &lb).await;
+        keys.push(elb_key(&lb, "multiple", I1));
+        keys.push(r53_key(&zone, &format!("h{n:03}.example.com"), "192.0.2.1"));
+    }
+    etcd.put_many(keys.into_iter()).await;
+    let in_step = || async {
+        lbmanager_async(&["status", "--etcd-endpoints", &etcd.url])
+            .await
+            .0
+            == Some(0)
+    };
+    let ha = ["--ha", "--ha-lease-ttl", "3s"];
+    let mut a = Daemon::start(&etcd, &moto, &ha);
+    a.wait_ready().await;
+    eventually("all in step", SLOW_MOTO, in_step).await;
+    assert_eq!(a.stop(), Some(0));
+    let (_, before) = written_since(&etcd, 0).await;
+
+    a.spawn(&etcd.url, &moto.url, &ha);
+    a.wait_ready().await;
+    eventually("all in step after the restart", SLOW_MOTO, in_step).await;
+    let (written, before) = written_since(&etcd, before).await;
+    eprintln!(
+        "FIGURES restart of 200 load balancers in step: {} records written",
+        written.len()
+    );
+    assert!(
+        written.len() <= 2,
+        "a restart wrote {}: {written:?}",
+        written.len()
+    );
+
+    let mut b = Daemon::start(&etcd, &moto, &ha);
+    assert_eq!(
+        a.stop(),
+        Some(0),
+        "the leader stops; the standby takes over"
+    );
+    b.wait_ready().await;
+    eventually("all in step after the failover", SLOW_MOTO, in_step).await;
+    let (written, _) = written_since(&etcd, before).await;
+    eprintln!(
+        "FIGURES failover of 200 load balancers in step: {} records written",
+        written.len()
+    );
+    assert!(
+        written.len() <= 2,
+        "a failover wrote {}: {written:?}",
+        written.len()
+    );
+    b.stop();
+}

@@ -128,6 +128,9 @@ pub struct LoadBalancer<K: Kind> {
     retry: Option<SpawnHandle>,
     /// Wanted members AWS refused at the last sync, with its reasons.
     rejected: Rejected,
+    /// The revision of the status this actor started from, while no key changed since (see
+    /// [`Self::starting_from`]).
+    current: Option<i64>,
     /// Set by [`Drain`]: who waits for the sync in flight to end.
     draining: Option<Vec<tokio::sync::oneshot::Sender<()>>>,
     /// The latest [`Barrier`]: a status published while idle and in step is at that revision at
@@ -163,6 +166,7 @@ impl<K: Kind> LoadBalancer<K> {
             in_flight: None,
             retry: None,
             rejected: Rejected::new(),
+            current: None,
             draining: None,
             barrier: 0,
             kind,
@@ -211,6 +215,18 @@ impl<K: Kind> LoadBalancer<K> {
     /// `--ownership shared`: what lbmanager added to this load balancer, and where to record it.
     pub fn owning(mut self, owned: Option<Owned>) -> Self {
         self.owned = owned;
+        self
+    }
+
+    /// Starts from the status last published for this load balancer (by this lbmanager before
+    /// a restart of the actor, or by the one before): what it knew of AWS stands until a sync
+    /// says otherwise. `current`: no key changed after it, so a sync that finds the same
+    /// writes nothing (see [`Self::update_status`]).
+    pub fn starting_from(mut self, published: Option<Arc<LbStatus>>, current: bool) -> Self {
+        self.current = current
+            .then(|| published.as_ref().map(|p| p.revision))
+            .flatten();
+        self.published = published;
         self
     }
 
@@ -357,11 +373,20 @@ impl<K: Kind> LoadBalancer<K> {
             rejected: status::Rejections::of(&self.rejected),
             dns_pending: self.kind.carried(revision),
         };
-        let (status, cut) = status.bounded();
+        let (mut status, cut) = status.bounded();
         if cut {
             self.settings
                 .metrics
                 .limit(crate::metrics::Limit::RecordSize);
+        }
+        // Started from a status that no key changed since (a restart, a new leader): in step,
+        // AWS is where that status says, up to its revision. Said again, it is not written.
+        if let Some(current) = self.current.take().filter(|_| in_step) {
+            let mut same = status.clone();
+            same.revision = current;
+            if self.published.as_ref().is_some_and(|p| same.same_as(p)) {
+                status = same;
+            }
         }
         self.publish(status)
     }
@@ -443,6 +468,10 @@ impl<K: Kind> Handler<Desire> for LoadBalancer<K> {
         self.kind.desired(&msg);
         let (generation, revision) = (msg.generation, msg.revision);
         let event = msg.cause.is_etcd_change();
+        if event {
+            // A key changed: the status started from no longer holds for every key.
+            self.current = None;
+        }
         self.desired = Some(msg);
         if unchanged && event && !self.rejected.is_empty() {
             // Refused members: the next sync tries them again instead.
