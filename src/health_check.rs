@@ -182,13 +182,37 @@ pub fn now_millis() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The installation's mark in its checks' references: 8 hex digits of a hash (FNV-1a) of the etcd
-/// prefix, stable across versions and machines.
-pub fn installation(prefix: &str) -> String {
-    let hash = prefix.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+/// An installation's mark in its checks' references and tags: 8 hex digits of a hash (FNV-1a) of
+/// the etcd cluster's id and the prefix, recorded in lbmanager's state at its first start (see
+/// [`crate::layout::Layout::installation`]) and read from there after: two lbmanagers with the
+/// same prefix on two etcd clusters of one account never take each other's checks for their
+/// own, and an etcd restored into a new cluster keeps its installation's checks.
+pub fn installation(cluster_id: u64, prefix: &str) -> String {
+    fnv32(&format!("{cluster_id:x}{prefix}"))
+}
+
+/// The mark of an installation that made checks before installations were recorded: a hash of
+/// the prefix alone. An installation that has records and no installation record is one of those,
+/// and keeps its mark (and its checks).
+pub fn installation_before_records(prefix: &str) -> String {
+    fnv32(prefix)
+}
+
+fn fnv32(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
     format!("{:08x}", (hash >> 32) as u32 ^ hash as u32)
+}
+
+/// The tags of a check lbmanager makes, for whoever reads the account (the reference says the
+/// same, and is what lbmanager goes by): its installation, and the name and value it checks.
+pub fn tags(reference: &str, fqdn: &str, ip: &IpAddr) -> Vec<(&'static str, String)> {
+    let installation = reference.split('-').nth(1).unwrap_or_default();
+    vec![
+        ("lbmanager-installation", installation.to_string()),
+        ("Name", format!("lbmanager {fqdn} {ip}")),
+    ]
 }
 
 /// The health of a value whose check has not reported (or not been read) yet.
@@ -246,10 +270,32 @@ mod tests {
 
     #[test]
     fn references_are_lbmanagers_and_fit_route53s_64_characters() {
-        let inst = installation("/lbManager");
+        let inst = installation(0x8e9e_05c5_2164_694d, "/lbManager");
         assert_eq!(inst.len(), 8);
-        assert_eq!(inst, installation("/lbManager"), "stable");
-        assert_ne!(inst, installation("/other"));
+        assert_eq!(
+            inst,
+            installation(0x8e9e_05c5_2164_694d, "/lbManager"),
+            "stable"
+        );
+        assert_ne!(
+            inst,
+            installation(0x8e9e_05c5_2164_694e, "/lbManager"),
+            "another cluster"
+        );
+        assert_ne!(
+            inst,
+            installation(0x8e9e_05c5_2164_694d, "/other"),
+            "another prefix"
+        );
+        // Installations before records kept their mark: it is the prefix's alone.
+        assert_eq!(installation_before_records("/lbManager").len(), 8);
+        assert_ne!(installation_before_records("/lbManager"), inst);
+        let tags = tags(
+            &Reference::of(&inst, "Z1", 7),
+            "www.example.com",
+            &"192.0.2.1".parse().unwrap(),
+        );
+        assert_eq!(tags[0], ("lbmanager-installation", inst.clone()));
         let zone = "Z".repeat(32);
         let r = Reference::of(&inst, &zone, 4_102_444_800_000 * 1000 + 999);
         assert!(r.len() <= 64, "{r}");

@@ -95,6 +95,12 @@ impl Layout {
         format!("{}/daemon", self.state)
     }
 
+    /// The installation's identity (see [`crate::health_check::installation`]), written once, at
+    /// the first start.
+    pub fn installation(&self) -> String {
+        format!("{}/installation", self.state)
+    }
+
     /// The election's key prefix (`--ha`), reserved in the member tree.
     pub fn election(&self) -> String {
         format!("{}/_election", self.prefix)

@@ -65,6 +65,14 @@ impl Route53Api for Sized {
         unreachable!("no health checks in this scenario")
     }
 
+    async fn tag_health_check(
+        &self,
+        _: &str,
+        _: &[(&'static str, String)],
+    ) -> Result<(), AwsError> {
+        unreachable!("no health checks in this scenario")
+    }
+
     async fn delete_health_check(&self, _: &str) -> Result<(), AwsError> {
         unreachable!("no health checks in this scenario")
     }

@@ -150,10 +150,7 @@ impl HostedZone {
         log: &Logger,
         settings: Arc<Settings>,
     ) -> Self {
-        let references = crate::health_check::Reference::zone_prefix(
-            &crate::health_check::installation(settings.prefix()),
-            zone,
-        );
+        let references = crate::health_check::Reference::zone_prefix(&settings.installation, zone);
         HostedZone {
             zone: zone.to_string(),
             api,

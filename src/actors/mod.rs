@@ -54,6 +54,8 @@ pub struct Settings {
     pub route53_slow_change: Duration,
     /// `--route53-health-check`: the FQDNs published as multivalue answers with health checks.
     pub health_checks: Vec<crate::health_check::HealthRule>,
+    /// The installation's mark in its health checks (see [`crate::etcd::installation`]).
+    pub installation: String,
 }
 
 impl Settings {
@@ -96,6 +98,7 @@ impl Default for Settings {
             metrics: Arc::default(),
             route53_slow_change: hosted_zone::SLOW_CHANGE,
             health_checks: Vec::new(),
+            installation: crate::health_check::installation(0, "/lbManager"),
         }
     }
 }

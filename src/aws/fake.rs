@@ -288,6 +288,8 @@ pub struct FakeRoute53 {
     /// The account's health checks by id, and the references of those deleted (Route53 refuses
     /// them for good).
     pub checks: Mutex<BTreeMap<String, HealthCheck>>,
+    /// Each check's tags (kept apart from `calls`: they change nothing lbmanager reads).
+    pub tags: Mutex<HashMap<String, Vec<(String, String)>>>,
     deleted_references: Mutex<std::collections::HashSet<String>>,
     /// The account's most health checks (Route53's default: 200); 0: no limit.
     pub max_checks: AtomicUsize,
@@ -594,6 +596,19 @@ impl Route53Api for FakeRoute53 {
             ));
         }
         Ok(id)
+    }
+
+    async fn tag_health_check(
+        &self,
+        id: &str,
+        tags: &[(&'static str, String)],
+    ) -> Result<(), AwsError> {
+        let tags = tags.iter().map(|(k, v)| (k.to_string(), v.clone()));
+        lock(&self.tags)
+            .entry(id.to_string())
+            .or_default()
+            .extend(tags);
+        Ok(())
     }
 
     async fn delete_health_check(&self, id: &str) -> Result<(), AwsError> {

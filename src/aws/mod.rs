@@ -119,6 +119,13 @@ pub trait Route53Api: Send + Sync + 'static {
         ip: IpAddr,
         spec: &CheckSpec,
     ) -> Result<String, AwsError>;
+    /// Tags health check `id` (ChangeTagsForResource): for whoever reads the account; lbmanager
+    /// itself goes by the reference.
+    async fn tag_health_check(
+        &self,
+        id: &str,
+        tags: &[(&'static str, String)],
+    ) -> Result<(), AwsError>;
     /// Deletes health check `id` (one Route53 no longer knows is deleted already).
     async fn delete_health_check(&self, id: &str) -> Result<(), AwsError>;
     /// What Route53's health checkers last reported of check `id` (GetHealthCheckStatus), summed

@@ -126,7 +126,8 @@ pub mod route53 {
         /// GetHostedZone.
         GetZone,
         /// A health-check call: ListHealthChecks, CreateHealthCheck, DeleteHealthCheck,
-        /// GetHealthCheckStatus, each with its own bucket (Route53 lists none of them otherwise).
+        /// GetHealthCheckStatus, ChangeTagsForResource, each with its own bucket (Route53 lists
+        /// none of them otherwise).
         Check(CheckCall),
     }
 
@@ -137,12 +138,13 @@ pub mod route53 {
         Create = 7,
         Delete = 8,
         Status = 9,
+        Tag = 10,
     }
 
     /// The account's buckets, `share` of them; `changes` is AWS's change-throughput bucket.
     pub fn quota(share: f64, changes: Bucket) -> Quota {
         // Each operation its own bucket, by index: see `draws`.
-        let mut buckets = [OPERATION; 10];
+        let mut buckets = [OPERATION; 11];
         (buckets[0], buckets[3]) = (ACCOUNT, changes);
         Quota::new(&buckets.map(|b| b.scaled(share)), 4)
     }

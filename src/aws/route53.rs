@@ -380,6 +380,34 @@ impl Route53Api for SdkRoute53 {
             .unwrap_or_default())
     }
 
+    async fn tag_health_check(
+        &self,
+        id: &str,
+        tags: &[(&'static str, String)],
+    ) -> Result<(), AwsError> {
+        let target = format!("route53 health check {id}");
+        let tags = tags
+            .iter()
+            .map(|(k, v)| {
+                aws_sdk_route53::types::Tag::builder()
+                    .key(*k)
+                    .value(v)
+                    .build()
+            })
+            .collect();
+        quota::route53::take(&self.quota, Call::Check(CheckCall::Tag)).await;
+        self.client
+            .change_tags_for_resource()
+            .resource_type(aws_sdk_route53::types::TagResourceType::Healthcheck)
+            .resource_id(id)
+            .set_add_tags(Some(tags))
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| classify("ChangeTagsForResource", &target, e))
+            .inspect_err(|e| self.note(e, Call::Check(CheckCall::Tag)))
+    }
+
     async fn delete_health_check(&self, id: &str) -> Result<(), AwsError> {
         let target = format!("route53 health check {id}");
         quota::route53::take(&self.quota, Call::Check(CheckCall::Delete)).await;

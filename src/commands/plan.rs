@@ -46,8 +46,9 @@ pub struct PlanHow {
     pub policy: Policy,
     /// `--route53-health-check`.
     pub health_checks: Vec<crate::health_check::HealthRule>,
-    /// The etcd prefix: whose health checks are lbmanager's.
-    pub prefix: String,
+    /// The installation: whose health checks are lbmanager's (see
+    /// [`crate::etcd::installation`]).
+    pub installation: String,
 }
 
 /// Plans every load balancer that has keys (and those recorded as managed, which `run` would
@@ -121,10 +122,8 @@ pub async fn plan_all(
                             .cloned(),
                         dns_busy: false,
                     };
-                    let references = crate::health_check::Reference::zone_prefix(
-                        &crate::health_check::installation(&how.prefix),
-                        zone,
-                    );
+                    let references =
+                        crate::health_check::Reference::zone_prefix(&how.installation, zone);
                     let fqdn_plan = read_and_plan_fqdn(
                         &*aws.route53(zone),
                         zone,
@@ -254,6 +253,7 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
         &crate::layout::Layout::new(&args.etcd.prefix),
         &args.sync.filters(),
         args.etcd.etcd_connect_timeout,
+        false,
     )
     .await
     else {
@@ -290,7 +290,7 @@ pub async fn plan(args: PlanArgs) -> ExitCode {
             ttl: args.route53.route53_ttl,
             policy: args.sync.policy.into(),
             health_checks: args.route53.route53_health_check.clone(),
-            prefix: args.etcd.prefix.clone(),
+            installation: records.installation.clone().unwrap_or_default(),
         },
         (args.sync.ownership() == crate::ownership::Ownership::Shared).then_some(&records.owned),
     )
@@ -350,7 +350,7 @@ mod tests {
                 ttl: 60,
                 policy: Policy::Sync,
                 health_checks: vec![],
-                prefix: "/lbManager".into(),
+                installation: "00000000".into(),
             },
             None,
         )

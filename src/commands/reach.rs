@@ -15,7 +15,8 @@ use crate::fence::Fence;
 use crate::filter::Filters;
 use crate::layout::Layout;
 
-/// Connects and reads the whole prefix and lbmanager's records, retrying with backoff until
+/// Connects and reads the whole prefix and lbmanager's records, and the installation's identity
+/// (`record`: recorded if it is not yet, see [`etcd::installation`]), retrying with backoff until
 /// `timeout`: etcd may start a little after lbmanager, but one that stays away is an error for
 /// the operator (and systemd).
 pub async fn initial_read(
@@ -24,6 +25,7 @@ pub async fn initial_read(
     layout: &Layout,
     filters: &Filters,
     timeout: Duration,
+    record: bool,
 ) -> Option<(etcd_client::Client, Snapshot, etcd::Records)> {
     let deadline = Instant::now() + timeout;
     let mut attempt = 0;
@@ -47,9 +49,13 @@ pub async fn initial_read(
             )
             .await
             .map_err(|e| e.to_string())?;
-            let records = etcd::read_state(&mut etcd, layout)
+            let mut records = etcd::read_state(&mut etcd, layout)
                 .await
                 .map_err(|e| e.to_string())?;
+            let installation = etcd::installation(&mut etcd, layout, &records, record)
+                .await
+                .map_err(|e| e.to_string())?;
+            records.installation = Some(installation);
             Ok::<_, String>((client, snapshot, records))
         };
         let err = match result.await {

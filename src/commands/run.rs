@@ -53,6 +53,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         &layout,
         &filters,
         args.etcd.etcd_connect_timeout,
+        !args.dry_run,
     )
     .await
     else {
@@ -77,6 +78,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         metrics: metrics.clone(),
         filters,
         health_checks: args.route53.route53_health_check.clone(),
+        installation: records.installation.clone().unwrap_or_default(),
         ..Settings::default()
     });
     if args.dry_run {

@@ -268,6 +268,10 @@ pub struct Records {
     /// again only when what it says changed.
     pub published:
         std::collections::HashMap<crate::key::LbId, std::sync::Arc<crate::status::LbStatus>>,
+    /// The installation's identity, once recorded (see [`installation`]).
+    pub installation: Option<String>,
+    /// No record at all: lbmanager never managed anything with this prefix on this cluster.
+    pub none: bool,
 }
 
 /// Reads lbmanager's records for the tree of `layout` (paged, see [`read_records`]).
@@ -277,10 +281,16 @@ pub async fn read_state(
 ) -> Result<Records, EtcdError> {
     let state = format!("{}/", layout.state_prefix());
     let records = read_records(etcd, &state).await?;
-    let mut out = Records::default();
+    let mut out = Records {
+        none: records.is_empty(),
+        ..Records::default()
+    };
+    let installation = layout.installation();
     let mut published = Vec::new();
     for (key, value) in records {
-        if let Some(lb) = layout.parse_managed(&key) {
+        if key == installation {
+            out.installation = Some(value);
+        } else if let Some(lb) = layout.parse_managed(&key) {
             out.managed.insert(lb);
         } else if let Some(lb) = layout.parse_status(&key) {
             // One not of this version's shape is left out: its actor starts afresh.
@@ -305,6 +315,68 @@ pub async fn read_state(
         }
     }
     Ok(out)
+}
+
+/// The installation's identity (see [`crate::health_check::installation`]): as recorded, or made
+/// from the etcd cluster's id, and `record`ed (by `run`, at its first start, before any check is
+/// made; a put-if-absent, so two instances starting together agree). An installation with
+/// records and no identity recorded is one from before identities were: it keeps the mark its
+/// checks carry.
+pub async fn installation(
+    etcd: &mut Failover,
+    layout: &crate::layout::Layout,
+    records: &Records,
+    record: bool,
+) -> Result<String, EtcdError> {
+    if let Some(id) = &records.installation {
+        return Ok(id.clone());
+    }
+    let key = layout.installation();
+    let read = |source| EtcdError::Read {
+        prefix: key.clone(),
+        source,
+    };
+    let got = etcd.get(&key).await.map_err(read)?;
+    if let Some(kv) = got.kvs().first() {
+        return Ok(kv.value_str().unwrap_or_default().to_string());
+    }
+    let id = match records.none {
+        true => {
+            let cluster = got.header().map_or(0, |h| h.cluster_id());
+            crate::health_check::installation(cluster, layout.prefix())
+        }
+        false => crate::health_check::installation_before_records(layout.prefix()),
+    };
+    if !record {
+        return Ok(id);
+    }
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::create_revision(
+            key.clone(),
+            etcd_client::CompareOp::Equal,
+            0,
+        )])
+        .and_then([etcd_client::TxnOp::put(key.clone(), id.clone(), None)])
+        .or_else([etcd_client::TxnOp::get(key.clone(), None)]);
+    let done = etcd
+        .run(|mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
+        .await
+        .map_err(|source| EtcdError::Write {
+            key: key.clone(),
+            source,
+        })?;
+    // Another instance recorded one first: its.
+    let theirs = done.op_responses().into_iter().find_map(|op| match op {
+        etcd_client::TxnOpResponse::Get(got) => got
+            .kvs()
+            .first()
+            .and_then(|kv| kv.value_str().ok().map(String::from)),
+        _ => None,
+    });
+    Ok(theirs.unwrap_or(id))
 }
 
 #[cfg(test)]

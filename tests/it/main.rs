@@ -14,6 +14,7 @@ mod etcd_writes;
 mod faults;
 mod frugal;
 mod ha;
+mod installations;
 mod never_stuck;
 mod operations;
 mod ownership;

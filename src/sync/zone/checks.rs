@@ -192,6 +192,12 @@ impl ZoneRun<'_> {
                         info!(log, "created health check"; "lb" => desire.lb.to_string(),
                             "value" => %ip, "check" => %spec, "health_check" => esc(&id),
                             "cause" => %desire.cause);
+                        let tags = crate::health_check::tags(&reference, &desire.fqdn, &ip);
+                        if let Err(e) = api.tag_health_check(&id, &tags).await {
+                            warn!(log, "could not tag a health check; it is used all the same \
+                                (its reference says whose it is)";
+                                "health_check" => esc(&id), "error" => %e);
+                        }
                         cache.checks.creating.remove(&key);
                         cache.checks.refused.remove(&(desire.fqdn.clone(), ip));
                         if let Some(list) = cache.checks.known.as_mut() {
