@@ -37,10 +37,14 @@ async fn a_purge_while_stopped_empties_the_load_balancers_at_the_next_start() {
     eventually(
         "the record and the status go once the load balancer is emptied",
         DEADLINE,
-        // (Only the heartbeat stays: lbmanager is running.)
+        // (Only the heartbeat, lbmanager is running, and the installation's identity stay.)
         || async {
             etcd.keys("/lbmanager-state/").await
-                == ["/lbmanager-state/lbManager/daemon".to_string()].into()
+                == [
+                    "/lbmanager-state/lbManager/daemon".to_string(),
+                    "/lbmanager-state/lbManager/installation".to_string(),
+                ]
+                .into()
         },
     )
     .await;
