@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use crate::logging::{LogFormat, LogLevel};
 use crate::ownership::Ownership;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -418,21 +419,6 @@ pub struct LogArgs {
     /// shippers).
     #[arg(long, env = "LBMANAGER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogLevel {
-    Error,
-    Warn,
-    Info,
-    Debug,
-    Trace,
 }
 
 /// A prefix is an absolute etcd path; a trailing slash is dropped.

@@ -9,8 +9,24 @@ use std::sync::Mutex;
 
 use slog::{Drain, Level, Logger};
 
-use crate::cli::{LogFormat, LogLevel};
 use crate::escape::Escaping;
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// `--log-level`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
 
 impl From<LogLevel> for Level {
     fn from(level: LogLevel) -> Level {
