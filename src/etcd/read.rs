@@ -274,38 +274,46 @@ pub struct Records {
     pub none: bool,
 }
 
-/// Reads lbmanager's records for the tree of `layout` (paged, see [`read_records`]).
+/// Reads lbmanager's records for the tree of `layout`, in pages of [`RECORD_PAGE`] at one
+/// revision, each page taken in as it arrives: the records of the largest installation are many
+/// MiB of JSON, never all held at once beside what they are parsed into.
 pub async fn read_state(
     etcd: &mut Failover,
     layout: &crate::layout::Layout,
 ) -> Result<Records, EtcdError> {
     let state = format!("{}/", layout.state_prefix());
-    let records = read_records(etcd, &state).await?;
+    let installation = layout.installation();
     let mut out = Records {
-        none: records.is_empty(),
+        none: true,
         ..Records::default()
     };
-    let installation = layout.installation();
     let mut published = Vec::new();
-    for (key, value) in records {
-        if key == installation {
-            out.installation = Some(value);
-        } else if let Some(lb) = layout.parse_managed(&key) {
-            out.managed.insert(lb);
-        } else if let Some(lb) = layout.parse_status(&key) {
-            // One not of this version's shape is left out: its actor starts afresh.
-            if let Ok(status) = serde_json::from_str::<crate::status::LbStatus>(&value) {
-                if !status.rejected.is_empty() {
-                    out.rejected.insert(lb.clone(), status.rejected.clone());
+    read_pages(etcd, &state, RECORD_PAGE, false, &mut |kvs| {
+        out.none &= kvs.is_empty();
+        for kv in kvs {
+            let (Ok(key), Ok(value)) = (kv.key_str(), kv.value_str()) else {
+                continue;
+            };
+            if key == installation {
+                out.installation = Some(value.to_string());
+            } else if let Some(lb) = layout.parse_managed(key) {
+                out.managed.insert(lb);
+            } else if let Some(lb) = layout.parse_status(key) {
+                // One not of this version's shape is left out: its actor starts afresh.
+                if let Ok(status) = serde_json::from_str::<crate::status::LbStatus>(value) {
+                    if !status.rejected.is_empty() {
+                        out.rejected.insert(lb.clone(), status.rejected.clone());
+                    }
+                    out.published
+                        .insert(lb.clone(), std::sync::Arc::new(status));
                 }
-                out.published
-                    .insert(lb.clone(), std::sync::Arc::new(status));
+                published.push((lb, key.to_string()));
+            } else if let Some((lb, member)) = layout.parse_owned(key) {
+                out.owned.entry(lb).or_default().insert(member);
             }
-            published.push((lb, key));
-        } else if let Some((lb, member)) = layout.parse_owned(&key) {
-            out.owned.entry(lb).or_default().insert(member);
         }
-    }
+    })
+    .await?;
     // The status of a load balancer no longer managed (its removal was lost): not to be shown.
     for (lb, key) in published {
         if !out.managed.contains(&lb) {
