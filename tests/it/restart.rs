@@ -253,6 +253,16 @@ async fn written_since(etcd: &Etcd, since: i64) -> (Vec<String>, i64) {
     (keys, now)
 }
 
+/// The records written since etcd revision `since` by a `what` (a restart, a failover) of 200
+/// load balancers in step: at most 2, said with its figure. Returns etcd's revision now.
+async fn at_most_two_written(etcd: &Etcd, since: i64, what: &str) -> i64 {
+    let (written, now) = written_since(etcd, since).await;
+    let n = written.len();
+    eprintln!("FIGURES {what} of 200 load balancers in step: {n} records written");
+    assert!(n <= 2, "a {what} wrote {n}: {written:?}");
+    now
+}
+
 /// 100 ELBs and 100 FQDNs in step: a restart, and a failover to a standby (`--ha`), each write
 /// at most 2 of lbmanager's records (its heartbeat, and one more at most), whatever the number
 /// of load balancers. Each load balancer's actor starts from the status its predecessor
@@ -286,16 +296,7 @@ async fn a_restart_or_a_failover_in_step_rewrites_no_status() {
     a.spawn(&etcd.url, &moto.url, &ha);
     a.wait_ready().await;
     eventually("all in step after the restart", SLOW_MOTO, in_step).await;
-    let (written, before) = written_since(&etcd, before).await;
-    eprintln!(
-        "FIGURES restart of 200 load balancers in step: {} records written",
-        written.len()
-    );
-    assert!(
-        written.len() <= 2,
-        "a restart wrote {}: {written:?}",
-        written.len()
-    );
+    let before = at_most_two_written(&etcd, before, "restart").await;
 
     let mut b = Daemon::start(&etcd, &moto, &ha);
     assert_eq!(
@@ -305,15 +306,6 @@ async fn a_restart_or_a_failover_in_step_rewrites_no_status() {
     );
     b.wait_ready().await;
     eventually("all in step after the failover", SLOW_MOTO, in_step).await;
-    let (written, _) = written_since(&etcd, before).await;
-    eprintln!(
-        "FIGURES failover of 200 load balancers in step: {} records written",
-        written.len()
-    );
-    assert!(
-        written.len() <= 2,
-        "a failover wrote {}: {written:?}",
-        written.len()
-    );
+    at_most_two_written(&etcd, before, "failover").await;
     b.stop();
 }
