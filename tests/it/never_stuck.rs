@@ -213,14 +213,7 @@ async fn three_hundred_refused_targets_make_no_record_etcd_refuses() {
     })
     .await;
     // Every record is within the README's bound.
-    let mut client = etcd.client().await;
-    let records = client
-        .get(
-            "/lbmanager-state/",
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    let records = etcd.range("/lbmanager-state/").await;
     for kv in records.kvs() {
         assert!(
             kv.value().len() <= 192 * 1024,

@@ -235,14 +235,7 @@ async fn one_hundred_fifty_thousand_members_restart() {
 
 /// The keys of lbmanager's records written since etcd revision `since`, and etcd's revision now.
 async fn written_since(etcd: &Etcd, since: i64) -> (Vec<String>, i64) {
-    let mut client = etcd.client().await;
-    let state = client
-        .get(
-            "/lbmanager-state/",
-            Some(etcd_client::GetOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
+    let state = etcd.range("/lbmanager-state/").await;
     let now = state.header().unwrap().revision();
     let keys = state
         .kvs()

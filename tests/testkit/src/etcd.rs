@@ -264,6 +264,13 @@ impl Etcd {
             .expect("etcd delete");
     }
 
+    /// Every key under `prefix` with its value and revisions, and the store's revision.
+    pub async fn range(&self, prefix: &str) -> etcd_client::GetResponse {
+        let options = GetOptions::new().with_prefix();
+        let resp = self.client().await.get(prefix, Some(options)).await;
+        resp.expect("etcd get")
+    }
+
     /// All keys under `prefix`.
     pub async fn keys(&self, prefix: &str) -> BTreeSet<String> {
         let resp = self
