@@ -5,7 +5,8 @@
 #
 #   scripts/soak.sh --minutes N [--seed S]      # exit 0: no violation; 1: violations
 #
-# Options (after --minutes/--seed): --instances K (default 3), --work DIR (default a new temp
+# Options (after --minutes/--seed): --profile shared|exclusive-hc (default shared; see
+# scripts/soak/README.md), --instances K (default 3), --work DIR (default a new temp
 # dir, kept when the run fails or with --keep), --bin PATH (default target/debug/lbmanager;
 # LBMANAGER_BIN works too), --build (cargo build --locked --bin lbmanager first; done anyway when
 # the binary is missing), --check-only HISTORY (re-run the checker over a recorded history),
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
         --build) build=yes ;;
         --bin) bin=$2; shift ;;
         --bin=*) bin=${1#--bin=} ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) args+=("$1") ;;
     esac
     shift

@@ -18,6 +18,12 @@ cargo test --locked
 rm -rf target/soak/seed27
 scripts/soak.sh --minutes 2 --seed 27 --work "$PWD/target/soak/seed27"
 
+# The second profile, the same schedule (seed 27): --ownership exclusive with a
+# --route53-health-check scope, etcd member 0 killed too, Route53 changes PENDING for seconds,
+# requests delayed (RELIABILITY.md, "The second profile").
+rm -rf target/soak/seed27-exclusive-hc
+scripts/soak.sh --profile exclusive-hc --minutes 2 --seed 27 --work "$PWD/target/soak/seed27-exclusive-hc"
+
 # The checker must catch a known fault. The test-only feature rebuilds the lbmanager crate alone
 # (its dependencies are built already); the plain binary is built again after it.
 cargo build --locked --bin lbmanager --features soak-fault-unfenced

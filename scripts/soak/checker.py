@@ -63,6 +63,43 @@ failover    No `lbmanager member` command given all three --etcd-endpoints faile
             between them".
 stop        Every instance stopped with SIGTERM at the end exited 0.
 harness     The driver recorded no error of its own (a broken harness must not pass).
+
+Profile exclusive-hc (`--ownership exclusive`, `--route53-health-check` for the names of
+`hc_scope`; README "Sharing load balancers" and "Health-checked answers"). A managed load balancer
+holds nothing of another tool's there: a member added by hand (`stray_add`) is removed, and
+convergence expects it gone; other tools' things live in an unmanaged ELB (`foreign_lbs`) and
+names (`foreign_fqdns`), which `foreign` guards (no call may touch them, and every sample must
+show them as they were); no owned record is written (`records` expects none). Convergence also
+takes the health checks in: every record set of a name in the scope is a multivalue answer of one
+value (SetIdentifier = the value) naming a check of this installation (CallerReference starting
+`check_prefix`) of that value, name and spec, and this installation's checks of a name with keys
+are exactly the ones named: one check per value, none left behind (bound: `convergence_bound`,
+as above; deleting an unused check waits for the change that stopped naming it to be INSYNC,
+`pending_hold`, and a sync after it, well within it). And:
+hc_named    Every ChangeResourceRecordSets that lbmanager applied and that names a HealthCheckId
+            names one that existed when the change was forwarded (made through the proxy and not
+            deleted since), is this installation's, and checks that record set's value under that
+            name; and no sample shows a record set of a scoped name naming a check that does not
+            exist (a snapshot reads the record sets before the checks, and a check is deleted only
+            `pending_hold` after the change that stopped naming it: no race). Bound: none; the
+            README makes a check before the record set that names it.
+hc_order    Every DeleteHealthCheck of this installation's checks was forwarded when no record set
+            named the check (by the changes applied and the edits by hand before it) and at least
+            `pending_hold` (- 0.05 s) after the last change of lbmanager's that stopped naming it:
+            the proxy answers GetChange INSYNC only then, and README promises the check goes only
+            after the record set is gone **and** that change is INSYNC.
+hc_foreign  The checks of other installations and tools (`foreign_checks`: made in moto directly,
+            with references like lbmanager's: another installation's mark, and the mark of an
+            installation from before identities were recorded, for values and a name of the
+            scope) are never deleted, updated or re-tagged by a call, and every sample and status
+            shows each with its settings and tags as made. Bound: none (README: a check of another
+            installation is never deleted).
+hc_left     At the end of a quiet period, a check of this installation that no record set names,
+            of a name with no keys (so no sync of its name will delete it), is a violation once a
+            leader started at least `stray_age` (600 s, README: a start deletes those older than 10
+            minutes) after the check was made (the time in its reference's nonce) and 15 s before
+            the status (the start's first sync has read the name by then). Of a name with keys,
+            such a check is the convergence rule's.
 """
 import bisect
 import statistics
@@ -87,6 +124,15 @@ DEFAULTS = {
     "fd_growth": 32,
     "rss_max_kib": 512 * 1024,
     "fd_max": 1024,
+    "ownership": "shared",
+    "foreign_lbs": {},
+    "hc_scope": [],
+    "hc_spec": None,
+    "check_prefix": None,
+    "foreign_checks": {},
+    "pending_hold": 0.0,
+    "stray_age": 600.0,
+    "hc_tolerance": 0.05,
 }
 
 
@@ -189,8 +235,11 @@ class History:
         current = {}  # (lb, type) -> the record set's values after the last change
         mutations = [e for e in self.events if e["kind"] in ("aws_call", "oob")]
         mutations.sort(key=lambda e: e.get("t_fwd", e["t"]))
+        shared = params.get("ownership", "shared") == "shared"
         for ev in mutations:
             changed = []
+            if not shared:
+                break  # --ownership exclusive: nothing in a managed load balancer is another's
             if ev["kind"] == "oob" and ev.get("action") == "foreign_add":
                 fixed[ev["lb"]] = fixed.get(ev["lb"], frozenset()) | frozenset(ev["added"])
                 changed.append(ev["lb"])
@@ -267,10 +316,21 @@ def call_effects(call):
     (name, type): the values the record set holds after it."""
     out = []
     if call.get("service") == "route53":
+        groups = {}
         for ch in call.get("changes", []):
-            lb = ch["lb"]
-            values = set() if ch["action"] == "DELETE" else set(ch.get("values", []))
-            out.append((lb, values, None, {"type": ch["type"], "values": values, "ttl": ch.get("ttl")}))
+            groups.setdefault((ch["lb"], ch["type"]), []).append(ch)
+        for (lb, _rtype), chs in groups.items():
+            if any(c.get("set_id") is not None for c in chs):
+                # Multivalue answers (one record set per value), or the switch to or from them
+                # in one batch: the values written, and those deleted and not written again.
+                put = set().union(*[set(c.get("values", [])) for c in chs if c["action"] != "DELETE"])
+                gone = set().union(*[set(c.get("values", [])) for c in chs if c["action"] == "DELETE"])
+                out.append((lb, put, gone - put, None))
+                continue
+            for ch in chs:
+                values = set() if ch["action"] == "DELETE" else set(ch.get("values", []))
+                out.append((lb, values, None, {"type": ch["type"], "values": values,
+                                               "ttl": ch.get("ttl")}))
         return out
     lb = call.get("lb")
     action = call.get("action", "")
@@ -304,6 +364,8 @@ def removal_time(mutations, lb, member, before):
                 continue
             if member in set(ev.get("removed", [])):
                 effect = False
+            elif member in set(ev.get("put", [])):
+                effect = True
             elif ev.get("action") == "rrset" and ev.get("type") == model.ip_type(member):
                 effect = member in set(ev.get("values", []))
         elif ev.get("mutating") and applied(ev):
@@ -329,7 +391,8 @@ def oob_put_back(events, lb, member, t0, t1):
     driver's hand edit reads the record set and writes it back changed, so it can write back a
     value lbmanager removed in between (as a person's edit can)."""
     return any(e["kind"] == "oob" and e.get("lb") == lb and t0 <= e["t"] <= t1
-               and e.get("action") == "rrset" and member in set(e.get("values", []))
+               and ((e.get("action") == "rrset" and member in set(e.get("values", [])))
+                    or member in set(e.get("put", [])))
                for e in events)
 
 
@@ -393,6 +456,8 @@ def compare(hist, t, keys, aws):
                         diffs.append("%s %s: TTL %s, want %s" % (lb, rtype, rr.get("ttl"), p["route53_ttl"]))
             if act != exp:
                 diffs.append("%s: AWS %s, want %s" % (lb, _fmt(act), _fmt(exp)))
+            if lb in p["hc_scope"]:
+                diffs += compare_checks(hist, lb, want, entry, aws.get("_checks"))
         else:
             act = snapshot_members(lb, {lb: entry})
             if act != exp:
@@ -401,6 +466,67 @@ def compare(hist, t, keys, aws):
     for lb, want in p["foreign_fqdns"].items():
         if aws.get(lb) is not None and _canon_rrsets(aws.get(lb)) != _canon_rrsets(want):
             diffs.append("%s (foreign): %s, was %s" % (lb, aws.get(lb), want))
+    for lb, want in p["foreign_lbs"].items():
+        entry = aws.get(lb)
+        if entry is not None and sorted(entry.get("members", [])) != sorted(want):
+            diffs.append("%s (foreign): %s, was %s" % (lb, entry.get("members", entry), sorted(want)))
+    return diffs
+
+
+def ours(p, check):
+    """Whether a check (as a snapshot lists it) is this installation's."""
+    return bool(p["check_prefix"]) and (check.get("ref") or "").startswith(p["check_prefix"])
+
+
+def check_fits(p, check, fqdn, ip):
+    """Why `check` is not the check of value `ip` of `fqdn` (None: it is)."""
+    spec = p["hc_spec"] or {}
+    if not ours(p, check):
+        return "not this installation's (reference %s)" % check.get("ref")
+    if check.get("ip") != ip or check.get("fqdn") != fqdn:
+        return "checks %s of %s" % (check.get("ip"), check.get("fqdn"))
+    if (check.get("type"), check.get("port"), check.get("path") or None) != (
+            spec.get("type"), spec.get("port"), spec.get("path")):
+        return "checks %s:%s%s" % (check.get("type"), check.get("port"), check.get("path") or "")
+    return None
+
+
+def compare_checks(hist, lb, want, entry, checks):
+    """The differences of a name in the health-check scope: each record set a multivalue answer
+    of one value naming this installation's check of it; this installation's checks of a name
+    with keys exactly those named (one per value, none left)."""
+    p = hist.params
+    fqdn = lb.split("/", 2)[2]
+    if checks is None or "_error" in (checks or {}):
+        return ["%s: health checks not read: %s" % (lb, (checks or {}).get("_error"))]
+    diffs = []
+    named = {}
+    for st in entry.get("sets", []):
+        if st["type"] not in ("A", "AAAA"):
+            continue
+        values = st.get("values", [])
+        what = "%s %s %s" % (lb, st["type"], st.get("set_id"))
+        if st.get("set_id") is None or not st.get("mva") or len(values) != 1 or \
+                st.get("set_id") != values[0]:
+            diffs.append("%s: not a multivalue answer of one value (%s)" % (what, values))
+            continue
+        if not st.get("hc"):
+            diffs.append("%s: names no health check" % what)
+            continue
+        check = checks.get(st["hc"])
+        if check is None:
+            diffs.append("%s: names health check %s, which does not exist" % (what, st["hc"]))
+            continue
+        why = check_fits(p, check, fqdn, values[0])
+        if why:
+            diffs.append("%s: its health check %s %s" % (what, st["hc"], why))
+        named[st["hc"]] = values[0]
+    if want:
+        mine = {hc: c for hc, c in checks.items() if ours(p, c) and c.get("fqdn") == fqdn}
+        left = sorted("%s (%s)" % (hc, c.get("ip")) for hc, c in mine.items() if hc not in named)
+        if left:
+            diffs.append("%s: health checks of lbmanager's that no record set names: %s" % (
+                lb, ", ".join(left)))
     return diffs
 
 
@@ -473,6 +599,9 @@ def check_calls(hist, out):
             if ch["lb"] in hist.params["foreign_fqdns"] or ch["lb"] not in hist.params["lbs"]:
                 out.append(_v("foreign", t, "%s changed %s %s, a record set lbmanager does not manage"
                               % (ch["action"], ch["lb"], ch["type"]), call=_brief(ev)))
+        if ev.get("lb") and ev.get("service") in ("elb", "elbv2") and ev["lb"] not in hist.params["lbs"]:
+            out.append(_v("foreign", t, "%s changed %s, a load balancer lbmanager does not manage"
+                          % (ev.get("action"), ev["lb"]), call=_brief(ev)))
         for lb, added, removed, rr in call_effects(ev):
             if lb not in hist.params["lbs"]:
                 continue
@@ -502,6 +631,127 @@ def check_calls(hist, out):
                     out.append(_v("addition", t, "%s added %s to %s, which etcd did not want at any "
                                   "moment of the %.0f s before" % (_call_name(ev), m, lb, w),
                                   call=_brief(ev)))
+
+
+def check_health_calls(hist, out):
+    """The hc_named, hc_order and hc_foreign rules over the calls (see the module's docstring)."""
+    p = hist.params
+    hold, tol = p["pending_hold"], p["hc_tolerance"]
+    foreign = set(p["foreign_checks"])
+    made = {}  # check id -> what CreateHealthCheck made (and when)
+    deleted = {}  # check id -> when a DeleteHealthCheck of it was applied
+    names = {}  # (lb, type, set id) -> the check its record set names (None: none)
+    unnamed = {}  # check id -> when a change of lbmanager's last stopped naming it
+    mutations = [e for e in hist.events if (e["kind"] == "aws_call" and e.get("mutating")) or (
+        e["kind"] == "oob" and e.get("action") == "rrset_set")]
+    mutations.sort(key=lambda e: e.get("t_fwd", e["t"]))
+    for ev in mutations:
+        t = ev.get("t_fwd", ev["t"])
+        if ev["kind"] == "oob":
+            key = (ev["lb"], ev["type"], ev.get("set_id"))
+            if ev.get("removed"):
+                names.pop(key, None)
+            else:
+                names[key] = ev.get("hc")
+            continue
+        action = ev.get("action")
+        hc = (ev.get("hc") or {}).get("id")
+        if hc in foreign and action in ("DeleteHealthCheck", "UpdateHealthCheck",
+                                        "ChangeTagsForResource"):
+            out.append(_v("hc_foreign", ev["t"], "%s of %s, a health check of another installation "
+                          "or tool" % (action, hc), call=_brief(ev)))
+        if not applied(ev):
+            continue
+        if action == "CreateHealthCheck" and hc and ev.get("moto_fix") is None:
+            made[hc] = dict(ev["hc"], t=ev.get("t_done", t))
+        elif action == "DeleteHealthCheck" and hc and hc not in foreign:
+            deleted[hc] = t
+            users = sorted("%s %s %s" % k for k, v in names.items() if v == hc)
+            if users:
+                out.append(_v("hc_order", ev["t"], "DeleteHealthCheck of %s while record sets "
+                              "named it: %s" % (hc, ", ".join(users)), call=_brief(ev)))
+            elif hc in unnamed and t < unnamed[hc] + hold - tol:
+                out.append(_v("hc_order", ev["t"], "DeleteHealthCheck of %s forwarded %.3f s after "
+                              "the change that stopped naming it, before it was INSYNC (%.1f s)" % (
+                                  hc, t - unnamed[hc], hold), call=_brief(ev)))
+        elif action == "ChangeResourceRecordSets":
+            for ch in ev.get("changes", []):
+                key = (ch["lb"], ch["type"], ch.get("set_id"))
+                before = names.get(key)
+                after = None if ch["action"] == "DELETE" else ch.get("hc")
+                if after is not None:
+                    fqdn = ch["lb"].split("/", 2)[2]
+                    check = made.get(after)
+                    why = None
+                    if after in deleted and deleted[after] <= t:
+                        why = "deleted %.3f s before" % (t - deleted[after])
+                    elif check is None:
+                        why = "not made through lbmanager's AWS endpoint (another's?)"
+                    elif check["t"] > t + tol:
+                        why = "made after it"
+                    else:
+                        why = check_fits(p, check, fqdn, (ch.get("values") or [None])[0])
+                    if why:
+                        out.append(_v("hc_named", ev["t"], "%s %s %s %s names health check %s: %s"
+                                      % (ch["action"], ch["lb"], ch["type"], ch.get("values"),
+                                         after, why), call=_brief(ev)))
+                if before is not None and before != after:
+                    unnamed[before] = t
+                if after is None:
+                    names.pop(key, None)
+                else:
+                    names[key] = after
+
+
+def check_health_samples(hist, out):
+    """hc_named, hc_foreign and hc_left over the samples and status reads."""
+    p = hist.params
+    reported = set()
+    starts = sorted(s for ivs in hist.lead_intervals.values() for s, _ in ivs)
+    for ev in hist.events:
+        if ev["kind"] not in ("sample", "status"):
+            continue
+        aws = ev.get("aws") or {}
+        checks = aws.get("_checks")
+        if checks is None or "_error" in checks:
+            continue
+        for hc, want in p["foreign_checks"].items():
+            have = checks.get(hc)
+            if have != want and ("foreign", hc) not in reported:
+                reported.add(("foreign", hc))
+                out.append(_v("hc_foreign", ev["t"], "health check %s of another installation or "
+                              "tool is %s, was %s" % (hc, have or "gone", want)))
+        named = set()
+        for lb in p["hc_scope"]:
+            for st in (aws.get(lb) or {}).get("sets", []):
+                if not st.get("hc"):
+                    continue
+                named.add(st["hc"])
+                if st["hc"] not in checks and ("named", st["hc"]) not in reported:
+                    reported.add(("named", st["hc"]))
+                    out.append(_v("hc_named", ev["t"], "%s %s %s names health check %s, which "
+                                  "does not exist" % (lb, st["type"], st.get("set_id"), st["hc"])))
+        if ev["kind"] != "status":
+            continue
+        desired = model.desired_from_keys(ev.get("keys", {}), p["tg_ports"], p["prefix"])
+        zone = p.get("zone")
+        for hc, c in checks.items():
+            if not ours(p, c) or hc in named:
+                continue
+            if desired.get("route53/%s/%s" % (zone, c.get("fqdn"))):
+                continue  # a name with keys: the convergence rule's
+            nonce = (c.get("ref") or "").rsplit("-", 1)[-1]
+            try:
+                made = int(nonce, 16) / 1e6
+            except ValueError:
+                continue
+            late = [s for s in starts if made + p["stray_age"] <= s <= ev["t"] - 15.0]
+            if late and ("left", hc) not in reported:
+                reported.add(("left", hc))
+                out.append(_v("hc_left", ev["t"], "health check %s of %s %s, made %.0f s before, "
+                              "is named by no record set, and a leader started %.0f s after it "
+                              "was 10 minutes old" % (hc, c.get("fqdn"), c.get("ip"),
+                                                       ev["t"] - made, late[0] - made - p["stray_age"])))
 
 
 def check_ops(hist, out):
@@ -689,6 +939,8 @@ def check_status(hist, ev, out, rnd):
         window = 2 * p.get("resync", 5) + 2.0
         rec -= {m for m in rec - mine if oob_removed(hist.events, lb, m, t - window, t)
                 or failed_register(hist.events, lb, m, t - window, t)}
+        if p["ownership"] == "exclusive":
+            mine = set()  # --ownership exclusive writes no owned record
         if rec != mine:
             out.append(_v("records", t, "round %s: owned records of %s are %s, lbmanager's members in "
                           "AWS %s" % (rnd, lb, sorted(rec), sorted(mine)), round=rnd))
@@ -803,6 +1055,9 @@ def check(events, overrides=None):
     violations = []
     margins = check_leader(hist, violations)
     check_calls(hist, violations)
+    if params["hc_scope"] or params["foreign_checks"]:
+        check_health_calls(hist, violations)
+        check_health_samples(hist, violations)
     checked_ops = check_ops(hist, violations)
     convergence = check_quiet(hist, violations)
     resources = check_resources(hist, violations)

@@ -3,7 +3,8 @@ run --ha` instances (each through its own proxy port and its own relays to etcd)
 seeded schedule of operations and faults round by round, samples AWS and etcd in each quiet
 period, and writes everything as JSON lines to history.jsonl; then runs the checker over it.
 
-    python3 -m soak --minutes N [--seed S] [--bin PATH] [--work DIR] [--keep]
+    python3 -m soak --minutes N [--seed S] [--profile shared|exclusive-hc] [--bin PATH]
+                    [--work DIR] [--keep]
 
 (from scripts/; scripts/soak.sh is the interface). Exit 0: no violation; 1: violations (or the
 run itself failed); 2: bad arguments.
@@ -32,6 +33,20 @@ ROUTE53_TTL = 2
 MEMBER_TIMEOUT = 20
 CONVERGENCE_BOUND = 30.0
 STATE_PREFIX = "/lbmanager-state/lbManager"
+# Profiles: the same seed gives the same schedule in each; what differs is how lbmanager runs and
+# how some faults are applied (see PROFILES' comments and README.md).
+PROFILES = {
+    # --ownership shared; etcd members 1 and 2 killed; Route53 INSYNC at once; answers delayed.
+    "shared": {"ownership": "shared", "health_check": False, "etcd_kill": "1-2",
+               "pending_hold": 0.0, "request_delays": False},
+    # --ownership exclusive and --route53-health-check for www.example.com; any etcd member
+    # killed (member 0 too); Route53 changes PENDING for PENDING_HOLD s; requests delayed too.
+    "exclusive-hc": {"ownership": "exclusive", "health_check": True, "etcd_kill": "any",
+                     "pending_hold": 3.0, "request_delays": True},
+}
+HC_SPEC = {"type": "HTTP", "port": 80, "path": "/health"}
+HC_NAME = "www"  # the load balancer (of schedule.LBS) in the health-check scope
+STRAY_AGE = 600.0  # README: a start deletes lbmanager's checks no record set uses past 10 minutes
 
 
 def log(msg):
@@ -141,13 +156,26 @@ class EtcdCluster:
         p = self.members[i]["proc"]
         return p is not None and p.poll() is None
 
-    def gw(self, path, payload, member=0, timeout=5):
-        req = urllib.request.Request(self.url(member) + path, data=json.dumps(payload).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return json.loads(resp.read())
+    def gw(self, path, payload, member=None, timeout=5):
+        """A request through etcd's JSON gateway: to `member`, or (None) to the first live member
+        that answers (any one may be down)."""
+        if member is not None:
+            order = [member]
+        else:
+            order = [i for i in range(len(self.members)) if self.alive(i)]
+            order += [i for i in range(len(self.members)) if i not in order]
+        last = None
+        for i in order:
+            req = urllib.request.Request(self.url(i) + path, data=json.dumps(payload).encode(),
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    return json.loads(resp.read())
+            except OSError as e:  # refused, reset, timed out (urllib's errors are OSErrors)
+                last = e
+        raise last
 
-    def range_prefix(self, prefix, member=0, keys_only=False):
+    def range_prefix(self, prefix, member=None, keys_only=False):
         payload = {"key": b64(prefix), "range_end": prefix_end(prefix)}
         if keys_only:
             payload["keys_only"] = True
@@ -183,6 +211,14 @@ class EtcdCluster:
                     p.kill()
 
 
+def fnv32(text):
+    """health_check.rs's fnv32: an installation's mark."""
+    h = 0xcbf29ce484222325
+    for b in text.encode():
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return "%08x" % (((h >> 32) ^ h) & 0xFFFFFFFF)
+
+
 def etcdctl(endpoints, *args, timeout=15):
     env = dict(os.environ, ETCDCTL_API="3")
     return subprocess.run(["etcdctl", "--endpoints", endpoints, "--command-timeout=5s"] + list(args),
@@ -190,28 +226,63 @@ def etcdctl(endpoints, *args, timeout=15):
 
 
 class Watcher:
-    """`etcdctl watch --prefix /lbManager/ -w json` on member 0 (never killed): every member key
-    and election key event, timed as it arrives."""
+    """`etcdctl watch --prefix /lbManager/ -w json`, twice, on two different live members: every
+    member key and election key event, timed as it first arrives on either. Any member may be
+    killed: the other stream goes on meanwhile, and the one whose member went resumes on another
+    live member from the revision after the last it delivered (no event lost, none twice)."""
 
     def __init__(self, cluster, record):
         self.cluster = cluster
         self.record = record
-        self.last_rev = 0
-        self.proc = None
+        self.lock = threading.Lock()
+        self.seen = {}  # revision -> keys delivered at it (pruned below both streams' revision)
+        self.streams = [{"rev": 0, "member": None, "proc": None} for _ in range(2)]
         self.stopping = False
-        self.thread = threading.Thread(target=self._run, daemon=True, name="watcher")
         self.ready = threading.Event()
-        self.thread.start()
+        self.threads = [threading.Thread(target=self._run, args=(i,), daemon=True,
+                                         name="watcher-%d" % i) for i in range(2)]
+        for th in self.threads:
+            th.start()
 
-    def _run(self):
+    @property
+    def last_rev(self):
+        return max(st["rev"] for st in self.streams)
+
+    def _member_for(self, i):
+        with self.lock:
+            other = self.streams[1 - i]["member"]
+        live = [m for m in range(len(self.cluster.members)) if self.cluster.alive(m)]
+        free = [m for m in live if m != other]
+        return (free or live or [0])[0 if i == 0 else -1]
+
+    def _deliver(self, i, rec):
+        with self.lock:
+            st = self.streams[i]
+            st["rev"] = max(st["rev"], rec["rev"])
+            keys = self.seen.setdefault(rec["rev"], set())
+            ident = (rec["key"], rec["type"])
+            if ident in keys:
+                return
+            keys.add(ident)
+            floor = min(s["rev"] for s in self.streams)
+            for rev in [r for r in self.seen if r < floor]:
+                del self.seen[rev]
+        self.record(rec)
+
+    def _run(self, i):
+        st = self.streams[i]
         while not self.stopping:
             env = dict(os.environ, ETCDCTL_API="3")
-            self.proc = subprocess.Popen(
-                ["etcdctl", "--endpoints", self.cluster.url(0), "watch", "--prefix",
-                 model.PREFIX + "/", "--rev", str(self.last_rev + 1), "-w", "json"],
+            member = self._member_for(i)
+            with self.lock:
+                st["member"] = member
+                start = max(st["rev"], min(s["rev"] for s in self.streams)) + 1
+            st["proc"] = subprocess.Popen(
+                ["etcdctl", "--endpoints", self.cluster.url(member), "watch", "--prefix",
+                 model.PREFIX + "/", "--rev", str(start), "-w", "json"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
             self.ready.set()
-            for line in self.proc.stdout:
+            for line in st["proc"].stdout:
                 t = time.time()
                 try:
                     resp = json.loads(line)
@@ -229,21 +300,29 @@ class Watcher:
                             rec["lease"] = "%x" % int(kv["lease"])
                         if key.startswith(model.PREFIX + "/_election/"):
                             rec["value"] = unb64(kv.get("value", ""))
-                    self.last_rev = max(self.last_rev, rec["rev"])
-                    self.record(rec)
+                    self._deliver(i, rec)
                 if resp.get("CompactRevision"):
                     self.record({"kind": "harness_error", "where": "watcher",
                                  "error": "watch compacted at %s" % resp.get("CompactRevision")})
-            self.proc.wait()
+            st["proc"].wait()
             if not self.stopping:
-                err = self.proc.stderr.read().decode(errors="replace")[-300:]
-                self.record({"kind": "watch_restart", "last_rev": self.last_rev, "stderr": err})
+                err = st["proc"].stderr.read().decode(errors="replace")[-300:]
+                self.record({"kind": "watch_restart", "stream": i, "member": member,
+                             "last_rev": st["rev"], "stderr": err})
                 time.sleep(0.2)
+
+    def member_down(self, member):
+        """Member `member` is being killed: its stream moves to another live member."""
+        for st in self.streams:
+            p = st["proc"]
+            if st["member"] == member and p is not None and p.poll() is None:
+                p.terminate()
 
     def stop(self):
         self.stopping = True
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
+        for st in self.streams:
+            if st["proc"] and st["proc"].poll() is None:
+                st["proc"].terminate()
 
 
 # --- AWS (moto, read and changed directly, never through the proxy) -----------------------------
@@ -260,6 +339,9 @@ class Aws:
         self.zone = None
         self.tg_arn = None
         self.vpc = None
+        self.health_checks = False  # snapshots read the checks and every record set
+        self.other_lbs = {}  # unmanaged Classic ELBs (name -> lb), read in snapshots
+        self.tagged = set()  # the checks whose tags snapshots read
 
     def c(self, service):
         clients = getattr(self.local, "clients", None)
@@ -277,7 +359,7 @@ class Aws:
             Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstanceProtocol": "HTTP",
                         "InstancePort": 80}])
 
-    def fixtures(self, foreign):
+    def fixtures(self, foreign, profile):
         self.create_elb("webA")
         self.create_elb("webB")
         vpcs = self.c("ec2").describe_vpcs()["Vpcs"]
@@ -288,16 +370,76 @@ class Aws:
         zone = self.c("route53").create_hosted_zone(
             Name="example.com.", CallerReference="soak-%s" % time.time())["HostedZone"]["Id"]
         self.zone = zone.split("/")[-1]
-        # Other tools' members and record sets: lbmanager must leave them alone.
-        self.c("elb").register_instances_with_load_balancer(
-            LoadBalancerName="webA", Instances=[{"InstanceId": foreign["webA"]}])
-        self.c("elbv2").register_targets(TargetGroupArn=self.tg_arn,
-                                         Targets=[{"Id": foreign["web-tg"], "Port": 80}])
+        # Other tools' members and record sets: lbmanager must leave them alone. Under
+        # --ownership exclusive a managed load balancer holds nothing else: theirs are elsewhere.
+        if profile["ownership"] == "shared":
+            self.c("elb").register_instances_with_load_balancer(
+                LoadBalancerName="webA", Instances=[{"InstanceId": foreign["webA"]}])
+            self.c("elbv2").register_targets(TargetGroupArn=self.tg_arn,
+                                             Targets=[{"Id": foreign["web-tg"], "Port": 80}])
+            self.change_rrsets([("CREATE", "www.example.com.", "A", ROUTE53_TTL, [foreign["www"]])])
+        else:
+            self.create_elb("otherLB")
+            self.c("elb").register_instances_with_load_balancer(
+                LoadBalancerName="otherLB", Instances=[{"InstanceId": foreign["webA"]}])
         self.change_rrsets([
-            ("CREATE", "www.example.com.", "A", ROUTE53_TTL, [foreign["www"]]),
             ("CREATE", "legacy.example.com.", "A", 300, ["198.51.100.9"]),
             ("CREATE", "legacy.example.com.", "TXT", 300, ['"owned by another tool"']),
         ])
+
+    def foreign_checks(self, zone, prefix):
+        """Health checks of other installations and tools, made directly: lbmanager must never
+        delete or change them. Their references look like lbmanager's (`lbm-MARK-ZONE-NONCE`,
+        a nonce of a year ago: older than the 10-minute sweep of strays) with another
+        installation's mark, and with the mark of an installation from before identities were
+        recorded (a hash of the prefix alone); they check values of www.example.com, a name in
+        this lbmanager's scope, values its hosts use. One of another tool. Another
+        installation's multivalue answers of other.example.com name two of them."""
+        old = int((time.time() - 365 * 86400) * 1000) * 1000
+        other = "0badc0de"
+        specs = [
+            ("lbm-%s-%s-%x" % (other, zone, old), "www.example.com", "192.0.2.36",
+             [("lbmanager-installation", other), ("Name", "lbmanager www.example.com 192.0.2.36")]),
+            ("lbm-%s-%s-%x" % (fnv32(prefix), zone, old + 1), "www.example.com", "192.0.2.37",
+             [("lbmanager-installation", fnv32(prefix)),
+              ("Name", "lbmanager www.example.com 192.0.2.37")]),
+            ("lbm-%s-%s-%x" % (other, zone, old + 2), "other.example.com", "203.0.113.7",
+             [("lbmanager-installation", other), ("Name", "lbmanager other.example.com 203.0.113.7")]),
+            ("another-tool-%d" % old, "other.example.com", "203.0.113.8", [("Name", "another tool")]),
+        ]
+        out = []
+        r53 = self.c("route53")
+        for ref, fqdn, ip, tags in specs:
+            hc = r53.create_health_check(CallerReference=ref, HealthCheckConfig={
+                "IPAddress": ip, "Port": 80, "Type": "HTTP", "ResourcePath": "/health",
+                "FullyQualifiedDomainName": fqdn})["HealthCheck"]["Id"]
+            r53.change_tags_for_resource(ResourceType="healthcheck", ResourceId=hc,
+                                         AddTags=[{"Key": k, "Value": v} for k, v in tags])
+            out.append(hc)
+        batch = []
+        for hc, ip in ((out[2], "203.0.113.7"), (out[3], "203.0.113.8")):
+            batch.append({"Action": "CREATE", "ResourceRecordSet": {
+                "Name": "other.example.com.", "Type": "A", "TTL": 60, "SetIdentifier": "other-" + ip,
+                "MultiValueAnswer": True, "HealthCheckId": hc, "ResourceRecords": [{"Value": ip}]}})
+        r53.change_resource_record_sets(HostedZoneId=self.zone, ChangeBatch={"Changes": batch})
+        return self.checks(ids=set(out))
+
+    def checks(self, ids=None):
+        """The health checks moto has: {id: {ref, ip, fqdn, type, port, path}}, with their tags
+        for those of `ids`."""
+        out = {}
+        for hc in self.c("route53").list_health_checks()["HealthChecks"]:
+            cfg = hc.get("HealthCheckConfig", {})
+            out[hc["Id"]] = {"ref": hc.get("CallerReference"),
+                             "ip": model.norm_ip(cfg.get("IPAddress") or "") or cfg.get("IPAddress"),
+                             "fqdn": model.norm_fqdn(cfg.get("FullyQualifiedDomainName") or ""),
+                             "type": cfg.get("Type"), "port": cfg.get("Port"),
+                             "path": cfg.get("ResourcePath")}
+            if ids is not None and hc["Id"] in ids:
+                tags = self.c("route53").list_tags_for_resource(
+                    ResourceType="healthcheck", ResourceId=hc["Id"])["ResourceTagSet"].get("Tags", [])
+                out[hc["Id"]]["tags"] = sorted([t["Key"], t["Value"]] for t in tags)
+        return out
 
     def change_rrsets(self, changes):
         batch = []
@@ -321,7 +463,9 @@ class Aws:
             states[m] = th.get("TargetHealth", {}).get("State")
         return members, states
 
-    def rrsets(self):
+    def rrsets(self, sets=False):
+        """{name: {type: {"ttl", "values"}}}: a multivalue name's values of one type together (its
+        "ttl" a list when they differ); with `sets`, also {name: {"sets": [each record set]}}."""
         out = {}
         kwargs = {"HostedZoneId": self.zone}
         while True:
@@ -331,11 +475,26 @@ class Aws:
                 values = [r["Value"] for r in rr.get("ResourceRecords", [])]
                 if rr["Type"] in ("A", "AAAA"):
                     values = [model.norm_ip(v) or v for v in values]
-                out.setdefault(name, {})[rr["Type"]] = {"ttl": rr.get("TTL"), "values": sorted(values)}
+                entry = out.setdefault(name, {})
+                if rr.get("SetIdentifier") is None:
+                    entry[rr["Type"]] = {"ttl": rr.get("TTL"), "values": sorted(values)}
+                else:
+                    have = entry.setdefault(rr["Type"], {"ttl": rr.get("TTL"), "values": []})
+                    if have["ttl"] != rr.get("TTL"):
+                        ttls = have["ttl"] if isinstance(have["ttl"], list) else [have["ttl"]]
+                        have["ttl"] = sorted(set(ttls + [rr.get("TTL")]), key=str)
+                    have["values"] = sorted(have["values"] + values)
+                if sets:
+                    entry.setdefault("sets", []).append({
+                        "type": rr["Type"], "set_id": model.norm_ip(rr.get("SetIdentifier") or "")
+                        or rr.get("SetIdentifier"), "ttl": rr.get("TTL"), "values": sorted(values),
+                        "hc": rr.get("HealthCheckId"), "mva": rr.get("MultiValueAnswer")})
             if not resp.get("IsTruncated"):
                 return out
             kwargs["StartRecordName"] = resp["NextRecordName"]
             kwargs["StartRecordType"] = resp["NextRecordType"]
+            if resp.get("NextRecordIdentifier"):
+                kwargs["StartRecordIdentifier"] = resp["NextRecordIdentifier"]
 
     def snapshot(self):
         out = {}
@@ -350,16 +509,29 @@ class Aws:
             out["elbv2/us-east-1/web-tg"] = {"members": sorted(members), "states": states}
         except Exception as e:
             out["elbv2/us-east-1/web-tg"] = {"error": str(e)[:200]}
+        names = ("www.example.com", "api.example.com", "legacy.example.com", "other.example.com")
         try:
-            rr = self.rrsets()
+            rr = self.rrsets(sets=self.health_checks)
             for fqdn in ("www.example.com", "api.example.com"):
                 entry = rr.get(fqdn, {})
                 out["route53/%s/%s" % (self.zone, fqdn)] = {
-                    k: v for k, v in entry.items() if k in ("A", "AAAA")}
-            out["route53/%s/legacy.example.com" % self.zone] = rr.get("legacy.example.com", {})
+                    k: v for k, v in entry.items() if k in ("A", "AAAA", "sets")}
+            for fqdn in names[2:]:
+                out["route53/%s/%s" % (self.zone, fqdn)] = {
+                    k: v for k, v in rr.get(fqdn, {}).items() if k != "sets"}
         except Exception as e:
-            for fqdn in ("www.example.com", "api.example.com", "legacy.example.com"):
+            for fqdn in names:
                 out["route53/%s/%s" % (self.zone, fqdn)] = {"error": str(e)[:200]}
+        for name, lb in self.other_lbs.items():
+            try:
+                out[lb] = {"members": sorted(self.elb_members(name))}
+            except Exception as e:
+                out[lb] = {"error": type(e).__name__ + ": " + str(e)[:200]}
+        if self.health_checks:
+            try:
+                out["_checks"] = self.checks(ids=self.tagged)
+            except Exception as e:
+                out["_checks"] = {"_error": str(e)[:200]}
         return out
 
     def members_of(self, lb):
@@ -389,7 +561,7 @@ class Instance:
         self.d = driver
         self.relays = [net.Relay(m["client"]) for m in driver.etcd.members]
         self.proxy = net.AwsProxy(slot, driver.moto_port, driver.faults, driver.record,
-                                  driver.tg_arns, driver.tg_ports)
+                                  driver.tg_arns, driver.tg_ports, driver.route53_sim)
         self.proc = None
         self.pid = None
         self.starts = 0
@@ -405,7 +577,7 @@ class Instance:
         path = os.path.join(self.d.work, "logs", "slot%d-start%d.log" % (self.slot, self.starts))
         f = open(path, "ab")
         ha = ["--ha", "--ha-lease-ttl", "%ds" % LEASE_TTL]
-        ownership = "shared"
+        ownership = self.d.profile["ownership"]
         # --sabotage: the checker's own test against the real binary, misconfigured on purpose.
         if self.d.args.sabotage == "no-ha" and self.slot == self.d.args.instances - 1:
             ha = []  # a second active instance: its changes come from a non-leader
@@ -415,6 +587,8 @@ class Instance:
                 "--resync-interval", "%ds" % RESYNC, "--ownership", ownership, "--log-format", "json",
                 "--route53-ttl", str(ROUTE53_TTL), "--aws-endpoint-url", self.proxy.url,
                 "--etcd-endpoints", ",".join(r.url for r in self.relays)]
+        for rule in self.d.hc_rules:
+            args += ["--route53-health-check", rule]
         self.proc = subprocess.Popen(args, stdout=f, stderr=subprocess.STDOUT, env=self.d.lb_env,
                                      start_new_session=True)
         f.close()
@@ -448,7 +622,12 @@ class Driver:
         self.work = args.work
         os.makedirs(os.path.join(self.work, "logs"), exist_ok=True)
         self.record = Recorder(os.path.join(self.work, "history.jsonl"))
+        self.profile_name = args.profile
+        self.profile = PROFILES[args.profile]
         self.faults = net.FaultState(self.seed)
+        self.route53_sim = net.Route53Sim(self.profile["pending_hold"]) \
+            if self.profile["pending_hold"] else None
+        self.hc_rules = []
         self.stop_event = threading.Event()
         self.instances = []
         self.procs_lock = threading.Lock()
@@ -468,6 +647,7 @@ class Driver:
     # -- setup --
     def setup(self):
         log("work dir %s" % self.work)
+        self.t_meta = time.time()
         self.etcd = EtcdCluster(self.work)
         self.etcd.start()
         log("etcd cluster ready: %s" % self.etcd.endpoints)
@@ -493,28 +673,45 @@ class Driver:
         self.aws = Aws(url)
         foreign_members = {"webA": "i-0f0000000000000f1", "web-tg": "i-0f0000000000000f2",
                            "www": "198.51.100.7"}
-        self.aws.fixtures(foreign_members)
+        self.aws.fixtures(foreign_members, self.profile)
         zone = self.aws.zone
         self.lbs = {name: spec["lb"].replace(schedule.ZONE, zone) for name, spec in schedule.LBS.items()}
         self.dirs = {name: spec["dir"].replace(schedule.ZONE, zone) for name, spec in schedule.LBS.items()}
         self.tg_arns = {self.aws.tg_arn: self.lbs["web-tg"]}
         self.tg_ports = {self.lbs["web-tg"]: 80}
-        self.foreign = {self.lbs["webA"]: [foreign_members["webA"]],
-                        self.lbs["web-tg"]: [foreign_members["web-tg"] + ":80"],
-                        self.lbs["www"]: [foreign_members["www"]]}
-        legacy = "route53/%s/legacy.example.com" % zone
-        self.foreign_fqdns = {legacy: self.aws.rrsets().get("legacy.example.com", {})}
+        foreign_lbs = {}
+        foreign_checks = {}
+        hc_scope = []
+        if self.profile["ownership"] == "shared":
+            self.foreign = {self.lbs["webA"]: [foreign_members["webA"]],
+                            self.lbs["web-tg"]: [foreign_members["web-tg"] + ":80"],
+                            self.lbs["www"]: [foreign_members["www"]]}
+        else:
+            self.foreign = {}
+            self.aws.other_lbs = {"otherLB": "elb/us-east-1/otherLB"}
+            foreign_lbs = {"elb/us-east-1/otherLB": [foreign_members["webA"]]}
+        if self.profile["health_check"]:
+            foreign_checks = self.aws.foreign_checks(zone, model.PREFIX)
+            self.aws.tagged = set(foreign_checks)
+            self.aws.health_checks = True
+            hc_scope = [self.lbs[HC_NAME]]
+            fqdn = self.lbs[HC_NAME].split("/", 2)[2]
+            self.hc_rules = ["route53/%s/%s=%s:%d%s" % (zone, fqdn, HC_SPEC["type"], HC_SPEC["port"],
+                                                        HC_SPEC["path"])]
+        rr = self.aws.rrsets()
+        self.foreign_fqdns = {"route53/%s/%s" % (zone, f): rr[f]
+                              for f in ("legacy.example.com", "other.example.com") if f in rr}
         self.plan = schedule.plan(self.seed, self.minutes)
-        self.record({"kind": "meta", "seed": self.seed, "minutes": self.minutes,
-                     "schedule_digest": schedule.digest(self.plan), "bin": self.bin,
-                     "instances": self.args.instances, "sabotage": self.args.sabotage,
-                     "params": {"prefix": model.PREFIX, "route53_ttl": ROUTE53_TTL,
-                                "lease_ttl": LEASE_TTL, "resync": RESYNC,
-                                "convergence_bound": CONVERGENCE_BOUND,
-                                "lbs": sorted(self.lbs.values()), "tg_ports": self.tg_ports,
-                                "foreign": self.foreign, "foreign_fqdns": self.foreign_fqdns,
-                                "zone": zone, "tg_arn": self.aws.tg_arn}})
-        self.record({"kind": "schedule", "plan": self.plan})
+        self.params = {"prefix": model.PREFIX, "route53_ttl": ROUTE53_TTL,
+                       "lease_ttl": LEASE_TTL, "resync": RESYNC,
+                       "convergence_bound": CONVERGENCE_BOUND,
+                       "lbs": sorted(self.lbs.values()), "tg_ports": self.tg_ports,
+                       "foreign": self.foreign, "foreign_fqdns": self.foreign_fqdns,
+                       "zone": zone, "tg_arn": self.aws.tg_arn, "profile": self.profile_name,
+                       "ownership": self.profile["ownership"], "foreign_lbs": foreign_lbs,
+                       "hc_scope": hc_scope, "hc_spec": HC_SPEC if hc_scope else None,
+                       "hc_rules": self.hc_rules, "foreign_checks": foreign_checks,
+                       "pending_hold": self.profile["pending_hold"], "stray_age": STRAY_AGE}
         self.watcher = Watcher(self.etcd, self.record)
         self.watcher.ready.wait(10)
         time.sleep(0.5)
@@ -539,9 +736,22 @@ class Driver:
         while time.time() < deadline:
             if self.leader_slot() is not None and self.any_log("initial sync complete"):
                 log("lbmanager x%d started; leader is slot %s" % (len(self.instances), self.leader_slot()))
-                return
+                break
             time.sleep(0.3)
-        raise RuntimeError("no lbmanager became leader and synced within 60 s; see %s/logs" % self.work)
+        else:
+            raise RuntimeError("no lbmanager became leader and synced within 60 s; see %s/logs" % self.work)
+        # The installation's identity (README "Health-checked answers"): the mark of its checks.
+        _, kvs = self.etcd.range_prefix(STATE_PREFIX + "/installation")
+        inst = (kvs.get(STATE_PREFIX + "/installation") or {}).get("value", "").strip()
+        self.params["installation"] = inst
+        self.params["check_prefix"] = "lbm-%s-%s-" % (inst, zone) if inst else None
+        if self.profile["health_check"] and not inst:
+            raise RuntimeError("no installation record at %s/installation" % STATE_PREFIX)
+        self.record({"kind": "meta", "seed": self.seed, "minutes": self.minutes,
+                     "schedule_digest": schedule.digest(self.plan), "bin": self.bin,
+                     "instances": self.args.instances, "sabotage": self.args.sabotage,
+                     "profile": self.profile_name, "params": self.params, "t": self.t_meta})
+        self.record({"kind": "schedule", "plan": self.plan})
 
     def any_log(self, needle):
         for inst in self.instances:
@@ -791,8 +1001,10 @@ class Driver:
                     self.faults.cut.add(slot)
                 inst.proxy.reset_all()
         elif kind == "etcd_member_kill":
-            self.etcd.kill_member(act["member"])
-            rec["member"] = state["member"] = act["member"]
+            member = self.etcd_victim(act)
+            self.etcd.kill_member(member)
+            self.watcher.member_down(member)
+            rec["member"] = state["member"] = member
         elif kind == "etcd_move_leader":
             out = etcdctl(self.etcd.endpoints, "endpoint", "status", "-w", "json")
             try:
@@ -819,7 +1031,11 @@ class Driver:
         elif kind == "aws_throttle":
             self.faults.throttle = act["p"]
         elif kind == "aws_slow":
-            self.faults.slow = act["s"]
+            if self.profile["request_delays"] and r < 0.5:
+                # The request held before it is forwarded, at most 0.9 s (see net.py).
+                self.faults.slow_req = rec["request_delay"] = round(act["s"] * 0.3, 3)
+            else:
+                self.faults.slow = act["s"]
         elif kind == "aws_5xx":
             self.faults.err5xx = act["p"]
         elif kind == "aws_reset":
@@ -842,6 +1058,8 @@ class Driver:
                                                            Targets=[{"Id": tid, "Port": int(port)}])
                 self.record({"kind": "oob", "action": "deregister", "lb": lb, "removed": [m], "t": t})
                 rec["member"] = m
+        elif kind == "oob_rrset_edit" and self.lbs[act["lb_name"]] in self.params["hc_scope"]:
+            self.edit_multivalue(act, rec)
         elif kind == "oob_rrset_edit":
             lb = self.lbs[act["lb_name"]]
             fqdn = lb.split("/", 2)[2]
@@ -882,8 +1100,12 @@ class Driver:
                 self.aws.c("elbv2").register_targets(TargetGroupArn=self.aws.tg_arn,
                                                      Targets=[{"Id": m, "Port": 80}])
                 m += ":80"
-            self.foreign.setdefault(lb, []).append(m)
-            self.record({"kind": "oob", "action": "foreign_add", "lb": lb, "added": [m], "t": t})
+            if self.profile["ownership"] == "shared":
+                self.foreign.setdefault(lb, []).append(m)
+                self.record({"kind": "oob", "action": "foreign_add", "lb": lb, "added": [m], "t": t})
+            else:
+                # --ownership exclusive: etcd lists every member; lbmanager removes this one.
+                self.record({"kind": "oob", "action": "stray_add", "lb": lb, "added": [m], "t": t})
         elif kind == "lb_recreate":
             lb = self.lbs["webB"]
             try:
@@ -907,6 +1129,47 @@ class Driver:
         else:
             rec["skipped"] = "unknown fault"
         self.record(rec)
+
+    def etcd_victim(self, act):
+        """The etcd member a kill takes down: the schedule's (1 or 2) in profile shared; any
+        member, 0 too, drawn from the fault's number, where every member may go."""
+        if self.profile["etcd_kill"] == "any":
+            return min(2, int(act.get("r", 0.0) * 3))
+        return act["member"]
+
+    def edit_multivalue(self, act, rec):
+        """A hand edit of a name with health-checked answers: one value's record set deleted, or
+        its TTL changed (the set and its check otherwise as they were)."""
+        lb = self.lbs[act["lb_name"]]
+        fqdn = lb.split("/", 2)[2]
+        r = act.get("r", 0.0)
+        sets = [x for x in self.aws.rrsets(sets=True).get(fqdn, {}).get("sets", [])
+                if x["type"] in ("A", "AAAA")]
+        sets.sort(key=lambda x: (x["type"], str(x["set_id"])))
+        if not sets:
+            rec["skipped"] = "no value of lbmanager's in %s" % lb
+            return
+        x = sets[int(r * len(sets))]
+        rrset = {"Name": fqdn + ".", "Type": x["type"], "TTL": x["ttl"],
+                 "ResourceRecords": [{"Value": v} for v in x["values"]]}
+        if x["set_id"] is not None:
+            rrset["SetIdentifier"] = x["set_id"]
+            rrset["MultiValueAnswer"] = bool(x["mva"])
+        if x["hc"]:
+            rrset["HealthCheckId"] = x["hc"]
+        t = time.time()
+        if act["mode"] == "remove":
+            action, removed, put = "DELETE", list(x["values"]), []
+        else:
+            action, removed, put = "UPSERT", [], list(x["values"])
+            rrset["TTL"] = 300
+        self.aws.c("route53").change_resource_record_sets(
+            HostedZoneId=self.aws.zone,
+            ChangeBatch={"Changes": [{"Action": action, "ResourceRecordSet": rrset}]})
+        self.record({"kind": "oob", "action": "rrset_set", "lb": lb, "type": x["type"],
+                     "set_id": x["set_id"], "hc": x["hc"], "ttl": rrset["TTL"], "removed": removed,
+                     "put": put, "t": t})
+        rec.update({"type": x["type"], "set_id": x["set_id"], "mode": act["mode"]})
 
     def fault_end(self, act):
         fid = act["fault_id"]
@@ -944,7 +1207,7 @@ class Driver:
         elif kind == "aws_throttle":
             self.faults.throttle = 0.0
         elif kind == "aws_slow":
-            self.faults.slow = 0.0
+            self.faults.slow = self.faults.slow_req = 0.0
         elif kind == "aws_5xx":
             self.faults.err5xx = 0.0
         elif kind == "aws_reset":
@@ -1009,9 +1272,8 @@ class Driver:
 
     def params_for_compare(self):
         p = dict(checker.DEFAULTS)
-        p.update({"prefix": model.PREFIX, "route53_ttl": ROUTE53_TTL, "lbs": sorted(self.lbs.values()),
-                  "tg_ports": self.tg_ports, "foreign": {k: list(v) for k, v in self.foreign.items()},
-                  "foreign_fqdns": self.foreign_fqdns})
+        p.update(self.params)
+        p["foreign"] = {k: list(v) for k, v in self.foreign.items()}
         return p
 
     def status_sample(self, rnd):
@@ -1167,6 +1429,10 @@ def main(argv=None):
     ap.add_argument("--bin", default=None)
     ap.add_argument("--work", default=None)
     ap.add_argument("--instances", type=int, default=3)
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="shared",
+                    help="shared: --ownership shared (the default); exclusive-hc: --ownership "
+                         "exclusive with a --route53-health-check scope, etcd member 0 killed too, "
+                         "Route53 changes PENDING for a while, requests delayed (README.md)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir even when the run passes")
     ap.add_argument("--check-only", metavar="HISTORY", help="only run the checker over a history file")
     ap.add_argument("--sabotage", choices=["no-ha", "exclusive"],
@@ -1190,7 +1456,8 @@ def main(argv=None):
         return 2
     own_work = args.work is None
     args.work = args.work or tempfile.mkdtemp(prefix="lbmanager-soak.")
-    log("seed %d, %.1f minutes, %d instances, binary %s" % (args.seed, args.minutes, args.instances, args.bin))
+    log("seed %d, %.1f minutes, profile %s, %d instances, binary %s" % (
+        args.seed, args.minutes, args.profile, args.instances, args.bin))
     started = time.time()
     d = Driver(args)
     failed = None

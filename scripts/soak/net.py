@@ -13,21 +13,36 @@ Faults of the proxy (FaultState, shared by every port; `cut` per port):
             exercise the window the README documents as open (a request reaching AWS more than a
             quarter of the lease TTL after it left), which no fence can close.
   cut       (per port) reset every connection: the instance is cut from AWS but not from etcd.
+  slow_req  (profile exclusive-hc) hold the *request* before forwarding it, at most 0.9 s: a
+            change reaches AWS that much after it left lbmanager. Bounded below a quarter of the
+            lease TTL (1 s): past it is the window README "High availability" documents as open.
 A baseline latency (0.1 s) is added to every answer the same way.
 
-One correction of moto (5.2): its CREATE duplicate check refuses a CREATE identical to one in the
+Route53 as Route53 answers (profile exclusive-hc, `Route53Sim`, shared by every port): each
+applied ChangeResourceRecordSets gets a change id of its own and `PENDING`, and GetChange says
+`PENDING` until `hold` seconds after the change was made, then `INSYNC` (moto answers `INSYNC` at
+once; tests/testkit/src/route53.rs does the same as here). CreateHealthCheck keeps its
+CallerReference as Route53 does (moto ignores it): a reference seen before is answered with the
+check it made, one of a check since deleted is refused (409 HealthCheckAlreadyExists).
+
+Corrections of moto (5.2): its CREATE duplicate check refuses a CREATE identical to one in the
 zone's change journal whenever *any* record set sorts after that name (it lists from the name on,
 not the name), so re-creating a record set that was deleted fails forever with "already exists"
 while nothing is there. The proxy does what Route53 does instead: a batch whose CREATE names a
 record set that exists is refused (400 InvalidChangeBatch, not forwarded); otherwise its CREATEs
 are forwarded as UPSERTs (the same length: Content-Length holds). The event says so (`moto_fix`).
+Record sets are told apart by (name, type, SetIdentifier), and, as Route53 does, a batch that
+would leave one simple record set beside multivalue answers of the same name and type is refused
+(moto would keep both).
 
 Every request is recorded as one `aws_call` event: t (received), slot, service, action, mutating,
-the load balancer and members (ELB/ELBv2) or changes (Route53, per name and type), the fault, the
-forward and upstream-answer times, moto's status and the status returned (None: reset).
+the load balancer and members (ELB/ELBv2) or changes (Route53, per name, type and SetIdentifier,
+with the HealthCheckId named), the health check made or deleted (`hc`), the fault, the forward and
+upstream-answer times, moto's status and the status returned (None: reset).
 """
 import http.client
 import random
+import re
 import socket
 import socketserver
 import struct
@@ -70,7 +85,15 @@ class FaultState:
         self.err5xx = 0.0
         self.reset = 0.0
         self.slow = 0.0  # extra seconds (uniform 0.5x..1x of it) on every answer
+        self.slow_req = 0.0  # extra seconds (uniform 0.5x..1x of it) before forwarding a request
         self.cut = set()  # slots cut from AWS
+
+    def request_delay(self):
+        """How long to hold the next request before forwarding it (0: not at all)."""
+        with self.lock:
+            if not self.slow_req:
+                return 0.0
+            return self.slow_req * (0.5 + 0.5 * self.rng.random())
 
     def draw(self, slot):
         """The fault for one request: (kind or None, extra delay)."""
@@ -93,7 +116,7 @@ class FaultState:
 
     def heal(self):
         with self.lock:
-            self.throttle = self.err5xx = self.reset = self.slow = 0.0
+            self.throttle = self.err5xx = self.reset = self.slow = self.slow_req = 0.0
             self.cut.clear()
 
 
@@ -117,8 +140,36 @@ def parse_call(method, path, body, tg_arns, tg_ports):
                 query = urllib.parse.parse_qs(urllib.parse.urlsplit(path).query)
                 name = (query.get("name") or [""])[0]
                 info["lb"] = "route53/%s/%s" % (zone, model.norm_fqdn(name)) if name else "route53/%s" % zone
+        elif len(parts) >= 2 and parts[1] == "healthcheck":
+            hc = parts[2] if len(parts) > 2 else None
+            if method == "POST" and hc is None:
+                info["action"] = "CreateHealthCheck"
+                info["mutating"] = True
+                info["hc"] = parse_check(body)
+            elif method == "GET" and hc is None:
+                info["action"] = "ListHealthChecks"
+            elif method == "DELETE":
+                info["action"] = "DeleteHealthCheck"
+                info["mutating"] = True
+                info["hc"] = {"id": hc}
+            elif method == "POST":
+                info["action"] = "UpdateHealthCheck"
+                info["mutating"] = True
+                info["hc"] = {"id": hc}
+            elif len(parts) > 3 and parts[3] == "status":
+                info["action"] = "GetHealthCheckStatus"
+                info["hc"] = {"id": hc}
+            else:
+                info["action"] = "GetHealthCheck"
+                info["hc"] = {"id": hc}
+        elif len(parts) >= 3 and parts[1] == "tags" and parts[2] == "healthcheck":
+            hc = parts[3] if len(parts) > 3 else None
+            info["action"] = "ChangeTagsForResource" if method == "POST" else "ListTagsForResource"
+            info["mutating"] = method == "POST" and hc is not None
+            info["hc"] = {"id": hc}
         elif method == "GET" and len(parts) == 3 and parts[1] == "change":
             info["action"] = "GetChange"
+            info["change_id"] = parts[2]
         elif method == "GET" and len(parts) == 3 and parts[1] == "hostedzone":
             info["action"] = "GetHostedZone"
         else:
@@ -170,6 +221,7 @@ def parse_changes(body, zone):
         if _strip(change.tag) != "Change":
             continue
         action, name, rtype, ttl, values = None, None, None, None, []
+        set_id = hc = mva = None
         for el in change.iter():
             tag = _strip(el.tag)
             if tag == "Action":
@@ -182,9 +234,106 @@ def parse_changes(body, zone):
                 ttl = int(el.text)
             elif tag == "Value":
                 values.append(model.norm_ip(el.text) or el.text)
-        out.append({"lb": "route53/%s/%s" % (zone, model.norm_fqdn(name or "")), "action": action,
-                    "type": rtype, "ttl": ttl, "values": sorted(values)})
+            elif tag == "SetIdentifier":
+                set_id = el.text
+            elif tag == "HealthCheckId":
+                hc = el.text
+            elif tag == "MultiValueAnswer":
+                mva = (el.text or "").strip().lower() == "true"
+        ch = {"lb": "route53/%s/%s" % (zone, model.norm_fqdn(name or "")), "action": action,
+              "type": rtype, "ttl": ttl, "values": sorted(values)}
+        if set_id is not None:
+            ch["set_id"] = model.norm_ip(set_id) or set_id
+        if hc is not None:
+            ch["hc"] = hc
+        if mva is not None:
+            ch["mva"] = mva
+        out.append(ch)
     return out
+
+
+def _text(root, name):
+    for el in root.iter():
+        if _strip(el.tag) == name:
+            return el.text
+    return None
+
+
+def parse_check(body):
+    """A CreateHealthCheck request: its reference and what it checks."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        return {}
+    ip = _text(root, "IPAddress")
+    port = _text(root, "Port")
+    return {"ref": _text(root, "CallerReference"), "ip": model.norm_ip(ip or "") or ip,
+            "port": int(port) if port and port.isdigit() else port, "type": _text(root, "Type"),
+            "path": _text(root, "ResourcePath"),
+            "fqdn": model.norm_fqdn(_text(root, "FullyQualifiedDomainName") or "")}
+
+
+class Route53Sim:
+    """What Route53 does and moto does not, for every proxy port (see the module's docstring):
+    change ids that stay PENDING for `hold` seconds, and CallerReferences kept."""
+
+    def __init__(self, hold):
+        self.hold = hold
+        self.lock = threading.Lock()
+        self.changes = {}  # change id -> when it was made
+        self.made = {}  # CallerReference -> (check id, moto's answer)
+        self.deleted = set()  # references of checks deleted since
+        self.seq = 0
+
+    def pending(self, rbody, t):
+        """moto's answer to an applied change, with an id of its own and PENDING."""
+        with self.lock:
+            self.seq += 1
+            cid = "CSOAK%08d" % self.seq
+            self.changes[cid] = t
+        text = rbody.decode("utf-8", "replace")
+        text = re.sub(r"<Id>[^<]*</Id>", "<Id>/change/%s</Id>" % cid, text, count=1)
+        text = re.sub(r"<Status>[^<]*</Status>", "<Status>PENDING</Status>", text, count=1)
+        return text.encode(), cid
+
+    def status(self, cid, now):
+        """(HTTP status, body, PENDING/INSYNC or None) of GetChange."""
+        with self.lock:
+            made = self.changes.get(cid)
+        if made is None:
+            return 404, error_body(True, "NoSuchChange", "no such change: %s" % cid), None
+        state = "INSYNC" if now - made >= self.hold else "PENDING"
+        body = ('<?xml version="1.0" encoding="UTF-8"?>\n<GetChangeResponse xmlns="https://'
+                'route53.amazonaws.com/doc/2013-04-01/"><ChangeInfo><Id>/change/%s</Id><Status>%s'
+                '</Status><SubmittedAt>2026-01-01T00:00:00.000Z</SubmittedAt></ChangeInfo>'
+                '</GetChangeResponse>' % (cid, state))
+        return 200, body.encode(), state
+
+    def known_reference(self, ref):
+        """(status, body) to answer a CreateHealthCheck of a reference seen before, or None."""
+        with self.lock:
+            if ref in self.deleted:
+                return 409, error_body(True, "HealthCheckAlreadyExists", "A health check with the "
+                                       "same caller reference existed and was deleted")
+            if ref in self.made:
+                return 201, self.made[ref][1]
+        return None
+
+    def created(self, ref, rbody):
+        m = re.search(rb"<Id>([^<]*)</Id>", rbody)
+        if ref is None or m is None:
+            return None
+        hc = m.group(1).decode()
+        with self.lock:
+            self.made[ref] = (hc, rbody)
+        return hc
+
+    def check_deleted(self, hc):
+        with self.lock:
+            for ref, (made, _) in list(self.made.items()):
+                if made == hc:
+                    del self.made[ref]
+                    self.deleted.add(ref)
 
 
 def _rst(sock):
@@ -205,8 +354,9 @@ HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te"
 class AwsProxy:
     """One listening port in front of moto for lbmanager instance `slot`."""
 
-    def __init__(self, slot, upstream_port, faults, record, tg_arns, tg_ports):
+    def __init__(self, slot, upstream_port, faults, record, tg_arns, tg_ports, sim=None):
         self.slot = slot
+        self.sim = sim  # a Route53Sim, or None: moto's change status and references as they are
         self.upstream_port = upstream_port
         self.faults = faults
         self.record = record
@@ -243,14 +393,30 @@ class AwsProxy:
             for s in list(self.conns):
                 _rst(s)
 
-    def _existing(self, path, changes):
-        """The first (name, type) a batch's CREATE names that exists; None when none does."""
+    def _refusal(self, path, changes):
+        """Why Route53 would refuse a batch with a CREATE that moto would take (None: it would
+        not): a CREATE of a record set (name, type, SetIdentifier) that exists, or a simple
+        record set beside multivalue answers of the same name and type."""
+        names = {}
         for c in changes:
-            if c["action"] != "CREATE":
-                continue
             fqdn = c["lb"].split("/", 2)[2]
-            if _list_rrset(self.upstream_port, path, fqdn, c["type"]):
-                return fqdn, c["type"]
+            if fqdn not in names:
+                names[fqdn] = set(_list_sets(self.upstream_port, path, fqdn))
+        for c in changes:
+            fqdn = c["lb"].split("/", 2)[2]
+            sets = names[fqdn]
+            key = (c["type"], c.get("set_id"))
+            if c["action"] == "DELETE":
+                sets.discard(key)
+                continue
+            if c["action"] == "CREATE" and key in sets:
+                return "Tried to create resource record set [name='%s.', type='%s'] but it " \
+                       "already exists" % (fqdn, c["type"])
+            if any(t == c["type"] and (s is None) != (key[1] is None) for t, s in sets):
+                return "RRSet of type %s with DNS name %s. is not permitted because a " \
+                       "conflicting RRSet of type %s with the same DNS name already exists" % (
+                           c["type"], fqdn, c["type"])
+            sets.add(key)
         return None
 
     def _serve(self, sock):
@@ -271,6 +437,10 @@ class AwsProxy:
                 ev.update(info)
                 ev["fault"] = fault
                 route53 = info["service"] == "route53"
+                hold = self.faults.request_delay() if fault not in ("cut",) else 0.0
+                if hold:
+                    ev["request_delay"] = round(hold, 3)
+                    time.sleep(hold)
                 if fault in ("cut", "reset_before"):
                     ev["status"] = None
                     self.record(ev)
@@ -291,12 +461,15 @@ class AwsProxy:
                     self.record(ev)
                     _send(sock, code, "Error", error_body(route53, reason, "soak fault"))
                     continue
+                multi = any(c.get("set_id") is not None for c in info.get("changes", []))
                 if route53 and info["action"] == "ChangeResourceRecordSets" and any(
-                        c["action"] == "CREATE" for c in info.get("changes", [])):
-                    exists = self._existing(path, info["changes"])
-                    if exists is None:
-                        ev["moto_fix"] = "create_as_upsert"
-                        body = body.replace(b"<Action>CREATE</Action>", b"<Action>UPSERT</Action>")
+                        c["action"] == "CREATE" or (multi and c["action"] == "UPSERT")
+                        for c in info.get("changes", [])):
+                    why = self._refusal(path, info["changes"])
+                    if why is None:
+                        if b"<Action>CREATE</Action>" in body:
+                            ev["moto_fix"] = "create_as_upsert"
+                            body = body.replace(b"<Action>CREATE</Action>", b"<Action>UPSERT</Action>")
                     else:
                         ev["moto_fix"] = "create_refused"
                         time.sleep(delay)
@@ -306,9 +479,42 @@ class AwsProxy:
                         _send(sock, 400, "Bad Request", (
                             '<?xml version="1.0"?>\n<ErrorResponse xmlns="https://route53.amazonaws.com/'
                             'doc/2013-04-01/"><Error><Type>Sender</Type><Code>InvalidChangeBatch</Code>'
-                            "<Message>Tried to create resource record set [name='%s.', type='%s'] but it "
-                            "already exists</Message></Error><RequestId>soak-moto-fix</RequestId>"
-                            "</ErrorResponse>" % exists).encode())
+                            "<Message>%s</Message></Error><RequestId>soak-moto-fix</RequestId>"
+                            "</ErrorResponse>" % why).encode())
+                        continue
+                if self.sim is not None and info["action"] == "GetChange":
+                    # Answered here, as Route53 would (moto says INSYNC at once).
+                    code, rbody, state = self.sim.status(info.get("change_id"), time.time())
+                    ev["change_status"] = state
+                    ev["upstream_status"] = None
+                    if fault == "reset_after":
+                        ev["status"] = None
+                        self.record(ev)
+                        _rst(sock)
+                        return
+                    time.sleep(delay)
+                    ev["status"] = code
+                    ev["t_resp"] = time.time()
+                    self.record(ev)
+                    _send(sock, code, "OK" if code == 200 else "Not Found", rbody)
+                    continue
+                if self.sim is not None and info["action"] == "CreateHealthCheck":
+                    seen = self.sim.known_reference(info.get("hc", {}).get("ref"))
+                    if seen is not None:
+                        code, rbody = seen
+                        ev["moto_fix"] = "reference_seen" if code < 300 else "reference_spent"
+                        ev["upstream_status"] = None
+                        ev["t_fwd"] = time.time()
+                        if fault == "reset_after":
+                            ev["status"] = None
+                            self.record(ev)
+                            _rst(sock)
+                            return
+                        time.sleep(delay)
+                        ev["status"] = code
+                        ev["t_resp"] = time.time()
+                        self.record(ev)
+                        _send(sock, code, "Created" if code < 300 else "Conflict", rbody)
                         continue
                 ev["t_fwd"] = time.time()
                 try:
@@ -329,6 +535,16 @@ class AwsProxy:
                     _rst(sock)
                     return
                 ev["t_done"] = time.time()
+                if self.sim is not None and 200 <= resp.status < 300:
+                    if info["action"] == "ChangeResourceRecordSets":
+                        rbody, ev["change_id"] = self.sim.pending(rbody, ev["t_fwd"])
+                    elif info["action"] == "CreateHealthCheck":
+                        ev["hc"]["id"] = self.sim.created(ev["hc"].get("ref"), rbody)
+                    elif info["action"] == "DeleteHealthCheck":
+                        self.sim.check_deleted(ev["hc"]["id"])
+                elif info["action"] == "CreateHealthCheck" and 200 <= resp.status < 300:
+                    m = re.search(rb"<Id>([^<]*)</Id>", rbody)
+                    ev["hc"]["id"] = m.group(1).decode() if m else None
                 if fault == "reset_after":
                     ev["status"] = None
                     self.record(ev)
@@ -350,12 +566,13 @@ class AwsProxy:
                 pass
 
 
-def _list_rrset(port, path, fqdn, rtype):
-    """Whether moto has the record set (fqdn, rtype), read with a ListResourceRecordSets of its own."""
+def _list_sets(port, path, fqdn):
+    """The record sets of `fqdn` moto has, as (type, SetIdentifier or None), read with a
+    ListResourceRecordSets of its own."""
     parts = [p for p in urllib.parse.urlsplit(path).path.split("/") if p]
     zone = parts[parts.index("hostedzone") + 1]
     base = "/2013-04-01/hostedzone/%s/rrset" % zone
-    query = urllib.parse.urlencode({"name": fqdn + ".", "type": rtype, "maxitems": "1"})
+    query = urllib.parse.urlencode({"name": fqdn + ".", "maxitems": "300"})
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         # moto routes a request to a service by the credential scope of its Authorization header.
@@ -367,17 +584,22 @@ def _list_rrset(port, path, fqdn, rtype):
     finally:
         conn.close()
     root = ET.fromstring(body)
+    out = []
     for rrset in root.iter():
         if _strip(rrset.tag) != "ResourceRecordSet":
             continue
-        name = type_ = None
+        name = type_ = set_id = None
         for el in rrset:
             if _strip(el.tag) == "Name":
                 name = model.norm_fqdn(el.text or "")
             elif _strip(el.tag) == "Type":
                 type_ = el.text
-        return name == fqdn and type_ == rtype
-    return False
+            elif _strip(el.tag) == "SetIdentifier":
+                set_id = model.norm_ip(el.text or "") or el.text
+        if name != fqdn:
+            break
+        out.append((type_, set_id))
+    return out
 
 
 def _read_request(rfile):

@@ -58,8 +58,9 @@ def summary(events, result, wall=None):
     seed = meta.get("seed")
     out = []
     w = out.append
-    w("lbmanager soak: seed %s, --minutes %s, %s instances, schedule %s" % (
-        seed, meta.get("minutes"), meta.get("instances"), meta.get("schedule_digest")))
+    w("lbmanager soak: seed %s, --minutes %s, profile %s, %s instances, schedule %s" % (
+        seed, meta.get("minutes"), meta.get("profile", "shared"), meta.get("instances"),
+        meta.get("schedule_digest")))
     w("binary: %s" % meta.get("bin"))
     if wall is not None:
         w("wall time: %.0f s" % wall)
@@ -113,6 +114,21 @@ def summary(events, result, wall=None):
         len(calls), sum(1 for e in calls if e.get("mutating")),
         ", ".join("%s %d" % kv for kv in sorted(injected.items())) or "none"))
     w("  " + ", ".join("%s %d" % kv for kv in sorted(actions.items(), key=lambda kv: -kv[1])))
+    if meta.get("params", {}).get("hc_scope") or meta.get("params", {}).get("pending_hold"):
+        status = collections.Counter(e.get("change_status") for e in calls
+                                     if e.get("action") == "GetChange" and e.get("change_status"))
+        w("  health checks: %d made, %d deleted (applied); GetChange answered %s; %d requests "
+          "held before forwarding (max %s s); etcd members killed: %s" % (
+              sum(1 for e in calls if e.get("action") == "CreateHealthCheck"
+                  and (e.get("upstream_status") or 0) // 100 == 2),
+              sum(1 for e in calls if e.get("action") == "DeleteHealthCheck"
+                  and (e.get("upstream_status") or 0) // 100 == 2),
+              ", ".join("%s %d" % kv for kv in sorted(status.items())) or "never",
+              sum(1 for e in calls if e.get("request_delay")),
+              max([e["request_delay"] for e in calls if e.get("request_delay")], default=0),
+              dict(sorted(collections.Counter(
+                  e.get("member") for e in events if e.get("kind") == "fault_start"
+                  and e.get("fault") == "etcd_member_kill" and not e.get("skipped")).items()))))
     exits = collections.Counter()
     for e in events:
         if e.get("kind") == "instance_exit":

@@ -410,6 +410,205 @@ class EachViolation(unittest.TestCase):
         self.assertEqual(checker.check(ev)["violations"][0]["seed"], 7)
 
 
+# --- profile exclusive-hc ---------------------------------------------------------------------
+
+INST = "1234abcd"
+PREFIX_HC = "lbm-%s-%s-" % (INST, ZONE)
+OTHER_LB = "elb/us-east-1/otherLB"
+OTHER = "route53/%s/other.example.com" % ZONE
+V1, V2 = "192.0.2.36", "192.0.2.37"
+KV1 = "/lbManager/route53/us-east-1/%s/www.example.com/multiple/%s" % (ZONE, V1)
+KV2 = "/lbManager/route53/us-east-1/%s/www.example.com/multiple/%s" % (ZONE, V2)
+NOW_NONCE = "%x" % (1000 * 1000 * 1000)  # the reference's nonce of a check made at t=1000
+FOREIGN_HC = {"fhc1": {"ref": "lbm-0badc0de-%s-1" % ZONE, "ip": V1, "fqdn": "www.example.com",
+                       "type": "HTTP", "port": 80, "path": "/health",
+                       "tags": [["Name", "lbmanager www.example.com 192.0.2.36"],
+                                ["lbmanager-installation", "0badc0de"]]}}
+SPEC = {"type": "HTTP", "port": 80, "path": "/health"}
+
+
+def hc_meta():
+    return {"kind": "meta", "t": 0.0, "seed": 8, "minutes": 1, "params": {
+        "lbs": [ELB, WWW], "tg_ports": {}, "foreign": {}, "ownership": "exclusive",
+        "foreign_fqdns": {LEGACY: {"A": {"ttl": 300, "values": ["198.51.100.9"]}}},
+        "foreign_lbs": {OTHER_LB: [FOREIGN]}, "hc_scope": [WWW], "hc_spec": SPEC, "zone": ZONE,
+        "check_prefix": PREFIX_HC, "foreign_checks": FOREIGN_HC, "pending_hold": 3.0,
+        "stray_age": 600.0, "route53_ttl": 2}}
+
+
+def mine(ip, n):
+    return {"ref": PREFIX_HC + "%x" % (n * 1000 * 1000), "ip": ip, "fqdn": "www.example.com",
+            "type": "HTTP", "port": 80, "path": "/health"}
+
+
+def create_check(t, hc, ip, n, slot=0):
+    ev = call(t, slot, "CreateHealthCheck")
+    ev.update({"service": "route53", "mutating": True, "hc": dict(mine(ip, n), id=hc)})
+    ev.pop("lb")
+    ev.pop("members")
+    return ev
+
+
+def delete_check(t, hc, slot=0):
+    ev = call(t, slot, "DeleteHealthCheck")
+    ev.update({"service": "route53", "mutating": True, "hc": {"id": hc}})
+    ev.pop("lb")
+    ev.pop("members")
+    return ev
+
+
+def mv(action, ip, hc, ttl=2):
+    return {"lb": WWW, "action": action, "type": "A", "ttl": ttl, "values": [ip], "set_id": ip,
+            "hc": hc, "mva": True}
+
+
+def hc_aws(values=((V1, "h1"),), checks=None, elb=(I1,)):
+    sets = [{"type": "A", "set_id": ip, "ttl": 2, "values": [ip], "hc": hc, "mva": True}
+            for ip, hc in values]
+    www = {"sets": sets}
+    if values:
+        www["A"] = {"ttl": 2, "values": sorted(ip for ip, _ in values)}
+    if checks is None:
+        checks = {hc: mine(ip, 1) for ip, hc in values}
+    all_checks = dict(FOREIGN_HC)
+    all_checks.update(checks)
+    return {ELB: {"members": sorted(elb)}, WWW: www,
+            LEGACY: {"A": {"ttl": 300, "values": ["198.51.100.9"]}},
+            OTHER_LB: {"members": [FOREIGN]}, "_checks": all_checks}
+
+
+def hc_healthy():
+    """Profile exclusive-hc: slot 0 leads; an ELB member; a value of www.example.com with its
+    check made before the record set; a second value added, then removed: its record set deleted,
+    its check deleted once that change is INSYNC (3 s); a member added by hand to webA removed;
+    a quiet period that converges with one check per value, the foreign check untouched."""
+    keys = {K1: 10, KV1: 12}
+    report = {"daemon": {"stale": False}, "load_balancers": [
+        {"load_balancer": ELB, "desired": [I1], "in_step": True, "in_aws": [{"member": I1}]},
+        {"load_balancer": WWW, "desired": [V1], "in_step": True, "in_aws": [{"member": V1}]}]}
+    return [
+        hc_meta(),
+        {"kind": "instance_start", "t": 0.5, "slot": 0, "pid": 100},
+        etcd(1.0, "put", ELECTION + "a", 2, "pid 100 lease a"),
+        etcd(2.0, "put", K1, 10),
+        call(2.2, 0, "RegisterInstancesWithLoadBalancer", ELB, [I1]),
+        etcd(3.0, "put", KV1, 12),
+        create_check(3.1, "h1", V1, 1),
+        call(3.3, 0, "ChangeResourceRecordSets", changes=[mv("CREATE", V1, "h1")]),
+        etcd(4.0, "put", KV2, 13),
+        create_check(4.1, "h2", V2, 2),
+        call(4.3, 0, "ChangeResourceRecordSets", changes=[mv("CREATE", V2, "h2")]),
+        etcd(5.0, "delete", KV2, 14),
+        call(5.2, 0, "ChangeResourceRecordSets", changes=[mv("DELETE", V2, "h2")]),
+        delete_check(8.5, "h2"),
+        {"kind": "oob", "t": 9.0, "action": "stray_add", "lb": ELB, "added": [I3]},
+        call(9.5, 0, "DeregisterInstancesFromLoadBalancer", ELB, [I3]),
+        {"kind": "quiet_start", "t": 30.0, "round": 1},
+        {"kind": "sample", "t": 30.1, "round": 1, "keys": keys, "aws": hc_aws()},
+        {"kind": "sample", "t": 31.1, "round": 1, "keys": keys, "aws": hc_aws()},
+        {"kind": "status", "t": 32.0, "round": 1, "exit": 0, "report": report, "keys": keys,
+         "aws": hc_aws(), "owned": [],
+         "managed": ["/lbmanager-state/lbManager/managed/%s" % ELB,
+                     "/lbmanager-state/lbManager/managed/%s" % WWW]},
+        {"kind": "quiet_end", "t": 32.5, "round": 1},
+        {"kind": "instance_exit", "t": 40.0, "slot": 0, "pid": 100, "code": 0, "reason": "final_stop"},
+    ]
+
+
+def with_aws(events, aws_):
+    for e in events:
+        if e["kind"] in ("sample", "status"):
+            e["aws"] = aws_
+    return events
+
+
+class ExclusiveHealthChecked(unittest.TestCase):
+    def test_a_healthy_history_passes(self):
+        self.assertEqual(kinds(hc_healthy()), [])
+
+    def test_a_record_set_naming_a_check_that_does_not_exist(self):
+        ev = hc_healthy() + [call(20.0, 0, "ChangeResourceRecordSets", changes=[
+            mv("UPSERT", V1, "h9")])]
+        self.assertEqual(kinds(ev), ["hc_named"])
+        # A sample showing a record set naming a check that is gone.
+        ev = with_aws(hc_healthy(), hc_aws(checks={}))
+        self.assertIn("hc_named", kinds(ev))
+
+    def test_a_record_set_naming_a_deleted_check_or_anothers(self):
+        ev = hc_healthy() + [call(20.0, 0, "ChangeResourceRecordSets", changes=[
+            mv("UPSERT", V2, "h2")])]  # h2 was deleted at 8.5
+        self.assertIn("hc_named", kinds(ev))
+        ev = hc_healthy() + [call(20.0, 0, "ChangeResourceRecordSets", changes=[
+            mv("UPSERT", V1, "fhc1")])]  # another installation's check of that very value
+        self.assertIn("hc_named", kinds(ev))
+
+    def test_a_check_deleted_before_its_change_was_insync(self):
+        ev = [e for e in hc_healthy() if not (e.get("action") == "DeleteHealthCheck")]
+        ev.append(delete_check(6.0, "h2"))  # 0.8 s after the DELETE: PENDING still
+        self.assertEqual(kinds(ev), ["hc_order"])
+
+    def test_a_check_deleted_while_a_record_set_names_it(self):
+        ev = hc_healthy() + [delete_check(20.0, "h1")]
+        self.assertIn("hc_order", kinds(ev))
+
+    def test_two_checks_for_one_value_do_not_converge(self):
+        checks = {"h1": mine(V1, 1), "h3": mine(V1, 3)}
+        ev = with_aws(hc_healthy(), hc_aws(checks=checks))
+        self.assertIn("convergence", kinds(ev))
+
+    def test_a_value_without_its_check_does_not_converge(self):
+        aws_ = hc_aws()
+        aws_[WWW]["sets"][0]["hc"] = None
+        self.assertIn("convergence", kinds(with_aws(hc_healthy(), aws_)))
+
+    def test_a_check_of_another_installation_deleted_or_changed(self):
+        ev = hc_healthy() + [delete_check(20.0, "fhc1")]
+        self.assertIn("hc_foreign", kinds(ev))
+        aws_ = hc_aws()
+        aws_["_checks"]["fhc1"] = dict(FOREIGN_HC["fhc1"], tags=[])
+        self.assertIn("hc_foreign", kinds(with_aws(hc_healthy(), aws_)))
+
+    def test_a_check_left_behind_past_the_sweep(self):
+        """A check of lbmanager's for a name with no keys left, named by nothing: fine until a
+        leader starts at least 10 minutes after it was made; a violation after that."""
+        left = {"h1": mine(V1, 1), "h7": dict(mine(V2, 1), ref=PREFIX_HC + NOW_NONCE,
+                                              fqdn="gone.example.com")}
+        for start, want in ((1500.0, []), (1700.0, ["hc_left"])):
+            ev = with_aws(hc_healthy(), hc_aws(checks=left))
+            for e in ev:
+                if e["kind"] in ("quiet_start", "sample", "status", "quiet_end"):
+                    e["t"] += 1700.0
+                elif e["kind"] == "instance_exit":
+                    e["t"] += 1700.0
+            ev += [{"kind": "instance_start", "t": start - 5, "slot": 1, "pid": 200},
+                   etcd(start - 4, "put", ELECTION + "b", 30, "pid 200 lease b"),
+                   etcd(start, "delete", ELECTION + "a", 31)]
+            self.assertEqual([k for k in kinds(ev) if k.startswith("hc")], want, start)
+
+    def test_a_member_added_by_hand_is_removed_and_not_foreign(self):
+        ev = hc_healthy()
+        self.assertNotIn("foreign", kinds(ev))
+        # Left in AWS, it does not converge (--ownership exclusive removes it).
+        ev = with_aws(hc_healthy(), hc_aws(elb=(I1, I3)))
+        self.assertIn("convergence", kinds(ev))
+
+    def test_a_foreign_load_balancer_touched(self):
+        ev = hc_healthy() + [call(20.0, 0, "DeregisterInstancesFromLoadBalancer", OTHER_LB, [FOREIGN])]
+        self.assertIn("foreign", kinds(ev))
+
+    def test_owned_records_under_exclusive(self):
+        ev = hc_healthy()
+        for e in ev:
+            if e["kind"] == "status":
+                e["owned"] = ["/lbmanager-state/lbManager/owned/%s/%s" % (ELB, I1)]
+        self.assertEqual(kinds(ev), ["records"])
+
+    def test_health_check_calls_from_a_standby(self):
+        ev = hc_healthy() + [{"kind": "instance_start", "t": 0.6, "slot": 1, "pid": 200},
+                             create_check(20.0, "h5", V2, 5, slot=1)]
+        self.assertIn("leader", kinds(ev))
+
+
 class Model(unittest.TestCase):
     def test_single_and_multiple(self):
         r = model.resolve
