@@ -1,6 +1,7 @@
 //! Classic ELB through the AWS SDK: one client per region, made on first use.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancing::error::{ProvideErrorMetadata, SdkError};
@@ -8,6 +9,7 @@ use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
 use super::count::CountCalls;
+use super::loader::{Loader, Pulse, Reads, BY_NAME, PAGE};
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, Permit};
@@ -17,7 +19,10 @@ use crate::plan::{Health, Registered};
 use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 
 pub struct SdkElb {
-    clients: PerRegion<Client>,
+    clients: Arc<PerRegion<Client>>,
+    /// Each region's reads, made together (see [`super::loader`]).
+    loaders: Mutex<HashMap<String, Arc<Loader<Describe>>>>,
+    pulse: Pulse,
     /// Every change passes it as it is sent (an interceptor of the client), and is bounded by its
     /// timeouts.
     fence: Fence,
@@ -50,10 +55,11 @@ impl SdkElb {
         quotas: RegionQuotas,
         fence: Fence,
         count: Option<CountCalls>,
+        pulse: Pulse,
     ) -> Self {
         let check = FenceCheck(fence.clone());
         SdkElb {
-            clients: PerRegion::new(share, quotas, move |region| {
+            clients: Arc::new(PerRegion::new(share, quotas, move |region| {
                 let mut conf = aws_sdk_elasticloadbalancing::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
                     .interceptor(check.clone());
@@ -61,13 +67,29 @@ impl SdkElb {
                     conf.push_interceptor(SharedInterceptor::new(count.clone()));
                 }
                 Client::from_conf(conf.build())
-            }),
+            })),
+            loaders: Mutex::default(),
+            pulse,
             fence,
         }
     }
 }
 
 impl SdkElb {
+    fn loader(&self, region: &str) -> Arc<Loader<Describe>> {
+        let mut loaders = self.loaders.lock().unwrap_or_else(|e| e.into_inner());
+        loaders
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let describe = Describe {
+                    clients: self.clients.clone(),
+                    region: region.to_string(),
+                };
+                Arc::new(Loader::new(describe, self.pulse.clone()))
+            })
+            .clone()
+    }
+
     /// The result of the change `op` of `region`'s ELB `name`, as an [`AwsError`]; a throttle
     /// slows the region's changes.
     fn changed<E>(
@@ -85,6 +107,83 @@ impl SdkElb {
     }
 }
 
+/// DescribeLoadBalancers, for a region's [`Loader`]: what is registered with each ELB.
+struct Describe {
+    clients: Arc<PerRegion<Client>>,
+    region: String,
+}
+
+impl Describe {
+    async fn call(
+        &self,
+        names: &[String],
+        marker: Option<String>,
+    ) -> Result<(Vec<(String, Registered)>, Option<String>), AwsError> {
+        let target = match names {
+            [] => format!("elb/{}", self.region),
+            [name] => format!("elb/{}/{name}", self.region),
+            _ => format!("elb/{} ({} ELBs)", self.region, names.len()),
+        };
+        let mut op = self
+            .clients
+            .client(&self.region, Call::Describe)
+            .await
+            .describe_load_balancers()
+            .set_marker(marker);
+        op = if names.is_empty() {
+            op.page_size(PAGE as i32)
+        } else {
+            op.set_load_balancer_names(Some(names.to_vec()))
+        };
+        let out = op
+            .customize()
+            .config_override(reads())
+            .send()
+            .await
+            .map_err(|e| classify("DescribeLoadBalancers", &target, e))
+            .inspect_err(|e| self.clients.note(&self.region, Call::Describe, e))?;
+        let found = out
+            .load_balancer_descriptions()
+            .iter()
+            .filter_map(|lb| {
+                let members: BTreeSet<Target> = lb
+                    .instances()
+                    .iter()
+                    .filter_map(|i| i.instance_id().map(Target::instance))
+                    .collect();
+                let registered = Registered {
+                    members,
+                    ..Registered::default()
+                };
+                Some((lb.load_balancer_name()?.to_string(), registered))
+            })
+            .collect();
+        Ok((found, out.next_marker().map(str::to_string)))
+    }
+}
+
+#[async_trait]
+impl Reads for Describe {
+    type Item = Registered;
+
+    async fn named(&self, names: &[String]) -> Result<Vec<(String, Registered)>, AwsError> {
+        debug_assert!(!names.is_empty() && names.len() <= BY_NAME);
+        Ok(self.call(names, None).await?.0)
+    }
+
+    async fn page(
+        &self,
+        marker: Option<String>,
+    ) -> Result<(Vec<(String, Registered)>, Option<String>), AwsError> {
+        self.call(&[], marker).await
+    }
+
+    fn missing(&self, name: &str) -> AwsError {
+        let message = format!("LoadBalancerNotFound: {name} is not among the region's ELBs");
+        AwsError::not_found("DescribeLoadBalancers", name, message)
+    }
+}
+
 /// Classic ELB takes instances only: an IP target can't be a member (the key grammar has none).
 fn instances(members: &[Target]) -> Vec<Instance> {
     members
@@ -97,34 +196,7 @@ fn instances(members: &[Target]) -> Vec<Instance> {
 impl ElbApi for SdkElb {
     async fn members(&self, region: &str, name: &str) -> Result<Registered, AwsError> {
         let target = format!("elb/{region}/{name}");
-        let out = self
-            .clients
-            .client(region, Call::Describe)
-            .await
-            .describe_load_balancers()
-            .load_balancer_names(name)
-            .customize()
-            .config_override(reads())
-            .send()
-            .await
-            .map_err(|e| classify("DescribeLoadBalancers", &target, e))
-            .inspect_err(|e| self.clients.note(region, Call::Describe, e))?;
-        let lb = out
-            .load_balancer_descriptions()
-            .iter()
-            .find(|d| d.load_balancer_name() == Some(name))
-            .ok_or_else(|| {
-                AwsError::not_found("DescribeLoadBalancers", &target, "not in the answer")
-            })?;
-        let members: BTreeSet<Target> = lb
-            .instances()
-            .iter()
-            .filter_map(|i| i.instance_id().map(Target::instance))
-            .collect();
-        Ok(Registered {
-            members,
-            ..Registered::default()
-        })
+        (self.loader(region).get(name).await).map_err(|e| AwsError { target, ..e })
     }
 
     async fn health(&self, region: &str, name: &str) -> Result<BTreeMap<Target, Health>, AwsError> {

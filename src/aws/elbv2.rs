@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancingv2::types::{
@@ -16,6 +16,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_sdk_elasticloadbalancingv2::Client;
 
 use super::count::CountCalls;
+use super::loader::{Loader, Pulse, Reads, PAGE};
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
@@ -33,8 +34,11 @@ struct Group {
 }
 
 pub struct SdkElbV2 {
-    clients: PerRegion<Client>,
+    clients: Arc<PerRegion<Client>>,
     groups: Mutex<HashMap<(String, String), Group>>,
+    /// Each region's DescribeTargetGroups, made together (see [`super::loader`]).
+    loaders: Mutex<HashMap<String, Arc<Loader<Describe>>>>,
+    pulse: Pulse,
     /// Every change passes it as it is sent (an interceptor of the client), and is bounded by its
     /// timeouts.
     fence: Fence,
@@ -66,10 +70,11 @@ impl SdkElbV2 {
         quotas: RegionQuotas,
         fence: Fence,
         count: Option<CountCalls>,
+        pulse: Pulse,
     ) -> Self {
         let check = FenceCheck(fence.clone());
         SdkElbV2 {
-            clients: PerRegion::new(share, quotas, move |region| {
+            clients: Arc::new(PerRegion::new(share, quotas, move |region| {
                 let mut conf = aws_sdk_elasticloadbalancingv2::config::Builder::from(&config)
                     .region(aws_config::Region::new(region.to_string()))
                     .interceptor(check.clone());
@@ -77,44 +82,33 @@ impl SdkElbV2 {
                     conf.push_interceptor(SharedInterceptor::new(count.clone()));
                 }
                 Client::from_conf(conf.build())
-            }),
+            })),
             groups: Mutex::new(HashMap::new()),
+            loaders: Mutex::default(),
+            pulse,
             fence,
         }
     }
 
+    /// The group `name`: cached, or read with the others asked for meanwhile (see
+    /// [`super::loader`]).
     async fn group(&self, region: &str, name: &str) -> Result<Group, AwsError> {
         let key = (region.to_string(), name.to_string());
         if let Some(g) = lock(&self.groups).get(&key) {
             return Ok(g.clone());
         }
         let target = format!("elbv2/{region}/{name}");
-        let out = self
-            .clients
-            .client(region, Call::Describe)
-            .await
-            .describe_target_groups()
-            .names(name)
-            .send()
-            .await
-            .map_err(|e| classify("DescribeTargetGroups", &target, e))
-            .inspect_err(|e| self.clients.note(region, Call::Describe, e))?;
-        let tg = out
-            .target_groups()
-            .iter()
-            .find(|g| g.target_group_name() == Some(name))
-            .ok_or_else(|| {
-                AwsError::not_found("DescribeTargetGroups", &target, "not in the answer")
-            })?;
-        let group = Group {
-            arn: tg.target_group_arn().unwrap_or_default().to_string(),
-            port: tg.port().and_then(|p| u16::try_from(p).ok()),
-            kind: match tg.target_type() {
-                Some(TargetTypeEnum::Instance) => Some(TargetKind::Instance),
-                Some(TargetTypeEnum::Ip) => Some(TargetKind::Ip),
-                _ => None,
-            },
-        };
+        let loader = lock(&self.loaders)
+            .entry(region.to_string())
+            .or_insert_with(|| {
+                let describe = Describe {
+                    clients: self.clients.clone(),
+                    region: region.to_string(),
+                };
+                Arc::new(Loader::new(describe, self.pulse.clone()))
+            })
+            .clone();
+        let group = (loader.get(name).await).map_err(|e| AwsError { target, ..e })?;
         lock(&self.groups).insert(key, group.clone());
         Ok(group)
     }
@@ -178,6 +172,80 @@ impl SdkElbV2 {
             self.clients.note(region, Call::Registration, e);
         }
         res
+    }
+}
+
+/// DescribeTargetGroups, for a region's [`Loader`]: each group's ARN, port and target type.
+struct Describe {
+    clients: Arc<PerRegion<Client>>,
+    region: String,
+}
+
+impl Describe {
+    async fn call(
+        &self,
+        names: &[String],
+        marker: Option<String>,
+    ) -> Result<(Vec<(String, Group)>, Option<String>), AwsError> {
+        let target = match names {
+            [] => format!("elbv2/{}", self.region),
+            [name] => format!("elbv2/{}/{name}", self.region),
+            _ => format!("elbv2/{} ({} target groups)", self.region, names.len()),
+        };
+        let mut op = self
+            .clients
+            .client(&self.region, Call::Describe)
+            .await
+            .describe_target_groups()
+            .set_marker(marker);
+        op = if names.is_empty() {
+            op.page_size(PAGE as i32)
+        } else {
+            op.set_names(Some(names.to_vec()))
+        };
+        let out = op
+            .send()
+            .await
+            .map_err(|e| classify("DescribeTargetGroups", &target, e))
+            .inspect_err(|e| self.clients.note(&self.region, Call::Describe, e))?;
+        let found = out
+            .target_groups()
+            .iter()
+            .filter_map(|tg| {
+                let group = Group {
+                    arn: tg.target_group_arn()?.to_string(),
+                    port: tg.port().and_then(|p| u16::try_from(p).ok()),
+                    kind: match tg.target_type() {
+                        Some(TargetTypeEnum::Instance) => Some(TargetKind::Instance),
+                        Some(TargetTypeEnum::Ip) => Some(TargetKind::Ip),
+                        _ => None,
+                    },
+                };
+                Some((tg.target_group_name()?.to_string(), group))
+            })
+            .collect();
+        Ok((found, out.next_marker().map(str::to_string)))
+    }
+}
+
+#[async_trait]
+impl Reads for Describe {
+    type Item = Group;
+
+    async fn named(&self, names: &[String]) -> Result<Vec<(String, Group)>, AwsError> {
+        Ok(self.call(names, None).await?.0)
+    }
+
+    async fn page(
+        &self,
+        marker: Option<String>,
+    ) -> Result<(Vec<(String, Group)>, Option<String>), AwsError> {
+        self.call(&[], marker).await
+    }
+
+    fn missing(&self, name: &str) -> AwsError {
+        let message = format!("TargetGroupNotFound: {name} is not among the region's groups");
+        AwsError::not_found("DescribeTargetGroups", name, message)
     }
 }
 

@@ -27,6 +27,7 @@ pub mod elb;
 pub mod elbv2;
 #[cfg(test)]
 pub mod fake;
+pub mod loader;
 pub mod quota;
 pub mod regional;
 pub mod roles;
@@ -217,6 +218,7 @@ impl Backends {
                 .clone()
                 .map(|metrics| count::CountCalls { metrics, service })
         };
+        let pulse = loader::Pulse::default();
         Backends {
             elb: Arc::new(elb::SdkElb::new(
                 sdk.clone(),
@@ -224,6 +226,7 @@ impl Backends {
                 account.elb.clone(),
                 fence.clone(),
                 count("elb"),
+                pulse.clone(),
             )),
             elbv2: Arc::new(elbv2::SdkElbV2::new(
                 sdk.clone(),
@@ -231,6 +234,7 @@ impl Backends {
                 account.elbv2.clone(),
                 fence.clone(),
                 count("elbv2"),
+                pulse,
             )),
             route53: Arc::new(route53::SdkRoute53::new(
                 sdk,

@@ -175,3 +175,78 @@ async fn names_of_a_large_zone_are_read_by_name_not_the_whole_zone() {
         assert_eq!(records["A"].1, [format!("192.0.2.{f}")]);
     }
 }
+
+/// 300 Classic ELBs and 30 target groups, one member each, in step: lbmanager reads the ELBs of a
+/// region together, by the page (400 a call) or by name (20 a call), whichever takes fewer calls,
+/// at start-up and at each resync: at most ⌈N/400⌉ + 2 DescribeLoadBalancers for N ELBs, not
+/// one per ELB (issue 33). The target groups are described together too; their members are read
+/// one DescribeTargetHealth per group (AWS has no other way).
+#[tokio::test]
+async fn elbs_of_a_region_are_read_together_at_start_and_at_each_resync() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    let vpc = moto.default_vpc();
+    let mut keys = Vec::new();
+    for i in 0..300 {
+        let (lb, id) = (format!("lb{i:03}"), format!("i-{i:08x}"));
+        aws.create_elb("us-east-1", &lb).await;
+        aws.register("us-east-1", &lb, &id).await;
+        keys.push(elb_key(&lb, "multiple", &id));
+    }
+    for i in 0..30 {
+        let (tg, id) = (format!("tg{i:02}"), format!("i-{i:08x}"));
+        let arn = aws.create_target_group(&tg, "instance", 80, &vpc).await;
+        aws.elbv2("us-east-1")
+            .register_targets()
+            .target_group_arn(arn)
+            .targets(
+                aws_sdk_elasticloadbalancingv2::types::TargetDescription::builder()
+                    .id(&id)
+                    .port(80)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        keys.push(tg_key(&tg, "multiple", &format!("{id}:80")));
+    }
+    put_all(&etcd, &keys).await;
+    moto.start_recording();
+    let daemon = Daemon::start(&etcd, &moto, &["--resync-interval", "3s"]);
+    daemon.wait_ready().await;
+    let describes = || calls(&moto, |c| c.body.contains("Action=DescribeLoadBalancers"));
+    let groups = || calls(&moto, |c| c.body.contains("Action=DescribeTargetGroups"));
+    let healths = || calls(&moto, |c| c.body.contains("Action=DescribeTargetHealth"));
+    let at_start = describes();
+    assert!(
+        (1..=3).contains(&at_start),
+        "{at_start} DescribeLoadBalancers for 300 ELBs"
+    );
+    assert!(
+        groups() <= 3,
+        "{} DescribeTargetGroups for 30 groups",
+        groups()
+    );
+    assert_eq!(calls(&moto, |c| c.is_mutating()), 0, "in step: no change");
+    // The resyncs: each reads every ELB again (drift is found), in as few calls.
+    let at_start_health = healths();
+    eventually("two resyncs", DEADLINE, || async {
+        healths() >= at_start_health + 60
+    })
+    .await;
+    let (describes, rounds) = (
+        describes() - at_start,
+        (healths() - at_start_health).div_ceil(30),
+    );
+    // The ELBs' resync ticks are not the target groups': one more may have begun.
+    assert!(
+        describes >= 2 && describes <= 3 * (rounds + 1),
+        "{describes} DescribeLoadBalancers over {rounds} resyncs of 300 ELBs"
+    );
+    assert!(groups() <= 3, "the groups are described once: {}", groups());
+    eprintln!(
+        "start: {at_start} DescribeLoadBalancers, {} DescribeTargetGroups; \
+         {describes} DescribeLoadBalancers over {rounds} resyncs",
+        groups()
+    );
+}
