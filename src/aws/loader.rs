@@ -106,6 +106,7 @@ impl Pulse {
 }
 
 struct Waiting<T> {
+    /// Who asked for which load balancer, since the last read was sent.
     asked: BTreeMap<String, Vec<oneshot::Sender<Answer<T>>>>,
     first: Option<Instant>,
     /// The load balancers of the region, as its last whole read found.
@@ -165,7 +166,7 @@ impl<R: Reads> Loader<R> {
 
 /// Waits until questions stop coming (or [`MOST`]), then reads for all that were asked.
 async fn gather<R: Reads>(reads: Arc<R>, waiting: Arc<Mutex<Waiting<R::Item>>>, pulse: Pulse) {
-    let (asked, size) = loop {
+    let (mut asked, size) = loop {
         let due = {
             let mut w = lock(&waiting);
             let last = pulse.last();
@@ -178,24 +179,70 @@ async fn gather<R: Reads>(reads: Arc<R>, waiting: Arc<Mutex<Waiting<R::Item>>>, 
         };
         tokio::time::sleep_until(due).await;
     };
-    let names: Vec<String> = asked.keys().cloned().collect();
-    let mut answers = match Read::cheaper(names.len(), size) {
-        Read::Region => answers(&*reads, &names, region(&*reads, &waiting).await),
-        Read::Named => named(&*reads, &waiting, &names).await,
-    };
-    for (name, waiters) in asked {
-        let answer = answers
-            .remove(&name)
-            .unwrap_or_else(|| Err(reads.missing(&name)));
-        let mut waiters = waiters.into_iter().peekable();
-        while let Some(tx) = waiters.next() {
-            if waiters.peek().is_none() {
-                let _ = tx.send(answer);
-                break;
+    match Read::cheaper(asked.len(), size) {
+        Read::Region => {
+            // Each page's answers go out as it arrives: a region of large ELBs is never held
+            // whole.
+            let read = region(&*reads, &waiting, |name, item| {
+                if let Some(waiters) = asked.remove(&name) {
+                    send(waiters, Ok(item));
+                }
+            })
+            .await;
+            for (name, waiters) in asked {
+                let answer = match &read {
+                    Ok(()) => Err(reads.missing(&name)),
+                    Err(e) => Err(e.clone()),
+                };
+                send(waiters, answer);
             }
-            let _ = tx.send(answer.clone());
+        }
+        Read::Named => {
+            let names: Vec<String> = asked.keys().cloned().collect();
+            let mut answers = named(&*reads, &waiting, &names).await;
+            for (name, waiters) in asked {
+                let answer = answers
+                    .remove(&name)
+                    .unwrap_or_else(|| Err(reads.missing(&name)));
+                send(waiters, answer);
+            }
         }
     }
+}
+
+/// `answer` to everyone who asked for one load balancer (a clone only for a second asker).
+fn send<T: Clone>(waiters: Vec<oneshot::Sender<Answer<T>>>, answer: Answer<T>) {
+    let mut waiters = waiters.into_iter().peekable();
+    while let Some(tx) = waiters.next() {
+        if waiters.peek().is_none() {
+            let _ = tx.send(answer);
+            break;
+        }
+        let _ = tx.send(answer.clone());
+    }
+}
+
+/// Every load balancer of the region, page by page, each handed to `found` as its page arrives;
+/// the region's size noted for next time.
+async fn region<R: Reads>(
+    reads: &R,
+    waiting: &Mutex<Waiting<R::Item>>,
+    mut found: impl FnMut(String, R::Item),
+) -> Result<(), AwsError> {
+    let (mut size, mut marker) = (0, None);
+    loop {
+        let (page, next) = reads.page(marker).await?;
+        size += page.len();
+        for (name, item) in page {
+            found(name, item);
+        }
+        marker = next;
+        if marker.is_none() {
+            break;
+        }
+    }
+    lock(waiting).size = Some(size);
+    Ok(())
 }
 
 /// Each of `names`' answer in `read`: found, not there, or the read's error.
@@ -211,25 +258,6 @@ fn answers<R: Reads>(
             .collect(),
         Err(e) => names.iter().map(|n| (n.clone(), Err(e.clone()))).collect(),
     }
-}
-
-/// Every load balancer of the region, page by page; the region's size noted for next time.
-async fn region<R: Reads>(
-    reads: &R,
-    waiting: &Mutex<Waiting<R::Item>>,
-) -> Result<BTreeMap<String, R::Item>, AwsError> {
-    let mut all = BTreeMap::new();
-    let mut marker = None;
-    loop {
-        let (page, next) = reads.page(marker).await?;
-        all.extend(page);
-        marker = next;
-        if marker.is_none() {
-            break;
-        }
-    }
-    lock(waiting).size = Some(all.len());
-    Ok(all)
 }
 
 /// `names` by name, [`BY_NAME`] to a call, the calls side by side (the quota paces them). A call
@@ -249,7 +277,14 @@ async fn named<R: Reads>(
             Err(e) if e.kind == ErrorKind::NotFound => {
                 let pages = lock(waiting).size.map(|s| s.div_ceil(PAGE).max(1));
                 if pages.is_some_and(|pages| pages < chunk.len()) {
-                    answers(reads, chunk, region(reads, waiting).await)
+                    let mut found = BTreeMap::new();
+                    let read = region(reads, waiting, |name, item| {
+                        if chunk.contains(&name) {
+                            found.insert(name, item);
+                        }
+                    })
+                    .await;
+                    answers(reads, chunk, read.map(|()| found))
                 } else {
                     one_by_one(reads, chunk).await
                 }
