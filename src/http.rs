@@ -1,12 +1,23 @@
-//! The HTTP endpoint (`--listen`): `/metrics` (Prometheus text), `/healthz` (alive) and `/readyz`
-//! (start-up sync done and etcd watch live). actix-web runs on the same actix runtime as the
-//! actors.
+//! The HTTP endpoint (`--listen`): `/metrics` (Prometheus text), `/healthz` (alive), `/readyz`
+//! (start-up sync done and etcd watch live), and the live status page ([`crate::board`]): `/`,
+//! `/lb/KIND/…` (one load balancer), `/status.json` (what `lbmanager status --output json`
+//! prints). actix-web runs on the same actix runtime as the actors; the page asks the Supervisor
+//! for what it has in hand, so a view makes no etcd read and no AWS call.
+//!
+//! Read-only: every route answers GET (and HEAD) only. It answers wherever `--listen` binds: bind
+//! it to loopback or a management network (README, "Metrics and health").
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use actix::Recipient;
+use actix_web::http::header;
+use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpResponse, HttpServer};
+use serde::Deserialize;
 
+use crate::actors::supervisor::ShowBoard;
+use crate::board::{self, Board, View};
 use crate::metrics::Metrics;
 
 async fn metrics(m: web::Data<Arc<Metrics>>) -> HttpResponse {
@@ -27,14 +38,137 @@ async fn readyz(m: web::Data<Arc<Metrics>>) -> HttpResponse {
     }
 }
 
+/// Where the status page gets what it shows.
+#[derive(Clone)]
+pub struct Page {
+    /// The Supervisor: the fleet's wants and statuses.
+    pub board: Recipient<ShowBoard>,
+    /// `--ha` (the page is served by the leader: standbys serve nothing until they lead).
+    pub ha: bool,
+}
+
+impl Page {
+    async fn board(&self, m: &Metrics) -> Option<Board> {
+        let board = self.board.send(ShowBoard).await.ok()?;
+        Some(Board {
+            leading: self.ha.then_some(true),
+            ready: m.ready(),
+            ..board
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct Query {
+    #[serde(default)]
+    q: String,
+    #[serde(default)]
+    from: usize,
+    /// Only the part that changes (what the page's script asks for each second).
+    #[serde(default)]
+    fragment: Option<String>,
+}
+
+fn html(markup: maud::Markup) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+fn stopping() -> HttpResponse {
+    HttpResponse::ServiceUnavailable().body("lbmanager is stopping\n")
+}
+
+async fn overview(
+    page: web::Data<Page>,
+    m: web::Data<Arc<Metrics>>,
+    query: web::Query<Query>,
+) -> HttpResponse {
+    let Some(b) = page.board(&m).await else {
+        return stopping();
+    };
+    let view = View {
+        filter: query.q.clone(),
+        from: query.from,
+    };
+    match query.fragment {
+        Some(_) => html(board::fragment(&b, &view)),
+        None => html(board::overview(&b, &view)),
+    }
+}
+
+async fn one(
+    page: web::Data<Page>,
+    m: web::Data<Arc<Metrics>>,
+    lb: web::Path<String>,
+    query: web::Query<Query>,
+) -> HttpResponse {
+    let Some(b) = page.board(&m).await else {
+        return stopping();
+    };
+    let found = match query.fragment {
+        Some(_) => board::one_fragment(&b, &lb),
+        None => board::one(&b, &lb),
+    };
+    match found {
+        Some(markup) => html(markup),
+        None => HttpResponse::NotFound()
+            .content_type("text/plain; charset=utf-8")
+            .body("no such load balancer\n"),
+    }
+}
+
+async fn status_json(page: web::Data<Page>, m: web::Data<Arc<Metrics>>) -> HttpResponse {
+    match page.board(&m).await {
+        Some(b) => HttpResponse::Ok().json(&b.report),
+        None => stopping(),
+    }
+}
+
+/// Anything but a GET of a known path: the endpoint is read-only.
+async fn elsewhere(req: actix_web::HttpRequest) -> HttpResponse {
+    if req.method() == actix_web::http::Method::GET {
+        HttpResponse::NotFound().body("not found\n")
+    } else {
+        HttpResponse::MethodNotAllowed()
+            .insert_header((header::ALLOW, "GET"))
+            .body("read-only: GET only\n")
+    }
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok().content_type(content_type).body(body)
+}
+
 /// Binds `addr` and serves in the background; an address that can't be bound is an error.
-pub fn serve(addr: SocketAddr, metrics_state: Arc<Metrics>) -> std::io::Result<()> {
+pub fn serve(addr: SocketAddr, metrics_state: Arc<Metrics>, page: Page) -> std::io::Result<()> {
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(
+                DefaultHeaders::new()
+                    .add((header::CONTENT_SECURITY_POLICY, board::CSP))
+                    .add((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+                    .add((header::REFERRER_POLICY, "no-referrer"))
+                    .add((header::X_FRAME_OPTIONS, "DENY"))
+                    .add((header::CACHE_CONTROL, "no-store")),
+            )
             .app_data(web::Data::new(metrics_state.clone()))
+            .app_data(web::Data::new(page.clone()))
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
+            .route("/", web::get().to(overview))
+            .route("/lb/{lb:.+}", web::get().to(one))
+            .route("/status.json", web::get().to(status_json))
+            .route(
+                "/static/live.js",
+                web::get().to(|| async { asset("text/javascript; charset=utf-8", board::LIVE_JS) }),
+            )
+            .route(
+                "/static/style.css",
+                web::get().to(|| async { asset("text/css; charset=utf-8", board::STYLE_CSS) }),
+            )
+            .default_service(web::to(elsewhere))
     })
     .workers(1)
     .disable_signals()

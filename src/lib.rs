@@ -15,6 +15,7 @@
 
 pub mod actors;
 pub mod aws;
+pub mod board;
 pub mod cli;
 pub mod commands;
 pub mod desired;

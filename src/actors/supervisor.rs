@@ -463,6 +463,35 @@ impl Handler<OwnedChanged> for Supervisor {
     }
 }
 
+/// What the live status page shows (see [`crate::board`]), from what the fleet has in hand
+/// (whoever serves it says whether this instance leads and is ready).
+#[derive(Message)]
+#[rtype(result = "crate::board::Board")]
+pub struct ShowBoard;
+
+impl Handler<ShowBoard> for Supervisor {
+    type Result = MessageResult<ShowBoard>;
+
+    fn handle(&mut self, _: ShowBoard, _: &mut Self::Context) -> Self::Result {
+        use crate::status::table::{DaemonSeen, StatusReport};
+        let now = crate::status::now();
+        MessageResult(crate::board::Board {
+            report: StatusReport {
+                daemon: Some(DaemonSeen {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    reported_secs_ago: 0,
+                    resync_interval_secs: self.settings.resync_interval.as_secs(),
+                    stale: false,
+                }),
+                load_balancers: self.fleet.report(now),
+            },
+            leading: None,
+            ready: false,
+            ignored: self.fleet.ignored().cloned().collect(),
+        })
+    }
+}
+
 /// Graceful stop: no new work (the watch stops, etcd changes are ignored), and the answer comes
 /// once every sync in flight has ended and the StateWriter has written everything it was sent.
 /// Whatever was not done is done at the next start.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix::Actor;
+use actix::AsyncContext;
 use slog::{error, info, warn, Logger};
 
 use crate::actors::supervisor::{Shutdown, Supervisor};
@@ -61,12 +61,18 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     };
     let sdk = aws::load_sdk_config(&args.aws.client_options()).await;
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    // The Supervisor's address before it starts: the status page asks it for what it shows.
+    let supervisor_ctx = actix::Context::<Supervisor>::new();
     if let Some(addr) = args.listen {
-        if let Err(e) = crate::http::serve(addr, metrics.clone()) {
+        let page = crate::http::Page {
+            board: supervisor_ctx.address().recipient(),
+            ha: args.ha.enabled,
+        };
+        if let Err(e) = crate::http::serve(addr, metrics.clone(), page) {
             error!(log, "cannot listen"; "address" => %addr, "error" => %e);
             return ExitCode::FAILURE;
         }
-        info!(log, "serving /metrics, /healthz and /readyz"; "address" => %addr);
+        info!(log, "serving the status page, /metrics, /healthz and /readyz"; "address" => %addr);
     }
     let settings = Arc::new(Settings {
         layout,
@@ -115,28 +121,29 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
             "records" => keys.len());
         obsolete.extend(keys);
     }
-    let supervisor = Supervisor::new(
-        settings,
-        &log,
-        Arc::new(etcd::ClientWrites {
-            client: client.clone(),
-            leader: leadership.as_ref().map(|l| l.key.clone()),
-        }),
-        backends,
-        snapshot,
-    )
-    .with_records(recorded.collect())
-    .with_obsolete(obsolete)
-    .with_owned(owned)
-    .with_published(records.published)
-    .watching(etcd::Failover::new(
-        client,
-        etcd_opts,
-        etcd::PROBE,
-        args.etcd.etcd_connect_timeout,
-    ))
-    .once_if(args.once, once_tx)
-    .start();
+    let supervisor = supervisor_ctx.run(
+        Supervisor::new(
+            settings,
+            &log,
+            Arc::new(etcd::ClientWrites {
+                client: client.clone(),
+                leader: leadership.as_ref().map(|l| l.key.clone()),
+            }),
+            backends,
+            snapshot,
+        )
+        .with_records(recorded.collect())
+        .with_obsolete(obsolete)
+        .with_owned(owned)
+        .with_published(records.published)
+        .watching(etcd::Failover::new(
+            client,
+            etcd_opts,
+            etcd::PROBE,
+            args.etcd.etcd_connect_timeout,
+        ))
+        .once_if(args.once, once_tx),
+    );
 
     let code = if args.once {
         tokio::select! {

@@ -324,11 +324,17 @@ pub struct Fleet {
     /// Each load balancer's status as last published (at start-up: as the last leader
     /// published it), handed to its actor whenever it starts. Shared with the actors.
     published: HashMap<LbId, Arc<LbStatus>>,
+    /// The keys last found to count for nothing, with why (at most [`IGNORED_SHOWN`], newest
+    /// last): for the status page.
+    ignored: std::collections::VecDeque<(String, String)>,
     /// Shutting down: etcd changes are ignored, and dead actors stay dead.
     stopping: bool,
     /// The commands of the event being handled.
     out: Vec<Command>,
 }
+
+/// Keys counting for nothing the status page lists (the newest), each once while it stays.
+pub const IGNORED_SHOWN: usize = 20;
 
 impl Fleet {
     pub fn new(config: Config) -> Self {
@@ -347,6 +353,7 @@ impl Fleet {
             waiting: HashMap::new(),
             owned: HashMap::new(),
             published: HashMap::new(),
+            ignored: Default::default(),
             stopping: false,
             out: Vec::new(),
         }
@@ -380,6 +387,28 @@ impl Fleet {
     /// How many load balancers are managed.
     pub fn managed(&self) -> usize {
         self.lbs.len()
+    }
+
+    /// The keys last found to count for nothing, with why, newest last.
+    pub fn ignored(&self) -> impl Iterator<Item = &(String, String)> {
+        self.ignored.iter()
+    }
+
+    /// The rows of `lbmanager status`, from what the fleet has in hand: what etcd wants and the
+    /// statuses last published (the live status page's source: no etcd read, no AWS call).
+    pub fn report(&self, now: u64) -> Vec<crate::status::table::StatusRow> {
+        let desired: std::collections::BTreeMap<LbId, BTreeSet<Member>> = self
+            .desired
+            .load_balancers()
+            .map(|lb| (lb.clone(), self.desired.resolve(lb).members))
+            .filter(|(_, members)| !members.is_empty())
+            .collect();
+        let published: std::collections::BTreeMap<LbId, Arc<LbStatus>> = self
+            .published
+            .iter()
+            .map(|(lb, status)| (lb.clone(), status.clone()))
+            .collect();
+        crate::status::table::rows(&desired, &published, now)
     }
 
     fn take(&mut self) -> Vec<Command> {

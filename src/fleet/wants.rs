@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::{Command, EtcdChanges, Fleet, KeyChange, Note};
+use super::{Command, EtcdChanges, Fleet, KeyChange, Note, IGNORED_SHOWN};
 use crate::desired::{DesiredState, Ignored, Loaded, Revision};
 use crate::key::LbId;
 use crate::sync::Cause;
@@ -138,6 +138,10 @@ impl Fleet {
             }))
         };
         if self.warned.first_time(key, on_full) {
+            if self.ignored.len() == IGNORED_SHOWN {
+                self.ignored.pop_front();
+            }
+            self.ignored.push_back((key.to_string(), why.to_string()));
             self.note(Note::KeyIgnored {
                 key: key.to_string(),
                 why: why.clone(),

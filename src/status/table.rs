@@ -1,6 +1,7 @@
 //! What `lbmanager status` prints: the rows (what etcd wants now against what the daemon
 //! published) and the table or JSON, from the records of [`super`]. Pure, like its schema.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
@@ -20,6 +21,12 @@ pub struct StatusRow {
     pub in_step: bool,
     /// Seconds since the last sync that changed the status (see [`super::LastSync`]).
     pub last_change_age: Option<u64>,
+    /// Why that sync ran (`etcd event`, `resync (drift)`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_change_cause: Option<String>,
+    /// AWS is in step with every change of the keys up to this etcd revision (as published).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<i64>,
     pub last_error: Option<String>,
     /// Refused members (as far as the status lists them) with AWS's reason.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -43,9 +50,9 @@ pub struct PendingRow {
 /// The rows of `lbmanager status`: every load balancer etcd wants members for or lbmanager
 /// published a status of. A load balancer is in step when its last sync succeeded and AWS (as
 /// published, draining members aside) has exactly what etcd wants now.
-pub fn rows(
+pub fn rows<S: std::borrow::Borrow<LbStatus>>(
     desired: &BTreeMap<LbId, BTreeSet<Member>>,
-    published: &BTreeMap<LbId, LbStatus>,
+    published: &BTreeMap<LbId, S>,
     now: u64,
 ) -> Vec<StatusRow> {
     let mut lbs: BTreeSet<&LbId> = desired.keys().collect();
@@ -53,7 +60,7 @@ pub fn rows(
     lbs.into_iter()
         .map(|lb| {
             let want = desired.get(lb).cloned().unwrap_or_default();
-            let status = published.get(lb);
+            let status = published.get(lb).map(Borrow::borrow);
             let in_step = status.is_some_and(|s| {
                 let routed: Vec<&MemberState> = s
                     .members
@@ -76,6 +83,8 @@ pub fn rows(
                 in_aws: status.map(|s| s.members.clone()),
                 in_step,
                 last_change_age: status.map(|s| now.saturating_sub(s.last_sync.at)),
+                last_change_cause: status.map(|s| s.last_sync.cause.clone()),
+                revision: status.map(|s| s.revision),
                 last_error: status.and_then(|s| s.last_sync.error.clone()),
                 rejected: status
                     .map(|s| {

@@ -19,6 +19,7 @@ mod never_stuck;
 mod operations;
 mod ownership;
 mod package;
+mod page;
 mod quotas;
 mod restart;
 mod security;
