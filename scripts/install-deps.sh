@@ -5,6 +5,7 @@
 #   protoc         (protobuf-compiler; the etcd-client crate's build needs it)
 #   moto[server]   (fake AWS ELB + Route53 used by demo.sh and the tests; brings boto3)
 #   for the package test: promtool (Debian prometheus), man (man-db), cargo-deb (crates.io)
+#   for the status page's browser test: chromium (Debian's, headless)
 # Run as root, or as a user with sudo. Safe to run again: it only installs what is missing.
 set -euo pipefail
 
@@ -41,6 +42,8 @@ missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v man >/dev/null 2>&1 || missing+=(man-db)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+# The status page's browser test: Debian's own chromium, run headless (no browser download).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ "${#missing[@]}" -gt 0 ]; then
     log "missing: ${missing[*]} -> apt-get install --no-install-recommends"
     "${SUDO[@]}" apt-get update

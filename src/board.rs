@@ -203,7 +203,9 @@ pub fn fragment(board: &Board, view: &View) -> Markup {
             p.why { "The newest " (board.ignored.len()) ", each warned about once in the log." }
             div.scroll { table {
                 thead { tr { th { "key" } th { "why" } } }
-                tbody { @for (key, why) in board.ignored.iter().rev() { tr { td.key { (key) } td { (why) } } } }
+                tbody { @for (key, why) in board.ignored.iter().rev() {
+                    tr { td.key data-label="key" { (key) } td data-label="why" { (why) } }
+                } }
             } }
         }
         nav.pages {
@@ -280,16 +282,16 @@ fn lb_row(row: &StatusRow) -> Markup {
     let state = State::of(row);
     html! {
         tr {
-            td { a href={ "/lb/" (row.load_balancer) } { (row.load_balancer) } }
-            td { span class=(state.class()) { (state.word()) } (reasons(row)) }
-            td.n { (row.desired.len()) }
-            td.n { @match &row.in_aws { Some(m) => (m.len()), None => "–" } }
-            td { @if let Some(m) = &row.in_aws { (health_summary(m)) } }
-            td {
+            td data-label="load balancer" { a href={ "/lb/" (row.load_balancer) } { (row.load_balancer) } }
+            td data-label="state" { span class=(state.class()) { (state.word()) } (reasons(row)) }
+            td.n data-label="wanted" { (row.desired.len()) }
+            td.n data-label="in AWS" { @match &row.in_aws { Some(m) => (m.len()), None => "–" } }
+            td data-label="health" { @if let Some(m) = &row.in_aws { (health_summary(m)) } }
+            td data-label="last change" {
                 @if let Some(a) = row.last_change_age { (age(a)) }
                 @if let Some(c) = &row.last_change_cause { " (" (c) ")" }
             }
-            td.n { @if let Some(r) = row.revision { (r) } }
+            td.n data-label="revision" { @if let Some(r) = row.revision { (r) } }
         }
     }
 }
@@ -336,16 +338,16 @@ pub fn one_fragment(board: &Board, lb: &str) -> Option<Markup> {
                 @for m in &members {
                     @let aws = in_aws.iter().find(|s| s.member == *m);
                     tr {
-                        td { (m) }
-                        td { @if row.desired.iter().any(|d| d == m) { "yes" } @else { "no" } }
-                        td {
+                        td data-label="member" { (m) }
+                        td data-label="etcd wants it" { @if row.desired.iter().any(|d| d == m) { "yes" } @else { "no" } }
+                        td data-label="in AWS" {
                             @match aws {
                                 Some(s) if s.foreign => "yes (another tool's)",
                                 Some(_) => "yes",
                                 None => @if let Some(why) = row.rejected.get(*m) { span.bad { "refused: " (why) } } @else { "no" },
                             }
                         }
-                        td { @if let Some(s) = aws.and_then(|s| s.state.as_deref()) { (s) } }
+                        td data-label="health" { @if let Some(s) = aws.and_then(|s| s.state.as_deref()) { (s) } }
                     }
                 }
             }

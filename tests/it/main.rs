@@ -6,6 +6,7 @@
 
 mod accounts;
 mod bookkeeping;
+mod browser;
 mod cli;
 mod elbv2;
 mod end_to_end;

@@ -7,6 +7,7 @@
 //! compiled into the release binary.
 
 pub mod aws;
+pub mod browser;
 pub mod daemon;
 pub mod etcd;
 pub mod keys;
