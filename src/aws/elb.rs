@@ -1,7 +1,7 @@
 //! Classic ELB through the AWS SDK: one client per region, made on first use.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use aws_sdk_elasticloadbalancing::error::{ProvideErrorMetadata, SdkError};
@@ -9,7 +9,7 @@ use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
 use super::count::CountCalls;
-use super::loader::{Loader, Pulse, Reads, BY_NAME, PAGE};
+use super::loader::{Loader, Loaders, Pulse, Reads, BY_NAME, PAGE};
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, Permit};
@@ -21,8 +21,7 @@ use aws_smithy_runtime_api::client::interceptors::SharedInterceptor;
 pub struct SdkElb {
     clients: Arc<PerRegion<Client>>,
     /// Each region's reads, made together (see [`super::loader`]).
-    loaders: Mutex<HashMap<String, Arc<Loader<Describe>>>>,
-    pulse: Pulse,
+    loaders: Loaders<Describe>,
     /// Every change passes it as it is sent (an interceptor of the client), and is bounded by its
     /// timeouts.
     fence: Fence,
@@ -68,8 +67,7 @@ impl SdkElb {
                 }
                 Client::from_conf(conf.build())
             })),
-            loaders: Mutex::default(),
-            pulse,
+            loaders: Loaders::new(pulse),
             fence,
         }
     }
@@ -77,17 +75,11 @@ impl SdkElb {
 
 impl SdkElb {
     fn loader(&self, region: &str) -> Arc<Loader<Describe>> {
-        let mut loaders = self.loaders.lock().unwrap_or_else(|e| e.into_inner());
-        loaders
-            .entry(region.to_string())
-            .or_insert_with(|| {
-                let describe = Describe {
-                    clients: self.clients.clone(),
-                    region: region.to_string(),
-                };
-                Arc::new(Loader::new(describe, self.pulse.clone()))
-            })
-            .clone()
+        let clients = self.clients.clone();
+        self.loaders.region(region, || Describe {
+            clients,
+            region: region.to_string(),
+        })
     }
 
     /// The result of the change `op` of `region`'s ELB `name`, as an [`AwsError`]; a throttle

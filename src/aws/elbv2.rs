@@ -16,7 +16,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_sdk_elasticloadbalancingv2::Client;
 
 use super::count::CountCalls;
-use super::loader::{Loader, Pulse, Reads, PAGE};
+use super::loader::{Loaders, Pulse, Reads, PAGE};
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
@@ -37,8 +37,7 @@ pub struct SdkElbV2 {
     clients: Arc<PerRegion<Client>>,
     groups: Mutex<HashMap<(String, String), Group>>,
     /// Each region's DescribeTargetGroups, made together (see [`super::loader`]).
-    loaders: Mutex<HashMap<String, Arc<Loader<Describe>>>>,
-    pulse: Pulse,
+    loaders: Loaders<Describe>,
     /// Every change passes it as it is sent (an interceptor of the client), and is bounded by its
     /// timeouts.
     fence: Fence,
@@ -84,8 +83,7 @@ impl SdkElbV2 {
                 Client::from_conf(conf.build())
             })),
             groups: Mutex::new(HashMap::new()),
-            loaders: Mutex::default(),
-            pulse,
+            loaders: Loaders::new(pulse),
             fence,
         }
     }
@@ -98,16 +96,11 @@ impl SdkElbV2 {
             return Ok(g.clone());
         }
         let target = format!("elbv2/{region}/{name}");
-        let loader = lock(&self.loaders)
-            .entry(region.to_string())
-            .or_insert_with(|| {
-                let describe = Describe {
-                    clients: self.clients.clone(),
-                    region: region.to_string(),
-                };
-                Arc::new(Loader::new(describe, self.pulse.clone()))
-            })
-            .clone();
+        let clients = self.clients.clone();
+        let loader = self.loaders.region(region, || Describe {
+            clients,
+            region: region.to_string(),
+        });
         let group = (loader.get(name).await).map_err(|e| AwsError { target, ..e })?;
         lock(&self.groups).insert(key, group.clone());
         Ok(group)

@@ -120,6 +120,29 @@ pub struct Loader<R: Reads> {
     pulse: Pulse,
 }
 
+/// The loaders of every region, made on first use, sharing one [`Pulse`].
+pub struct Loaders<R: Reads> {
+    by_region: Mutex<std::collections::HashMap<String, Arc<Loader<R>>>>,
+    pulse: Pulse,
+}
+
+impl<R: Reads> Loaders<R> {
+    pub fn new(pulse: Pulse) -> Self {
+        Loaders {
+            by_region: Mutex::default(),
+            pulse,
+        }
+    }
+
+    /// `region`'s loader, its reads made by `reads` the first time.
+    pub fn region(&self, region: &str, reads: impl FnOnce() -> R) -> Arc<Loader<R>> {
+        lock(&self.by_region)
+            .entry(region.to_string())
+            .or_insert_with(|| Arc::new(Loader::new(reads(), self.pulse.clone())))
+            .clone()
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
