@@ -51,6 +51,16 @@ pub enum Command {
     /// never synced); 1: error, or no lbmanager has reported for more than three of its resync
     /// intervals.
     Status(StatusArgs),
+    /// Say where one member key, or one load balancer, stands and why, in plain sentences.
+    ///
+    /// KEY is a member key (/lbManager/elb/us-east-1/webLB/multiple/i-0abc…) or a load balancer
+    /// (elb/us-east-1/webLB, elbv2/REGION/NAME, route53/ZONE/FQDN): the key parsed (or why
+    /// not), whether another key supersedes it, whether the filters given leave it out, whether
+    /// AWS has it and since which revision, AWS's refusal and its reason, other tools' members,
+    /// a Route53 change PENDING, its health. Needs etcd access only (what the running lbmanager
+    /// published). Exit 0: the member is where its key says (a load balancer: in step); 1: not,
+    /// or an error; 2: KEY is neither a member key nor a load balancer.
+    Explain(ExplainArgs),
     /// Print the shell completion script for bash, zsh or fish.
     ///
     /// E.g. `lbmanager completions bash > /etc/bash_completion.d/lbmanager` (the Debian package
@@ -184,6 +194,24 @@ pub struct StatusArgs {
 
     /// Output: a table for people, or JSON for scripts.
     #[arg(long, env = "LBMANAGER_STATUS_OUTPUT", value_enum, default_value_t = PlanOutput::Table)]
+    pub output: PlanOutput,
+}
+
+/// `explain`: etcd (lbmanager's records), the filters to judge by, and the output.
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// The member key or load balancer to explain.
+    pub key: String,
+
+    #[command(flatten)]
+    pub etcd: EtcdArgs,
+
+    /// The filters the running lbmanager was given, to say whether they leave KEY out.
+    #[command(flatten)]
+    pub filter: FilterArgs,
+
+    /// Output: sentences for people, or JSON for scripts.
+    #[arg(long, env = "LBMANAGER_EXPLAIN_OUTPUT", value_enum, default_value_t = PlanOutput::Table)]
     pub output: PlanOutput,
 }
 
@@ -368,15 +396,8 @@ pub struct Route53Args {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "What to sync")]
 pub struct SyncArgs {
-    /// Only touch these Classic ELBs and target groups: comma list of REGION/NAME, `*` for any
-    /// region or name (e.g. us-east-1/web,eu-west-1/*). Keys of others are warned about and ignored.
-    #[arg(long, env = "LBMANAGER_ELB_FILTER", value_delimiter = ',')]
-    pub elb_filter: Vec<String>,
-
-    /// Only touch these Route53 hosted zones: comma list of zone ids. Keys of other zones are
-    /// warned about and ignored.
-    #[arg(long, env = "LBMANAGER_ZONE_FILTER", value_delimiter = ',')]
-    pub zone_filter: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
 
     /// sync: make AWS match etcd. upsert-only: only add (never deregister an instance, remove a
     /// value or delete a record set).
@@ -389,6 +410,29 @@ pub struct SyncArgs {
     /// each add (one write per added member), and keeps a record set's other values.
     #[arg(long, env = "LBMANAGER_OWNERSHIP", value_enum, default_value_t = OwnershipArg::Exclusive)]
     pub ownership: OwnershipArg,
+}
+
+/// `--elb-filter` and `--zone-filter`: which load balancers lbmanager touches at all.
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Only touch these Classic ELBs and target groups: comma list of REGION/NAME, `*` for any
+    /// region or name (e.g. us-east-1/web,eu-west-1/*). Keys of others are warned about and ignored.
+    #[arg(long, env = "LBMANAGER_ELB_FILTER", value_delimiter = ',')]
+    pub elb_filter: Vec<String>,
+
+    /// Only touch these Route53 hosted zones: comma list of zone ids. Keys of other zones are
+    /// warned about and ignored.
+    #[arg(long, env = "LBMANAGER_ZONE_FILTER", value_delimiter = ',')]
+    pub zone_filter: Vec<String>,
+}
+
+impl FilterArgs {
+    pub fn filters(&self) -> crate::filter::Filters {
+        crate::filter::Filters {
+            elb: self.elb_filter.clone(),
+            zones: self.zone_filter.clone(),
+        }
+    }
 }
 
 /// `--ha`: a leader among several instances.
@@ -475,10 +519,7 @@ impl Route53Args {
 
 impl SyncArgs {
     pub fn filters(&self) -> crate::filter::Filters {
-        crate::filter::Filters {
-            elb: self.elb_filter.clone(),
-            zones: self.zone_filter.clone(),
-        }
+        self.filter.filters()
     }
 
     pub fn ownership(&self) -> Ownership {

@@ -21,6 +21,7 @@ pub mod commands;
 pub mod desired;
 pub mod escape;
 pub mod etcd;
+pub mod explain;
 pub mod fence;
 pub mod filter;
 pub mod fleet;

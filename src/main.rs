@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use lbmanager::cli::{Cli, Command, MemberCommand};
-use lbmanager::commands::{member, plan, run, status};
+use lbmanager::commands::{explain, member, plan, run, status};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             system.block_on(async { member::remove(args, lbmanager::signal::on_signals()).await })
         }
         Command::Status(args) => system.block_on(status::status(args)),
+        Command::Explain(args) => system.block_on(explain::explain(args)),
         Command::Completions { shell } => {
             lbmanager::cli::completions(shell, &mut std::io::stdout());
             ExitCode::SUCCESS

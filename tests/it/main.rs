@@ -12,6 +12,7 @@ mod elbv2;
 mod end_to_end;
 mod etcd_failover;
 mod etcd_writes;
+mod explain;
 mod faults;
 mod frugal;
 mod ha;

@@ -65,6 +65,7 @@ fn the_debian_package_unpacks_into_a_working_install() {
         "lbmanager-member-add",
         "lbmanager-member-remove",
         "lbmanager-status",
+        "lbmanager-explain",
         "lbmanager-completions",
     ] {
         let path = man1.join(format!("{page}.1.gz"));
@@ -82,6 +83,7 @@ fn the_debian_package_unpacks_into_a_working_install() {
         .arg(man1.join("lbmanager.1.gz"))
         .env("MANPAGER", "cat"));
     assert!(page.contains("lbmanager-status(1)"), "{page}");
+    assert!(page.contains("lbmanager-explain(1)"), "{page}");
 
     // The settings file: root-only, and a conffile (kept across upgrades).
     let env = root.join("etc/lbmanager/lbmanager.env");
@@ -164,6 +166,7 @@ fn completions_for_bash_zsh_and_fish() {
         assert_eq!(code, Some(0), "{err}");
         assert!(out.contains(needle), "{shell}");
         assert!(out.contains("member"), "{shell}: subcommands completed");
+        assert!(out.contains("explain"), "{shell}: explain completed");
     }
     let (code, _, _) = lbmanager(&["completions", "tcsh"]);
     assert_eq!(code, Some(2));
