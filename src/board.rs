@@ -1,7 +1,10 @@
-//! The live status page on `--listen` (`/`, one page per load balancer, `/status.json`): what
-//! `lbmanager status` shows, from what the running lbmanager already has in hand (the fleet's
-//! desired state and each load balancer's last published status), so that a view costs no etcd
-//! read and no AWS call. Pure: a [`Board`] in, HTML out.
+//! The live status page on `--listen` (`/`, one page per load balancer): where each load
+//! balancer stands, from what the running lbmanager already has in hand (what etcd wants of each,
+//! as the fleet keeps it, and the status each actor last published), so that a view costs no etcd
+//! read and no AWS call. Pure: what the fleet has in, a [`Board`] (one view's worth), HTML out.
+//!
+//! A view stays cheap at any scale: the overview is built from counts (no member list is copied),
+//! [`PAGE_LBS`] load balancers a page; members are listed on a load balancer's own page only.
 //!
 //! The HTML comes from maud's templates, which escape every value they are given: a key, an AWS
 //! message or a member reaches the page as text, never as markup. The page's only script is
@@ -9,11 +12,13 @@
 //! fetches the same view's [`fragment`] every second and puts it in place, so the page stays
 //! current without a reload and without a CDN or a build step.
 
-use maud::{html, Markup, DOCTYPE};
-use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::status::table::{StatusReport, StatusRow};
-use crate::status::{Health, MemberState};
+use maud::{html, Markup, DOCTYPE};
+
+use crate::key::{LbId, Member};
+use crate::status::table::StatusRow;
+use crate::status::{Health, LbStatus, MemberState};
 
 /// The script that keeps a page current (see the module's doc).
 pub const LIVE_JS: &str = include_str!("board/live.js");
@@ -24,25 +29,21 @@ pub const STYLE_CSS: &str = include_str!("board/style.css");
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'self'; \
     frame-ancestors 'none'";
-/// Load balancers a page lists (the rest on the next pages): a first view stays small at any
-/// scale, as members are listed on each load balancer's own page only.
+/// Load balancers a page lists (the rest on the next pages).
 pub const PAGE_LBS: usize = 200;
+/// Refused members a line of the overview names (the rest counted; all on the load balancer's
+/// own page).
+const REFUSED_NAMED: usize = 3;
 
-/// What the page shows: the report of `lbmanager status` (`/status.json`), and this instance.
-#[derive(Clone, Debug, Serialize)]
-pub struct Board {
-    #[serde(flatten)]
-    pub report: StatusReport,
-    /// `--ha`: whether this instance leads (only the leader acts); none without `--ha`.
-    #[serde(skip)]
-    pub leading: Option<bool>,
-    /// The start-up sync is done and the etcd watch is live (`/readyz`).
-    #[serde(skip)]
-    pub ready: bool,
-    /// The keys last found to count for nothing, with why, newest last (at most
-    /// [`crate::fleet::IGNORED_SHOWN`]).
-    #[serde(skip)]
-    pub ignored: Vec<(String, String)>,
+/// What the fleet has of one load balancer, borrowed for one view.
+pub struct Seen<'a> {
+    pub lb: &'a LbId,
+    /// What etcd wants.
+    pub wanted: &'a BTreeSet<Member>,
+    /// The etcd revision of the latest change of its keys.
+    pub changed: i64,
+    /// Its status as last published.
+    pub status: Option<&'a LbStatus>,
 }
 
 /// Where a load balancer stands, in one word.
@@ -62,16 +63,17 @@ pub enum State {
 }
 
 impl State {
-    pub fn of(row: &StatusRow) -> State {
-        if row.last_error.is_some() {
+    pub fn of(seen: &Seen) -> State {
+        let Some(status) = seen.status else {
+            return State::New;
+        };
+        if !status.last_sync.ok && status.last_sync.error.is_some() {
             State::Error
-        } else if !row.rejected.is_empty() || row.rejected_unlisted > 0 {
+        } else if !status.rejected.is_empty() {
             State::Refused
-        } else if row.in_aws.is_none() {
-            State::New
-        } else if !row.in_step {
+        } else if !status.in_step || status.revision < seen.changed {
             State::Syncing
-        } else if !row.dns_pending.is_empty() {
+        } else if !status.dns_pending.is_empty() {
             State::Pending
         } else {
             State::InStep
@@ -98,21 +100,123 @@ impl State {
     }
 }
 
-/// A view of the board: a filter on the load balancers' names and the page.
+/// One load balancer on the overview: counts and reasons, no member list.
+#[derive(Clone, Debug)]
+pub struct Line {
+    pub load_balancer: String,
+    pub state: State,
+    pub wanted: usize,
+    pub in_aws: Option<usize>,
+    pub health: Option<String>,
+    /// Seconds since the last change, and why it ran.
+    pub last_change: Option<(u64, String)>,
+    pub revision: Option<i64>,
+    /// Why it is not in step, in AWS's words (bounded).
+    pub reasons: Vec<String>,
+}
+
+/// A view: a filter on the load balancers' names, the page, or one load balancer.
 #[derive(Clone, Debug, Default)]
 pub struct View {
     pub filter: String,
     pub from: usize,
+    /// One load balancer's page (`/lb/…`): its name as the page spells it.
+    pub lb: Option<String>,
 }
 
-impl View {
-    fn rows<'a>(&self, board: &'a Board) -> impl Iterator<Item = &'a StatusRow> + 'a {
-        let filter = self.filter.to_lowercase();
-        board
-            .report
-            .load_balancers
-            .iter()
-            .filter(move |r| r.load_balancer.to_lowercase().contains(&filter))
+/// One view's worth of what the running lbmanager has: what a page shows.
+#[derive(Clone, Debug, Default)]
+pub struct Board {
+    pub version: String,
+    /// `--ha`: whether this instance leads (only the leader acts); none without `--ha`.
+    pub leading: Option<bool>,
+    /// The start-up sync is done and the etcd watch is live (`/readyz`).
+    pub ready: bool,
+    /// Load balancers managed, and of those not in step.
+    pub total: usize,
+    pub behind: usize,
+    /// Load balancers the filter matches.
+    pub matching: usize,
+    /// The page of those, in name order.
+    pub lines: Vec<Line>,
+    /// The load balancer of a `/lb/…` view, member by member (as `lbmanager status` has it).
+    pub one: Option<(State, StatusRow)>,
+    /// The keys last found to count for nothing, with why, newest last (at most
+    /// [`crate::fleet::IGNORED_SHOWN`]).
+    pub ignored: Vec<(String, String)>,
+}
+
+/// Builds the board of `view` from what the fleet has (`seen`), at `now` (seconds since the Unix
+/// epoch). Costs one pass over the load balancers and, for one load balancer's page, its members.
+pub fn board<'a>(seen: impl Iterator<Item = Seen<'a>>, view: &View, now: u64) -> Board {
+    let filter = view.filter.to_lowercase();
+    let mut b = Board::default();
+    let mut matching = Vec::new();
+    for s in seen {
+        let state = State::of(&s);
+        b.total += 1;
+        b.behind += usize::from(state != State::InStep);
+        let name = s.lb.to_string();
+        if view.lb.as_deref() == Some(name.as_str()) {
+            let desired = BTreeMap::from([(s.lb.clone(), s.wanted.clone())]);
+            let published: BTreeMap<LbId, &LbStatus> =
+                s.status.map(|st| (s.lb.clone(), st)).into_iter().collect();
+            let row = crate::status::table::rows(&desired, &published, now).pop();
+            b.one = row.map(|row| (state, row));
+        }
+        if view.lb.is_none() && name.to_lowercase().contains(&filter) {
+            matching.push((name, s, state));
+        }
+    }
+    b.matching = matching.len();
+    matching.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    b.lines = matching
+        .into_iter()
+        .skip(view.from)
+        .take(PAGE_LBS)
+        .map(|(name, s, state)| line(name, &s, state, now))
+        .collect();
+    b
+}
+
+fn line(load_balancer: String, seen: &Seen, state: State, now: u64) -> Line {
+    let status = seen.status;
+    let mut reasons = Vec::new();
+    if let Some(st) = status {
+        if let (false, Some(e)) = (st.last_sync.ok, &st.last_sync.error) {
+            reasons.push(e.clone());
+        }
+        for (m, why) in st.rejected.iter().take(REFUSED_NAMED) {
+            reasons.push(format!("{m}: {why}"));
+        }
+        if st.rejected.len() > REFUSED_NAMED {
+            reasons.push(format!(
+                "and {} more refused",
+                st.rejected.len() - REFUSED_NAMED
+            ));
+        }
+        for p in &st.dns_pending {
+            reasons.push(format!(
+                "change {} PENDING for {}s",
+                p.id,
+                now.saturating_sub(p.since)
+            ));
+        }
+    }
+    Line {
+        load_balancer,
+        state,
+        wanted: seen.wanted.len(),
+        in_aws: status.map(|s| s.members.len() + s.members_more),
+        health: status.map(|s| health_summary(&s.members)),
+        last_change: status.map(|s| {
+            (
+                now.saturating_sub(s.last_sync.at),
+                s.last_sync.cause.clone(),
+            )
+        }),
+        revision: status.map(|s| s.revision),
+        reasons,
     }
 }
 
@@ -138,19 +242,9 @@ fn title() -> Markup {
 
 /// This instance, and how many load balancers are not in step: the top of every view.
 fn summary(board: &Board) -> Markup {
-    let rows = &board.report.load_balancers;
-    let behind = rows
-        .iter()
-        .filter(|r| State::of(r) != State::InStep)
-        .count();
-    let version = board
-        .report
-        .daemon
-        .as_ref()
-        .map_or("", |d| d.version.as_str());
     html! {
         p.instance {
-            "version " (version) " · "
+            "version " (board.version) " · "
             @match board.leading {
                 Some(true) => "leader (--ha)",
                 Some(false) => "standby (--ha): the leader acts",
@@ -160,9 +254,9 @@ fn summary(board: &Board) -> Markup {
             @if board.ready { "ready" } @else { span.busy { "starting: the start-up sync is under way" } }
         }
         p.summary {
-            (rows.len()) " load balancers, "
-            @if behind == 0 { span.ok { "all in step" } }
-            @else { span.busy { (behind) " not in step" } }
+            (board.total) " load balancers, "
+            @if board.behind == 0 { span.ok { "all in step" } }
+            @else { span.busy { (board.behind) " not in step" } }
         }
     }
 }
@@ -182,8 +276,6 @@ pub fn overview(board: &Board, view: &View) -> Markup {
 
 /// The part of `/` that changes: the table of load balancers (what `live.js` swaps in).
 pub fn fragment(board: &Board, view: &View) -> Markup {
-    let matching: Vec<&StatusRow> = view.rows(board).collect();
-    let page = matching.iter().skip(view.from).take(PAGE_LBS);
     html! {
         (summary(board))
         div.scroll {
@@ -193,11 +285,19 @@ pub fn fragment(board: &Board, view: &View) -> Markup {
                     th { "health" } th { "last change" } th { "in step up to revision" }
                 } }
                 tbody {
-                    @for row in page { (lb_row(row)) }
+                    @for line in &board.lines { (lb_row(line)) }
                 }
             }
         }
-        @if matching.is_empty() { p { "No load balancer matches." } }
+        @if board.matching == 0 { p { "No load balancer matches." } }
+        nav.pages {
+            @if view.from > 0 {
+                a href=(page_link(view, view.from.saturating_sub(PAGE_LBS))) { "← previous" }
+            }
+            @if board.matching > view.from + PAGE_LBS {
+                " " a href=(page_link(view, view.from + PAGE_LBS)) { "next →" }
+            }
+        }
         @if !board.ignored.is_empty() && view.from == 0 {
             h2 { "Keys that count for nothing" }
             p.why { "The newest " (board.ignored.len()) ", each warned about once in the log." }
@@ -207,14 +307,6 @@ pub fn fragment(board: &Board, view: &View) -> Markup {
                     tr { td.key data-label="key" { (key) } td data-label="why" { (why) } }
                 } }
             } }
-        }
-        nav.pages {
-            @if view.from > 0 {
-                a href=(page_link(view, view.from.saturating_sub(PAGE_LBS))) { "← previous" }
-            }
-            @if matching.len() > view.from + PAGE_LBS {
-                " " a href=(page_link(view, view.from + PAGE_LBS)) { "next →" }
-            }
         }
     }
 }
@@ -248,21 +340,15 @@ fn url_encoded_query(pairs: &[(&str, &str)]) -> String {
 
 fn health_summary(members: &[MemberState]) -> String {
     let count = |h: Health| members.iter().filter(|m| m.health() == h).count();
-    let (ok, other, draining) = (
-        count(Health::Healthy),
-        count(Health::Other),
-        count(Health::Draining),
-    );
-    let mut parts = Vec::new();
-    if ok > 0 {
-        parts.push(format!("{ok} healthy"));
-    }
-    if other > 0 {
-        parts.push(format!("{other} not healthy"));
-    }
-    if draining > 0 {
-        parts.push(format!("{draining} draining"));
-    }
+    let parts: Vec<String> = [
+        (count(Health::Healthy), "healthy"),
+        (count(Health::Other), "not healthy"),
+        (count(Health::Draining), "draining"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
     if parts.is_empty() {
         "not read".to_string()
     } else {
@@ -278,60 +364,46 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn lb_row(row: &StatusRow) -> Markup {
-    let state = State::of(row);
+fn lb_row(line: &Line) -> Markup {
     html! {
         tr {
-            td data-label="load balancer" { a href={ "/lb/" (row.load_balancer) } { (row.load_balancer) } }
-            td data-label="state" { span class=(state.class()) { (state.word()) } (reasons(row)) }
-            td.n data-label="wanted" { (row.desired.len()) }
-            td.n data-label="in AWS" { @match &row.in_aws { Some(m) => (m.len()), None => "–" } }
-            td data-label="health" { @if let Some(m) = &row.in_aws { (health_summary(m)) } }
-            td data-label="last change" {
-                @if let Some(a) = row.last_change_age { (age(a)) }
-                @if let Some(c) = &row.last_change_cause { " (" (c) ")" }
+            td data-label="load balancer" { a href={ "/lb/" (line.load_balancer) } { (line.load_balancer) } }
+            td data-label="state" {
+                span class=(line.state.class()) { (line.state.word()) }
+                @for why in &line.reasons { p.why { (why) } }
             }
-            td.n data-label="revision" { @if let Some(r) = row.revision { (r) } }
+            td.n data-label="wanted" { (line.wanted) }
+            td.n data-label="in AWS" { @match line.in_aws { Some(n) => (n), None => "–" } }
+            td data-label="health" { @if let Some(h) = &line.health { (h) } }
+            td data-label="last change" {
+                @if let Some((a, cause)) = &line.last_change { (age(*a)) " (" (cause) ")" }
+            }
+            td.n data-label="revision" { @if let Some(r) = line.revision { (r) } }
         }
-    }
-}
-
-/// Why a load balancer is not in step, in AWS's words.
-fn reasons(row: &StatusRow) -> Markup {
-    html! {
-        @if let Some(e) = &row.last_error { p.why { (e) } }
-        @for (member, why) in &row.rejected { p.why { (member) ": " (why) } }
-        @if row.rejected_unlisted > 0 { p.why { "and " (row.rejected_unlisted) " more refused" } }
-        @for p in &row.dns_pending { p.why { "change " (p.change) " PENDING for " (p.age_secs) "s" } }
     }
 }
 
 /// The page of one load balancer (`/lb/KIND/…`): each member as etcd wants it and as AWS has it.
-pub fn one(board: &Board, lb: &str) -> Option<Markup> {
-    let live = one_fragment(board, lb)?;
-    Some(document(lb, html! { (title()) main #board { (live) } }))
+pub fn one(board: &Board) -> Option<Markup> {
+    let live = one_fragment(board)?;
+    let name = board.one.as_ref()?.1.load_balancer.as_str();
+    Some(document(name, html! { (title()) main #board { (live) } }))
 }
 
 /// The part of a load balancer's page that changes.
-pub fn one_fragment(board: &Board, lb: &str) -> Option<Markup> {
-    let row = board
-        .report
-        .load_balancers
-        .iter()
-        .find(|r| r.load_balancer == lb)?;
-    let state = State::of(row);
+pub fn one_fragment(board: &Board) -> Option<Markup> {
+    let (state, row) = board.one.as_ref()?;
     let in_aws = row.in_aws.as_deref().unwrap_or_default();
     let mut members: Vec<&str> = row.desired.iter().map(String::as_str).collect();
-    for m in in_aws {
-        if !members.contains(&m.member.as_str()) {
-            members.push(&m.member);
-        }
-    }
+    members.extend(in_aws.iter().map(|m| m.member.as_str()));
     members.sort_unstable();
+    members.dedup();
     Some(html! {
         (summary(board))
         h2 { (row.load_balancer) }
-        p { span class=(state.class()) { (state.word()) } (reasons(row)) }
+        p { span class=(state.class()) { (state.word()) } }
+        @if let Some(e) = &row.last_error { p.why { "the last sync failed: " (e) } }
+        @for p in &row.dns_pending { p.why { "change " (p.change) " PENDING for " (p.age_secs) "s" } }
         div.scroll { table {
             thead { tr { th { "member" } th { "etcd wants it" } th { "in AWS" } th { "health" } } }
             tbody {
@@ -352,77 +424,99 @@ pub fn one_fragment(board: &Board, lb: &str) -> Option<Markup> {
                 }
             }
         } }
+        @if row.rejected_unlisted > 0 { p.why { "and " (row.rejected_unlisted) " more refused, not listed" } }
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::table::DaemonSeen;
-    use std::collections::BTreeMap;
+    use crate::status::{LastSync, Rejections};
 
-    fn row(lb: &str, desired: &[&str], in_aws: &[&str]) -> StatusRow {
-        StatusRow {
-            load_balancer: lb.into(),
-            desired: desired.iter().map(|s| s.to_string()).collect(),
-            in_aws: Some(
-                in_aws
-                    .iter()
-                    .map(|m| MemberState {
-                        member: m.to_string(),
-                        state: Some("InService".into()),
-                        foreign: false,
-                    })
-                    .collect(),
-            ),
-            in_step: desired == in_aws,
-            last_change_age: Some(5),
-            last_change_cause: Some("etcd event".into()),
-            revision: Some(42),
-            last_error: None,
-            rejected: BTreeMap::new(),
-            rejected_unlisted: 0,
-            dns_pending: Vec::new(),
+    /// Load balancers with what etcd wants, and their statuses.
+    struct Fleet(Vec<(LbId, BTreeSet<Member>, Option<LbStatus>)>);
+
+    impl Fleet {
+        fn board(&self, view: &View) -> Board {
+            let seen = self.0.iter().map(|(lb, wanted, status)| Seen {
+                lb,
+                wanted,
+                changed: 5,
+                status: status.as_ref(),
+            });
+            let mut b = board(seen, view, 1_000);
+            b.version = "0.1.0".into();
+            b.ready = true;
+            b
         }
     }
 
-    fn board(rows: Vec<StatusRow>) -> Board {
-        Board {
-            report: StatusReport {
-                daemon: Some(DaemonSeen {
-                    version: "0.1.0".into(),
-                    reported_secs_ago: 0,
-                    resync_interval_secs: 300,
-                    stale: false,
-                }),
-                load_balancers: rows,
+    fn lb(name: &str) -> LbId {
+        format!("elb/us-east-1/{name}").parse().unwrap()
+    }
+
+    fn members(ids: &[&str]) -> BTreeSet<Member> {
+        ids.iter()
+            .map(|i| Member::Instance(i.to_string()))
+            .collect()
+    }
+
+    fn status(in_aws: &[&str]) -> LbStatus {
+        LbStatus {
+            revision: 7,
+            in_step: true,
+            members: in_aws
+                .iter()
+                .map(|m| MemberState {
+                    member: m.to_string(),
+                    state: Some("InService".into()),
+                    foreign: false,
+                })
+                .collect(),
+            last_sync: LastSync {
+                at: 990,
+                ok: true,
+                cause: "etcd event".into(),
+                error: None,
             },
-            leading: None,
-            ready: true,
-            ignored: Vec::new(),
+            ..LbStatus::default()
         }
     }
 
-    /// Whatever etcd or AWS says reaches the page as text: a member, a reason, an error.
+    fn refusing(in_aws: &[&str], member: &str, why: &str) -> LbStatus {
+        let mut rejected = crate::plan::Rejected::new();
+        rejected.insert(member.into(), crate::plan::Refusal::Aws(why.into()));
+        LbStatus {
+            rejected: Rejections::of(&rejected),
+            ..status(in_aws)
+        }
+    }
+
+    /// Whatever etcd or AWS says reaches the page as text: a member, a reason, an error, a key.
     #[test]
     fn values_from_etcd_and_aws_are_text_not_markup() {
         let hostile = "<script>alert(1)</script>";
-        let mut r = row("elb/us-east-1/webLB", &[hostile], &[]);
-        r.rejected
-            .insert(hostile.into(), format!("AWS said {hostile}"));
-        r.last_error = Some(format!("\"><img src=x onerror=alert(1)> {hostile}"));
-        let b = board(vec![r]);
+        let mut st = refusing(&[], hostile, &format!("AWS said {hostile}"));
+        st.last_sync.ok = false;
+        st.last_sync.error = Some(format!("\"><img src=x onerror=alert(1)> {hostile}"));
+        let fleet = Fleet(vec![(lb("webLB"), members(&["i-1"]), Some(st))]);
+        let mut overview_board = fleet.board(&View::default());
+        overview_board.ignored.push((
+            format!("/lbManager/elb/us-east-1/{hostile}/multiple/i-1"),
+            "bad".into(),
+        ));
+        let one_view = View {
+            lb: Some("elb/us-east-1/webLB".into()),
+            ..View::default()
+        };
+        let filtered = View {
+            filter: hostile.into(),
+            ..View::default()
+        };
         for page in [
-            overview(&b, &View::default()).into_string(),
-            one(&b, "elb/us-east-1/webLB").unwrap().into_string(),
-            overview(
-                &b,
-                &View {
-                    filter: hostile.into(),
-                    from: 0,
-                },
-            )
-            .into_string(),
+            overview(&overview_board, &View::default()).into_string(),
+            one(&fleet.board(&one_view)).unwrap().into_string(),
+            overview(&fleet.board(&filtered), &filtered).into_string(),
         ] {
             assert!(!page.contains("<script>alert"), "{page}");
             assert!(!page.contains("<img"), "{page}");
@@ -430,65 +524,79 @@ mod tests {
         }
     }
 
-    /// A key that counts for nothing is listed with why, as text whatever it holds.
-    #[test]
-    fn ignored_keys_are_listed_as_text() {
-        let mut b = board(Vec::new());
-        let key = "/lbManager/elb/us-east-1/<script>alert(1)</script>/multiple/i-1";
-        b.ignored.push((key.into(), "malformed: bad name".into()));
-        let page = overview(&b, &View::default()).into_string();
-        assert!(page.contains("/lbManager/elb/us-east-1/&lt;script&gt;alert(1)&lt;/script&gt;/"));
-        assert!(!page.contains("<script>alert"));
-    }
-
     #[test]
     fn a_load_balancer_says_where_it_stands() {
-        let mut refused = row("elb/us-east-1/b", &["i-1", "i-2"], &["i-1"]);
-        refused
-            .rejected
-            .insert("i-2".into(), "InvalidInstance: not running".into());
-        let b = board(vec![row("elb/us-east-1/a", &["i-1"], &["i-1"]), refused]);
+        let fleet = Fleet(vec![
+            (lb("a"), members(&["i-1"]), Some(status(&["i-1"]))),
+            (
+                lb("b"),
+                members(&["i-1", "i-2"]),
+                Some(refusing(&["i-1"], "i-2", "InvalidInstance: not running")),
+            ),
+            (lb("c"), members(&["i-3"]), None),
+        ]);
+        let b = fleet.board(&View::default());
+        assert_eq!((b.total, b.behind), (3, 2));
+        let states: Vec<State> = b.lines.iter().map(|l| l.state).collect();
+        assert_eq!(states, [State::InStep, State::Refused, State::New]);
         let page = overview(&b, &View::default()).into_string();
-        assert!(page.contains("in step"));
-        assert!(page.contains("refused members"));
-        assert!(page.contains("i-2: InvalidInstance: not running"));
-        assert!(page.contains("1 not in step"));
-        let one = one(&b, "elb/us-east-1/b").unwrap().into_string();
+        assert!(page.contains("i-2: InvalidInstance: not running"), "{page}");
+        assert!(page.contains("2 not in step"), "{page}");
+        assert!(page.contains("10s ago (etcd event)"), "{page}");
+        let one = one(&fleet.board(&View {
+            lb: Some("elb/us-east-1/b".into()),
+            ..View::default()
+        }))
+        .unwrap()
+        .into_string();
         assert!(
             one.contains("refused: InvalidInstance: not running"),
             "{one}"
         );
         // Filtered by name.
-        let only_a = fragment(
-            &b,
-            &View {
-                filter: "/A".into(),
-                from: 0,
-            },
-        )
-        .into_string();
-        assert!(only_a.contains("elb/us-east-1/a") && !only_a.contains("elb/us-east-1/b"));
+        let only_a = View {
+            filter: "/A".into(),
+            ..View::default()
+        };
+        let b = fleet.board(&only_a);
+        assert_eq!(b.lines.len(), 1);
+        assert_eq!(b.lines[0].load_balancer, "elb/us-east-1/a");
     }
 
-    /// A first view lists at most PAGE_LBS load balancers, and links to the next page.
+    /// A status older than the latest change of the keys is not in step, whatever it says.
+    #[test]
+    fn a_status_behind_the_keys_is_syncing() {
+        let mut st = status(&["i-1"]);
+        st.revision = 4;
+        let fleet = Fleet(vec![(lb("a"), members(&["i-1"]), Some(st))]);
+        assert_eq!(fleet.board(&View::default()).lines[0].state, State::Syncing);
+    }
+
+    /// A view lists at most PAGE_LBS load balancers, in name order, and links to the next page.
     #[test]
     fn a_view_is_paged() {
-        let rows = (0..PAGE_LBS + 5)
-            .map(|i| row(&format!("elb/us-east-1/lb{i:04}"), &["i-1"], &["i-1"]))
-            .collect();
-        let b = board(rows);
+        let fleet = Fleet(
+            (0..PAGE_LBS + 5)
+                .rev()
+                .map(|i| {
+                    (
+                        lb(&format!("lb{i:04}")),
+                        members(&["i-1"]),
+                        Some(status(&["i-1"])),
+                    )
+                })
+                .collect(),
+        );
+        let b = fleet.board(&View::default());
+        assert_eq!(b.lines.len(), PAGE_LBS);
+        assert_eq!(b.lines[0].load_balancer, "elb/us-east-1/lb0000");
         let first = fragment(&b, &View::default()).into_string();
-        assert_eq!(first.matches("<tr>").count(), PAGE_LBS + 1);
         assert!(first.contains("from=200"));
-        let second = fragment(
-            &b,
-            &View {
-                filter: String::new(),
-                from: PAGE_LBS,
-            },
-        )
-        .into_string();
-        assert_eq!(second.matches("<tr>").count(), 5 + 1);
+        let second = View {
+            from: PAGE_LBS,
+            ..View::default()
+        };
+        assert_eq!(fleet.board(&second).lines.len(), 5);
     }
 
     #[test]

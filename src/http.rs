@@ -16,7 +16,7 @@ use actix_web::middleware::DefaultHeaders;
 use actix_web::{web, App, HttpResponse, HttpServer};
 use serde::Deserialize;
 
-use crate::actors::supervisor::ShowBoard;
+use crate::actors::supervisor::{ShowBoard, ShowReport};
 use crate::board::{self, Board, View};
 use crate::metrics::Metrics;
 
@@ -43,13 +43,14 @@ async fn readyz(m: web::Data<Arc<Metrics>>) -> HttpResponse {
 pub struct Page {
     /// The Supervisor: the fleet's wants and statuses.
     pub board: Recipient<ShowBoard>,
+    pub report: Recipient<ShowReport>,
     /// `--ha` (the page is served by the leader: standbys serve nothing until they lead).
     pub ha: bool,
 }
 
 impl Page {
-    async fn board(&self, m: &Metrics) -> Option<Board> {
-        let board = self.board.send(ShowBoard).await.ok()?;
+    async fn board(&self, m: &Metrics, view: View) -> Option<Board> {
+        let board = self.board.send(ShowBoard(view)).await.ok()?;
         Some(Board {
             leading: self.ha.then_some(true),
             ready: m.ready(),
@@ -84,12 +85,13 @@ async fn overview(
     m: web::Data<Arc<Metrics>>,
     query: web::Query<Query>,
 ) -> HttpResponse {
-    let Some(b) = page.board(&m).await else {
-        return stopping();
-    };
     let view = View {
         filter: query.q.clone(),
         from: query.from,
+        lb: None,
+    };
+    let Some(b) = page.board(&m, view.clone()).await else {
+        return stopping();
     };
     match query.fragment {
         Some(_) => html(board::fragment(&b, &view)),
@@ -103,12 +105,16 @@ async fn one(
     lb: web::Path<String>,
     query: web::Query<Query>,
 ) -> HttpResponse {
-    let Some(b) = page.board(&m).await else {
+    let view = View {
+        lb: Some(lb.into_inner()),
+        ..View::default()
+    };
+    let Some(b) = page.board(&m, view).await else {
         return stopping();
     };
     let found = match query.fragment {
-        Some(_) => board::one_fragment(&b, &lb),
-        None => board::one(&b, &lb),
+        Some(_) => board::one_fragment(&b),
+        None => board::one(&b),
     };
     match found {
         Some(markup) => html(markup),
@@ -118,10 +124,10 @@ async fn one(
     }
 }
 
-async fn status_json(page: web::Data<Page>, m: web::Data<Arc<Metrics>>) -> HttpResponse {
-    match page.board(&m).await {
-        Some(b) => HttpResponse::Ok().json(&b.report),
-        None => stopping(),
+async fn status_json(page: web::Data<Page>) -> HttpResponse {
+    match page.report.send(ShowReport).await {
+        Ok(report) => HttpResponse::Ok().json(&report),
+        Err(_) => stopping(),
     }
 }
 

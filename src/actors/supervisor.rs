@@ -463,31 +463,50 @@ impl Handler<OwnedChanged> for Supervisor {
     }
 }
 
-/// What the live status page shows (see [`crate::board`]), from what the fleet has in hand
+/// One view of the live status page (see [`crate::board`]), from what the fleet has in hand
 /// (whoever serves it says whether this instance leads and is ready).
 #[derive(Message)]
 #[rtype(result = "crate::board::Board")]
-pub struct ShowBoard;
+pub struct ShowBoard(pub crate::board::View);
 
 impl Handler<ShowBoard> for Supervisor {
     type Result = MessageResult<ShowBoard>;
 
-    fn handle(&mut self, _: ShowBoard, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: ShowBoard, _: &mut Self::Context) -> Self::Result {
+        let seen = self
+            .fleet
+            .each()
+            .map(|(lb, wanted, changed, status)| crate::board::Seen {
+                lb,
+                wanted,
+                changed,
+                status,
+            });
+        let mut board = crate::board::board(seen, &msg.0, crate::status::now());
+        board.version = env!("CARGO_PKG_VERSION").to_string();
+        board.ignored = self.fleet.ignored().cloned().collect();
+        MessageResult(board)
+    }
+}
+
+/// What `lbmanager status --output json` prints, from what the fleet has in hand (`/status.json`).
+#[derive(Message)]
+#[rtype(result = "crate::status::table::StatusReport")]
+pub struct ShowReport;
+
+impl Handler<ShowReport> for Supervisor {
+    type Result = MessageResult<ShowReport>;
+
+    fn handle(&mut self, _: ShowReport, _: &mut Self::Context) -> Self::Result {
         use crate::status::table::{DaemonSeen, StatusReport};
-        let now = crate::status::now();
-        MessageResult(crate::board::Board {
-            report: StatusReport {
-                daemon: Some(DaemonSeen {
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    reported_secs_ago: 0,
-                    resync_interval_secs: self.settings.resync_interval.as_secs(),
-                    stale: false,
-                }),
-                load_balancers: self.fleet.report(now),
-            },
-            leading: None,
-            ready: false,
-            ignored: self.fleet.ignored().cloned().collect(),
+        MessageResult(StatusReport {
+            daemon: Some(DaemonSeen {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                reported_secs_ago: 0,
+                resync_interval_secs: self.settings.resync_interval.as_secs(),
+                stale: false,
+            }),
+            load_balancers: self.fleet.report(crate::status::now()),
         })
     }
 }

@@ -9,7 +9,7 @@ use aws_sdk_elasticloadbalancing::types::Instance;
 use aws_sdk_elasticloadbalancing::Client;
 
 use super::count::CountCalls;
-use super::loader::{Loader, Loaders, Pulse, Reads, BY_NAME, PAGE};
+use super::loader::{Loader, Loaders, Pulse, Reads, BY_NAME};
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, Permit};
@@ -110,6 +110,7 @@ impl Describe {
         &self,
         names: &[String],
         marker: Option<String>,
+        page: usize,
     ) -> Result<(Vec<(String, Registered)>, Option<String>), AwsError> {
         let target = match names {
             [] => format!("elb/{}", self.region),
@@ -123,7 +124,7 @@ impl Describe {
             .describe_load_balancers()
             .set_marker(marker);
         op = if names.is_empty() {
-            op.page_size(PAGE as i32)
+            op.page_size(page as i32)
         } else {
             op.set_load_balancer_names(Some(names.to_vec()))
         };
@@ -160,14 +161,19 @@ impl Reads for Describe {
 
     async fn named(&self, names: &[String]) -> Result<Vec<(String, Registered)>, AwsError> {
         debug_assert!(!names.is_empty() && names.len() <= BY_NAME);
-        Ok(self.call(names, None).await?.0)
+        Ok(self.call(names, None, 0).await?.0)
     }
 
     async fn page(
         &self,
         marker: Option<String>,
+        size: usize,
     ) -> Result<(Vec<(String, Registered)>, Option<String>), AwsError> {
-        self.call(&[], marker).await
+        self.call(&[], marker, size).await
+    }
+
+    fn weight(item: &Registered) -> usize {
+        item.members.len()
     }
 
     fn missing(&self, name: &str) -> AwsError {

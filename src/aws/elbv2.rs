@@ -16,7 +16,7 @@ use aws_sdk_elasticloadbalancingv2::types::{
 use aws_sdk_elasticloadbalancingv2::Client;
 
 use super::count::CountCalls;
-use super::loader::{Loaders, Pulse, Reads, PAGE};
+use super::loader::{Loaders, Pulse, Reads};
 use super::quota::elb::Call;
 use super::regional::{PerRegion, RegionQuotas};
 use super::{classify, AwsError, ElbApi, ErrorKind, Permit};
@@ -179,6 +179,7 @@ impl Describe {
         &self,
         names: &[String],
         marker: Option<String>,
+        page: usize,
     ) -> Result<(Vec<(String, Group)>, Option<String>), AwsError> {
         let target = match names {
             [] => format!("elbv2/{}", self.region),
@@ -192,7 +193,7 @@ impl Describe {
             .describe_target_groups()
             .set_marker(marker);
         op = if names.is_empty() {
-            op.page_size(PAGE as i32)
+            op.page_size(page as i32)
         } else {
             op.set_names(Some(names.to_vec()))
         };
@@ -226,14 +227,19 @@ impl Reads for Describe {
     type Item = Group;
 
     async fn named(&self, names: &[String]) -> Result<Vec<(String, Group)>, AwsError> {
-        Ok(self.call(names, None).await?.0)
+        Ok(self.call(names, None, 0).await?.0)
     }
 
     async fn page(
         &self,
         marker: Option<String>,
+        size: usize,
     ) -> Result<(Vec<(String, Group)>, Option<String>), AwsError> {
-        self.call(&[], marker).await
+        self.call(&[], marker, size).await
+    }
+
+    fn weight(_: &Group) -> usize {
+        1
     }
 
     fn missing(&self, name: &str) -> AwsError {

@@ -25,8 +25,13 @@ use super::{AwsError, ErrorKind};
 
 /// Names a call may ask for (DescribeLoadBalancers' and DescribeTargetGroups' limit).
 pub const BY_NAME: usize = 20;
-/// Load balancers a page of a whole region's read holds (the largest page AWS answers).
+/// Load balancers a page of a whole region's read holds at most (the largest page AWS answers).
 pub const PAGE: usize = 400;
+/// Members a page holds at most, as far as the last page tells: a region of large ELBs is read in
+/// smaller pages (1,000 members each: 40 a page), so that no answer is tens of MiB.
+pub const PAGE_MEMBERS: usize = 40_000;
+/// The first page of a region whose load balancers' size is not known yet.
+pub const FIRST_PAGE: usize = 100;
 /// Questions less than this apart are answered by one read: long enough for a restart's actors
 /// to start one after the other (a few milliseconds each, more while etcd's records are written
 /// beside them), short beside what AWS takes to answer.
@@ -42,11 +47,15 @@ pub trait Reads: Send + Sync + 'static {
     /// One call for `names` (at most [`BY_NAME`]). AWS fails the whole call with `NotFound`
     /// when one of them does not exist.
     async fn named(&self, names: &[String]) -> Result<Vec<(String, Self::Item)>, AwsError>;
-    /// One call: the page of the whole region after `marker`, and the next page's marker.
+    /// One call: the page of at most `size` load balancers of the whole region after `marker`,
+    /// and the next page's marker.
     async fn page(
         &self,
         marker: Option<String>,
+        size: usize,
     ) -> Result<(Vec<(String, Self::Item)>, Option<String>), AwsError>;
+    /// How many members `item` holds (what makes a page heavy).
+    fn weight(item: &Self::Item) -> usize;
     /// The error that says `name` is not among what AWS answered, in AWS's words (its code).
     fn missing(&self, name: &str) -> AwsError;
 }
@@ -60,14 +69,38 @@ pub enum Read {
     Region,
 }
 
+/// A region as its last whole read found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    /// Its load balancers.
+    pub count: usize,
+    /// How many a page holds (see [`PAGE_MEMBERS`]).
+    pub page: usize,
+}
+
+impl Known {
+    fn pages(self) -> usize {
+        self.count.div_ceil(self.page).max(1)
+    }
+}
+
+/// The page size that keeps a page within [`PAGE_MEMBERS`], `count` load balancers having held
+/// `weight` members.
+fn fit(count: usize, weight: usize) -> usize {
+    match count {
+        0 => PAGE,
+        _ => (PAGE_MEMBERS * count / weight.max(1)).clamp(1, PAGE),
+    }
+}
+
 impl Read {
-    /// The read of `asked` names that takes fewer calls, the region holding `size` load balancers
-    /// (as its last whole read found; unknown before one). Unknown, a whole read is made when
-    /// names alone would take more than one call: it tells the size for next time.
-    pub fn cheaper(asked: usize, size: Option<usize>) -> Read {
+    /// The read of `asked` names that takes fewer calls, the region as its last whole read found
+    /// it (unknown before one). Unknown, a whole read is made when names alone would take more
+    /// than one call: it tells the region's size for next time.
+    pub fn cheaper(asked: usize, known: Option<Known>) -> Read {
         let named = asked.div_ceil(BY_NAME);
-        let region = match size {
-            Some(size) => size.div_ceil(PAGE).max(1),
+        let region = match known {
+            Some(known) => known.pages(),
             None if named > 1 => 1,
             None => usize::MAX,
         };
@@ -109,8 +142,8 @@ struct Waiting<T> {
     /// Who asked for which load balancer, since the last read was sent.
     asked: BTreeMap<String, Vec<oneshot::Sender<Answer<T>>>>,
     first: Option<Instant>,
-    /// The load balancers of the region, as its last whole read found.
-    size: Option<usize>,
+    /// The region, as its last whole read found it.
+    known: Option<Known>,
 }
 
 /// One region's reads of one kind of load balancer (see the module's doc).
@@ -154,7 +187,7 @@ impl<R: Reads> Loader<R> {
             waiting: Arc::new(Mutex::new(Waiting {
                 asked: BTreeMap::new(),
                 first: None,
-                size: None,
+                known: None,
             })),
             pulse,
         }
@@ -189,20 +222,20 @@ impl<R: Reads> Loader<R> {
 
 /// Waits until questions stop coming (or [`MOST`]), then reads for all that were asked.
 async fn gather<R: Reads>(reads: Arc<R>, waiting: Arc<Mutex<Waiting<R::Item>>>, pulse: Pulse) {
-    let (mut asked, size) = loop {
+    let (mut asked, known) = loop {
         let due = {
             let mut w = lock(&waiting);
             let last = pulse.last();
             let due = (last + QUIET).min(w.first.unwrap_or(last) + MOST);
             if Instant::now() >= due {
                 w.first = None;
-                break (std::mem::take(&mut w.asked), w.size);
+                break (std::mem::take(&mut w.asked), w.known);
             }
             due
         };
         tokio::time::sleep_until(due).await;
     };
-    match Read::cheaper(asked.len(), size) {
+    match Read::cheaper(asked.len(), known) {
         Read::Region => {
             // Each page's answers go out as it arrives: a region of large ELBs is never held
             // whole.
@@ -246,25 +279,29 @@ fn send<T: Clone>(waiters: Vec<oneshot::Sender<Answer<T>>>, answer: Answer<T>) {
 }
 
 /// Every load balancer of the region, page by page, each handed to `found` as its page arrives;
-/// the region's size noted for next time.
+/// the pages sized by what the pages before held (see [`PAGE_MEMBERS`]), and the region noted
+/// for next time.
 async fn region<R: Reads>(
     reads: &R,
     waiting: &Mutex<Waiting<R::Item>>,
     mut found: impl FnMut(String, R::Item),
 ) -> Result<(), AwsError> {
-    let (mut size, mut marker) = (0, None);
+    let mut size = lock(waiting).known.map_or(FIRST_PAGE, |k| k.page);
+    let (mut count, mut weight, mut marker) = (0, 0, None);
     loop {
-        let (page, next) = reads.page(marker).await?;
-        size += page.len();
+        let (page, next) = reads.page(marker, size).await?;
+        count += page.len();
         for (name, item) in page {
+            weight += R::weight(&item);
             found(name, item);
         }
+        size = fit(count, weight);
         marker = next;
         if marker.is_none() {
             break;
         }
     }
-    lock(waiting).size = Some(size);
+    lock(waiting).known = Some(Known { count, page: size });
     Ok(())
 }
 
@@ -298,7 +335,7 @@ async fn named<R: Reads>(
                 BTreeMap::from([(chunk[0].clone(), Err(e))])
             }
             Err(e) if e.kind == ErrorKind::NotFound => {
-                let pages = lock(waiting).size.map(|s| s.div_ceil(PAGE).max(1));
+                let pages = lock(waiting).known.map(Known::pages);
                 if pages.is_some_and(|pages| pages < chunk.len()) {
                     let mut found = BTreeMap::new();
                     let read = region(reads, waiting, |name, item| {
@@ -378,15 +415,19 @@ mod tests {
         async fn page(
             &self,
             marker: Option<String>,
+            size: usize,
         ) -> Result<(Vec<(String, String)>, Option<String>), AwsError> {
             self.pages.fetch_add(1, Ordering::SeqCst);
             if let Some(kind) = self.fail {
                 return Err(AwsError::new(kind, "Describe", "region", "Throttling"));
             }
             let from = marker.map_or(0, |m| m.parse().unwrap());
-            let to = (from + PAGE).min(self.size);
+            let to = (from + size).min(self.size);
             let page = (from..to).map(|i| (format!("lb{i}"), format!("lb{i}")));
             Ok((page.collect(), (to < self.size).then(|| to.to_string())))
+        }
+        fn weight(_: &String) -> usize {
+            1
         }
         fn missing(&self, name: &str) -> AwsError {
             AwsError::not_found("Describe", name, "not in the region's read")
@@ -429,16 +470,30 @@ mod tests {
         assert_eq!(Read::cheaper(20, None), Read::Named);
         // Unknown, a read that takes more than one call reads the region: it learns its size.
         assert_eq!(Read::cheaper(21, None), Read::Region);
-        assert_eq!(Read::cheaper(21, Some(1_000)), Read::Named);
-        assert_eq!(Read::cheaper(61, Some(1_000)), Read::Region);
-        assert_eq!(Read::cheaper(3, Some(0)), Read::Named);
+        let known = |count, page| Some(Known { count, page });
+        assert_eq!(Read::cheaper(21, known(1_000, 400)), Read::Named);
+        assert_eq!(Read::cheaper(61, known(1_000, 400)), Read::Region);
+        assert_eq!(Read::cheaper(3, known(0, 400)), Read::Named);
+        // ELBs of 1,000 members: 40 a page, 25 pages: by name unless more than 480 are asked.
+        assert_eq!(Read::cheaper(480, known(1_000, 40)), Read::Named);
+        assert_eq!(Read::cheaper(520, known(1_000, 40)), Read::Region);
+    }
+
+    /// A page holds at most PAGE_MEMBERS members, as far as the pages before tell.
+    #[test]
+    fn pages_of_large_load_balancers_are_smaller() {
+        assert_eq!(fit(100, 100), PAGE);
+        assert_eq!(fit(100, 100_000), 40);
+        assert_eq!(fit(10, 1_000_000), 1);
+        assert_eq!(fit(0, 0), PAGE);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_thousand_asked_at_once_take_three_calls_and_then_names_go_twenty_to_a_call() {
+    async fn a_thousand_asked_at_once_take_four_calls_and_then_names_go_twenty_to_a_call() {
         let loader = Loader::new_alone(region(1_000));
         let (answers, calls) = ask(&loader, lbs(0..1_000)).await;
-        assert_eq!(calls, (0, 3));
+        // A first page of 100 (their size unknown), then pages of 400.
+        assert_eq!(calls, (0, 4));
         for (i, a) in answers.into_iter().enumerate() {
             assert_eq!(a.unwrap(), format!("lb{i}"));
         }

@@ -66,6 +66,7 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     if let Some(addr) = args.listen {
         let page = crate::http::Page {
             board: supervisor_ctx.address().recipient(),
+            report: supervisor_ctx.address().recipient(),
             ha: args.ha.enabled,
         };
         if let Err(e) = crate::http::serve(addr, metrics.clone(), page) {

@@ -389,6 +389,17 @@ impl Fleet {
         self.lbs.len()
     }
 
+    /// Each managed load balancer: what etcd wants of it, the etcd revision of the latest change
+    /// of its keys, and its status as last published.
+    pub fn each(
+        &self,
+    ) -> impl Iterator<Item = (&LbId, &BTreeSet<Member>, Revision, Option<&LbStatus>)> {
+        self.lbs.iter().map(|(lb, child)| {
+            let status = self.published.get(lb).map(|s| &**s);
+            (lb, &*child.members, child.revision, status)
+        })
+    }
+
     /// The keys last found to count for nothing, with why, newest last.
     pub fn ignored(&self) -> impl Iterator<Item = &(String, String)> {
         self.ignored.iter()
