@@ -143,6 +143,8 @@ impl Supervisor {
 
     /// Does what the fleet said.
     fn carry_out(&mut self, commands: Vec<Command>, ctx: &mut Context<Self>) {
+        // The AWS reads of a round's syncs gather (see `aws::loader::round`).
+        crate::aws::loader::round(self.fleet.in_round());
         for command in commands {
             match command {
                 Command::Spawn {

@@ -8,10 +8,11 @@
 //! answers only those who asked before it was sent, so what an actor reads is never older than
 //! its question (a resync stays a fresh read; a read after a change sees the change).
 //!
-//! When reads are asked for close together (an actor's question comes less than [`QUIET`] after
-//! the one before, as when a restart or a resync tick starts every actor at once), they wait for
-//! each other, for at most [`MOST`]; then the read that takes fewer calls is made (see
-//! [`Read::cheaper`]).
+//! A question to an idle loader is read at once, alone: a lone change waits for nothing. Questions
+//! that come while a read is on its way or others gather (a resync tick starts every actor at
+//! once) wait for each other until none has come for [`QUIET`], for at most [`MOST`]; during a
+//! round of the fleet (start-up, relist: see [`round`]) every question gathers, longer. Then the
+//! read that takes fewer calls is made (see [`Read::cheaper`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,13 +32,26 @@ pub const PAGE: usize = 400;
 /// smaller pages (1,000 members each: 40 a page), so that no answer is tens of MiB.
 pub const PAGE_MEMBERS: usize = 40_000;
 /// The first page of a region whose load balancers' size is not known yet.
-pub const FIRST_PAGE: usize = 100;
-/// Questions less than this apart are answered by one read: long enough for a restart's actors
-/// to start one after the other (a few milliseconds each, more while etcd's records are written
-/// beside them), short beside what AWS takes to answer.
-pub const QUIET: Duration = Duration::from_millis(50);
+pub const FIRST_PAGE: usize = 200;
+/// Questions to a busy loader less than this apart are answered by one read: long enough for a
+/// restart's actors to start one after the other (a few milliseconds each), short beside what
+/// AWS takes to answer.
+pub const QUIET: Duration = Duration::from_millis(20);
 /// The longest a question waits for others.
 pub const MOST: Duration = Duration::from_secs(1);
+/// During a round (see [`round`]): questions this close gather, for at most [`ROUND_MOST`].
+pub const ROUND_QUIET: Duration = Duration::from_millis(100);
+pub const ROUND_MOST: Duration = Duration::from_secs(2);
+
+/// Says whether a round of the fleet is under way (start-up, relist: every actor is about to
+/// ask): while it is, no question is read alone, and questions gather longer ([`ROUND_QUIET`]),
+/// however slowly the actors start (a loaded machine); a question outside a round to an idle
+/// loader is read at once. Process-wide, as the fleet is (see [`Pulse::process`]).
+pub fn round(on: bool) {
+    Pulse::process()
+        .round
+        .store(on, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// The two reads AWS offers; each call takes its own share of the region's quota.
 #[async_trait]
@@ -116,25 +130,42 @@ impl Read {
 /// balancer of that name).
 pub type Answer<T> = Result<T, AwsError>;
 
-/// When the last question was asked of any of the loaders that share it: the ELB and target-group
-/// loaders of every region share one, so that a restart's burst (their actors mixed) is read
-/// as one, even of a kind that has few load balancers in it.
+/// When the last question was asked of any of the loaders that share it, and whether a round of
+/// the fleet is under way (see [`round`]): the ELB and target-group loaders of every region and
+/// account share the process's, so that a restart's burst (their actors mixed) is read as one,
+/// even of a kind that has few load balancers in it.
 #[derive(Clone)]
-pub struct Pulse(Arc<Mutex<Instant>>);
+pub struct Pulse {
+    last: Arc<Mutex<Instant>>,
+    round: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Default for Pulse {
     fn default() -> Self {
-        Pulse(Arc::new(Mutex::new(Instant::now())))
+        Pulse {
+            last: Arc::new(Mutex::new(Instant::now())),
+            round: Arc::default(),
+        }
     }
 }
 
 impl Pulse {
+    /// The process's.
+    pub fn process() -> Pulse {
+        static PROCESS: std::sync::OnceLock<Pulse> = std::sync::OnceLock::new();
+        PROCESS.get_or_init(Pulse::default).clone()
+    }
+
     fn beat(&self) {
-        *lock(&self.0) = Instant::now();
+        *lock(&self.last) = Instant::now();
     }
 
     fn last(&self) -> Instant {
-        *lock(&self.0)
+        *lock(&self.last)
+    }
+
+    fn in_round(&self) -> bool {
+        self.round.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -142,6 +173,8 @@ struct Waiting<T> {
     /// Who asked for which load balancer, since the last read was sent.
     asked: BTreeMap<String, Vec<oneshot::Sender<Answer<T>>>>,
     first: Option<Instant>,
+    /// Reads on their way.
+    in_flight: usize,
     /// The region, as its last whole read found it.
     known: Option<Known>,
 }
@@ -187,14 +220,33 @@ impl<R: Reads> Loader<R> {
             waiting: Arc::new(Mutex::new(Waiting {
                 asked: BTreeMap::new(),
                 first: None,
+                in_flight: 0,
                 known: None,
             })),
             pulse,
         }
     }
 
-    /// What AWS has of load balancer `name`, from a read sent after this call.
+    /// What AWS has of load balancer `name`, from a read sent after this call. A question to an
+    /// idle loader (no read on its way, none gathering) is read at once, alone: a lone change
+    /// waits for nothing. Questions that come while the loader is busy gather (see the module's
+    /// doc).
     pub async fn get(&self, name: &str) -> Answer<R::Item> {
+        let alone = {
+            let mut w = lock(&self.waiting);
+            self.pulse.beat();
+            let idle = w.in_flight == 0 && w.first.is_none() && !self.pulse.in_round();
+            w.in_flight += usize::from(idle);
+            idle
+        };
+        if alone {
+            let names = [name.to_string()];
+            let mut answer = named(&*self.reads, &self.waiting, &names).await;
+            lock(&self.waiting).in_flight -= 1;
+            return answer
+                .remove(name)
+                .unwrap_or_else(|| Err(self.reads.missing(name)));
+        }
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut w = lock(&self.waiting);
@@ -226,9 +278,14 @@ async fn gather<R: Reads>(reads: Arc<R>, waiting: Arc<Mutex<Waiting<R::Item>>>, 
         let due = {
             let mut w = lock(&waiting);
             let last = pulse.last();
-            let due = (last + QUIET).min(w.first.unwrap_or(last) + MOST);
+            let (quiet, most) = match pulse.in_round() {
+                true => (ROUND_QUIET, ROUND_MOST),
+                false => (QUIET, MOST),
+            };
+            let due = (last + quiet).min(w.first.unwrap_or(last) + most);
             if Instant::now() >= due {
                 w.first = None;
+                w.in_flight += 1;
                 break (std::mem::take(&mut w.asked), w.known);
             }
             due
@@ -264,6 +321,7 @@ async fn gather<R: Reads>(reads: Arc<R>, waiting: Arc<Mutex<Waiting<R::Item>>>, 
             }
         }
     }
+    lock(&waiting).in_flight -= 1;
 }
 
 /// `answer` to everyone who asked for one load balancer (a clone only for a second asker).
@@ -380,6 +438,9 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// How long the fake AWS takes to answer (on tokio's paused clock).
+    const LATENCY: Duration = Duration::from_millis(5);
+
     /// A region of `size` load balancers `lb0`…, each read as its own name; counts calls.
     struct Region {
         size: usize,
@@ -402,6 +463,10 @@ mod tests {
         type Item = String;
         async fn named(&self, names: &[String]) -> Result<Vec<(String, String)>, AwsError> {
             self.named.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(LATENCY).await;
+            if let Some(kind) = self.fail {
+                return Err(AwsError::new(kind, "Describe", "names", "Throttling"));
+            }
             let exists = |n: &String| n[2..].parse::<usize>().is_ok_and(|i| i < self.size);
             if let Some(missing) = names.iter().find(|n| !exists(n)) {
                 return Err(AwsError::not_found(
@@ -418,6 +483,7 @@ mod tests {
             size: usize,
         ) -> Result<(Vec<(String, String)>, Option<String>), AwsError> {
             self.pages.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(LATENCY).await;
             if let Some(kind) = self.fail {
                 return Err(AwsError::new(kind, "Describe", "region", "Throttling"));
             }
@@ -442,6 +508,10 @@ mod tests {
         let before = calls(loader);
         let answers =
             futures::future::join_all(names.map(|n| async move { loader.get(&n).await })).await;
+        // The answers of a region's read go out page by page: count once every page is read.
+        while lock(&loader.waiting).in_flight > 0 {
+            tokio::time::sleep(LATENCY).await;
+        }
         let after = calls(loader);
         (answers, (after.0 - before.0, after.1 - before.1))
     }
@@ -492,17 +562,18 @@ mod tests {
     async fn a_thousand_asked_at_once_take_four_calls_and_then_names_go_twenty_to_a_call() {
         let loader = Loader::new_alone(region(1_000));
         let (answers, calls) = ask(&loader, lbs(0..1_000)).await;
-        // A first page of 100 (their size unknown), then pages of 400.
-        assert_eq!(calls, (0, 4));
+        // The first question alone, at once; the 999 others gather while it is on its way: a
+        // first page of 200 (their size unknown), then pages of 400.
+        assert_eq!(calls, (1, 3));
         for (i, a) in answers.into_iter().enumerate() {
             assert_eq!(a.unwrap(), format!("lb{i}"));
         }
-        // The region's size is known now: 50 names take 3 calls by name (the region 3 pages).
+        // The region's size is known now: 49 names take 3 calls by name (the region 3 pages).
         let (answers, calls) = ask(&loader, lbs(0..50)).await;
-        assert_eq!(calls, (3, 0));
+        assert_eq!(calls, (1 + 3, 0));
         assert!(answers.iter().all(|a| a.is_ok()));
         let (_, calls) = ask(&loader, lbs(0..70)).await;
-        assert_eq!(calls, (0, 3));
+        assert_eq!(calls, (1, 3));
     }
 
     #[tokio::test(start_paused = true)]
@@ -510,14 +581,14 @@ mod tests {
         let loader = Loader::new_alone(region(10));
         let asked = lbs(5..12).chain(["lb7".to_string()]);
         let (answers, calls) = ask(&loader, asked).await;
-        // One call for the 7 names fails for lb10 and lb11: each is read alone then.
-        assert_eq!(calls, (1 + 7, 0));
+        // lb5 at once; one call for the 6 others fails for lb10 and lb11: each is read alone.
+        assert_eq!(calls, (1 + 1 + 6, 0));
         let found: Vec<bool> = answers.iter().map(|a| a.is_ok()).collect();
         assert_eq!(found, [true, true, true, true, true, false, false, true]);
         // With the region's size known (10), a whole read is cheaper than 7 calls.
         ask(&loader, lbs(0..30)).await;
         let (answers, calls) = ask(&loader, lbs(5..12)).await;
-        assert_eq!(calls, (1, 1));
+        assert_eq!(calls, (1 + 1, 1));
         let gone: Vec<&AwsError> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
         assert_eq!(gone.len(), 2);
         assert!(gone.iter().all(|e| e.kind == ErrorKind::NotFound));

@@ -218,7 +218,7 @@ impl Backends {
                 .clone()
                 .map(|metrics| count::CountCalls { metrics, service })
         };
-        let pulse = loader::Pulse::default();
+        let pulse = loader::Pulse::process();
         Backends {
             elb: Arc::new(elb::SdkElb::new(
                 sdk.clone(),

@@ -384,6 +384,11 @@ impl Fleet {
         self
     }
 
+    /// A round (start-up, relist) is under way: every load balancer is about to sync.
+    pub fn in_round(&self) -> bool {
+        self.round.is_some()
+    }
+
     /// How many load balancers are managed.
     pub fn managed(&self) -> usize {
         self.lbs.len()
