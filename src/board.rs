@@ -115,6 +115,97 @@ pub struct Line {
     pub reasons: Vec<String>,
 }
 
+/// One load balancer's page: its row of `lbmanager status`, and each member.
+#[derive(Clone, Debug)]
+pub struct One {
+    pub state: State,
+    pub row: StatusRow,
+    pub members: Vec<MemberLine>,
+}
+
+/// A member as etcd wants it and as AWS has it.
+#[derive(Clone, Debug)]
+pub struct MemberLine {
+    /// As AWS reports it when AWS has it (a target with its port), else as its key names it.
+    pub name: String,
+    pub wanted: bool,
+    pub in_aws: InAws,
+    /// AWS's word for its health.
+    pub health: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum InAws {
+    Yes,
+    /// Another tool's (`--ownership shared`).
+    Foreign,
+    No,
+    /// AWS refuses it: why.
+    Refused(String),
+    /// Not known: AWS not read yet, or past the members a status lists.
+    NotListed,
+}
+
+/// Each member of `lb`: what etcd wants matched with what AWS has as `status` lists it (a key
+/// without a port names the target AWS reports on the group's port).
+fn member_lines(
+    lb: &LbId,
+    wanted: &BTreeSet<Member>,
+    status: Option<&LbStatus>,
+) -> Vec<MemberLine> {
+    let listed = status.map_or(&[][..], |s| &s.members[..]);
+    let complete = status.is_some_and(|s| s.members_more == 0);
+    let mut matched = vec![false; listed.len()];
+    let mut lines: Vec<MemberLine> = wanted
+        .iter()
+        .map(|w| {
+            let found = listed
+                .iter()
+                .position(|m| crate::status::names(lb, w, &m.member));
+            if let Some(i) = found {
+                matched[i] = true;
+            }
+            let refused = status.and_then(|s| {
+                s.rejected
+                    .iter()
+                    .find(|(m, _)| crate::status::names(lb, w, m))
+                    .map(|(_, why)| why.to_string())
+            });
+            let in_aws = match (found, refused) {
+                (Some(i), _) if listed[i].foreign => InAws::Foreign,
+                (Some(_), _) => InAws::Yes,
+                (None, Some(why)) => InAws::Refused(why),
+                (None, None) if complete => InAws::No,
+                (None, None) => InAws::NotListed,
+            };
+            MemberLine {
+                name: found.map_or_else(|| w.to_string(), |i| listed[i].member.clone()),
+                wanted: true,
+                in_aws,
+                health: found.and_then(|i| listed[i].state.clone()),
+            }
+        })
+        .collect();
+    lines.extend(
+        listed
+            .iter()
+            .zip(&matched)
+            .filter(|(_, m)| !**m)
+            .map(|(m, _)| MemberLine {
+                name: m.member.clone(),
+                wanted: false,
+                in_aws: if m.foreign {
+                    InAws::Foreign
+                } else {
+                    InAws::Yes
+                },
+                health: m.state.clone(),
+            }),
+    );
+    lines.sort_by(|a, b| a.name.cmp(&b.name));
+    lines
+}
+
 /// A view: a filter on the load balancers' names, the page, or one load balancer.
 #[derive(Clone, Debug, Default)]
 pub struct View {
@@ -139,8 +230,8 @@ pub struct Board {
     pub matching: usize,
     /// The page of those, in name order.
     pub lines: Vec<Line>,
-    /// The load balancer of a `/lb/…` view, member by member (as `lbmanager status` has it).
-    pub one: Option<(State, StatusRow)>,
+    /// The load balancer of a `/lb/…` view, member by member.
+    pub one: Option<One>,
     /// The keys last found to count for nothing, with why, newest last (at most
     /// [`crate::fleet::IGNORED_SHOWN`]).
     pub ignored: Vec<(String, String)>,
@@ -162,7 +253,11 @@ pub fn board<'a>(seen: impl Iterator<Item = Seen<'a>>, view: &View, now: u64) ->
             let published: BTreeMap<LbId, &LbStatus> =
                 s.status.map(|st| (s.lb.clone(), st)).into_iter().collect();
             let row = crate::status::table::rows(&desired, &published, now).pop();
-            b.one = row.map(|row| (state, row));
+            b.one = row.map(|row| One {
+                state,
+                row,
+                members: member_lines(s.lb, s.wanted, s.status),
+            });
         }
         if view.lb.is_none() && name.to_lowercase().contains(&filter) {
             matching.push((name, s, state));
@@ -294,7 +389,7 @@ pub fn fragment(board: &Board, view: &View) -> Markup {
             @if view.from > 0 {
                 a href=(page_link(view, view.from.saturating_sub(PAGE_LBS))) { "← previous" }
             }
-            @if board.matching > view.from + PAGE_LBS {
+            @if board.matching > view.from.saturating_add(PAGE_LBS) {
                 " " a href=(page_link(view, view.from + PAGE_LBS)) { "next →" }
             }
         }
@@ -386,18 +481,17 @@ fn lb_row(line: &Line) -> Markup {
 /// The page of one load balancer (`/lb/KIND/…`): each member as etcd wants it and as AWS has it.
 pub fn one(board: &Board) -> Option<Markup> {
     let live = one_fragment(board)?;
-    let name = board.one.as_ref()?.1.load_balancer.as_str();
+    let name = board.one.as_ref()?.row.load_balancer.as_str();
     Some(document(name, html! { (title()) main #board { (live) } }))
 }
 
 /// The part of a load balancer's page that changes.
 pub fn one_fragment(board: &Board) -> Option<Markup> {
-    let (state, row) = board.one.as_ref()?;
-    let in_aws = row.in_aws.as_deref().unwrap_or_default();
-    let mut members: Vec<&str> = row.desired.iter().map(String::as_str).collect();
-    members.extend(in_aws.iter().map(|m| m.member.as_str()));
-    members.sort_unstable();
-    members.dedup();
+    let One {
+        state,
+        row,
+        members,
+    } = board.one.as_ref()?;
     Some(html! {
         (summary(board))
         h2 { (row.load_balancer) }
@@ -407,19 +501,20 @@ pub fn one_fragment(board: &Board) -> Option<Markup> {
         div.scroll { table {
             thead { tr { th { "member" } th { "etcd wants it" } th { "in AWS" } th { "health" } } }
             tbody {
-                @for m in &members {
-                    @let aws = in_aws.iter().find(|s| s.member == *m);
+                @for m in members {
                     tr {
-                        td data-label="member" { (m) }
-                        td data-label="etcd wants it" { @if row.desired.iter().any(|d| d == m) { "yes" } @else { "no" } }
+                        td data-label="member" { (m.name) }
+                        td data-label="etcd wants it" { @if m.wanted { "yes" } @else { "no" } }
                         td data-label="in AWS" {
-                            @match aws {
-                                Some(s) if s.foreign => "yes (another tool's)",
-                                Some(_) => "yes",
-                                None => @if let Some(why) = row.rejected.get(*m) { span.bad { "refused: " (why) } } @else { "no" },
+                            @match &m.in_aws {
+                                InAws::Yes => "yes",
+                                InAws::Foreign => "yes (another tool's)",
+                                InAws::No => "no",
+                                InAws::NotListed => "not known yet",
+                                InAws::Refused(why) => span.bad { "refused: " (why) },
                             }
                         }
-                        td data-label="health" { @if let Some(s) = aws.and_then(|s| s.state.as_deref()) { (s) } }
+                        td data-label="health" { @if let Some(h) = &m.health { (h) } }
                     }
                 }
             }
@@ -597,6 +692,36 @@ mod tests {
             ..View::default()
         };
         assert_eq!(fleet.board(&second).lines.len(), 5);
+    }
+
+    /// A target key without a port names the target AWS reports on the group's port: one line.
+    #[test]
+    fn a_target_without_a_port_is_the_one_aws_reports() {
+        let tg: LbId = "elbv2/us-east-1/web-tg".parse().unwrap();
+        let wanted: BTreeSet<Member> = [
+            crate::key::parse_target("10.0.0.1").unwrap(),
+            crate::key::parse_target("10.0.0.2").unwrap(),
+        ]
+        .into_iter()
+        .map(|t| Member::Target(Box::new(t)))
+        .collect();
+        let st = status(&["10.0.0.1:80", "10.0.0.9:80"]);
+        let lines = member_lines(&tg, &wanted, Some(&st));
+        let shown: Vec<(&str, bool, &InAws)> = lines
+            .iter()
+            .map(|l| (l.name.as_str(), l.wanted, &l.in_aws))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("10.0.0.1:80", true, &InAws::Yes),
+                ("10.0.0.2", true, &InAws::No),
+                ("10.0.0.9:80", false, &InAws::Yes),
+            ]
+        );
+        // Never read: not known, rather than "no".
+        let unread = member_lines(&tg, &wanted, None);
+        assert!(unread.iter().all(|l| l.in_aws == InAws::NotListed));
     }
 
     #[test]

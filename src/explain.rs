@@ -133,14 +133,16 @@ pub fn member(key: &str, parsed: &MemberKey, facts: &Facts) -> Explanation {
             true => Goal::Present { healthy: false },
             false => Goal::Absent { drained: false },
         };
-        judge(
-            lb,
-            member,
-            goal,
-            facts.written.unwrap_or(0),
-            Some(status),
-            false,
-        )
+        // A superseded key is out from the change that superseded it, not from its own write.
+        let decided = facts
+            .resolution
+            .as_ref()
+            .and_then(|r| r.decided_by().into_iter().map(|(_, at)| at).max());
+        let revision = match (wanted, facts.written) {
+            (false, Some(written)) => decided.unwrap_or(written).max(written),
+            (_, written) => written.unwrap_or(0),
+        };
+        judge(lb, member, goal, revision, Some(status), false)
     });
     let ok = match verdict {
         Some(Verdict::Done) => {
@@ -179,6 +181,13 @@ pub fn member(key: &str, parsed: &MemberKey, facts: &Facts) -> Explanation {
             !wanted
         }
     };
+    if ok && facts.filtered {
+        out.push(
+            "But the filters given here leave it out, so it does not count as in step.".into(),
+        );
+    } else if ok && !alive {
+        out.push("But no lbmanager is running to keep it so.".into());
+    }
     Explanation {
         subject: key.to_string(),
         load_balancer: Some(lb.to_string()),

@@ -4,7 +4,7 @@
 //! prints). actix-web runs on the same actix runtime as the actors; the page asks the Supervisor
 //! for what it has in hand, so a view makes no etcd read and no AWS call.
 //!
-//! Read-only: every route answers GET (and HEAD) only. It answers wherever `--listen` binds: bind
+//! Read-only: every route answers GET only (anything else: 405). It answers wherever `--listen` binds: bind
 //! it to loopback or a management network (README, "Metrics and health").
 
 use std::net::SocketAddr;

@@ -1,9 +1,9 @@
-//! Benchmark scenarios A–E, R, M, S and Z of BENCHMARKS.md, against a real etcd and moto, for lbmanager and, in
+//! Benchmark scenarios A–E, R, M, P, S and Z of BENCHMARKS.md, against a real etcd and moto, for lbmanager and, in
 //! the same run, for a naive baseline that makes one AWS call per etcd event (as the Go original
 //! and an `etcdctl watch | aws` loop do).
 //!
 //! Run: `cargo bench --bench scenarios` (needs etcd and moto: `scripts/install-deps.sh`).
-//! One scenario: `cargo bench --bench scenarios -- A` (A, B1, B2, C, D, E, R, M, S, Z).
+//! One scenario: `cargo bench --bench scenarios -- A` (A, B1, B2, C, D, E, R, M, P, S, Z).
 //! It prints a Markdown table; timings are measurements, never assertions.
 //! One module a scenario; `common` holds what they share.
 
@@ -13,6 +13,7 @@ mod c;
 mod common;
 mod d;
 mod e;
+mod p;
 mod s;
 mod scale;
 mod z;
@@ -59,6 +60,9 @@ fn main() {
         }
         if run("M") {
             scale::scenario_m(&mut rows).await;
+        }
+        if run("P") {
+            p::scenario_p(&mut rows).await;
         }
         if run("S") {
             s::scenario_s(&mut rows).await;

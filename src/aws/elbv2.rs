@@ -198,6 +198,11 @@ impl Describe {
             op.set_names(Some(names.to_vec()))
         };
         let out = op
+            .customize()
+            .config_override(
+                aws_sdk_elasticloadbalancingv2::config::Builder::default()
+                    .retry_config(super::read_retries()),
+            )
             .send()
             .await
             .map_err(|e| classify("DescribeTargetGroups", &target, e))

@@ -240,9 +240,10 @@ impl<R: Reads> Loader<R> {
             idle
         };
         if alone {
+            // Counted above, under the same lock that found the loader idle.
+            let _flight = InFlight(&*self.waiting);
             let names = [name.to_string()];
             let mut answer = named(&*self.reads, &self.waiting, &names).await;
-            lock(&self.waiting).in_flight -= 1;
             return answer
                 .remove(name)
                 .unwrap_or_else(|| Err(self.reads.missing(name)));
@@ -272,6 +273,23 @@ impl<R: Reads> Loader<R> {
     }
 }
 
+/// A read on its way, counted while it lives: whatever ends it (an answer, an error, the caller's
+/// future dropped mid-read when its actor stops), the count goes down.
+struct InFlight<'a, T>(&'a Mutex<Waiting<T>>);
+
+impl<'a, T> InFlight<'a, T> {
+    fn new(waiting: &'a Mutex<Waiting<T>>) -> Self {
+        lock(waiting).in_flight += 1;
+        InFlight(waiting)
+    }
+}
+
+impl<T> Drop for InFlight<'_, T> {
+    fn drop(&mut self) {
+        lock(self.0).in_flight -= 1;
+    }
+}
+
 /// Waits until questions stop coming (or [`MOST`]), then reads for all that were asked.
 async fn gather<R: Reads>(reads: Arc<R>, waiting: Arc<Mutex<Waiting<R::Item>>>, pulse: Pulse) {
     let (mut asked, known) = loop {
@@ -285,13 +303,13 @@ async fn gather<R: Reads>(reads: Arc<R>, waiting: Arc<Mutex<Waiting<R::Item>>>, 
             let due = (last + quiet).min(w.first.unwrap_or(last) + most);
             if Instant::now() >= due {
                 w.first = None;
-                w.in_flight += 1;
                 break (std::mem::take(&mut w.asked), w.known);
             }
             due
         };
         tokio::time::sleep_until(due).await;
     };
+    let _flight = InFlight::new(&waiting);
     match Read::cheaper(asked.len(), known) {
         Read::Region => {
             // Each page's answers go out as it arrives: a region of large ELBs is never held
@@ -321,7 +339,6 @@ async fn gather<R: Reads>(reads: Arc<R>, waiting: Arc<Mutex<Waiting<R::Item>>>, 
             }
         }
     }
-    lock(&waiting).in_flight -= 1;
 }
 
 /// `answer` to everyone who asked for one load balancer (a clone only for a second asker).

@@ -12,21 +12,30 @@
   function tick() {
     fetch(url, { cache: "no-store" })
       .then(function (answer) {
+        if (answer.status === 404) {
+          // The load balancer is no longer managed (its keys are gone): say so, stop asking.
+          document.body.setAttribute("data-live", "gone");
+          return null;
+        }
         if (!answer.ok) {
           throw new Error(answer.status);
         }
         return answer.text();
       })
       .then(function (html) {
-        board.innerHTML = html;
-        document.body.setAttribute("data-live", "ok");
+        if (html !== null) {
+          board.innerHTML = html;
+          document.body.setAttribute("data-live", "ok");
+        }
       })
       .catch(function () {
         // lbmanager restarting, or the network: say so, and try again.
         document.body.setAttribute("data-live", "lost");
       })
       .then(function () {
-        window.setTimeout(tick, 1000);
+        if (document.body.getAttribute("data-live") !== "gone") {
+          window.setTimeout(tick, 1000);
+        }
       });
   }
   window.setTimeout(tick, 1000);

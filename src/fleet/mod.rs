@@ -413,16 +413,17 @@ impl Fleet {
     /// The rows of `lbmanager status`, from what the fleet has in hand: what etcd wants and the
     /// statuses last published (the live status page's source: no etcd read, no AWS call).
     pub fn report(&self, now: u64) -> Vec<crate::status::table::StatusRow> {
+        // Each load balancer's members as last resolved (not resolved again per view).
         let desired: std::collections::BTreeMap<LbId, BTreeSet<Member>> = self
-            .desired
-            .load_balancers()
-            .map(|lb| (lb.clone(), self.desired.resolve(lb).members))
-            .filter(|(_, members)| !members.is_empty())
+            .lbs
+            .iter()
+            .filter(|(_, child)| !child.members.is_empty())
+            .map(|(lb, child)| (lb.clone(), (*child.members).clone()))
             .collect();
-        let published: std::collections::BTreeMap<LbId, Arc<LbStatus>> = self
+        let published: std::collections::BTreeMap<&LbId, &LbStatus> = self
             .published
             .iter()
-            .map(|(lb, status)| (lb.clone(), status.clone()))
+            .map(|(lb, status)| (lb, &**status))
             .collect();
         crate::status::table::rows(&desired, &published, now)
     }

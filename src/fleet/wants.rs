@@ -85,7 +85,7 @@ impl Fleet {
             match change {
                 KeyChange::Put { key, revision } => match self.desired.put(&key, revision) {
                     Ok(Some(lb)) => {
-                        self.warned.forget(&key);
+                        self.forget_ignored(&key);
                         let entry = touched.entry(lb).or_insert((Cause::EtcdEvent, revision));
                         entry.1 = entry.1.max(revision);
                     }
@@ -97,7 +97,7 @@ impl Fleet {
                     leased,
                     revision,
                 } => {
-                    self.warned.forget(&key);
+                    self.forget_ignored(&key);
                     if let Some(lb) = self.desired.delete(&key) {
                         let cause = if leased {
                             Cause::LeaseExpiry
@@ -130,6 +130,14 @@ impl Fleet {
         }
     }
 
+    /// `key` counts again (fixed) or is gone: warned about again if it comes back bad, and no
+    /// longer listed as counting for nothing.
+    fn forget_ignored(&mut self, key: &str) {
+        self.warned.forget(key);
+        let key = crate::desired::kept(key);
+        self.ignored.retain(|(k, _)| k != key);
+    }
+
     pub(super) fn warn_once(&mut self, key: &str, why: &Ignored) {
         let out = &mut self.out;
         let on_full = || {
@@ -141,6 +149,8 @@ impl Fleet {
             if self.ignored.len() == IGNORED_SHOWN {
                 self.ignored.pop_front();
             }
+            let key = crate::desired::kept(key);
+            self.ignored.retain(|(k, _)| k != key);
             self.ignored.push_back((key.to_string(), why.to_string()));
             self.note(Note::KeyIgnored {
                 key: key.to_string(),
@@ -177,6 +187,12 @@ impl Fleet {
         self.waiting = waiting;
         self.warned
             .keep_only(loaded.ignored.iter().map(|(k, _)| k.as_str()));
+        let still: std::collections::HashSet<&str> = loaded
+            .ignored
+            .iter()
+            .map(|(k, _)| crate::desired::kept(k))
+            .collect();
+        self.ignored.retain(|(k, _)| still.contains(k.as_str()));
         for (key, e) in &loaded.ignored {
             self.warn_once(key, e);
         }

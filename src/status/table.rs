@@ -50,13 +50,13 @@ pub struct PendingRow {
 /// The rows of `lbmanager status`: every load balancer etcd wants members for or lbmanager
 /// published a status of. A load balancer is in step when its last sync succeeded and AWS (as
 /// published, draining members aside) has exactly what etcd wants now.
-pub fn rows<S: std::borrow::Borrow<LbStatus>>(
+pub fn rows<K: Borrow<LbId> + Ord, S: Borrow<LbStatus>>(
     desired: &BTreeMap<LbId, BTreeSet<Member>>,
-    published: &BTreeMap<LbId, S>,
+    published: &BTreeMap<K, S>,
     now: u64,
 ) -> Vec<StatusRow> {
     let mut lbs: BTreeSet<&LbId> = desired.keys().collect();
-    lbs.extend(published.keys());
+    lbs.extend(published.keys().map(Borrow::borrow));
     lbs.into_iter()
         .map(|lb| {
             let want = desired.get(lb).cloned().unwrap_or_default();
