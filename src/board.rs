@@ -156,19 +156,28 @@ fn member_lines(
     let listed = status.map_or(&[][..], |s| &s.members[..]);
     let complete = status.is_some_and(|s| s.members_more == 0);
     let mut matched = vec![false; listed.len()];
+    // By spelling first, `names` only where spellings differ (see `status::table`'s `same`).
+    let index: std::collections::HashMap<&str, usize> = listed
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (m.member.as_str(), i))
+        .collect();
     let mut lines: Vec<MemberLine> = wanted
         .iter()
         .map(|w| {
-            let found = listed
-                .iter()
-                .position(|m| crate::status::names(lb, w, &m.member));
+            let spelled = w.to_string();
+            let found = index.get(spelled.as_str()).copied().or_else(|| {
+                listed
+                    .iter()
+                    .position(|m| crate::status::names(lb, w, &m.member))
+            });
             if let Some(i) = found {
                 matched[i] = true;
             }
             let refused = status.and_then(|s| {
                 s.rejected
                     .iter()
-                    .find(|(m, _)| crate::status::names(lb, w, m))
+                    .find(|(m, _)| *m == spelled || crate::status::names(lb, w, m))
                     .map(|(_, why)| why.to_string())
             });
             let in_aws = match (found, refused) {

@@ -2,7 +2,7 @@
 //! published) and the table or JSON, from the records of [`super`]. Pure, like its schema.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -61,25 +61,11 @@ pub fn rows<K: Borrow<LbId> + Ord, S: Borrow<LbStatus>>(
         .map(|lb| {
             let want = desired.get(lb).cloned().unwrap_or_default();
             let status = published.get(lb).map(Borrow::borrow);
-            let in_step = status.is_some_and(|s| {
-                let routed: Vec<&MemberState> = s
-                    .members
-                    .iter()
-                    .filter(|m| m.health() != super::Health::Draining)
-                    .collect();
-                // Members lbmanager did not add (shared) are not its to match.
-                s.last_sync.ok
-                    && want
-                        .iter()
-                        .all(|w| routed.iter().any(|m| names(lb, w, &m.member)))
-                    && routed
-                        .iter()
-                        .filter(|m| !m.foreign)
-                        .all(|m| want.iter().any(|w| names(lb, w, &m.member)))
-            });
+            let spelled: Vec<String> = want.iter().map(Member::to_string).collect();
+            let in_step = status.is_some_and(|s| s.last_sync.ok && same(lb, &want, &spelled, s));
             StatusRow {
                 load_balancer: lb.to_string(),
-                desired: want.iter().map(Member::to_string).collect(),
+                desired: spelled,
                 in_aws: status.map(|s| s.members.clone()),
                 in_step,
                 last_change_age: status.map(|s| now.saturating_sub(s.last_sync.at)),
@@ -109,6 +95,27 @@ pub fn rows<K: Borrow<LbId> + Ord, S: Borrow<LbStatus>>(
             }
         })
         .collect()
+}
+
+/// Whether AWS (as `status` lists it, draining members aside) has what etcd wants (`want`, each
+/// `spelled` as keys spell it), and nothing else of lbmanager's. By spelling first; [`names`]
+/// only where spellings differ (a target key without a port names the target AWS reports with
+/// it): a load balancer of 1,000 members is not 1,000,000 comparisons.
+fn same(lb: &LbId, want: &BTreeSet<Member>, spelled: &[String], status: &LbStatus) -> bool {
+    let routed: Vec<&MemberState> = status
+        .members
+        .iter()
+        .filter(|m| m.health() != super::Health::Draining)
+        .collect();
+    let reported: HashSet<&str> = routed.iter().map(|m| m.member.as_str()).collect();
+    let wanted: HashSet<&str> = spelled.iter().map(String::as_str).collect();
+    want.iter().zip(spelled).all(|(w, s)| {
+        reported.contains(s.as_str()) || routed.iter().any(|m| names(lb, w, &m.member))
+    })
+    // Members lbmanager did not add (shared) are not its to match.
+    && routed.iter().filter(|m| !m.foreign).all(|m| {
+        wanted.contains(m.member.as_str()) || want.iter().any(|w| names(lb, w, &m.member))
+    })
 }
 
 /// The exit code of `status` once lbmanager is known to be alive: 0 all in step, 2 otherwise.
