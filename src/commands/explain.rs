@@ -4,11 +4,10 @@
 
 use std::process::ExitCode;
 
-use super::host::{connect, etcd_error, heartbeat, CommandError};
+use super::host::{connect, etcd_error, heartbeat, read_tree, CommandError};
 use crate::cli::{ExplainArgs, PlanOutput};
 use crate::etcd;
 use crate::explain::{self, Explanation, Facts, Subject};
-use crate::filter::Filters;
 use crate::key::LbId;
 use crate::layout::Layout;
 use crate::status::{self, table::DaemonSeen, LbStatus};
@@ -50,16 +49,7 @@ async fn answer(args: &ExplainArgs) -> Result<Explanation, CommandError> {
     };
     let mut etcd = connect(&args.etcd).await?;
     // The tree, as `status` reads it: what decides the load balancer's members.
-    let quiet = slog::Logger::root(slog::Discard, slog::o!());
-    let snapshot = etcd::read_snapshot(
-        &mut etcd,
-        prefix,
-        &Filters::default(),
-        etcd::SNAPSHOT_PAGE,
-        &quiet,
-    )
-    .await
-    .map_err(etcd_error)?;
+    let snapshot = read_tree(&mut etcd, prefix).await?;
     let resolution = snapshot.loaded.desired.resolve(&lb);
     let status: Option<LbStatus> = record(&mut etcd, &layout.status(&lb))
         .await?

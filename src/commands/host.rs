@@ -85,3 +85,18 @@ pub async fn heartbeat(
         .first()
         .and_then(|kv| serde_json::from_slice(kv.value()).ok()))
 }
+
+/// The whole tree under `prefix` at one revision, as the host's commands read it (what etcd
+/// wants of every load balancer), without a word in the log.
+pub async fn read_tree(etcd: &mut Failover, prefix: &str) -> Result<etcd::Snapshot, CommandError> {
+    let quiet = slog::Logger::root(slog::Discard, slog::o!());
+    etcd::read_snapshot(
+        etcd,
+        prefix,
+        &crate::filter::Filters::default(),
+        etcd::SNAPSHOT_PAGE,
+        &quiet,
+    )
+    .await
+    .map_err(etcd_error)
+}

@@ -4,10 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::ExitCode;
 
-use super::host::{connect, etcd_error, heartbeat, CommandError};
+use super::host::{connect, etcd_error, heartbeat, read_tree, CommandError};
 use crate::cli::{PlanOutput, StatusArgs};
 use crate::etcd;
-use crate::filter::Filters;
 use crate::key::{LbId, Member};
 use crate::layout::Layout;
 use crate::status::{self, LbStatus};
@@ -27,16 +26,7 @@ async fn show_status(args: &StatusArgs) -> Result<u8, CommandError> {
     let prefix = &args.etcd.prefix;
     let layout = Layout::new(prefix);
     let mut etcd = connect(&args.etcd).await?;
-    let quiet = slog::Logger::root(slog::Discard, slog::o!());
-    let snapshot = etcd::read_snapshot(
-        &mut etcd,
-        prefix,
-        &Filters::default(),
-        etcd::SNAPSHOT_PAGE,
-        &quiet,
-    )
-    .await
-    .map_err(etcd_error)?;
+    let snapshot = read_tree(&mut etcd, prefix).await?;
     let desired_state = &snapshot.loaded.desired;
     let desired: BTreeMap<LbId, BTreeSet<Member>> = desired_state
         .load_balancers()
