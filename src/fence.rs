@@ -51,6 +51,9 @@ struct Lease {
     /// The longest a change may take (a quarter of the TTL): it ends well before the lease can.
     call_timeout: Duration,
     tripped: AtomicBool,
+    /// The leadership is being given up on a clean stop: its key's deletion and the lease's end
+    /// are this process's own doing, not a reason to exit 1.
+    released: AtomicBool,
 }
 
 /// The fence every mutating AWS call passes (cheap to clone: one per process, shared). Without
@@ -87,6 +90,7 @@ impl Fence {
             valid_for: ttl / 2,
             call_timeout: (ttl / 4).min(call_limit),
             tripped: AtomicBool::new(false),
+            released: AtomicBool::new(false),
         })))
     }
 
@@ -132,6 +136,22 @@ impl Fence {
         if let Some(l) = &self.0 {
             l.tripped.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Shuts the fence for good because the leadership is being given up on a clean stop (see
+    /// [`Fence::is_released`]).
+    pub fn release(&self) {
+        if let Some(l) = &self.0 {
+            l.released.store(true, Ordering::SeqCst);
+            l.tripped.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The leadership is being given up on a clean stop: the watchdogs stand down.
+    pub fn is_released(&self) -> bool {
+        self.0
+            .as_ref()
+            .is_some_and(|l| l.released.load(Ordering::SeqCst))
     }
 
     pub fn is_tripped(&self) -> bool {

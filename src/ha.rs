@@ -33,6 +33,8 @@ pub struct Leadership {
 
 impl Leadership {
     pub async fn release(mut self) {
+        // First the watchdogs stand down: the key's deletion that follows is this stop's own.
+        self.fence.release();
         let _ = self.client.lease_revoke(self.lease).await;
     }
 }
@@ -209,6 +211,9 @@ fn stop_when_fenced(client: Client, lease: i64, ttl: Duration, fence: Fence, log
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         loop {
             tick.tick().await;
+            if fence.is_released() {
+                return;
+            }
             let since = fence.since_confirmed();
             if since > limit || fence.is_tripped() {
                 fence.trip();
@@ -255,6 +260,10 @@ fn watch_own_key(mut client: Client, key: (String, i64), lease: i64, fence: Fenc
                 },
                 Err(_) => false,
             };
+            if lost && fence.is_released() {
+                // The clean stop's own revoke deleted the key.
+                return;
+            }
             if lost {
                 fence.trip();
                 error!(log, "this instance's leadership key was deleted (a purge of the prefix?); \
