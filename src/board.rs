@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use maud::{html, Markup, DOCTYPE};
 
 use crate::key::{LbId, Member};
-use crate::status::table::StatusRow;
+use crate::status::table::{age, StatusRow};
 use crate::status::{Health, LbStatus, MemberState};
 
 /// The script that keeps a page current (see the module's doc).
@@ -457,14 +457,6 @@ fn health_summary(members: &[MemberState]) -> String {
         "not read".to_string()
     } else {
         parts.join(", ")
-    }
-}
-
-fn age(secs: u64) -> String {
-    match secs {
-        s if s < 120 => format!("{s}s ago"),
-        s if s < 7200 => format!("{}m ago", s / 60),
-        s => format!("{}h ago", s / 3600),
     }
 }
 

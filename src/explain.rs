@@ -81,13 +81,9 @@ pub fn subject(prefix: &str, subject: &str) -> Subject {
     }
 }
 
+/// How long before `now` `at` was, as people say it.
 fn ago(now: u64, at: u64) -> String {
-    let secs = now.saturating_sub(at);
-    match secs {
-        s if s < 120 => format!("{s}s ago"),
-        s if s < 7200 => format!("{}m ago", s / 60),
-        s => format!("{}h ago", s / 3600),
-    }
+    crate::status::table::age(now.saturating_sub(at))
 }
 
 /// What is known of the running lbmanager, in a sentence when it matters.

@@ -43,6 +43,11 @@ pub struct SdkElbV2 {
     fence: Fence,
 }
 
+/// A read's configuration: retried by the SDK (see [`super::read_retries`]).
+fn reads() -> aws_sdk_elasticloadbalancingv2::config::Builder {
+    aws_sdk_elasticloadbalancingv2::config::Builder::default().retry_config(super::read_retries())
+}
+
 /// A change's timeouts under the fence (see [`crate::fence`]; the client checks the fence).
 fn fenced<O, E, B>(
     op: aws_sdk_elasticloadbalancingv2::client::customize::CustomizableOperation<O, E, B>,
@@ -199,10 +204,7 @@ impl Describe {
         };
         let out = op
             .customize()
-            .config_override(
-                aws_sdk_elasticloadbalancingv2::config::Builder::default()
-                    .retry_config(super::read_retries()),
-            )
+            .config_override(reads())
             .send()
             .await
             .map_err(|e| classify("DescribeTargetGroups", &target, e))
@@ -277,10 +279,7 @@ impl ElbApi for SdkElbV2 {
             .describe_target_health()
             .target_group_arn(&group.arn)
             .customize()
-            .config_override(
-                aws_sdk_elasticloadbalancingv2::config::Builder::default()
-                    .retry_config(super::read_retries()),
-            )
+            .config_override(reads())
             .send()
             .await
             .map_err(|e| classify("DescribeTargetHealth", &target, e))

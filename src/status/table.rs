@@ -128,7 +128,7 @@ pub fn exit_code(rows: &[StatusRow]) -> u8 {
 }
 
 /// Seconds as people say them: `42s`, `5m`, `3h`.
-fn age(secs: u64) -> String {
+pub fn age(secs: u64) -> String {
     match secs {
         s if s < 120 => format!("{s}s ago"),
         s if s < 7200 => format!("{}m ago", s / 60),
