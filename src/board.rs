@@ -16,6 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use maud::{html, Markup, DOCTYPE};
 
+use crate::aws::QuotaUse;
+use crate::ha::Instance;
 use crate::key::{LbId, Member};
 use crate::status::table::{age, StatusRow};
 use crate::status::{Health, LbStatus, MemberState};
@@ -228,8 +230,11 @@ pub struct View {
 #[derive(Clone, Debug, Default)]
 pub struct Board {
     pub version: String,
-    /// `--ha`: whether this instance leads (only the leader acts); none without `--ha`.
-    pub leading: Option<bool>,
+    /// `--ha`: the instances in the election, the leader first (only the leader serves the
+    /// page); none without `--ha`.
+    pub ha: Option<Vec<Instance>>,
+    /// AWS's throttling buckets as lbmanager paces itself by them, by account and region.
+    pub quotas: Vec<QuotaUse>,
     /// The start-up sync is done and the etcd watch is live (`/readyz`).
     pub ready: bool,
     /// Load balancers managed, and of those not in step.
@@ -349,9 +354,9 @@ fn summary(board: &Board) -> Markup {
     html! {
         p.instance {
             "version " (board.version) " · "
-            @match board.leading {
-                Some(true) => "leader (--ha)",
-                Some(false) => "standby (--ha): the leader acts",
+            @match &board.ha {
+                Some(all) if all.len() > 1 => { "leader (--ha) of " (all.len()) " instances" }
+                Some(_) => "leader (--ha), no standby",
                 None => "single instance",
             }
             " · "
@@ -402,6 +407,7 @@ pub fn fragment(board: &Board, view: &View) -> Markup {
                 " " a href=(page_link(view, view.from + PAGE_LBS)) { "next →" }
             }
         }
+        @if view.from == 0 { (instances(board)) (quotas(board)) }
         @if !board.ignored.is_empty() && view.from == 0 {
             h2 { "Keys that count for nothing" }
             p.why { "The newest " (board.ignored.len()) ", each warned about once in the log." }
@@ -412,6 +418,70 @@ pub fn fragment(board: &Board, view: &View) -> Markup {
                 } }
             } }
         }
+    }
+}
+
+/// The instances of `--ha`, the leader first.
+fn instances(board: &Board) -> Markup {
+    let Some(all) = &board.ha else {
+        return html! {};
+    };
+    html! {
+        h2 { "Instances (--ha)" }
+        div.scroll { table {
+            thead { tr { th { "instance" } th { "role" } th { "joined at revision" } } }
+            tbody { @for i in all {
+                tr {
+                    td.key data-label="instance" { (i.who) @if i.me { " (this page)" } }
+                    td data-label="role" {
+                        @if i.leader { span.ok { "leader: acts" } } @else { "standby" }
+                    }
+                    td.n data-label="joined at revision" { (i.since) }
+                }
+            } }
+        } }
+    }
+}
+
+/// AWS's throttling buckets: for each scope, the buckets in use (the rest are full).
+fn quotas(board: &Board) -> Markup {
+    if board.quotas.is_empty() {
+        return html! {};
+    }
+    html! {
+        h2 { "AWS quota buckets" }
+        p.why { "lbmanager's share of each bucket AWS throttles by; a call waits here for its tokens \
+            instead of being throttled by AWS." }
+        div.scroll { table {
+            thead { tr { th { "scope" } th { "buckets in use" } } }
+            tbody { @for q in &board.quotas {
+                tr {
+                    td data-label="scope" { (q.scope) }
+                    td data-label="buckets in use" {
+                        @let used: Vec<_> = q.buckets.iter()
+                            .filter(|b| b.slowed || b.tokens + 0.5 < b.capacity).collect();
+                        @if used.is_empty() { span.ok { "all full: idle" } }
+                        @for b in used {
+                            p.bucket class=(bucket_class(b)) {
+                                (b.name) ": " (b.tokens.floor()) " of " (b.capacity) " left, "
+                                (format!("{:.1}", b.refill)) "/s back"
+                                @if b.slowed { " (slowed after AWS throttled)" }
+                            }
+                        }
+                    }
+                }
+            } }
+        } }
+    }
+}
+
+fn bucket_class(b: &crate::aws::quota::BucketUse) -> &'static str {
+    if b.slowed || b.tokens < 1.0 {
+        "bad"
+    } else if b.tokens < b.capacity / 4.0 {
+        "busy"
+    } else {
+        "ok"
     }
 }
 
@@ -601,6 +671,13 @@ mod tests {
             format!("/lbManager/elb/us-east-1/{hostile}/multiple/i-1"),
             "bad".into(),
         ));
+        // Another writer's election key says what it likes.
+        overview_board.ha = Some(vec![Instance {
+            who: hostile.into(),
+            since: 3,
+            leader: true,
+            me: false,
+        }]);
         let one_view = View {
             lb: Some("elb/us-east-1/webLB".into()),
             ..View::default()
@@ -657,6 +734,76 @@ mod tests {
         let b = fleet.board(&only_a);
         assert_eq!(b.lines.len(), 1);
         assert_eq!(b.lines[0].load_balancer, "elb/us-east-1/a");
+    }
+
+    /// The leader lists the instances of `--ha`, and the quota buckets in use, on the first page.
+    #[test]
+    fn the_instances_and_the_buckets_in_use_are_shown() {
+        use crate::aws::quota::BucketUse;
+        let fleet = Fleet(vec![(lb("a"), members(&["i-1"]), Some(status(&["i-1"])))]);
+        let mut b = fleet.board(&View::default());
+        let page = overview(&b, &View::default()).into_string();
+        assert!(page.contains("single instance"), "{page}");
+        assert!(!page.contains("Instances (--ha)") && !page.contains("AWS quota buckets"));
+        b.ha = Some(vec![
+            Instance {
+                who: "pid 1 lease a host one".into(),
+                since: 5,
+                leader: true,
+                me: true,
+            },
+            Instance {
+                who: "pid 2 lease b host two".into(),
+                since: 9,
+                leader: false,
+                me: false,
+            },
+        ]);
+        let bucket = |name, tokens, slowed| BucketUse {
+            name,
+            tokens,
+            capacity: 19.0,
+            refill: 3.96,
+            slowed,
+        };
+        b.quotas = vec![
+            QuotaUse {
+                scope: "Route53 · default credentials".into(),
+                buckets: vec![bucket("account", 19.0, false)],
+            },
+            QuotaUse {
+                scope: "Classic ELB us-east-1 · default credentials".into(),
+                buckets: vec![
+                    bucket("account", 19.0, false),
+                    bucket("registration", 2.4, false),
+                    bucket("describe", 0.0, true),
+                ],
+            },
+        ];
+        let page = fragment(&b, &View::default()).into_string();
+        for text in [
+            "leader (--ha) of 2 instances",
+            "pid 1 lease a host one (this page)",
+            "leader: acts",
+            "standby",
+            "all full: idle",
+            "registration: 2 of 19 left, 4.0/s back",
+            "describe: 0 of 19 left, 4.0/s back (slowed after AWS throttled)",
+        ] {
+            assert!(page.contains(text), "{text}: {page}");
+        }
+        assert!(
+            !page.contains("account: 19"),
+            "a full bucket is not listed: {page}"
+        );
+        // Not on the next pages.
+        let next = View {
+            from: PAGE_LBS,
+            ..View::default()
+        };
+        assert!(!fragment(&b, &next)
+            .into_string()
+            .contains("Instances (--ha)"));
     }
 
     /// A status older than the latest change of the keys is not in step, whatever it says.

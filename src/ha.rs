@@ -12,6 +12,7 @@
 //! etcd write it makes compares that key. So two instances never act at once. A new leader
 //! starts like any lbmanager: a full read and a full sync first.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use etcd_client::Client;
@@ -29,6 +30,65 @@ pub struct Leadership {
     pub key: (String, i64),
     /// What every change to AWS passes (see [`crate::fence`]).
     pub fence: Fence,
+    /// The instances in the election, kept current by a watch (what the status page lists).
+    pub instances: tokio::sync::watch::Receiver<Vec<Instance>>,
+}
+
+/// An instance taking part in the election, as its election key says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// Its key's value (`pid N lease L host H`), cut to [`WHO_SHOWN`] bytes.
+    pub who: String,
+    /// The etcd revision at which it joined the election.
+    pub since: i64,
+    /// The one that leads: the oldest key (etcd's election recipe).
+    pub leader: bool,
+    /// This process.
+    pub me: bool,
+}
+
+/// Instances listed (a prefix writable by anyone with access to it could hold thousands of keys).
+pub const INSTANCES_SHOWN: usize = 20;
+/// Bytes of an election key's value kept (another writer's value can be anything).
+pub const WHO_SHOWN: usize = 200;
+
+/// The election's keys (key → its create revision and value) as the instances they stand for,
+/// the leader first, at most [`INSTANCES_SHOWN`]; `me` is this process's key.
+pub fn instances(keys: &BTreeMap<String, (i64, String)>, me: &str) -> Vec<Instance> {
+    let mut all: Vec<(&String, &(i64, String))> = keys.iter().collect();
+    all.sort_by_key(|(key, (since, _))| (*since, *key));
+    all.into_iter()
+        .take(INSTANCES_SHOWN)
+        .enumerate()
+        .map(|(i, (key, (since, who)))| Instance {
+            who: cut(who, WHO_SHOWN),
+            since: *since,
+            leader: i == 0,
+            me: key == me,
+        })
+        .collect()
+}
+
+fn cut(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_string()
+}
+
+/// What this instance's election key says of it: its pid first (the soak's checker reads it),
+/// its lease, and the host it runs on.
+fn who_am_i(lease: i64) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let host = if host.is_empty() {
+        "unknown".into()
+    } else {
+        host
+    };
+    format!("pid {} lease {lease:x} host {host}", std::process::id())
 }
 
 impl Leadership {
@@ -101,7 +161,7 @@ pub async fn lead(
     keep_alive(client.clone(), lease, ttl, fence.clone(), log.clone());
     stop_when_fenced(client.clone(), lease, ttl, fence.clone(), log.clone());
     let name = layout.election();
-    let me = format!("pid {} lease {lease:x}", std::process::id());
+    let me = who_am_i(lease);
     info!(log, "campaigning for leadership (standby until elected)"; "election" => &name, "lease_ttl_s" => ttl_secs);
     let mut attempt = 0;
     let key = loop {
@@ -148,11 +208,13 @@ pub async fn lead(
         fence.clone(),
         log.clone(),
     );
+    let instances = watch_instances(client.clone(), &name, key.0.clone());
     Ok(Leadership {
         client,
         lease,
         key,
         fence,
+        instances,
     })
 }
 
@@ -282,6 +344,69 @@ fn watch_own_key(mut client: Client, key: (String, i64), lease: i64, fence: Fenc
     });
 }
 
+/// Keeps the list of the election's instances current: a read of the election's keys, then a
+/// watch from the revision after it; read again whenever the watch breaks. Stops when nothing
+/// listens any more.
+fn watch_instances(
+    mut client: Client,
+    election: &str,
+    me: String,
+) -> tokio::sync::watch::Receiver<Vec<Instance>> {
+    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
+    let prefix = format!("{election}/");
+    actix_rt::spawn(async move {
+        let mut attempt = 0;
+        while !tx.is_closed() {
+            let read = client
+                .get(
+                    prefix.as_str(),
+                    Some(etcd_client::GetOptions::new().with_prefix()),
+                )
+                .await;
+            if let Ok(resp) = read {
+                let mut keys: BTreeMap<String, (i64, String)> = resp
+                    .kvs()
+                    .iter()
+                    .map(|kv| {
+                        let value = String::from_utf8_lossy(kv.value()).into_owned();
+                        let key = String::from_utf8_lossy(kv.key()).into_owned();
+                        (key, (kv.create_revision(), value))
+                    })
+                    .collect();
+                tx.send_replace(instances(&keys, &me));
+                let from = resp.header().map_or(0, |h| h.revision()) + 1;
+                let options = etcd_client::WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(from);
+                if let Ok(mut stream) = client.watch(prefix.as_str(), Some(options)).await {
+                    while let Ok(Some(resp)) = stream.message().await {
+                        if resp.canceled() || resp.compact_revision() > 0 {
+                            break;
+                        }
+                        for event in resp.events() {
+                            let Some(kv) = event.kv() else { continue };
+                            let key = String::from_utf8_lossy(kv.key()).into_owned();
+                            if event.event_type() == etcd_client::EventType::Delete {
+                                keys.remove(&key);
+                            } else {
+                                let value = String::from_utf8_lossy(kv.value()).into_owned();
+                                keys.insert(key, (kv.create_revision(), value));
+                            }
+                        }
+                        tx.send_replace(instances(&keys, &me));
+                        attempt = 0;
+                    }
+                }
+            }
+            let delay =
+                crate::actors::backoff(attempt, Duration::from_millis(200), Duration::from_secs(5));
+            attempt += 1;
+            tokio::time::sleep(delay).await;
+        }
+    });
+    rx
+}
+
 /// Whether the leader's key still exists with the revision it was created at.
 async fn still_held(client: &mut Client, key: &(String, i64)) -> bool {
     match client.get(key.0.as_str(), None).await {
@@ -291,5 +416,64 @@ async fn still_held(client: &mut Client, key: &(String, i64)) -> bool {
             .is_some_and(|kv| kv.create_revision() == key.1),
         // Unknown: the lease watchdog decides when etcd stays away.
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(entries: &[(&str, i64, &str)]) -> BTreeMap<String, (i64, String)> {
+        entries
+            .iter()
+            .map(|(k, rev, v)| (k.to_string(), (*rev, v.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn the_oldest_key_leads_and_this_process_is_marked() {
+        let k = keys(&[
+            ("/p/_election/b", 9, "pid 2 lease b host two"),
+            ("/p/_election/a", 5, "pid 1 lease a host one"),
+            ("/p/_election/c", 12, "pid 3 lease c host three"),
+        ]);
+        let list = instances(&k, "/p/_election/b");
+        let who: Vec<(&str, bool, bool)> = list
+            .iter()
+            .map(|i| (i.who.as_str(), i.leader, i.me))
+            .collect();
+        assert_eq!(
+            who,
+            [
+                ("pid 1 lease a host one", true, false),
+                ("pid 2 lease b host two", false, true),
+                ("pid 3 lease c host three", false, false),
+            ]
+        );
+        assert_eq!(list[0].since, 5);
+    }
+
+    #[test]
+    fn what_an_election_key_says_is_bounded() {
+        let long = "é".repeat(500);
+        let many: Vec<(String, i64, String)> = (0..50)
+            .map(|i| (format!("/p/_election/{i:02}"), i, long.clone()))
+            .collect();
+        let k: BTreeMap<String, (i64, String)> =
+            many.into_iter().map(|(k, rev, v)| (k, (rev, v))).collect();
+        let list = instances(&k, "none");
+        assert_eq!(list.len(), INSTANCES_SHOWN);
+        assert!(list.iter().all(|i| i.who.len() <= WHO_SHOWN));
+        assert!(list[0].leader && list.iter().skip(1).all(|i| !i.leader));
+    }
+
+    #[test]
+    fn an_instance_names_its_pid_first_and_its_host() {
+        let me = who_am_i(0xab);
+        let parts: Vec<&str> = me.split_whitespace().collect();
+        assert_eq!(parts[0], "pid");
+        assert_eq!(parts[1], std::process::id().to_string());
+        assert_eq!(&parts[2..4], ["lease", "ab"]);
+        assert_eq!(parts[4], "host");
     }
 }

@@ -44,15 +44,19 @@ pub struct Page {
     /// The Supervisor: the fleet's wants and statuses.
     pub board: Recipient<ShowBoard>,
     pub report: Recipient<ShowReport>,
-    /// `--ha` (the page is served by the leader: standbys serve nothing until they lead).
-    pub ha: bool,
+    /// `--ha`: the election's instances, kept current by a watch (the page is served by the
+    /// leader: standbys serve nothing until they lead).
+    pub instances: Option<tokio::sync::watch::Receiver<Vec<crate::ha::Instance>>>,
+    /// AWS's quota buckets, each account's.
+    pub quotas: crate::aws::roles::Accounts,
 }
 
 impl Page {
     async fn board(&self, m: &Metrics, view: View) -> Option<Board> {
         let board = self.board.send(ShowBoard(view)).await.ok()?;
         Some(Board {
-            leading: self.ha.then_some(true),
+            ha: self.instances.as_ref().map(|i| i.borrow().clone()),
+            quotas: self.quotas.quota_uses(),
             ready: m.ready(),
             ..board
         })

@@ -191,21 +191,38 @@ impl AccountQuotas {
             route53: Arc::new(quota::route53::quota(quotas.share, quotas.route53_changes)),
         }
     }
+
+    /// Each scope's buckets as they stand now: Route53's, then Classic ELB's and ELBv2's in each
+    /// region called so far; `account` names whose they are.
+    pub fn uses(&self, account: &str) -> Vec<QuotaUse> {
+        let mut out = vec![QuotaUse {
+            scope: format!("Route53 · {account}"),
+            buckets: self.route53.uses(&quota::route53::NAMES),
+        }];
+        for (api, regions) in [("Classic ELB", &self.elb), ("ELBv2", &self.elbv2)] {
+            let regions = regions.lock().unwrap_or_else(|e| e.into_inner());
+            let mut sorted: Vec<_> = regions.iter().collect();
+            sorted.sort_by(|a, b| a.0.cmp(b.0));
+            out.extend(sorted.into_iter().map(|(region, q)| QuotaUse {
+                scope: format!("{api} {region} · {account}"),
+                buckets: q.uses(&quota::elb::NAMES),
+            }));
+        }
+        out
+    }
+}
+
+/// One throttling scope's buckets as they stand (the status page shows them).
+#[derive(Clone, Debug)]
+pub struct QuotaUse {
+    pub scope: String,
+    pub buckets: Vec<quota::BucketUse>,
 }
 
 impl Backends {
-    /// The SDK clients, each call counted in `metrics` when there are metrics (see [`count`]).
-    /// Every change passes `fence` (see [`crate::fence`]).
-    pub fn sdk(
-        sdk: &aws_config::SdkConfig,
-        quotas: &Quotas,
-        fence: &Fence,
-        metrics: Option<Arc<crate::metrics::Metrics>>,
-    ) -> Self {
-        Backends::sdk_in(sdk, &AccountQuotas::new(quotas), quotas, fence, metrics)
-    }
-
-    /// The SDK clients of credentials of the account whose buckets are `account`.
+    /// The SDK clients of credentials of the account whose buckets are `account`, each call
+    /// counted in `metrics` when there are metrics (see [`count`]). Every change passes `fence`
+    /// (see [`crate::fence`]).
     pub fn sdk_in(
         sdk: &aws_config::SdkConfig,
         account: &AccountQuotas,

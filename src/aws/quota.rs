@@ -63,6 +63,9 @@ pub mod elb {
     /// Describe calls.
     pub const DESCRIBE: Bucket = Bucket::new(40.0, 10.0);
 
+    /// The buckets' names, in the order of [`quota`]'s.
+    pub const NAMES: [&str; 3] = ["account", "registration", "describe"];
+
     /// The two kinds of call lbmanager makes.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub enum Call {
@@ -113,6 +116,21 @@ pub mod route53 {
     /// page, "Tokens consumed per operation"); `--route53-change-burst` and
     /// `--route53-change-rate` set it.
     pub const CHANGES: Bucket = Bucket::new(1500.0, 100.0);
+
+    /// The buckets' names, in the order of [`quota`]'s (see `draws`).
+    pub const NAMES: [&str; 11] = [
+        "account",
+        "ListResourceRecordSets",
+        "ChangeResourceRecordSets",
+        "changed records",
+        "GetChange",
+        "GetHostedZone",
+        "ListHealthChecks",
+        "CreateHealthCheck",
+        "DeleteHealthCheck",
+        "GetHealthCheckStatus",
+        "ChangeTagsForResource",
+    ];
 
     /// The calls lbmanager makes.
     #[derive(Clone, Copy, Debug, PartialEq)]
@@ -171,6 +189,19 @@ pub mod route53 {
     pub fn throttled(quota: &Quota, call: Call) {
         quota.throttled(&draws(call).1);
     }
+}
+
+/// How full one bucket is now (what the status page shows).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BucketUse {
+    pub name: &'static str,
+    /// Tokens left now, of `capacity` (lbmanager's part of the bucket).
+    pub tokens: f64,
+    pub capacity: f64,
+    /// Tokens back each second now: below the bucket's rate for a while after a throttle.
+    pub refill: f64,
+    /// Slowed down after AWS throttled a call that draws from it.
+    pub slowed: bool,
 }
 
 /// The buckets of one throttling scope (an account and region of one API), shared by all the
@@ -265,6 +296,26 @@ impl Quota {
         }
     }
 
+    /// Each bucket as it stands now, named by `names` (in the order the buckets were given).
+    pub fn uses(&self, names: &[&'static str]) -> Vec<BucketUse> {
+        let mut levels = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        levels
+            .iter_mut()
+            .zip(names)
+            .map(|(level, &name)| {
+                level.refill(now);
+                BucketUse {
+                    name,
+                    tokens: level.tokens.max(0.0),
+                    capacity: level.bucket.capacity,
+                    refill: level.bucket.refill * level.pace,
+                    slowed: level.pace < 1.0,
+                }
+            })
+            .collect()
+    }
+
     /// Takes the tokens if all are there (returns zero), or says how long until they are.
     fn try_take(&self, draws: &[(usize, f64)], now: Instant) -> Duration {
         let mut levels = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
@@ -331,6 +382,33 @@ mod tests {
         assert_eq!(b.capacity, 9.0);
         assert!((b.refill - 2.0 * PACING_MARGIN).abs() < 1e-9);
         assert_eq!(Bucket::new(1.0, 1.0).scaled(0.1).capacity, 1.0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_bucket_shows_what_is_left_and_whether_a_throttle_slowed_it() {
+        let q = elb::quota(1.0);
+        elb::take(&q, elb::Call::Registration).await;
+        let uses = q.uses(&elb::NAMES);
+        let by_name = |n: &str| uses.iter().find(|u| u.name == n).unwrap().clone();
+        assert_eq!(uses.len(), 3);
+        assert_eq!(
+            by_name("registration").tokens,
+            by_name("registration").capacity - 1.0
+        );
+        assert_eq!(by_name("describe").tokens, by_name("describe").capacity);
+        assert!(!by_name("account").slowed);
+        elb::throttled(&q, elb::Call::Describe);
+        let uses = q.uses(&elb::NAMES);
+        let describe = uses.iter().find(|u| u.name == "describe").unwrap();
+        assert!(describe.slowed && describe.tokens == 0.0, "{describe:?}");
+        assert!(describe.refill < elb::DESCRIBE.refill, "{describe:?}");
+        assert!(
+            !uses
+                .iter()
+                .find(|u| u.name == "registration")
+                .unwrap()
+                .slowed
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -137,6 +137,8 @@ pub struct Accounts {
     rules: Arc<Vec<(Scope, Backends)>>,
     /// How many accounts the roles reach (each with its own quota buckets).
     accounts: usize,
+    /// Each account's quota buckets, named for the page: the default credentials' first.
+    quotas: Arc<Vec<(String, AccountQuotas)>>,
 }
 
 impl From<Backends> for Accounts {
@@ -146,6 +148,7 @@ impl From<Backends> for Accounts {
             default,
             rules: Arc::default(),
             accounts: 0,
+            quotas: Arc::default(),
         }
     }
 }
@@ -201,7 +204,30 @@ impl Accounts {
             default,
             rules: Arc::new(routed),
             accounts: accounts.len(),
+            quotas: Arc::new(
+                accounts
+                    .into_iter()
+                    .map(|(id, q)| (format!("account {id}"), q))
+                    .collect(),
+            ),
         }
+    }
+
+    /// The same, with the default credentials' quota buckets (`quotas`, named `name`) shown
+    /// first by [`Accounts::quota_uses`].
+    pub fn with_default_quotas(mut self, name: &str, quotas: AccountQuotas) -> Self {
+        let mut all = vec![(name.to_string(), quotas)];
+        all.extend(self.quotas.iter().cloned());
+        self.quotas = Arc::new(all);
+        self
+    }
+
+    /// Every account's quota buckets as they stand now (see [`AccountQuotas::uses`]).
+    pub fn quota_uses(&self) -> Vec<super::QuotaUse> {
+        self.quotas
+            .iter()
+            .flat_map(|(name, q)| q.uses(name))
+            .collect()
     }
 
     /// How many accounts the `--assume-role` rules reach.
@@ -259,6 +285,7 @@ mod tests {
             default: fakes(&home),
             rules: Arc::new(vec![(rule.scope, fakes(&other))]),
             accounts: 1,
+            quotas: Arc::default(),
         };
         let t = crate::key::Target::instance("i-00000001");
         let api = accounts.elb("us-east-1", "acctLB");

@@ -8,7 +8,7 @@ use slog::{debug, error, info, warn, Logger};
 
 use crate::actors::backoff;
 use crate::aws::roles::{Accounts, RoleRule};
-use crate::aws::{Backends, Quotas};
+use crate::aws::{AccountQuotas, Backends, Quotas};
 use crate::cli::{EtcdArgs, Route53Args, SyncArgs};
 use crate::etcd::{self, EtcdOptions, Snapshot};
 use crate::fence::Fence;
@@ -102,9 +102,10 @@ pub async fn backends(
     metrics: Option<Arc<crate::metrics::Metrics>>,
     log: &Logger,
 ) -> Accounts {
-    let default = Backends::sdk(sdk, quotas, fence, metrics.clone());
+    let account = AccountQuotas::new(quotas);
+    let default = Backends::sdk_in(sdk, &account, quotas, fence, metrics.clone());
     if roles.is_empty() {
-        return default.into();
+        return Accounts::from(default).with_default_quotas("default credentials", account);
     }
     for rule in roles {
         info!(log, "assuming a role for some load balancers";
@@ -114,5 +115,5 @@ pub async fn backends(
     let accounts = Accounts::assume(sdk, default, roles, quotas, fence, metrics).await;
     debug!(log, "each account's calls are paced by its own quota buckets";
         "accounts_by_role" => accounts.accounts());
-    accounts
+    accounts.with_default_quotas("default credentials", account)
 }

@@ -61,20 +61,6 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
     };
     let sdk = aws::load_sdk_config(&args.aws.client_options()).await;
     let metrics = Arc::new(crate::metrics::Metrics::new());
-    // The Supervisor's address before it starts: the status page asks it for what it shows.
-    let supervisor_ctx = actix::Context::<Supervisor>::new();
-    if let Some(addr) = args.listen {
-        let page = crate::http::Page {
-            board: supervisor_ctx.address().recipient(),
-            report: supervisor_ctx.address().recipient(),
-            ha: args.ha.enabled,
-        };
-        if let Err(e) = crate::http::serve(addr, metrics.clone(), page) {
-            error!(log, "cannot listen"; "address" => %addr, "error" => %e);
-            return ExitCode::FAILURE;
-        }
-        info!(log, "serving the status page, /metrics, /healthz and /readyz"; "address" => %addr);
-    }
     let settings = Arc::new(Settings {
         layout,
         route53_ttl: args.route53.route53_ttl,
@@ -104,6 +90,21 @@ pub async fn run(args: RunArgs, stop: StopSignal) -> ExitCode {
         &log,
     )
     .await;
+    // The Supervisor's address before it starts: the status page asks it for what it shows.
+    let supervisor_ctx = actix::Context::<Supervisor>::new();
+    if let Some(addr) = args.listen {
+        let page = crate::http::Page {
+            board: supervisor_ctx.address().recipient(),
+            report: supervisor_ctx.address().recipient(),
+            instances: leadership.as_ref().map(|l| l.instances.clone()),
+            quotas: backends.clone(),
+        };
+        if let Err(e) = crate::http::serve(addr, metrics.clone(), page) {
+            error!(log, "cannot listen"; "address" => %addr, "error" => %e);
+            return ExitCode::FAILURE;
+        }
+        info!(log, "serving the status page, /metrics, /healthz and /readyz"; "address" => %addr);
+    }
     let filters = settings.filters.clone();
     let recorded = records.managed.into_iter().filter(|lb| filters.allows(lb));
     let mut obsolete = records.obsolete;

@@ -135,3 +135,55 @@ async fn the_page_shows_every_load_balancer_and_escapes_what_etcd_and_aws_say() 
         "etcd reads while the page was viewed"
     );
 }
+
+/// With `--ha` the leader's page lists the election's instances (a standby that joins or goes
+/// shows within seconds, with no reload of the daemon) and the AWS quota buckets it paces itself by.
+#[tokio::test]
+async fn the_leaders_page_lists_the_instances_and_the_quota_buckets() {
+    let (etcd, moto) = (Etcd::start().await, Moto::start().await);
+    let aws = Aws::new(&moto).await;
+    aws.create_elb("us-east-1", "webLB").await;
+    etcd.put(&elb_key("webLB", "multiple", I1)).await;
+    let ha = ["--ha", "--ha-lease-ttl", "3s"];
+    let a = Daemon::start(&etcd, &moto, &ha);
+    a.wait_ready().await;
+    let port = a.listen_port.unwrap();
+    let page = || request(port, "GET", "/?fragment=1").2;
+    let (code, _, body) = request(port, "GET", "/");
+    assert_eq!(code, 200);
+    assert!(body.contains("leader (--ha), no standby"), "{body}");
+    let me = format!("pid {} lease ", a.pid().unwrap());
+    assert!(body.contains(&me), "{body}");
+    assert!(body.contains("(this page)"), "{body}");
+    // The buckets of the scopes called so far: Route53's, and Classic ELB's in us-east-1.
+    assert!(body.contains("AWS quota buckets"), "{body}");
+    assert!(body.contains("Route53 · default credentials"), "{body}");
+    assert!(
+        body.contains("Classic ELB us-east-1 · default credentials"),
+        "{body}"
+    );
+
+    let mut b = Daemon::start(&etcd, &moto, &ha);
+    b.wait_log("campaigning for leadership").await;
+    let standby = format!("pid {} lease ", b.pid().unwrap());
+    eventually("the standby on the leader's page", DEADLINE, || async {
+        let body = page();
+        body.contains("leader (--ha) of 2 instances") && body.contains(&standby)
+    })
+    .await;
+    let body = page();
+    let (first, second) = (body.find(&me).unwrap(), body.find(&standby).unwrap());
+    assert!(first < second, "the leader first: {body}");
+    assert!(body.contains("host "), "{body}");
+
+    b.stop();
+    eventually(
+        "the stopped standby gone from the page",
+        DEADLINE,
+        || async {
+            let body = page();
+            body.contains("no standby") && !body.contains(&standby)
+        },
+    )
+    .await;
+}
