@@ -20,6 +20,9 @@ pub struct Facts<'a> {
     pub filtered: bool,
     /// The load balancer's status as the running lbmanager last published it.
     pub status: Option<&'a LbStatus>,
+    /// The status record is there but does not parse: why (another version of lbmanager wrote
+    /// it, or someone else did).
+    pub status_unreadable: Option<String>,
     /// lbmanager has a managed record for the load balancer.
     pub managed: bool,
     /// The running lbmanager, as its heartbeat shows it (none: no lbmanager ever reported).
@@ -159,10 +162,8 @@ pub fn member(key: &str, parsed: &MemberKey, facts: &Facts) -> Explanation {
             out.push(format!("It will not get there by itself: {why}."));
             false
         }
-        None if facts.managed => {
-            out.push(format!(
-                "lbmanager manages {lb} but has published no status for it yet."
-            ));
+        None if facts.managed || facts.status_unreadable.is_some() => {
+            out.push(no_status(lb, facts));
             false
         }
         None => {
@@ -293,6 +294,17 @@ fn aws_side(lb: &LbId, member: &Member, status: &LbStatus, facts: &Facts, out: &
     }
 }
 
+/// Why there is no status to go by: none published yet, or one that can't be read.
+fn no_status(lb: &LbId, facts: &Facts) -> String {
+    match &facts.status_unreadable {
+        Some(why) => format!(
+            "lbmanager's status record of {lb} cannot be read ({why}): it was written by another \
+             version of lbmanager, or not by lbmanager."
+        ),
+        None => format!("lbmanager manages {lb} but has published no status for it yet."),
+    }
+}
+
 /// Explains a load balancer as a whole.
 pub fn load_balancer(lb: &LbId, facts: &Facts) -> Explanation {
     let mut out = Vec::new();
@@ -310,8 +322,8 @@ pub fn load_balancer(lb: &LbId, facts: &Facts) -> Explanation {
             aws_summary(row, status, facts, &mut out);
             row.in_step
         }
-        _ if facts.managed => {
-            out.push("lbmanager manages it but has published no status for it yet.".into());
+        _ if facts.managed || facts.status_unreadable.is_some() => {
+            out.push(no_status(lb, facts));
             false
         }
         _ => {
@@ -453,6 +465,35 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("last changed 30s ago (etcd event)"), "{text}");
+    }
+
+    /// A status record that does not parse is said so, not taken for no status.
+    #[test]
+    fn an_unreadable_status_is_said_to_be_so() {
+        let (k, parsed) = key("elb/us-east-1/webLB/multiple/i-0123456789abcdef0");
+        let facts = Facts {
+            written: Some(9),
+            resolution: Some(resolution(&[&parsed])),
+            status_unreadable: Some("expected value at line 1 column 1".into()),
+            managed: true,
+            daemon: alive(),
+            now: 103,
+            ..Facts::default()
+        };
+        for e in [
+            member(&k, &parsed, &facts),
+            load_balancer(&parsed.lb, &facts),
+        ] {
+            assert!(!e.as_its_key_says);
+            let text = render(&e);
+            assert!(
+                text.contains(
+                    "status record of elb/us-east-1/webLB cannot be read (expected value"
+                ),
+                "{text}"
+            );
+            assert!(!text.contains("no status"), "{text}");
+        }
     }
 
     #[test]

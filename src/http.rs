@@ -4,7 +4,7 @@
 //! prints). actix-web runs on the same actix runtime as the actors; the page asks the Supervisor
 //! for what it has in hand, so a view makes no etcd read and no AWS call.
 //!
-//! Read-only: every route answers GET only (anything else: 405). It answers wherever `--listen` binds: bind
+//! Read-only: every route answers GET and HEAD only (anything else: 405). It answers wherever `--listen` binds: bind
 //! it to loopback or a management network (README, "Metrics and health").
 
 use std::net::SocketAddr;
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use actix::Recipient;
 use actix_web::http::header;
 use actix_web::middleware::DefaultHeaders;
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{guard, web, App, HttpResponse, HttpServer};
 use serde::Deserialize;
 
 use crate::actors::supervisor::{ShowBoard, ShowReport};
@@ -135,14 +135,21 @@ async fn status_json(page: web::Data<Page>) -> HttpResponse {
     }
 }
 
-/// Anything but a GET of a known path: the endpoint is read-only.
+/// A route that reads: GET, and HEAD (the same answer without its body, which actix-web leaves
+/// out), as monitoring probes and `curl -I` send.
+fn read() -> actix_web::Route {
+    web::route().guard(guard::Any(guard::Get()).or(guard::Head()))
+}
+
+/// Anything but a read of a known path: the endpoint is read-only.
 async fn elsewhere(req: actix_web::HttpRequest) -> HttpResponse {
-    if req.method() == actix_web::http::Method::GET {
+    use actix_web::http::Method;
+    if req.method() == Method::GET || req.method() == Method::HEAD {
         HttpResponse::NotFound().body("not found\n")
     } else {
         HttpResponse::MethodNotAllowed()
-            .insert_header((header::ALLOW, "GET"))
-            .body("read-only: GET only\n")
+            .insert_header((header::ALLOW, "GET, HEAD"))
+            .body("read-only: GET and HEAD only\n")
     }
 }
 
@@ -164,19 +171,19 @@ pub fn serve(addr: SocketAddr, metrics_state: Arc<Metrics>, page: Page) -> std::
             )
             .app_data(web::Data::new(metrics_state.clone()))
             .app_data(web::Data::new(page.clone()))
-            .route("/metrics", web::get().to(metrics))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/", web::get().to(overview))
-            .route("/lb/{lb:.+}", web::get().to(one))
-            .route("/status.json", web::get().to(status_json))
+            .route("/metrics", read().to(metrics))
+            .route("/healthz", read().to(healthz))
+            .route("/readyz", read().to(readyz))
+            .route("/", read().to(overview))
+            .route("/lb/{lb:.+}", read().to(one))
+            .route("/status.json", read().to(status_json))
             .route(
                 "/static/live.js",
-                web::get().to(|| async { asset("text/javascript; charset=utf-8", board::LIVE_JS) }),
+                read().to(|| async { asset("text/javascript; charset=utf-8", board::LIVE_JS) }),
             )
             .route(
                 "/static/style.css",
-                web::get().to(|| async { asset("text/css; charset=utf-8", board::STYLE_CSS) }),
+                read().to(|| async { asset("text/css; charset=utf-8", board::STYLE_CSS) }),
             )
             .default_service(web::to(elsewhere))
     })

@@ -8,7 +8,7 @@ use super::host::{connect, etcd_error, heartbeat, read_tree, CommandError};
 use crate::cli::{ExplainArgs, PlanOutput};
 use crate::etcd;
 use crate::explain::{self, Explanation, Facts, Subject};
-use crate::key::LbId;
+use crate::key::{LbId, MemberKey};
 use crate::layout::Layout;
 use crate::status::{self, table::DaemonSeen, LbStatus};
 
@@ -42,18 +42,22 @@ async fn answer(args: &ExplainArgs) -> Result<Explanation, CommandError> {
     let prefix = &args.etcd.prefix;
     let layout = Layout::new(prefix);
     let subject = explain::subject(prefix, &args.key);
-    let lb: LbId = match &subject {
-        Subject::Key(k) => k.lb.clone(),
-        Subject::LoadBalancer(lb) => lb.clone(),
-        Subject::Not(why) => return Err(CommandError::Usage(why.clone())),
+    let (lb, key): (LbId, Option<MemberKey>) = match subject {
+        Subject::Key(k) => (k.lb.clone(), Some(k)),
+        Subject::LoadBalancer(lb) => (lb, None),
+        Subject::Not(why) => return Err(CommandError::Usage(why)),
     };
     let mut etcd = connect(&args.etcd).await?;
     // The tree, as `status` reads it: what decides the load balancer's members.
     let snapshot = read_tree(&mut etcd, prefix).await?;
     let resolution = snapshot.loaded.desired.resolve(&lb);
-    let status: Option<LbStatus> = record(&mut etcd, &layout.status(&lb))
-        .await?
-        .and_then(|(_, v)| serde_json::from_slice(&v).ok());
+    let (status, status_unreadable) = match record(&mut etcd, &layout.status(&lb)).await? {
+        Some((_, v)) => match serde_json::from_slice::<LbStatus>(&v) {
+            Ok(status) => (Some(status), None),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        None => (None, None),
+    };
     let managed = record(&mut etcd, &layout.managed(&lb)).await?.is_some();
     let now = status::now();
     let daemon = heartbeat(&mut etcd, &layout)
@@ -64,17 +68,18 @@ async fn answer(args: &ExplainArgs) -> Result<Explanation, CommandError> {
         resolution: Some(resolution),
         filtered,
         status: status.as_ref(),
+        status_unreadable,
         managed,
         daemon,
         now,
         ..Facts::default()
     };
-    Ok(match subject {
-        Subject::Key(k) => {
+    Ok(match key {
+        Some(k) => {
             facts.written = record(&mut etcd, &args.key).await?.map(|(rev, _)| rev);
             explain::member(&args.key, &k, &facts)
         }
-        Subject::LoadBalancer(lb) => {
+        None => {
             let desired = facts
                 .resolution
                 .as_ref()
@@ -85,7 +90,6 @@ async fn answer(args: &ExplainArgs) -> Result<Explanation, CommandError> {
             facts.row = status::table::rows(&desired, &published, now).pop();
             explain::load_balancer(&lb, &facts)
         }
-        Subject::Not(_) => unreachable!("returned above"),
     })
 }
 

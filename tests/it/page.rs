@@ -104,10 +104,17 @@ async fn the_page_shows_every_load_balancer_and_escapes_what_etcd_and_aws_say() 
         cli["load_balancers"][0]["rejected"]
     );
 
-    // Read-only: nothing but GET.
-    for method in ["POST", "PUT", "DELETE"] {
-        let (code, _, _) = request(port, method, "/");
+    // Read-only: nothing but GET and HEAD (a probe's or `curl -I`'s: the head, no body).
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        let (code, head, _) = request(port, method, "/");
         assert_eq!(code, 405, "{method} / answered {code}");
+        assert!(head.contains("allow: get, head"), "{head}");
+    }
+    for path in ["/", "/readyz", "/status.json"] {
+        let (code, head, body) = request(port, "HEAD", path);
+        assert_eq!(code, 200, "HEAD {path} answered {code}");
+        assert!(body.is_empty(), "HEAD {path} sent a body: {body}");
+        assert!(head.contains("content-security-policy"), "{head}");
     }
 
     // A view makes no AWS call and no etcd read: the page is built from what the daemon has in
