@@ -88,6 +88,8 @@ pub struct EtcdWatcher {
     /// previous values: asking etcd for them makes it look up every deleted key's last value,
     /// which takes it half a minute for a `del --prefix` of 40,000 keys.
     leased: HashSet<String>,
+    /// Where a relist cuts the prefix (see [`etcd::Cuts`]): learned from the read before.
+    cuts: etcd::Cuts,
 }
 
 /// One item of watch number `.0`: a response, an error, or `None` when the stream ended.
@@ -100,7 +102,7 @@ impl EtcdWatcher {
         consumer: Recipient<WatchEvent>,
         log: &Logger,
         next_revision: Revision,
-        leased: HashSet<String>,
+        (leased, cuts): (HashSet<String>, etcd::Cuts),
     ) -> Self {
         EtcdWatcher {
             etcd,
@@ -114,6 +116,7 @@ impl EtcdWatcher {
             stuck: 0,
             established: false,
             leased,
+            cuts,
         }
     }
 
@@ -220,6 +223,7 @@ impl EtcdWatcher {
         let prefix = self.settings.prefix().to_string();
         let log = self.log.clone();
         let consumer = self.consumer.clone();
+        let cuts = self.cuts.clone();
         // Page by page to the Supervisor, which loads them into the state it uses: the relist
         // never holds the tree twice.
         consumer.do_send(WatchEvent::RelistStarted);
@@ -228,7 +232,7 @@ impl EtcdWatcher {
             let read = etcd::read_prefix(
                 &mut etcd,
                 &prefix,
-                etcd::SNAPSHOT_PAGE,
+                (etcd::SNAPSHOT_PAGE, &cuts, None),
                 &log,
                 &mut |keys: &[(&str, Revision, bool)]| {
                     let page = keys
@@ -252,6 +256,7 @@ impl EtcdWatcher {
                     "keys" => read.keys, "revision" => read.revision);
                 act.next_revision = read.revision + 1;
                 act.leased = leased;
+                act.cuts = read.cuts.clone();
                 act.consumer.do_send(WatchEvent::Relisted {
                     revision: read.revision,
                     keys: read.keys,

@@ -387,6 +387,7 @@ impl Actor for Supervisor {
             )
         });
         let (revision, leased) = (initial.revision, std::mem::take(&mut initial.leased));
+        let cuts = std::mem::take(&mut initial.cuts);
         let commands = self
             .fleet
             .snapshot(initial.loaded, initial.keys, revision, Cause::Startup);
@@ -399,7 +400,7 @@ impl Actor for Supervisor {
                     ctx.address().recipient(),
                     &self.log,
                     revision + 1,
-                    leased,
+                    (leased, cuts),
                 )
                 .start(),
             );

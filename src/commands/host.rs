@@ -94,7 +94,7 @@ pub async fn read_tree(etcd: &mut Failover, prefix: &str) -> Result<etcd::Snapsh
         etcd,
         prefix,
         &crate::filter::Filters::default(),
-        etcd::SNAPSHOT_PAGE,
+        (etcd::SNAPSHOT_PAGE, &etcd::Cuts::default(), None),
         &quiet,
     )
     .await

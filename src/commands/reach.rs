@@ -40,18 +40,21 @@ pub async fn initial_read(
             // A page whose member goes away is asked of another (the watch keeps `client`, of
             // every endpoint).
             let mut etcd = etcd::Failover::new(client.clone(), opts.clone(), etcd::PROBE, timeout);
+            // lbmanager's records first: they say where to cut the tree's read (see
+            // `etcd::Cuts`), and the tree is read at their revision.
+            let mut records = etcd::read_state(&mut etcd, layout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let cuts = records.cuts(layout.prefix());
             let snapshot = etcd::read_snapshot(
                 &mut etcd,
                 layout.prefix(),
                 filters,
-                etcd::SNAPSHOT_PAGE,
+                (etcd::SNAPSHOT_PAGE, &cuts, Some(records.revision)),
                 log,
             )
             .await
             .map_err(|e| e.to_string())?;
-            let mut records = etcd::read_state(&mut etcd, layout)
-                .await
-                .map_err(|e| e.to_string())?;
             let installation = etcd::installation(&mut etcd, layout, &records, record)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -104,7 +104,8 @@ async fn host_commands_ride_out_an_etcd_leader_election() {
 }
 
 /// A member goes away in the middle of a paged read of the prefix: the read goes on through
-/// another member, at the revision it began at (keys written meanwhile are not in it).
+/// another member, at the revision it began at (keys written meanwhile are not in it). The read
+/// is cut into three ranges (as a relist's is, see `etcd::Cuts`), the first read in two pages.
 #[tokio::test]
 async fn a_paged_read_resumes_on_another_member_at_its_revision() {
     let mut cluster = EtcdCluster::start(3).await;
@@ -118,7 +119,8 @@ async fn a_paged_read_resumes_on_another_member_at_its_revision() {
     let mut etcd = Failover::new(client, EtcdOptions::plain(urls), PROBE, DEADLINE);
     let log = slog::Logger::root(slog::Discard, slog::o!());
     let (mut pages, mut keys) = (0, std::collections::BTreeSet::new());
-    let read = etcd::read_prefix(&mut etcd, "/read", 100, &log, &mut |page| {
+    let cuts = etcd::Cuts::at(vec!["/read/k150".into(), "/read/k200".into()]);
+    let read = etcd::read_prefix(&mut etcd, "/read", (100, &cuts, None), &log, &mut |page| {
         pages += 1;
         keys.extend(page.iter().map(|(k, _, _)| k.to_string()));
         if pages == 1 {
@@ -139,6 +141,9 @@ async fn a_paged_read_resumes_on_another_member_at_its_revision() {
         "the keys of the read's revision, each once"
     );
     assert!(keys.iter().all(|k| k.as_str() < "/read/k300"));
+    assert_eq!(pages, 4, "ranges of 150, 50 and 100 keys, pages of 100");
+    // The next read's cuts: every CUT_EVERY-th key (none in 300).
+    assert!(read.cuts.is_empty());
 }
 
 /// No etcd member answers when a host command starts, and the cluster has no leader (two

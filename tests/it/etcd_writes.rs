@@ -28,9 +28,16 @@ async fn a_chunk_never_deletes_keys_that_count_again() {
         DEADLINE,
     );
     let log = slog::Logger::root(slog::Discard, slog::o!());
-    let snapshot = read_snapshot(&mut reader, P, &Default::default(), SNAPSHOT_PAGE, &log)
-        .await
-        .unwrap();
+    let cuts = Default::default();
+    let snapshot = read_snapshot(
+        &mut reader,
+        P,
+        &Default::default(),
+        (SNAPSHOT_PAGE, &cuts, None),
+        &log,
+    )
+    .await
+    .unwrap();
     let loaded = snapshot.loaded;
     let lb = LbId::Elb {
         region: "us-east-1".into(),
