@@ -190,10 +190,10 @@ fn member_lines(
                 (None, None) => InAws::NotListed,
             };
             MemberLine {
-                name: found.map_or_else(|| w.to_string(), |i| listed[i].member.clone()),
+                name: found.map_or_else(|| w.to_string(), |i| listed[i].member.to_string()),
                 wanted: true,
                 in_aws,
-                health: found.and_then(|i| listed[i].state.clone()),
+                health: found.and_then(|i| listed[i].state.as_deref().map(String::from)),
             }
         })
         .collect();
@@ -203,14 +203,14 @@ fn member_lines(
             .zip(&matched)
             .filter(|(_, m)| !**m)
             .map(|(m, _)| MemberLine {
-                name: m.member.clone(),
+                name: m.member.to_string(),
                 wanted: false,
                 in_aws: if m.foreign {
                     InAws::Foreign
                 } else {
                     InAws::Yes
                 },
-                health: m.state.clone(),
+                health: m.state.as_deref().map(String::from),
             }),
     );
     lines.sort_by(|a, b| a.name.cmp(&b.name));
@@ -622,9 +622,7 @@ mod tests {
     }
 
     fn members(ids: &[&str]) -> BTreeSet<Member> {
-        ids.iter()
-            .map(|i| Member::Instance(i.to_string()))
-            .collect()
+        ids.iter().map(|i| Member::Instance((*i).into())).collect()
     }
 
     fn status(in_aws: &[&str]) -> LbStatus {
@@ -634,7 +632,7 @@ mod tests {
             members: in_aws
                 .iter()
                 .map(|m| MemberState {
-                    member: m.to_string(),
+                    member: (*m).into(),
                     state: Some("InService".into()),
                     foreign: false,
                 })

@@ -12,6 +12,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use compact_str::{format_compact, CompactString};
+
 use crate::filter::Filters;
 use crate::key::{self, Class, KeyError, LbId, Member};
 
@@ -41,9 +43,38 @@ struct Entry {
     revision: Revision,
 }
 
-/// The keys of one load balancer, each without the `PREFIX/` every key starts with (16 bytes less
-/// a key, a million times over).
-type Keys = BTreeMap<Box<str>, Entry>;
+/// The keys of one load balancer, each as [`stored`] keeps it.
+type Keys = BTreeMap<CompactString, Entry>;
+
+/// A key of `lb` (whose path, as its id spells it, is `path`: `elb/REGION/NAME`) as kept, from
+/// the key without `PREFIX/`. A key that spells the path so is kept as `s/MEMBER` or `m/MEMBER`:
+/// inline, without an allocation, for an instance id, an IP or a short target (a million keys of
+/// ~50 bytes each took ~60 MiB as strings). Any other is kept whole (without `PREFIX/`): a
+/// Route53 key, whose path names a region the name's id does not keep. A key kept whole starts
+/// with its kind (`route53/`), so the two forms never meet; and all of one load balancer's keys
+/// have the same form, so they sort as the whole keys do.
+fn stored(path: &str, rest: &str) -> CompactString {
+    if let Some(tail) = rest.strip_prefix(path).and_then(|t| t.strip_prefix('/')) {
+        if let Some(m) = tail.strip_prefix("single/") {
+            return format_compact!("s/{m}");
+        }
+        if let Some(m) = tail.strip_prefix("multiple/") {
+            return format_compact!("m/{m}");
+        }
+    }
+    rest.into()
+}
+
+/// The key, without `PREFIX/`, that [`stored`] keeps as `kept`.
+fn unstored(path: &str, kept: &str) -> String {
+    if let Some(m) = kept.strip_prefix("s/") {
+        format!("{path}/single/{m}")
+    } else if let Some(m) = kept.strip_prefix("m/") {
+        format!("{path}/multiple/{m}")
+    } else {
+        kept.to_string()
+    }
+}
 
 /// What the keys of one load balancer resolve to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -287,21 +318,20 @@ impl DesiredState {
             epoch: self.epoch,
             revision,
         };
-        let rest = self.rest(key);
+        let kept = stored(&parsed.lb.to_string(), self.rest(key));
         match self.lbs.get_mut(&parsed.lb) {
-            // A key seen again (a relist): updated where it is, not allocated anew.
-            Some(keys) => match keys.get_mut(rest) {
+            // A key seen again (a relist): updated where it is.
+            Some(keys) => match keys.get_mut(&kept) {
                 Some(e) => *e = entry,
                 None => {
-                    keys.insert(rest.into(), entry);
+                    keys.insert(kept, entry);
                 }
             },
             None => {
-                let rest: Box<str> = rest.into();
                 self.lbs
                     .entry(parsed.lb.clone())
                     .or_default()
-                    .insert(rest, entry);
+                    .insert(kept, entry);
             }
         }
         Ok(Some(parsed.lb))
@@ -310,8 +340,9 @@ impl DesiredState {
     /// Records that `key` was deleted; returns the load balancer it belonged to, if it was a member.
     pub fn delete(&mut self, key: &str) -> Option<LbId> {
         let lb = key::parse(&self.prefix, key).ok().flatten()?.lb;
+        let kept = stored(&lb.to_string(), self.rest(key));
         let keys = self.lbs.get_mut(&lb)?;
-        keys.remove(&key[self.prefix.len() + 1..])?;
+        keys.remove(&kept)?;
         if keys.is_empty() {
             self.lbs.remove(&lb);
         }
@@ -333,6 +364,7 @@ impl DesiredState {
     /// spelled with its group's port), for log lines about that member.
     pub fn key_of(&self, lb: &LbId, spelled: &str) -> Option<String> {
         let entries = self.lbs.get(lb)?;
+        let path = lb.to_string();
         entries
             .keys()
             .find(|k| {
@@ -346,7 +378,7 @@ impl DesiredState {
                             .strip_prefix(m.as_str())
                             .is_some_and(|port| port.starts_with(':'))
             })
-            .map(|k| format!("{}/{k}", self.prefix))
+            .map(|k| format!("{}/{}", self.prefix, unstored(&path, k)))
     }
 
     /// A key without `PREFIX/` (a key [`key::parse`] accepted starts with it).
@@ -372,7 +404,8 @@ impl DesiredState {
 
 fn resolve(prefix: &str, lb: &LbId, keys: &Keys) -> Resolution {
     let member = |k: &str| key::member_of(lb, k);
-    let full = |k: &str| format!("{prefix}/{k}");
+    let path = lb.to_string();
+    let full = |k: &str| format!("{prefix}/{}", unstored(&path, k));
     let single = keys
         .iter()
         .filter(|(_, e)| e.class == Class::Single)
@@ -383,7 +416,7 @@ fn resolve(prefix: &str, lb: &LbId, keys: &Keys) -> Resolution {
             ..Resolution::default()
         };
     };
-    let newer: Vec<(&Box<str>, &Entry)> = keys
+    let newer: Vec<(&CompactString, &Entry)> = keys
         .iter()
         .filter(|(_, e)| e.class == Class::Multiple && e.revision > single.revision)
         .collect();
@@ -437,7 +470,7 @@ mod tests {
     }
 
     fn inst(n: u32) -> Member {
-        Member::Instance(format!("i-{n:08x}"))
+        Member::Instance(format!("i-{n:08x}").into())
     }
 
     fn state(keys: &[(&str, u32, Revision)]) -> DesiredState {
@@ -446,6 +479,55 @@ mod tests {
             assert_eq!(s.put(&key(class, *n), *rev), Ok(Some(lb())));
         }
         s
+    }
+
+    /// A key is kept without an allocation where it spells its load balancer as the id does,
+    /// and read back as it was written either way.
+    #[test]
+    fn keys_are_kept_small_and_read_back_whole() {
+        for (path, rest, inline) in [
+            (
+                "elb/us-east-1/web",
+                "elb/us-east-1/web/multiple/i-0123456789abcdef0",
+                true,
+            ),
+            (
+                "elb/us-east-1/web",
+                "elb/us-east-1/web/single/i-0123abcd",
+                true,
+            ),
+            (
+                "elbv2/us-east-1/tg",
+                "elbv2/us-east-1/tg/multiple/10.0.0.5:8080",
+                true,
+            ),
+            (
+                "route53/Z1/www.example.com",
+                "route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1",
+                false,
+            ),
+        ] {
+            let kept = stored(path, rest);
+            assert_eq!(!kept.is_heap_allocated(), inline, "{rest} kept as {kept}");
+            assert_eq!(unstored(path, &kept), rest);
+        }
+    }
+
+    /// Deleting a key finds it however it is kept; a Route53 key too.
+    #[test]
+    fn a_key_is_deleted_as_it_was_put() {
+        let mut s = state(&[("multiple", 1, 5), ("single", 1, 6)]);
+        assert_eq!(s.delete(&key("single", 1)), Some(lb()));
+        assert_eq!(s.key_count(), 1);
+        let r53 = "/lbManager/route53/us-east-1/Z1/www.example.com/multiple/192.0.2.1";
+        let name = s.put(r53, 7).unwrap().unwrap();
+        assert_eq!(s.resolve(&name).members.len(), 1);
+        assert_eq!(s.key_of(&name, "192.0.2.1").as_deref(), Some(r53));
+        assert_eq!(s.delete(r53), Some(name));
+        assert_eq!(
+            s.key_of(&lb(), "i-00000001").as_deref(),
+            Some(key("multiple", 1).as_str())
+        );
     }
 
     #[test]

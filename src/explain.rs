@@ -416,7 +416,7 @@ mod tests {
             members: members
                 .iter()
                 .map(|m| MemberState {
-                    member: m.to_string(),
+                    member: (*m).into(),
                     state: Some("InService".into()),
                     foreign: false,
                 })

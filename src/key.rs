@@ -17,6 +17,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use compact_str::CompactString;
+
 /// Which of a load balancer's two key directories a member key lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
@@ -106,7 +108,8 @@ impl std::str::FromStr for LbId {
 /// target group.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Member {
-    Instance(String),
+    /// Inline (an id is 10 or 19 bytes): no allocation per member.
+    Instance(CompactString),
     Ip(IpAddr),
     /// Boxed: the rarer kind, and the largest; unboxed it made every member of a million-key
     /// tree 16 bytes bigger.
@@ -206,7 +209,7 @@ pub fn parse_target(s: &str) -> Result<Target, KeyError> {
         };
         let id = instance_id(id).map_err(|_| bad())?;
         return Ok(Target {
-            id: TargetId::Instance(id),
+            id: TargetId::Instance(id.into()),
             port,
         });
     }
@@ -393,14 +396,14 @@ fn class_of(s: &str) -> Result<Class, KeyError> {
 }
 
 /// `i-` and 8 (old style) or 17 (current) lower-case hex digits.
-fn instance_id(s: &str) -> Result<String, KeyError> {
+fn instance_id(s: &str) -> Result<CompactString, KeyError> {
     let ok = s.strip_prefix("i-").is_some_and(|hex| {
         (hex.len() == 8 || hex.len() == 17)
             && hex
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     });
-    ok.then(|| s.to_string())
+    ok.then(|| CompactString::from(s))
         .ok_or_else(|| KeyError::InstanceId(s.to_string()))
 }
 

@@ -599,9 +599,7 @@ mod tests {
     }
 
     fn inst(ids: &[&str]) -> BTreeSet<Member> {
-        ids.iter()
-            .map(|i| Member::Instance(i.to_string()))
-            .collect()
+        ids.iter().map(|i| Member::Instance((*i).into())).collect()
     }
 
     fn parsed(ids: &[&str]) -> BTreeSet<Target> {

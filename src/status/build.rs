@@ -60,8 +60,8 @@ pub fn elb_members(
                 // else's on its way out): neither is left alone.
                 foreign: owned.is_some_and(|o| !o.contains(&member))
                     && Health::of(state.as_deref()) != Health::Draining,
-                member,
-                state,
+                member: member.into(),
+                state: state.map(Into::into),
             }
         })
         .collect()
@@ -98,7 +98,7 @@ pub fn zone_members(
             .and_then(|ip| health.get(&ip).cloned())
             .or_else(|| {
                 let before = previous?.members.iter().find(|m| m.member == member)?;
-                before.state.clone()
+                before.state.as_deref().map(String::from)
             })
             // Checked, its health not read yet.
             .or_else(|| Some(crate::health_check::UNKNOWN.to_string()))
@@ -106,8 +106,8 @@ pub fn zone_members(
     ips.into_iter()
         .map(|member| MemberState {
             foreign: owned.is_some_and(|o| !o.contains(&member)),
-            state: state(&member),
-            member,
+            state: state(&member).map(Into::into),
+            member: member.into(),
         })
         .collect()
 }
@@ -170,7 +170,10 @@ mod tests {
             [("192.0.2.1".parse().unwrap(), "healthy".to_string())].into();
         let mut before = status(1, &[("192.0.2.2", Some("unhealthy"))]);
         let words = |members: &[MemberState]| -> Vec<Option<String>> {
-            members.iter().map(|m| m.state.clone()).collect()
+            members
+                .iter()
+                .map(|m| m.state.as_deref().map(String::from))
+                .collect()
         };
         let members = zone_members(&sets, None, &read, Some(&before));
         assert_eq!(

@@ -16,8 +16,8 @@ pub(super) fn status(revision: i64, members: &[(&str, Option<&str>)]) -> LbStatu
         members: members
             .iter()
             .map(|(m, s)| MemberState {
-                member: m.to_string(),
-                state: s.map(str::to_string),
+                member: (*m).into(),
+                state: s.map(Into::into),
                 foreign: false,
             })
             .collect(),

@@ -328,7 +328,7 @@ pub async fn sync_elb(
                 .members
                 .iter()
                 .filter_map(|m| match m {
-                    Member::Instance(id) => Some(id.clone()),
+                    Member::Instance(id) => Some(id.to_string()),
                     Member::Target(t) => Some(name_of(t)),
                     Member::Ip(_) => None,
                 })

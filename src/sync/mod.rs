@@ -312,7 +312,7 @@ mod tests {
 
     fn ids(range: std::ops::Range<u32>) -> BTreeSet<Member> {
         range
-            .map(|n| Member::Instance(format!("i-{n:08x}")))
+            .map(|n| Member::Instance(format!("i-{n:08x}").into()))
             .collect()
     }
 

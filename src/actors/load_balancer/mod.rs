@@ -258,7 +258,7 @@ impl<K: Kind> LoadBalancer<K> {
         let foreign: Vec<String> = members
             .iter()
             .filter(|m| m.foreign && !wanted.iter().any(|w| status::names(&self.id, w, &m.member)))
-            .map(|m| m.member.clone())
+            .map(|m| m.member.to_string())
             .collect();
         if foreign != self.foreign {
             if !foreign.is_empty() {
