@@ -268,12 +268,12 @@ fn aws_side(lb: &LbId, member: &Member, status: &LbStatus, facts: &Facts, out: &
         )),
         None => out.push(format!("AWS does not have {spelled}, as last read.")),
     }
-    if let Some((_, why)) = status
+    if let Some((m, why)) = status
         .rejected
         .iter()
         .find(|(m, _)| crate::status::names(lb, member, m))
     {
-        out.push(format!("AWS refuses it: {why}"));
+        out.push(refused("it", status.rejected.by_limit(m), why));
     }
     let foreign = status.members.iter().filter(|m| m.foreign).count();
     if foreign > 0 {
@@ -291,6 +291,14 @@ fn aws_side(lb: &LbId, member: &Member, status: &LbStatus, facts: &Facts, out: &
             )),
             None => out.push("Route53 has every change of the name INSYNC.".into()),
         }
+    }
+}
+
+/// A member left out: by AWS, or by lbmanager past one of AWS's limits.
+fn refused(who: &str, by_limit: bool, why: &str) -> String {
+    match by_limit {
+        true => format!("lbmanager leaves {who} out, past a limit: {why}"),
+        false => format!("AWS refuses {who}: {why}"),
     }
 }
 
@@ -359,8 +367,8 @@ fn aws_summary(row: &StatusRow, status: &LbStatus, facts: &Facts, out: &mut Vec<
     if let Some(e) = &row.last_error {
         out.push(format!("The last sync failed: {e}"));
     }
-    for (m, why) in &row.rejected {
-        out.push(format!("AWS refuses {m}: {why}"));
+    for (m, why) in status.rejected.iter() {
+        out.push(refused(m, status.rejected.by_limit(m), why));
     }
     if row.rejected_unlisted > 0 {
         out.push(format!("And {} more refused.", row.rejected_unlisted));
@@ -494,6 +502,44 @@ mod tests {
             );
             assert!(!text.contains("no status"), "{text}");
         }
+    }
+
+    /// A member left out past the limit of members is said to be left out by lbmanager, not
+    /// refused by AWS.
+    #[test]
+    fn a_member_past_a_limit_is_said_to_be_left_out_by_lbmanager() {
+        let (k, parsed) = key("elb/us-east-1/webLB/multiple/i-0123456789abcdef0");
+        let mut s = status(10, &[]);
+        let mut rejected = crate::plan::Rejected::new();
+        rejected.insert(
+            "i-0123456789abcdef0".into(),
+            crate::plan::Refusal::OverLimit(crate::plan::Limit::ElbMembers),
+        );
+        rejected.insert(
+            "i-0123456789abcdef1".into(),
+            crate::plan::Refusal::Aws("InvalidInstance".into()),
+        );
+        s.rejected = Rejections::of(&rejected);
+        let facts = Facts {
+            written: Some(9),
+            resolution: Some(resolution(&[&parsed])),
+            status: Some(&s),
+            managed: true,
+            daemon: alive(),
+            now: 103,
+            ..Facts::default()
+        };
+        let text = render(&member(&k, &parsed, &facts));
+        assert!(
+            text.contains("lbmanager leaves it out, past a limit: over the limit of 1000"),
+            "{text}"
+        );
+        assert!(!text.contains("AWS refuses it"), "{text}");
+        // The status round-trips which reasons are limits.
+        let json = serde_json::to_string(&s).unwrap();
+        let back: LbStatus = serde_json::from_str(&json).unwrap();
+        assert!(back.rejected.by_limit("i-0123456789abcdef0"));
+        assert!(!back.rejected.by_limit("i-0123456789abcdef1"));
     }
 
     #[test]

@@ -166,6 +166,10 @@ pub struct Rejections {
     /// Refused members not listed.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub more: usize,
+    /// Which of `reasons` are lbmanager's own limits (a member left out past AWS's quota, not
+    /// refused by AWS): by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub limits: Vec<usize>,
 }
 
 impl Rejections {
@@ -177,11 +181,15 @@ impl Rejections {
                 out.more += 1;
                 continue;
             }
+            let limit = reason.is_over_limit();
             let reason = cut(&reason.to_string());
             let index = match out.reasons.iter().position(|r| *r == reason) {
                 Some(i) => i,
                 None if out.reasons.len() < REASONS_KEPT => {
                     out.reasons.push(reason);
+                    if limit {
+                        out.limits.push(out.reasons.len() - 1);
+                    }
                     out.reasons.len() - 1
                 }
                 // Past the reasons kept: listed without one (another's would name other members).
@@ -199,6 +207,13 @@ impl Rejections {
     /// Refused members, listed or not.
     pub fn len(&self) -> usize {
         self.members.len() + self.more
+    }
+
+    /// Whether lbmanager left `member` out past a limit (rather than AWS refusing it).
+    pub fn by_limit(&self, member: &str) -> bool {
+        self.members
+            .get(member)
+            .is_some_and(|i| self.limits.contains(i))
     }
 
     /// The listed members with their reason.
