@@ -54,6 +54,28 @@ pub(crate) async fn records_size(etcd: &Etcd) -> (usize, usize) {
     }
 }
 
+/// Waits until lbmanager's records are `keys` or more and have stopped changing (the same size 3
+/// seconds running): every status written as the first start left it, not only its first
+/// version (a restart measured from statuses older than AWS rewrites them all).
+pub(crate) async fn records_settled(etcd: &Etcd, keys: usize, limit: Duration) -> (usize, usize) {
+    let t = Instant::now();
+    let (mut last, mut same) = ((0, 0), 0);
+    loop {
+        let now = records_size(etcd).await;
+        same = if now == last && now.0 >= keys {
+            same + 1
+        } else {
+            0
+        };
+        if same >= 3 {
+            return now;
+        }
+        assert!(t.elapsed() < limit, "records not settled: {now:?}");
+        last = now;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
 /// Starts lbmanager on `etcd_url` and waits for its start-up: (read + desired state, initial
 /// sync complete, peak RSS in KiB).
 pub(crate) async fn start_up(
@@ -83,11 +105,7 @@ pub(crate) async fn scenario_r(rows: &mut Vec<Row>) {
     big_tree(&etcd, &aws, 150).await;
     let mut daemon = Daemon::unstarted();
     let (_, synced, first_peak) = start_up(&mut daemon, &etcd.url, &moto, 1, "1000").await;
-    eventually("every status written", Duration::from_secs(120), || async {
-        records_size(&etcd).await.0 >= 301
-    })
-    .await;
-    let (records, bytes) = records_size(&etcd).await;
+    let (records, bytes) = records_settled(&etcd, 301, Duration::from_secs(120)).await;
     assert_eq!(daemon.stop(), Some(0));
     let (read, ready, peak) = start_up(&mut daemon, &etcd.url, &moto, 2, "1000").await;
     push(
@@ -143,11 +161,7 @@ pub(crate) async fn scenario_m(rows: &mut Vec<Row>) {
         secs(synced)
     );
     // 1,000 managed records, 1,000 statuses, the heartbeat and the installation's identity.
-    eventually("every status written", Duration::from_secs(600), || async {
-        records_size(&etcd).await.0 >= 2002
-    })
-    .await;
-    let (records, bytes) = records_size(&etcd).await;
+    let (records, bytes) = records_settled(&etcd, 2002, Duration::from_secs(600)).await;
     assert_eq!(daemon.stop(), Some(0));
     // The restart: the tree, lbmanager's records, AWS already in step.
     let (read, ready, peak) = start_up(&mut daemon, &cut.url, &moto, 2, "1000").await;

@@ -87,6 +87,11 @@ impl Daemon {
         self.child = Some(child);
     }
 
+    /// Where the daemon's log is written (stdout and stderr of every process spawned).
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log_path
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -124,13 +129,14 @@ impl Daemon {
         self.wait_log_count(needle, 1).await;
     }
 
-    /// SIGTERM, then waits for the exit (up to 10 s) and returns its code.
+    /// SIGTERM, then waits for the exit (up to 15 s: lbmanager gives the AWS calls in flight 10 s
+    /// to land, a resync of a thousand ELBs in moto can take that) and returns its code.
     pub fn stop(&mut self) -> Option<i32> {
         let mut child = self.child.take()?;
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
             .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return status.code();
@@ -138,7 +144,7 @@ impl Daemon {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("lbmanager did not stop within 10s of SIGTERM");
+                panic!("lbmanager did not stop within 15s of SIGTERM");
             }
             std::thread::sleep(Duration::from_millis(50));
         }
