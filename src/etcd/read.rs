@@ -271,79 +271,103 @@ async fn read_pages(
     on_page: &mut dyn FnMut(&[etcd_client::KeyValue]),
 ) -> Result<Revision, EtcdError> {
     let mut revision = at.unwrap_or(0);
-    for (start, end) in ranges {
-        revision = read_range(
-            etcd,
+    let mut ranges = ranges.iter().cloned();
+    let Some(first) = ranges.next() else {
+        return Ok(revision);
+    };
+    use futures::FutureExt;
+    let mut asked = get_page(
+        etcd.clone(),
+        prefix,
+        first.clone(),
+        page,
+        revision,
+        keys_only,
+    )
+    .boxed_local();
+    let mut range = first;
+    loop {
+        let resp = asked.await?;
+        if revision == 0 {
+            revision = resp.header().map(|h| h.revision()).unwrap_or_default();
+        }
+        // The next request goes out before this page is taken in, so that etcd answers it while
+        // lbmanager works through this one (one thread: it is sent once the client's tasks have
+        // run, hence the yields).
+        let next = match resp.kvs().last() {
+            Some(last) if resp.more() => {
+                let mut from = last.key().to_vec();
+                from.push(0);
+                Some((from, range.1.clone()))
+            }
+            _ => ranges.next(),
+        };
+        let Some(next) = next else {
+            on_page(resp.kvs());
+            return Ok(revision);
+        };
+        asked = get_page(
+            etcd.clone(),
             prefix,
-            (start, end),
+            next.clone(),
             page,
             revision,
             keys_only,
-            on_page,
         )
-        .await?;
+        .boxed_local();
+        if let std::task::Poll::Ready(done) = futures::poll!(&mut asked) {
+            asked = futures::future::ready(done).boxed_local();
+        }
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        on_page(resp.kvs());
+        range = next;
     }
-    Ok(revision)
+}
+
+/// One page of `[from, end)` at `revision` (0: the store's current one), through any member
+/// (see [`Failover`]), with its own deadline.
+async fn get_page(
+    mut etcd: Failover,
+    prefix: &str,
+    (from, end): (Vec<u8>, Vec<u8>),
+    page: i64,
+    revision: Revision,
+    keys_only: bool,
+) -> Result<etcd_client::GetResponse, EtcdError> {
+    let mut options = GetOptions::new().with_range(end).with_limit(page);
+    if keys_only {
+        options = options.with_keys_only();
+    }
+    if revision > 0 {
+        options = options.with_revision(revision);
+    }
+    etcd.run(|client| {
+        let (from, options) = (from.clone(), options.clone());
+        async move {
+            let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
+            tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from, Some(options)))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(etcd_client::Error::GRpcStatus(
+                        tonic::Status::deadline_exceeded(format!(
+                            "no answer within {READ_REQUEST_TIMEOUT:?}"
+                        )),
+                    ))
+                })
+        }
+    })
+    .await
+    .map_err(|source| EtcdError::Read {
+        prefix: prefix.to_string(),
+        source,
+    })
 }
 
 /// The whole prefix as one range.
 fn whole(prefix: &str) -> Vec<(Vec<u8>, Vec<u8>)> {
     vec![(prefix.as_bytes().to_vec(), range_end(prefix))]
-}
-
-/// Reads `[start, end)` of `prefix` at `revision` (0: the store's current one) in pages; returns
-/// the revision it read at.
-async fn read_range(
-    etcd: &mut Failover,
-    prefix: &str,
-    (start, end): (&[u8], &[u8]),
-    page: i64,
-    mut revision: Revision,
-    keys_only: bool,
-    on_page: &mut dyn FnMut(&[etcd_client::KeyValue]),
-) -> Result<Revision, EtcdError> {
-    let mut from = start.to_vec();
-    loop {
-        let mut options = GetOptions::new().with_range(end.to_vec()).with_limit(page);
-        if keys_only {
-            options = options.with_keys_only();
-        }
-        if revision > 0 {
-            options = options.with_revision(revision);
-        }
-        let resp = etcd
-            .run(|client| {
-                let (from, options) = (from.clone(), options.clone());
-                async move {
-                    let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE);
-                    tokio::time::timeout(READ_REQUEST_TIMEOUT, kv.get(from, Some(options)))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(etcd_client::Error::GRpcStatus(
-                                tonic::Status::deadline_exceeded(format!(
-                                    "no answer within {READ_REQUEST_TIMEOUT:?}"
-                                )),
-                            ))
-                        })
-                }
-            })
-            .await
-            .map_err(|source| EtcdError::Read {
-                prefix: prefix.to_string(),
-                source,
-            })?;
-        if revision == 0 {
-            revision = resp.header().map(|h| h.revision()).unwrap_or_default();
-        }
-        on_page(resp.kvs());
-        match resp.kvs().last() {
-            Some(last) if resp.more() => {
-                from = last.key().to_vec();
-                from.push(0);
-            }
-            _ => return Ok(revision),
-        }
-    }
 }
 
 /// Records per page when reading lbmanager's own records: a status is at most
