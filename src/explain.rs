@@ -448,19 +448,25 @@ mod tests {
         }
     }
 
+    /// What etcd holds of a member key written at revision 9 and counting, with `status`
+    /// published by a live lbmanager, at `now`.
+    fn facts<'a>(parsed: &MemberKey, status: &'a LbStatus, now: u64) -> Facts<'a> {
+        Facts {
+            written: Some(9),
+            resolution: Some(resolution(&[parsed])),
+            status: Some(status),
+            managed: true,
+            daemon: alive(),
+            now,
+            ..Facts::default()
+        }
+    }
+
     #[test]
     fn a_member_in_aws_is_where_its_key_says() {
         let (k, parsed) = key("elb/us-east-1/webLB/multiple/i-0123456789abcdef0");
         let s = status(10, &["i-0123456789abcdef0"]);
-        let facts = Facts {
-            written: Some(9),
-            resolution: Some(resolution(&[&parsed])),
-            status: Some(&s),
-            managed: true,
-            daemon: alive(),
-            now: 130,
-            ..Facts::default()
-        };
+        let facts = facts(&parsed, &s, 130);
         let e = member(&k, &parsed, &facts);
         assert!(e.as_its_key_says, "{e:#?}");
         let text = render(&e);
@@ -520,15 +526,7 @@ mod tests {
             crate::plan::Refusal::Aws("InvalidInstance".into()),
         );
         s.rejected = Rejections::of(&rejected);
-        let facts = Facts {
-            written: Some(9),
-            resolution: Some(resolution(&[&parsed])),
-            status: Some(&s),
-            managed: true,
-            daemon: alive(),
-            now: 103,
-            ..Facts::default()
-        };
+        let facts = facts(&parsed, &s, 103);
         let text = render(&member(&k, &parsed, &facts));
         assert!(
             text.contains("lbmanager leaves it out, past a limit: over the limit of 1000"),
@@ -552,14 +550,7 @@ mod tests {
             crate::plan::Refusal::Aws("InvalidInstance: not running".into()),
         );
         s.rejected = Rejections::of(&rejected);
-        let facts = Facts {
-            written: Some(9),
-            resolution: Some(resolution(&[&parsed])),
-            status: Some(&s),
-            managed: true,
-            daemon: alive(),
-            ..Facts::default()
-        };
+        let facts = facts(&parsed, &s, 0);
         let e = member(&k, &parsed, &facts);
         assert!(!e.as_its_key_says);
         let text = render(&e);
