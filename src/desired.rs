@@ -46,15 +46,15 @@ struct Entry {
 /// The keys of one load balancer, each as [`stored`] keeps it.
 type Keys = BTreeMap<CompactString, Entry>;
 
-/// A key of `lb` (whose path, as its id spells it, is `path`: `elb/REGION/NAME`) as kept, from
-/// the key without `PREFIX/`. A key that spells the path so is kept as `s/MEMBER` or `m/MEMBER`:
+/// A key of `lb` as kept, from the key without `PREFIX/`. A key that spells the load balancer's
+/// path as its id does (`elb/REGION/NAME/…`) is kept as `s/MEMBER` or `m/MEMBER`:
 /// inline, without an allocation, for an instance id, an IP or a short target (a million keys of
 /// ~50 bytes each took ~60 MiB as strings). Any other is kept whole (without `PREFIX/`): a
 /// Route53 key, whose path names a region the name's id does not keep. A key kept whole starts
 /// with its kind (`route53/`), so the two forms never meet; and all of one load balancer's keys
 /// have the same form, so they sort as the whole keys do.
-fn stored(path: &str, rest: &str) -> CompactString {
-    if let Some(tail) = rest.strip_prefix(path).and_then(|t| t.strip_prefix('/')) {
+fn stored(lb: &LbId, rest: &str) -> CompactString {
+    if let Some(tail) = after_path(lb, rest) {
         if let Some(m) = tail.strip_prefix("single/") {
             return format_compact!("s/{m}");
         }
@@ -65,7 +65,23 @@ fn stored(path: &str, rest: &str) -> CompactString {
     rest.into()
 }
 
-/// The key, without `PREFIX/`, that [`stored`] keeps as `kept`.
+/// What follows `lb`'s path and its slash in `rest`, where `rest` spells the path as `lb`'s id
+/// does (compared part by part: this runs for every key read).
+fn after_path<'k>(lb: &LbId, rest: &'k str) -> Option<&'k str> {
+    let (kind, region, name) = match lb {
+        LbId::Elb { region, name } => ("elb/", region, name),
+        LbId::TargetGroup { region, name } => ("elbv2/", region, name),
+        LbId::Route53 { .. } => return None,
+    };
+    rest.strip_prefix(kind)?
+        .strip_prefix(region.as_str())?
+        .strip_prefix('/')?
+        .strip_prefix(name.as_str())?
+        .strip_prefix('/')
+}
+
+/// The key, without `PREFIX/`, that [`stored`] keeps as `kept` (`path`: `lb`'s, as its id
+/// spells it).
 fn unstored(path: &str, kept: &str) -> String {
     if let Some(m) = kept.strip_prefix("s/") {
         format!("{path}/single/{m}")
@@ -318,7 +334,7 @@ impl DesiredState {
             epoch: self.epoch,
             revision,
         };
-        let kept = stored(&parsed.lb.to_string(), self.rest(key));
+        let kept = stored(&parsed.lb, self.rest(key));
         match self.lbs.get_mut(&parsed.lb) {
             // A key seen again (a relist): updated where it is.
             Some(keys) => match keys.get_mut(&kept) {
@@ -340,7 +356,7 @@ impl DesiredState {
     /// Records that `key` was deleted; returns the load balancer it belonged to, if it was a member.
     pub fn delete(&mut self, key: &str) -> Option<LbId> {
         let lb = key::parse(&self.prefix, key).ok().flatten()?.lb;
-        let kept = stored(&lb.to_string(), self.rest(key));
+        let kept = stored(&lb, self.rest(key));
         let keys = self.lbs.get_mut(&lb)?;
         keys.remove(&kept)?;
         if keys.is_empty() {
@@ -507,7 +523,7 @@ mod tests {
                 false,
             ),
         ] {
-            let kept = stored(path, rest);
+            let kept = stored(&path.parse().unwrap(), rest);
             assert_eq!(!kept.is_heap_allocated(), inline, "{rest} kept as {kept}");
             assert_eq!(unstored(path, &kept), rest);
         }
