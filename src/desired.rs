@@ -154,14 +154,7 @@ fn hash(key: &str) -> u64 {
 /// What is kept of an ignored key: all of it up to [`key::MAX_KEY_BYTES`], the beginning of a
 /// longer one (which is warned about by its beginning and length).
 pub fn kept(key: &str) -> &str {
-    if key.len() <= key::MAX_KEY_BYTES {
-        return key;
-    }
-    let mut end = key::MAX_KEY_BYTES;
-    while !key.is_char_boundary(end) {
-        end -= 1;
-    }
-    &key[..end]
+    crate::escape::within(key, key::MAX_KEY_BYTES)
 }
 
 impl Warned {

@@ -39,6 +39,16 @@ pub fn escape(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `s`, or its beginning of at most `max` bytes (on a character's boundary): a value kept
+/// within a bound, unescaped.
+pub fn within(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// The beginning of `s` (its first `max` characters, escaped, and `…` where it goes on): for a
 /// value too long to show whole, such as a key past [`crate::key::MAX_KEY_BYTES`].
 pub fn clip(s: &str, max: usize) -> String {

@@ -61,20 +61,12 @@ pub fn instances(keys: &BTreeMap<String, (i64, String)>, me: &str) -> Vec<Instan
         .take(INSTANCES_SHOWN)
         .enumerate()
         .map(|(i, (key, (since, who)))| Instance {
-            who: cut(who, WHO_SHOWN),
+            who: crate::escape::within(who, WHO_SHOWN).to_string(),
             since: *since,
             leader: i == 0,
             me: key == me,
         })
         .collect()
-}
-
-fn cut(s: &str, max: usize) -> String {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
 }
 
 /// What this instance's election key says of it: its pid first (the soak's checker reads it),
